@@ -1,0 +1,134 @@
+//! The command line, as clap definitions. `main.rs` parses it and hands each
+//! subcommand to its runner in [`crate::commands`].
+
+use crate::scalar::Dtype;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Trains a two-layer network (Linear → ReLU → Linear, sum-of-squares loss,
+/// SGD) through OpenBLAS GEMM, and measures how fast it goes.
+#[derive(Debug, Parser)]
+#[command(name = "twolayer", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train the network; with no flags, the reference experiment
+    /// (N=64, D_in=1000, H=100, D_out=10, lr 1e-6, 500 steps, f64).
+    Train(TrainArgs),
+}
+
+/// A positive count (at least 1).
+fn positive(s: &str) -> Result<usize, String> {
+    let v: usize = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a whole number"))?;
+    if v == 0 {
+        return Err("must be at least 1".into());
+    }
+    Ok(v)
+}
+
+/// A learning rate: finite and not negative.
+fn learning_rate(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!("must be a finite number ≥ 0, got {s}"));
+    }
+    Ok(v)
+}
+
+/// How the update is applied; both give the same numbers up to rounding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeArg {
+    /// SGD folded into the gradient GEMMs (alpha = −lr, beta = 1).
+    Fused,
+    /// Gradients into buffers, then an update pass.
+    Explicit,
+}
+
+/// Flags of `twolayer train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Batch size N (rows of x and y) [default: 64, or from --init]
+    #[arg(long, value_parser = positive)]
+    pub n: Option<usize>,
+    /// Input width D_in [default: 1000, or from --init]
+    #[arg(long = "d-in", value_parser = positive)]
+    pub d_in: Option<usize>,
+    /// Hidden width H [default: 100, or from --init]
+    #[arg(long, value_parser = positive)]
+    pub hidden: Option<usize>,
+    /// Output width D_out [default: 10, or from --init]
+    #[arg(long = "d-out", value_parser = positive)]
+    pub d_out: Option<usize>,
+    /// Learning rate of both layers
+    #[arg(long, default_value = "1e-6", value_parser = learning_rate)]
+    pub lr: f64,
+    /// Learning rate of w1 alone (0 holds w1 fixed) [default: --lr]
+    #[arg(long = "lr-w1", value_parser = learning_rate)]
+    pub lr_w1: Option<f64>,
+    /// Learning rate of w2 alone (0 holds w2 fixed) [default: --lr]
+    #[arg(long = "lr-w2", value_parser = learning_rate)]
+    pub lr_w2: Option<f64>,
+    /// Training steps
+    #[arg(long, default_value = "500", value_parser = positive)]
+    pub steps: usize,
+    /// Element type: f64 or f32 [default: f64, or the file's with --init]
+    #[arg(long)]
+    pub dtype: Option<Dtype>,
+    /// Seed of the random x, y, w1 and w2
+    #[arg(long, default_value = "0")]
+    pub seed: u64,
+    /// Threads for rayon and OpenBLAS alike [default: the cores available]
+    #[arg(long, value_parser = positive)]
+    pub threads: Option<usize>,
+    /// Print the loss of every K-th step (and of the last)
+    #[arg(long = "log-every", default_value = "1", value_parser = positive)]
+    pub log_every: usize,
+    /// Print no per-step losses (the summary still goes to stderr)
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Start from x, y, w1, w2 in this .npz (as np.savez writes them)
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// Write the final w1 and w2 to this .npz
+    #[arg(long)]
+    pub save: Option<PathBuf>,
+    /// Write every step's loss to this file, as "t loss" lines
+    #[arg(long)]
+    pub losses: Option<PathBuf>,
+    /// How the update is applied
+    #[arg(long = "step-mode", value_enum, default_value = "fused")]
+    pub step_mode: ModeArg,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn nonsense_values_are_refused() {
+        for args in [
+            &["twolayer", "train", "--n", "0"][..],
+            &["twolayer", "train", "--lr", "-1"],
+            &["twolayer", "train", "--lr", "nan"],
+            &["twolayer", "train", "--steps", "abc"],
+            &["twolayer", "train", "--dtype", "f16"],
+            &["twolayer", "train", "--threads", "0"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?} was accepted");
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! One runner per subcommand: each takes its parsed flags and does the work,
+//! returning an [`Error`](crate::Error) the binary prints on one line.
+
+pub mod train;

@@ -1,0 +1,106 @@
+//! The crate's error type: every failure the user can cause ends as one of
+//! these, printed as a single line by the binary.
+
+use std::path::{Path, PathBuf};
+
+/// Everything that can go wrong in `twolayer`, each with a message fit to be
+/// shown to a user on one line.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration, flag or data value that makes no sense.
+    #[error("{0}")]
+    Invalid(String),
+
+    /// An input file could not be read or parsed.
+    #[error("cannot read {}: {msg}", path.display())]
+    Read {
+        /// The file that was being read.
+        path: PathBuf,
+        /// What went wrong, in words.
+        msg: String,
+    },
+
+    /// An output file could not be written.
+    #[error("cannot write {}: {msg}", path.display())]
+    Write {
+        /// The file that was being written.
+        path: PathBuf,
+        /// What went wrong, in words.
+        msg: String,
+    },
+
+    /// The buffers a run needs would not fit in memory.
+    #[error(
+        "{what} needs {needed} bytes ({}) but only {available} bytes ({}) of memory are available",
+        human_bytes(*needed as f64),
+        human_bytes(*available as f64)
+    )]
+    OutOfMemory {
+        /// What was about to be allocated.
+        what: String,
+        /// Bytes that would be needed.
+        needed: u128,
+        /// Bytes the machine reports as available.
+        available: u128,
+    },
+
+    /// The loss stopped being a finite number.
+    #[error(
+        "loss became {value} at step {step}: training diverged; try a smaller --lr (it was {lr:e})"
+    )]
+    Diverged {
+        /// The step whose forward pass produced the non-finite loss.
+        step: usize,
+        /// The non-finite loss (NaN or ±inf).
+        value: f64,
+        /// The learning rate in use (the larger of the two layers').
+        lr: f64,
+    },
+}
+
+/// Shorthand for results whose error is [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// An [`Error::Invalid`] from anything printable.
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Error::Invalid(msg.into())
+    }
+
+    /// An [`Error::Read`] for `path`.
+    pub fn read(path: &Path, msg: impl std::fmt::Display) -> Self {
+        Error::Read {
+            path: path.to_path_buf(),
+            msg: one_line(&msg.to_string()),
+        }
+    }
+
+    /// An [`Error::Write`] for `path`.
+    pub fn write(path: &Path, msg: impl std::fmt::Display) -> Self {
+        Error::Write {
+            path: path.to_path_buf(),
+            msg: one_line(&msg.to_string()),
+        }
+    }
+}
+
+/// Folds a possibly multi-line message from a dependency onto one line.
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Formats a byte count with a binary unit: `1.5 GiB`.
+pub fn human_bytes(bytes: f64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = bytes;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{v:.0} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}

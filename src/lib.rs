@@ -1,0 +1,50 @@
+//! # twolayer
+//!
+//! Trains a two-layer fully connected network — x → Linear → ReLU → Linear,
+//! sum-of-squares loss, plain SGD, backprop written out as matrix products —
+//! as fast as the machine allows: every product is an OpenBLAS GEMM into a
+//! preallocated buffer, every elementwise pass a rayon pass.
+//!
+//! The algorithm is the classic numpy warm-up, exactly (design.md §1):
+//! N, D_in, H, D_out = 64, 1000, 100, 10; lr 1e-6; 500 steps; float64.
+//!
+//! ```no_run
+//! use twolayer::{Data, LearningRates, Shape, StepMode, Trainer, Weights};
+//! let shape = Shape::REFERENCE;
+//! let mut t = Trainer::new(
+//!     Data::<f64>::random(shape, 0),
+//!     Weights::random(shape, 0),
+//!     LearningRates::uniform(1e-6),
+//!     StepMode::Fused,
+//! )?;
+//! t.run(500, |step, loss| println!("{step} {loss}"))?;
+//! # Ok::<(), twolayer::Error>(())
+//! ```
+//!
+//! Where things are: [`step`] is the training step (read it first);
+//! [`kernels`] the elementwise passes; [`net`] the data and weights;
+//! [`npz`] numpy's file format; [`train`] the loop; [`blas`] and
+//! [`threads`] the thread budget; [`shape`] sizes and checks.
+
+#![warn(missing_docs)]
+
+pub mod blas;
+pub mod cli;
+pub mod commands;
+pub mod error;
+pub mod kernels;
+pub mod net;
+pub mod npz;
+pub mod output;
+pub mod scalar;
+pub mod shape;
+pub mod step;
+pub mod threads;
+pub mod train;
+
+pub use error::{Error, Result};
+pub use net::{Data, Weights};
+pub use scalar::{Dtype, Real};
+pub use shape::Shape;
+pub use step::{Gradients, LearningRates, Workspace};
+pub use train::{RunStats, StepMode, Trainer};

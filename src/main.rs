@@ -1,0 +1,45 @@
+//! The `twolayer` binary: parses the command line and dispatches to the
+//! library's command runners. Errors end as one line on stderr and a
+//! non-zero exit status.
+
+use clap::Parser;
+use std::process::ExitCode;
+use twolayer::cli::{Cli, Command};
+use twolayer::{blas, commands};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    // OpenBLAS reads its idle-spin setting only at load time: restart with
+    // it set (a no-op when it already is). See `blas` for why it matters.
+    if let Some(e) = blas::reexec_with_short_spin() {
+        eprintln!("twolayer: warning: could not restart with a short OpenBLAS spin ({e}); running as is");
+    }
+    let result = match &cli.command {
+        Command::Train(args) => commands::train::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("twolayer: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Help and version go out as clap prints them; a usage error is cut to its
+/// first line (the rest is clap's advice to try --help) and exits with 2.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let text = e.render().to_string();
+    let first = text.lines().next().unwrap_or("invalid arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    eprintln!("twolayer: error: {first} (see twolayer --help)");
+    ExitCode::from(2)
+}

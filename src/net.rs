@@ -1,0 +1,205 @@
+//! The network's state: the data it is trained on (x, y) and its weights
+//! (w1, w2), with seeded initialisation.
+//!
+//! Random arrays are drawn row by row, each row from its own ChaCha8 stream
+//! (stream id = array id and row index). So any subset of rows can be made
+//! without the others — a data-parallel rank makes only its own shard, and
+//! the union of the shards is exactly the single-process data — and rows are
+//! generated in parallel with the same result on any number of threads.
+
+use crate::error::{Error, Result};
+use crate::scalar::Real;
+use crate::shape::Shape;
+use ndarray::Array2;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+use rayon::prelude::*;
+
+/// The training batch: x is N×D_in, y is N×D_out. Both are kept in
+/// row-major (C) order so GEMM reads them without copies.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Data<F> {
+    /// Inputs, N×D_in.
+    pub x: Array2<F>,
+    /// Targets, N×D_out.
+    pub y: Array2<F>,
+}
+
+/// The two weight matrices: w1 is D_in×H, w2 is H×D_out (no biases).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Weights<F> {
+    /// First layer, D_in×H.
+    pub w1: Array2<F>,
+    /// Second layer, H×D_out.
+    pub w2: Array2<F>,
+}
+
+/// Which array a random stream belongs to; part of every row's stream id.
+#[derive(Clone, Copy, Debug)]
+#[repr(u64)]
+enum ArrayId {
+    X = 1,
+    Y = 2,
+    W1 = 3,
+    W2 = 4,
+}
+
+/// A rows×cols matrix of standard-normal values for `rows` consecutive rows
+/// starting at global row `first_row` of array `id`. Row r comes from the
+/// ChaCha8 stream (seed, id·2^48 + r), drawn in f64 and rounded to F, so
+/// f32 and f64 runs start from the same numbers.
+fn normal_rows<F: Real>(
+    seed: u64,
+    id: ArrayId,
+    first_row: usize,
+    rows: usize,
+    cols: usize,
+) -> Array2<F> {
+    let mut a = Array2::<F>::zeros((rows, cols));
+    a.as_slice_mut()
+        .expect("fresh arrays are contiguous")
+        .par_chunks_mut(cols.max(1))
+        .enumerate()
+        .for_each(|(r, row)| {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            rng.set_stream(((id as u64) << 48) | (first_row + r) as u64);
+            for v in row.iter_mut() {
+                let z: f64 = StandardNormal.sample(&mut rng);
+                *v = F::from_f64(z);
+            }
+        });
+    a
+}
+
+impl<F: Real> Data<F> {
+    /// Standard-normal x and y for `shape`, from `seed`.
+    pub fn random(shape: Shape, seed: u64) -> Self {
+        Self::random_rows(shape, seed, 0, shape.n)
+    }
+
+    /// Rows `first..first + count` of [`Data::random`]`(shape, seed)`, made
+    /// without the others.
+    pub fn random_rows(shape: Shape, seed: u64, first: usize, count: usize) -> Self {
+        Data {
+            x: normal_rows(seed, ArrayId::X, first, count, shape.d_in),
+            y: normal_rows(seed, ArrayId::Y, first, count, shape.d_out),
+        }
+    }
+}
+
+impl<F: Real> Weights<F> {
+    /// Standard-normal w1 and w2 for `shape`, from `seed` (as the reference
+    /// does: no scaling).
+    pub fn random(shape: Shape, seed: u64) -> Self {
+        Weights {
+            w1: normal_rows(seed, ArrayId::W1, 0, shape.d_in, shape.hidden),
+            w2: normal_rows(seed, ArrayId::W2, 0, shape.hidden, shape.d_out),
+        }
+    }
+}
+
+/// The shape that `data` and `weights` describe, after checking that they
+/// agree with each other and are usable: every dimension at least 1, every
+/// value finite.
+pub fn checked_shape<F: Real>(data: &Data<F>, weights: &Weights<F>) -> Result<Shape> {
+    let shape = shape_from_dims(
+        data.x.dim(),
+        data.y.dim(),
+        weights.w1.dim(),
+        weights.w2.dim(),
+    )?;
+    for (name, a) in [
+        ("x", &data.x),
+        ("y", &data.y),
+        ("w1", &weights.w1),
+        ("w2", &weights.w2),
+    ] {
+        check_finite(name, a)?;
+    }
+    Ok(shape)
+}
+
+/// The shape that arrays of these (rows, columns) describe, or an error
+/// naming the two arrays that disagree and the dimension they share.
+pub fn shape_from_dims(
+    x: (usize, usize),
+    y: (usize, usize),
+    w1: (usize, usize),
+    w2: (usize, usize),
+) -> Result<Shape> {
+    let dims = |a: (usize, usize)| format!("{}×{}", a.0, a.1);
+    let mismatch = |a: &str, ad, b: &str, bd, why: &str| {
+        Err(Error::invalid(format!(
+            "shape mismatch: {a} is {} but {b} is {}; {why}",
+            dims(ad),
+            dims(bd)
+        )))
+    };
+    if y.0 != x.0 {
+        return mismatch("x", x, "y", y, "they need the same number of rows (N)");
+    }
+    if w1.0 != x.1 {
+        return mismatch("x", x, "w1", w1, "w1 needs as many rows as x has columns (D_in)");
+    }
+    if w2.0 != w1.1 {
+        return mismatch("w1", w1, "w2", w2, "w2 needs as many rows as w1 has columns (H)");
+    }
+    if w2.1 != y.1 {
+        return mismatch("y", y, "w2", w2, "w2 needs as many columns as y (D_out)");
+    }
+    Shape::new(x.0, x.1, w1.1, y.1)
+}
+
+/// Fails, naming the array and the first offending index, when `a` holds a
+/// NaN or an infinity.
+pub fn check_finite<F: Real>(name: &str, a: &Array2<F>) -> Result<()> {
+    if let Some(((i, j), v)) = a.indexed_iter().find(|(_, v)| !v.is_finite()) {
+        return Err(Error::invalid(format!(
+            "array '{name}' holds a non-finite value ({v}) at [{i}, {j}]; the data must be finite"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_concatenate_to_the_whole() {
+        let shape = Shape::new(10, 7, 3, 2).unwrap();
+        let whole = Data::<f64>::random(shape, 42);
+        let a = Data::<f64>::random_rows(shape, 42, 0, 4);
+        let b = Data::<f64>::random_rows(shape, 42, 4, 6);
+        assert_eq!(whole.x.slice(ndarray::s![..4, ..]), a.x);
+        assert_eq!(whole.x.slice(ndarray::s![4.., ..]), b.x);
+        assert_eq!(whole.y.slice(ndarray::s![4.., ..]), b.y);
+    }
+
+    #[test]
+    fn seeds_differ_and_repeat() {
+        let shape = Shape::new(3, 4, 5, 6).unwrap();
+        let a = Weights::<f64>::random(shape, 1);
+        assert_eq!(a, Weights::<f64>::random(shape, 1));
+        assert_ne!(a, Weights::<f64>::random(shape, 2));
+        // Roughly standard normal.
+        let big = Data::<f64>::random(Shape::new(200, 500, 1, 1).unwrap(), 7).x;
+        let mean = big.mean().unwrap();
+        let var = big.mapv(|v| (v - mean) * (v - mean)).mean().unwrap();
+        assert!(mean.abs() < 0.01 && (var - 1.0).abs() < 0.02, "{mean} {var}");
+    }
+
+    #[test]
+    fn mismatches_and_non_finite_values_are_named() {
+        let shape = Shape::new(4, 3, 2, 1).unwrap();
+        let mut data = Data::<f64>::random(shape, 0);
+        let w = Weights::<f64>::random(Shape::new(4, 5, 2, 1).unwrap(), 0);
+        let e = checked_shape(&data, &w).unwrap_err().to_string();
+        assert!(e.contains("w1 needs as many rows as x has columns"), "{e}");
+        let w = Weights::<f64>::random(shape, 0);
+        data.x[[2, 1]] = f64::NAN;
+        let e = checked_shape(&data, &w).unwrap_err().to_string();
+        assert!(e.contains("'x'") && e.contains("[2, 1]"), "{e}");
+    }
+}

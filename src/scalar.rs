@@ -1,0 +1,91 @@
+//! The two element types the trainer runs in, f32 and f64, behind one trait.
+
+use std::fmt;
+
+/// The element type of a run, as chosen on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Dtype {
+    /// IEEE single precision.
+    F32,
+    /// IEEE double precision (the reference's dtype).
+    F64,
+}
+
+impl Dtype {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::F64 => 8,
+        }
+    }
+
+    /// The name used on the command line and in reports: `f32` or `f64`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::F64 => "f64",
+        }
+    }
+}
+
+impl fmt::Display for Dtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Dtype {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" | "float32" => Ok(Dtype::F32),
+            "f64" | "float64" => Ok(Dtype::F64),
+            _ => Err(format!("unsupported dtype '{s}' (expected f32 or f64)")),
+        }
+    }
+}
+
+/// A floating-point element the trainer can run in: what GEMM (through
+/// ndarray's BLAS dispatch), the elementwise kernels and the .npy reader and
+/// writer all need.
+pub trait Real:
+    ndarray::LinalgScalar
+    + ndarray::ScalarOperand
+    + num_traits::Float
+    + ndarray_npy::ReadableElement
+    + ndarray_npy::WritableElement
+    + Send
+    + Sync
+    + fmt::Debug
+    + fmt::Display
+    + fmt::LowerExp
+    + 'static
+{
+    /// The [`Dtype`] this type is.
+    const DTYPE: Dtype;
+    /// Converts from f64, rounding to nearest.
+    fn from_f64(v: f64) -> Self;
+    /// Converts to f64 exactly.
+    fn to_f64(self) -> f64;
+}
+
+impl Real for f32 {
+    const DTYPE: Dtype = Dtype::F32;
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+}
+
+impl Real for f64 {
+    const DTYPE: Dtype = Dtype::F64;
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+    fn to_f64(self) -> f64 {
+        self
+    }
+}

@@ -1,0 +1,40 @@
+//! One thread budget for the whole process: rayon's pool (the elementwise
+//! passes, data generation) and OpenBLAS (the GEMMs) get the same count.
+
+use crate::blas;
+use crate::error::{Error, Result};
+
+/// The cores this process may run on (its affinity mask), at least 1.
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// Largest budget accepted; more threads than this is a typo, not a plan.
+pub const MAX_THREADS: usize = 1024;
+
+/// Gives rayon's global pool and OpenBLAS `threads` threads each. Rayon's
+/// pool can be sized only once per process: a second call with another
+/// count fails.
+pub fn set_budget(threads: usize) -> Result<()> {
+    if threads == 0 || threads > MAX_THREADS {
+        return Err(Error::invalid(format!(
+            "--threads must be between 1 and {MAX_THREADS}, got {threads}"
+        )));
+    }
+    if rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("twolayer-rayon-{i}"))
+        .build_global()
+        .is_err()
+        && rayon::current_num_threads() != threads
+    {
+        return Err(Error::invalid(format!(
+            "rayon's pool already runs {} threads; cannot change it to {threads}",
+            rayon::current_num_threads()
+        )));
+    }
+    blas::set_threads(threads);
+    Ok(())
+}

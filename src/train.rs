@@ -1,0 +1,179 @@
+//! The training loop: a [`Trainer`] owns the data, the weights and the
+//! step's buffers, runs steps, keeps the loss history and stops on a loss
+//! that is no longer finite.
+
+use crate::error::{Error, Result};
+use crate::net::{checked_shape, Data, Weights};
+use crate::scalar::Real;
+use crate::shape::Shape;
+use crate::step::{self, Gradients, LearningRates, Workspace};
+use std::time::{Duration, Instant};
+
+/// How a step applies its update.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum StepMode {
+    /// SGD folded into the gradient GEMMs (alpha = −lr, beta = 1): fastest.
+    #[default]
+    Fused,
+    /// Gradients into buffers, then a separate update pass: the form that
+    /// data-parallel training and optimizers with state build on.
+    Explicit,
+}
+
+/// A network being trained, with everything one step needs preallocated.
+#[derive(Debug)]
+pub struct Trainer<F> {
+    shape: Shape,
+    data: Data<F>,
+    weights: Weights<F>,
+    ws: Workspace<F>,
+    grads: Option<Gradients<F>>,
+    lr: LearningRates,
+    losses: Vec<f64>,
+}
+
+/// Timing of a [`Trainer::run`].
+#[derive(Clone, Copy, Debug)]
+pub struct RunStats {
+    /// Steps run.
+    pub steps: usize,
+    /// Wall time of those steps (not of set-up).
+    pub elapsed: Duration,
+}
+
+impl RunStats {
+    /// Milliseconds per step.
+    pub fn ms_per_step(&self) -> f64 {
+        self.elapsed.as_secs_f64() * 1e3 / self.steps.max(1) as f64
+    }
+}
+
+impl<F: Real> Trainer<F> {
+    /// A trainer for this data and these weights. Checks that they agree
+    /// and are finite, and that the step's buffers fit in memory, before
+    /// allocating them.
+    pub fn new(
+        data: Data<F>,
+        weights: Weights<F>,
+        lr: LearningRates,
+        mode: StepMode,
+    ) -> Result<Self> {
+        for (name, v) in [("--lr (w1)", lr.w1), ("--lr (w2)", lr.w2)] {
+            if !v.is_finite() || v < 0.0 {
+                return Err(Error::invalid(format!(
+                    "{name} must be a finite number ≥ 0, got {v}"
+                )));
+            }
+        }
+        let shape = checked_shape(&data, &weights)?;
+        shape.check_fits_memory(F::DTYPE, mode == StepMode::Explicit)?;
+        let standard = |a: ndarray::Array2<F>| {
+            if a.is_standard_layout() {
+                a
+            } else {
+                a.as_standard_layout().into_owned()
+            }
+        };
+        let data = Data {
+            x: standard(data.x),
+            y: standard(data.y),
+        };
+        let weights = Weights {
+            w1: standard(weights.w1),
+            w2: standard(weights.w2),
+        };
+        Ok(Trainer {
+            shape,
+            data,
+            weights,
+            ws: Workspace::new(shape),
+            grads: (mode == StepMode::Explicit).then(|| Gradients::zeros(shape)),
+            lr,
+            losses: Vec::new(),
+        })
+    }
+
+    /// The problem's shape.
+    pub fn shape(&self) -> Shape {
+        self.shape
+    }
+
+    /// The weights as they are now.
+    pub fn weights(&self) -> &Weights<F> {
+        &self.weights
+    }
+
+    /// Takes the weights out, ending the trainer.
+    pub fn into_weights(self) -> Weights<F> {
+        self.weights
+    }
+
+    /// The training data.
+    pub fn data(&self) -> &Data<F> {
+        &self.data
+    }
+
+    /// The loss of every step run so far; entry t is the loss before step
+    /// t's update.
+    pub fn losses(&self) -> &[f64] {
+        &self.losses
+    }
+
+    /// How many steps have run.
+    pub fn steps_done(&self) -> usize {
+        self.losses.len()
+    }
+
+    /// Runs one step and returns its loss (of the weights before the
+    /// update). When the loss is not finite the update is not applied, the
+    /// weights stay the last finite ones, and the error names the step.
+    pub fn step(&mut self) -> Result<f64> {
+        let t = self.losses.len();
+        let loss = match &mut self.grads {
+            None => {
+                let loss = step::forward(&mut self.ws, &self.data, &self.weights);
+                check_finite_loss(t, loss, self.lr)?;
+                step::backward_hidden(&mut self.ws, &self.weights.w2);
+                step::finish_fused(&self.ws, &self.data, &mut self.weights, self.lr);
+                loss
+            }
+            Some(g) => {
+                let loss = step::gradients(&mut self.ws, &self.data, &self.weights, g);
+                check_finite_loss(t, loss, self.lr)?;
+                step::apply_sgd(&mut self.weights, g, self.lr);
+                loss
+            }
+        };
+        self.losses.push(loss);
+        Ok(loss)
+    }
+
+    /// Runs `steps` steps, calling `on_loss(t, loss)` after each. Room for
+    /// the loss history is reserved up front, so steps do not allocate.
+    pub fn run(&mut self, steps: usize, mut on_loss: impl FnMut(usize, f64)) -> Result<RunStats> {
+        self.losses.reserve(steps);
+        let start = Instant::now();
+        for _ in 0..steps {
+            let t = self.losses.len();
+            let loss = self.step()?;
+            on_loss(t, loss);
+        }
+        Ok(RunStats {
+            steps,
+            elapsed: start.elapsed(),
+        })
+    }
+}
+
+/// Fails with [`Error::Diverged`] when `loss` is NaN or infinite.
+fn check_finite_loss(step: usize, loss: f64, lr: LearningRates) -> Result<()> {
+    if loss.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::Diverged {
+            step,
+            value: loss,
+            lr: lr.max(),
+        })
+    }
+}
