@@ -52,7 +52,11 @@ pub fn relu_in_place<F: Real>(h: &mut [F]) {
 /// `partials[i]` (length [`partials_len`]), and those are added in order.
 pub fn loss_and_grad<F: Real>(pred_to_grad: &mut [F], y: &[F], partials: &mut [f64]) -> f64 {
     assert_eq!(pred_to_grad.len(), y.len(), "y_pred and y differ in size");
-    assert_eq!(partials.len(), partials_len(y.len()), "partials buffer size");
+    assert_eq!(
+        partials.len(),
+        partials_len(y.len()),
+        "partials buffer size"
+    );
     let two = F::one() + F::one();
     let pass = |((p, y), acc): ((&mut [F], &[F]), &mut f64)| {
         let mut s = 0.0f64;
@@ -84,7 +88,11 @@ pub fn loss_and_grad<F: Real>(pred_to_grad: &mut [F], y: &[F], partials: &mut [f
 /// `h[i,j] < 0`, in place on `grad`. Reads the sign bit that
 /// [`relu_in_place`] left in `h_relu`.
 pub fn relu_mask<F: Real>(grad: &mut [F], h_relu: &[F]) {
-    assert_eq!(grad.len(), h_relu.len(), "g_hrelu and h_relu differ in size");
+    assert_eq!(
+        grad.len(),
+        h_relu.len(),
+        "g_hrelu and h_relu differ in size"
+    );
     let pass = |(g, h): (&mut [F], &[F])| {
         for (g, h) in g.iter_mut().zip(h) {
             if h.is_sign_negative() {
@@ -97,7 +105,9 @@ pub fn relu_mask<F: Real>(grad: &mut [F], h_relu: &[F]) {
             .zip(h_relu.par_chunks(CHUNK))
             .for_each(pass);
     } else {
-        grad.chunks_mut(CHUNK).zip(h_relu.chunks(CHUNK)).for_each(pass);
+        grad.chunks_mut(CHUNK)
+            .zip(h_relu.chunks(CHUNK))
+            .for_each(pass);
     }
 }
 
@@ -111,7 +121,9 @@ pub fn sgd_update<F: Real>(w: &mut [F], g: &[F], lr: F) {
         }
     };
     if w.len() >= PAR_THRESHOLD {
-        w.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(pass);
+        w.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .for_each(pass);
     } else {
         w.chunks_mut(CHUNK).zip(g.chunks(CHUNK)).for_each(pass);
     }
@@ -123,7 +135,14 @@ mod tests {
 
     #[test]
     fn relu_marks_negatives_with_the_sign_bit_only() {
-        let mut h = vec![-2.0f64, -0.0, 0.0, 3.0, f64::MIN_POSITIVE, -f64::MIN_POSITIVE];
+        let mut h = vec![
+            -2.0f64,
+            -0.0,
+            0.0,
+            3.0,
+            f64::MIN_POSITIVE,
+            -f64::MIN_POSITIVE,
+        ];
         relu_in_place(&mut h);
         let signs: Vec<bool> = h.iter().map(|v| v.is_sign_negative()).collect();
         assert_eq!(signs, [true, false, false, false, false, true]);

@@ -15,7 +15,9 @@ fn main() -> ExitCode {
     // OpenBLAS reads its idle-spin setting only at load time: restart with
     // it set (a no-op when it already is). See `blas` for why it matters.
     if let Some(e) = blas::reexec_with_short_spin() {
-        eprintln!("twolayer: warning: could not restart with a short OpenBLAS spin ({e}); running as is");
+        eprintln!(
+            "twolayer: warning: could not restart with a short OpenBLAS spin ({e}); running as is"
+        );
     }
     let result = match &cli.command {
         Command::Train(args) => commands::train::run(args),

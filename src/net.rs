@@ -140,10 +140,22 @@ pub fn shape_from_dims(
         return mismatch("x", x, "y", y, "they need the same number of rows (N)");
     }
     if w1.0 != x.1 {
-        return mismatch("x", x, "w1", w1, "w1 needs as many rows as x has columns (D_in)");
+        return mismatch(
+            "x",
+            x,
+            "w1",
+            w1,
+            "w1 needs as many rows as x has columns (D_in)",
+        );
     }
     if w2.0 != w1.1 {
-        return mismatch("w1", w1, "w2", w2, "w2 needs as many rows as w1 has columns (H)");
+        return mismatch(
+            "w1",
+            w1,
+            "w2",
+            w2,
+            "w2 needs as many rows as w1 has columns (H)",
+        );
     }
     if w2.1 != y.1 {
         return mismatch("y", y, "w2", w2, "w2 needs as many columns as y (D_out)");
@@ -187,7 +199,10 @@ mod tests {
         let big = Data::<f64>::random(Shape::new(200, 500, 1, 1).unwrap(), 7).x;
         let mean = big.mean().unwrap();
         let var = big.mapv(|v| (v - mean) * (v - mean)).mean().unwrap();
-        assert!(mean.abs() < 0.01 && (var - 1.0).abs() < 0.02, "{mean} {var}");
+        assert!(
+            mean.abs() < 0.01 && (var - 1.0).abs() < 0.02,
+            "{mean} {var}"
+        );
     }
 
     #[test]

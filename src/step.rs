@@ -149,11 +149,7 @@ pub fn forward<F: Real>(ws: &mut Workspace<F>, data: &Data<F>, weights: &Weights
     general_mat_mul(one, &ws.h, &weights.w2, zero, &mut ws.y_pred);
 
     // loss = Σ (y_pred − y)²  and  g_y = 2 (y_pred − y), one pass, in place.
-    kernels::loss_and_grad(
-        slice_mut(&mut ws.y_pred),
-        slice(&data.y),
-        &mut ws.partials,
-    )
+    kernels::loss_and_grad(slice_mut(&mut ws.y_pred), slice(&data.y), &mut ws.partials)
 }
 
 /// Backward through the second layer and the ReLU, up to g_h (left in the
@@ -243,7 +239,13 @@ pub fn gradients<F: Real>(
     let loss = forward(ws, data, weights);
     backward_hidden(ws, &weights.w2);
     let (one, zero) = (F::one(), F::zero());
-    weight_gemms(ws, &data.x, (one, &mut grads.w2), (one, &mut grads.w1), zero);
+    weight_gemms(
+        ws,
+        &data.x,
+        (one, &mut grads.w2),
+        (one, &mut grads.w1),
+        zero,
+    );
     loss
 }
 

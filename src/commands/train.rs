@@ -100,7 +100,7 @@ fn train_and_report<F: Real>(
     let shape = trainer.shape();
 
     let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut out = std::io::BufWriter::new(stdout);
     let mut write_err: Option<std::io::Error> = None;
     let mut last_flush = Instant::now();
     let last = args.steps - 1;

@@ -1,0 +1,123 @@
+//! Every product of the step reaches OpenBLAS: this binary defines
+//! cblas_dgemm and cblas_sgemm itself, so the calls ndarray makes land here
+//! first; each is counted and forwarded to the real OpenBLAS function
+//! (found with dlsym(RTLD_NEXT)). If a buffer's layout ever made ndarray
+//! fall back to its own matmul, the count would come out short.
+//!
+//! ndarray also keeps GEMMs whose dimensions are all ≤ 7 for itself, so the
+//! shapes here have at least one dimension above 7 in every product.
+
+use std::ffi::{c_int, c_void};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use twolayer::{Data, LearningRates, Real, Shape, StepMode, Trainer, Weights};
+
+static DGEMM: AtomicUsize = AtomicUsize::new(0);
+static SGEMM: AtomicUsize = AtomicUsize::new(0);
+
+type Gemm<T> = unsafe extern "C" fn(
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    T,
+    *const T,
+    c_int,
+    *const T,
+    c_int,
+    T,
+    *mut T,
+    c_int,
+);
+
+fn real<T>(name: &std::ffi::CStr) -> Gemm<T> {
+    // SAFETY: looks up the next definition of a C function by name.
+    let p = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) };
+    assert!(!p.is_null(), "OpenBLAS's {name:?} not found");
+    // SAFETY: the symbol is the cblas function with exactly this signature.
+    unsafe { std::mem::transmute::<*mut c_void, Gemm<T>>(p) }
+}
+
+macro_rules! interpose {
+    ($name:ident, $t:ty, $counter:ident) => {
+        /// Counts and forwards to OpenBLAS.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(
+            layout: c_int,
+            ta: c_int,
+            tb: c_int,
+            m: c_int,
+            n: c_int,
+            k: c_int,
+            alpha: $t,
+            a: *const $t,
+            lda: c_int,
+            b: *const $t,
+            ldb: c_int,
+            beta: $t,
+            c: *mut $t,
+            ldc: c_int,
+        ) {
+            $counter.fetch_add(1, Ordering::SeqCst);
+            let f = real::<$t>(
+                std::ffi::CStr::from_bytes_with_nul(concat!(stringify!($name), "\0").as_bytes())
+                    .unwrap(),
+            );
+            f(layout, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+        }
+    };
+}
+
+interpose!(cblas_dgemm, f64, DGEMM);
+interpose!(cblas_sgemm, f32, SGEMM);
+
+fn gemms_per_step<F: Real>(shape: Shape, mode: StepMode, counter: &AtomicUsize) -> usize {
+    let mut t = Trainer::new(
+        Data::<F>::random(shape, 1),
+        Weights::random(shape, 2),
+        LearningRates::uniform(1e-9),
+        mode,
+    )
+    .unwrap();
+    let before = counter.load(Ordering::SeqCst);
+    t.run(3, |_, _| {}).unwrap();
+    (counter.load(Ordering::SeqCst) - before) / 3
+}
+
+#[test]
+fn all_five_products_go_to_cblas() {
+    // Also makes this binary link OpenBLAS, so dlsym(RTLD_NEXT) can find it.
+    twolayer::threads::set_budget(2).unwrap();
+    assert_ne!(twolayer::blas::core_name(), "unknown");
+    // One test function: the counters are global, so nothing may run beside it.
+    for shape in [
+        Shape::REFERENCE,
+        Shape::new(33, 257, 65, 9).unwrap(),
+        Shape::new(8, 8, 8, 1).unwrap(),
+    ] {
+        for mode in [StepMode::Fused, StepMode::Explicit] {
+            assert_eq!(
+                gemms_per_step::<f64>(shape, mode, &DGEMM),
+                5,
+                "f64 {shape} {mode:?}"
+            );
+            assert_eq!(
+                gemms_per_step::<f32>(shape, mode, &SGEMM),
+                5,
+                "f32 {shape} {mode:?}"
+            );
+        }
+    }
+    // Holding w1 fixed (lr 0, fused) skips its update GEMM.
+    let mut t = Trainer::new(
+        Data::<f64>::random(Shape::REFERENCE, 1),
+        Weights::random(Shape::REFERENCE, 2),
+        LearningRates { w1: 0.0, w2: 1e-6 },
+        StepMode::Fused,
+    )
+    .unwrap();
+    let before = DGEMM.load(Ordering::SeqCst);
+    t.step().unwrap();
+    assert_eq!(DGEMM.load(Ordering::SeqCst) - before, 4);
+}

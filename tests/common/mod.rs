@@ -1,0 +1,193 @@
+//! Helpers shared by the integration tests: a plain-loop reference step,
+//! the binary under test, a numpy environment, and scratch files.
+#![allow(dead_code)]
+
+use ndarray::Array2;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use twolayer::{Data, Real, Weights};
+
+/// One step of design.md §1 written as plain loops, in f64 whatever the
+/// dtype of the inputs: the oracle the BLAS step is checked against.
+/// Returns the loss; updates `w1`, `w2` in place.
+pub fn loop_step(
+    x: &Array2<f64>,
+    y: &Array2<f64>,
+    w1: &mut Array2<f64>,
+    w2: &mut Array2<f64>,
+    lr1: f64,
+    lr2: f64,
+) -> f64 {
+    let (n, d_in) = x.dim();
+    let hidden = w1.ncols();
+    let d_out = w2.ncols();
+    let mut h = Array2::<f64>::zeros((n, hidden));
+    for i in 0..n {
+        for j in 0..hidden {
+            let mut s = 0.0;
+            for k in 0..d_in {
+                s += x[[i, k]] * w1[[k, j]];
+            }
+            h[[i, j]] = s;
+        }
+    }
+    let h_relu = h.mapv(|v| v.max(0.0));
+    let mut g_y = Array2::<f64>::zeros((n, d_out));
+    let mut loss = 0.0;
+    for i in 0..n {
+        for j in 0..d_out {
+            let mut s = 0.0;
+            for k in 0..hidden {
+                s += h_relu[[i, k]] * w2[[k, j]];
+            }
+            let d = s - y[[i, j]];
+            loss += d * d;
+            g_y[[i, j]] = 2.0 * d;
+        }
+    }
+    let mut g_w2 = Array2::<f64>::zeros((hidden, d_out));
+    for a in 0..hidden {
+        for b in 0..d_out {
+            for i in 0..n {
+                g_w2[[a, b]] += h_relu[[i, a]] * g_y[[i, b]];
+            }
+        }
+    }
+    let mut g_h = Array2::<f64>::zeros((n, hidden));
+    for i in 0..n {
+        for a in 0..hidden {
+            if h[[i, a]] < 0.0 {
+                continue;
+            }
+            for b in 0..d_out {
+                g_h[[i, a]] += g_y[[i, b]] * w2[[a, b]];
+            }
+        }
+    }
+    let mut g_w1 = Array2::<f64>::zeros((d_in, hidden));
+    for k in 0..d_in {
+        for a in 0..hidden {
+            for i in 0..n {
+                g_w1[[k, a]] += x[[i, k]] * g_h[[i, a]];
+            }
+        }
+    }
+    w1.zip_mut_with(&g_w1, |w, g| *w -= lr1 * g);
+    w2.zip_mut_with(&g_w2, |w, g| *w -= lr2 * g);
+    loss
+}
+
+/// An f64 copy of any array.
+pub fn to_f64<F: Real>(a: &Array2<F>) -> Array2<f64> {
+    a.mapv(|v| v.to_f64())
+}
+
+/// Largest |a − b| / max(|b|, floor) over the elements.
+pub fn max_rel_diff(a: &Array2<f64>, b: &Array2<f64>, floor: f64) -> f64 {
+    assert_eq!(a.dim(), b.dim());
+    a.iter()
+        .zip(b)
+        .map(|(a, b)| (a - b).abs() / b.abs().max(floor))
+        .fold(0.0, f64::max)
+}
+
+/// Data and weights as f64 copies.
+pub fn as_f64<F: Real>(d: &Data<F>, w: &Weights<F>) -> (Data<f64>, Weights<f64>) {
+    (
+        Data {
+            x: to_f64(&d.x),
+            y: to_f64(&d.y),
+        },
+        Weights {
+            w1: to_f64(&w.w1),
+            w2: to_f64(&w.w2),
+        },
+    )
+}
+
+/// The `twolayer` binary built for this test run.
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_twolayer"))
+}
+
+/// Runs the binary with `args` and returns its output.
+pub fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("the twolayer binary runs")
+}
+
+/// Stderr as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Parses "t loss" lines.
+pub fn parse_losses(text: &str) -> Vec<(usize, f64)> {
+    text.lines()
+        .map(|l| {
+            let mut it = l.split_whitespace();
+            let t = it.next().unwrap().parse().unwrap();
+            let v = it.next().unwrap().parse().unwrap();
+            (t, v)
+        })
+        .collect()
+}
+
+/// The project's root folder.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A Python interpreter with numpy: `$TWOLAYER_PYTHON` if set, else a venv
+/// at target/pyenv, created (and numpy installed into it from PyPI) the
+/// first time. A file lock keeps parallel tests from building it twice.
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("TWOLAYER_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    std::fs::create_dir_all(&target).unwrap();
+    let venv = target.join("pyenv");
+    let py = venv.join("bin/python");
+    let lock = std::fs::File::create(target.join("pyenv.lock")).unwrap();
+    lock.lock().unwrap();
+    let has_numpy = |py: &Path| {
+        py.exists()
+            && Command::new(py)
+                .args(["-c", "import numpy"])
+                .status()
+                .is_ok_and(|s| s.success())
+    };
+    if !has_numpy(&py) {
+        let ok = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3 is installed (scripts/setup.sh installs it)");
+        assert!(ok.success(), "python3 -m venv failed");
+        let ok = Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check", "numpy"])
+            .status()
+            .expect("pip runs");
+        assert!(ok.success(), "pip install numpy failed");
+        assert!(has_numpy(&py), "numpy still missing in {}", venv.display());
+    }
+    py
+}
+
+/// Runs scripts/reference.py with `args` under [`python`]; panics with its
+/// stderr when it fails.
+pub fn reference(args: &[&str]) -> Output {
+    let out = Command::new(python())
+        .arg(root().join("scripts/reference.py"))
+        .args(args)
+        .output()
+        .expect("reference.py runs");
+    assert!(
+        out.status.success(),
+        "reference.py {args:?} failed: {}",
+        stderr(&out)
+    );
+    out
+}

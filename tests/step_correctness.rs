@@ -1,0 +1,178 @@
+//! The step's numbers: gradients against finite differences, the BLAS step
+//! against a plain-loop step, and the two step forms against each other.
+
+mod common;
+
+use common::{as_f64, loop_step, max_rel_diff, to_f64};
+use ndarray::Array2;
+use twolayer::step::{self, Gradients, LearningRates, Workspace};
+use twolayer::{Data, Real, Shape, StepMode, Trainer, Weights};
+
+/// loss(w1, w2) alone, through the library's forward pass.
+fn loss_of(data: &Data<f64>, w: &Weights<f64>) -> f64 {
+    let mut ws = Workspace::new(twolayer::net::checked_shape(data, w).unwrap());
+    step::forward(&mut ws, data, w)
+}
+
+#[test]
+fn gradients_match_finite_differences() {
+    for (i, &(n, d_in, h, d_out)) in [(5, 7, 6, 3), (9, 4, 11, 2), (3, 12, 8, 5)]
+        .iter()
+        .enumerate()
+    {
+        let shape = Shape::new(n, d_in, h, d_out).unwrap();
+        let data = Data::<f64>::random(shape, 100 + i as u64);
+        let w = Weights::<f64>::random(shape, 200 + i as u64);
+        let mut ws = Workspace::new(shape);
+        let mut g = Gradients::zeros(shape);
+        step::gradients(&mut ws, &data, &w, &mut g);
+
+        // Central differences, relative step; the loss is piecewise
+        // quadratic, so away from ReLU kinks this is exact up to rounding.
+        let check = |which: usize, analytic: &Array2<f64>| {
+            let target = if which == 1 { &w.w1 } else { &w.w2 };
+            let mut worst = 0.0f64;
+            for idx in ndarray::indices(target.dim()) {
+                let eps = 1e-6 * target[idx].abs().max(1.0);
+                let mut plus = w.clone();
+                let mut minus = w.clone();
+                let (p, m) = if which == 1 {
+                    (&mut plus.w1, &mut minus.w1)
+                } else {
+                    (&mut plus.w2, &mut minus.w2)
+                };
+                p[idx] += eps;
+                m[idx] -= eps;
+                let numeric = (loss_of(&data, &plus) - loss_of(&data, &minus)) / (2.0 * eps);
+                let scale = analytic[idx].abs().max(1.0);
+                worst = worst.max((numeric - analytic[idx]).abs() / scale);
+            }
+            assert!(
+                worst < 1e-5,
+                "w{which} gradient off by {worst:e} relative at shape {shape}"
+            );
+        };
+        check(1, &g.w1);
+        check(2, &g.w2);
+    }
+}
+
+/// Trains `steps` steps with the library in F and with plain loops in f64
+/// from the same start, and returns the worst relative gaps in the losses
+/// and in the final weights.
+fn blas_vs_loops<F: Real>(shape: Shape, steps: usize, mode: StepMode) -> (f64, f64) {
+    let data = Data::<F>::random(shape, 7);
+    let w = Weights::<F>::random(shape, 8);
+    let (d64, mut w64) = as_f64(&data, &w);
+    let lr = LearningRates { w1: 1e-5, w2: 2e-5 };
+    let mut t = Trainer::new(data, w, lr, mode).unwrap();
+    let mut worst_loss = 0.0f64;
+    for _ in 0..steps {
+        let ours = t.step().unwrap();
+        let theirs = loop_step(&d64.x, &d64.y, &mut w64.w1, &mut w64.w2, lr.w1, lr.w2);
+        worst_loss = worst_loss.max((ours - theirs).abs() / theirs.abs());
+    }
+    let wt = t.weights();
+    let worst_w = max_rel_diff(&to_f64(&wt.w1), &w64.w1, 1.0).max(max_rel_diff(
+        &to_f64(&wt.w2),
+        &w64.w2,
+        1.0,
+    ));
+    (worst_loss, worst_w)
+}
+
+#[test]
+fn blas_step_matches_plain_loops_on_odd_shapes() {
+    let shapes = [
+        Shape::new(7, 13, 5, 3).unwrap(),
+        Shape::new(33, 257, 65, 9).unwrap(),
+        Shape::new(1, 9, 1, 1).unwrap(),
+    ];
+    for shape in shapes {
+        for mode in [StepMode::Fused, StepMode::Explicit] {
+            let (l, w) = blas_vs_loops::<f64>(shape, 6, mode);
+            assert!(
+                l < 1e-12 && w < 1e-10,
+                "f64 {shape} {mode:?}: loss {l:e}, weights {w:e}"
+            );
+            // f32 carries ~7 digits; the gap grows a little with each step.
+            let (l, w) = blas_vs_loops::<f32>(shape, 6, mode);
+            assert!(
+                l < 1e-4 && w < 1e-4,
+                "f32 {shape} {mode:?}: loss {l:e}, weights {w:e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn fused_and_explicit_steps_agree() {
+    let shape = Shape::new(40, 70, 30, 6).unwrap();
+    let mk = |mode| {
+        Trainer::new(
+            Data::<f64>::random(shape, 1),
+            Weights::random(shape, 2),
+            LearningRates::uniform(1e-4),
+            mode,
+        )
+        .unwrap()
+    };
+    let (mut a, mut b) = (mk(StepMode::Fused), mk(StepMode::Explicit));
+    a.run(20, |_, _| {}).unwrap();
+    b.run(20, |_, _| {}).unwrap();
+    for (x, y) in a.losses().iter().zip(b.losses()) {
+        assert!((x - y).abs() <= 1e-12 * y.abs(), "{x} vs {y}");
+    }
+    assert!(max_rel_diff(&a.weights().w1, &b.weights().w1, 1.0) < 1e-12);
+}
+
+#[test]
+fn zero_w1_still_learns_because_relu_passes_at_zero() {
+    // h = x·0 = 0 everywhere. The reference zeroes the gradient only where
+    // h < 0, so g_h = g_hrelu and w1 moves; PyTorch's convention (0 at 0)
+    // would leave it at zero for ever.
+    let shape = Shape::new(16, 12, 8, 4).unwrap();
+    let data = Data::<f64>::random(shape, 3);
+    let mut w = Weights::<f64>::random(shape, 4);
+    w.w1.fill(0.0);
+    let mut t = Trainer::new(data, w, LearningRates::uniform(1e-3), StepMode::Fused).unwrap();
+    t.step().unwrap();
+    assert!(
+        t.weights().w1.iter().any(|&v| v != 0.0),
+        "w1 stayed at zero"
+    );
+    // And the first step's update is exactly the plain-loop one.
+    let (d64, mut w64) = as_f64(t.data(), &{
+        let mut w = Weights::<f64>::random(shape, 4);
+        w.w1.fill(0.0);
+        w
+    });
+    loop_step(&d64.x, &d64.y, &mut w64.w1, &mut w64.w2, 1e-3, 1e-3);
+    assert!(max_rel_diff(&t.weights().w1, &w64.w1, 1e-30) < 1e-12);
+}
+
+#[test]
+fn non_finite_loss_stops_with_the_step_and_keeps_the_last_weights() {
+    let shape = Shape::new(64, 100, 50, 10).unwrap();
+    let mut t = Trainer::new(
+        Data::<f64>::random(shape, 5),
+        Weights::random(shape, 6),
+        LearningRates::uniform(1.0),
+        StepMode::Fused,
+    )
+    .unwrap();
+    let mut before = t.weights().clone();
+    let err = loop {
+        match t.step() {
+            Ok(_) => before = t.weights().clone(),
+            Err(e) => break e,
+        }
+    };
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("at step {}", t.steps_done())),
+        "{msg}"
+    );
+    assert!(msg.contains("smaller --lr"), "{msg}");
+    assert_eq!(&before, t.weights(), "weights changed by the diverged step");
+}
