@@ -56,28 +56,28 @@ pub enum ModeArg {
 #[derive(Debug, Args)]
 pub struct TrainArgs {
     /// Batch size N (rows of x and y) [default: 64, or from --init]
-    #[arg(long, value_parser = positive)]
+    #[arg(long, value_parser = positive, allow_negative_numbers = true)]
     pub n: Option<usize>,
     /// Input width D_in [default: 1000, or from --init]
-    #[arg(long = "d-in", value_parser = positive)]
+    #[arg(long = "d-in", value_parser = positive, allow_negative_numbers = true)]
     pub d_in: Option<usize>,
     /// Hidden width H [default: 100, or from --init]
-    #[arg(long, value_parser = positive)]
+    #[arg(long, value_parser = positive, allow_negative_numbers = true)]
     pub hidden: Option<usize>,
     /// Output width D_out [default: 10, or from --init]
-    #[arg(long = "d-out", value_parser = positive)]
+    #[arg(long = "d-out", value_parser = positive, allow_negative_numbers = true)]
     pub d_out: Option<usize>,
     /// Learning rate of both layers
-    #[arg(long, default_value = "1e-6", value_parser = learning_rate)]
+    #[arg(long, default_value = "1e-6", value_parser = learning_rate, allow_hyphen_values = true)]
     pub lr: f64,
     /// Learning rate of w1 alone (0 holds w1 fixed) [default: --lr]
-    #[arg(long = "lr-w1", value_parser = learning_rate)]
+    #[arg(long = "lr-w1", value_parser = learning_rate, allow_hyphen_values = true)]
     pub lr_w1: Option<f64>,
     /// Learning rate of w2 alone (0 holds w2 fixed) [default: --lr]
-    #[arg(long = "lr-w2", value_parser = learning_rate)]
+    #[arg(long = "lr-w2", value_parser = learning_rate, allow_hyphen_values = true)]
     pub lr_w2: Option<f64>,
     /// Training steps
-    #[arg(long, default_value = "500", value_parser = positive)]
+    #[arg(long, default_value = "500", value_parser = positive, allow_negative_numbers = true)]
     pub steps: usize,
     /// Element type: f64 or f32 [default: f64, or the file's with --init]
     #[arg(long)]
@@ -86,10 +86,10 @@ pub struct TrainArgs {
     #[arg(long, default_value = "0")]
     pub seed: u64,
     /// Threads for rayon and OpenBLAS alike [default: the cores available]
-    #[arg(long, value_parser = positive)]
+    #[arg(long, value_parser = positive, allow_negative_numbers = true)]
     pub threads: Option<usize>,
     /// Print the loss of every K-th step (and of the last)
-    #[arg(long = "log-every", default_value = "1", value_parser = positive)]
+    #[arg(long = "log-every", default_value = "1", value_parser = positive, allow_negative_numbers = true)]
     pub log_every: usize,
     /// Print no per-step losses (the summary still goes to stderr)
     #[arg(long, short)]

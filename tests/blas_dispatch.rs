@@ -42,6 +42,9 @@ fn real<T>(name: &std::ffi::CStr) -> Gemm<T> {
 macro_rules! interpose {
     ($name:ident, $t:ty, $counter:ident) => {
         /// Counts and forwards to OpenBLAS.
+        ///
+        /// # Safety
+        /// The cblas contract: pointers and leading dimensions describe valid matrices.
         #[no_mangle]
         pub unsafe extern "C" fn $name(
             layout: c_int,

@@ -1,0 +1,392 @@
+//! The real binary, as a user runs it: the default experiment, its flags,
+//! and every kind of bad input, each ending in one clear line on stderr and
+//! a non-zero exit, with no output file left behind.
+
+mod common;
+
+use common::{parse_losses, run, stderr};
+use ndarray::{Array1, Array2};
+use ndarray_npy::NpzWriter;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use twolayer::npz::save_init;
+use twolayer::{Data, Shape, Weights};
+
+/// Asserts a failed run: the exit code, one line on stderr, and that the
+/// line contains every one of `needles`.
+fn assert_fails(args: &[&str], code: i32, needles: &[&str]) {
+    let out = run(args);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "{args:?} printed more than one line: {err}"
+    );
+    assert!(err.starts_with("twolayer: error: "), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: expected '{n}' in: {err}");
+    }
+    assert!(out.stdout.is_empty(), "{args:?} trained anyway");
+}
+
+fn small_init(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
+    let shape = Shape::new(8, 6, 4, 2).unwrap();
+    save_init(
+        &p,
+        &Data::<f64>::random(shape, 0),
+        &Weights::random(shape, 0),
+    )
+    .unwrap();
+    p
+}
+
+/// Writes an .npz holding the given named f64 arrays.
+fn npz_with(p: &Path, arrays: &[(&str, Array2<f64>)]) {
+    let mut w = NpzWriter::new(std::fs::File::create(p).unwrap());
+    for (n, a) in arrays {
+        w.add_array(*n, a).unwrap();
+    }
+    w.finish().unwrap();
+}
+
+fn arrays(n: usize, d: usize, h: usize, o: usize) -> Vec<(&'static str, Array2<f64>)> {
+    vec![
+        ("x", Array2::ones((n, d))),
+        ("y", Array2::ones((n, o))),
+        ("w1", Array2::ones((d, h))),
+        ("w2", Array2::ones((h, o))),
+    ]
+}
+
+#[test]
+fn default_run_is_the_reference_experiment() {
+    let out = run(&["train"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let losses = parse_losses(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(losses.len(), 500);
+    assert_eq!(
+        losses.iter().map(|l| l.0).collect::<Vec<_>>(),
+        (0..500).collect::<Vec<_>>()
+    );
+    assert!(
+        losses[499].1 < 1e-3 * losses[0].1,
+        "did not learn: {:?}",
+        losses[499]
+    );
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    for s in [
+        "500 steps of (64, 1000, 100, 10) f64",
+        "ms/step",
+        "GFLOP/s",
+        "threads",
+        "OpenBLAS",
+    ] {
+        assert!(err.contains(s), "summary lacks '{s}': {err}");
+    }
+}
+
+#[test]
+fn same_seed_and_threads_give_bit_identical_losses() {
+    let a = run(&["train", "--steps", "50", "--threads", "2", "--seed", "9"]);
+    let b = run(&["train", "--steps", "50", "--threads", "2", "--seed", "9"]);
+    let c = run(&["train", "--steps", "50", "--threads", "2", "--seed", "10"]);
+    assert!(a.status.success() && b.status.success());
+    assert_eq!(a.stdout, b.stdout);
+    assert_ne!(a.stdout, c.stdout);
+}
+
+#[test]
+fn logging_flags() {
+    let out = run(&[
+        "train",
+        "--steps",
+        "250",
+        "--log-every",
+        "100",
+        "--dtype",
+        "f32",
+    ]);
+    assert!(out.status.success());
+    let ts: Vec<usize> = parse_losses(&String::from_utf8_lossy(&out.stdout))
+        .iter()
+        .map(|l| l.0)
+        .collect();
+    assert_eq!(ts, [0, 100, 200, 249]);
+    let out = run(&["train", "--steps", "5", "--quiet"]);
+    assert!(out.status.success() && out.stdout.is_empty());
+    assert!(stderr(&out).contains("5 steps"));
+}
+
+#[test]
+fn outputs_are_written_and_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, l) = (dir.path().join("w.npz"), dir.path().join("l.txt"));
+    let out = run(&[
+        "train",
+        "--steps",
+        "7",
+        "--n",
+        "9",
+        "--d-in",
+        "5",
+        "--hidden",
+        "4",
+        "--d-out",
+        "3",
+        "--save",
+        w.to_str().unwrap(),
+        "--losses",
+        l.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let file = parse_losses(&std::fs::read_to_string(&l).unwrap());
+    let printed = parse_losses(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(file, printed);
+    let mut npz = ndarray_npy::NpzReader::new(std::fs::File::open(&w).unwrap()).unwrap();
+    let w1: Array2<f64> = npz.by_name("w1").unwrap();
+    let w2: Array2<f64> = npz.by_name("w2").unwrap();
+    assert_eq!((w1.dim(), w2.dim()), ((5, 4), (4, 3)));
+    // No temporary files left beside them.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+}
+
+#[test]
+fn bad_init_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+
+    let missing = d.join("nope.npz");
+    assert_fails(
+        &["train", "--init", &s(&missing)],
+        1,
+        &["cannot read", "nope.npz", "No such file"],
+    );
+
+    let garbled = d.join("garbled.npz");
+    std::fs::write(&garbled, b"this is not a zip archive at all").unwrap();
+    assert_fails(&["train", "--init", &s(&garbled)], 1, &["not a valid .npz"]);
+
+    let three = d.join("three.npz");
+    npz_with(&three, &arrays(4, 3, 2, 1)[..3]);
+    assert_fails(
+        &["train", "--init", &s(&three)],
+        1,
+        &["missing array 'w2'", "x, y, w1"],
+    );
+
+    let mism = d.join("mismatch.npz");
+    let mut a = arrays(4, 3, 2, 1);
+    a[2].1 = Array2::ones((5, 2));
+    npz_with(&mism, &a);
+    assert_fails(
+        &["train", "--init", &s(&mism)],
+        1,
+        &["shape mismatch", "x is 4×3", "w1 is 5×2"],
+    );
+
+    let ints = d.join("ints.npz");
+    let mut w = NpzWriter::new(std::fs::File::create(&ints).unwrap());
+    for (n, shape) in [("x", (4, 3)), ("y", (4, 1)), ("w1", (3, 2)), ("w2", (2, 1))] {
+        w.add_array(n, &Array2::<i32>::zeros(shape)).unwrap();
+    }
+    w.finish().unwrap();
+    assert_fails(
+        &["train", "--init", &s(&ints)],
+        1,
+        &["array 'x'", "unsupported dtype '<i4'"],
+    );
+
+    let mixed = d.join("mixed.npz");
+    let mut w = NpzWriter::new(std::fs::File::create(&mixed).unwrap());
+    w.add_array("x", &Array2::<f64>::ones((4, 3))).unwrap();
+    w.add_array("y", &Array2::<f32>::ones((4, 1))).unwrap();
+    w.add_array("w1", &Array2::<f64>::ones((3, 2))).unwrap();
+    w.add_array("w2", &Array2::<f64>::ones((2, 1))).unwrap();
+    w.finish().unwrap();
+    assert_fails(
+        &["train", "--init", &s(&mixed)],
+        1,
+        &["differ in dtype", "y is f32"],
+    );
+
+    let flat = d.join("flat.npz");
+    let mut w = NpzWriter::new(std::fs::File::create(&flat).unwrap());
+    w.add_array("x", &Array1::<f64>::ones(12)).unwrap();
+    w.finish().unwrap();
+    assert_fails(
+        &["train", "--init", &s(&flat)],
+        1,
+        &["array 'x'", "must be 2-D"],
+    );
+
+    let empty = d.join("empty.npz");
+    npz_with(&empty, &arrays(0, 3, 2, 1));
+    assert_fails(
+        &["train", "--init", &s(&empty)],
+        1,
+        &["n must be at least 1"],
+    );
+
+    let nan = d.join("nan.npz");
+    let mut a = arrays(4, 3, 2, 1);
+    a[1].1[[2, 0]] = f64::NAN;
+    npz_with(&nan, &a);
+    assert_fails(
+        &["train", "--init", &s(&nan)],
+        1,
+        &["array 'y'", "non-finite", "[2, 0]"],
+    );
+    let inf = d.join("inf.npz");
+    let mut a = arrays(4, 3, 2, 1);
+    a[3].1[[1, 0]] = f64::NEG_INFINITY;
+    npz_with(&inf, &a);
+    assert_fails(
+        &["train", "--init", &s(&inf)],
+        1,
+        &["array 'w2'", "non-finite"],
+    );
+
+    let ok = small_init(d, "ok.npz");
+    assert_fails(
+        &["train", "--init", &s(&ok), "--n", "9"],
+        1,
+        &["--n 9 disagrees", "n = 8"],
+    );
+    assert_fails(
+        &["train", "--init", &s(&ok), "--dtype", "f32"],
+        1,
+        &["--dtype f32 disagrees"],
+    );
+}
+
+#[test]
+fn a_header_claiming_a_terabyte_is_refused_without_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("huge.npz");
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(&p).unwrap());
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (name, shape) in [
+        ("x", "(400000, 400000)"),
+        ("y", "(400000, 1)"),
+        ("w1", "(400000, 2)"),
+        ("w2", "(2, 1)"),
+    ] {
+        let text = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': {shape}, }}\n");
+        zip.start_file(format!("{name}.npy"), opts).unwrap();
+        zip.write_all(b"\x93NUMPY\x01\x00").unwrap();
+        zip.write_all(&(text.len() as u16).to_le_bytes()).unwrap();
+        zip.write_all(text.as_bytes()).unwrap();
+        zip.write_all(&[0u8; 64]).unwrap();
+    }
+    zip.finish().unwrap();
+    assert_fails(
+        &["train", "--init", p.to_str().unwrap()],
+        1,
+        &["array 'x'", "1280000000000 bytes", "truncated"],
+    );
+}
+
+#[test]
+fn sizes_that_do_not_fit_are_refused_before_allocating() {
+    assert_fails(
+        &["train", "--n", "100000000", "--d-in", "100000"],
+        1,
+        &["needs", "bytes", "available"],
+    );
+}
+
+#[test]
+fn nonsense_flags_are_usage_errors() {
+    for (args, needle) in [
+        (&["train", "--n", "0"][..], "--n"),
+        (&["train", "--hidden", "-3"], "--hidden"),
+        (&["train", "--lr", "abc"], "--lr"),
+        (&["train", "--lr", "-1e-6"], "--lr"),
+        (&["train", "--lr", "inf"], "--lr"),
+        (&["train", "--steps", "0"], "--steps"),
+        (&["train", "--dtype", "f16"], "unsupported dtype 'f16'"),
+        (&["train", "--threads", "0"], "--threads"),
+        (&["train", "--log-every", "x"], "--log-every"),
+        (&["train", "--bogus"], "--bogus"),
+        (&["frobnicate"], "frobnicate"),
+    ] {
+        assert_fails(args, 2, &[needle]);
+    }
+    assert_fails(
+        &["train", "--threads", "5000"],
+        1,
+        &["--threads must be between 1 and 1024"],
+    );
+}
+
+#[test]
+fn unwritable_outputs_fail_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let nowhere = dir.path().join("no/such/dir/w.npz");
+    assert_fails(
+        &["train", "--save", nowhere.to_str().unwrap()],
+        1,
+        &["cannot write", "does not exist"],
+    );
+    assert_fails(
+        &["train", "--losses", dir.path().to_str().unwrap()],
+        1,
+        &["is a directory"],
+    );
+    let ro = dir.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    let mut perm = std::fs::metadata(&ro).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o500);
+    std::fs::set_permissions(&ro, perm).unwrap();
+    // Root ignores directory permissions; only check when they bite.
+    if tempfile::tempfile_in(&ro).is_err() {
+        assert_fails(
+            &["train", "--save", ro.join("w.npz").to_str().unwrap()],
+            1,
+            &["cannot write"],
+        );
+    } else {
+        // As root: a path below a regular file cannot be written by anyone.
+        let file = dir.path().join("plain");
+        std::fs::write(&file, b"x").unwrap();
+        assert_fails(
+            &["train", "--save", file.join("w.npz").to_str().unwrap()],
+            1,
+            &["cannot write"],
+        );
+    }
+}
+
+#[test]
+fn divergence_names_the_step_and_suggests_a_smaller_lr() {
+    // The reference's lr 1e-6 diverges once N·D_in·H is large (design.md §1).
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("w.npz");
+    let out = run(&[
+        "train",
+        "--n",
+        "4096",
+        "--quiet",
+        "--save",
+        w.to_str().unwrap(),
+    ]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("training diverged") && err.contains("at step "),
+        "{err}"
+    );
+    assert!(err.contains("try a smaller --lr (it was 1e-6)"), "{err}");
+    assert!(!w.exists(), "weights of a diverged run were saved");
+    // The same shape with a smaller rate trains.
+    let out = run(&[
+        "train", "--n", "4096", "--quiet", "--steps", "20", "--lr", "1e-8",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
