@@ -29,7 +29,7 @@ if [ "${1:-}" = "--python" ] || [ "${1:-}" = "--all" ]; then
   if ! "$venv/bin/python" -c 'import numpy' >/dev/null 2>&1; then
     echo "setup: creating $venv with numpy" >&2
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check numpy
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r scripts/requirements.txt
   fi
 fi
 

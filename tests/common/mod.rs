@@ -139,7 +139,7 @@ pub fn root() -> PathBuf {
 
 /// A Python interpreter with numpy: `$TWOLAYER_PYTHON` if set, else a venv
 /// at target/pyenv, created (and numpy installed into it from PyPI) the
-/// first time. A file lock keeps parallel tests from building it twice.
+/// first time, from scripts/requirements.txt. A file lock keeps parallel tests from building it twice.
 pub fn python() -> PathBuf {
     if let Some(p) = std::env::var_os("TWOLAYER_PYTHON") {
         return PathBuf::from(p);
@@ -167,7 +167,8 @@ pub fn python() -> PathBuf {
             .expect("python3 is installed (scripts/setup.sh installs it)");
         assert!(ok.success(), "python3 -m venv failed");
         let ok = Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "--disable-pip-version-check", "numpy"])
+            .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+            .arg(root().join("scripts/requirements.txt"))
             .status()
             .expect("pip runs");
         assert!(ok.success(), "pip install numpy failed");
