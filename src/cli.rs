@@ -21,6 +21,11 @@ pub enum Command {
     /// Train the network; with no flags, the reference experiment
     /// (N=64, D_in=1000, H=100, D_out=10, lr 1e-6, 500 steps, f64).
     Train(TrainArgs),
+    /// Measure the training step over a grid of shapes, dtypes and thread
+    /// counts, and write throughput reports.
+    Sweep(SweepArgs),
+    /// Print the environment block and the machine's measured GEMM rate.
+    Info(InfoArgs),
 }
 
 /// A positive count (at least 1).
@@ -106,6 +111,58 @@ pub struct TrainArgs {
     /// How the update is applied
     #[arg(long = "step-mode", value_enum, default_value = "fused")]
     pub step_mode: ModeArg,
+}
+
+/// Flags of `twolayer sweep`.
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// Batch sizes, comma-separated [default: 64]
+    #[arg(long, conflicts_with_all = ["grid", "preset"])]
+    pub n: Option<String>,
+    /// Input widths, comma-separated [default: 1000]
+    #[arg(long = "d-in", conflicts_with_all = ["grid", "preset"])]
+    pub d_in: Option<String>,
+    /// Hidden widths, comma-separated [default: 100]
+    #[arg(long, conflicts_with_all = ["grid", "preset"])]
+    pub hidden: Option<String>,
+    /// Output widths, comma-separated [default: 10]
+    #[arg(long = "d-out", conflicts_with_all = ["grid", "preset"])]
+    pub d_out: Option<String>,
+    /// Element types, comma-separated: f32,f64 [default: f64]
+    #[arg(long, conflicts_with_all = ["grid", "preset"])]
+    pub dtype: Option<String>,
+    /// Thread counts, comma-separated [default: the cores available]
+    #[arg(long)]
+    pub threads: Option<String>,
+    /// Read the grid from a TOML file (see docs/throughput-reports.md)
+    #[arg(long, conflicts_with = "preset")]
+    pub grid: Option<PathBuf>,
+    /// A built-in grid
+    #[arg(long, value_enum)]
+    pub preset: Option<crate::bench::grid::Preset>,
+    /// Untimed steps before each point's timed ones
+    #[arg(long)]
+    pub warmup: Option<usize>,
+    /// Least number of timed steps per point
+    #[arg(long = "min-steps", value_parser = positive)]
+    pub min_steps: Option<usize>,
+    /// Least seconds of timed steps per point
+    #[arg(long)]
+    pub budget: Option<f64>,
+    /// How the update is applied
+    #[arg(long = "step-mode", value_enum, default_value = "fused")]
+    pub step_mode: ModeArg,
+    /// Write report.json, report.csv, report.md, gflops.svg and phases.svg here
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Flags of `twolayer info`.
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// Threads for the GEMM-rate measurement [default: the cores available]
+    #[arg(long, value_parser = positive)]
+    pub threads: Option<usize>,
 }
 
 #[cfg(test)]

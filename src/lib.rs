@@ -28,6 +28,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod blas;
 pub mod cli;
 pub mod commands;

@@ -21,6 +21,8 @@ fn main() -> ExitCode {
     }
     let result = match &cli.command {
         Command::Train(args) => commands::train::run(args),
+        Command::Sweep(args) => commands::sweep::run(args),
+        Command::Info(args) => commands::info::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,6 +6,7 @@
 use crate::error::{Error, Result};
 use std::fs::File;
 use std::io::{BufWriter, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 /// The folder a file at `path` lives in (`.` for a bare file name).
@@ -56,6 +57,14 @@ pub fn write_atomic(
         write(&mut w).map_err(|e| Error::write(path, e))?;
         w.flush().map_err(|e| Error::write(path, e))?;
     }
+    // tempfile creates files private (0600); give the result the mode the
+    // file had, or the usual 0644 for a new one.
+    let mode = std::fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o7777)
+        .unwrap_or(0o644);
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::write(path, e))?;
     tmp.as_file()
         .sync_all()
         .map_err(|e| Error::write(path, e))?;

@@ -36,6 +36,65 @@ use crate::shape::Shape;
 use ndarray::linalg::general_mat_mul;
 use ndarray::Array2;
 
+/// The parts of a step, as the phase breakdown of a benchmark reports
+/// them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// x·w1 and h_relu·w2.
+    ForwardGemms,
+    /// The in-place ReLU.
+    Relu,
+    /// The loss and g_y pass.
+    LossGrad,
+    /// g_y·w2ᵀ, h_reluᵀ·g_y and xᵀ·g_h (with the fused update, if any).
+    BackwardGemms,
+    /// The ReLU mask on g_hrelu.
+    Mask,
+    /// The separate update pass of the explicit form.
+    Update,
+}
+
+impl Phase {
+    /// Every phase, in step order.
+    pub const ALL: [Phase; 6] = [
+        Phase::ForwardGemms,
+        Phase::Relu,
+        Phase::LossGrad,
+        Phase::BackwardGemms,
+        Phase::Mask,
+        Phase::Update,
+    ];
+
+    /// Its name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::ForwardGemms => "forward_gemms",
+            Phase::Relu => "relu",
+            Phase::LossGrad => "loss_grad",
+            Phase::BackwardGemms => "backward_gemms",
+            Phase::Mask => "mask",
+            Phase::Update => "update",
+        }
+    }
+}
+
+/// Sees the end of each phase of a step. The step functions take one so
+/// that a benchmark can time the phases with the very code that runs in
+/// training; [`NoProbe`] compiles to nothing.
+pub trait Probe {
+    /// Called when `phase` has just finished.
+    fn done(&mut self, phase: Phase);
+}
+
+/// The probe of an ordinary step: does nothing, costs nothing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoProbe;
+
+impl Probe for NoProbe {
+    #[inline(always)]
+    fn done(&mut self, _: Phase) {}
+}
+
 /// The step's preallocated buffers. Each one is reused in place for a
 /// second quantity once the first is no longer needed.
 #[derive(Debug)]
@@ -135,33 +194,60 @@ fn slice<F>(a: &Array2<F>) -> &[F] {
 /// Forward pass and loss. Leaves h_relu and g_y in the workspace and returns
 /// loss = Σ (y_pred − y)² of the weights as they are now.
 pub fn forward<F: Real>(ws: &mut Workspace<F>, data: &Data<F>, weights: &Weights<F>) -> f64 {
+    forward_probed(ws, data, weights, &mut NoProbe)
+}
+
+/// [`forward`], reporting its phases to `probe`.
+pub fn forward_probed<F: Real>(
+    ws: &mut Workspace<F>,
+    data: &Data<F>,
+    weights: &Weights<F>,
+    probe: &mut impl Probe,
+) -> f64 {
     let (one, zero) = (F::one(), F::zero());
 
     // h = x · w1
     //   (N×D_in)·(D_in×H) → N×H; no transposes; alpha = 1, beta = 0.
     general_mat_mul(one, &data.x, &weights.w1, zero, &mut ws.h);
 
+    probe.done(Phase::ForwardGemms);
+
     // h_relu = max(h, 0), in place; where h < 0 it stores −0.0 (the mask).
     kernels::relu_in_place(slice_mut(&mut ws.h));
+    probe.done(Phase::Relu);
 
     // y_pred = h_relu · w2
     //   (N×H)·(H×D_out) → N×D_out; no transposes; alpha = 1, beta = 0.
     general_mat_mul(one, &ws.h, &weights.w2, zero, &mut ws.y_pred);
+    probe.done(Phase::ForwardGemms);
 
     // loss = Σ (y_pred − y)²  and  g_y = 2 (y_pred − y), one pass, in place.
-    kernels::loss_and_grad(slice_mut(&mut ws.y_pred), slice(&data.y), &mut ws.partials)
+    let loss = kernels::loss_and_grad(slice_mut(&mut ws.y_pred), slice(&data.y), &mut ws.partials);
+    probe.done(Phase::LossGrad);
+    loss
 }
 
 /// Backward through the second layer and the ReLU, up to g_h (left in the
 /// workspace). Must run before w2 is updated: it reads this step's w2.
 pub fn backward_hidden<F: Real>(ws: &mut Workspace<F>, w2: &Array2<F>) {
+    backward_hidden_probed(ws, w2, &mut NoProbe)
+}
+
+/// [`backward_hidden`], reporting its phases to `probe`.
+pub fn backward_hidden_probed<F: Real>(
+    ws: &mut Workspace<F>,
+    w2: &Array2<F>,
+    probe: &mut impl Probe,
+) {
     // g_hrelu = g_y · w2ᵀ
     //   (N×D_out)·(D_out×H) → N×H; w2ᵀ is a transposed view (cblas
     //   TransB); alpha = 1, beta = 0.
     general_mat_mul(F::one(), &ws.y_pred, &w2.t(), F::zero(), &mut ws.g_hrelu);
+    probe.done(Phase::BackwardGemms);
 
     // g_h = g_hrelu, with g_h = 0 where h < 0 (h == 0 passes), in place.
     kernels::relu_mask(slice_mut(&mut ws.g_hrelu), slice(&ws.h));
+    probe.done(Phase::Mask);
 }
 
 /// The two weight-gradient GEMMs, each written as
@@ -176,6 +262,7 @@ fn weight_gemms<F: Real>(
     (alpha_w2, out_w2): (F, &mut Array2<F>),
     (alpha_w1, out_w1): (F, &mut Array2<F>),
     beta: F,
+    probe: &mut impl Probe,
 ) {
     let skip = |alpha: F| alpha == F::zero() && beta == F::one();
 
@@ -191,6 +278,7 @@ fn weight_gemms<F: Real>(
     if !skip(alpha_w1) {
         general_mat_mul(alpha_w1, &x.t(), &ws.g_hrelu, beta, out_w1);
     }
+    probe.done(Phase::BackwardGemms);
 }
 
 /// One SGD step with the updates fused into the gradient GEMMs:
@@ -202,10 +290,7 @@ pub fn step_fused<F: Real>(
     weights: &mut Weights<F>,
     lr: LearningRates,
 ) -> f64 {
-    let loss = forward(ws, data, weights);
-    backward_hidden(ws, &weights.w2);
-    finish_fused(ws, data, weights, lr);
-    loss
+    step_probed(ws, data, weights, None, lr, &mut NoProbe)
 }
 
 /// The fused update, after [`backward_hidden`]:
@@ -217,6 +302,16 @@ pub fn finish_fused<F: Real>(
     weights: &mut Weights<F>,
     lr: LearningRates,
 ) {
+    finish_fused_probed(ws, data, weights, lr, &mut NoProbe)
+}
+
+fn finish_fused_probed<F: Real>(
+    ws: &Workspace<F>,
+    data: &Data<F>,
+    weights: &mut Weights<F>,
+    lr: LearningRates,
+    probe: &mut impl Probe,
+) {
     let (a1, a2) = (-F::from_f64(lr.w1), -F::from_f64(lr.w2));
     weight_gemms(
         ws,
@@ -224,6 +319,7 @@ pub fn finish_fused<F: Real>(
         (a2, &mut weights.w2),
         (a1, &mut weights.w1),
         F::one(),
+        probe,
     );
 }
 
@@ -236,8 +332,18 @@ pub fn gradients<F: Real>(
     weights: &Weights<F>,
     grads: &mut Gradients<F>,
 ) -> f64 {
-    let loss = forward(ws, data, weights);
-    backward_hidden(ws, &weights.w2);
+    gradients_probed(ws, data, weights, grads, &mut NoProbe)
+}
+
+fn gradients_probed<F: Real>(
+    ws: &mut Workspace<F>,
+    data: &Data<F>,
+    weights: &Weights<F>,
+    grads: &mut Gradients<F>,
+    probe: &mut impl Probe,
+) -> f64 {
+    let loss = forward_probed(ws, data, weights, probe);
+    backward_hidden_probed(ws, &weights.w2, probe);
     let (one, zero) = (F::one(), F::zero());
     weight_gemms(
         ws,
@@ -245,6 +351,7 @@ pub fn gradients<F: Real>(
         (one, &mut grads.w2),
         (one, &mut grads.w1),
         zero,
+        probe,
     );
     loss
 }
@@ -262,4 +369,60 @@ pub fn apply_sgd<F: Real>(weights: &mut Weights<F>, grads: &Gradients<F>, lr: Le
         slice(&grads.w2),
         F::from_f64(lr.w2),
     );
+}
+
+/// A whole step, reporting its phases to `probe`: fused when `grads` is
+/// `None`, else explicit gradients into `grads` followed by [`apply_sgd`].
+/// Returns the loss before the update. (The [`Trainer`](crate::Trainer)
+/// runs the same parts with a finiteness check between forward and update.)
+pub fn step_probed<F: Real>(
+    ws: &mut Workspace<F>,
+    data: &Data<F>,
+    weights: &mut Weights<F>,
+    grads: Option<&mut Gradients<F>>,
+    lr: LearningRates,
+    probe: &mut impl Probe,
+) -> f64 {
+    match grads {
+        None => {
+            let loss = forward_probed(ws, data, weights, probe);
+            backward_hidden_probed(ws, &weights.w2, probe);
+            finish_fused_probed(ws, data, weights, lr, probe);
+            loss
+        }
+        Some(g) => {
+            let loss = gradients_probed(ws, data, weights, g, probe);
+            apply_sgd(weights, g, lr);
+            probe.done(Phase::Update);
+            loss
+        }
+    }
+}
+
+/// The step's five GEMMs alone, with the same operands, transposes, alphas
+/// and betas as [`step_probed`] and nothing between them: what a step would
+/// cost if the elementwise passes were free. Benchmarks time it beside the
+/// step. The values it leaves in the workspace are not a valid step.
+pub fn gemms_only<F: Real>(
+    ws: &mut Workspace<F>,
+    data: &Data<F>,
+    weights: &mut Weights<F>,
+    grads: Option<&mut Gradients<F>>,
+    lr: LearningRates,
+) {
+    let (one, zero) = (F::one(), F::zero());
+    general_mat_mul(one, &data.x, &weights.w1, zero, &mut ws.h);
+    general_mat_mul(one, &ws.h, &weights.w2, zero, &mut ws.y_pred);
+    general_mat_mul(one, &ws.y_pred, &weights.w2.t(), zero, &mut ws.g_hrelu);
+    match grads {
+        None => finish_fused_probed(ws, data, weights, lr, &mut NoProbe),
+        Some(g) => weight_gemms(
+            ws,
+            &data.x,
+            (one, &mut g.w2),
+            (one, &mut g.w1),
+            zero,
+            &mut NoProbe,
+        ),
+    }
 }

@@ -1,4 +1,6 @@
 //! One runner per subcommand: each takes its parsed flags and does the work,
 //! returning an [`Error`](crate::Error) the binary prints on one line.
 
+pub mod info;
+pub mod sweep;
 pub mod train;

@@ -1,0 +1,290 @@
+//! Which points a sweep runs: shapes × dtypes × thread counts, from
+//! comma-separated flags, a TOML file, or a preset; and how long each point
+//! is measured. Everything is validated before anything runs.
+
+use crate::error::{Error, Result};
+use crate::scalar::Dtype;
+use crate::shape::Shape;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// How long each point is measured.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timing {
+    /// Untimed steps first (and as many GEMM-only rounds).
+    pub warmup: usize,
+    /// At least this many timed steps...
+    pub min_steps: usize,
+    /// ...and at least this many seconds of timed steps.
+    pub budget_s: f64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            warmup: 3,
+            min_steps: 10,
+            budget_s: 1.0,
+        }
+    }
+}
+
+/// One point of a sweep.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Point {
+    /// The network's dimensions.
+    pub shape: Shape,
+    /// Element type.
+    pub dtype: Dtype,
+    /// Thread budget (rayon and OpenBLAS).
+    pub threads: usize,
+}
+
+/// A validated list of points and how to time them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Grid {
+    /// Points, in the order they run.
+    pub points: Vec<Point>,
+    /// Per-point timing.
+    pub timing: Timing,
+}
+
+/// The shape of a grid file, before validation. Either the four axes (their
+/// Cartesian product is taken) or an explicit `shapes` list.
+///
+/// ```toml
+/// n = [64, 4096]
+/// d_in = [1000]
+/// hidden = [100]
+/// d_out = [10]
+/// dtype = ["f32", "f64"]
+/// threads = [2]
+/// # or instead of the four axes:
+/// # shapes = [[64, 1000, 100, 10], [8192, 4096, 1024, 256]]
+/// [timing]
+/// warmup = 3
+/// min_steps = 10
+/// budget_s = 1.0
+/// ```
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GridSpec {
+    /// Batch sizes.
+    pub n: Option<Vec<usize>>,
+    /// Input widths.
+    pub d_in: Option<Vec<usize>>,
+    /// Hidden widths.
+    pub hidden: Option<Vec<usize>>,
+    /// Output widths.
+    pub d_out: Option<Vec<usize>>,
+    /// Explicit (N, D_in, H, D_out) shapes, instead of the axes.
+    pub shapes: Option<Vec<[usize; 4]>>,
+    /// Element types, "f32" and/or "f64".
+    pub dtype: Option<Vec<String>>,
+    /// Thread counts.
+    pub threads: Option<Vec<usize>>,
+    /// Per-point timing.
+    pub timing: Option<Timing>,
+}
+
+/// The built-in grids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Preset {
+    /// About a minute on a 2-core machine; all four axes varied.
+    Quick,
+    /// The four reference shapes, f32 and f64.
+    Reference,
+}
+
+impl Preset {
+    /// The preset as a grid spec, on `threads` threads.
+    pub fn spec(self, threads: usize) -> GridSpec {
+        match self {
+            Preset::Quick => GridSpec {
+                n: Some(vec![64, 1024]),
+                d_in: Some(vec![256, 1000]),
+                hidden: Some(vec![100, 256]),
+                d_out: Some(vec![10, 64]),
+                dtype: Some(vec!["f32".into(), "f64".into()]),
+                threads: Some(vec![threads]),
+                timing: Some(Timing {
+                    warmup: 3,
+                    min_steps: 10,
+                    budget_s: 0.4,
+                }),
+                ..GridSpec::default()
+            },
+            Preset::Reference => GridSpec {
+                shapes: Some(vec![
+                    [64, 1000, 100, 10],
+                    [4096, 1000, 100, 10],
+                    [65536, 1000, 100, 10],
+                    [8192, 4096, 1024, 256],
+                ]),
+                dtype: Some(vec!["f32".into(), "f64".into()]),
+                threads: Some(vec![threads]),
+                timing: Some(Timing::default()),
+                ..GridSpec::default()
+            },
+        }
+    }
+}
+
+impl GridSpec {
+    /// Reads a grid file.
+    pub fn from_file(path: &Path) -> Result<GridSpec> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::read(path, e))?;
+        toml::from_str(&text).map_err(|e| Error::read(path, format!("not a valid grid: {e}")))
+    }
+
+    /// Parses a comma-separated list of numbers given for `--name`.
+    pub fn parse_list(name: &str, s: &str) -> Result<Vec<usize>> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(|v| {
+                v.parse::<usize>()
+                    .map_err(|_| Error::invalid(format!("--{name}: '{v}' is not a whole number")))
+            })
+            .collect()
+    }
+
+    /// Checks the spec and expands it into points: no empty list, no zero
+    /// dimension, known dtypes, thread counts in range, and every point's
+    /// buffers within the memory available now.
+    pub fn build(self) -> Result<Grid> {
+        let axes = [&self.n, &self.d_in, &self.hidden, &self.d_out];
+        let shapes: Vec<Shape> = match (&self.shapes, axes.iter().any(|a| a.is_some())) {
+            (Some(_), true) => return Err(Error::invalid(
+                "a grid gives either `shapes` or the four axes (n, d_in, hidden, d_out), not both",
+            )),
+            (Some(list), false) => {
+                if list.is_empty() {
+                    return Err(Error::invalid("the grid's `shapes` list is empty"));
+                }
+                list.iter()
+                    .map(|&[n, d, h, o]| Shape::new(n, d, h, o))
+                    .collect::<Result<_>>()?
+            }
+            (None, _) => {
+                let names = ["n", "d-in", "hidden", "d-out"];
+                let mut lists = Vec::new();
+                for (name, axis) in names.iter().zip(axes) {
+                    let list = axis.as_ref().ok_or_else(|| {
+                        Error::invalid(format!("the grid gives no values for --{name}"))
+                    })?;
+                    if list.is_empty() {
+                        return Err(Error::invalid(format!("the list for --{name} is empty")));
+                    }
+                    lists.push(list.clone());
+                }
+                let mut shapes = Vec::new();
+                for &n in &lists[0] {
+                    for &d in &lists[1] {
+                        for &h in &lists[2] {
+                            for &o in &lists[3] {
+                                shapes.push(Shape::new(n, d, h, o)?);
+                            }
+                        }
+                    }
+                }
+                shapes
+            }
+        };
+        let dtypes: Vec<Dtype> = match &self.dtype {
+            None => vec![Dtype::F64],
+            Some(l) if l.is_empty() => return Err(Error::invalid("the list for --dtype is empty")),
+            Some(l) => l
+                .iter()
+                .map(|s| s.trim().parse().map_err(Error::invalid))
+                .collect::<Result<_>>()?,
+        };
+        let threads = match &self.threads {
+            None => vec![crate::threads::available_cores()],
+            Some(l) if l.is_empty() => {
+                return Err(Error::invalid("the list for --threads is empty"))
+            }
+            Some(l) => l.clone(),
+        };
+        for &t in &threads {
+            if t == 0 || t > crate::threads::MAX_THREADS {
+                return Err(Error::invalid(format!(
+                    "--threads must be between 1 and {}, got {t}",
+                    crate::threads::MAX_THREADS
+                )));
+            }
+        }
+        let timing = self.timing.unwrap_or_default();
+        if timing.min_steps == 0 || !(timing.budget_s >= 0.0 && timing.budget_s.is_finite()) {
+            return Err(Error::invalid(
+                "timing needs min_steps ≥ 1 and a finite budget_s ≥ 0",
+            ));
+        }
+        let mut points = Vec::new();
+        for &shape in &shapes {
+            for &dtype in &dtypes {
+                shape.check_fits_memory(dtype, false)?;
+                for &t in &threads {
+                    points.push(Point {
+                        shape,
+                        dtype,
+                        threads: t,
+                    });
+                }
+            }
+        }
+        Ok(Grid { points, timing })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quick_preset_varies_every_axis() {
+        let g = Preset::Quick.spec(2).build().unwrap();
+        assert_eq!(g.points.len(), 32);
+        let distinct = |f: fn(&Point) -> usize| {
+            let mut v: Vec<usize> = g.points.iter().map(f).collect();
+            v.sort();
+            v.dedup();
+            v.len()
+        };
+        assert!(distinct(|p| p.shape.n) > 1 && distinct(|p| p.shape.d_in) > 1);
+        assert!(distinct(|p| p.shape.hidden) > 1 && distinct(|p| p.shape.d_out) > 1);
+    }
+
+    #[test]
+    fn reference_preset_is_the_four_shapes_in_both_dtypes() {
+        let g = Preset::Reference.spec(2).build().unwrap();
+        assert_eq!(g.points.len(), 8);
+        assert_eq!(g.points[0].shape, Shape::REFERENCE);
+        assert_eq!(
+            g.points[7].shape,
+            Shape::new(8192, 4096, 1024, 256).unwrap()
+        );
+    }
+
+    #[test]
+    fn bad_grids_fail_before_running() {
+        let spec = |n: Vec<usize>| GridSpec {
+            n: Some(n),
+            d_in: Some(vec![10]),
+            hidden: Some(vec![10]),
+            d_out: Some(vec![10]),
+            ..GridSpec::default()
+        };
+        let e = spec(vec![]).build().unwrap_err().to_string();
+        assert!(e.contains("--n is empty"), "{e}");
+        let e = spec(vec![4, 0]).build().unwrap_err().to_string();
+        assert!(e.contains("n must be at least 1"), "{e}");
+        let e = spec(vec![1 << 40]).build().unwrap_err().to_string();
+        assert!(e.contains("bytes"), "{e}");
+        let e = GridSpec::default().build().unwrap_err().to_string();
+        assert!(e.contains("no values for --n"), "{e}");
+        let toml_err = toml::from_str::<GridSpec>("n = [1]\nbogus = 3").unwrap_err();
+        assert!(toml_err.to_string().contains("bogus"));
+    }
+}

@@ -1,0 +1,214 @@
+//! Measuring one point of a sweep: the step's time, its five GEMMs alone
+//! (interleaved with the step, so both see the same machine), the phase
+//! breakdown (from separate, instrumented steps, so the timers never touch
+//! the reported step time), memory, and the machine's own GEMM rate.
+
+use super::grid::{Point, Timing};
+use super::report::{PhaseTimes, PointReport, Stats};
+use crate::blas;
+use crate::error::Result;
+use crate::net::{Data, Weights};
+use crate::scalar::{Dtype, Real};
+use crate::step::{self, Gradients, LearningRates, Phase, Probe, Workspace};
+use crate::train::StepMode;
+use ndarray::linalg::general_mat_mul;
+use ndarray::Array2;
+use std::time::Instant;
+
+/// The learning rate benchmarks train with: small enough that no shape
+/// diverges (the reference's 1e-6 does from N = 4096 on), so every step
+/// works on finite numbers, and the weights still change each step.
+pub const BENCH_LR: f64 = 1e-12;
+
+/// Most samples kept per point, whatever the budget.
+const MAX_SAMPLES: usize = 100_000;
+
+/// Times every phase of the step it is handed to.
+struct PhaseTimer {
+    last: Instant,
+    ms: [f64; 6],
+}
+
+impl Probe for PhaseTimer {
+    fn done(&mut self, phase: Phase) {
+        let now = Instant::now();
+        let i = Phase::ALL.iter().position(|&p| p == phase).unwrap_or(0);
+        self.ms[i] += (now - self.last).as_secs_f64() * 1e3;
+        self.last = now;
+    }
+}
+
+/// Measures one point on the current thread, which must be inside a rayon
+/// pool of `point.threads` threads (the sweep runner sees to it). The
+/// machine's GEMM rate for the point's dtype and threads is passed in.
+pub fn measure_point(
+    point: Point,
+    timing: Timing,
+    mode: StepMode,
+    machine_gemm_gflops: f64,
+) -> Result<PointReport> {
+    match point.dtype {
+        Dtype::F32 => measure::<f32>(point, timing, mode, machine_gemm_gflops),
+        Dtype::F64 => measure::<f64>(point, timing, mode, machine_gemm_gflops),
+    }
+}
+
+fn measure<F: Real>(
+    point: Point,
+    timing: Timing,
+    mode: StepMode,
+    machine_gemm_gflops: f64,
+) -> Result<PointReport> {
+    let shape = point.shape;
+    let explicit = mode == StepMode::Explicit;
+    shape.check_fits_memory(F::DTYPE, explicit)?;
+    blas::set_threads(point.threads);
+    reset_peak_rss();
+
+    let data = Data::<F>::random(shape, 0);
+    let mut weights = Weights::<F>::random(shape, 0);
+    let mut ws = Workspace::<F>::new(shape);
+    let mut grads = explicit.then(|| Gradients::<F>::zeros(shape));
+    let lr = LearningRates::uniform(BENCH_LR);
+
+    for _ in 0..timing.warmup {
+        step::step_probed(
+            &mut ws,
+            &data,
+            &mut weights,
+            grads.as_mut(),
+            lr,
+            &mut step::NoProbe,
+        );
+    }
+    for _ in 0..timing.warmup.max(1) {
+        step::gemms_only(&mut ws, &data, &mut weights, grads.as_mut(), lr);
+    }
+
+    // Step and GEMMs alone, interleaved sample by sample.
+    let mut step_ms = Vec::new();
+    let mut gemm_ms = Vec::new();
+    let mut stepping = 0.0;
+    while (step_ms.len() < timing.min_steps || stepping < timing.budget_s)
+        && step_ms.len() < MAX_SAMPLES
+    {
+        let t0 = Instant::now();
+        let loss = step::step_probed(
+            &mut ws,
+            &data,
+            &mut weights,
+            grads.as_mut(),
+            lr,
+            &mut step::NoProbe,
+        );
+        let t1 = Instant::now();
+        step::gemms_only(&mut ws, &data, &mut weights, grads.as_mut(), lr);
+        let t2 = Instant::now();
+        std::hint::black_box(loss);
+        step_ms.push((t1 - t0).as_secs_f64() * 1e3);
+        gemm_ms.push((t2 - t1).as_secs_f64() * 1e3);
+        stepping += (t1 - t0).as_secs_f64();
+    }
+
+    // Phases: separate instrumented steps, a third as many (at least 3).
+    let phase_steps = (step_ms.len() / 3).clamp(3, 200);
+    let mut per_phase: Vec<Vec<f64>> = (0..6).map(|_| Vec::with_capacity(phase_steps)).collect();
+    for _ in 0..phase_steps {
+        let mut timer = PhaseTimer {
+            last: Instant::now(),
+            ms: [0.0; 6],
+        };
+        step::step_probed(&mut ws, &data, &mut weights, grads.as_mut(), lr, &mut timer);
+        for (acc, v) in per_phase.iter_mut().zip(timer.ms) {
+            acc.push(v);
+        }
+    }
+    let phase_median = |i: usize| Stats::from_samples(per_phase[i].clone()).median;
+    let phases = PhaseTimes {
+        forward_gemms: phase_median(0),
+        relu: phase_median(1),
+        loss_grad: phase_median(2),
+        backward_gemms: phase_median(3),
+        mask: phase_median(4),
+        update: phase_median(5),
+    };
+
+    let steps = Stats::from_samples(step_ms);
+    let gemm = Stats::from_samples(gemm_ms);
+    let flops = shape.flops_per_step();
+    let gflops = flops / (steps.median * 1e-3) / 1e9;
+    Ok(PointReport {
+        n: shape.n,
+        d_in: shape.d_in,
+        hidden: shape.hidden,
+        d_out: shape.d_out,
+        dtype: F::DTYPE.name().to_string(),
+        threads: point.threads,
+        step_mode: if explicit { "explicit" } else { "fused" }.to_string(),
+        steps_timed: steps.samples.len(),
+        samples_per_s: shape.n as f64 / (steps.median * 1e-3),
+        gflops,
+        gemm_ms: gemm.median,
+        efficiency: gemm.median / steps.median,
+        peak_fraction: gflops / machine_gemm_gflops,
+        machine_gemm_gflops,
+        ms_per_step: steps,
+        gemm_ms_samples: gemm.samples,
+        phases,
+        workspace_bytes: shape.training_bytes(F::DTYPE, explicit) as u64,
+        peak_rss_bytes: peak_rss_bytes(),
+    })
+}
+
+/// Side of the square GEMM that measures the machine's GEMM rate.
+pub const MACHINE_GEMM_SIZE: usize = 2048;
+
+/// The machine's GEMM rate in GFLOP/s for a dtype and thread count: the
+/// median of 3 timed `C ← A·B` of [`MACHINE_GEMM_SIZE`]² matrices (after one
+/// untimed). Must run inside a rayon pool of `threads` threads.
+pub fn machine_gemm_gflops(dtype: Dtype, threads: usize) -> f64 {
+    blas::set_threads(threads);
+    match dtype {
+        Dtype::F32 => square_gemm::<f32>(MACHINE_GEMM_SIZE),
+        Dtype::F64 => square_gemm::<f64>(MACHINE_GEMM_SIZE),
+    }
+}
+
+fn square_gemm<F: Real>(s: usize) -> f64 {
+    let a = Array2::<F>::from_shape_fn((s, s), |(i, j)| {
+        F::from_f64(((i * 7 + j) % 13) as f64 * 0.1)
+    });
+    let b = a.t().to_owned();
+    let mut c = Array2::<F>::zeros((s, s));
+    let mut times = Vec::new();
+    for rep in 0..4 {
+        let t = Instant::now();
+        // C = A·B: (s×s)·(s×s); alpha = 1, beta = 0.
+        general_mat_mul(F::one(), &a, &b, F::zero(), &mut c);
+        if rep > 0 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    std::hint::black_box(&c);
+    let med = Stats::from_samples(times).median;
+    2.0 * (s as f64).powi(3) / med / 1e9
+}
+
+/// Resets the kernel's record of this process's peak RSS (Linux ≥ 4.0).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The process's peak resident set size since the last reset (VmHWM), in
+/// bytes; 0 where it cannot be read.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}

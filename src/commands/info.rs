@@ -1,0 +1,26 @@
+//! `twolayer info`: the environment block and the measured GEMM rate.
+
+use crate::bench::env::Env;
+use crate::bench::measure::{machine_gemm_gflops, MACHINE_GEMM_SIZE};
+use crate::cli::InfoArgs;
+use crate::error::Result;
+use crate::scalar::Dtype;
+use crate::threads;
+
+/// Runs `twolayer info`.
+pub fn run(args: &InfoArgs) -> Result<()> {
+    let t = args.threads.unwrap_or_else(threads::available_cores);
+    threads::set_budget(t)?;
+    let env = Env::capture();
+    for (k, v) in env.lines() {
+        println!("{k:<22} {v}");
+    }
+    for dtype in [Dtype::F64, Dtype::F32] {
+        let rate = machine_gemm_gflops(dtype, t);
+        println!(
+            "{:<22} {rate:.1} GFLOP/s ({MACHINE_GEMM_SIZE}×{MACHINE_GEMM_SIZE} GEMM, {t} threads)",
+            format!("GEMM rate {dtype}")
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,181 @@
+//! `twolayer sweep` end to end on tiny shapes: every output holds every
+//! point, the JSON round-trips through its schema, the SVGs are well-formed
+//! and name every shape, and bad grids fail before anything runs. No test
+//! here asserts a time.
+
+mod common;
+
+use common::{run, stderr};
+use std::path::Path;
+use twolayer::bench::report::{Report, SCHEMA_VERSION};
+
+fn tiny_sweep(dir: &Path) -> Report {
+    let out = run(&[
+        "sweep",
+        "--n",
+        "8,16",
+        "--d-in",
+        "12",
+        "--hidden",
+        "9,10",
+        "--d-out",
+        "3",
+        "--dtype",
+        "f32,f64",
+        "--threads",
+        "1,2",
+        "--budget",
+        "0",
+        "--min-steps",
+        "3",
+        "--warmup",
+        "1",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The Markdown table also goes to stdout.
+    let md = String::from_utf8_lossy(&out.stdout);
+    assert!(md.contains("| (8, 12, 9, 3) | f32 | 1 |"), "{md}");
+    Report::read(&dir.join("report.json")).unwrap()
+}
+
+#[test]
+fn reports_hold_every_point_and_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = tiny_sweep(dir.path());
+    assert_eq!(report.schema_version, SCHEMA_VERSION);
+    assert_eq!(report.points.len(), 2 * 2 * 2 * 2);
+    let e = &report.env;
+    assert!(e.cores >= 1 && !e.cpu_model.is_empty() && !e.openblas_core.is_empty());
+    assert!(e.openblas_config.contains("OpenBLAS") && e.rustc.starts_with("rustc"));
+    assert!(e.command_line.iter().any(|a| a == "sweep"));
+    assert!(e
+        .openblas_env
+        .iter()
+        .any(|v| v.starts_with("OPENBLAS_THREAD_TIMEOUT=")));
+    for p in &report.points {
+        assert!(p.steps_timed >= 3);
+        assert_eq!(p.ms_per_step.samples.len(), p.steps_timed);
+        assert_eq!(p.gemm_ms_samples.len(), p.steps_timed);
+        assert!(
+            p.ms_per_step.p10 <= p.ms_per_step.median && p.ms_per_step.median <= p.ms_per_step.p90
+        );
+        assert!((p.efficiency - p.gemm_ms / p.ms_per_step.median).abs() < 1e-12);
+        assert!(p.gflops > 0.0 && p.machine_gemm_gflops > 0.0 && p.peak_fraction > 0.0);
+        let flops =
+            4.0 * (p.n * p.d_in * p.hidden) as f64 + 6.0 * (p.n * p.hidden * p.d_out) as f64;
+        assert!((p.gflops - flops / p.ms_per_step.median / 1e6).abs() < 1e-9 * p.gflops);
+        assert!(p.phases.forward_gemms > 0.0 && p.phases.backward_gemms > 0.0);
+        assert_eq!(p.phases.update, 0.0, "the fused step has no update pass");
+        assert!(p.workspace_bytes > 0 && p.peak_rss_bytes > 0);
+    }
+    // Round trip through the schema.
+    let text = serde_json::to_string(&report).unwrap();
+    let back: Report = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, report);
+
+    // CSV: a header and a row per point, each with every column.
+    let csv = std::fs::read_to_string(dir.path().join("report.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 1 + report.points.len());
+    let cols = lines[0].split(',').count();
+    assert!(lines.iter().all(|l| l.split(',').count() == cols));
+
+    // Markdown: a row per point.
+    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    for p in &report.points {
+        let row = format!("| {} | {} | {} |", p.shape_label(), p.dtype, p.threads);
+        assert_eq!(md.matches(&row).count(), 1, "{row} in {md}");
+    }
+
+    // SVGs: well-formed XML naming every point's shape.
+    for svg in ["gflops.svg", "phases.svg"] {
+        let text = std::fs::read_to_string(dir.path().join(svg)).unwrap();
+        let doc = roxmltree::Document::parse(&text).unwrap_or_else(|e| panic!("{svg}: {e}"));
+        assert_eq!(doc.root_element().tag_name().name(), "svg");
+        let texts: String = doc
+            .descendants()
+            .filter_map(|n| n.text())
+            .collect::<Vec<_>>()
+            .join("\n");
+        for p in &report.points {
+            let label = format!("{} {} ×{}", p.shape_label(), p.dtype, p.threads);
+            assert!(texts.contains(&label), "{svg} lacks {label}");
+        }
+    }
+}
+
+#[test]
+fn reports_of_another_schema_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("r.json");
+    std::fs::write(&p, r#"{"schema_version": 99, "env": {}, "points": []}"#).unwrap();
+    let e = Report::read(&p).unwrap_err().to_string();
+    assert!(e.contains("schema version 99"), "{e}");
+    std::fs::write(&p, r#"{"points": []}"#).unwrap();
+    assert!(Report::read(&p)
+        .unwrap_err()
+        .to_string()
+        .contains("no schema_version"));
+    std::fs::write(&p, r#"{"schema_version": 1, "env": {}}"#).unwrap();
+    assert!(Report::read(&p)
+        .unwrap_err()
+        .to_string()
+        .contains("does not match"));
+}
+
+#[test]
+fn bad_grids_fail_before_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let grid = dir.path().join("g.toml");
+    std::fs::write(&grid, "n = [64]\nd_in = [10]\nhidden = []\nd_out = [1]\n").unwrap();
+    let bogus = dir.path().join("bogus.toml");
+    std::fs::write(&bogus, "n = [64]\nwidth = [3]\n").unwrap();
+    let g = grid.to_str().unwrap();
+    let b = bogus.to_str().unwrap();
+    for (args, code, needle) in [
+        (&["sweep", "--n", ","][..], 1, "--n is empty"),
+        (&["sweep", "--n", "64,0"], 1, "n must be at least 1"),
+        (&["sweep", "--hidden", "x"], 1, "'x' is not a whole number"),
+        (
+            &["sweep", "--n", "100000000", "--d-in", "100000"],
+            1,
+            "bytes",
+        ),
+        (&["sweep", "--dtype", "f16"], 1, "unsupported dtype 'f16'"),
+        (&["sweep", "--threads", "0"], 1, "--threads must be between"),
+        (&["sweep", "--grid", g], 1, "--hidden is empty"),
+        (&["sweep", "--grid", b], 1, "width"),
+        (&["sweep", "--grid", "/no/such.toml"], 1, "cannot read"),
+        (&["sweep", "--preset", "quick", "--n", "5"], 2, "--n"),
+        (&["sweep", "--budget", "nan"], 1, "--budget"),
+    ] {
+        let out = run(args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.contains(needle),
+            "{args:?}: expected '{needle}' in {err}"
+        );
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn info_prints_the_environment_and_gemm_rates() {
+    let out = run(&["info", "--threads", "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for key in [
+        "CPU",
+        "OpenBLAS",
+        "rayon threads",
+        "rustc",
+        "GEMM rate f64",
+        "GEMM rate f32",
+    ] {
+        assert!(text.contains(key), "info lacks {key}: {text}");
+    }
+}
