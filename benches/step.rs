@@ -6,13 +6,14 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::time::Duration;
-use twolayer::step::{self, LearningRates, Workspace};
+use twolayer::step::{self, LearningRates, StepMode, Workspace};
 use twolayer::{Data, Real, Shape, Weights};
 
 fn bench_shape<F: Real>(c: &mut Criterion, shape: Shape) {
     let data = Data::<F>::random(shape, 0);
     let mut w = Weights::<F>::random(shape, 0);
-    let mut ws = Workspace::<F>::new(shape);
+    let threads = twolayer::threads::available_cores();
+    let mut ws = Workspace::<F>::new(shape, threads, StepMode::Fused);
     let lr = LearningRates::uniform(1e-12);
     let mut group = c.benchmark_group(format!("step/{}", F::DTYPE));
     group.throughput(Throughput::Elements(shape.n as u64));
@@ -21,7 +22,7 @@ fn bench_shape<F: Real>(c: &mut Criterion, shape: Shape) {
         group.measurement_time(Duration::from_secs(20));
     }
     group.bench_function(BenchmarkId::from_parameter(shape), |b| {
-        b.iter(|| step::step_fused(&mut ws, &data, &mut w, lr))
+        b.iter(|| step::step(&mut ws, &data, &mut w, lr))
     });
     group.finish();
 }

@@ -32,11 +32,17 @@ pub const THREAD_TIMEOUT_VAR: &str = "OPENBLAS_THREAD_TIMEOUT";
 /// sleeps as soon as its share of a GEMM is done.
 pub const SHORT_SPIN: &str = "4";
 
-/// Sets how many threads OpenBLAS uses for the calls that follow.
+/// Sets how many threads OpenBLAS uses for the calls that follow (a no-op
+/// when it already uses that many, so a step may call it every time).
 pub fn set_threads(threads: usize) {
     let t = threads.clamp(1, c_int::MAX as usize) as c_int;
-    // SAFETY: plain setter in OpenBLAS; any positive value is accepted.
-    unsafe { openblas_set_num_threads(t) }
+    // SAFETY: plain getter and setter in OpenBLAS; any positive value is
+    // accepted.
+    unsafe {
+        if openblas_get_num_threads() != t {
+            openblas_set_num_threads(t)
+        }
+    }
 }
 
 /// How many threads OpenBLAS will use for the next call.

@@ -1,11 +1,14 @@
-//! The elementwise passes of the step: ReLU, loss with its gradient, the
-//! ReLU mask, and the SGD update. Each runs on rayon above
-//! [`PAR_THRESHOLD`] elements and sequentially below it, where thread
-//! hand-off costs more than it saves.
+//! The elementwise passes of the step.
 //!
-//! All of them work in fixed chunks of [`CHUNK`] elements, so the result —
-//! the loss's summation order in particular — is the same whether a pass
-//! ran in parallel or not, and whatever the number of threads.
+//! Inside a shard (one core's rows, see [`step`](crate::step)) the passes
+//! over a block — ReLU, loss with its gradient, the ReLU mask — are plain
+//! sequential loops: each core already has its own rows, and a block is
+//! small enough to stay in its cache. The passes that combine the shards —
+//! summing their gradients and the SGD update — cover D_in×H elements and
+//! run on rayon above [`PAR_THRESHOLD`] elements, sequentially below it,
+//! where handing work to another thread costs more than it saves.
+//! Parallel passes work in fixed chunks of [`CHUNK`] elements and never
+//! reorder a sum, so their results do not depend on the thread count.
 
 use crate::scalar::Real;
 use rayon::prelude::*;
@@ -14,13 +17,8 @@ use rayon::prelude::*;
 /// 2-core Zen 4 machine, a 6,400-element pass was slower on two threads.
 pub const PAR_THRESHOLD: usize = 1 << 15;
 
-/// Elements per chunk: the unit of parallel work and of loss summation.
+/// Elements per chunk of a parallel pass.
 pub const CHUNK: usize = 1 << 12;
-
-/// Number of loss partial sums a buffer of `len` elements needs.
-pub fn partials_len(len: usize) -> usize {
-    len.div_ceil(CHUNK)
-}
 
 /// ReLU in place, `h ← max(h, 0)`, keeping what the backward mask needs:
 /// where h < 0 the result is −0.0, elsewhere +0.0 or h itself. So after the
@@ -28,60 +26,31 @@ pub fn partials_len(len: usize) -> usize {
 /// sign) still lets the gradient through, as the reference does. A −0.0 is
 /// zero to every product and sum that follows.
 pub fn relu_in_place<F: Real>(h: &mut [F]) {
-    let pass = |c: &mut [F]| {
-        for v in c {
-            *v = if *v < F::zero() {
-                F::neg_zero()
-            } else if *v == F::zero() {
-                F::zero()
-            } else {
-                *v
-            };
-        }
-    };
-    if h.len() >= PAR_THRESHOLD {
-        h.par_chunks_mut(CHUNK).for_each(pass);
-    } else {
-        h.chunks_mut(CHUNK).for_each(pass);
+    // Branch-free so it vectorises (signs are random: branches mispredict):
+    // v + 0.0 turns −0.0 into +0.0 and leaves every other value as it is.
+    for v in h {
+        *v = if *v < F::zero() {
+            F::neg_zero()
+        } else {
+            *v + F::zero()
+        };
     }
 }
 
-/// One pass over N×D_out: on entry `pred_to_grad` holds y_pred; on exit it
-/// holds g_y = 2·(y_pred − y). Returns loss = Σ (y_pred − y)², accumulated
-/// in f64 whatever the element type: each chunk's sum goes into
-/// `partials[i]` (length [`partials_len`]), and those are added in order.
-pub fn loss_and_grad<F: Real>(pred_to_grad: &mut [F], y: &[F], partials: &mut [f64]) -> f64 {
+/// One pass over a block of y_pred: on entry `pred_to_grad` holds y_pred; on
+/// exit it holds g_y = 2·(y_pred − y). Returns Σ (y_pred − y)², accumulated
+/// in f64 whatever the element type.
+pub fn loss_and_grad<F: Real>(pred_to_grad: &mut [F], y: &[F]) -> f64 {
     assert_eq!(pred_to_grad.len(), y.len(), "y_pred and y differ in size");
-    assert_eq!(
-        partials.len(),
-        partials_len(y.len()),
-        "partials buffer size"
-    );
     let two = F::one() + F::one();
-    let pass = |((p, y), acc): ((&mut [F], &[F]), &mut f64)| {
-        let mut s = 0.0f64;
-        for (p, &y) in p.iter_mut().zip(y) {
-            let d = *p - y;
-            let d64 = d.to_f64();
-            s += d64 * d64;
-            *p = two * d;
-        }
-        *acc = s;
-    };
-    if y.len() >= PAR_THRESHOLD {
-        pred_to_grad
-            .par_chunks_mut(CHUNK)
-            .zip(y.par_chunks(CHUNK))
-            .zip(partials.par_iter_mut())
-            .for_each(pass);
-    } else {
-        pred_to_grad
-            .chunks_mut(CHUNK)
-            .zip(y.chunks(CHUNK))
-            .zip(partials.iter_mut())
-            .for_each(pass);
+    let mut s = 0.0f64;
+    for (p, &y) in pred_to_grad.iter_mut().zip(y) {
+        let d = *p - y;
+        let d64 = d.to_f64();
+        s += d64 * d64;
+        *p = two * d;
     }
-    partials.iter().sum()
+    s
 }
 
 /// The ReLU backward mask, `g_h = g_hrelu` with `g_h[i,j] = 0` where
@@ -93,40 +62,80 @@ pub fn relu_mask<F: Real>(grad: &mut [F], h_relu: &[F]) {
         h_relu.len(),
         "g_hrelu and h_relu differ in size"
     );
-    let pass = |(g, h): (&mut [F], &[F])| {
-        for (g, h) in g.iter_mut().zip(h) {
-            if h.is_sign_negative() {
-                *g = F::zero();
-            }
-        }
-    };
-    if grad.len() >= PAR_THRESHOLD {
-        grad.par_chunks_mut(CHUNK)
-            .zip(h_relu.par_chunks(CHUNK))
-            .for_each(pass);
-    } else {
-        grad.chunks_mut(CHUNK)
-            .zip(h_relu.chunks(CHUNK))
-            .for_each(pass);
+    // A select, not a conditional store, so it vectorises.
+    for (g, h) in grad.iter_mut().zip(h_relu) {
+        *g = if h.is_sign_negative() { F::zero() } else { *g };
     }
 }
 
-/// Plain SGD, `w ← w − lr·g`, computed as the reference does: the product
-/// lr·g rounded to F, then subtracted.
+/// Runs `pass` over matching chunks of `out` and `a`, `b` (either may be
+/// empty, meaning unused), in parallel when large.
+fn zip3<F: Real>(out: &mut [F], a: &[F], b: &[F], pass: impl Fn(&mut [F], &[F], &[F]) + Sync) {
+    let chunk = |c: usize, len: usize| (c * CHUNK, (c * CHUNK + len));
+    if out.len() >= PAR_THRESHOLD {
+        out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, o)| {
+            let (lo, hi) = chunk(c, o.len());
+            pass(o, slice_or_empty(a, lo, hi), slice_or_empty(b, lo, hi));
+        });
+    } else {
+        let n = out.len();
+        pass(out, slice_or_empty(a, 0, n), slice_or_empty(b, 0, n));
+    }
+}
+
+fn slice_or_empty<F>(s: &[F], lo: usize, hi: usize) -> &[F] {
+    if s.is_empty() {
+        s
+    } else {
+        &s[lo..hi]
+    }
+}
+
+/// Plain SGD, `w ← w − lr·g`: the product lr·g rounded to F, then
+/// subtracted, as the reference computes it.
 pub fn sgd_update<F: Real>(w: &mut [F], g: &[F], lr: F) {
     assert_eq!(w.len(), g.len(), "weights and gradient differ in size");
-    let pass = |(w, g): (&mut [F], &[F])| {
+    zip3(w, g, &[], |w, g, _| {
         for (w, &g) in w.iter_mut().zip(g) {
             *w = *w - lr * g;
         }
-    };
-    if w.len() >= PAR_THRESHOLD {
-        w.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK))
-            .for_each(pass);
-    } else {
-        w.chunks_mut(CHUNK).zip(g.chunks(CHUNK)).for_each(pass);
-    }
+    });
+}
+
+/// SGD from two partial gradients, `w ← w − lr·(g0 + g1)`, in one pass.
+pub fn sgd_update_sum2<F: Real>(w: &mut [F], g0: &[F], g1: &[F], lr: F) {
+    assert!(w.len() == g0.len() && w.len() == g1.len(), "sizes differ");
+    zip3(w, g0, g1, |w, g0, g1| {
+        for ((w, &a), &b) in w.iter_mut().zip(g0).zip(g1) {
+            *w = *w - lr * (a + b);
+        }
+    });
+}
+
+/// `out ← a + b`, in one pass.
+pub fn sum2<F: Real>(out: &mut [F], a: &[F], b: &[F]) {
+    assert!(out.len() == a.len() && out.len() == b.len(), "sizes differ");
+    zip3(out, a, b, |o, a, b| {
+        for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+            *o = a + b;
+        }
+    });
+}
+
+/// `acc ← acc + part`.
+pub fn add_assign<F: Real>(acc: &mut [F], part: &[F]) {
+    assert_eq!(acc.len(), part.len(), "sizes differ");
+    zip3(acc, part, &[], |acc, p, _| {
+        for (a, &p) in acc.iter_mut().zip(p) {
+            *a = *a + p;
+        }
+    });
+}
+
+/// `out ← a`.
+pub fn copy<F: Real>(out: &mut [F], a: &[F]) {
+    assert_eq!(out.len(), a.len(), "sizes differ");
+    zip3(out, a, &[], |o, a, _| o.copy_from_slice(a));
 }
 
 #[cfg(test)]
@@ -159,37 +168,35 @@ mod tests {
     }
 
     #[test]
-    fn loss_is_the_same_in_parallel_and_sequential() {
-        // Above and below the threshold, with a ragged last chunk.
-        for len in [10, PAR_THRESHOLD + 123] {
-            let y: Vec<f64> = (0..len).map(|i| (i as f64 * 0.37).sin()).collect();
-            let pred: Vec<f64> = (0..len).map(|i| (i as f64 * 0.11).cos()).collect();
-            let mut g = pred.clone();
-            let mut partials = vec![0.0; partials_len(len)];
-            let loss = loss_and_grad(&mut g, &y, &mut partials);
-            // Same chunked order, computed by hand.
-            let mut expect = 0.0;
-            for (pc, yc) in pred.chunks(CHUNK).zip(y.chunks(CHUNK)) {
-                let mut s = 0.0;
-                for (p, y) in pc.iter().zip(yc) {
-                    s += (p - y) * (p - y);
-                }
-                expect += s;
-            }
-            assert_eq!(loss, expect);
-            for i in 0..len {
-                assert_eq!(g[i], 2.0 * (pred[i] - y[i]));
-            }
-        }
+    fn loss_and_gradient() {
+        let mut p = vec![1.0f32, 4.0];
+        let loss = loss_and_grad(&mut p, &[0.5, 1.0]);
+        assert_eq!(loss, 0.25 + 9.0);
+        assert_eq!(p, [1.0, 6.0]);
     }
 
     #[test]
-    fn sgd_subtracts_the_scaled_gradient() {
-        let mut w = vec![1.0f64; PAR_THRESHOLD + 5];
-        let g: Vec<f64> = (0..w.len()).map(|i| i as f64).collect();
-        sgd_update(&mut w, &g, 0.5);
-        for (i, w) in w.iter().enumerate() {
-            assert_eq!(*w, 1.0 - 0.5 * i as f64);
+    fn parallel_passes_match_sequential_loops() {
+        for len in [10, PAR_THRESHOLD + 123] {
+            let a: Vec<f64> = (0..len).map(|i| (i as f64 * 0.37).sin()).collect();
+            let b: Vec<f64> = (0..len).map(|i| (i as f64 * 0.11).cos()).collect();
+            let mut w = vec![1.0; len];
+            sgd_update_sum2(&mut w, &a, &b, 0.5);
+            let mut w2 = vec![1.0; len];
+            sgd_update(&mut w2, &a, 0.5);
+            let mut s = vec![0.0; len];
+            sum2(&mut s, &a, &b);
+            let mut acc = a.clone();
+            add_assign(&mut acc, &b);
+            let mut c = vec![0.0; len];
+            copy(&mut c, &b);
+            for i in 0..len {
+                assert_eq!(w[i], 1.0 - 0.5 * (a[i] + b[i]));
+                assert_eq!(w2[i], 1.0 - 0.5 * a[i]);
+                assert_eq!(s[i], a[i] + b[i]);
+                assert_eq!(acc[i], s[i]);
+                assert_eq!(c[i], b[i]);
+            }
         }
     }
 }

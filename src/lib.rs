@@ -47,5 +47,5 @@ pub use error::{Error, Result};
 pub use net::{Data, Weights};
 pub use scalar::{Dtype, Real};
 pub use shape::Shape;
-pub use step::{Gradients, LearningRates, Workspace};
-pub use train::{RunStats, StepMode, Trainer};
+pub use step::{Gradients, LearningRates, Plan, StepMode, Workspace};
+pub use train::{RunStats, Trainer};

@@ -172,7 +172,10 @@ pub fn load_init(path: &Path) -> Result<Init> {
         entries[3].dims,
     )
     .map_err(|e| Error::read(path, e))?;
-    shape.check_fits_memory(dtype, false)?;
+    shape.check_bytes_fit(
+        (shape.data_elems() + shape.weight_elems()) * dtype.size() as u128,
+        dtype,
+    )?;
     Ok(match dtype {
         Dtype::F32 => {
             let (d, w) = read_all::<f32>(path, &mut zip, &entries)?;

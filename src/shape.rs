@@ -96,14 +96,6 @@ impl Shape {
         d * h + h * o
     }
 
-    /// Elements of the step's workspace: h (N×H, holding h_relu after the
-    /// ReLU), g_hrelu (N×H, holding g_h after the mask) and y_pred (N×D_out,
-    /// holding g_y after the loss pass).
-    pub fn workspace_elems(&self) -> u128 {
-        let (n, _, h, o) = self.dims_u128();
-        2 * n * h + n * o
-    }
-
     fn dims_u128(&self) -> (u128, u128, u128, u128) {
         (
             self.n as u128,
@@ -113,23 +105,10 @@ impl Shape {
         )
     }
 
-    /// Bytes a training run holds at once: data, weights and workspace,
-    /// plus explicit gradient buffers (as large as the weights) when
-    /// `explicit_grads` is set.
-    pub fn training_bytes(&self, dtype: Dtype, explicit_grads: bool) -> u128 {
-        let grads = if explicit_grads {
-            self.weight_elems()
-        } else {
-            0
-        };
-        (self.data_elems() + self.weight_elems() + self.workspace_elems() + grads)
-            * dtype.size() as u128
-    }
-
-    /// Fails with the bytes needed when a run of this shape would not fit in
-    /// the memory the machine has available now. Call before allocating.
-    pub fn check_fits_memory(&self, dtype: Dtype, explicit_grads: bool) -> Result<()> {
-        let needed = self.training_bytes(dtype, explicit_grads);
+    /// Fails with the bytes needed when `needed` bytes for a run of this
+    /// shape in `dtype` would not fit in the memory available now. Call
+    /// before allocating.
+    pub fn check_bytes_fit(&self, needed: u128, dtype: Dtype) -> Result<()> {
         let available = available_memory_bytes();
         if needed > available as u128 {
             return Err(Error::OutOfMemory {
@@ -196,17 +175,10 @@ mod tests {
     }
 
     #[test]
-    fn bytes_count_every_buffer() {
-        let s = Shape::new(2, 3, 5, 7).unwrap();
-        // x 6 + y 14 + w1 15 + w2 35 + h 10 + g_hrelu 10 + y_pred 14 = 104
-        assert_eq!(s.training_bytes(Dtype::F64, false), 104 * 8);
-        assert_eq!(s.training_bytes(Dtype::F32, true), (104 + 50) * 4);
-    }
-
-    #[test]
     fn huge_shape_does_not_fit() {
         let s = Shape::new(1 << 30, 1 << 20, 100, 10).unwrap();
-        let e = s.check_fits_memory(Dtype::F64, false).unwrap_err();
+        let bytes = (s.data_elems() + s.weight_elems()) * 8;
+        let e = s.check_bytes_fit(bytes, Dtype::F64).unwrap_err();
         assert!(e.to_string().contains("bytes"), "{e}");
     }
 }

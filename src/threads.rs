@@ -1,5 +1,8 @@
-//! One thread budget for the whole process: rayon's pool (the elementwise
-//! passes, data generation) and OpenBLAS (the GEMMs) get the same count.
+//! One thread budget for the whole process. Rayon's pool gets all of it:
+//! the step runs one shard of rows per rayon thread (see
+//! [`Plan`](crate::Plan)), each calling OpenBLAS single-threaded, so
+//! OpenBLAS itself gets one thread and its own worker threads never
+//! compete with the shards for a core.
 
 use crate::blas;
 use crate::error::{Error, Result};
@@ -14,9 +17,9 @@ pub fn available_cores() -> usize {
 /// Largest budget accepted; more threads than this is a typo, not a plan.
 pub const MAX_THREADS: usize = 1024;
 
-/// Gives rayon's global pool and OpenBLAS `threads` threads each. Rayon's
-/// pool can be sized only once per process: a second call with another
-/// count fails.
+/// Gives rayon's global pool `threads` threads and OpenBLAS one (each
+/// shard calls it from its own rayon thread). Rayon's pool can be sized only
+/// once per process: a second call with another count fails.
 pub fn set_budget(threads: usize) -> Result<()> {
     if threads == 0 || threads > MAX_THREADS {
         return Err(Error::invalid(format!(
@@ -35,6 +38,6 @@ pub fn set_budget(threads: usize) -> Result<()> {
             rayon::current_num_threads()
         )));
     }
-    blas::set_threads(threads);
+    blas::set_threads(1);
     Ok(())
 }

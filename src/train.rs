@@ -6,19 +6,8 @@ use crate::error::{Error, Result};
 use crate::net::{checked_shape, Data, Weights};
 use crate::scalar::Real;
 use crate::shape::Shape;
-use crate::step::{self, Gradients, LearningRates, Workspace};
+use crate::step::{self, Gradients, LearningRates, Plan, StepMode, Workspace};
 use std::time::{Duration, Instant};
-
-/// How a step applies its update.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum StepMode {
-    /// SGD folded into the gradient GEMMs (alpha = −lr, beta = 1): fastest.
-    #[default]
-    Fused,
-    /// Gradients into buffers, then a separate update pass: the form that
-    /// data-parallel training and optimizers with state build on.
-    Explicit,
-}
 
 /// A network being trained, with everything one step needs preallocated.
 #[derive(Debug)]
@@ -49,9 +38,10 @@ impl RunStats {
 }
 
 impl<F: Real> Trainer<F> {
-    /// A trainer for this data and these weights. Checks that they agree
-    /// and are finite, and that the step's buffers fit in memory, before
-    /// allocating them.
+    /// A trainer for this data and these weights, its work planned for the
+    /// threads of the rayon pool it is created in (see [`Plan`]). Checks
+    /// that data and weights agree and are finite, and that the step's
+    /// buffers fit in memory, before allocating them.
     pub fn new(
         data: Data<F>,
         weights: Weights<F>,
@@ -66,7 +56,8 @@ impl<F: Real> Trainer<F> {
             }
         }
         let shape = checked_shape(&data, &weights)?;
-        shape.check_fits_memory(F::DTYPE, mode == StepMode::Explicit)?;
+        let plan = Plan::new(shape, F::DTYPE, rayon::current_num_threads(), mode);
+        plan.check_fits_memory(shape, F::DTYPE, mode)?;
         let standard = |a: ndarray::Array2<F>| {
             if a.is_standard_layout() {
                 a
@@ -86,7 +77,7 @@ impl<F: Real> Trainer<F> {
             shape,
             data,
             weights,
-            ws: Workspace::new(shape),
+            ws: Workspace::with_plan(shape, plan),
             grads: (mode == StepMode::Explicit).then(|| Gradients::zeros(shape)),
             lr,
             losses: Vec::new(),
@@ -130,22 +121,21 @@ impl<F: Real> Trainer<F> {
     pub fn step(&mut self) -> Result<f64> {
         let t = self.losses.len();
         let loss = match &mut self.grads {
-            None => {
-                let loss = step::forward(&mut self.ws, &self.data, &self.weights);
-                check_finite_loss(t, loss, self.lr)?;
-                step::backward_hidden(&mut self.ws, &self.weights.w2);
-                step::finish_fused(&self.ws, &self.data, &mut self.weights, self.lr);
-                loss
-            }
-            Some(g) => {
-                let loss = step::gradients(&mut self.ws, &self.data, &self.weights, g);
-                check_finite_loss(t, loss, self.lr)?;
-                step::apply_sgd(&mut self.weights, g, self.lr);
-                loss
-            }
+            // The step leaves the weights alone when its loss is not finite.
+            None => step::step(&mut self.ws, &self.data, &mut self.weights, self.lr),
+            Some(g) => step::gradients(&mut self.ws, &self.data, &self.weights, g),
         };
+        check_finite_loss(t, loss, self.lr)?;
+        if let Some(g) = &self.grads {
+            step::apply_sgd(&mut self.weights, g, self.lr);
+        }
         self.losses.push(loss);
         Ok(loss)
+    }
+
+    /// How the step divides its work.
+    pub fn plan(&self) -> Plan {
+        self.ws.plan()
     }
 
     /// Reserves room in the loss history for `steps` more steps, so that

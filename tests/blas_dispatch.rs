@@ -63,6 +63,9 @@ macro_rules! interpose {
             ldc: c_int,
         ) {
             $counter.fetch_add(1, Ordering::SeqCst);
+            if std::env::var_os("DBG").is_some() {
+                eprintln!("{} m{m} n{n} k{k}", stringify!($name));
+            }
             let f = real::<$t>(
                 std::ffi::CStr::from_bytes_with_nul(concat!(stringify!($name), "\0").as_bytes())
                     .unwrap(),
@@ -75,7 +78,8 @@ macro_rules! interpose {
 interpose!(cblas_dgemm, f64, DGEMM);
 interpose!(cblas_sgemm, f32, SGEMM);
 
-fn gemms_per_step<F: Real>(shape: Shape, mode: StepMode, counter: &AtomicUsize) -> usize {
+/// cblas calls per step, and the number the plan implies: five per block.
+fn gemms_per_step<F: Real>(shape: Shape, mode: StepMode, counter: &AtomicUsize) -> (usize, usize) {
     let mut t = Trainer::new(
         Data::<F>::random(shape, 1),
         Weights::random(shape, 2),
@@ -83,9 +87,13 @@ fn gemms_per_step<F: Real>(shape: Shape, mode: StepMode, counter: &AtomicUsize) 
         mode,
     )
     .unwrap();
+    let plan = t.plan();
+    let blocks: usize = (0..plan.shards)
+        .map(|i| plan.shard_rows(shape.n, i).len().div_ceil(plan.block_rows))
+        .sum();
     let before = counter.load(Ordering::SeqCst);
     t.run(3, |_, _| {}).unwrap();
-    (counter.load(Ordering::SeqCst) - before) / 3
+    ((counter.load(Ordering::SeqCst) - before) / 3, 5 * blocks)
 }
 
 #[test]
@@ -96,31 +104,29 @@ fn all_five_products_go_to_cblas() {
     // One test function: the counters are global, so nothing may run beside it.
     for shape in [
         Shape::REFERENCE,
-        Shape::new(33, 257, 65, 9).unwrap(),
-        Shape::new(8, 8, 8, 1).unwrap(),
+        Shape::new(1000, 257, 65, 9).unwrap(),
+        Shape::new(16, 8, 8, 1).unwrap(),
+        Shape::new(64, 600, 512, 10).unwrap(),
     ] {
         for mode in [StepMode::Fused, StepMode::Explicit] {
-            assert_eq!(
-                gemms_per_step::<f64>(shape, mode, &DGEMM),
-                5,
-                "f64 {shape} {mode:?}"
-            );
-            assert_eq!(
-                gemms_per_step::<f32>(shape, mode, &SGEMM),
-                5,
-                "f32 {shape} {mode:?}"
-            );
+            let (calls, expected) = gemms_per_step::<f64>(shape, mode, &DGEMM);
+            assert_eq!(calls, expected, "f64 {shape} {mode:?}");
+            let (calls, expected) = gemms_per_step::<f32>(shape, mode, &SGEMM);
+            assert_eq!(calls, expected, "f32 {shape} {mode:?}");
         }
     }
-    // Holding w1 fixed (lr 0, fused) skips its update GEMM.
-    let mut t = Trainer::new(
-        Data::<f64>::random(Shape::REFERENCE, 1),
-        Weights::random(Shape::REFERENCE, 2),
-        LearningRates { w1: 0.0, w2: 1e-6 },
-        StepMode::Fused,
-    )
-    .unwrap();
+    // Holding w1 fixed (lr 0) with the update in the GEMMs skips its GEMM.
+    let shape = Shape::REFERENCE;
+    let plan = twolayer::Plan {
+        shards: 1,
+        block_rows: shape.n,
+        blas_threads: 1,
+        fused_gemm_update: true,
+    };
+    let mut ws = twolayer::Workspace::with_plan(shape, plan);
+    let data = Data::<f64>::random(shape, 1);
+    let mut w = Weights::random(shape, 2);
     let before = DGEMM.load(Ordering::SeqCst);
-    t.step().unwrap();
+    twolayer::step::step(&mut ws, &data, &mut w, LearningRates { w1: 0.0, w2: 1e-6 });
     assert_eq!(DGEMM.load(Ordering::SeqCst) - before, 4);
 }

@@ -5,13 +5,14 @@ mod common;
 
 use common::{as_f64, loop_step, max_rel_diff, to_f64};
 use ndarray::Array2;
-use twolayer::step::{self, Gradients, LearningRates, Workspace};
+use twolayer::step::{self, Gradients, LearningRates, Plan, Workspace};
 use twolayer::{Data, Real, Shape, StepMode, Trainer, Weights};
 
-/// loss(w1, w2) alone, through the library's forward pass.
+/// loss(w1, w2) alone, through the library's step.
 fn loss_of(data: &Data<f64>, w: &Weights<f64>) -> f64 {
-    let mut ws = Workspace::new(twolayer::net::checked_shape(data, w).unwrap());
-    step::forward(&mut ws, data, w)
+    let shape = twolayer::net::checked_shape(data, w).unwrap();
+    let mut ws = Workspace::new(shape, 1, StepMode::Explicit);
+    step::gradients(&mut ws, data, w, &mut Gradients::zeros(shape))
 }
 
 #[test]
@@ -23,7 +24,15 @@ fn gradients_match_finite_differences() {
         let shape = Shape::new(n, d_in, h, d_out).unwrap();
         let data = Data::<f64>::random(shape, 100 + i as u64);
         let w = Weights::<f64>::random(shape, 200 + i as u64);
-        let mut ws = Workspace::new(shape);
+        // Two shards with blocks of 2 rows: the gradient sums over blocks
+        // and shards are part of what is checked.
+        let plan = Plan {
+            shards: 2,
+            block_rows: 2,
+            blas_threads: 1,
+            fused_gemm_update: false,
+        };
+        let mut ws = Workspace::with_plan(shape, plan);
         let mut g = Gradients::zeros(shape);
         step::gradients(&mut ws, &data, &w, &mut g);
 
@@ -57,22 +66,48 @@ fn gradients_match_finite_differences() {
     }
 }
 
-/// Trains `steps` steps with the library in F and with plain loops in f64
-/// from the same start, and returns the worst relative gaps in the losses
-/// and in the final weights.
-fn blas_vs_loops<F: Real>(shape: Shape, steps: usize, mode: StepMode) -> (f64, f64) {
+/// Every way a step can be laid out for `shape`: one shard with the update
+/// in the GEMMs, one shard in blocks, several shards in blocks, and
+/// OpenBLAS's own threads.
+fn plans(shape: Shape) -> Vec<Plan> {
+    let p = |shards: usize, block_rows: usize, blas_threads: usize, fused: bool| Plan {
+        shards: shards.min(shape.n),
+        block_rows,
+        blas_threads,
+        fused_gemm_update: fused,
+    };
+    vec![
+        p(1, shape.n, 1, true),
+        p(1, shape.n, 2, true),
+        p(1, 3, 1, false),
+        p(2, 4, 1, false),
+        p(3, shape.n, 1, false),
+    ]
+}
+
+/// Trains `steps` steps with the library in F under `plan` and with plain
+/// loops in f64 from the same start, and returns the worst relative gaps
+/// in the losses and in the final weights.
+fn blas_vs_loops<F: Real>(shape: Shape, steps: usize, plan: Plan, explicit: bool) -> (f64, f64) {
     let data = Data::<F>::random(shape, 7);
-    let w = Weights::<F>::random(shape, 8);
+    let mut w = Weights::<F>::random(shape, 8);
     let (d64, mut w64) = as_f64(&data, &w);
     let lr = LearningRates { w1: 1e-5, w2: 2e-5 };
-    let mut t = Trainer::new(data, w, lr, mode).unwrap();
+    let mut ws = Workspace::<F>::with_plan(shape, plan);
+    let mut g = Gradients::<F>::zeros(shape);
     let mut worst_loss = 0.0f64;
     for _ in 0..steps {
-        let ours = t.step().unwrap();
+        let ours = if explicit {
+            let loss = step::gradients(&mut ws, &data, &w, &mut g);
+            step::apply_sgd(&mut w, &g, lr);
+            loss
+        } else {
+            step::step(&mut ws, &data, &mut w, lr)
+        };
         let theirs = loop_step(&d64.x, &d64.y, &mut w64.w1, &mut w64.w2, lr.w1, lr.w2);
         worst_loss = worst_loss.max((ours - theirs).abs() / theirs.abs());
     }
-    let wt = t.weights();
+    let wt = &w;
     let worst_w = max_rel_diff(&to_f64(&wt.w1), &w64.w1, 1.0).max(max_rel_diff(
         &to_f64(&wt.w2),
         &w64.w2,
@@ -89,18 +124,21 @@ fn blas_step_matches_plain_loops_on_odd_shapes() {
         Shape::new(1, 9, 1, 1).unwrap(),
     ];
     for shape in shapes {
-        for mode in [StepMode::Fused, StepMode::Explicit] {
-            let (l, w) = blas_vs_loops::<f64>(shape, 6, mode);
-            assert!(
-                l < 1e-12 && w < 1e-10,
-                "f64 {shape} {mode:?}: loss {l:e}, weights {w:e}"
-            );
-            // f32 carries ~7 digits; the gap grows a little with each step.
-            let (l, w) = blas_vs_loops::<f32>(shape, 6, mode);
-            assert!(
-                l < 1e-4 && w < 1e-4,
-                "f32 {shape} {mode:?}: loss {l:e}, weights {w:e}"
-            );
+        for plan in plans(shape) {
+            let explicit_ok = !plan.fused_gemm_update;
+            for explicit in [false, true].into_iter().filter(|&e| !e || explicit_ok) {
+                let (l, w) = blas_vs_loops::<f64>(shape, 6, plan, explicit);
+                assert!(
+                    l < 1e-12 && w < 1e-10,
+                    "f64 {shape} {plan:?} explicit={explicit}: loss {l:e}, weights {w:e}"
+                );
+                // f32 carries ~7 digits; the gap grows a little with each step.
+                let (l, w) = blas_vs_loops::<f32>(shape, 6, plan, explicit);
+                assert!(
+                    l < 1e-4 && w < 1e-4,
+                    "f32 {shape} {plan:?} explicit={explicit}: loss {l:e}, weights {w:e}"
+                );
+            }
         }
     }
 }

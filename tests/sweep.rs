@@ -67,7 +67,7 @@ fn reports_hold_every_point_and_round_trip() {
             4.0 * (p.n * p.d_in * p.hidden) as f64 + 6.0 * (p.n * p.hidden * p.d_out) as f64;
         assert!((p.gflops - flops / p.ms_per_step.median / 1e6).abs() < 1e-9 * p.gflops);
         assert!(p.phases.forward_gemms > 0.0 && p.phases.backward_gemms > 0.0);
-        assert_eq!(p.phases.update, 0.0, "the fused step has no update pass");
+        assert!(p.phases.named().iter().all(|(_, ms)| *ms >= 0.0));
         assert!(p.workspace_bytes > 0 && p.peak_rss_bytes > 0);
     }
     // Round trip through the schema.

@@ -5,6 +5,7 @@
 use crate::error::{Error, Result};
 use crate::scalar::Dtype;
 use crate::shape::Shape;
+use crate::step::{Plan, StepMode};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -224,8 +225,9 @@ impl GridSpec {
         let mut points = Vec::new();
         for &shape in &shapes {
             for &dtype in &dtypes {
-                shape.check_fits_memory(dtype, false)?;
                 for &t in &threads {
+                    let plan = Plan::new(shape, dtype, t, StepMode::Fused);
+                    plan.check_fits_memory(shape, dtype, StepMode::Fused)?;
                     points.push(Point {
                         shape,
                         dtype,
@@ -280,7 +282,9 @@ mod tests {
         assert!(e.contains("--n is empty"), "{e}");
         let e = spec(vec![4, 0]).build().unwrap_err().to_string();
         assert!(e.contains("n must be at least 1"), "{e}");
-        let e = spec(vec![1 << 40]).build().unwrap_err().to_string();
+        let mut huge = spec(vec![1 << 30]);
+        huge.d_in = Some(vec![1 << 20]);
+        let e = huge.build().unwrap_err().to_string();
         assert!(e.contains("bytes"), "{e}");
         let e = GridSpec::default().build().unwrap_err().to_string();
         assert!(e.contains("no values for --n"), "{e}");

@@ -9,8 +9,7 @@ use crate::blas;
 use crate::error::Result;
 use crate::net::{Data, Weights};
 use crate::scalar::{Dtype, Real};
-use crate::step::{self, Gradients, LearningRates, Phase, Probe, Workspace};
-use crate::train::StepMode;
+use crate::step::{self, Gradients, LearningRates, Phase, Plan, Probe, StepMode, Workspace};
 use ndarray::linalg::general_mat_mul;
 use ndarray::Array2;
 use std::time::Instant;
@@ -32,9 +31,17 @@ struct PhaseTimer {
 impl Probe for PhaseTimer {
     fn done(&mut self, phase: Phase) {
         let now = Instant::now();
-        let i = Phase::ALL.iter().position(|&p| p == phase).unwrap_or(0);
-        self.ms[i] += (now - self.last).as_secs_f64() * 1e3;
+        self.ms[phase.index()] += (now - self.last).as_secs_f64() * 1e3;
         self.last = now;
+    }
+}
+
+/// Adapts a closure to [`Probe`].
+struct FnProbe<'a>(&'a mut (dyn FnMut(Phase) + Send));
+
+impl Probe for FnProbe<'_> {
+    fn done(&mut self, phase: Phase) {
+        (self.0)(phase)
     }
 }
 
@@ -61,28 +68,35 @@ fn measure<F: Real>(
 ) -> Result<PointReport> {
     let shape = point.shape;
     let explicit = mode == StepMode::Explicit;
-    shape.check_fits_memory(F::DTYPE, explicit)?;
-    blas::set_threads(point.threads);
+    let plan = Plan::new(shape, F::DTYPE, point.threads, mode);
+    plan.check_fits_memory(shape, F::DTYPE, mode)?;
     reset_peak_rss();
 
     let data = Data::<F>::random(shape, 0);
     let mut weights = Weights::<F>::random(shape, 0);
-    let mut ws = Workspace::<F>::new(shape);
+    let mut ws = Workspace::<F>::with_plan(shape, plan);
     let mut grads = explicit.then(|| Gradients::<F>::zeros(shape));
     let lr = LearningRates::uniform(BENCH_LR);
 
+    // One step in the requested form, as the Trainer runs it.
+    let mut one_step =
+        |ws: &mut Workspace<F>, w: &mut Weights<F>, probe: &mut (dyn FnMut(Phase) + Send)| {
+            let mut p = FnProbe(probe);
+            match grads.as_mut() {
+                None => step::step_probed(ws, &data, w, lr, &mut p),
+                Some(g) => {
+                    let loss = step::gradients_probed(ws, &data, w, g, &mut p);
+                    step::apply_sgd(w, g, lr);
+                    p.done(Phase::Update);
+                    loss
+                }
+            }
+        };
     for _ in 0..timing.warmup {
-        step::step_probed(
-            &mut ws,
-            &data,
-            &mut weights,
-            grads.as_mut(),
-            lr,
-            &mut step::NoProbe,
-        );
+        one_step(&mut ws, &mut weights, &mut |_| {});
     }
     for _ in 0..timing.warmup.max(1) {
-        step::gemms_only(&mut ws, &data, &mut weights, grads.as_mut(), lr);
+        step::gemms_only(&mut ws, &data, &mut weights, lr);
     }
 
     // Step and GEMMs alone, interleaved sample by sample.
@@ -93,16 +107,9 @@ fn measure<F: Real>(
         && step_ms.len() < MAX_SAMPLES
     {
         let t0 = Instant::now();
-        let loss = step::step_probed(
-            &mut ws,
-            &data,
-            &mut weights,
-            grads.as_mut(),
-            lr,
-            &mut step::NoProbe,
-        );
+        let loss = one_step(&mut ws, &mut weights, &mut |_| {});
         let t1 = Instant::now();
-        step::gemms_only(&mut ws, &data, &mut weights, grads.as_mut(), lr);
+        step::gemms_only(&mut ws, &data, &mut weights, lr);
         let t2 = Instant::now();
         std::hint::black_box(loss);
         step_ms.push((t1 - t0).as_secs_f64() * 1e3);
@@ -118,7 +125,7 @@ fn measure<F: Real>(
             last: Instant::now(),
             ms: [0.0; 6],
         };
-        step::step_probed(&mut ws, &data, &mut weights, grads.as_mut(), lr, &mut timer);
+        one_step(&mut ws, &mut weights, &mut |p| timer.done(p));
         for (acc, v) in per_phase.iter_mut().zip(timer.ms) {
             acc.push(v);
         }
@@ -155,7 +162,7 @@ fn measure<F: Real>(
         ms_per_step: steps,
         gemm_ms_samples: gemm.samples,
         phases,
-        workspace_bytes: shape.training_bytes(F::DTYPE, explicit) as u64,
+        workspace_bytes: plan.training_bytes(shape, F::DTYPE, mode) as u64,
         peak_rss_bytes: peak_rss_bytes(),
     })
 }

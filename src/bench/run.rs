@@ -8,7 +8,7 @@ use super::measure::{machine_gemm_gflops, measure_point};
 use super::report::{Report, SCHEMA_VERSION};
 use crate::error::{Error, Result};
 use crate::scalar::Dtype;
-use crate::train::StepMode;
+use crate::step::StepMode;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::BTreeMap;
 

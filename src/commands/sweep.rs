@@ -3,11 +3,10 @@
 
 use crate::bench::grid::{GridSpec, Timing};
 use crate::bench::run::run_grid;
-use crate::cli::{ModeArg, SweepArgs};
+use crate::cli::SweepArgs;
 use crate::error::{Error, Result};
 use crate::output;
 use crate::threads;
-use crate::train::StepMode;
 
 /// Runs `twolayer sweep` with these flags.
 pub fn run(args: &SweepArgs) -> Result<()> {
@@ -62,10 +61,7 @@ pub fn run(args: &SweepArgs) -> Result<()> {
             output::check_writable(&dir.join("report.json"))?;
         }
     }
-    let mode = match args.step_mode {
-        ModeArg::Fused => StepMode::Fused,
-        ModeArg::Explicit => StepMode::Explicit,
-    };
+    let mode = super::train::step_mode(args.step_mode);
     let report = run_grid(&grid, mode)?;
     print!("{}", report.to_markdown());
     if let Some(dir) = &args.out {

@@ -9,9 +9,9 @@ use crate::npz::{self, Init};
 use crate::output;
 use crate::scalar::{Dtype, Real};
 use crate::shape::Shape;
-use crate::step::LearningRates;
+use crate::step::{LearningRates, Plan, StepMode};
 use crate::threads;
-use crate::train::{StepMode, Trainer};
+use crate::train::Trainer;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -41,7 +41,8 @@ pub fn run(args: &TrainArgs) -> Result<()> {
                 args.d_out.unwrap_or(r.d_out),
             )?;
             let dtype = args.dtype.unwrap_or(Dtype::F64);
-            shape.check_fits_memory(dtype, args.step_mode == ModeArg::Explicit)?;
+            let mode = step_mode(args.step_mode);
+            Plan::new(shape, dtype, threads, mode).check_fits_memory(shape, dtype, mode)?;
             match dtype {
                 Dtype::F32 => seeded::<f32>(args, shape, threads),
                 Dtype::F64 => seeded::<f64>(args, shape, threads),
@@ -92,11 +93,7 @@ fn train_and_report<F: Real>(
         w1: args.lr_w1.unwrap_or(args.lr),
         w2: args.lr_w2.unwrap_or(args.lr),
     };
-    let mode = match args.step_mode {
-        ModeArg::Fused => StepMode::Fused,
-        ModeArg::Explicit => StepMode::Explicit,
-    };
-    let mut trainer = Trainer::new(data, weights, lr, mode)?;
+    let mut trainer = Trainer::new(data, weights, lr, step_mode(args.step_mode))?;
     let shape = trainer.shape();
 
     let stdout = std::io::stdout();
@@ -137,16 +134,26 @@ fn train_and_report<F: Real>(
 
     let gflops = shape.flops_per_step() / (stats.ms_per_step() * 1e-3) / 1e9;
     eprintln!(
-        "twolayer: {} steps of {shape} {} in {:.3} s: {:.4} ms/step, {:.1} GFLOP/s; threads {threads} (rayon {}, OpenBLAS {} {}); final loss {:?}",
+        "twolayer: {} steps of {shape} {} in {:.3} s: {:.4} ms/step, {:.1} GFLOP/s; threads {threads} ({} shard(s) of {} rows in blocks of {}, OpenBLAS {} thread(s) per GEMM, {}); final loss {:?}",
         stats.steps,
         F::DTYPE,
         stats.elapsed.as_secs_f64(),
         stats.ms_per_step(),
         gflops,
-        rayon::current_num_threads(),
-        blas::threads(),
+        trainer.plan().shards,
+        shape.n.div_ceil(trainer.plan().shards),
+        trainer.plan().block_rows,
+        trainer.plan().blas_threads,
         blas::core_name(),
         trainer.losses().last().copied().unwrap_or(f64::NAN),
     );
     Ok(())
+}
+
+/// The library's step mode for the command line's.
+pub fn step_mode(m: ModeArg) -> StepMode {
+    match m {
+        ModeArg::Fused => StepMode::Fused,
+        ModeArg::Explicit => StepMode::Explicit,
+    }
 }
