@@ -26,6 +26,9 @@ pub enum Command {
     Sweep(SweepArgs),
     /// Print the environment block and the machine's measured GEMM rate.
     Info(InfoArgs),
+    /// Compare two sweep reports point by point: exit 1 when a point is
+    /// slower beyond --max-slowdown with confidence, 2 on unusable input.
+    Compare(CompareArgs),
 }
 
 /// A positive count (at least 1).
@@ -149,12 +152,32 @@ pub struct SweepArgs {
     /// Least seconds of timed steps per point
     #[arg(long)]
     pub budget: Option<f64>,
+    /// Passes over the grid; each point's steps and budget are shared out
+    /// among them and its samples pooled
+    #[arg(long, value_parser = positive)]
+    pub rounds: Option<usize>,
+    /// Run the whole sweep in K fresh processes, one after another, and keep
+    /// for each point the process whose step/GEMM ratio is the median
+    #[arg(long, default_value = "1", value_parser = positive)]
+    pub processes: usize,
     /// How the update is applied
     #[arg(long = "step-mode", value_enum, default_value = "fused")]
     pub step_mode: ModeArg,
     /// Write report.json, report.csv, report.md, gflops.svg and phases.svg here
     #[arg(long)]
     pub out: Option<PathBuf>,
+}
+
+/// Flags of `twolayer compare`.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// The baseline report.json
+    pub baseline: PathBuf,
+    /// The current report.json
+    pub current: PathBuf,
+    /// Slowdown that fails the gate, as a fraction (0.1 = 10%)
+    #[arg(long = "max-slowdown", default_value = "0.1")]
+    pub max_slowdown: f64,
 }
 
 /// Flags of `twolayer info`.

@@ -23,6 +23,18 @@ fn main() -> ExitCode {
         Command::Train(args) => commands::train::run(args),
         Command::Sweep(args) => commands::sweep::run(args),
         Command::Info(args) => commands::info::run(args),
+        Command::Compare(args) => {
+            // 0: no regression; 1: a regression; 2: reports that cannot be
+            // compared (a gate must not read those as "no regression").
+            return match commands::compare::run(args) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("twolayer: error: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -606,6 +606,23 @@ fn update_layer<F: Real>(w: &mut Array2<F>, shards: &mut [Shard<F>], l: Layer, l
     }
 }
 
+/// Build-time fault injection for the regression gate's self-test
+/// (feature `selftest-slow-step`): dropped at the end of a step, it spins
+/// for 15% of the step's time. Release builds never contain it.
+#[cfg(feature = "selftest-slow-step")]
+struct SlowStep(std::time::Instant);
+
+#[cfg(feature = "selftest-slow-step")]
+impl Drop for SlowStep {
+    fn drop(&mut self) {
+        let extra = self.0.elapsed().mul_f64(0.15);
+        let t = std::time::Instant::now();
+        while t.elapsed() < extra {
+            std::hint::spin_loop();
+        }
+    }
+}
+
 /// One SGD step: forward, backward, update. Returns the loss of the weights
 /// before the update; when that loss is not finite the weights are left as
 /// they were.
@@ -627,6 +644,8 @@ pub fn step_probed<F: Real>(
     lr: LearningRates,
     probe: &mut impl Probe,
 ) -> f64 {
+    #[cfg(feature = "selftest-slow-step")]
+    let _slow = SlowStep(std::time::Instant::now());
     crate::blas::set_threads(ws.plan.blas_threads);
     if ws.plan.fused_gemm_update {
         // One shard, one block: the update lives in the gradient GEMMs.
@@ -675,6 +694,8 @@ pub fn gradients_probed<F: Real>(
         !ws.plan.fused_gemm_update,
         "explicit gradients need a workspace made for StepMode::Explicit"
     );
+    #[cfg(feature = "selftest-slow-step")]
+    let _slow = SlowStep(std::time::Instant::now());
     crate::blas::set_threads(ws.plan.blas_threads);
     let loss = all_shards(ws, data, weights, probe);
     sum_into(&mut grads.w1, &ws.shards, Layer::W1);

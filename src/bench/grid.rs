@@ -19,6 +19,16 @@ pub struct Timing {
     pub min_steps: usize,
     /// ...and at least this many seconds of timed steps.
     pub budget_s: f64,
+    /// Passes over the whole grid, each measuring every point for a share
+    /// of its steps and budget; the samples are pooled. Several rounds
+    /// spread a point's samples over the sweep, so a burst of noise on a
+    /// shared machine hits a fraction of every point instead of all of one.
+    #[serde(default = "one")]
+    pub rounds: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Default for Timing {
@@ -27,6 +37,7 @@ impl Default for Timing {
             warmup: 3,
             min_steps: 10,
             budget_s: 1.0,
+            rounds: 1,
         }
     }
 }
@@ -111,8 +122,9 @@ impl Preset {
                 threads: Some(vec![threads]),
                 timing: Some(Timing {
                     warmup: 3,
-                    min_steps: 10,
-                    budget_s: 0.4,
+                    min_steps: 30,
+                    budget_s: 0.15,
+                    rounds: 3,
                 }),
                 ..GridSpec::default()
             },
@@ -217,9 +229,12 @@ impl GridSpec {
             }
         }
         let timing = self.timing.unwrap_or_default();
-        if timing.min_steps == 0 || !(timing.budget_s >= 0.0 && timing.budget_s.is_finite()) {
+        if timing.min_steps == 0
+            || timing.rounds == 0
+            || !(timing.budget_s >= 0.0 && timing.budget_s.is_finite())
+        {
             return Err(Error::invalid(
-                "timing needs min_steps ≥ 1 and a finite budget_s ≥ 0",
+                "timing needs min_steps ≥ 1, rounds ≥ 1 and a finite budget_s ≥ 0",
             ));
         }
         let mut points = Vec::new();

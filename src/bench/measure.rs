@@ -45,27 +45,94 @@ impl Probe for FnProbe<'_> {
     }
 }
 
-/// Measures one point on the current thread, which must be inside a rayon
-/// pool of `point.threads` threads (the sweep runner sees to it). The
-/// machine's GEMM rate for the point's dtype and threads is passed in.
-pub fn measure_point(
-    point: Point,
-    timing: Timing,
-    mode: StepMode,
-    machine_gemm_gflops: f64,
-) -> Result<PointReport> {
-    match point.dtype {
-        Dtype::F32 => measure::<f32>(point, timing, mode, machine_gemm_gflops),
-        Dtype::F64 => measure::<f64>(point, timing, mode, machine_gemm_gflops),
+/// The raw measurements of one point, from one or more rounds.
+#[derive(Clone, Debug)]
+pub struct Samples {
+    /// What was measured.
+    pub point: Point,
+    /// How the step applied its update.
+    pub mode: StepMode,
+    /// Step times, ms.
+    pub step_ms: Vec<f64>,
+    /// GEMM-only times, ms, each taken right after the step of the same index.
+    pub gemm_ms: Vec<f64>,
+    /// Per-phase times of the instrumented steps, ms.
+    pub phase_ms: [Vec<f64>; 6],
+    /// Bytes of data, weights and buffers.
+    pub workspace_bytes: u64,
+    /// Peak RSS seen while measuring.
+    pub peak_rss_bytes: u64,
+}
+
+impl Samples {
+    /// Adds another round's samples of the same point.
+    pub fn merge(&mut self, other: Samples) {
+        self.step_ms.extend(other.step_ms);
+        self.gemm_ms.extend(other.gemm_ms);
+        for (a, b) in self.phase_ms.iter_mut().zip(other.phase_ms) {
+            a.extend(b);
+        }
+        self.peak_rss_bytes = self.peak_rss_bytes.max(other.peak_rss_bytes);
+    }
+
+    /// The point's entry in a report.
+    pub fn into_report(self, machine_gemm_gflops: f64) -> PointReport {
+        let shape = self.point.shape;
+        let phase_median = |i: usize| Stats::from_samples(self.phase_ms[i].clone()).median;
+        let phases = PhaseTimes {
+            forward_gemms: phase_median(0),
+            relu: phase_median(1),
+            loss_grad: phase_median(2),
+            backward_gemms: phase_median(3),
+            mask: phase_median(4),
+            update: phase_median(5),
+        };
+        let steps = Stats::from_samples(self.step_ms);
+        let gemm = Stats::from_samples(self.gemm_ms);
+        let gflops = shape.flops_per_step() / (steps.median * 1e-3) / 1e9;
+        PointReport {
+            n: shape.n,
+            d_in: shape.d_in,
+            hidden: shape.hidden,
+            d_out: shape.d_out,
+            dtype: self.point.dtype.name().to_string(),
+            threads: self.point.threads,
+            step_mode: match self.mode {
+                StepMode::Fused => "fused",
+                StepMode::Explicit => "explicit",
+            }
+            .to_string(),
+            steps_timed: steps.samples.len(),
+            samples_per_s: shape.n as f64 / (steps.median * 1e-3),
+            gflops,
+            gemm_ms: gemm.median,
+            efficiency: gemm.median / steps.median,
+            peak_fraction: gflops / machine_gemm_gflops,
+            machine_gemm_gflops,
+            ms_per_step: steps,
+            gemm_ms_samples: gemm.samples,
+            phases,
+            workspace_bytes: self.workspace_bytes,
+            peak_rss_bytes: self.peak_rss_bytes,
+        }
     }
 }
 
-fn measure<F: Real>(
-    point: Point,
-    timing: Timing,
-    mode: StepMode,
-    machine_gemm_gflops: f64,
-) -> Result<PointReport> {
+/// Measures one point for one round on the current thread, which must be
+/// inside a rayon pool of `point.threads` threads (the sweep runner sees to
+/// it): `timing.budget_s / timing.rounds` seconds and `min_steps / rounds`
+/// steps (rounded up).
+pub fn measure_point(point: Point, timing: Timing, mode: StepMode) -> Result<Samples> {
+    match point.dtype {
+        Dtype::F32 => measure::<f32>(point, timing, mode),
+        Dtype::F64 => measure::<f64>(point, timing, mode),
+    }
+}
+
+fn measure<F: Real>(point: Point, timing: Timing, mode: StepMode) -> Result<Samples> {
+    let rounds = timing.rounds.max(1);
+    let min_steps = timing.min_steps.div_ceil(rounds);
+    let budget_s = timing.budget_s / rounds as f64;
     let shape = point.shape;
     let explicit = mode == StepMode::Explicit;
     let plan = Plan::new(shape, F::DTYPE, point.threads, mode);
@@ -103,7 +170,7 @@ fn measure<F: Real>(
     let mut step_ms = Vec::new();
     let mut gemm_ms = Vec::new();
     let mut stepping = 0.0;
-    while (step_ms.len() < timing.min_steps || stepping < timing.budget_s)
+    while (step_ms.len() < min_steps || stepping < budget_s)
         && step_ms.len() < MAX_SAMPLES
     {
         let t0 = Instant::now();
@@ -130,38 +197,16 @@ fn measure<F: Real>(
             acc.push(v);
         }
     }
-    let phase_median = |i: usize| Stats::from_samples(per_phase[i].clone()).median;
-    let phases = PhaseTimes {
-        forward_gemms: phase_median(0),
-        relu: phase_median(1),
-        loss_grad: phase_median(2),
-        backward_gemms: phase_median(3),
-        mask: phase_median(4),
-        update: phase_median(5),
-    };
-
-    let steps = Stats::from_samples(step_ms);
-    let gemm = Stats::from_samples(gemm_ms);
-    let flops = shape.flops_per_step();
-    let gflops = flops / (steps.median * 1e-3) / 1e9;
-    Ok(PointReport {
-        n: shape.n,
-        d_in: shape.d_in,
-        hidden: shape.hidden,
-        d_out: shape.d_out,
-        dtype: F::DTYPE.name().to_string(),
-        threads: point.threads,
-        step_mode: if explicit { "explicit" } else { "fused" }.to_string(),
-        steps_timed: steps.samples.len(),
-        samples_per_s: shape.n as f64 / (steps.median * 1e-3),
-        gflops,
-        gemm_ms: gemm.median,
-        efficiency: gemm.median / steps.median,
-        peak_fraction: gflops / machine_gemm_gflops,
-        machine_gemm_gflops,
-        ms_per_step: steps,
-        gemm_ms_samples: gemm.samples,
-        phases,
+    let mut phase_ms: [Vec<f64>; 6] = Default::default();
+    for (dst, src) in phase_ms.iter_mut().zip(per_phase) {
+        *dst = src;
+    }
+    Ok(Samples {
+        point,
+        mode,
+        step_ms,
+        gemm_ms,
+        phase_ms,
         workspace_bytes: plan.training_bytes(shape, F::DTYPE, mode) as u64,
         peak_rss_bytes: peak_rss_bytes(),
     })

@@ -1,9 +1,11 @@
 //! The benchmark harness behind `twolayer sweep` and `twolayer info`:
 //! grids of points ([`grid`]), their measurement ([`measure`]), the
 //! environment block ([`env`]), reports in JSON, CSV and Markdown
-//! ([`report`]) and SVG charts ([`charts`]).
+//! ([`report`]), SVG charts ([`charts`]) and the regression gate
+//! ([`compare`]).
 
 pub mod charts;
+pub mod compare;
 pub mod env;
 pub mod grid;
 pub mod measure;

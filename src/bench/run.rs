@@ -4,7 +4,7 @@
 
 use super::env::Env;
 use super::grid::Grid;
-use super::measure::{machine_gemm_gflops, measure_point};
+use super::measure::{machine_gemm_gflops, measure_point, Samples};
 use super::report::{Report, SCHEMA_VERSION};
 use crate::error::{Error, Result};
 use crate::scalar::Dtype;
@@ -37,17 +37,32 @@ pub fn run_grid(grid: &Grid, mode: StepMode) -> Result<Report> {
     bar.set_prefix("sweep");
 
     let mut rates: BTreeMap<(Dtype, usize), f64> = BTreeMap::new();
-    let mut points = Vec::with_capacity(grid.points.len());
-    for p in &grid.points {
-        bar.set_message(format!("{} {} ×{}", p.shape, p.dtype, p.threads));
-        let pool = &pools[&p.threads];
-        let rate = *rates
-            .entry((p.dtype, p.threads))
-            .or_insert_with(|| pool.install(|| machine_gemm_gflops(p.dtype, p.threads)));
-        let r = pool.install(|| measure_point(*p, grid.timing, mode, rate))?;
-        points.push(r);
-        bar.inc(1);
+    let rounds = grid.timing.rounds.max(1);
+    bar.set_length((grid.points.len() * rounds) as u64);
+    let mut samples: Vec<Option<Samples>> = vec![None; grid.points.len()];
+    for round in 0..rounds {
+        for (p, acc) in grid.points.iter().zip(samples.iter_mut()) {
+            bar.set_message(format!("{} {} ×{} (round {}/{rounds})", p.shape, p.dtype, p.threads, round + 1));
+            let pool = &pools[&p.threads];
+            rates
+                .entry((p.dtype, p.threads))
+                .or_insert_with(|| pool.install(|| machine_gemm_gflops(p.dtype, p.threads)));
+            let s = pool.install(|| measure_point(*p, grid.timing, mode))?;
+            match acc {
+                Some(a) => a.merge(s),
+                None => *acc = Some(s),
+            }
+            bar.inc(1);
+        }
     }
+    let points = samples
+        .into_iter()
+        .map(|s| {
+            let s = s.expect("every point measured");
+            let rate = rates[&(s.point.dtype, s.point.threads)];
+            s.into_report(rate)
+        })
+        .collect();
     bar.finish_and_clear();
     crate::blas::set_threads(env.openblas_threads);
     Ok(Report {

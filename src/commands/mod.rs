@@ -1,6 +1,7 @@
 //! One runner per subcommand: each takes its parsed flags and does the work,
 //! returning an [`Error`](crate::Error) the binary prints on one line.
 
+pub mod compare;
 pub mod info;
 pub mod sweep;
 pub mod train;

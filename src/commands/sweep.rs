@@ -2,6 +2,8 @@
 //! it, and write the reports.
 
 use crate::bench::grid::{GridSpec, Timing};
+use crate::bench::report::{PointReport, Report};
+use std::path::Path;
 use crate::bench::run::run_grid;
 use crate::cli::SweepArgs;
 use crate::error::{Error, Result};
@@ -43,6 +45,9 @@ pub fn run(args: &SweepArgs) -> Result<()> {
     if let Some(m) = args.min_steps {
         timing.min_steps = m;
     }
+    if let Some(r) = args.rounds {
+        timing.rounds = r;
+    }
     if let Some(b) = args.budget {
         if !(b.is_finite() && b >= 0.0) {
             return Err(Error::invalid(format!(
@@ -62,7 +67,11 @@ pub fn run(args: &SweepArgs) -> Result<()> {
         }
     }
     let mode = super::train::step_mode(args.step_mode);
-    let report = run_grid(&grid, mode)?;
+    let report = if args.processes > 1 {
+        run_in_processes(args.processes)?
+    } else {
+        run_grid(&grid, mode)?
+    };
     print!("{}", report.to_markdown());
     if let Some(dir) = &args.out {
         report.write_all(dir)?;
@@ -72,4 +81,68 @@ pub fn run(args: &SweepArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Runs this same sweep (the grid already validated) in `k` child
+/// processes, one after another, and merges their reports: for each point,
+/// the child whose median step/GEMM ratio is the median of the `k`. On a
+/// shared machine a process sometimes runs a point in a slow mode for its
+/// whole life (thread wake-ups late, a neighbour on the sibling core);
+/// keeping the median process makes one such process harmless.
+fn run_in_processes(k: usize) -> Result<Report> {
+    let exe = std::env::current_exe().map_err(|e| Error::invalid(format!("cannot find own binary: {e}")))?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let dir = tempfile::tempdir().map_err(|e| Error::write(Path::new("<temp>"), e))?;
+    let mut reports = Vec::with_capacity(k);
+    for i in 0..k {
+        let out = dir.path().join(format!("p{i}"));
+        let child_args = child_args(&args, &out);
+        let status = std::process::Command::new(&exe)
+            .args(&child_args)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .map_err(|e| Error::invalid(format!("cannot start sweep process {}: {e}", i + 1)))?;
+        if !status.success() {
+            return Err(Error::invalid(format!("sweep process {} of {k} failed ({status})", i + 1)));
+        }
+        reports.push(Report::read(&out.join("report.json"))?);
+    }
+    let mut merged = reports[0].clone();
+    merged.env.command_line = std::env::args().collect();
+    for (j, point) in merged.points.iter_mut().enumerate() {
+        let mut candidates: Vec<&PointReport> = reports.iter().map(|r| &r.points[j]).collect();
+        candidates.sort_by(|a, b| median_ratio(a).total_cmp(&median_ratio(b)));
+        *point = candidates[(candidates.len() - 1) / 2].clone();
+    }
+    Ok(merged)
+}
+
+/// The parent's arguments for a child: `--processes` dropped and `--out`
+/// pointed at the child's own folder.
+fn child_args(args: &[String], out: &Path) -> Vec<String> {
+    let mut v = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--processes" || a == "--out" {
+            it.next();
+        } else if a.starts_with("--processes=") || a.starts_with("--out=") {
+        } else {
+            v.push(a.clone());
+        }
+    }
+    v.push("--out".into());
+    v.push(out.display().to_string());
+    v
+}
+
+fn median_ratio(p: &PointReport) -> f64 {
+    let mut r: Vec<f64> = p
+        .ms_per_step
+        .samples
+        .iter()
+        .zip(&p.gemm_ms_samples)
+        .map(|(s, g)| s / g)
+        .collect();
+    r.sort_by(f64::total_cmp);
+    crate::bench::report::percentile(&r, 0.5)
 }

@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""twolayer against the numpy reference, side by side on this machine.
+
+For each shape and dtype, runs `twolayer sweep` on that single point and
+scripts/reference.py on the same shape, alternating R rounds (so a noisy
+neighbour hits both alike), each round timing K steps after W warm-up steps.
+Both use the same thread count and lr 1e-12 (the reference's 1e-6 diverges
+from N = 4096 on, and inf/NaN arithmetic would time something else).
+Prints one Markdown table: median ms/step of each (median over rounds of
+each round's median), the speed-up (numpy / twolayer, computed per round,
+median over rounds), GFLOP/s, and twolayer's fraction of the theoretical
+peak (--peak-f64/--peak-f32 GFLOP/s; the defaults are this 2-core Zen 4
+machine's 16 f64 / 32 f32 FLOP per cycle per core at 3.5 GHz) and of the
+square-GEMM rate the sweep measures in the same run.
+
+    target/pyenv/bin/python scripts/compare_peers.py            # the 4 reference shapes
+    target/pyenv/bin/python scripts/compare_peers.py --quick    # the first two only
+"""
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHAPES = [
+    # (N, D_in, H, D_out), steps per round
+    ((64, 1000, 100, 10), 300),
+    ((4096, 1000, 100, 10), 40),
+    ((65536, 1000, 100, 10), 6),
+    ((8192, 4096, 1024, 256), 3),
+]
+
+
+def flops(n, d, h, o):
+    return 4 * n * d * h + 6 * n * h * o
+
+
+def run_twolayer(binary, shape, dtype, threads, steps, warmup):
+    n, d, h, o = shape
+    with tempfile.TemporaryDirectory() as out:
+        subprocess.run(
+            [binary, "sweep", "--n", str(n), "--d-in", str(d), "--hidden", str(h),
+             "--d-out", str(o), "--dtype", dtype, "--threads", str(threads),
+             "--warmup", str(warmup), "--min-steps", str(steps), "--budget", "0",
+             "--out", out],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with open(os.path.join(out, "report.json")) as f:
+            p = json.load(f)["points"][0]
+    return p["ms_per_step"]["median"], p["machine_gemm_gflops"]
+
+
+def run_numpy(python, shape, dtype, threads, steps, warmup):
+    n, d, h, o = shape
+    r = subprocess.run(
+        [python, os.path.join(ROOT, "scripts", "reference.py"), "--n", str(n), "--d-in", str(d),
+         "--hidden", str(h), "--d-out", str(o), "--dtype", dtype, "--threads", str(threads),
+         "--lr", "1e-12", "--steps", str(steps), "--warmup", str(warmup), "--quiet", "--time"],
+        check=True, capture_output=True, text=True)
+    m = re.search(r"median ([0-9.]+) ms/step", r.stderr)
+    if not m:
+        sys.exit(f"reference.py printed no timing: {r.stderr}")
+    return float(m.group(1))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "twolayer"))
+    ap.add_argument("--python", default=sys.executable)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="only the two smaller shapes")
+    ap.add_argument("--peak-f64", type=float, default=115.0)
+    ap.add_argument("--peak-f32", type=float, default=230.0)
+    args = ap.parse_args()
+    import numpy
+    shapes = SHAPES[:2] if args.quick else SHAPES
+    print(f"twolayer vs numpy {numpy.__version__}, {args.threads} threads, {args.rounds} rounds, "
+          f"lr 1e-12; medians in ms/step\n")
+    print("| shape (N, D_in, H, D_out) | dtype | numpy ms | twolayer ms | speed-up | twolayer GFLOP/s "
+          "| % of peak | % of GEMM rate |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for shape, steps in shapes:
+        for dtype in ("f64", "f32"):
+            ours, theirs, ratios, rates = [], [], [], []
+            for _ in range(args.rounds):
+                t, rate = run_twolayer(args.binary, shape, dtype, args.threads, steps, args.warmup)
+                nmp = run_numpy(args.python, shape, dtype, args.threads, steps, args.warmup)
+                ours.append(t)
+                theirs.append(nmp)
+                ratios.append(nmp / t)
+                rates.append(rate)
+            t = statistics.median(ours)
+            g = flops(*shape) / t / 1e6
+            peak = args.peak_f64 if dtype == "f64" else args.peak_f32
+            print(f"| {shape} | {dtype} | {statistics.median(theirs):.4g} | {t:.4g} | "
+                  f"{statistics.median(ratios):.2f}x | {g:.1f} | {100 * g / peak:.0f}% | "
+                  f"{100 * g / statistics.median(rates):.0f}% |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
