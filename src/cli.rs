@@ -75,24 +75,24 @@ pub struct TrainArgs {
     /// Output width D_out [default: 10, or from --init]
     #[arg(long = "d-out", value_parser = positive, allow_negative_numbers = true)]
     pub d_out: Option<usize>,
-    /// Learning rate of both layers
-    #[arg(long, default_value = "1e-6", value_parser = learning_rate, allow_hyphen_values = true)]
-    pub lr: f64,
+    /// Learning rate of both layers [default: 1e-6, or the checkpoint's]
+    #[arg(long, value_parser = learning_rate, allow_hyphen_values = true)]
+    pub lr: Option<f64>,
     /// Learning rate of w1 alone (0 holds w1 fixed) [default: --lr]
     #[arg(long = "lr-w1", value_parser = learning_rate, allow_hyphen_values = true)]
     pub lr_w1: Option<f64>,
     /// Learning rate of w2 alone (0 holds w2 fixed) [default: --lr]
     #[arg(long = "lr-w2", value_parser = learning_rate, allow_hyphen_values = true)]
     pub lr_w2: Option<f64>,
-    /// Training steps
-    #[arg(long, default_value = "500", value_parser = positive, allow_negative_numbers = true)]
-    pub steps: usize,
+    /// Training steps [default: 500, or the checkpoint's total]
+    #[arg(long, value_parser = positive, allow_negative_numbers = true)]
+    pub steps: Option<usize>,
     /// Element type: f64 or f32 [default: f64, or the file's with --init]
     #[arg(long)]
     pub dtype: Option<Dtype>,
-    /// Seed of the random x, y, w1 and w2
-    #[arg(long, default_value = "0")]
-    pub seed: u64,
+    /// Seed of the random x, y, w1 and w2 [default: 0]
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Threads for rayon and OpenBLAS alike [default: the cores available]
     #[arg(long, value_parser = positive, allow_negative_numbers = true)]
     pub threads: Option<usize>,
@@ -111,9 +111,20 @@ pub struct TrainArgs {
     /// Write every step's loss to this file, as "t loss" lines
     #[arg(long)]
     pub losses: Option<PathBuf>,
-    /// How the update is applied
-    #[arg(long = "step-mode", value_enum, default_value = "fused")]
-    pub step_mode: ModeArg,
+    /// How the update is applied [default: fused, or the checkpoint's]
+    #[arg(long = "step-mode", value_enum)]
+    pub step_mode: Option<ModeArg>,
+    /// Write a checkpoint here (atomically) every --checkpoint-every steps,
+    /// at the end, and when stopped by Ctrl-C or SIGTERM
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Steps between checkpoints
+    #[arg(long = "checkpoint-every", default_value = "100", value_parser = positive, allow_negative_numbers = true)]
+    pub checkpoint_every: usize,
+    /// Continue the run saved in this checkpoint (same data, weights, loss
+    /// history and settings); --steps is then the total to reach
+    #[arg(long, conflicts_with_all = ["init", "seed"])]
+    pub resume: Option<PathBuf>,
 }
 
 /// Flags of `twolayer sweep`.

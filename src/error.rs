@@ -44,6 +44,15 @@ pub enum Error {
         available: u128,
     },
 
+    /// A signal stopped the run at a step boundary; its outputs were written.
+    #[error("{msg}")]
+    Interrupted {
+        /// The signal (SIGINT = 2, SIGTERM = 15); the exit status is 128 + it.
+        signal: i32,
+        /// Where it stopped and how to go on.
+        msg: String,
+    },
+
     /// The loss stopped being a finite number.
     #[error(
         "loss became {value} at step {step}: training diverged; try a smaller --lr (it was {lr:e})"

@@ -17,7 +17,10 @@
 //!     LearningRates::uniform(1e-6),
 //!     StepMode::Fused,
 //! )?;
-//! t.run(500, |step, loss| println!("{step} {loss}"))?;
+//! t.run(500, |_, step, loss| {
+//!     println!("{step} {loss}");
+//!     std::ops::ControlFlow::Continue(())
+//! })?;
 //! # Ok::<(), twolayer::Error>(())
 //! ```
 //!
@@ -30,6 +33,7 @@
 
 pub mod bench;
 pub mod blas;
+pub mod checkpoint;
 pub mod cli;
 pub mod commands;
 pub mod error;

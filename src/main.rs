@@ -38,6 +38,10 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(twolayer::Error::Interrupted { signal, msg }) => {
+            eprintln!("twolayer: {msg}");
+            ExitCode::from((128 + signal) as u8)
+        }
         Err(e) => {
             eprintln!("twolayer: error: {e}");
             ExitCode::FAILURE

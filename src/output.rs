@@ -6,7 +6,7 @@
 use crate::error::{Error, Result};
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 /// The folder a file at `path` lives in (`.` for a bare file name).
@@ -39,36 +39,44 @@ pub fn check_writable(path: &Path) -> Result<()> {
 }
 
 /// Writes a file at `path` atomically: `write` fills a buffered temporary
-/// file in the same folder; only when it succeeds is the file synced and
-/// renamed to `path`. On any error the final name is untouched and the
-/// temporary file is removed.
+/// file `.NAME.tmp` in the same folder; only when it succeeds is the file
+/// synced and renamed to `path`, and the folder synced so the rename
+/// survives a crash. On any error the final name is untouched and the
+/// temporary file removed. A process killed mid-write leaves at most that
+/// one `.NAME.tmp`, which the next write to `path` replaces.
 pub fn write_atomic(
     path: &Path,
     write: impl FnOnce(&mut BufWriter<&mut File>) -> std::io::Result<()>,
 ) -> Result<()> {
     let dir = parent_dir(path);
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".twolayer-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(|e| Error::write(path, e))?;
-    {
-        let mut w = BufWriter::new(tmp.as_file_mut());
-        write(&mut w).map_err(|e| Error::write(path, e))?;
-        w.flush().map_err(|e| Error::write(path, e))?;
-    }
-    // tempfile creates files private (0600); give the result the mode the
-    // file had, or the usual 0644 for a new one.
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::write(path, "not a file name"))?;
+    let tmp_path = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    // The mode the file had, or the usual 0644 for a new one.
     let mode = std::fs::metadata(path)
         .map(|m| m.permissions().mode() & 0o7777)
         .unwrap_or(0o644);
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(mode))
-        .map_err(|e| Error::write(path, e))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| Error::write(path, e))?;
-    tmp.persist(path).map_err(|e| Error::write(path, e.error))?;
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp_path)?;
+        {
+            let mut w = BufWriter::new(&mut f);
+            write(&mut w)?;
+            w.flush()?;
+        }
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        f.sync_all()?;
+        std::fs::rename(&tmp_path, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp_path);
+        return Err(Error::write(path, e));
+    }
     // Make the rename itself durable. Some filesystems refuse to fsync a
     // directory; the data is written either way.
     if let Ok(d) = File::open(dir) {
@@ -102,6 +110,7 @@ mod tests {
         });
         assert!(r.unwrap_err().to_string().contains("boom"));
         assert!(!p.exists());
+        // The temporary file is gone too.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 

@@ -7,6 +7,7 @@ use crate::net::{checked_shape, Data, Weights};
 use crate::scalar::Real;
 use crate::shape::Shape;
 use crate::step::{self, Gradients, LearningRates, Plan, StepMode, Workspace};
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 /// A network being trained, with everything one step needs preallocated.
@@ -144,33 +145,68 @@ impl<F: Real> Trainer<F> {
         self.losses.reserve(steps);
     }
 
-    /// Runs `steps` steps, calling `on_loss(t, loss)` after each. Room for
-    /// the loss history is reserved up front, so steps do not allocate.
+    /// Runs up to `steps` steps, calling `on_step(trainer, t, loss)` after
+    /// each; the callback may stop the run early by returning
+    /// `ControlFlow::Break` (for a checkpoint or a signal it can read the
+    /// trainer's state). Room for the loss history is reserved up front, so
+    /// steps do not allocate.
     ///
-    /// The loop runs on a thread of rayon's pool: the elementwise passes
-    /// then split their work from inside the pool (the other workers steal
-    /// it) instead of injecting a job from outside and blocking on it at
-    /// every pass, which costs a wake-up per pass and, in rayon's injector
-    /// queue, an allocation every 63 passes.
+    /// The loop runs on a thread of rayon's pool: the shards then split from
+    /// inside the pool (the other workers steal them) instead of injecting
+    /// a job from outside and blocking on it at every step, which costs a
+    /// wake-up per step and, in rayon's injector queue, an allocation every
+    /// 63 steps.
     pub fn run(
         &mut self,
         steps: usize,
-        mut on_loss: impl FnMut(usize, f64) + Send,
+        mut on_step: impl FnMut(&Self, usize, f64) -> ControlFlow<()> + Send,
     ) -> Result<RunStats> {
         self.reserve(steps);
         let start = Instant::now();
+        let mut done = 0;
         rayon::scope(|_| {
-            for _ in 0..steps {
+            while done < steps {
                 let t = self.losses.len();
                 let loss = self.step()?;
-                on_loss(t, loss);
+                done += 1;
+                if on_step(self, t, loss).is_break() {
+                    break;
+                }
             }
-            Ok(())
+            Ok::<(), Error>(())
         })?;
         Ok(RunStats {
-            steps,
+            steps: done,
             elapsed: start.elapsed(),
         })
+    }
+
+    /// A trainer that continues a run: `losses` are the losses of the steps
+    /// already done (from a checkpoint), and `weights` their result.
+    pub fn resume(
+        data: Data<F>,
+        weights: Weights<F>,
+        lr: LearningRates,
+        mode: StepMode,
+        losses: Vec<f64>,
+    ) -> Result<Self> {
+        let mut t = Self::new(data, weights, lr, mode)?;
+        t.losses = losses;
+        Ok(t)
+    }
+
+    /// The learning rates.
+    pub fn lr(&self) -> LearningRates {
+        self.lr
+    }
+
+    /// How the update is applied.
+    pub fn mode(&self) -> StepMode {
+        if self.grads.is_some() {
+            StepMode::Explicit
+        } else {
+            StepMode::Fused
+        }
     }
 }
 

@@ -92,7 +92,8 @@ fn gemms_per_step<F: Real>(shape: Shape, mode: StepMode, counter: &AtomicUsize) 
         .map(|i| plan.shard_rows(shape.n, i).len().div_ceil(plan.block_rows))
         .sum();
     let before = counter.load(Ordering::SeqCst);
-    t.run(3, |_, _| {}).unwrap();
+    t.run(3, |_, _, _| std::ops::ControlFlow::Continue(()))
+        .unwrap();
     ((counter.load(Ordering::SeqCst) - before) / 3, 5 * blocks)
 }
 

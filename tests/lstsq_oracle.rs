@@ -41,7 +41,8 @@ fn w2_converges_to_the_least_squares_solution() {
 
     let w1_before = w.w1.clone();
     let mut t = Trainer::new(data, w, LearningRates { w1: 0.0, w2: lr }, StepMode::Fused).unwrap();
-    t.run(steps, |_, _| {}).unwrap();
+    t.run(steps, |_, _, _| std::ops::ControlFlow::Continue(()))
+        .unwrap();
 
     assert_eq!(
         t.weights().w1,

@@ -47,10 +47,12 @@ fn steps_after_the_first_do_not_allocate() {
                 mode,
             )
             .unwrap();
-            t.run(2, |_, _| {}).unwrap();
+            t.run(2, |_, _, _| std::ops::ControlFlow::Continue(()))
+                .unwrap();
             t.reserve(20);
             let before = ALLOCS.load(Ordering::SeqCst);
-            t.run(20, |_, _| {}).unwrap();
+            t.run(20, |_, _, _| std::ops::ControlFlow::Continue(()))
+                .unwrap();
             let during = ALLOCS.load(Ordering::SeqCst) - before;
             assert_eq!(
                 during, 0,

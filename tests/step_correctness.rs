@@ -156,8 +156,10 @@ fn fused_and_explicit_steps_agree() {
         .unwrap()
     };
     let (mut a, mut b) = (mk(StepMode::Fused), mk(StepMode::Explicit));
-    a.run(20, |_, _| {}).unwrap();
-    b.run(20, |_, _| {}).unwrap();
+    a.run(20, |_, _, _| std::ops::ControlFlow::Continue(()))
+        .unwrap();
+    b.run(20, |_, _, _| std::ops::ControlFlow::Continue(()))
+        .unwrap();
     for (x, y) in a.losses().iter().zip(b.losses()) {
         assert!((x - y).abs() <= 1e-12 * y.abs(), "{x} vs {y}");
     }

@@ -131,7 +131,8 @@ pub fn compare(base: &Report, cur: &Report, max_slowdown: f64) -> Result<Vec<Poi
     for (side, a, b) in [("current", base, cur), ("baseline", cur, base)] {
         if let Some(p) = a.points.iter().find(|p| find(b, p).is_none()) {
             let other_dtype = b.points.iter().find(|q| {
-                (q.n, q.d_in, q.hidden, q.d_out, q.threads) == (p.n, p.d_in, p.hidden, p.d_out, p.threads)
+                (q.n, q.d_in, q.hidden, q.d_out, q.threads)
+                    == (p.n, p.d_in, p.hidden, p.d_out, p.threads)
                     && q.dtype != p.dtype
             });
             return Err(Error::invalid(match other_dtype {
@@ -190,7 +191,12 @@ fn gemm_share(p: &PointReport) -> f64 {
 }
 
 /// The comparison as a Markdown table, with a summary line.
-pub fn to_markdown(rows: &[PointComparison], base: &Report, cur: &Report, max_slowdown: f64) -> String {
+pub fn to_markdown(
+    rows: &[PointComparison],
+    base: &Report,
+    cur: &Report,
+    max_slowdown: f64,
+) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -236,7 +242,9 @@ mod tests {
 
     #[test]
     fn interval_covers_the_true_ratio_and_excludes_one_for_a_clear_shift() {
-        let base: Vec<f64> = (0..60).map(|i| 1.0 + 0.02 * ((i * 37 % 11) as f64 / 11.0)).collect();
+        let base: Vec<f64> = (0..60)
+            .map(|i| 1.0 + 0.02 * ((i * 37 % 11) as f64 / 11.0))
+            .collect();
         let cur: Vec<f64> = base.iter().map(|v| v * 1.2).collect();
         let (r, (lo, hi)) = ratio_of_medians(&base, &cur, 0);
         assert!((r - 1.2).abs() < 1e-9);

@@ -170,9 +170,7 @@ fn measure<F: Real>(point: Point, timing: Timing, mode: StepMode) -> Result<Samp
     let mut step_ms = Vec::new();
     let mut gemm_ms = Vec::new();
     let mut stepping = 0.0;
-    while (step_ms.len() < min_steps || stepping < budget_s)
-        && step_ms.len() < MAX_SAMPLES
-    {
+    while (step_ms.len() < min_steps || stepping < budget_s) && step_ms.len() < MAX_SAMPLES {
         let t0 = Instant::now();
         let loss = one_step(&mut ws, &mut weights, &mut |_| {});
         let t1 = Instant::now();

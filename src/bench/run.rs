@@ -42,7 +42,13 @@ pub fn run_grid(grid: &Grid, mode: StepMode) -> Result<Report> {
     let mut samples: Vec<Option<Samples>> = vec![None; grid.points.len()];
     for round in 0..rounds {
         for (p, acc) in grid.points.iter().zip(samples.iter_mut()) {
-            bar.set_message(format!("{} {} ×{} (round {}/{rounds})", p.shape, p.dtype, p.threads, round + 1));
+            bar.set_message(format!(
+                "{} {} ×{} (round {}/{rounds})",
+                p.shape,
+                p.dtype,
+                p.threads,
+                round + 1
+            ));
             let pool = &pools[&p.threads];
             rates
                 .entry((p.dtype, p.threads))

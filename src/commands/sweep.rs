@@ -3,12 +3,12 @@
 
 use crate::bench::grid::{GridSpec, Timing};
 use crate::bench::report::{PointReport, Report};
-use std::path::Path;
 use crate::bench::run::run_grid;
 use crate::cli::SweepArgs;
 use crate::error::{Error, Result};
 use crate::output;
 use crate::threads;
+use std::path::Path;
 
 /// Runs `twolayer sweep` with these flags.
 pub fn run(args: &SweepArgs) -> Result<()> {
@@ -90,7 +90,8 @@ pub fn run(args: &SweepArgs) -> Result<()> {
 /// whole life (thread wake-ups late, a neighbour on the sibling core);
 /// keeping the median process makes one such process harmless.
 fn run_in_processes(k: usize) -> Result<Report> {
-    let exe = std::env::current_exe().map_err(|e| Error::invalid(format!("cannot find own binary: {e}")))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::invalid(format!("cannot find own binary: {e}")))?;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let dir = tempfile::tempdir().map_err(|e| Error::write(Path::new("<temp>"), e))?;
     let mut reports = Vec::with_capacity(k);
@@ -103,7 +104,10 @@ fn run_in_processes(k: usize) -> Result<Report> {
             .status()
             .map_err(|e| Error::invalid(format!("cannot start sweep process {}: {e}", i + 1)))?;
         if !status.success() {
-            return Err(Error::invalid(format!("sweep process {} of {k} failed ({status})", i + 1)));
+            return Err(Error::invalid(format!(
+                "sweep process {} of {k} failed ({status})",
+                i + 1
+            )));
         }
         reports.push(Report::read(&out.join("report.json"))?);
     }

@@ -1,0 +1,411 @@
+//! Checkpoints: everything a run needs to continue exactly where it was —
+//! weights, step count, loss history, configuration, and where the data
+//! came from — in one versioned, checksummed file, written atomically.
+//!
+//! Format (all integers and floats little-endian; see
+//! docs/checkpoint-format.md):
+//!
+//! ```text
+//! offset  size        field
+//! 0       8           magic  "TWLCKPT\0"
+//! 8       4           format version (u32) = 1
+//! 12      8           header length H (u64), at most 1 MiB
+//! 20      H           header: JSON (see [`Header`])
+//! 20+H    8·steps     the loss of every step done (f64)
+//! ..      e·D_in·H    w1, row-major (e = 4 for f32, 8 for f64)
+//! ..      e·H·D_out   w2, row-major
+//! end−32  32          SHA-256 of every byte before it
+//! ```
+//!
+//! A reader checks the magic, the version, the header, that the file is
+//! exactly as long as the header says (before allocating anything), and the
+//! checksum, before it believes a single weight.
+
+use crate::error::{Error, Result};
+use crate::net::Weights;
+use crate::output::write_atomic;
+use crate::scalar::{Dtype, Real};
+use crate::shape::Shape;
+use crate::step::{LearningRates, StepMode};
+use ndarray::Array2;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::path::Path;
+
+/// The file's first eight bytes.
+pub const MAGIC: &[u8; 8] = b"TWLCKPT\0";
+/// The format version this build writes and reads.
+pub const VERSION: u32 = 1;
+/// Largest header accepted.
+const MAX_HEADER: u64 = 1 << 20;
+const PREFIX: usize = 8 + 4 + 8;
+const DIGEST: usize = 32;
+
+/// Where the training data comes from, so a resumed run uses the same.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataSource {
+    /// Generated from a seed (`Data::random`).
+    Seeded {
+        /// The seed.
+        seed: u64,
+    },
+    /// Read from a `.npz` file (`--init`), checked against its checksum on
+    /// resume.
+    File {
+        /// The path as given (made absolute when the checkpoint was written).
+        path: String,
+        /// SHA-256 of the file's bytes, hex.
+        sha256: String,
+    },
+}
+
+/// The checkpoint's JSON header.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Header {
+    /// `f32` or `f64`.
+    pub dtype: String,
+    /// N.
+    pub n: usize,
+    /// D_in.
+    pub d_in: usize,
+    /// H.
+    pub hidden: usize,
+    /// D_out.
+    pub d_out: usize,
+    /// Steps done (and losses stored).
+    pub steps_done: usize,
+    /// Steps the run was asked for in all.
+    pub total_steps: usize,
+    /// Learning rate of w1.
+    pub lr_w1: f64,
+    /// Learning rate of w2.
+    pub lr_w2: f64,
+    /// `fused` or `explicit`.
+    pub step_mode: String,
+    /// Thread budget of the run (needed for bit-identical continuation).
+    pub threads: usize,
+    /// Where x and y come from.
+    pub data: DataSource,
+    /// twolayer's version that wrote it.
+    pub written_by: String,
+}
+
+impl Header {
+    /// The shape it describes, validated.
+    pub fn shape(&self) -> Result<Shape> {
+        Shape::new(self.n, self.d_in, self.hidden, self.d_out)
+    }
+
+    /// The dtype it describes.
+    pub fn dtype(&self) -> Result<Dtype> {
+        self.dtype.parse().map_err(Error::invalid)
+    }
+
+    /// The learning rates.
+    pub fn lr(&self) -> LearningRates {
+        LearningRates {
+            w1: self.lr_w1,
+            w2: self.lr_w2,
+        }
+    }
+
+    /// The step mode.
+    pub fn step_mode(&self) -> Result<StepMode> {
+        match self.step_mode.as_str() {
+            "fused" => Ok(StepMode::Fused),
+            "explicit" => Ok(StepMode::Explicit),
+            m => Err(Error::invalid(format!("unknown step mode '{m}'"))),
+        }
+    }
+}
+
+/// A checkpoint in memory, in the dtype it was written in.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checkpoint<F> {
+    /// Configuration and provenance.
+    pub header: Header,
+    /// Loss of every step done.
+    pub losses: Vec<f64>,
+    /// The weights after `header.steps_done` steps.
+    pub weights: Weights<F>,
+}
+
+/// Hex form of a SHA-256 digest.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// SHA-256 of a file's bytes, hex.
+pub fn file_sha256(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::read(path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::read(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+impl<F: Real> Checkpoint<F> {
+    /// The checkpoint as bytes in the format above.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let header = serde_json::to_vec(&self.header).expect("a header always serialises");
+        let elems = self.weights.w1.len() + self.weights.w2.len();
+        let mut out = Vec::with_capacity(
+            PREFIX + header.len() + 8 * self.losses.len() + elems * F::DTYPE.size() + DIGEST,
+        );
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+        out.extend_from_slice(&header);
+        for l in &self.losses {
+            out.extend_from_slice(&l.to_le_bytes());
+        }
+        for a in [&self.weights.w1, &self.weights.w2] {
+            for v in a.iter() {
+                push_le(&mut out, *v);
+            }
+        }
+        let digest = Sha256::digest(&out);
+        out.extend_from_slice(&digest);
+        out
+    }
+
+    /// Writes the checkpoint to `path` atomically (temporary file, fsync,
+    /// rename, fsync of the folder): a crash at any moment leaves either
+    /// the previous checkpoint or this one, never a mix.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let bytes = self.to_bytes();
+        write_atomic(path, |w| w.write_all(&bytes))
+    }
+}
+
+fn push_le<F: Real>(out: &mut Vec<u8>, v: F) {
+    match F::DTYPE {
+        Dtype::F32 => out.extend_from_slice(&(v.to_f64() as f32).to_le_bytes()),
+        Dtype::F64 => out.extend_from_slice(&v.to_f64().to_le_bytes()),
+    }
+}
+
+/// A checkpoint of either dtype.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AnyCheckpoint {
+    /// Written by an f32 run.
+    F32(Checkpoint<f32>),
+    /// Written by an f64 run.
+    F64(Checkpoint<f64>),
+}
+
+impl AnyCheckpoint {
+    /// The header, whatever the dtype.
+    pub fn header(&self) -> &Header {
+        match self {
+            AnyCheckpoint::F32(c) => &c.header,
+            AnyCheckpoint::F64(c) => &c.header,
+        }
+    }
+
+    /// Reads and verifies a checkpoint file.
+    pub fn read(path: &Path) -> Result<AnyCheckpoint> {
+        let len = std::fs::metadata(path)
+            .map_err(|e| Error::read(path, e))?
+            .len();
+        // Check the prefix and header before reading a possibly huge file.
+        let mut f = std::fs::File::open(path).map_err(|e| Error::read(path, e))?;
+        let mut head = vec![0u8; (PREFIX as u64 + MAX_HEADER).min(len) as usize];
+        std::io::Read::read_exact(&mut f, &mut head).map_err(|e| Error::read(path, e))?;
+        let expected = expected_len(&head).map_err(|m| Error::read(path, m))?;
+        if expected != len {
+            return Err(Error::read(
+                path,
+                format!(
+                    "checkpoint is {len} bytes but its header describes {expected}: truncated or garbled"
+                ),
+            ));
+        }
+        crate::shape::available_memory_bytes()
+            .checked_sub(len)
+            .ok_or_else(|| {
+                Error::read(
+                    path,
+                    format!("checkpoint of {len} bytes does not fit in memory"),
+                )
+            })?;
+        let bytes = std::fs::read(path).map_err(|e| Error::read(path, e))?;
+        Self::from_bytes(&bytes).map_err(|m| Error::read(path, m))
+    }
+
+    /// Parses and verifies checkpoint bytes; the error says what is wrong.
+    pub fn from_bytes(bytes: &[u8]) -> std::result::Result<AnyCheckpoint, String> {
+        let expected = expected_len(bytes)?;
+        if expected != bytes.len() as u64 {
+            return Err(format!(
+                "checkpoint is {} bytes but its header describes {expected}: truncated or garbled",
+                bytes.len()
+            ));
+        }
+        let (body, digest) = bytes.split_at(bytes.len() - DIGEST);
+        if Sha256::digest(body).as_slice() != digest {
+            return Err(
+                "checkpoint checksum does not match its contents: the file is corrupted".into(),
+            );
+        }
+        let header = parse_header(bytes)?;
+        let hlen = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes")) as usize;
+        let mut at = PREFIX + hlen;
+        let mut losses = Vec::with_capacity(header.steps_done);
+        for _ in 0..header.steps_done {
+            losses.push(f64::from_le_bytes(
+                bytes[at..at + 8].try_into().expect("8 bytes"),
+            ));
+            at += 8;
+        }
+        let shape = header.shape().map_err(|e| e.to_string())?;
+        Ok(match header.dtype().map_err(|e| e.to_string())? {
+            Dtype::F32 => {
+                let (w1, w2) = read_weights::<f32>(&bytes[at..], shape);
+                AnyCheckpoint::F32(Checkpoint {
+                    header,
+                    losses,
+                    weights: Weights { w1, w2 },
+                })
+            }
+            Dtype::F64 => {
+                let (w1, w2) = read_weights::<f64>(&bytes[at..], shape);
+                AnyCheckpoint::F64(Checkpoint {
+                    header,
+                    losses,
+                    weights: Weights { w1, w2 },
+                })
+            }
+        })
+    }
+}
+
+fn parse_header(bytes: &[u8]) -> std::result::Result<Header, String> {
+    if bytes.len() < PREFIX || &bytes[..8] != MAGIC {
+        return Err("not a twolayer checkpoint (bad magic bytes)".into());
+    }
+    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if version != VERSION {
+        return Err(format!(
+            "checkpoint format version {version}, but this twolayer reads version {VERSION}"
+        ));
+    }
+    let hlen = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
+    if hlen > MAX_HEADER || (PREFIX as u64 + hlen) > bytes.len() as u64 {
+        return Err("checkpoint header is truncated or implausibly long".into());
+    }
+    let header: Header = serde_json::from_slice(&bytes[PREFIX..PREFIX + hlen as usize])
+        .map_err(|e| format!("checkpoint header is not valid ({e})"))?;
+    header.shape().map_err(|e| e.to_string())?;
+    header.dtype().map_err(|e| e.to_string())?;
+    header.step_mode().map_err(|e| e.to_string())?;
+    if header.steps_done > header.total_steps {
+        return Err("checkpoint header has more steps done than asked for".into());
+    }
+    for lr in [header.lr_w1, header.lr_w2] {
+        if !(lr.is_finite() && lr >= 0.0) {
+            return Err("checkpoint header has an invalid learning rate".into());
+        }
+    }
+    Ok(header)
+}
+
+/// The total length a file with this prefix and header must have.
+fn expected_len(bytes: &[u8]) -> std::result::Result<u64, String> {
+    let h = parse_header(bytes)?;
+    let hlen = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes")) as u128;
+    let e = h.dtype().map_err(|e| e.to_string())?.size() as u128;
+    let (d, hid, o) = (h.d_in as u128, h.hidden as u128, h.d_out as u128);
+    let total =
+        PREFIX as u128 + hlen + 8 * h.steps_done as u128 + e * (d * hid + hid * o) + DIGEST as u128;
+    u64::try_from(total).map_err(|_| "checkpoint header describes an impossible size".to_string())
+}
+
+fn read_weights<F: Real>(bytes: &[u8], shape: Shape) -> (Array2<F>, Array2<F>) {
+    let e = F::DTYPE.size();
+    let read = |at: usize| -> F {
+        match F::DTYPE {
+            Dtype::F32 => F::from_f64(f32::from_le_bytes(
+                bytes[at..at + 4].try_into().expect("4 bytes"),
+            ) as f64),
+            Dtype::F64 => F::from_f64(f64::from_le_bytes(
+                bytes[at..at + 8].try_into().expect("8 bytes"),
+            )),
+        }
+    };
+    let n1 = shape.d_in * shape.hidden;
+    let w1 = Array2::from_shape_fn((shape.d_in, shape.hidden), |(i, j)| {
+        read((i * shape.hidden + j) * e)
+    });
+    let w2 = Array2::from_shape_fn((shape.hidden, shape.d_out), |(i, j)| {
+        read((n1 + i * shape.d_out + j) * e)
+    });
+    (w1, w2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Checkpoint<f32> {
+        let shape = Shape::new(4, 3, 2, 5).unwrap();
+        Checkpoint {
+            header: Header {
+                dtype: "f32".into(),
+                n: 4,
+                d_in: 3,
+                hidden: 2,
+                d_out: 5,
+                steps_done: 3,
+                total_steps: 10,
+                lr_w1: 1e-6,
+                lr_w2: 0.0,
+                step_mode: "fused".into(),
+                threads: 2,
+                data: DataSource::Seeded { seed: 7 },
+                written_by: "test".into(),
+            },
+            losses: vec![3.0, 2.0, 1.5],
+            weights: Weights::random(shape, 1),
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let c = sample();
+        assert_eq!(
+            AnyCheckpoint::from_bytes(&c.to_bytes()).unwrap(),
+            AnyCheckpoint::F32(c)
+        );
+    }
+
+    #[test]
+    fn every_corruption_is_caught() {
+        let bytes = sample().to_bytes();
+        // Any single flipped bit, anywhere, is refused.
+        for i in (0..bytes.len()).step_by(7) {
+            let mut b = bytes.clone();
+            b[i] ^= 0x10;
+            assert!(
+                AnyCheckpoint::from_bytes(&b).is_err(),
+                "flip at {i} accepted"
+            );
+        }
+        // Any truncation is refused.
+        for len in [0, 5, 19, 40, bytes.len() - 1] {
+            assert!(AnyCheckpoint::from_bytes(&bytes[..len]).is_err());
+        }
+        let e = AnyCheckpoint::from_bytes(b"PK\x03\x04 something else entirely").unwrap_err();
+        assert!(e.contains("not a twolayer checkpoint"), "{e}");
+    }
+}

@@ -1,0 +1,382 @@
+//! Long runs that survive: checkpoints written atomically, runs killed with
+//! SIGKILL and resumed to bit-identical results, Ctrl-C and SIGTERM, bad
+//! checkpoints refused, a diverging run's last checkpoint intact, and
+//! determinism across runs and thread counts.
+
+mod common;
+
+use common::{bin, run, stderr};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use twolayer::checkpoint::AnyCheckpoint;
+
+/// The run every test here resumes: long enough to be killed mid-way.
+const ARGS: &[&str] = &[
+    "--n",
+    "256",
+    "--d-in",
+    "300",
+    "--hidden",
+    "50",
+    "--d-out",
+    "5",
+    "--lr",
+    "1e-7",
+    "--seed",
+    "3",
+    "--threads",
+    "2",
+];
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn train(extra: &[&str]) -> std::process::Output {
+    let mut a = vec!["train", "--quiet"];
+    a.extend_from_slice(ARGS);
+    a.extend_from_slice(extra);
+    run(&a)
+}
+
+#[test]
+fn killed_runs_resume_bit_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (full_l, full_w) = (d.join("full.txt"), d.join("full.npz"));
+    let out = train(&[
+        "--steps",
+        "400",
+        "--losses",
+        s(&full_l),
+        "--save",
+        s(&full_w),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let want_l = std::fs::read(&full_l).unwrap();
+    let want_w = std::fs::read(&full_w).unwrap();
+
+    // Kill at several points, chosen from the clock so they differ run to
+    // run and land at different steps.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as usize;
+    for (i, frac) in [0.15, 0.45, 0.8].iter().enumerate() {
+        let ck = d.join(format!("run{i}.ckpt"));
+        let kill_at = ((400.0 * frac) as usize + seed % 37) % 390 + 5;
+        let mut child = bin()
+            .args(["train"])
+            .args(ARGS)
+            .args([
+                "--steps",
+                "400",
+                "--checkpoint",
+                s(&ck),
+                "--checkpoint-every",
+                "7",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Read the loss lines until step `kill_at` has been printed, then
+        // SIGKILL: no chance to clean up.
+        let stdout = child.stdout.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for line in BufReader::new(stdout).lines() {
+            let t: usize = line.unwrap().split(' ').next().unwrap().parse().unwrap();
+            if t >= kill_at || Instant::now() > deadline {
+                break;
+            }
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // The checkpoint is whole (it is only ever renamed into place).
+        if !ck.exists() {
+            continue; // killed before the first checkpoint: nothing to resume
+        }
+        let c = AnyCheckpoint::read(&ck).expect("a killed run leaves a valid checkpoint");
+        let done = c.header().steps_done;
+        assert!(done.is_multiple_of(7) || done == 400, "checkpoint at step {done}");
+        // At most the temporary files that killed writes were filling, one
+        // per checkpoint, named after it.
+        let temps: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(
+            temps.iter().all(|n| n.starts_with(".run") && n.ends_with(".ckpt.tmp")),
+            "{temps:?}"
+        );
+
+        let (l, w) = (d.join(format!("res{i}.txt")), d.join(format!("res{i}.npz")));
+        let out = run(&[
+            "train",
+            "--quiet",
+            "--resume",
+            s(&ck),
+            "--losses",
+            s(&l),
+            "--save",
+            s(&w),
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(
+            std::fs::read(&l).unwrap(),
+            want_l,
+            "loss history differs after resuming from step {done}"
+        );
+        assert_eq!(
+            std::fs::read(&w).unwrap(),
+            want_w,
+            "weights differ after resuming from step {done}"
+        );
+    }
+}
+
+#[test]
+fn sigint_and_sigterm_stop_at_a_step_boundary_and_save_everything() {
+    for (sig, code, name) in [
+        (libc::SIGINT, 130, "SIGINT"),
+        (libc::SIGTERM, 143, "SIGTERM"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let (ck, l, w) = (d.join("c.ckpt"), d.join("l.txt"), d.join("w.npz"));
+        let child = bin()
+            .args([
+                "train", "--n", "2000", "--lr", "1e-9", "--steps", "1000000", "--quiet",
+            ])
+            .args([
+                "--checkpoint",
+                s(&ck),
+                "--checkpoint-every",
+                "100000",
+                "--losses",
+                s(&l),
+                "--save",
+                s(&w),
+            ])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let out = child.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(code), "{err}");
+        assert!(
+            err.contains(&format!("stopped by {name} after step")),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!("twolayer train --resume {}", ck.display())),
+            "{err}"
+        );
+        let c = AnyCheckpoint::read(&ck).unwrap();
+        let done = c.header().steps_done;
+        assert!(done > 0 && done < 1_000_000);
+        let losses = std::fs::read_to_string(&l).unwrap();
+        assert_eq!(
+            losses.lines().count(),
+            done,
+            "losses file and checkpoint disagree"
+        );
+        assert!(w.exists());
+    }
+}
+
+#[test]
+fn bad_checkpoints_are_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ck = d.join("c.ckpt");
+    let out = train(&["--steps", "20", "--checkpoint", s(&ck)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let good = std::fs::read(&ck).unwrap();
+
+    let check = |bytes: &[u8], needle: &str| {
+        let p = d.join("bad.ckpt");
+        std::fs::write(&p, bytes).unwrap();
+        let out = run(&["train", "--resume", s(&p)]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(needle), "expected '{needle}' in {err}");
+        assert!(out.stdout.is_empty());
+    };
+    let mut flipped = good.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 1;
+    check(&flipped, "checksum does not match");
+    check(&good[..good.len() - 100], "truncated or garbled");
+    check(
+        b"PK\x03\x04not a checkpoint at all, a zip perhaps",
+        "not a twolayer checkpoint",
+    );
+    let mut v2 = good.clone();
+    v2[8] = 2;
+    check(&v2, "format version 2");
+
+    // Flags that contradict the checkpoint.
+    for (flags, needle) in [
+        (&["--d-in", "301"][..], "--d-in 301 disagrees"),
+        (&["--dtype", "f32"], "--dtype f32 disagrees"),
+        (&["--lr", "1e-3"], "--lr-w1 0.001 disagrees"),
+        (&["--steps", "5"], "fewer than the 20 steps"),
+    ] {
+        let mut a = vec!["train", "--resume", s(&ck)];
+        a.extend_from_slice(flags);
+        let out = run(&a);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(stderr(&out).contains(needle), "{}", stderr(&out));
+    }
+}
+
+#[test]
+fn a_changed_data_file_is_refused_on_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let init = d.join("init.npz");
+    let shape = twolayer::Shape::new(16, 8, 4, 2).unwrap();
+    twolayer::npz::save_init(
+        &init,
+        &twolayer::Data::<f64>::random(shape, 1),
+        &twolayer::Weights::random(shape, 1),
+    )
+    .unwrap();
+    let ck = d.join("c.ckpt");
+    let out = run(&[
+        "train",
+        "--quiet",
+        "--init",
+        s(&init),
+        "--steps",
+        "10",
+        "--checkpoint",
+        s(&ck),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(&["train", "--quiet", "--resume", s(&ck), "--steps", "20"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    twolayer::npz::save_init(
+        &init,
+        &twolayer::Data::<f64>::random(shape, 2),
+        &twolayer::Weights::random(shape, 1),
+    )
+    .unwrap();
+    let out = run(&["train", "--quiet", "--resume", s(&ck), "--steps", "30"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("has changed since the checkpoint"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_diverging_run_keeps_its_last_finite_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("c.ckpt");
+    // lr 1e-6 diverges at N = 4096 within a few steps (design.md §1).
+    let out = run(&[
+        "train",
+        "--n",
+        "4096",
+        "--quiet",
+        "--checkpoint",
+        s(&ck),
+        "--checkpoint-every",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    let step: usize = err
+        .split("at step ")
+        .nth(1)
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let c = AnyCheckpoint::read(&ck).expect("the last checkpoint is intact");
+    assert_eq!(
+        c.header().steps_done,
+        step,
+        "checkpoint should hold every finite step"
+    );
+    match c {
+        AnyCheckpoint::F64(c) => {
+            assert!(c.losses.iter().all(|l| l.is_finite()));
+            assert!(c
+                .weights
+                .w1
+                .iter()
+                .chain(c.weights.w2.iter())
+                .all(|v| v.is_finite()));
+        }
+        AnyCheckpoint::F32(_) => panic!("dtype changed"),
+    }
+    // It can be resumed with the same settings (and diverges again at the
+    // same step, deterministically).
+    let out = run(&["train", "--quiet", "--resume", s(&ck)]);
+    assert!(
+        stderr(&out).contains(&format!("at step {step}:")),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn same_seed_and_threads_give_bit_identical_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.npz"), dir.path().join("b.npz"));
+    for p in [&a, &b] {
+        assert!(train(&["--steps", "50", "--save", s(p)]).status.success());
+    }
+    assert_eq!(std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
+}
+
+#[test]
+fn thread_counts_agree_to_1e12_over_100_steps() {
+    use twolayer::{Data, LearningRates, Shape, StepMode, Trainer, Weights};
+    let shape = Shape::REFERENCE;
+    let train_on = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let mut t = Trainer::new(
+                Data::<f64>::random(shape, 5),
+                Weights::random(shape, 5),
+                LearningRates::uniform(1e-6),
+                StepMode::Fused,
+            )
+            .unwrap();
+            t.run(100, |_, _, _| std::ops::ControlFlow::Continue(()))
+                .unwrap();
+            (t.losses().to_vec(), t.weights().clone())
+        })
+    };
+    let (l1, w1) = train_on(1);
+    let (l2, w2) = train_on(2);
+    let (l3, w3) = train_on(3);
+    for (l, w) in [(&l2, &w2), (&l3, &w3)] {
+        let gap = l1
+            .iter()
+            .zip(l)
+            .map(|(a, b)| (a - b).abs() / a.abs())
+            .fold(0.0, f64::max);
+        assert!(gap < 1e-12, "losses differ by {gap:e} across thread counts");
+        let wg =
+            common::max_rel_diff(&w.w1, &w1.w1, 1.0).max(common::max_rel_diff(&w.w2, &w1.w2, 1.0));
+        assert!(wg < 1e-12, "weights differ by {wg:e} across thread counts");
+    }
+    assert!(l1[99] < l1[0]);
+}
