@@ -100,7 +100,10 @@ fn killed_runs_resume_bit_identically() {
         }
         let c = AnyCheckpoint::read(&ck).expect("a killed run leaves a valid checkpoint");
         let done = c.header().steps_done;
-        assert!(done.is_multiple_of(7) || done == 400, "checkpoint at step {done}");
+        assert!(
+            done.is_multiple_of(7) || done == 400,
+            "checkpoint at step {done}"
+        );
         // At most the temporary files that killed writes were filling, one
         // per checkpoint, named after it.
         let temps: Vec<String> = std::fs::read_dir(d)
@@ -109,7 +112,9 @@ fn killed_runs_resume_bit_identically() {
             .filter(|n| n.ends_with(".tmp"))
             .collect();
         assert!(
-            temps.iter().all(|n| n.starts_with(".run") && n.ends_with(".ckpt.tmp")),
+            temps
+                .iter()
+                .all(|n| n.starts_with(".run") && n.ends_with(".ckpt.tmp")),
             "{temps:?}"
         );
 
