@@ -16,7 +16,7 @@ use crate::shape::Shape;
 use ndarray::Array2;
 use ndarray_npy::{NpzWriter, ReadNpyExt};
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek};
 use std::path::Path;
 
 /// The arrays of an initial state, x, y, w1 and w2, in the dtype the file
@@ -144,51 +144,82 @@ struct Entry {
     dtype: Dtype,
 }
 
+/// An opened `.npz` whose four headers have been checked: the arrays are
+/// there, 2-D, of one supported dtype, consistent in shape, complete, and
+/// within the memory available.
+struct Checked<R: Read + Seek> {
+    zip: zip::ZipArchive<R>,
+    entries: Vec<Entry>,
+    shape: Shape,
+    dtype: Dtype,
+}
+
+impl<R: Read + Seek> Checked<R> {
+    fn open(reader: R, path: &Path) -> Result<Self> {
+        let mut zip = zip::ZipArchive::new(reader)
+            .map_err(|e| Error::read(path, format!("not a valid .npz file ({e})")))?;
+        let mut entries = Vec::with_capacity(4);
+        for name in NAMES {
+            entries.push(inspect_entry(path, &mut zip, name)?);
+        }
+        let dtype = entries[0].dtype;
+        if let Some((name, e)) = NAMES.iter().zip(&entries).find(|(_, e)| e.dtype != dtype) {
+            return Err(Error::read(
+                path,
+                format!(
+                    "arrays differ in dtype: x is {} but {name} is {}; all four must match",
+                    dtype, e.dtype
+                ),
+            ));
+        }
+        let shape = shape_from_dims(
+            entries[0].dims,
+            entries[1].dims,
+            entries[2].dims,
+            entries[3].dims,
+        )
+        .map_err(|e| Error::read(path, e))?;
+        shape.check_bytes_fit(
+            (shape.data_elems() + shape.weight_elems()) * dtype.size() as u128,
+            dtype,
+        )?;
+        Ok(Checked {
+            zip,
+            entries,
+            shape,
+            dtype,
+        })
+    }
+}
+
 /// Loads x, y, w1 and w2 from a `.npz` file, checking everything the module
 /// docs list, and that the arrays agree in shape and dtype and hold only
 /// finite values.
 pub fn load_init(path: &Path) -> Result<Init> {
     let file = File::open(path).map_err(|e| Error::read(path, e))?;
-    let mut zip = zip::ZipArchive::new(file)
-        .map_err(|e| Error::read(path, format!("not a valid .npz file ({e})")))?;
-    let mut entries = Vec::with_capacity(4);
-    for name in NAMES {
-        entries.push(inspect_entry(path, &mut zip, name)?);
-    }
-    let dtype = entries[0].dtype;
-    if let Some((name, e)) = NAMES.iter().zip(&entries).find(|(_, e)| e.dtype != dtype) {
-        return Err(Error::read(
-            path,
-            format!(
-                "arrays differ in dtype: x is {} but {name} is {}; all four must match",
-                dtype, e.dtype
-            ),
-        ));
-    }
-    let shape = shape_from_dims(
-        entries[0].dims,
-        entries[1].dims,
-        entries[2].dims,
-        entries[3].dims,
-    )
-    .map_err(|e| Error::read(path, e))?;
-    shape.check_bytes_fit(
-        (shape.data_elems() + shape.weight_elems()) * dtype.size() as u128,
-        dtype,
-    )?;
-    Ok(match dtype {
+    load_init_from(file, path)
+}
+
+/// [`load_init`] from any seekable reader (`path` names it in messages).
+pub fn load_init_from<R: Read + Seek>(reader: R, path: &Path) -> Result<Init> {
+    let mut c = Checked::open(reader, path)?;
+    Ok(match c.dtype {
         Dtype::F32 => {
-            let (d, w) = read_all::<f32>(path, &mut zip, &entries)?;
+            let (d, w) = read_all::<f32, R>(path, &mut c.zip, &c.entries)?;
             Init::F32(d, w)
         }
         Dtype::F64 => {
-            let (d, w) = read_all::<f64>(path, &mut zip, &entries)?;
+            let (d, w) = read_all::<f64, R>(path, &mut c.zip, &c.entries)?;
             Init::F64(d, w)
         }
     })
 }
 
-fn inspect_entry(path: &Path, zip: &mut zip::ZipArchive<File>, name: &str) -> Result<Entry> {
+fn inspect_entry<R: Read + Seek>(
+    path: &Path,
+    zip: &mut zip::ZipArchive<R>,
+    name: &str,
+) -> Result<Entry> {
     let index = zip
         .index_for_name(&format!("{name}.npy"))
         .or_else(|| zip.index_for_name(name))
@@ -244,9 +275,9 @@ fn inspect_entry(path: &Path, zip: &mut zip::ZipArchive<File>, name: &str) -> Re
     })
 }
 
-fn read_all<F: Real>(
+fn read_all<F: Real, R: Read + Seek>(
     path: &Path,
-    zip: &mut zip::ZipArchive<File>,
+    zip: &mut zip::ZipArchive<R>,
     entries: &[Entry],
 ) -> Result<(Data<F>, Weights<F>)> {
     let mut arrays = Vec::with_capacity(4);
@@ -305,24 +336,12 @@ pub fn save_init<F: Real>(path: &Path, data: &Data<F>, weights: &Weights<F>) -> 
     )
 }
 
-/// The shape of the state stored in a `.npz` file, read from its headers
-/// alone.
+/// The shape and dtype of the state stored in a `.npz` file, from its
+/// headers alone.
 pub fn peek_shape(path: &Path) -> Result<(Shape, Dtype)> {
     let file = File::open(path).map_err(|e| Error::read(path, e))?;
-    let mut zip = zip::ZipArchive::new(file)
-        .map_err(|e| Error::read(path, format!("not a valid .npz file ({e})")))?;
-    let mut entries = Vec::with_capacity(4);
-    for name in NAMES {
-        entries.push(inspect_entry(path, &mut zip, name)?);
-    }
-    let shape = shape_from_dims(
-        entries[0].dims,
-        entries[1].dims,
-        entries[2].dims,
-        entries[3].dims,
-    )
-    .map_err(|e| Error::read(path, e))?;
-    Ok((shape, entries[0].dtype))
+    let c = Checked::open(file, path)?;
+    Ok((c.shape, c.dtype))
 }
 
 #[cfg(test)]
