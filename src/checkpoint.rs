@@ -87,10 +87,17 @@ pub struct Header {
     pub step_mode: String,
     /// Thread budget of the run (needed for bit-identical continuation).
     pub threads: usize,
+    /// MPI ranks the batch was split over (1 for a single process).
+    #[serde(default = "one")]
+    pub ranks: usize,
     /// Where x and y come from.
     pub data: DataSource,
     /// twolayer's version that wrote it.
     pub written_by: String,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Header {
@@ -372,6 +379,7 @@ mod tests {
                 lr_w2: 0.0,
                 step_mode: "fused".into(),
                 threads: 2,
+                ranks: 1,
                 data: DataSource::Seeded { seed: 7 },
                 written_by: "test".into(),
             },

@@ -36,6 +36,8 @@ pub mod blas;
 pub mod checkpoint;
 pub mod cli;
 pub mod commands;
+#[cfg(feature = "mpi")]
+pub mod distributed;
 pub mod error;
 pub mod kernels;
 pub mod net;

@@ -11,7 +11,6 @@ use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 /// A network being trained, with everything one step needs preallocated.
-#[derive(Debug)]
 pub struct Trainer<F> {
     shape: Shape,
     data: Data<F>,
@@ -20,6 +19,16 @@ pub struct Trainer<F> {
     grads: Option<Gradients<F>>,
     lr: LearningRates,
     losses: Vec<f64>,
+}
+
+impl<F> std::fmt::Debug for Trainer<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("shape", &self.shape)
+            .field("lr", &self.lr)
+            .field("steps_done", &self.losses.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Timing of a [`Trainer::run`].
@@ -120,11 +129,27 @@ impl<F: Real> Trainer<F> {
     /// update). When the loss is not finite the update is not applied, the
     /// weights stay the last finite ones, and the error names the step.
     pub fn step(&mut self) -> Result<f64> {
+        self.step_reduced(&mut |_, _| {})
+    }
+
+    /// [`Trainer::step`] that hands the explicit gradients and loss to
+    /// `reduce` before the update, which leaves the totals in place:
+    /// data-parallel training sums them over every process there. (In the
+    /// fused mode there are no explicit gradients and `reduce` is not
+    /// called.)
+    pub fn step_reduced(
+        &mut self,
+        reduce: &mut dyn FnMut(&mut Gradients<F>, &mut f64),
+    ) -> Result<f64> {
         let t = self.losses.len();
         let loss = match &mut self.grads {
             // The step leaves the weights alone when its loss is not finite.
             None => step::step(&mut self.ws, &self.data, &mut self.weights, self.lr),
-            Some(g) => step::gradients(&mut self.ws, &self.data, &self.weights, g),
+            Some(g) => {
+                let mut loss = step::gradients(&mut self.ws, &self.data, &self.weights, g);
+                reduce(g, &mut loss);
+                loss
+            }
         };
         check_finite_loss(t, loss, self.lr)?;
         if let Some(g) = &self.grads {
@@ -175,6 +200,33 @@ impl<F: Real> Trainer<F> {
             }
             Ok::<(), Error>(())
         })?;
+        Ok(RunStats {
+            steps: done,
+            elapsed: start.elapsed(),
+        })
+    }
+
+    /// [`Trainer::run`] on the calling thread, each step's gradients and
+    /// loss handed to `reduce` (see [`Trainer::step_reduced`]). For callers
+    /// whose reducer or callback cannot move to another thread (an MPI
+    /// communicator, say).
+    pub fn run_local(
+        &mut self,
+        steps: usize,
+        reduce: &mut dyn FnMut(&mut Gradients<F>, &mut f64),
+        mut on_step: impl FnMut(&Self, usize, f64) -> ControlFlow<()>,
+    ) -> Result<RunStats> {
+        self.reserve(steps);
+        let start = Instant::now();
+        let mut done = 0;
+        while done < steps {
+            let t = self.losses.len();
+            let loss = self.step_reduced(reduce)?;
+            done += 1;
+            if on_step(self, t, loss).is_break() {
+                break;
+            }
+        }
         Ok(RunStats {
             steps: done,
             elapsed: start.elapsed(),

@@ -26,8 +26,8 @@
 //! with a 95% bootstrap interval (2,000 resamples of each side's samples,
 //! fixed seed, so the same reports always give the same verdict). A point is
 //! *slower* when R > 1 + max_slowdown **and** the interval's lower end is
-//! above 1 (the change is both large and real), *faster* when R < 1 −
-//! max_slowdown and the upper end is below 1, and *within noise* otherwise.
+//! above 1 + max_slowdown/2 (the change is both large and real), *faster*
+//! symmetrically, and *within noise* otherwise.
 
 use super::report::{PointReport, Report};
 use crate::error::{Error, Result};
@@ -163,9 +163,9 @@ pub fn compare(base: &Report, cur: &Report, max_slowdown: f64) -> Result<Vec<Poi
             )));
         }
         let (change, ci) = ratio_of_medians(&rb, &rc, i as u64);
-        let verdict = if change > 1.0 + max_slowdown && ci.0 > 1.0 {
+        let verdict = if change > 1.0 + max_slowdown && ci.0 > 1.0 + max_slowdown / 2.0 {
             Verdict::Slower
-        } else if change < 1.0 - max_slowdown && ci.1 < 1.0 {
+        } else if change < 1.0 - max_slowdown && ci.1 < 1.0 - max_slowdown / 2.0 {
             Verdict::Faster
         } else {
             Verdict::WithinNoise

@@ -34,6 +34,19 @@ struct RunConfig {
     mode: StepMode,
     threads: usize,
     data: DataSource,
+    /// MPI ranks the batch is split over (1: a single process).
+    ranks: usize,
+}
+
+impl RunConfig {
+    /// The whole problem's shape, from one process's trainer (whose batch
+    /// is its own rows only, under MPI).
+    fn global_shape<F: Real>(&self, t: &Trainer<F>, n_total: usize) -> Shape {
+        Shape {
+            n: n_total,
+            ..t.shape()
+        }
+    }
 }
 
 /// Runs `twolayer train` with these flags.
@@ -44,6 +57,10 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         .flatten()
     {
         output::check_writable(path)?;
+    }
+    #[cfg(feature = "mpi")]
+    if launched_by_mpi() {
+        return distributed::run(args);
     }
     if let Some(path) = &args.resume {
         return resume(args, path);
@@ -73,6 +90,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
                 mode,
                 threads,
                 data,
+                ranks: 1,
             };
             match npz::load_init(path)? {
                 Init::F32(d, w) => train_and_report(args, Trainer::new(d, w, lr, mode)?, cfg),
@@ -96,6 +114,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
                 mode,
                 threads,
                 data: DataSource::Seeded { seed },
+                ranks: 1,
             };
             match dtype {
                 Dtype::F32 => seeded::<f32>(args, shape, cfg, seed),
@@ -151,6 +170,12 @@ fn resume(args: &TrainArgs, path: &Path) -> Result<()> {
             h.threads
         );
     }
+    if h.ranks != 1 {
+        return Err(Error::invalid(format!(
+            "{what} was written by a {}-rank MPI job; resume it with mpirun -np {}",
+            h.ranks, h.ranks
+        )));
+    }
     threads::set_budget(threads)?;
     let cfg = RunConfig {
         total_steps,
@@ -158,6 +183,7 @@ fn resume(args: &TrainArgs, path: &Path) -> Result<()> {
         mode,
         threads,
         data: h.data.clone(),
+        ranks: 1,
     };
     match ckpt {
         AnyCheckpoint::F32(c) => resume_with(args, c, shape, cfg),
@@ -225,8 +251,8 @@ fn check_flags_match(args: &TrainArgs, shape: Shape, dtype: Dtype, what: &str) -
 }
 
 /// The checkpoint of a trainer's current state.
-fn snapshot<F: Real>(t: &Trainer<F>, cfg: &RunConfig) -> Checkpoint<F> {
-    let s = t.shape();
+fn snapshot<F: Real>(t: &Trainer<F>, cfg: &RunConfig, n_total: usize) -> Checkpoint<F> {
+    let s = cfg.global_shape(t, n_total);
     Checkpoint {
         header: Header {
             dtype: F::DTYPE.name().into(),
@@ -244,6 +270,7 @@ fn snapshot<F: Real>(t: &Trainer<F>, cfg: &RunConfig) -> Checkpoint<F> {
             }
             .into(),
             threads: cfg.threads,
+            ranks: cfg.ranks,
             data: cfg.data.clone(),
             written_by: format!("twolayer {}", env!("CARGO_PKG_VERSION")),
         },
@@ -286,113 +313,181 @@ impl Signals {
     }
 }
 
+/// What happens after each step, on the lead process: the `t loss` line,
+/// periodic checkpoints; and whether to stop.
+struct Reporter<'a> {
+    args: &'a TrainArgs,
+    cfg: &'a RunConfig,
+    /// Rows of the whole batch (over all ranks).
+    n_total: usize,
+    /// Prints and writes files: the single process, or rank 0.
+    lead: bool,
+    last: usize,
+    out: std::io::BufWriter<std::io::Stdout>,
+    write_err: Option<std::io::Error>,
+    ckpt_err: Option<Error>,
+    last_flush: Instant,
+}
+
+impl<'a> Reporter<'a> {
+    fn new(args: &'a TrainArgs, cfg: &'a RunConfig, lead: bool, n_total: usize) -> Self {
+        Reporter {
+            args,
+            cfg,
+            n_total,
+            lead,
+            last: cfg.total_steps.saturating_sub(1),
+            out: std::io::BufWriter::new(std::io::stdout()),
+            write_err: None,
+            ckpt_err: None,
+            last_flush: Instant::now(),
+        }
+    }
+
+    /// After step `step` with loss `loss`; `stop` says a signal arrived
+    /// (on any process).
+    fn on_step<F: Real>(
+        &mut self,
+        t: &Trainer<F>,
+        step: usize,
+        loss: f64,
+        stop: bool,
+    ) -> ControlFlow<()> {
+        if !self.lead {
+            return if stop {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            };
+        }
+        let a = self.args;
+        if !(a.quiet
+            || self.write_err.is_some()
+            || !(step.is_multiple_of(a.log_every) || step == self.last))
+        {
+            // Same form as the reference's print(t, loss): shortest round-trip.
+            if let Err(e) = writeln!(self.out, "{step} {loss:?}") {
+                self.write_err = Some(e);
+            } else if self.last_flush.elapsed() > Duration::from_millis(100) {
+                // Long runs show progress; short ones are not slowed by syscalls.
+                let _ = self.out.flush();
+                self.last_flush = Instant::now();
+            }
+        }
+        if let Some(p) = &a.checkpoint {
+            if (step + 1).is_multiple_of(a.checkpoint_every) {
+                if let Err(e) = snapshot(t, self.cfg, self.n_total).write(p) {
+                    self.ckpt_err = Some(e);
+                    return ControlFlow::Break(());
+                }
+            }
+        }
+        if stop {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    }
+
+    /// After the loop: the run's result, then outputs, the summary line
+    /// (with `extra` appended), and the interruption notice.
+    fn finish<F: Real>(
+        mut self,
+        trainer: &Trainer<F>,
+        result: Result<crate::train::RunStats>,
+        signal: Option<i32>,
+        extra: &str,
+    ) -> Result<()> {
+        if let Err(e) = self.out.flush() {
+            self.write_err.get_or_insert(e);
+        }
+        // A diverged run stops here: the last checkpoint written is the last
+        // finite state, and no output of the broken state is written.
+        let stats = result?;
+        if let Some(e) = self.ckpt_err {
+            return Err(e);
+        }
+        // A closed pipe (`twolayer train | head`) means the reader has seen
+        // enough; the run itself and its files are still wanted.
+        if let Some(e) = self
+            .write_err
+            .filter(|e| e.kind() != std::io::ErrorKind::BrokenPipe)
+        {
+            return Err(Error::write(Path::new("<stdout>"), e));
+        }
+        if !self.lead {
+            return Ok(());
+        }
+        let (args, cfg) = (self.args, self.cfg);
+        if let Some(p) = &args.checkpoint {
+            snapshot(trainer, cfg, self.n_total).write(p)?;
+        }
+        if let Some(p) = &args.losses {
+            output::write_losses(p, 0, trainer.losses())?;
+        }
+        if let Some(p) = &args.save {
+            npz::save_weights(p, trainer.weights())?;
+        }
+        let shape = cfg.global_shape(trainer, self.n_total);
+        let gflops = shape.flops_per_step() / (stats.ms_per_step() * 1e-3) / 1e9;
+        let plan = trainer.plan();
+        eprintln!(
+            "twolayer: {} steps of {shape} {} in {:.3} s: {:.4} ms/step, {:.1} GFLOP/s; threads {} ({} shard(s) of {} rows in blocks of {}, OpenBLAS {} thread(s) per GEMM, {}){extra}; final loss {:?}",
+            stats.steps,
+            F::DTYPE,
+            stats.elapsed.as_secs_f64(),
+            stats.ms_per_step(),
+            gflops,
+            cfg.threads,
+            plan.shards,
+            trainer.data().x.nrows().div_ceil(plan.shards),
+            plan.block_rows,
+            plan.blas_threads,
+            blas::core_name(),
+            trainer.losses().last().copied().unwrap_or(f64::NAN),
+        );
+        if let Some(signal) = signal {
+            if trainer.steps_done() < cfg.total_steps {
+                let name = if signal == signal_hook::consts::SIGINT {
+                    "SIGINT"
+                } else {
+                    "SIGTERM"
+                };
+                let how = match &args.checkpoint {
+                    Some(p) => format!(
+                        "checkpoint written to {}; continue with: twolayer train --resume {}",
+                        p.display(),
+                        p.display()
+                    ),
+                    None => "no --checkpoint was given, so the run cannot be resumed".to_string(),
+                };
+                return Err(Error::Interrupted {
+                    signal,
+                    msg: format!(
+                        "stopped by {name} after step {} of {}; {how}",
+                        trainer.steps_done(),
+                        cfg.total_steps
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 fn train_and_report<F: Real>(
     args: &TrainArgs,
     mut trainer: Trainer<F>,
     cfg: RunConfig,
 ) -> Result<()> {
     let signals = Signals::install()?;
-    let shape = trainer.shape();
-    let first = trainer.steps_done();
-    let to_run = cfg.total_steps - first;
-    let last = cfg.total_steps.saturating_sub(1);
-
-    let mut out = std::io::BufWriter::new(std::io::stdout());
-    let mut write_err: Option<std::io::Error> = None;
-    let mut ckpt_err: Option<Error> = None;
-    let mut last_flush = Instant::now();
+    let to_run = cfg.total_steps - trainer.steps_done();
+    let n = trainer.shape().n;
+    let mut rep = Reporter::new(args, &cfg, true, n);
     let result = trainer.run(to_run, |t, step, loss| {
-        if !(args.quiet || write_err.is_some() || !(step % args.log_every == 0 || step == last)) {
-            // Same form as the reference's print(t, loss): shortest round-trip.
-            if let Err(e) = writeln!(out, "{step} {loss:?}") {
-                write_err = Some(e);
-            } else if last_flush.elapsed() > Duration::from_millis(100) {
-                // Long runs show progress; short ones are not slowed by syscalls.
-                let _ = out.flush();
-                last_flush = Instant::now();
-            }
-        }
-        if let Some(p) = &args.checkpoint {
-            if (step + 1) % args.checkpoint_every == 0 {
-                if let Err(e) = snapshot(t, &cfg).write(p) {
-                    ckpt_err = Some(e);
-                    return ControlFlow::Break(());
-                }
-            }
-        }
-        if signals.caught().is_some() {
-            return ControlFlow::Break(());
-        }
-        ControlFlow::Continue(())
+        rep.on_step(t, step, loss, signals.caught().is_some())
     });
-    if let Err(e) = out.flush() {
-        write_err.get_or_insert(e);
-    }
-    drop(out);
-    // A diverged run stops here: the last checkpoint written is the last
-    // finite state, and no output of the broken state is written.
-    let stats = result?;
-    if let Some(e) = ckpt_err {
-        return Err(e);
-    }
-    // A closed pipe (`twolayer train | head`) means the reader has seen
-    // enough; the run itself and its files are still wanted.
-    if let Some(e) = write_err.filter(|e| e.kind() != std::io::ErrorKind::BrokenPipe) {
-        return Err(Error::write(Path::new("<stdout>"), e));
-    }
-
-    if let Some(p) = &args.checkpoint {
-        snapshot(&trainer, &cfg).write(p)?;
-    }
-    if let Some(p) = &args.losses {
-        output::write_losses(p, 0, trainer.losses())?;
-    }
-    if let Some(p) = &args.save {
-        npz::save_weights(p, trainer.weights())?;
-    }
-
-    let gflops = shape.flops_per_step() / (stats.ms_per_step() * 1e-3) / 1e9;
-    eprintln!(
-        "twolayer: {} steps of {shape} {} in {:.3} s: {:.4} ms/step, {:.1} GFLOP/s; threads {} ({} shard(s) of {} rows in blocks of {}, OpenBLAS {} thread(s) per GEMM, {}); final loss {:?}",
-        stats.steps,
-        F::DTYPE,
-        stats.elapsed.as_secs_f64(),
-        stats.ms_per_step(),
-        gflops,
-        cfg.threads,
-        trainer.plan().shards,
-        shape.n.div_ceil(trainer.plan().shards),
-        trainer.plan().block_rows,
-        trainer.plan().blas_threads,
-        blas::core_name(),
-        trainer.losses().last().copied().unwrap_or(f64::NAN),
-    );
-    if let Some(signal) = signals.caught() {
-        if trainer.steps_done() < cfg.total_steps {
-            let name = if signal == signal_hook::consts::SIGINT {
-                "SIGINT"
-            } else {
-                "SIGTERM"
-            };
-            let how = match &args.checkpoint {
-                Some(p) => format!(
-                    "checkpoint written to {}; continue with: twolayer train --resume {}",
-                    p.display(),
-                    p.display()
-                ),
-                None => "no --checkpoint was given, so the run cannot be resumed".to_string(),
-            };
-            return Err(Error::Interrupted {
-                signal,
-                msg: format!(
-                    "stopped by {name} after step {} of {}; {how}",
-                    trainer.steps_done(),
-                    cfg.total_steps
-                ),
-            });
-        }
-    }
-    Ok(())
+    rep.finish(&trainer, result, signals.caught(), "")
 }
 
 /// The library's step mode for the command line's.
@@ -400,5 +495,253 @@ pub fn step_mode(m: ModeArg) -> StepMode {
     match m {
         ModeArg::Fused => StepMode::Fused,
         ModeArg::Explicit => StepMode::Explicit,
+    }
+}
+
+/// Whether this process was started by an MPI launcher (OpenMPI's mpirun,
+/// or a PMI-based one such as Slurm's srun or MPICH's mpiexec).
+#[cfg(feature = "mpi")]
+fn launched_by_mpi() -> bool {
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some())
+}
+
+/// `mpirun -np K twolayer train …`: data-parallel training (see
+/// [`crate::distributed`]).
+#[cfg(feature = "mpi")]
+mod distributed {
+    use super::*;
+    use crate::distributed::{digest, Cluster};
+
+    /// Runs the job on this rank. An error on any rank aborts every rank
+    /// (the others would otherwise wait in the next allreduce for ever).
+    pub fn run(args: &TrainArgs) -> Result<()> {
+        let cluster = Cluster::init()?;
+        match run_rank(args, &cluster) {
+            Ok(()) => Ok(()),
+            Err(e @ Error::Interrupted { .. }) => Err(e),
+            Err(e) => cluster.abort(&e.to_string()),
+        }
+    }
+
+    fn run_rank(args: &TrainArgs, cluster: &Cluster) -> Result<()> {
+        #[cfg(feature = "fault-injection")]
+        let panic_at = fault_step(cluster);
+        #[cfg(not(feature = "fault-injection"))]
+        let panic_at: Option<usize> = None;
+
+        if args.step_mode == Some(ModeArg::Fused) {
+            return Err(Error::invalid(
+                "data-parallel training sums explicit gradients across ranks; drop --step-mode fused",
+            ));
+        }
+        let mode = StepMode::Explicit;
+        // mpirun binds each rank to its cores: the default budget follows.
+        let threads = args.threads.unwrap_or_else(threads::available_cores);
+        threads::set_budget(threads)?;
+        let k = cluster.size();
+
+        let (ckpt, shape, dtype) = match &args.resume {
+            Some(path) => {
+                let c = AnyCheckpoint::read(path)?;
+                let h = c.header().clone();
+                if h.ranks != k {
+                    return Err(Error::invalid(format!(
+                        "checkpoint {} was written by {} rank(s); resume it with mpirun -np {} (this job has {k})",
+                        path.display(),
+                        h.ranks,
+                        h.ranks
+                    )));
+                }
+                let shape = h.shape()?;
+                let dtype = h.dtype()?;
+                check_flags_match(
+                    args,
+                    shape,
+                    dtype,
+                    &format!("checkpoint {}", path.display()),
+                )?;
+                (Some(c), shape, dtype)
+            }
+            None => match &args.init {
+                Some(path) => {
+                    let (shape, dtype) = npz::peek_shape(path)?;
+                    check_flags_match(args, shape, dtype, &path.display().to_string())?;
+                    (None, shape, dtype)
+                }
+                None => {
+                    let r = Shape::REFERENCE;
+                    let shape = Shape::new(
+                        args.n.unwrap_or(r.n),
+                        args.d_in.unwrap_or(r.d_in),
+                        args.hidden.unwrap_or(r.hidden),
+                        args.d_out.unwrap_or(r.d_out),
+                    )?;
+                    (None, shape, args.dtype.unwrap_or(Dtype::F64))
+                }
+            },
+        };
+        if shape.n < k {
+            return Err(Error::invalid(format!(
+                "{k} ranks need at least {k} rows; the batch has {}",
+                shape.n
+            )));
+        }
+        match dtype {
+            Dtype::F32 => run_typed::<f32>(args, cluster, ckpt, shape, mode, threads, panic_at),
+            Dtype::F64 => run_typed::<f64>(args, cluster, ckpt, shape, mode, threads, panic_at),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_typed<F: Real + mpi::traits::Equivalence>(
+        args: &TrainArgs,
+        cluster: &Cluster,
+        ckpt: Option<AnyCheckpoint>,
+        shape: Shape,
+        mode: StepMode,
+        threads: usize,
+        panic_at: Option<usize>,
+    ) -> Result<()> {
+        let rows = cluster.rows(shape.n);
+        let k = cluster.size();
+        let (data_src, weights, losses, lr, total_steps) = match ckpt {
+            Some(c) => {
+                let h = c.header().clone();
+                let (w, l) = match c {
+                    AnyCheckpoint::F32(c) => (cast_weights(c.weights), c.losses),
+                    AnyCheckpoint::F64(c) => (cast_weights(c.weights), c.losses),
+                };
+                let total = args.steps.unwrap_or(h.total_steps);
+                (h.data.clone(), w, l, h.lr(), total)
+            }
+            None => {
+                let lr = LearningRates {
+                    w1: args.lr_w1.or(args.lr).unwrap_or(DEFAULT_LR),
+                    w2: args.lr_w2.or(args.lr).unwrap_or(DEFAULT_LR),
+                };
+                let total = args.steps.unwrap_or(DEFAULT_STEPS);
+                match &args.init {
+                    Some(p) => {
+                        let src = DataSource::File {
+                            path: std::fs::canonicalize(p)
+                                .map_err(|e| Error::read(p, e))?
+                                .display()
+                                .to_string(),
+                            sha256: file_sha256(p)?,
+                        };
+                        let w = match npz::load_init(p)? {
+                            Init::F32(_, w) => cast_weights(w),
+                            Init::F64(_, w) => cast_weights(w),
+                        };
+                        (src, w, Vec::new(), lr, total)
+                    }
+                    None => {
+                        let seed = args.seed.unwrap_or(0);
+                        (
+                            DataSource::Seeded { seed },
+                            Weights::<F>::random(shape, seed),
+                            Vec::new(),
+                            lr,
+                            total,
+                        )
+                    }
+                }
+            }
+        };
+        // This rank's rows only: generated, or cut from the file.
+        let data = match &data_src {
+            DataSource::Seeded { seed } => {
+                Data::<F>::random_rows(shape, *seed, rows.start, rows.len())
+            }
+            DataSource::File { path, sha256 } => {
+                let p = Path::new(path);
+                if &file_sha256(p)? != sha256 {
+                    return Err(Error::read(p, "the data file has changed since the checkpoint was written (SHA-256 differs)"));
+                }
+                let full: Data<F> = match npz::load_init(p)? {
+                    Init::F32(d, _) => cast_data(d),
+                    Init::F64(d, _) => cast_data(d),
+                };
+                Data {
+                    x: full.x.slice(ndarray::s![rows.clone(), ..]).to_owned(),
+                    y: full.y.slice(ndarray::s![rows.clone(), ..]).to_owned(),
+                }
+            }
+        };
+        let cfg = RunConfig {
+            total_steps,
+            lr,
+            mode,
+            threads,
+            data: data_src,
+            ranks: k,
+        };
+        if total_steps < losses.len() {
+            return Err(Error::invalid(
+                "--steps is fewer than the steps the checkpoint has done",
+            ));
+        }
+        let mut trainer = Trainer::resume(data, weights, lr, mode, losses)?;
+        let signals = Signals::install()?;
+        let lead = cluster.rank() == 0;
+        let mut rep = Reporter::new(args, &cfg, lead, shape.n);
+        let mut scratch: Vec<F> = Vec::with_capacity(shape.d_in * shape.hidden);
+        let mut reduce_time = Duration::ZERO;
+        let mut reduce = |g: &mut crate::step::Gradients<F>, loss: &mut f64| {
+            let t = Instant::now();
+            cluster.sum_gradients(g, loss, &mut scratch);
+            reduce_time += t.elapsed();
+        };
+        let to_run = total_steps - trainer.steps_done();
+        let result = trainer.run_local(to_run, &mut reduce, |t, step, loss| {
+            if panic_at == Some(step) {
+                panic!(
+                    "fault injection: rank {} panics at step {step}",
+                    cluster.rank()
+                );
+            }
+            // Every rank must stop at the same step: decide together.
+            let stop = cluster.any(signals.caught().is_some());
+            rep.on_step(t, step, loss, stop)
+        });
+        let steps_run = result.as_ref().map(|s| s.steps).unwrap_or(0).max(1);
+        if result.is_ok()
+            && !cluster
+                .identical_everywhere(digest(&[&trainer.weights().w1, &trainer.weights().w2]))
+        {
+            return Err(Error::invalid(
+                "the weights differ between ranks after training",
+            ));
+        }
+        let allreduce_ms = cluster.max(reduce_time.as_secs_f64() * 1e3 / steps_run as f64);
+        let extra = format!(
+            "; {k} MPI ranks of {}-{} rows, allreduce {allreduce_ms:.3} ms/step (slowest rank), weights identical on all ranks",
+            shape.n / k,
+            shape.n.div_ceil(k)
+        );
+        let signal = if cluster.any(signals.caught().is_some()) {
+            signals.caught().or(Some(signal_hook::consts::SIGINT))
+        } else {
+            None
+        };
+        rep.finish(&trainer, result, signal, &extra)
+    }
+
+    fn cast_weights<G: Real, F: Real>(w: Weights<G>) -> Weights<F> {
+        Weights {
+            w1: w.w1.mapv(|v| F::from_f64(v.to_f64())),
+            w2: w.w2.mapv(|v| F::from_f64(v.to_f64())),
+        }
+    }
+
+    /// `TWOLAYER_FAULT_PANIC=RANK:STEP`: that rank panics after that step
+    /// (feature `fault-injection`, for the failure tests only).
+    #[cfg(feature = "fault-injection")]
+    fn fault_step(cluster: &Cluster) -> Option<usize> {
+        let v = std::env::var("TWOLAYER_FAULT_PANIC").ok()?;
+        let (rank, step) = v.split_once(':')?;
+        (rank.parse::<usize>().ok()? == cluster.rank()).then(|| step.parse().ok())?
     }
 }

@@ -1,0 +1,229 @@
+//! Data-parallel training over MPI, through `mpirun -np 2` as a user runs
+//! it (feature `mpi`; scripts/test.sh installs OpenMPI and enables it).
+//! Every launch has a watchdog: a hung job fails the test instead of
+//! hanging CI.
+#![cfg(feature = "mpi")]
+
+mod common;
+
+use common::max_rel_diff;
+use ndarray::Array2;
+use ndarray_npy::NpzReader;
+use std::io::Read;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn mpirun(np: usize, args: &[&str]) -> Command {
+    let mut c = Command::new("mpirun");
+    c.args(["-np", &np.to_string(), "--mca", "btl", "self,vader"])
+        // As root, mpirun refuses to start without these.
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .arg(env!("CARGO_BIN_EXE_twolayer"))
+        .args(args);
+    c
+}
+
+/// Waits for `child` at most `limit`, killing it (and failing) past that.
+fn wait_with_watchdog(mut child: Child, limit: Duration) -> Output {
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "MPI job still running after {limit:?}: it hung. stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn run_mpi(np: usize, args: &[&str]) -> Output {
+    let child = mpirun(np, args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mpirun is installed (scripts/setup.sh --mpi)");
+    wait_with_watchdog(child, Duration::from_secs(60))
+}
+
+fn weights(p: &Path) -> (Array2<f64>, Array2<f64>) {
+    let mut z = NpzReader::new(std::fs::File::open(p).unwrap()).unwrap();
+    (z.by_name("w1").unwrap(), z.by_name("w2").unwrap())
+}
+
+fn losses(p: &Path) -> Vec<f64> {
+    std::fs::read_to_string(p)
+        .unwrap()
+        .lines()
+        .map(|l| l.split(' ').nth(1).unwrap().parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn two_ranks_match_one_process_and_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 65 rows: the ranks get 33 and 32.
+    let shape = [
+        "--n", "65", "--d-in", "300", "--hidden", "40", "--d-out", "7", "--steps", "100", "--lr",
+        "1e-5", "--quiet",
+    ];
+    let (ml, mw) = (d.join("mpi.txt"), d.join("mpi.npz"));
+    let mut a = vec!["train"];
+    a.extend(&shape[..]);
+    a.extend([
+        "--losses",
+        ml.to_str().unwrap(),
+        "--save",
+        mw.to_str().unwrap(),
+    ]);
+    let out = run_mpi(2, &a);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    // Only rank 0 prints the summary; it says the weights were compared.
+    assert_eq!(err.matches("twolayer: 100 steps").count(), 1, "{err}");
+    assert!(
+        err.contains("2 MPI ranks") && err.contains("weights identical on all ranks"),
+        "{err}"
+    );
+
+    let (sl, sw) = (d.join("one.txt"), d.join("one.npz"));
+    let mut a = vec!["train"];
+    a.extend(&shape[..]);
+    a.extend([
+        "--threads",
+        "1",
+        "--step-mode",
+        "explicit",
+        "--losses",
+        sl.to_str().unwrap(),
+        "--save",
+        sw.to_str().unwrap(),
+    ]);
+    let out = common::run(&a);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+
+    let (lm, ls) = (losses(&ml), losses(&sl));
+    assert_eq!(lm.len(), 100);
+    let gap = lm
+        .iter()
+        .zip(&ls)
+        .map(|(a, b)| (a - b).abs() / b.abs())
+        .fold(0.0, f64::max);
+    assert!(gap < 1e-12, "losses differ from one process by {gap:e}");
+    let ((m1, m2), (s1, s2)) = (weights(&mw), weights(&sw));
+    let wg = max_rel_diff(&m1, &s1, 1.0).max(max_rel_diff(&m2, &s2, 1.0));
+    assert!(wg < 1e-12, "weights differ from one process by {wg:e}");
+    assert!(lm[99] < lm[0]);
+}
+
+#[test]
+fn a_panicking_rank_ends_the_job_promptly() {
+    let start = Instant::now();
+    let child = mpirun(
+        2,
+        &["train", "--steps", "100000", "--quiet", "--lr", "1e-9"],
+    )
+    .env("TWOLAYER_FAULT_PANIC", "1:20")
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let out = wait_with_watchdog(child, Duration::from_secs(30));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("rank 1 panicked"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(20));
+}
+
+#[test]
+fn a_killed_rank_ends_the_job_promptly() {
+    let mut child = mpirun(
+        2,
+        &["train", "--steps", "1000000", "--quiet", "--lr", "1e-9"],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    // Find rank 1 among mpirun's children.
+    let rank1 = {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let found = std::fs::read_dir("/proc")
+                .unwrap()
+                .filter_map(|e| {
+                    let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+                    let mut env = String::new();
+                    std::fs::File::open(format!("/proc/{pid}/environ"))
+                        .ok()?
+                        .read_to_string(&mut env)
+                        .ok()?;
+                    let ours = env.split('\0').any(|v| v == "OMPI_COMM_WORLD_RANK=1");
+                    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+                    (ours && exe.ends_with("twolayer")).then_some(pid)
+                })
+                .find(|&pid| {
+                    // A child of this mpirun.
+                    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                        s.rsplit(')').next().unwrap_or("").split_whitespace().nth(1)
+                            == Some(&child.id().to_string())
+                    })
+                });
+            if let Some(pid) = found {
+                break pid;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("rank 1 never appeared");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let start = Instant::now();
+    unsafe { libc::kill(rank1, libc::SIGKILL) };
+    let out = wait_with_watchdog(child, Duration::from_secs(30));
+    assert!(!out.status.success());
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "the job took {:?} to end",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn checkpoints_resume_with_the_same_ranks_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("c.ckpt");
+    let ck_s = ck.to_str().unwrap();
+    let out = run_mpi(
+        2,
+        &["train", "--steps", "30", "--quiet", "--checkpoint", ck_s],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run_mpi(2, &["train", "--resume", ck_s, "--steps", "40", "--quiet"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = common::run(&["train", "--resume", ck_s]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        common::stderr(&out).contains("resume it with mpirun -np 2"),
+        "{}",
+        common::stderr(&out)
+    );
+}
