@@ -1,3 +1,10 @@
+//! How fast this machine's OpenBLAS multiplies the step's two big products
+//! (x·w1 and xᵀ·g_h) for blocks of B rows, and a few whole-batch and square
+//! shapes: the measurements behind the step's `Plan` (docs/performance.md).
+//!
+//! `cargo run --release --example gemm_blocks -- THREADS` (run it with
+//! `OPENBLAS_THREAD_TIMEOUT=4` set, as the twolayer binary does).
+
 use ndarray::linalg::general_mat_mul;
 use ndarray::Array2;
 use std::time::Instant;
