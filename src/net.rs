@@ -88,6 +88,26 @@ impl<F: Real> Data<F> {
     }
 }
 
+impl<F: Real> Data<F> {
+    /// The same data in another element type (rounded to nearest).
+    pub fn cast<G: Real>(&self) -> Data<G> {
+        Data {
+            x: self.x.mapv(|v| G::from_f64(v.to_f64())),
+            y: self.y.mapv(|v| G::from_f64(v.to_f64())),
+        }
+    }
+}
+
+impl<F: Real> Weights<F> {
+    /// The same weights in another element type (rounded to nearest).
+    pub fn cast<G: Real>(&self) -> Weights<G> {
+        Weights {
+            w1: self.w1.mapv(|v| G::from_f64(v.to_f64())),
+            w2: self.w2.mapv(|v| G::from_f64(v.to_f64())),
+        }
+    }
+}
+
 impl<F: Real> Weights<F> {
     /// Standard-normal w1 and w2 for `shape`, from `seed` (as the reference
     /// does: no scaling).

@@ -98,13 +98,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             }
         }
         None => {
-            let r = Shape::REFERENCE;
-            let shape = Shape::new(
-                args.n.unwrap_or(r.n),
-                args.d_in.unwrap_or(r.d_in),
-                args.hidden.unwrap_or(r.hidden),
-                args.d_out.unwrap_or(r.d_out),
-            )?;
+            let shape = shape_from_flags(args)?;
             let dtype = args.dtype.unwrap_or(Dtype::F64);
             Plan::new(shape, dtype, threads, mode).check_fits_memory(shape, dtype, mode)?;
             let seed = args.seed.unwrap_or(0);
@@ -197,8 +191,32 @@ fn resume_with<F: Real>(
     shape: Shape,
     cfg: RunConfig,
 ) -> Result<()> {
-    let data = match &cfg.data {
-        DataSource::Seeded { seed } => Data::<F>::random(shape, *seed),
+    let data = data_from_source::<F>(&cfg.data, shape, 0..shape.n)?;
+    let trainer = Trainer::resume(data, c.weights, cfg.lr, cfg.mode, c.losses)?;
+    train_and_report(args, trainer, cfg)
+}
+
+/// The shape the flags ask for, the reference's where they are silent.
+fn shape_from_flags(args: &TrainArgs) -> Result<Shape> {
+    let r = Shape::REFERENCE;
+    Shape::new(
+        args.n.unwrap_or(r.n),
+        args.d_in.unwrap_or(r.d_in),
+        args.hidden.unwrap_or(r.hidden),
+        args.d_out.unwrap_or(r.d_out),
+    )
+}
+
+/// Rows `rows` of the data a run was started with: regenerated from its
+/// seed, or read from its `--init` file after checking that the file is
+/// still the one the run used (same SHA-256).
+fn data_from_source<F: Real>(
+    src: &DataSource,
+    shape: Shape,
+    rows: std::ops::Range<usize>,
+) -> Result<Data<F>> {
+    match src {
+        DataSource::Seeded { seed } => Ok(Data::random_rows(shape, *seed, rows.start, rows.len())),
         DataSource::File { path, sha256 } => {
             let p = Path::new(path);
             if &file_sha256(p)? != sha256 {
@@ -207,27 +225,18 @@ fn resume_with<F: Real>(
                     "the data file has changed since the checkpoint was written (SHA-256 differs); resuming would train on other data",
                 ));
             }
-            match npz::load_init(p)? {
-                Init::F32(d, _) if F::DTYPE == Dtype::F32 => cast_data(d),
-                Init::F64(d, _) if F::DTYPE == Dtype::F64 => cast_data(d),
-                _ => {
-                    return Err(Error::read(
-                        p,
-                        "the data file's dtype differs from the checkpoint's",
-                    ))
-                }
+            let full: Data<F> = match npz::load_init(p)? {
+                Init::F32(d, _) => d.cast(),
+                Init::F64(d, _) => d.cast(),
+            };
+            if rows == (0..full.x.nrows()) {
+                return Ok(full);
             }
+            Ok(Data {
+                x: full.x.slice(ndarray::s![rows.clone(), ..]).to_owned(),
+                y: full.y.slice(ndarray::s![rows, ..]).to_owned(),
+            })
         }
-    };
-    let trainer = Trainer::resume(data, c.weights, cfg.lr, cfg.mode, c.losses)?;
-    train_and_report(args, trainer, cfg)
-}
-
-/// Same-dtype conversion (the match above guarantees G and F are one type).
-fn cast_data<G: Real, F: Real>(d: Data<G>) -> Data<F> {
-    Data {
-        x: d.x.mapv(|v| F::from_f64(v.to_f64())),
-        y: d.y.mapv(|v| F::from_f64(v.to_f64())),
     }
 }
 
@@ -570,16 +579,11 @@ mod distributed {
                     check_flags_match(args, shape, dtype, &path.display().to_string())?;
                     (None, shape, dtype)
                 }
-                None => {
-                    let r = Shape::REFERENCE;
-                    let shape = Shape::new(
-                        args.n.unwrap_or(r.n),
-                        args.d_in.unwrap_or(r.d_in),
-                        args.hidden.unwrap_or(r.hidden),
-                        args.d_out.unwrap_or(r.d_out),
-                    )?;
-                    (None, shape, args.dtype.unwrap_or(Dtype::F64))
-                }
+                None => (
+                    None,
+                    shape_from_flags(args)?,
+                    args.dtype.unwrap_or(Dtype::F64),
+                ),
             },
         };
         if shape.n < k {
@@ -610,8 +614,8 @@ mod distributed {
             Some(c) => {
                 let h = c.header().clone();
                 let (w, l) = match c {
-                    AnyCheckpoint::F32(c) => (cast_weights(c.weights), c.losses),
-                    AnyCheckpoint::F64(c) => (cast_weights(c.weights), c.losses),
+                    AnyCheckpoint::F32(c) => (c.weights.cast(), c.losses),
+                    AnyCheckpoint::F64(c) => (c.weights.cast(), c.losses),
                 };
                 let total = args.steps.unwrap_or(h.total_steps);
                 (h.data.clone(), w, l, h.lr(), total)
@@ -632,8 +636,8 @@ mod distributed {
                             sha256: file_sha256(p)?,
                         };
                         let w = match npz::load_init(p)? {
-                            Init::F32(_, w) => cast_weights(w),
-                            Init::F64(_, w) => cast_weights(w),
+                            Init::F32(_, w) => w.cast(),
+                            Init::F64(_, w) => w.cast(),
                         };
                         (src, w, Vec::new(), lr, total)
                     }
@@ -651,25 +655,7 @@ mod distributed {
             }
         };
         // This rank's rows only: generated, or cut from the file.
-        let data = match &data_src {
-            DataSource::Seeded { seed } => {
-                Data::<F>::random_rows(shape, *seed, rows.start, rows.len())
-            }
-            DataSource::File { path, sha256 } => {
-                let p = Path::new(path);
-                if &file_sha256(p)? != sha256 {
-                    return Err(Error::read(p, "the data file has changed since the checkpoint was written (SHA-256 differs)"));
-                }
-                let full: Data<F> = match npz::load_init(p)? {
-                    Init::F32(d, _) => cast_data(d),
-                    Init::F64(d, _) => cast_data(d),
-                };
-                Data {
-                    x: full.x.slice(ndarray::s![rows.clone(), ..]).to_owned(),
-                    y: full.y.slice(ndarray::s![rows.clone(), ..]).to_owned(),
-                }
-            }
-        };
+        let data = data_from_source::<F>(&data_src, shape, rows)?;
         let cfg = RunConfig {
             total_steps,
             lr,
@@ -727,13 +713,6 @@ mod distributed {
             None
         };
         rep.finish(&trainer, result, signal, &extra)
-    }
-
-    fn cast_weights<G: Real, F: Real>(w: Weights<G>) -> Weights<F> {
-        Weights {
-            w1: w.w1.mapv(|v| F::from_f64(v.to_f64())),
-            w2: w.w2.mapv(|v| F::from_f64(v.to_f64())),
-        }
     }
 
     /// `TWOLAYER_FAULT_PANIC=RANK:STEP`: that rank panics after that step
