@@ -55,11 +55,13 @@ pub struct NpyHeader {
 impl NpyHeader {
     /// The element type, when it is one the trainer runs in.
     pub fn dtype(&self) -> Option<Dtype> {
-        let d = self.descr.as_str();
-        let (order, kind) = d.split_at(d.len().min(1));
-        if !matches!(order, "<" | ">" | "=" | "|") {
+        // By characters, not bytes: the descriptor is untrusted text (the
+        // fuzzer found a multi-byte first character panicking a byte split).
+        let mut chars = self.descr.chars();
+        if !matches!(chars.next(), Some('<' | '>' | '=' | '|')) {
             return None;
         }
+        let kind = chars.as_str();
         match kind {
             "f4" => Some(Dtype::F32),
             "f8" => Some(Dtype::F64),
@@ -360,6 +362,17 @@ mod tests {
         assert_eq!(h.dtype(), Some(Dtype::F64));
         assert!(!h.fortran_order);
         assert_eq!(h.header_bytes as usize, 10 + text.len());
+    }
+
+    #[test]
+    fn descriptor_with_a_multibyte_first_character_is_just_unsupported() {
+        let h = NpyHeader {
+            descr: "ĝ4".into(),
+            fortran_order: false,
+            shape: vec![1, 1],
+            header_bytes: 0,
+        };
+        assert_eq!(h.dtype(), None);
     }
 
     #[test]

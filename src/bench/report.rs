@@ -299,19 +299,26 @@ impl Report {
                 human_bytes(p.workspace_bytes as f64),
             );
         }
-        let rates: Vec<String> = {
-            let mut seen = Vec::new();
-            for p in &self.points {
-                let r = format!(
-                    "{} × {} threads: {:.1} GFLOP/s",
-                    p.dtype, p.threads, p.machine_gemm_gflops
-                );
-                if !seen.contains(&r) {
-                    seen.push(r);
-                }
-            }
-            seen
-        };
+        // One line per dtype and thread count; a report merged from several
+        // processes has several measurements of each: give their median.
+        let mut by_kind: std::collections::BTreeMap<(String, usize), Vec<f64>> = Default::default();
+        for p in &self.points {
+            by_kind
+                .entry((p.dtype.clone(), p.threads))
+                .or_default()
+                .push(p.machine_gemm_gflops);
+        }
+        let rates: Vec<String> = by_kind
+            .into_iter()
+            .map(|((dtype, threads), mut v)| {
+                v.sort_by(f64::total_cmp);
+                v.dedup();
+                format!(
+                    "{dtype} × {threads} threads: {:.1} GFLOP/s",
+                    percentile(&v, 0.5)
+                )
+            })
+            .collect();
         let _ = writeln!(
             s,
             "\nGEMM rate (square {n}×{n} GEMM, same run): {}.",
