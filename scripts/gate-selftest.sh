@@ -24,29 +24,27 @@ slow=target/slow-step/release/twolayer
 echo "gate self-test: $runs runs per side, preset $preset, $(date -u +%FT%TZ), $(nproc) cores"
 "$normal" sweep --preset "$preset" --processes 3 --out "$out/baseline" >/dev/null
 
-alarms=0
-for i in $(seq 1 "$runs"); do
-  "$normal" sweep --preset "$preset" --processes 3 --out "$out/same-$i" >/dev/null
-  set +e
-  "$normal" compare "$out/baseline/report.json" "$out/same-$i/report.json" >"$out/same-$i/compare.md" 2>&1
-  rc=$?
-  set -e
-  [ "$rc" -eq 2 ] && { cat "$out/same-$i/compare.md"; exit 2; }
-  [ "$rc" -eq 1 ] && alarms=$((alarms + 1))
-  echo "unchanged run $i: exit $rc ($(tail -n 1 "$out/same-$i/compare.md"))"
-done
+# runs_of BINARY LABEL: RUNS sweeps of BINARY against the baseline; prints one
+# line per run and sets $failed to how many the gate failed.
+runs_of() {
+  local binary=$1 label=$2 i rc
+  failed=0
+  for i in $(seq 1 "$runs"); do
+    "$binary" sweep --preset "$preset" --processes 3 --out "$out/$label-$i" >/dev/null
+    set +e
+    "$normal" compare "$out/baseline/report.json" "$out/$label-$i/report.json" >"$out/$label-$i/compare.md" 2>&1
+    rc=$?
+    set -e
+    [ "$rc" -eq 2 ] && { cat "$out/$label-$i/compare.md"; exit 2; }
+    [ "$rc" -eq 1 ] && failed=$((failed + 1))
+    echo "$label run $i: exit $rc ($(tail -n 1 "$out/$label-$i/compare.md"))"
+  done
+}
 
-caught=0
-for i in $(seq 1 "$runs"); do
-  "$slow" sweep --preset "$preset" --processes 3 --out "$out/slow-$i" >/dev/null
-  set +e
-  "$normal" compare "$out/baseline/report.json" "$out/slow-$i/report.json" >"$out/slow-$i/compare.md" 2>&1
-  rc=$?
-  set -e
-  [ "$rc" -eq 2 ] && { cat "$out/slow-$i/compare.md"; exit 2; }
-  [ "$rc" -eq 1 ] && caught=$((caught + 1))
-  echo "15%-slower run $i: exit $rc ($(tail -n 1 "$out/slow-$i/compare.md"))"
-done
+runs_of "$normal" same
+alarms=$failed
+runs_of "$slow" slow
+caught=$failed
 
 echo "false alarms: $alarms of $runs unchanged runs (target 0)"
 echo "detections:   $caught of $runs runs 15% slower (target $((runs - 1)) or more)"
