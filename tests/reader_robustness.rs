@@ -48,7 +48,11 @@ fn npz_seeds_read_and_corruptions_never_panic() {
         // `regression-*` files are inputs the fuzzer once crashed the reader
         // with: they must now be refused cleanly. The others are valid.
         let r = load_init_from(Cursor::new(&b), &p);
-        if p.file_name().unwrap().to_string_lossy().starts_with("regression-") {
+        if p.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("regression-")
+        {
             assert!(r.is_err(), "{} was accepted", p.display());
         } else {
             r.unwrap_or_else(|e| panic!("{}: {e}", p.display()));
