@@ -61,6 +61,19 @@ pub enum DataSource {
     },
 }
 
+impl DataSource {
+    /// The source for an `--init` file: its absolute path and SHA-256.
+    pub fn file(path: &Path) -> Result<DataSource> {
+        Ok(DataSource::File {
+            path: std::fs::canonicalize(path)
+                .map_err(|e| Error::read(path, e))?
+                .display()
+                .to_string(),
+            sha256: file_sha256(path)?,
+        })
+    }
+}
+
 /// The checkpoint's JSON header.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -67,23 +67,14 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     }
     let threads = args.threads.unwrap_or_else(threads::available_cores);
     threads::set_budget(threads)?;
-    let lr = LearningRates {
-        w1: args.lr_w1.or(args.lr).unwrap_or(DEFAULT_LR),
-        w2: args.lr_w2.or(args.lr).unwrap_or(DEFAULT_LR),
-    };
+    let lr = lr_from_flags(args);
     let mode = args.step_mode.map_or(StepMode::Fused, step_mode);
     let total_steps = args.steps.unwrap_or(DEFAULT_STEPS);
     match &args.init {
         Some(path) => {
             let (shape, dtype) = npz::peek_shape(path)?;
             check_flags_match(args, shape, dtype, &path.display().to_string())?;
-            let data = DataSource::File {
-                path: std::fs::canonicalize(path)
-                    .map_err(|e| Error::read(path, e))?
-                    .display()
-                    .to_string(),
-                sha256: file_sha256(path)?,
-            };
+            let data = DataSource::file(path)?;
             let cfg = RunConfig {
                 total_steps,
                 lr,
@@ -194,6 +185,15 @@ fn resume_with<F: Real>(
     let data = data_from_source::<F>(&cfg.data, shape, 0..shape.n)?;
     let trainer = Trainer::resume(data, c.weights, cfg.lr, cfg.mode, c.losses)?;
     train_and_report(args, trainer, cfg)
+}
+
+/// The learning rates the flags ask for (per layer, then both, then the
+/// reference's 1e-6).
+fn lr_from_flags(args: &TrainArgs) -> LearningRates {
+    LearningRates {
+        w1: args.lr_w1.or(args.lr).unwrap_or(DEFAULT_LR),
+        w2: args.lr_w2.or(args.lr).unwrap_or(DEFAULT_LR),
+    }
 }
 
 /// The shape the flags ask for, the reference's where they are silent.
@@ -621,20 +621,11 @@ mod distributed {
                 (h.data.clone(), w, l, h.lr(), total)
             }
             None => {
-                let lr = LearningRates {
-                    w1: args.lr_w1.or(args.lr).unwrap_or(DEFAULT_LR),
-                    w2: args.lr_w2.or(args.lr).unwrap_or(DEFAULT_LR),
-                };
+                let lr = lr_from_flags(args);
                 let total = args.steps.unwrap_or(DEFAULT_STEPS);
                 match &args.init {
                     Some(p) => {
-                        let src = DataSource::File {
-                            path: std::fs::canonicalize(p)
-                                .map_err(|e| Error::read(p, e))?
-                                .display()
-                                .to_string(),
-                            sha256: file_sha256(p)?,
-                        };
+                        let src = DataSource::file(p)?;
                         let w = match npz::load_init(p)? {
                             Init::F32(_, w) => w.cast(),
                             Init::F64(_, w) => w.cast(),
