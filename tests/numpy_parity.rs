@@ -52,6 +52,16 @@ fn loss_gap(a: &[(usize, f64)], b: &[(usize, f64)], keep: impl Fn(f64) -> bool) 
         .fold(0.0, f64::max)
 }
 
+/// Writes a random initial state with numpy (`reference.py --make-init`
+/// plus `extra` flags) into `dir` and returns its path.
+fn make_init(dir: &Path, extra: &[&str]) -> std::path::PathBuf {
+    let init = dir.join("init.npz");
+    let mut a = vec!["--make-init", init.to_str().unwrap()];
+    a.extend_from_slice(extra);
+    reference(&a);
+    init
+}
+
 fn read_losses(p: &Path) -> Vec<(usize, f64)> {
     parse_losses(&std::fs::read_to_string(p).unwrap())
 }
@@ -99,8 +109,7 @@ fn compare(dir: &Path, init: &Path, extra: &[&str]) -> (f64, f64, Vec<(usize, f6
 fn reference_experiment_matches_numpy_over_500_steps() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let init = d.join("init.npz");
-    reference(&["--make-init", init.to_str().unwrap(), "--seed", "1"]);
+    let init = make_init(d, &["--seed", "1"]);
     let (all_gap, w_gap, ours) = compare(d, &init, &["--steps", "500"]);
     assert_eq!(ours.len(), 500);
     // The run has to actually learn for the comparison to mean something.
@@ -148,14 +157,7 @@ fn zero_w1_learns_as_in_numpy() {
     // h == 0 everywhere on the first step: the reference lets the gradient
     // through there (it zeroes only h < 0), so w1 leaves zero.
     let dir = tempfile::tempdir().unwrap();
-    let init = dir.path().join("init.npz");
-    reference(&[
-        "--make-init",
-        init.to_str().unwrap(),
-        "--seed",
-        "2",
-        "--zero-w1",
-    ]);
+    let init = make_init(dir.path(), &["--seed", "2", "--zero-w1"]);
     let (loss_gap, w_gap, ours) = compare(dir.path(), &init, &["--steps", "100"]);
     assert!(ours[99].1 < ours[0].1, "no learning: {ours:?}");
     assert!(loss_gap < 1e-9 && w_gap < 1e-9, "{loss_gap:e} {w_gap:e}");
@@ -168,15 +170,7 @@ fn float32_tracks_numpy_closely() {
     // f32 rounds differently in every GEMM; over 50 steps the two stay
     // within f32's precision of each other, well short of 1e-9.
     let dir = tempfile::tempdir().unwrap();
-    let init = dir.path().join("init.npz");
-    reference(&[
-        "--make-init",
-        init.to_str().unwrap(),
-        "--seed",
-        "3",
-        "--dtype",
-        "f32",
-    ]);
+    let init = make_init(dir.path(), &["--seed", "3", "--dtype", "f32"]);
     let (loss_gap, w_gap, _) = compare(dir.path(), &init, &["--steps", "50"]);
     assert!(loss_gap < 1e-3 && w_gap < 1e-3, "{loss_gap:e} {w_gap:e}");
 }
