@@ -60,6 +60,40 @@ pub enum ModeArg {
     Explicit,
 }
 
+/// How an MPI job sums each step's gradients over its ranks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AllreduceMode {
+    /// Non-blocking allreduces, each started as its part is final (g_w2
+    /// and the loss while g_w1 is still being computed, then g_w1 piece by
+    /// piece), all waited for at the end of the gradients.
+    Overlap,
+    /// Blocking allreduces once the step's gradients are all computed.
+    Blocking,
+}
+
+/// Flags for training under mpirun (ignored by a single process).
+#[derive(Clone, Copy, Debug, Args)]
+pub struct AllreduceArgs {
+    /// Under mpirun: how gradients are summed across ranks
+    #[arg(long, value_enum, default_value = "overlap")]
+    pub allreduce: AllreduceMode,
+    /// Under mpirun with --allreduce overlap: how many pieces (row ranges)
+    /// g_w1's sum is started in
+    #[arg(long = "allreduce-pieces", default_value = "8", value_parser = positive, allow_negative_numbers = true)]
+    pub allreduce_pieces: usize,
+}
+
+impl AllreduceArgs {
+    /// Whether to overlap, and in how many pieces of g_w1 (1 when
+    /// blocking).
+    pub fn overlap_and_pieces(&self) -> (bool, usize) {
+        match self.allreduce {
+            AllreduceMode::Overlap => (true, self.allreduce_pieces),
+            AllreduceMode::Blocking => (false, 1),
+        }
+    }
+}
+
 /// Flags of `twolayer train`.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -125,6 +159,9 @@ pub struct TrainArgs {
     /// history and settings); --steps is then the total to reach
     #[arg(long, conflicts_with_all = ["init", "seed"])]
     pub resume: Option<PathBuf>,
+    /// Summing gradients across MPI ranks.
+    #[command(flatten)]
+    pub mpi: AllreduceArgs,
 }
 
 /// Flags of `twolayer sweep`.
@@ -177,6 +214,9 @@ pub struct SweepArgs {
     /// Write report.json, report.csv, report.md, gflops.svg and phases.svg here
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Summing gradients across MPI ranks.
+    #[command(flatten)]
+    pub mpi: AllreduceArgs,
 }
 
 /// Flags of `twolayer compare`.

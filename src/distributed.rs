@@ -14,11 +14,23 @@
 
 use crate::error::{Error, Result};
 use crate::scalar::Real;
-use crate::step::Gradients;
+use crate::step::Exchange;
 use mpi::collective::SystemOperation;
+use mpi::ffi::{MPI_Datatype, MPI_Request};
+use mpi::raw::AsRaw;
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::*;
+use std::ffi::{c_int, c_void};
 use std::ops::Range;
+use std::time::{Duration, Instant};
+
+/// Whether this process was started by an MPI launcher (OpenMPI's mpirun,
+/// or a PMI-based one such as Slurm's srun or MPICH's mpiexec).
+pub fn launched_by_mpi() -> bool {
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some())
+}
 
 /// This process's place in an MPI job.
 pub struct Cluster {
@@ -87,26 +99,19 @@ impl Cluster {
         self.world.abort(1)
     }
 
-    /// Sums gradients and loss over all ranks, in place (the reducer of
-    /// [`Trainer::run_local`](crate::Trainer::run_local)). `scratch` holds
-    /// a copy of the send buffer (MPI's in-place allreduce is not exposed
-    /// safely); sized once, it does not allocate per step.
-    pub fn sum_gradients<F: Real + Equivalence>(
-        &self,
-        g: &mut Gradients<F>,
-        loss: &mut f64,
-        scratch: &mut Vec<F>,
-    ) {
-        for a in [&mut g.w1, &mut g.w2] {
-            let buf = a.as_slice_mut().expect("gradients are contiguous");
-            scratch.clear();
-            scratch.extend_from_slice(buf);
-            self.world
-                .all_reduce_into(&scratch[..], buf, SystemOperation::sum());
+    /// The [`Exchange`] that sums a step's gradients and loss over every
+    /// rank of this job: non-blocking allreduces started as each part is
+    /// final (`overlap`), or blocking ones once the whole step's gradients
+    /// are done.
+    pub fn exchange(&self, overlap: bool) -> MpiExchange<'_> {
+        MpiExchange {
+            world: &self.world,
+            overlap,
+            requests: Vec::with_capacity(64),
+            blocking: Vec::with_capacity(64),
+            busy: Duration::ZERO,
+            steps: 0,
         }
-        let mine = *loss;
-        self.world
-            .all_reduce_into(&mine, loss, SystemOperation::sum());
     }
 
     /// Whether `flag` is set on any rank (a collective: every rank must
@@ -130,12 +135,220 @@ impl Cluster {
         lo == hi
     }
 
+    /// Sum of `v` over the ranks.
+    pub fn sum(&self, v: f64) -> f64 {
+        let mut out = 0.0;
+        self.world
+            .all_reduce_into(&v, &mut out, SystemOperation::sum());
+        out
+    }
+
+    /// Replaces each element of `v` by its largest value over the ranks
+    /// (every rank passes a slice of the same length).
+    pub fn max_each(&self, v: &mut [f64]) {
+        let mine = v.to_vec();
+        self.world
+            .all_reduce_into(&mine[..], v, SystemOperation::max());
+    }
+
+    /// Rank 0's `flag`, on every rank: lets rank 0 make a decision (such as
+    /// "measure another step") that every rank must follow.
+    pub fn lead_decides(&self, flag: bool) -> bool {
+        let mut v = u8::from(flag);
+        self.world.process_at_rank(0).broadcast_into(&mut v);
+        v != 0
+    }
+
+    /// Runs `work` on rank 0 alone while the other ranks wait without
+    /// holding their cores (a non-blocking barrier polled every 0.2 ms),
+    /// so rank 0 can measure something by itself.
+    pub fn on_lead_alone<T>(&self, work: impl FnOnce() -> T) -> Option<T> {
+        let out = (self.rank() == 0).then(work);
+        let mut req: MPI_Request = unsafe { mpi::ffi::RSMPI_REQUEST_NULL };
+        // SAFETY: a barrier on the world communicator with a valid
+        // out-pointer; polled until complete below.
+        unsafe { mpi::ffi::MPI_Ibarrier(self.world.as_raw(), &mut req) };
+        loop {
+            let mut flag: c_int = 0;
+            // SAFETY: the request just started (completion sets it to
+            // MPI_REQUEST_NULL and the flag).
+            unsafe {
+                mpi::ffi::MPI_Test(&mut req, &mut flag, mpi::ffi::RSMPI_STATUS_IGNORE);
+            }
+            if flag != 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        out
+    }
+
     /// Largest value of `v` over the ranks.
     pub fn max(&self, v: f64) -> f64 {
         let mut out = 0.0;
         self.world
             .all_reduce_into(&v, &mut out, SystemOperation::max());
         out
+    }
+}
+
+/// A sum in flight: send buffer, receive buffer, element count, datatype.
+type Pending = (*const c_void, *mut c_void, usize, MPI_Datatype);
+
+/// Sums a step's gradients and loss over every rank (see
+/// [`Cluster::exchange`]). Times the MPI calls on the step's critical path.
+pub struct MpiExchange<'a> {
+    world: &'a SimpleCommunicator,
+    overlap: bool,
+    /// Non-blocking allreduces started and not yet known complete.
+    requests: Vec<MPI_Request>,
+    /// Sums left for [`Exchange::finish`] when not overlapping.
+    blocking: Vec<Pending>,
+    busy: Duration,
+    steps: usize,
+}
+
+/// Largest element count handed to one MPI call (counts are C ints).
+const MAX_COUNT: usize = 1 << 30;
+
+impl MpiExchange<'_> {
+    /// Time spent inside MPI calls, per finished step, in ms: for the
+    /// overlapped exchange, what is left of the allreduces once the work
+    /// between them has hidden what it can.
+    pub fn ms_per_step(&self) -> f64 {
+        self.busy.as_secs_f64() * 1e3 / self.steps.max(1) as f64
+    }
+
+    /// Time spent inside MPI calls since the last reset, in ms.
+    pub fn busy_ms(&self) -> f64 {
+        self.busy.as_secs_f64() * 1e3
+    }
+
+    /// Forgets the time measured so far.
+    pub fn reset_time(&mut self) {
+        self.busy = Duration::ZERO;
+        self.steps = 0;
+    }
+
+    fn start_raw(&mut self, p: Pending) {
+        let t = Instant::now();
+        let (send, recv, count, dtype) = p;
+        let size = datatype_size(dtype);
+        let mut done = 0;
+        while done < count {
+            let n = (count - done).min(MAX_COUNT);
+            // SAFETY: `Exchange::start`'s caller keeps both buffers valid
+            // and untouched until `finish`; the chunk lies inside them.
+            let (s, r) = unsafe {
+                (
+                    send.cast::<u8>().add(done * size).cast::<c_void>(),
+                    recv.cast::<u8>().add(done * size).cast::<c_void>(),
+                )
+            };
+            if self.overlap {
+                let mut req: MPI_Request = unsafe { mpi::ffi::RSMPI_REQUEST_NULL };
+                // SAFETY: as above; MPI's default error handler aborts the
+                // job on failure, so the return code needs no check.
+                unsafe {
+                    mpi::ffi::MPI_Iallreduce(
+                        s,
+                        r,
+                        n as c_int,
+                        dtype,
+                        mpi::ffi::RSMPI_SUM,
+                        self.world.as_raw(),
+                        &mut req,
+                    );
+                }
+                self.requests.push(req);
+            } else {
+                self.blocking.push((s, r, n, dtype));
+            }
+            done += n;
+        }
+        self.busy += t.elapsed();
+    }
+}
+
+/// Bytes per element of an MPI datatype.
+fn datatype_size(dtype: MPI_Datatype) -> usize {
+    let mut size: c_int = 0;
+    // SAFETY: a committed predefined datatype and a valid out-pointer.
+    unsafe { mpi::ffi::MPI_Type_size(dtype, &mut size) };
+    size as usize
+}
+
+impl<F: Real + Equivalence> Exchange<F> for MpiExchange<'_> {
+    unsafe fn start(&mut self, local: &[F], total: &mut [F]) {
+        assert_eq!(local.len(), total.len());
+        self.start_raw((
+            local.as_ptr().cast(),
+            total.as_mut_ptr().cast(),
+            local.len(),
+            F::equivalent_datatype().as_raw(),
+        ));
+    }
+
+    unsafe fn start_loss(&mut self, local: &f64, total: &mut f64) {
+        self.start_raw((
+            (local as *const f64).cast(),
+            (total as *mut f64).cast(),
+            1,
+            f64::equivalent_datatype().as_raw(),
+        ));
+    }
+
+    fn progress(&mut self) {
+        if self.requests.is_empty() {
+            return;
+        }
+        let t = Instant::now();
+        let mut flag: c_int = 0;
+        // SAFETY: requests from MPI_Iallreduce (completed ones are set to
+        // MPI_REQUEST_NULL, which MPI_Testall accepts).
+        unsafe {
+            mpi::ffi::MPI_Testall(
+                self.requests.len() as c_int,
+                self.requests.as_mut_ptr(),
+                &mut flag,
+                mpi::ffi::RSMPI_STATUSES_IGNORE,
+            );
+        }
+        if flag != 0 {
+            self.requests.clear();
+        }
+        self.busy += t.elapsed();
+    }
+
+    fn finish(&mut self) {
+        let t = Instant::now();
+        if !self.requests.is_empty() {
+            // SAFETY: as in `progress`.
+            unsafe {
+                mpi::ffi::MPI_Waitall(
+                    self.requests.len() as c_int,
+                    self.requests.as_mut_ptr(),
+                    mpi::ffi::RSMPI_STATUSES_IGNORE,
+                );
+            }
+            self.requests.clear();
+        }
+        for (s, r, n, dtype) in self.blocking.drain(..) {
+            // SAFETY: buffers recorded by `start`, still valid and
+            // untouched (its contract).
+            unsafe {
+                mpi::ffi::MPI_Allreduce(
+                    s,
+                    r,
+                    n as c_int,
+                    dtype,
+                    mpi::ffi::RSMPI_SUM,
+                    self.world.as_raw(),
+                );
+            }
+        }
+        self.busy += t.elapsed();
+        self.steps += 1;
     }
 }
 

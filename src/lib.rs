@@ -53,5 +53,5 @@ pub use error::{Error, Result};
 pub use net::{Data, Weights};
 pub use scalar::{Dtype, Real};
 pub use shape::Shape;
-pub use step::{Gradients, LearningRates, Plan, StepMode, Workspace};
+pub use step::{Exchange, Gradients, LearningRates, NoExchange, Plan, StepMode, Workspace};
 pub use train::{RunStats, Trainer};

@@ -17,6 +17,7 @@ use ndarray::Array2;
 use ndarray_npy::{NpzWriter, ReadNpyExt};
 use std::fs::File;
 use std::io::{Read, Seek};
+use std::ops::Range;
 use std::path::Path;
 
 /// The arrays of an initial state, x, y, w1 and w2, in the dtype the file
@@ -147,8 +148,8 @@ struct Entry {
 }
 
 /// An opened `.npz` whose four headers have been checked: the arrays are
-/// there, 2-D, of one supported dtype, consistent in shape, complete, and
-/// within the memory available.
+/// there, 2-D, of one supported dtype, consistent in shape and complete.
+/// (Whether what a caller reads of it fits in memory, the caller checks.)
 struct Checked<R: Read + Seek> {
     zip: zip::ZipArchive<R>,
     entries: Vec<Entry>,
@@ -181,10 +182,6 @@ impl<R: Read + Seek> Checked<R> {
             entries[3].dims,
         )
         .map_err(|e| Error::read(path, e))?;
-        shape.check_bytes_fit(
-            (shape.data_elems() + shape.weight_elems()) * dtype.size() as u128,
-            dtype,
-        )?;
         Ok(Checked {
             zip,
             entries,
@@ -205,6 +202,10 @@ pub fn load_init(path: &Path) -> Result<Init> {
 /// [`load_init`] from any seekable reader (`path` names it in messages).
 pub fn load_init_from<R: Read + Seek>(reader: R, path: &Path) -> Result<Init> {
     let mut c = Checked::open(reader, path)?;
+    c.shape.check_bytes_fit(
+        (c.shape.data_elems() + c.shape.weight_elems()) * c.dtype.size() as u128,
+        c.dtype,
+    )?;
     Ok(match c.dtype {
         Dtype::F32 => {
             let (d, w) = read_all::<f32, R>(path, &mut c.zip, &c.entries)?;
@@ -307,6 +308,148 @@ fn read_all<F: Real, R: Read + Seek>(
     Ok((data, weights))
 }
 
+/// Rows `rows` of x and y from a `.npz` file, without reading the other
+/// rows into memory: what one rank of a data-parallel job reads of its
+/// `--init` file. The headers are checked as by [`load_init`]; the values
+/// read must be finite. Stored (np.savez) entries are read by seeking past
+/// the other rows; compressed (np.savez_compressed) ones by decompressing
+/// and discarding them. Row-major and column-major arrays, either byte
+/// order, float32 or float64 (converted to `F`).
+pub fn load_rows<F: Real>(path: &Path, rows: Range<usize>) -> Result<Data<F>> {
+    let file = File::open(path).map_err(|e| Error::read(path, e))?;
+    let mut c = Checked::open(std::io::BufReader::new(file), path)?;
+    if rows.start > rows.end || rows.end > c.shape.n {
+        return Err(Error::read(
+            path,
+            format!(
+                "rows {}..{} asked of arrays with {} rows",
+                rows.start, rows.end, c.shape.n
+            ),
+        ));
+    }
+    let elems = rows.len() as u128 * (c.shape.d_in + c.shape.d_out) as u128;
+    c.shape
+        .check_bytes_fit(elems * F::DTYPE.size() as u128, F::DTYPE)?;
+    let x = read_entry_rows::<F, _>(path, &mut c.zip, &c.entries[0], "x", rows.clone())?;
+    let y = read_entry_rows::<F, _>(path, &mut c.zip, &c.entries[1], "y", rows)?;
+    Ok(Data { x, y })
+}
+
+/// w1 and w2 alone from a `.npz` file (x and y are checked, not read).
+pub fn load_weights<F: Real>(path: &Path) -> Result<Weights<F>> {
+    let file = File::open(path).map_err(|e| Error::read(path, e))?;
+    let mut c = Checked::open(std::io::BufReader::new(file), path)?;
+    c.shape
+        .check_bytes_fit(c.shape.weight_elems() * F::DTYPE.size() as u128, F::DTYPE)?;
+    let all = |e: &Entry| 0..e.dims.0;
+    let w1 = read_entry_rows::<F, _>(path, &mut c.zip, &c.entries[2], "w1", all(&c.entries[2]))?;
+    let w2 = read_entry_rows::<F, _>(path, &mut c.zip, &c.entries[3], "w2", all(&c.entries[3]))?;
+    Ok(Weights { w1, w2 })
+}
+
+/// A reader that can move forward without handing the bytes over.
+trait Skip: Read {
+    fn skip(&mut self, n: u64) -> std::io::Result<()>;
+}
+
+/// A stored entry: seek.
+impl<R: Read + Seek> Skip for zip::read::ZipFileSeek<'_, R> {
+    fn skip(&mut self, n: u64) -> std::io::Result<()> {
+        let n = i64::try_from(n).map_err(std::io::Error::other)?;
+        self.seek(std::io::SeekFrom::Current(n)).map(|_| ())
+    }
+}
+
+/// A compressed entry: decompress and drop.
+impl<R: Read> Skip for zip::read::ZipFile<'_, R> {
+    fn skip(&mut self, n: u64) -> std::io::Result<()> {
+        let got = std::io::copy(&mut self.by_ref().take(n), &mut std::io::sink())?;
+        if got == n {
+            Ok(())
+        } else {
+            Err(std::io::ErrorKind::UnexpectedEof.into())
+        }
+    }
+}
+
+/// Rows `rows` of the 2-D array in `entry` (its header already checked).
+fn read_entry_rows<F: Real, R: Read + Seek>(
+    path: &Path,
+    zip: &mut zip::ZipArchive<R>,
+    entry: &Entry,
+    name: &str,
+    rows: Range<usize>,
+) -> Result<Array2<F>> {
+    let bad = |msg: String| Error::read(path, format!("array '{name}': {msg}"));
+    let stored = zip
+        .by_index_raw(entry.index)
+        .map(|f| f.compression() == zip::CompressionMethod::Stored)
+        .map_err(|e| bad(e.to_string()))?;
+    let a = if stored {
+        let mut f = zip
+            .by_index_seek(entry.index)
+            .map_err(|e| bad(e.to_string()))?;
+        read_rows_from::<F>(&mut f, entry.dims, rows)
+    } else {
+        let mut f = zip.by_index(entry.index).map_err(|e| bad(e.to_string()))?;
+        read_rows_from::<F>(&mut f, entry.dims, rows)
+    }
+    .map_err(bad)?;
+    check_finite(name, &a).map_err(|e| Error::read(path, e))?;
+    Ok(a)
+}
+
+/// Reads rows `rows` of an r×c `.npy` array from `r`, positioned at the
+/// start of its header; returns them row-major.
+fn read_rows_from<F: Real>(
+    r: &mut impl Skip,
+    (nrows, ncols): (usize, usize),
+    rows: Range<usize>,
+) -> std::result::Result<Array2<F>, String> {
+    let h = read_npy_header(r)?;
+    let dtype = h.dtype().ok_or("unsupported dtype")?;
+    let big_endian = h.descr.starts_with('>');
+    let size = dtype.size();
+    let io = |e: std::io::Error| format!("cannot read its data ({e})");
+    let mut out = Array2::<F>::zeros((rows.len(), ncols));
+    let mut buf = vec![0u8; size * if h.fortran_order { rows.len() } else { ncols }];
+    let decode = |bytes: &[u8], dst: &mut dyn FnMut(usize, F)| {
+        for (i, b) in bytes.chunks_exact(size).enumerate() {
+            let v = match (dtype, big_endian) {
+                (Dtype::F32, false) => f32::from_le_bytes(b.try_into().unwrap()) as f64,
+                (Dtype::F32, true) => f32::from_be_bytes(b.try_into().unwrap()) as f64,
+                (Dtype::F64, false) => f64::from_le_bytes(b.try_into().unwrap()),
+                (Dtype::F64, true) => f64::from_be_bytes(b.try_into().unwrap()),
+            };
+            dst(i, F::from_f64(v));
+        }
+    };
+    let skip = |r: &mut dyn Skip, elems: usize| r.skip((elems * size) as u64).map_err(io);
+    if h.fortran_order {
+        // Column j holds rows 0..nrows; ours are a run inside each.
+        for j in 0..ncols {
+            skip(
+                r,
+                if j == 0 {
+                    rows.start
+                } else {
+                    nrows - rows.len()
+                },
+            )?;
+            r.read_exact(&mut buf).map_err(io)?;
+            decode(&buf, &mut |i, v| out[[i, j]] = v);
+        }
+    } else {
+        skip(r, rows.start * ncols)?;
+        for i in 0..rows.len() {
+            r.read_exact(&mut buf).map_err(io)?;
+            let mut row = out.row_mut(i);
+            decode(&buf, &mut |j, v| row[j] = v);
+        }
+    }
+    Ok(out)
+}
+
 /// Writes arrays under their names as an uncompressed `.npz`, atomically.
 fn write_npz<F: Real>(path: &Path, arrays: &[(&str, &Array2<F>)]) -> Result<()> {
     write_atomic(path, |w| {
@@ -397,5 +540,127 @@ mod tests {
             }
             Init::F64(..) => panic!("dtype changed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod row_tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A .npy file of `vals` (given row-major for an r×c array), stored in
+    /// the byte order and layout asked for.
+    fn npy(r: usize, c: usize, vals: &[f64], descr: &str, fortran: bool) -> Vec<u8> {
+        let header = format!(
+            "{{'descr': '{descr}', 'fortran_order': {}, 'shape': ({r}, {c}), }}",
+            if fortran { "True" } else { "False" }
+        );
+        let pad = 64 - (10 + header.len() + 1) % 64;
+        let text = format!("{header}{}\n", " ".repeat(pad % 64));
+        let mut b = b"\x93NUMPY\x01\x00".to_vec();
+        b.extend((text.len() as u16).to_le_bytes());
+        b.extend(text.as_bytes());
+        let order: Vec<f64> = if fortran {
+            (0..c)
+                .flat_map(|j| (0..r).map(move |i| vals[i * c + j]))
+                .collect()
+        } else {
+            vals.to_vec()
+        };
+        for v in order {
+            match descr {
+                "<f8" => b.extend(v.to_le_bytes()),
+                ">f8" => b.extend(v.to_be_bytes()),
+                "<f4" => b.extend((v as f32).to_le_bytes()),
+                ">f4" => b.extend((v as f32).to_be_bytes()),
+                _ => unreachable!(),
+            }
+        }
+        b
+    }
+
+    fn write_npz(path: &Path, arrays: &[(&str, Vec<u8>)], compressed: bool) {
+        let mut z = zip::ZipWriter::new(File::create(path).unwrap());
+        let method = if compressed {
+            zip::CompressionMethod::Deflated
+        } else {
+            zip::CompressionMethod::Stored
+        };
+        let opts = zip::write::SimpleFileOptions::default().compression_method(method);
+        for (name, bytes) in arrays {
+            z.start_file(format!("{name}.npy"), opts).unwrap();
+            z.write_all(bytes).unwrap();
+        }
+        z.finish().unwrap();
+    }
+
+    #[test]
+    fn rows_read_alone_equal_the_same_rows_of_the_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (n, d, h, o) = (13, 7, 4, 3);
+        let vals = |r: usize, c: usize, k: f64| -> Vec<f64> {
+            (0..r * c).map(|i| k + i as f64 * 0.25 - 3.0).collect()
+        };
+        for descr in ["<f8", ">f8", "<f4", ">f4"] {
+            for fortran in [false, true] {
+                for compressed in [false, true] {
+                    let p = dir.path().join(format!("{descr}{fortran}{compressed}.npz"));
+                    write_npz(
+                        &p,
+                        &[
+                            ("x", npy(n, d, &vals(n, d, 1.0), descr, fortran)),
+                            ("y", npy(n, o, &vals(n, o, 2.0), descr, fortran)),
+                            ("w1", npy(d, h, &vals(d, h, 3.0), descr, fortran)),
+                            ("w2", npy(h, o, &vals(h, o, 4.0), descr, fortran)),
+                        ],
+                        compressed,
+                    );
+                    let what = format!("{descr} fortran={fortran} compressed={compressed}");
+                    // The whole file, through ndarray-npy: the oracle.
+                    let (full, wf) = match load_init(&p).unwrap() {
+                        Init::F32(d, w) => (d.cast::<f64>(), w.cast::<f64>()),
+                        Init::F64(d, w) => (d, w),
+                    };
+                    for rows in [0..n, 0..1, 5..9, 12..13, 6..6] {
+                        let part = load_rows::<f64>(&p, rows.clone()).unwrap();
+                        assert_eq!(
+                            part.x,
+                            full.x.slice(ndarray::s![rows.clone(), ..]),
+                            "{what} x {rows:?}"
+                        );
+                        assert_eq!(
+                            part.y,
+                            full.y.slice(ndarray::s![rows.clone(), ..]),
+                            "{what} y {rows:?}"
+                        );
+                    }
+                    assert_eq!(load_weights::<f64>(&p).unwrap(), wf, "{what}");
+                    let e = load_rows::<f64>(&p, 10..14).unwrap_err().to_string();
+                    assert!(e.contains("rows 10..14") && e.contains("13 rows"), "{e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_non_finite_value_in_the_rows_read_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("nan.npz");
+        let mut x: Vec<f64> = (0..12).map(|i| i as f64).collect();
+        x[7] = f64::NAN; // row 2 of a 4×3 array
+        let ok = |r, c| npy(r, c, &vec![1.0; r * c], "<f8", false);
+        write_npz(
+            &p,
+            &[
+                ("x", npy(4, 3, &x, "<f8", false)),
+                ("y", ok(4, 1)),
+                ("w1", ok(3, 2)),
+                ("w2", ok(2, 1)),
+            ],
+            false,
+        );
+        assert!(load_rows::<f64>(&p, 0..2).is_ok());
+        let e = load_rows::<f64>(&p, 2..4).unwrap_err().to_string();
+        assert!(e.contains("non-finite"), "{e}");
     }
 }

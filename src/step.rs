@@ -359,14 +359,36 @@ fn rows_of<F>(a: &Array2<F>, r: Range<usize>) -> ArrayView2<'_, F> {
         .expect("rows of a row-major matrix")
 }
 
-/// [`rows_of`], mutable.
+/// [`rows_of`], mutable. Made from the buffer's pointer, so that no
+/// reference to the other rows is formed: in an exchanged step
+/// ([`gradients_exchanged`]) another process may be reading rows already
+/// handed to the [`Exchange`].
 fn rows_of_mut<F>(a: &mut Array2<F>, r: Range<usize>) -> ArrayViewMut2<'_, F> {
     let cols = a.ncols();
-    ArrayViewMut2::from_shape(
-        (r.len(), cols),
-        &mut flat_mut(a)[r.start * cols..r.end * cols],
+    assert!(
+        a.is_standard_layout() && r.start <= r.end && r.end <= a.nrows(),
+        "rows {r:?} of a {}×{cols} row-major matrix",
+        a.nrows()
+    );
+    // SAFETY: rows r of a contiguous row-major buffer (checked above),
+    // borrowed exclusively for the view's lifetime.
+    unsafe { ArrayViewMut2::from_shape_ptr((r.len(), cols), a.as_mut_ptr().add(r.start * cols)) }
+}
+
+/// Columns `c` of rows `r` of a row-major matrix, as a strided view
+/// (strides (cols, 1); its transpose goes to cblas as TransA with
+/// lda = cols).
+fn columns_of<F>(a: &Array2<F>, r: Range<usize>, c: Range<usize>) -> ArrayView2<'_, F> {
+    use ndarray::ShapeBuilder;
+    let cols = a.ncols();
+    assert!(!r.is_empty() && !c.is_empty() && c.end <= cols);
+    let start = r.start * cols + c.start;
+    let len = (r.len() - 1) * cols + c.len();
+    ArrayView2::from_shape(
+        (r.len(), c.len()).strides((cols, 1)),
+        &flat(a)[start..start + len],
     )
-    .expect("rows of a row-major matrix")
+    .expect("a column range of a row-major matrix")
 }
 
 fn flat<F>(a: &Array2<F>) -> &[F] {
@@ -385,7 +407,9 @@ fn flat_mut<F>(a: &mut Array2<F>) -> &mut [F] {
 enum Sink<'a, F> {
     Accumulate {
         weights: &'a Weights<F>,
-        g_w1: &'a mut Array2<F>,
+        /// `None`: leave this block's g_w1 GEMM to [`last_blocks_w1`]
+        /// (the block's g_h stays in its buffer).
+        g_w1: Option<&'a mut Array2<F>>,
         g_w2: &'a mut Array2<F>,
         beta: F,
     },
@@ -465,7 +489,7 @@ fn block<F: Real>(
             -F::from_f64(lr.w2),
             &mut weights.w2,
             -F::from_f64(lr.w1),
-            &mut weights.w1,
+            Some(&mut weights.w1),
             one,
         ),
     };
@@ -484,19 +508,26 @@ fn block<F: Real>(
     //   (D_in×B)·(B×H) → D_in×H; xᵀ is a transposed view (TransA). With
     //   x·w1, the big one: 2·B·D_in·H FLOPs each.
     //   Accumulating: alpha = 1, beta as above. Fused: alpha = −lr, beta = 1.
-    if !skip(a1) {
-        general_mat_mul(a1, &x.t(), &g_hrelu, beta, out1);
+    //   Deferred (`out1` is None, the last block of a shard in an exchanged
+    //   step): [`last_blocks_w1`] runs it later, in pieces.
+    if let Some(out1) = out1 {
+        if !skip(a1) {
+            general_mat_mul(a1, &x.t(), &g_hrelu, beta, out1);
+        }
     }
     probe.done(Phase::BackwardGemms);
     loss
 }
 
 /// Runs all blocks of one shard, leaving its loss and gradient sums in it.
+/// With `defer_last_w1`, the last block stops before its g_w1 GEMM (see
+/// [`last_blocks_w1`]).
 fn run_shard<F: Real>(
     sh: &mut Shard<F>,
     data: &Data<F>,
     weights: &Weights<F>,
     block_rows: usize,
+    defer_last_w1: bool,
     probe: &mut impl Probe,
 ) {
     let mut loss = 0.0;
@@ -508,13 +539,14 @@ fn run_shard<F: Real>(
         } else {
             F::one()
         };
+        let deferred = defer_last_w1 && end == sh.rows.end;
         loss += block(
             &mut sh.bufs,
             rows_of(&data.x, start..end),
             rows_of(&data.y, start..end),
             Sink::Accumulate {
                 weights,
-                g_w1: &mut sh.g_w1,
+                g_w1: (!deferred).then_some(&mut sh.g_w1),
                 g_w2: &mut sh.g_w2,
                 beta,
             },
@@ -532,19 +564,58 @@ fn all_shards<F: Real>(
     ws: &mut Workspace<F>,
     data: &Data<F>,
     weights: &Weights<F>,
+    defer_last_w1: bool,
     probe: &mut impl Probe,
 ) -> f64 {
     use rayon::prelude::*;
     let b = ws.plan.block_rows;
     let (first, rest) = ws.shards.split_at_mut(1);
     rayon::join(
-        || run_shard(&mut first[0], data, weights, b, probe),
+        || run_shard(&mut first[0], data, weights, b, defer_last_w1, probe),
         || {
             rest.par_iter_mut()
-                .for_each(|sh| run_shard(sh, data, weights, b, &mut NoProbe))
+                .for_each(|sh| run_shard(sh, data, weights, b, defer_last_w1, &mut NoProbe))
         },
     );
     ws.shards.iter().map(|s| s.loss).sum()
+}
+
+/// The rows of a shard's last block, and the beta its GEMMs use (0 when it
+/// is also the first block, else 1).
+fn last_block<F: Real>(rows: &Range<usize>, block_rows: usize) -> (Range<usize>, F) {
+    let start = rows.start + (rows.len().saturating_sub(1) / block_rows) * block_rows;
+    let beta = if start == rows.start {
+        F::zero()
+    } else {
+        F::one()
+    };
+    (start..rows.end, beta)
+}
+
+/// The deferred g_w1 GEMM of one shard's last block, for rows `piece` of
+/// g_w1 (columns `piece` of x) only:
+///
+/// g_w1[piece, :] (+)= x_b[:, piece]ᵀ · g_h
+///   (P×B)·(B×H) → P×H; x_b[:, piece]ᵀ is a transposed strided view
+///   (TransA, lda = D_in); alpha = 1, beta = the block's (0 when the shard
+///   has one block, else 1). g_h is the block's, left in its buffer.
+///
+/// The pieces of a row split are the rows of the whole product: each
+/// element is the same dot product over the block's rows.
+fn last_block_w1<F: Real>(
+    sh: &mut Shard<F>,
+    data: &Data<F>,
+    block_rows: usize,
+    piece: Range<usize>,
+) {
+    let (blk, beta) = last_block::<F>(&sh.rows, block_rows);
+    let d_in = data.x.ncols();
+    let x_piece = columns_of(&data.x, blk.clone(), piece.clone());
+    debug_assert_eq!(x_piece.dim(), (blk.len(), piece.len()));
+    debug_assert_eq!(d_in, sh.g_w1.nrows());
+    let g_h = rows_of(&sh.bufs.g_hrelu, 0..blk.len());
+    let mut out = rows_of_mut(&mut sh.g_w1, piece);
+    general_mat_mul(F::one(), &x_piece.t(), &g_h, beta, &mut out);
 }
 
 /// One of the two weight matrices.
@@ -659,7 +730,7 @@ pub fn step_probed<F: Real>(
         probe.done(Phase::Update);
         return loss;
     }
-    let loss = all_shards(ws, data, weights, probe);
+    let loss = all_shards(ws, data, weights, false, probe);
     if loss.is_finite() {
         update_layer(&mut weights.w1, &mut ws.shards, Layer::W1, lr.w1);
         update_layer(&mut weights.w2, &mut ws.shards, Layer::W2, lr.w2);
@@ -697,9 +768,151 @@ pub fn gradients_probed<F: Real>(
     #[cfg(feature = "selftest-slow-step")]
     let _slow = SlowStep(std::time::Instant::now());
     crate::blas::set_threads(ws.plan.blas_threads);
-    let loss = all_shards(ws, data, weights, probe);
+    let loss = all_shards(ws, data, weights, false, probe);
     sum_into(&mut grads.w1, &ws.shards, Layer::W1);
     sum_into(&mut grads.w2, &ws.shards, Layer::W2);
+    loss
+}
+
+/// Sums a step's gradients and loss across processes while the step is
+/// still computing: data-parallel training's allreduce, behind a seam the
+/// step can call at the moment each part is final ([`gradients_exchanged`]).
+/// [`NoExchange`] is the single-process case; the MPI one lives in
+/// `distributed`.
+pub trait Exchange<F> {
+    /// Starts summing `local` over every process into `total` (same
+    /// length). May return before the sum is done.
+    ///
+    /// # Safety
+    /// Until [`Exchange::finish`] returns, both slices' memory must stay
+    /// valid, `local` must not be written, and `total` must be neither
+    /// read nor written: the sum may be in flight the whole time.
+    unsafe fn start(&mut self, local: &[F], total: &mut [F]);
+
+    /// Starts summing the loss, as [`Exchange::start`].
+    ///
+    /// # Safety
+    /// As for [`Exchange::start`].
+    unsafe fn start_loss(&mut self, local: &f64, total: &mut f64);
+
+    /// Lets the sums already started move on (called between pieces of
+    /// work: an MPI library progresses only inside its own calls).
+    fn progress(&mut self);
+
+    /// Returns when every sum started is complete.
+    fn finish(&mut self);
+}
+
+/// The exchange of a single process: the totals are its own sums.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoExchange;
+
+impl<F: Real> Exchange<F> for NoExchange {
+    unsafe fn start(&mut self, local: &[F], total: &mut [F]) {
+        total.copy_from_slice(local);
+    }
+
+    unsafe fn start_loss(&mut self, local: &f64, total: &mut f64) {
+        *total = *local;
+    }
+
+    fn progress(&mut self) {}
+
+    fn finish(&mut self) {}
+}
+
+/// Rows `p` of `pieces` near-equal consecutive pieces of `n` rows.
+fn piece(n: usize, pieces: usize, p: usize) -> Range<usize> {
+    p * n / pieces..(p + 1) * n / pieces
+}
+
+/// Adds rows `r` of every other shard's sum of `l` into the first shard's,
+/// leaving the process's whole sum of those rows there.
+fn fold_into_first<F: Real>(shards: &mut [Shard<F>], l: Layer, r: Range<usize>) {
+    let (first, rest) = shards.split_at_mut(1);
+    let mut acc = rows_of_mut(first[0].grad_mut(l), r.clone());
+    for sh in rest.iter() {
+        let part = rows_of(sh.grad(l), r.clone());
+        kernels::add_assign(slice_mut(&mut acc), slice(&part));
+    }
+}
+
+/// [`gradients`] with the sum across processes overlapped with the work:
+/// `grads` ends up holding g_w1 and g_w2 summed over every process of
+/// `exchange`, and the returned loss is the total loss.
+///
+/// The order makes each part final as early as it can be:
+///
+/// 1. every block's forward and backward, except the g_w1 GEMM of each
+///    shard's last block (g_h stays in the block's buffer);
+/// 2. g_w2 and the loss are now final on this process: start summing them;
+/// 3. the deferred g_w1 GEMMs, in `pieces` row ranges of g_w1 (columns of
+///    x); as each range is final, start summing it, and let the earlier
+///    sums progress;
+/// 4. wait for every sum.
+///
+/// Each process's sums are folded into its first shard's buffers, which
+/// are the exchange's send buffers. With [`NoExchange`] the result equals
+/// [`gradients`]' (the same GEMMs, split by rows of their output).
+pub fn gradients_exchanged<F: Real>(
+    ws: &mut Workspace<F>,
+    data: &Data<F>,
+    weights: &Weights<F>,
+    grads: &mut Gradients<F>,
+    exchange: &mut dyn Exchange<F>,
+    pieces: usize,
+) -> f64 {
+    use rayon::prelude::*;
+    assert!(
+        !ws.plan.fused_gemm_update,
+        "explicit gradients need a workspace made for StepMode::Explicit"
+    );
+    #[cfg(feature = "selftest-slow-step")]
+    let _slow = SlowStep(std::time::Instant::now());
+    crate::blas::set_threads(ws.plan.blas_threads);
+    let (d_in, h) = (ws.shape.d_in, ws.shape.hidden);
+    let pieces = pieces.clamp(1, d_in.max(1));
+    let b = ws.plan.block_rows;
+
+    // 1. Forward and backward; each shard's last g_w1 GEMM deferred.
+    let local_loss = all_shards(ws, data, weights, true, &mut NoProbe);
+
+    // 2. g_w2 (H×D_out) and the loss are final: start their sums.
+    let mut loss = 0.0;
+    fold_into_first(&mut ws.shards, Layer::W2, 0..ws.shape.hidden);
+    // SAFETY: `local_loss`, `loss`, the first shard's g_w2 and grads.w2 are
+    // not touched again before `exchange.finish()` below.
+    unsafe {
+        exchange.start_loss(&local_loss, &mut loss);
+        exchange.start(flat(&ws.shards[0].g_w2), flat_mut(&mut grads.w2));
+    }
+
+    // 3. g_w1 (D_in×H), range by range.
+    let total_w1 = grads.w1.as_mut_ptr();
+    for p in 0..pieces {
+        let rows = piece(d_in, pieces, p);
+        ws.shards
+            .par_iter_mut()
+            .for_each(|sh| last_block_w1(sh, data, b, rows.clone()));
+        fold_into_first(&mut ws.shards, Layer::W1, rows.clone());
+        let elems = rows.start * h..rows.end * h;
+        // SAFETY: rows `rows` of the first shard's g_w1 and of grads.w1;
+        // the pieces are disjoint, later pieces form views of their own
+        // rows only (`rows_of_mut`), and neither is touched again before
+        // `exchange.finish()`.
+        unsafe {
+            let local = std::slice::from_raw_parts(
+                ws.shards[0].g_w1.as_ptr().add(elems.start),
+                elems.len(),
+            );
+            let total = std::slice::from_raw_parts_mut(total_w1.add(elems.start), elems.len());
+            exchange.start(local, total);
+        }
+        exchange.progress();
+    }
+
+    // 4. Wait for every sum.
+    exchange.finish();
     loss
 }
 

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::net::{checked_shape, Data, Weights};
 use crate::scalar::Real;
 use crate::shape::Shape;
-use crate::step::{self, Gradients, LearningRates, Plan, StepMode, Workspace};
+use crate::step::{self, Exchange, Gradients, LearningRates, Plan, StepMode, Workspace};
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
@@ -129,28 +129,33 @@ impl<F: Real> Trainer<F> {
     /// update). When the loss is not finite the update is not applied, the
     /// weights stay the last finite ones, and the error names the step.
     pub fn step(&mut self) -> Result<f64> {
-        self.step_reduced(&mut |_, _| {})
-    }
-
-    /// [`Trainer::step`] that hands the explicit gradients and loss to
-    /// `reduce` before the update, which leaves the totals in place:
-    /// data-parallel training sums them over every process there. (In the
-    /// fused mode there are no explicit gradients and `reduce` is not
-    /// called.)
-    pub fn step_reduced(
-        &mut self,
-        reduce: &mut dyn FnMut(&mut Gradients<F>, &mut f64),
-    ) -> Result<f64> {
         let t = self.losses.len();
         let loss = match &mut self.grads {
             // The step leaves the weights alone when its loss is not finite.
             None => step::step(&mut self.ws, &self.data, &mut self.weights, self.lr),
-            Some(g) => {
-                let mut loss = step::gradients(&mut self.ws, &self.data, &self.weights, g);
-                reduce(g, &mut loss);
-                loss
-            }
+            Some(g) => step::gradients(&mut self.ws, &self.data, &self.weights, g),
         };
+        self.finish_step(t, loss)
+    }
+
+    /// [`Trainer::step`] whose gradients and loss are summed through
+    /// `exchange` while they are computed ([`step::gradients_exchanged`],
+    /// g_w1's sum started in `pieces` parts): data-parallel training sums
+    /// them over every process there, and every process then applies the
+    /// same update. Needs [`StepMode::Explicit`].
+    pub fn step_exchanged(&mut self, exchange: &mut dyn Exchange<F>, pieces: usize) -> Result<f64> {
+        let t = self.losses.len();
+        let g = self.grads.as_mut().ok_or_else(|| {
+            Error::invalid("a step summed across processes needs explicit gradients")
+        })?;
+        let loss =
+            step::gradients_exchanged(&mut self.ws, &self.data, &self.weights, g, exchange, pieces);
+        self.finish_step(t, loss)
+    }
+
+    /// Checks step `t`'s loss, applies the explicit update if there is
+    /// one, and records the loss.
+    fn finish_step(&mut self, t: usize, loss: f64) -> Result<f64> {
         check_finite_loss(t, loss, self.lr)?;
         if let Some(g) = &self.grads {
             step::apply_sgd(&mut self.weights, g, self.lr);
@@ -206,14 +211,15 @@ impl<F: Real> Trainer<F> {
         })
     }
 
-    /// [`Trainer::run`] on the calling thread, each step's gradients and
-    /// loss handed to `reduce` (see [`Trainer::step_reduced`]). For callers
-    /// whose reducer or callback cannot move to another thread (an MPI
+    /// [`Trainer::run`] on the calling thread, each step summed through
+    /// `exchange` (see [`Trainer::step_exchanged`]). For callers whose
+    /// exchange or callback cannot move to another thread (an MPI
     /// communicator, say).
-    pub fn run_local(
+    pub fn run_exchanged(
         &mut self,
         steps: usize,
-        reduce: &mut dyn FnMut(&mut Gradients<F>, &mut f64),
+        exchange: &mut dyn Exchange<F>,
+        pieces: usize,
         mut on_step: impl FnMut(&Self, usize, f64) -> ControlFlow<()>,
     ) -> Result<RunStats> {
         self.reserve(steps);
@@ -221,7 +227,7 @@ impl<F: Real> Trainer<F> {
         let mut done = 0;
         while done < steps {
             let t = self.losses.len();
-            let loss = self.step_reduced(reduce)?;
+            let loss = self.step_exchanged(exchange, pieces)?;
             done += 1;
             if on_step(self, t, loss).is_break() {
                 break;

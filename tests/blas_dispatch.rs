@@ -116,6 +116,45 @@ fn all_five_products_go_to_cblas() {
             assert_eq!(calls, expected, "f32 {shape} {mode:?}");
         }
     }
+    // The exchanged step (data-parallel training): each shard's last g_w1
+    // GEMM runs in `pieces` row ranges, each still one cblas call.
+    for (shape, shards) in [
+        (Shape::new(1000, 257, 65, 9).unwrap(), 2),
+        (Shape::REFERENCE, 1),
+        (Shape::new(16, 8, 8, 1).unwrap(), 1),
+    ] {
+        let plan = twolayer::Plan {
+            shards,
+            block_rows: 128,
+            blas_threads: 1,
+            fused_gemm_update: false,
+        };
+        let blocks: usize = (0..shards)
+            .map(|i| plan.shard_rows(shape.n, i).len().div_ceil(128))
+            .sum();
+        let mut ws = twolayer::Workspace::with_plan(shape, plan);
+        let data = Data::<f64>::random(shape, 1);
+        let w = Weights::random(shape, 2);
+        let mut g = twolayer::Gradients::zeros(shape);
+        for pieces in [1, 4, 8] {
+            let before = DGEMM.load(Ordering::SeqCst);
+            twolayer::step::gradients_exchanged(
+                &mut ws,
+                &data,
+                &w,
+                &mut g,
+                &mut twolayer::NoExchange,
+                pieces,
+            );
+            let pieces = pieces.min(shape.d_in);
+            assert_eq!(
+                DGEMM.load(Ordering::SeqCst) - before,
+                5 * blocks + shards * (pieces - 1),
+                "{shape}, {pieces} pieces"
+            );
+        }
+    }
+
     // Holding w1 fixed (lr 0) with the update in the GEMMs skips its GEMM.
     let shape = Shape::REFERENCE;
     let plan = twolayer::Plan {

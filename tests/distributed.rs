@@ -227,3 +227,136 @@ fn checkpoints_resume_with_the_same_ranks_only() {
         common::stderr(&out)
     );
 }
+
+#[test]
+fn overlapped_and_blocking_allreduces_give_the_same_bits() {
+    // 601 rows: 301 and 300 per rank; two threads per rank make two shards
+    // of 150-151 rows, each in two blocks of 128 and a short one: the
+    // deferred g_w1 GEMMs, their pieces and the per-shard folding are all
+    // exercised.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let shape = [
+        "--n",
+        "601",
+        "--d-in",
+        "300",
+        "--hidden",
+        "40",
+        "--d-out",
+        "7",
+        "--steps",
+        "30",
+        "--lr",
+        "1e-6",
+        "--quiet",
+        "--threads",
+        "2",
+    ];
+    let variants: [&[&str]; 4] = [
+        &["--allreduce", "blocking"],
+        &["--allreduce", "overlap", "--allreduce-pieces", "1"],
+        &["--allreduce", "overlap", "--allreduce-pieces", "7"],
+        &["--allreduce", "overlap", "--allreduce-pieces", "300"],
+    ];
+    let mut results = Vec::new();
+    for (i, v) in variants.iter().enumerate() {
+        let (l, w) = (d.join(format!("{i}.txt")), d.join(format!("{i}.npz")));
+        let mut a = vec!["train"];
+        a.extend(&shape[..]);
+        a.extend(v.iter());
+        a.extend([
+            "--losses",
+            l.to_str().unwrap(),
+            "--save",
+            w.to_str().unwrap(),
+        ]);
+        let out = run_mpi(2, &a);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{v:?}: {err}");
+        let how = if v[1] == "blocking" {
+            "blocking".to_string()
+        } else {
+            format!("overlapped, g_w1 in {} pieces", v[3])
+        };
+        assert!(err.contains(&how), "{v:?}: {err}");
+        results.push((losses(&l), weights(&w)));
+    }
+    let (l0, w0) = &results[0];
+    assert!(l0[29] < l0[0]);
+    for (v, (l, w)) in variants.iter().zip(&results).skip(1) {
+        assert_eq!(l, l0, "{v:?}: losses differ from the blocking sum");
+        assert!(w == w0, "{v:?}: weights differ from the blocking sum");
+    }
+
+    // And the same as one process on all 601 rows.
+    let (sl, sw) = (d.join("one.txt"), d.join("one.npz"));
+    let mut a = vec!["train"];
+    a.extend(&shape[..]);
+    a.extend([
+        "--losses",
+        sl.to_str().unwrap(),
+        "--save",
+        sw.to_str().unwrap(),
+    ]);
+    let out = common::run(&a);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let gap = losses(&sl)
+        .iter()
+        .zip(l0)
+        .map(|(a, b)| (a - b).abs() / b.abs())
+        .fold(0.0, f64::max);
+    assert!(gap < 1e-12, "losses differ from one process by {gap:e}");
+    let (s1, s2) = weights(&sw);
+    let wg = max_rel_diff(&w0.0, &s1, 1.0).max(max_rel_diff(&w0.1, &s2, 1.0));
+    assert!(wg < 1e-12, "weights differ from one process by {wg:e}");
+}
+
+#[test]
+fn ranks_train_on_their_rows_of_an_init_file() {
+    // Each rank reads only its rows of x and y from the file (and all of
+    // w1, w2); together they train exactly what one process trains on the
+    // whole file.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let shape = twolayer::Shape::new(67, 40, 12, 5).unwrap();
+    let init = d.join("init.npz");
+    twolayer::npz::save_init(
+        &init,
+        &twolayer::Data::<f64>::random(shape, 9),
+        &twolayer::Weights::<f64>::random(shape, 9),
+    )
+    .unwrap();
+    let common_args = [
+        "train",
+        "--init",
+        init.to_str().unwrap(),
+        "--steps",
+        "50",
+        "--lr",
+        "1e-4",
+        "--quiet",
+    ];
+    let (ml, sl) = (d.join("mpi.txt"), d.join("one.txt"));
+    let mut a = common_args.to_vec();
+    a.extend(["--losses", ml.to_str().unwrap()]);
+    let out = run_mpi(2, &a);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut a = common_args.to_vec();
+    a.extend(["--losses", sl.to_str().unwrap()]);
+    let out = common::run(&a);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let (lm, ls) = (losses(&ml), losses(&sl));
+    assert_eq!(lm.len(), 50);
+    let gap = lm
+        .iter()
+        .zip(&ls)
+        .map(|(a, b)| (a - b).abs() / b.abs())
+        .fold(0.0, f64::max);
+    assert!(gap < 1e-12, "losses differ from one process by {gap:e}");
+    assert!(lm[49] < lm[0]);
+}

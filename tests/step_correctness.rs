@@ -5,7 +5,7 @@ mod common;
 
 use common::{as_f64, loop_step, max_rel_diff, to_f64};
 use ndarray::Array2;
-use twolayer::step::{self, Gradients, LearningRates, Plan, Workspace};
+use twolayer::step::{self, Gradients, LearningRates, NoExchange, Plan, Workspace};
 use twolayer::{Data, Real, Shape, StepMode, Trainer, Weights};
 
 /// loss(w1, w2) alone, through the library's step.
@@ -215,4 +215,44 @@ fn non_finite_loss_stops_with_the_step_and_keeps_the_last_weights() {
     );
     assert!(msg.contains("smaller --lr"), "{msg}");
     assert_eq!(&before, t.weights(), "weights changed by the diverged step");
+}
+
+#[test]
+fn exchanged_gradients_equal_plain_ones_for_any_pieces() {
+    // The exchanged form defers each shard's last g_w1 GEMM and runs it in
+    // row ranges; with one process it must give `gradients`' numbers. Odd
+    // sizes, several shards and blocks (the last one short), 1 to D_in
+    // pieces, f32 and f64.
+    fn check<F: Real>(shape: Shape, plan: Plan) {
+        let data = Data::<F>::random(shape, 31);
+        let w = Weights::<F>::random(shape, 32);
+        let mut ws = Workspace::with_plan(shape, plan);
+        let mut want = Gradients::zeros(shape);
+        let want_loss = step::gradients(&mut ws, &data, &w, &mut want);
+        for pieces in [1, 2, 3, 7, shape.d_in, shape.d_in + 5] {
+            let mut got = Gradients::zeros(shape);
+            // Stale values must not leak into the result.
+            got.w1.fill(F::from_f64(7.0));
+            got.w2.fill(F::from_f64(7.0));
+            let loss =
+                step::gradients_exchanged(&mut ws, &data, &w, &mut got, &mut NoExchange, pieces);
+            assert_eq!(loss, want_loss, "{shape} {plan:?} pieces {pieces}");
+            // Bit for bit: a row range of a GEMM's output is computed by
+            // the same dot products over the same rows as the whole.
+            assert!(got == want, "{shape} {plan:?} pieces {pieces}");
+        }
+    }
+    for (n, d_in, h, d_out) in [(33, 257, 65, 9), (7, 13, 5, 3), (1, 9, 1, 1)] {
+        let shape = Shape::new(n, d_in, h, d_out).unwrap();
+        for (shards, block_rows) in [(1, n), (1, 4), (3, 5), (2, 1)] {
+            let plan = Plan {
+                shards: shards.min(n),
+                block_rows,
+                blas_threads: 1,
+                fused_gemm_update: false,
+            };
+            check::<f64>(shape, plan);
+            check::<f32>(shape, plan);
+        }
+    }
 }

@@ -59,7 +59,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         output::check_writable(path)?;
     }
     #[cfg(feature = "mpi")]
-    if launched_by_mpi() {
+    if crate::distributed::launched_by_mpi() {
         return distributed::run(args);
     }
     if let Some(path) = &args.resume {
@@ -208,7 +208,7 @@ fn shape_from_flags(args: &TrainArgs) -> Result<Shape> {
 }
 
 /// Rows `rows` of the data a run was started with: regenerated from its
-/// seed, or read from its `--init` file after checking that the file is
+/// seed, or read (those rows alone) from its `--init` file after checking that the file is
 /// still the one the run used (same SHA-256).
 fn data_from_source<F: Real>(
     src: &DataSource,
@@ -225,17 +225,8 @@ fn data_from_source<F: Real>(
                     "the data file has changed since the checkpoint was written (SHA-256 differs); resuming would train on other data",
                 ));
             }
-            let full: Data<F> = match npz::load_init(p)? {
-                Init::F32(d, _) => d.cast(),
-                Init::F64(d, _) => d.cast(),
-            };
-            if rows == (0..full.x.nrows()) {
-                return Ok(full);
-            }
-            Ok(Data {
-                x: full.x.slice(ndarray::s![rows.clone(), ..]).to_owned(),
-                y: full.y.slice(ndarray::s![rows, ..]).to_owned(),
-            })
+            // Only these rows are read into memory.
+            npz::load_rows::<F>(p, rows)
         }
     }
 }
@@ -507,15 +498,6 @@ pub fn step_mode(m: ModeArg) -> StepMode {
     }
 }
 
-/// Whether this process was started by an MPI launcher (OpenMPI's mpirun,
-/// or a PMI-based one such as Slurm's srun or MPICH's mpiexec).
-#[cfg(feature = "mpi")]
-fn launched_by_mpi() -> bool {
-    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some())
-}
-
 /// `mpirun -np K twolayer train …`: data-parallel training (see
 /// [`crate::distributed`]).
 #[cfg(feature = "mpi")]
@@ -626,10 +608,7 @@ mod distributed {
                 match &args.init {
                     Some(p) => {
                         let src = DataSource::file(p)?;
-                        let w = match npz::load_init(p)? {
-                            Init::F32(_, w) => w.cast(),
-                            Init::F64(_, w) => w.cast(),
-                        };
+                        let w = npz::load_weights::<F>(p)?;
                         (src, w, Vec::new(), lr, total)
                     }
                     None => {
@@ -664,15 +643,10 @@ mod distributed {
         let signals = Signals::install()?;
         let lead = cluster.rank() == 0;
         let mut rep = Reporter::new(args, &cfg, lead, shape.n);
-        let mut scratch: Vec<F> = Vec::with_capacity(shape.d_in * shape.hidden);
-        let mut reduce_time = Duration::ZERO;
-        let mut reduce = |g: &mut crate::step::Gradients<F>, loss: &mut f64| {
-            let t = Instant::now();
-            cluster.sum_gradients(g, loss, &mut scratch);
-            reduce_time += t.elapsed();
-        };
+        let (overlap, pieces) = args.mpi.overlap_and_pieces();
+        let mut exchange = cluster.exchange(overlap);
         let to_run = total_steps - trainer.steps_done();
-        let result = trainer.run_local(to_run, &mut reduce, |t, step, loss| {
+        let result = trainer.run_exchanged(to_run, &mut exchange, pieces, |t, step, loss| {
             if panic_at == Some(step) {
                 panic!(
                     "fault injection: rank {} panics at step {step}",
@@ -683,7 +657,6 @@ mod distributed {
             let stop = cluster.any(signals.caught().is_some());
             rep.on_step(t, step, loss, stop)
         });
-        let steps_run = result.as_ref().map(|s| s.steps).unwrap_or(0).max(1);
         if result.is_ok()
             && !cluster
                 .identical_everywhere(digest(&[&trainer.weights().w1, &trainer.weights().w2]))
@@ -692,9 +665,14 @@ mod distributed {
                 "the weights differ between ranks after training",
             ));
         }
-        let allreduce_ms = cluster.max(reduce_time.as_secs_f64() * 1e3 / steps_run as f64);
+        let allreduce_ms = cluster.max(exchange.ms_per_step());
+        let how = if overlap {
+            format!("overlapped, g_w1 in {pieces} pieces")
+        } else {
+            "blocking".to_string()
+        };
         let extra = format!(
-            "; {k} MPI ranks of {}-{} rows, allreduce {allreduce_ms:.3} ms/step (slowest rank), weights identical on all ranks",
+            "; {k} MPI ranks of {}-{} rows, allreduce {allreduce_ms:.3} ms/step in MPI calls (slowest rank; {how}), weights identical on all ranks",
             shape.n / k,
             shape.n.div_ceil(k)
         );
