@@ -313,6 +313,81 @@ fn overlapped_and_blocking_allreduces_give_the_same_bits() {
 }
 
 #[test]
+fn sweep_under_mpirun_reports_ranks_allreduce_and_scaling() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("rep");
+    let out = run_mpi(
+        2,
+        &[
+            "sweep",
+            "--n",
+            "64,65",
+            "--d-in",
+            "50",
+            "--hidden",
+            "20",
+            "--d-out",
+            "3",
+            "--dtype",
+            "f32,f64",
+            "--warmup",
+            "2",
+            "--min-steps",
+            "12",
+            "--budget",
+            "0",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Rank 0 alone prints the report.
+    assert_eq!(stdout.matches("Data-parallel (MPI)").count(), 1, "{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("report.json")).unwrap())
+            .unwrap();
+    let points = report["points"].as_array().unwrap();
+    assert_eq!(points.len(), 4);
+    for p in points {
+        let m = &p["mpi"];
+        assert_eq!(m["ranks"], 2, "{p}");
+        assert_eq!(m["allreduce"], "overlap");
+        let steps = p["steps_timed"].as_u64().unwrap() as usize;
+        assert!(steps >= 12, "{p}");
+        let ar = m["allreduce_ms"]["samples"].as_array().unwrap();
+        assert_eq!(ar.len(), steps);
+        assert!(ar.iter().all(|v| v.as_f64().unwrap() > 0.0), "{p}");
+        let single = m["single_rank_ms"]["median"].as_f64().unwrap();
+        let step = p["ms_per_step"]["median"].as_f64().unwrap();
+        let eff = m["scaling_efficiency"].as_f64().unwrap();
+        assert!(single > 0.0 && step > 0.0, "{p}");
+        assert!((eff - single / (2.0 * step)).abs() < 1e-9 * eff, "{p}");
+        assert!(!m["library"].as_str().unwrap().is_empty());
+    }
+    let csv = std::fs::read_to_string(out_dir.join("report.csv")).unwrap();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let col = header.iter().position(|h| *h == "ranks").unwrap();
+    for row in csv.lines().skip(1) {
+        assert_eq!(row.split(',').nth(col), Some("2"), "{row}");
+        assert_eq!(row.split(',').count(), header.len(), "{row}");
+    }
+
+    // A flag that makes no sense under mpirun fails clearly.
+    let out = run_mpi(2, &["sweep", "--processes", "2", "--budget", "0"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--processes cannot be used under mpirun"),
+        "{err}"
+    );
+}
+
+#[test]
 fn ranks_train_on_their_rows_of_an_init_file() {
     // Each rank reads only its rows of x and y from the file (and all of
     // w1, w2); together they train exactly what one process trains on the

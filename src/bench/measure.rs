@@ -20,12 +20,12 @@ use std::time::Instant;
 pub const BENCH_LR: f64 = 1e-12;
 
 /// Most samples kept per point, whatever the budget.
-const MAX_SAMPLES: usize = 100_000;
+pub(super) const MAX_SAMPLES: usize = 100_000;
 
 /// Times every phase of the step it is handed to.
-struct PhaseTimer {
-    last: Instant,
-    ms: [f64; 6],
+pub(super) struct PhaseTimer {
+    pub(super) last: Instant,
+    pub(super) ms: [f64; 6],
 }
 
 impl Probe for PhaseTimer {
@@ -114,6 +114,7 @@ impl Samples {
             phases,
             workspace_bytes: self.workspace_bytes,
             peak_rss_bytes: self.peak_rss_bytes,
+            mpi: None,
         }
     }
 }
@@ -247,7 +248,7 @@ fn square_gemm<F: Real>(s: usize) -> f64 {
 }
 
 /// Resets the kernel's record of this process's peak RSS (Linux ≥ 4.0).
-fn reset_peak_rss() {
+pub(super) fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 

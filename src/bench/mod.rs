@@ -2,10 +2,13 @@
 //! grids of points ([`grid`]), their measurement ([`measure`]), the
 //! environment block ([`env`]), reports in JSON, CSV and Markdown
 //! ([`report`]), SVG charts ([`charts`]) and the regression gate
-//! ([`compare`]).
+//! ([`compare`]), and the same measurements across MPI ranks
+//! (`data_parallel`, feature `mpi`).
 
 pub mod charts;
 pub mod compare;
+#[cfg(feature = "mpi")]
+pub mod data_parallel;
 pub mod env;
 pub mod grid;
 pub mod measure;

@@ -144,8 +144,40 @@ pub struct PointReport {
     pub phases: PhaseTimes,
     /// Bytes of x, y, the weights and the step's buffers.
     pub workspace_bytes: u64,
-    /// The process's peak RSS while measuring this point.
+    /// The process's peak RSS while measuring this point (under mpirun:
+    /// summed over the ranks).
     pub peak_rss_bytes: u64,
+    /// Under mpirun: the data-parallel layout and what it cost. Absent in
+    /// a single process's report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mpi: Option<MpiPoint>,
+}
+
+/// A point measured by K MPI ranks, each on its own rows with `threads`
+/// threads (the point's thread count is per rank). The point's step times
+/// are per step the slowest rank's; its GEMM times are each rank's own
+/// shard's GEMMs, slowest rank; its GEMM rate and memory are summed over
+/// the ranks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MpiPoint {
+    /// Number of ranks K.
+    pub ranks: usize,
+    /// `overlap` or `blocking`.
+    pub allreduce: String,
+    /// Pieces g_w1's sum is started in (1 when blocking).
+    pub allreduce_pieces: usize,
+    /// Milliseconds per step inside MPI calls (the part of the allreduces
+    /// the work did not hide), slowest rank, per step.
+    pub allreduce_ms: Stats,
+    /// Milliseconds per step of one rank alone on the whole batch with the
+    /// same threads (the other ranks idle), same run.
+    pub single_rank_ms: Stats,
+    /// single_rank_ms median / (K × step median): 1.0 is perfect strong
+    /// scaling.
+    pub scaling_efficiency: f64,
+    /// The MPI library, as it names itself.
+    pub library: String,
 }
 
 impl PointReport {
@@ -157,8 +189,9 @@ impl PointReport {
         )
     }
 
-    /// What identifies a point across two reports.
-    pub fn key(&self) -> (usize, usize, usize, usize, String, usize, String) {
+    /// What identifies a point across two reports (the last field is the
+    /// number of MPI ranks, 1 for a single process).
+    pub fn key(&self) -> (usize, usize, usize, usize, String, usize, String, usize) {
         (
             self.n,
             self.d_in,
@@ -167,7 +200,13 @@ impl PointReport {
             self.dtype.clone(),
             self.threads,
             self.step_mode.clone(),
+            self.ranks(),
         )
+    }
+
+    /// MPI ranks that measured the point (1 for a single process).
+    pub fn ranks(&self) -> usize {
+        self.mpi.as_ref().map_or(1, |m| m.ranks)
     }
 }
 
@@ -216,7 +255,8 @@ impl Report {
             "n,d_in,hidden,d_out,dtype,threads,step_mode,steps_timed,ms_median,ms_p10,ms_p90,\
              samples_per_s,gflops,gemm_ms,efficiency,peak_fraction,machine_gemm_gflops,\
              forward_gemms_ms,relu_ms,loss_grad_ms,backward_gemms_ms,mask_ms,update_ms,\
-             workspace_bytes,peak_rss_bytes\n",
+             workspace_bytes,peak_rss_bytes,ranks,allreduce,allreduce_pieces,allreduce_ms,\
+             single_rank_ms,scaling_efficiency\n",
         );
         for p in &self.points {
             let ph = &p.phases;
@@ -249,6 +289,22 @@ impl Report {
                 p.workspace_bytes,
                 p.peak_rss_bytes
             );
+            s.pop(); // the newline: the MPI columns follow
+            match &p.mpi {
+                Some(m) => {
+                    let _ = writeln!(
+                        s,
+                        ",{},{},{},{},{},{}",
+                        m.ranks,
+                        m.allreduce,
+                        m.allreduce_pieces,
+                        m.allreduce_ms.median,
+                        m.single_rank_ms.median,
+                        m.scaling_efficiency
+                    );
+                }
+                None => s.push_str(",1,,,,,\n"),
+            }
         }
         s
     }
@@ -298,6 +354,33 @@ impl Report {
                 fmt_ms(ms),
                 human_bytes(p.workspace_bytes as f64),
             );
+        }
+        if self.points.iter().any(|p| p.mpi.is_some()) {
+            s.push_str(
+                "\nData-parallel (MPI): thr is per rank; scaling efficiency = one rank alone on the whole batch / (K × step).\n\n\
+                 | shape (N, D_in, H, D_out) | dtype | ranks × thr | allreduce | ms/step median | in MPI calls ms | 1 rank alone ms | scaling efficiency |\n\
+                 |---|---|---:|---|---:|---:|---:|---:|\n",
+            );
+            for p in &self.points {
+                let Some(m) = &p.mpi else { continue };
+                let how = if m.allreduce == "overlap" {
+                    format!("overlap, {} pieces", m.allreduce_pieces)
+                } else {
+                    m.allreduce.clone()
+                };
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} × {} | {how} | {} | {} | {} | {:.2} |",
+                    p.shape_label(),
+                    p.dtype,
+                    m.ranks,
+                    p.threads,
+                    fmt_ms(p.ms_per_step.median),
+                    fmt_ms(m.allreduce_ms.median),
+                    fmt_ms(m.single_rank_ms.median),
+                    m.scaling_efficiency
+                );
+            }
         }
         // One line per dtype and thread count; a report merged from several
         // processes has several measurements of each: give their median.

@@ -67,11 +67,20 @@ pub fn run(args: &SweepArgs) -> Result<()> {
         }
     }
     let mode = super::train::step_mode(args.step_mode);
+    #[cfg(feature = "mpi")]
+    if crate::distributed::launched_by_mpi() {
+        return run_mpi(args, &grid);
+    }
     let report = if args.processes > 1 {
         run_in_processes(args.processes)?
     } else {
         run_grid(&grid, mode)?
     };
+    publish(&report, args)
+}
+
+/// Prints the report's Markdown and writes its files to `--out`.
+fn publish(report: &Report, args: &SweepArgs) -> Result<()> {
     print!("{}", report.to_markdown());
     if let Some(dir) = &args.out {
         report.write_all(dir)?;
@@ -79,6 +88,37 @@ pub fn run(args: &SweepArgs) -> Result<()> {
             "twolayer: wrote report.json, report.csv, report.md, gflops.svg and phases.svg to {}",
             dir.display()
         );
+    }
+    Ok(())
+}
+
+/// `mpirun -np K twolayer sweep …`: every point measured across the K
+/// ranks (see [`crate::bench::data_parallel`]); rank 0 prints and writes
+/// the report. An error on any rank ends the whole job.
+#[cfg(feature = "mpi")]
+fn run_mpi(args: &SweepArgs, grid: &crate::bench::grid::Grid) -> Result<()> {
+    use crate::bench::data_parallel::{run_grid_mpi, AllreducePlan};
+    use crate::distributed::Cluster;
+    if args.processes > 1 {
+        return Err(Error::invalid(
+            "--processes cannot be used under mpirun (the ranks are the processes)",
+        ));
+    }
+    if args.step_mode != crate::cli::ModeArg::Fused {
+        return Err(Error::invalid(
+            "--step-mode does not apply under mpirun: ranks always compute explicit gradients and sum them",
+        ));
+    }
+    let cluster = Cluster::init()?;
+    let (overlap, pieces) = args.mpi.overlap_and_pieces();
+    let report = match run_grid_mpi(grid, &cluster, AllreducePlan { overlap, pieces }) {
+        Ok(r) => r,
+        Err(e) => cluster.abort(&e.to_string()),
+    };
+    if cluster.rank() == 0 {
+        if let Err(e) = publish(&report, args) {
+            cluster.abort(&e.to_string());
+        }
     }
     Ok(())
 }

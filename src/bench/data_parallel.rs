@@ -1,0 +1,331 @@
+//! `mpirun -np K twolayer sweep …`: every point measured by K ranks, each
+//! on its own rows of the batch, with the gradients summed across them as
+//! `mpirun -np K twolayer train` sums them (feature `mpi`).
+//!
+//! Per point and round, every rank:
+//!
+//! 1. runs the data-parallel step (its rows' gradients, summed through the
+//!    MPI [`Exchange`](crate::step::Exchange), the same update everywhere)
+//!    interleaved with its own shard's GEMMs alone, and times both and the
+//!    time spent inside MPI calls; rank 0 decides when to stop, so every
+//!    rank runs the same steps;
+//! 2. times its shard's phases (instrumented local steps, no exchange);
+//! 3. idles while rank 0 alone runs the whole batch with the same threads
+//!    (the single-process step), which gives the scaling efficiency
+//!    T₁ / (K · T_K) in the same run.
+//!
+//! Step, GEMM and MPI-call times are the slowest rank's, sample by sample;
+//! GEMM rates and memory are summed over the ranks.
+
+use super::env::Env;
+use super::grid::{Grid, Point, Timing};
+use super::measure::{
+    machine_gemm_gflops, peak_rss_bytes, reset_peak_rss, PhaseTimer, Samples, BENCH_LR, MAX_SAMPLES,
+};
+use super::report::{MpiPoint, Report, Stats, SCHEMA_VERSION};
+use crate::distributed::Cluster;
+use crate::error::{Error, Result};
+use crate::net::{Data, Weights};
+use crate::scalar::{Dtype, Real};
+use crate::shape::Shape;
+use crate::step::{self, Gradients, LearningRates, Phase, Plan, Probe, StepMode, Workspace};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// How the ranks sum their gradients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AllreducePlan {
+    /// Non-blocking allreduces started as each part is final.
+    pub overlap: bool,
+    /// Pieces g_w1's sum is started in.
+    pub pieces: usize,
+}
+
+/// The MPI-only measurements of one point, from one or more rounds.
+#[derive(Clone, Debug, Default)]
+struct MpiSamples {
+    allreduce_ms: Vec<f64>,
+    single_rank_ms: Vec<f64>,
+}
+
+/// Measures every point of `grid` across the ranks of `cluster`. Every
+/// rank returns the same report; rank 0 is the one to print and write it.
+pub fn run_grid_mpi(grid: &Grid, cluster: &Cluster, how: AllreducePlan) -> Result<Report> {
+    let env = Env::capture();
+    let mut pools: BTreeMap<usize, rayon::ThreadPool> = BTreeMap::new();
+    for p in &grid.points {
+        if let std::collections::btree_map::Entry::Vacant(e) = pools.entry(p.threads) {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(p.threads)
+                .thread_name(|i| format!("twolayer-sweep-{i}"))
+                .build()
+                .map_err(|e| Error::invalid(format!("cannot start {} threads: {e}", p.threads)))?;
+            e.insert(pool);
+        }
+    }
+    let rounds = grid.timing.rounds.max(1);
+    let target = if cluster.rank() == 0 {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    };
+    let bar = ProgressBar::with_draw_target(Some((grid.points.len() * rounds) as u64), target);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} (ETA {eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("sweep ×{} ranks", cluster.size()));
+
+    // GEMM rates: every rank at once, summed.
+    let mut rates: BTreeMap<(Dtype, usize), f64> = BTreeMap::new();
+    let mut samples: Vec<Option<(Samples, MpiSamples)>> = vec![None; grid.points.len()];
+    for round in 0..rounds {
+        for (p, acc) in grid.points.iter().zip(samples.iter_mut()) {
+            bar.set_message(format!(
+                "{} {} ×{} (round {}/{rounds})",
+                p.shape,
+                p.dtype,
+                p.threads,
+                round + 1
+            ));
+            let pool = &pools[&p.threads];
+            if let std::collections::btree_map::Entry::Vacant(e) = rates.entry((p.dtype, p.threads))
+            {
+                let mine = pool.install(|| machine_gemm_gflops(p.dtype, p.threads));
+                e.insert(cluster.sum(mine));
+            }
+            let handoff = Handoff(cluster);
+            let (s, m) = pool.install(|| measure_point_mpi(*p, grid.timing, handoff.get(), how))?;
+            match acc {
+                Some((a, am)) => {
+                    a.merge(s);
+                    am.allreduce_ms.extend(m.allreduce_ms);
+                    am.single_rank_ms.extend(m.single_rank_ms);
+                }
+                None => *acc = Some((s, m)),
+            }
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    let library = mpi::environment::library_version()
+        .unwrap_or_else(|_| "unknown".into())
+        .lines()
+        .next()
+        .unwrap_or("unknown")
+        .trim()
+        .to_string();
+    let k = cluster.size();
+    let points = samples
+        .into_iter()
+        .map(|s| {
+            let (s, m) = s.expect("every point measured");
+            let rate = rates[&(s.point.dtype, s.point.threads)];
+            let mut r = s.into_report(rate);
+            let single = Stats::from_samples(m.single_rank_ms);
+            r.mpi = Some(MpiPoint {
+                ranks: k,
+                allreduce: if how.overlap { "overlap" } else { "blocking" }.into(),
+                allreduce_pieces: if how.overlap { how.pieces } else { 1 },
+                allreduce_ms: Stats::from_samples(m.allreduce_ms),
+                scaling_efficiency: single.median / (k as f64 * r.ms_per_step.median),
+                single_rank_ms: single,
+                library: library.clone(),
+            });
+            r
+        })
+        .collect();
+    crate::blas::set_threads(env.openblas_threads);
+    Ok(Report {
+        schema_version: SCHEMA_VERSION,
+        env,
+        timing: grid.timing,
+        points,
+    })
+}
+
+/// A `&Cluster` lent to the pool thread that runs a `pool.install`.
+struct Handoff<'a>(&'a Cluster);
+
+// SAFETY: MPI runs with MPI_THREAD_SERIALIZED ([`Cluster::init`]): any
+// thread may call it, one call at a time. `pool.install` blocks the lending
+// thread until its closure returns, and every MPI call inside comes from
+// the one pool thread running that closure (the step's parallel sections
+// make none), so no two calls ever overlap.
+unsafe impl Sync for Handoff<'_> {}
+
+impl<'a> Handoff<'a> {
+    fn get(&self) -> &'a Cluster {
+        self.0
+    }
+}
+
+fn measure_point_mpi(
+    point: Point,
+    timing: Timing,
+    cluster: &Cluster,
+    how: AllreducePlan,
+) -> Result<(Samples, MpiSamples)> {
+    match point.dtype {
+        Dtype::F32 => measure::<f32>(point, timing, cluster, how),
+        Dtype::F64 => measure::<f64>(point, timing, cluster, how),
+    }
+}
+
+fn measure<F: Real + mpi::traits::Equivalence>(
+    point: Point,
+    timing: Timing,
+    cluster: &Cluster,
+    how: AllreducePlan,
+) -> Result<(Samples, MpiSamples)> {
+    let rounds = timing.rounds.max(1);
+    let min_steps = timing.min_steps.div_ceil(rounds);
+    let budget_s = timing.budget_s / rounds as f64;
+    let shape = point.shape;
+    let k = cluster.size();
+    if shape.n < k {
+        return Err(Error::invalid(format!(
+            "N = {} is fewer rows than the {k} ranks",
+            shape.n
+        )));
+    }
+    let rows = cluster.rows(shape.n);
+    let local = Shape {
+        n: rows.len(),
+        ..shape
+    };
+    let mode = StepMode::Explicit;
+    let plan = Plan::new(local, F::DTYPE, point.threads, mode);
+    plan.check_fits_memory(local, F::DTYPE, mode)?;
+    reset_peak_rss();
+
+    // This rank's rows of the single-process data, and the same weights
+    // everywhere.
+    let data = Data::<F>::random_rows(shape, 0, rows.start, rows.len());
+    let mut weights = Weights::<F>::random(shape, 0);
+    let mut ws = Workspace::<F>::with_plan(local, plan);
+    let mut grads = Gradients::<F>::zeros(shape);
+    let lr = LearningRates::uniform(BENCH_LR);
+    let mut exchange = cluster.exchange(how.overlap);
+    let pieces = if how.overlap { how.pieces } else { 1 };
+
+    // Untimed steps: the data-parallel step (as `mpirun … twolayer train`
+    // runs it), then the GEMMs alone.
+    for _ in 0..timing.warmup {
+        step::gradients_exchanged(&mut ws, &data, &weights, &mut grads, &mut exchange, pieces);
+        step::apply_sgd(&mut weights, &grads, lr);
+    }
+    for _ in 0..timing.warmup.max(1) {
+        step::gemms_only(&mut ws, &data, &mut weights, lr);
+    }
+    exchange.reset_time();
+
+    // The step and this rank's GEMMs alone, interleaved; rank 0 decides
+    // when there are enough samples, so every rank runs the same steps.
+    let mut step_ms = Vec::new();
+    let mut gemm_ms = Vec::new();
+    let mut mpi_ms = Vec::new();
+    let mut stepping = 0.0;
+    while cluster.lead_decides(
+        (step_ms.len() < min_steps || stepping < budget_s) && step_ms.len() < MAX_SAMPLES,
+    ) {
+        let before = exchange.busy_ms();
+        let t0 = Instant::now();
+        let loss =
+            step::gradients_exchanged(&mut ws, &data, &weights, &mut grads, &mut exchange, pieces);
+        step::apply_sgd(&mut weights, &grads, lr);
+        let t1 = Instant::now();
+        step::gemms_only(&mut ws, &data, &mut weights, lr);
+        let t2 = Instant::now();
+        std::hint::black_box(loss);
+        step_ms.push((t1 - t0).as_secs_f64() * 1e3);
+        gemm_ms.push((t2 - t1).as_secs_f64() * 1e3);
+        mpi_ms.push(exchange.busy_ms() - before);
+        stepping += (t1 - t0).as_secs_f64();
+    }
+    for v in [&mut step_ms, &mut gemm_ms, &mut mpi_ms] {
+        cluster.max_each(v);
+    }
+
+    // Phases of this rank's own rows (no exchange), every rank at once.
+    let phase_steps = (step_ms.len() / 3).clamp(3, 200);
+    let mut phase_ms: [Vec<f64>; 6] = Default::default();
+    for _ in 0..phase_steps {
+        let mut timer = PhaseTimer {
+            last: Instant::now(),
+            ms: [0.0; 6],
+        };
+        step::gradients_probed(&mut ws, &data, &weights, &mut grads, &mut timer);
+        step::apply_sgd(&mut weights, &grads, lr);
+        timer.done(Phase::Update);
+        for (acc, v) in phase_ms.iter_mut().zip(timer.ms) {
+            acc.push(v);
+        }
+    }
+    let peak_rss = cluster.sum(peak_rss_bytes() as f64) as u64;
+    let workspace = cluster.sum(plan.training_bytes(local, F::DTYPE, mode) as f64) as u64;
+    drop((ws, data, grads));
+
+    // Rank 0 alone on the whole batch, as one process would train it.
+    let count = step_ms.len();
+    let single = cluster
+        .on_lead_alone(|| single_rank::<F>(point, timing.warmup, count, budget_s))
+        .transpose()?
+        .unwrap_or_default();
+    let mut single_rank_ms = single;
+    // Every rank reports the same numbers: rank 0's, handed round.
+    let mut len = [single_rank_ms.len() as f64];
+    cluster.max_each(&mut len);
+    single_rank_ms.resize(len[0] as usize, 0.0);
+    cluster.max_each(&mut single_rank_ms);
+
+    Ok((
+        Samples {
+            point,
+            mode,
+            step_ms,
+            gemm_ms,
+            phase_ms,
+            workspace_bytes: workspace,
+            peak_rss_bytes: peak_rss,
+        },
+        MpiSamples {
+            allreduce_ms: mpi_ms,
+            single_rank_ms,
+        },
+    ))
+}
+
+/// Step times of one process on the whole batch with `point.threads`
+/// threads (the plan and fused step `twolayer train` would use): as many
+/// steps as the ranks timed, or fewer once `budget_s` and a tenth of them
+/// are both spent (it is K times the work per step).
+fn single_rank<F: Real>(
+    point: Point,
+    warmup: usize,
+    count: usize,
+    budget_s: f64,
+) -> Result<Vec<f64>> {
+    let shape = point.shape;
+    let plan = Plan::new(shape, F::DTYPE, point.threads, StepMode::Fused);
+    plan.check_fits_memory(shape, F::DTYPE, StepMode::Fused)?;
+    let data = Data::<F>::random(shape, 0);
+    let mut weights = Weights::<F>::random(shape, 0);
+    let mut ws = Workspace::<F>::with_plan(shape, plan);
+    let lr = LearningRates::uniform(BENCH_LR);
+    for _ in 0..warmup {
+        step::step(&mut ws, &data, &mut weights, lr);
+    }
+    let mut out = Vec::with_capacity(count);
+    let mut spent = 0.0;
+    while out.len() < count.max(1) && (spent < budget_s || out.len() < count.div_ceil(10).max(3)) {
+        let t = Instant::now();
+        std::hint::black_box(step::step(&mut ws, &data, &mut weights, lr));
+        let dt = t.elapsed().as_secs_f64();
+        spent += dt;
+        out.push(dt * 1e3);
+    }
+    Ok(out)
+}
