@@ -134,6 +134,9 @@ fn bad_grids_fail_before_running() {
     std::fs::write(&bogus, "n = [64]\nwidth = [3]\n").unwrap();
     let g = grid.to_str().unwrap();
     let b = bogus.to_str().unwrap();
+    // --out under a plain file: refused before measuring anything.
+    let under_file = dir.path().join("g.toml").join("reports");
+    let u = under_file.to_str().unwrap();
     for (args, code, needle) in [
         (&["sweep", "--n", ","][..], 1, "--n is empty"),
         (&["sweep", "--n", "64,0"], 1, "n must be at least 1"),
@@ -150,6 +153,11 @@ fn bad_grids_fail_before_running() {
         (&["sweep", "--grid", "/no/such.toml"], 1, "cannot read"),
         (&["sweep", "--preset", "quick", "--n", "5"], 2, "--n"),
         (&["sweep", "--budget", "nan"], 1, "--budget"),
+        (
+            &["sweep", "--out", u, "--min-steps", "100000"],
+            1,
+            "cannot write",
+        ),
     ] {
         let out = run(args);
         let err = stderr(&out);

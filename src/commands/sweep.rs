@@ -58,25 +58,31 @@ pub fn run(args: &SweepArgs) -> Result<()> {
     }
     spec.timing = Some(timing);
     let grid = spec.build()?;
-    if let Some(dir) = &args.out {
-        if dir.exists() && !dir.is_dir() {
-            return Err(Error::write(dir, "it exists and is not a directory"));
-        }
-        if dir.is_dir() {
-            output::check_writable(&dir.join("report.json"))?;
-        }
-    }
     let mode = super::train::step_mode(args.step_mode);
     #[cfg(feature = "mpi")]
     if crate::distributed::launched_by_mpi() {
         return run_mpi(args, &grid);
     }
+    check_out_dir(args)?;
     let report = if args.processes > 1 {
         run_in_processes(args.processes)?
     } else {
         run_grid(&grid, mode)?
     };
     publish(&report, args)
+}
+
+/// Makes sure `--out` can take the reports before anything is measured:
+/// creates the folder if it is missing and tries a file in it.
+fn check_out_dir(args: &SweepArgs) -> Result<()> {
+    let Some(dir) = &args.out else {
+        return Ok(());
+    };
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::write(dir, "it exists and is not a directory"));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::write(dir, e))?;
+    output::check_writable(&dir.join("report.json"))
 }
 
 /// Prints the report's Markdown and writes its files to `--out`.
@@ -110,6 +116,12 @@ fn run_mpi(args: &SweepArgs, grid: &crate::bench::grid::Grid) -> Result<()> {
         ));
     }
     let cluster = Cluster::init()?;
+    // Rank 0 alone writes the reports, so it alone checks where.
+    if cluster.rank() == 0 {
+        if let Err(e) = check_out_dir(args) {
+            cluster.abort(&e.to_string());
+        }
+    }
     let (overlap, pieces) = args.mpi.overlap_and_pieces();
     let report = match run_grid_mpi(grid, &cluster, AllreducePlan { overlap, pieces }) {
         Ok(r) => r,
