@@ -27,7 +27,11 @@
 //! Where things are: [`step`] is the training step (read it first);
 //! [`kernels`] the elementwise passes; [`net`] the data and weights;
 //! [`npz`] numpy's file format; [`train`] the loop; [`blas`] and
-//! [`threads`] the thread budget; [`shape`] sizes and checks.
+//! [`threads`] the thread budget; [`shape`] sizes and checks;
+//! [`checkpoint`] and [`output`] long runs and safe writes; [`bench`](mod@bench) the
+//! sweep harness and regression gate; `distributed` (feature `mpi`)
+//! data-parallel training, whose gradients are summed through the step's
+//! [`Exchange`] seam ([`step::gradients_exchanged`]).
 
 #![warn(missing_docs)]
 

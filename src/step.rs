@@ -1,6 +1,6 @@
 //! One training step, written to mirror the math of design.md §1 line by
 //! line. Every product is a GEMM into a buffer allocated once, in the
-//! [`Workspace`]; every elementwise pass is a [`kernels`](crate::kernels)
+//! [`Workspace`]; every elementwise pass is a [`kernels`]
 //! call. Nothing here allocates.
 //!
 //! ```text

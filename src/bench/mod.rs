@@ -1,6 +1,6 @@
 //! The benchmark harness behind `twolayer sweep` and `twolayer info`:
 //! grids of points ([`grid`]), their measurement ([`measure`]), the
-//! environment block ([`env`]), reports in JSON, CSV and Markdown
+//! environment block ([`env`](mod@env)), reports in JSON, CSV and Markdown
 //! ([`report`]), SVG charts ([`charts`]) and the regression gate
 //! ([`compare`]), and the same measurements across MPI ranks
 //! (`data_parallel`, feature `mpi`).
