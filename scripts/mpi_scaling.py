@@ -32,13 +32,8 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHAPES = [
-    # (N, D_in, H, D_out), steps per round
-    ((64, 1000, 100, 10), 300),
-    ((4096, 1000, 100, 10), 40),
-    ((65536, 1000, 100, 10), 6),
-    ((8192, 4096, 1024, 256), 3),
-]
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from compare_peers import SHAPES  # noqa: E402  the same four shapes and steps per round
 
 
 def sweep(cmd_prefix, binary, shape, dtype, threads, steps, warmup, extra):

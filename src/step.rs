@@ -677,21 +677,42 @@ fn update_layer<F: Real>(w: &mut Array2<F>, shards: &mut [Shard<F>], l: Layer, l
     }
 }
 
-/// Build-time fault injection for the regression gate's self-test
-/// (feature `selftest-slow-step`): dropped at the end of a step, it spins
-/// for 15% of the step's time. Release builds never contain it.
-#[cfg(feature = "selftest-slow-step")]
-struct SlowStep(std::time::Instant);
+/// Lives for the length of a step. With the feature `selftest-slow-step`
+/// (fault injection for the regression gate's self-test) its drop spins
+/// for 15% of the step's time; release builds hold nothing in it.
+struct StepGuard {
+    #[cfg(feature = "selftest-slow-step")]
+    started: std::time::Instant,
+}
 
 #[cfg(feature = "selftest-slow-step")]
-impl Drop for SlowStep {
+impl Drop for StepGuard {
     fn drop(&mut self) {
-        let extra = self.0.elapsed().mul_f64(0.15);
+        let extra = self.started.elapsed().mul_f64(0.15);
         let t = std::time::Instant::now();
         while t.elapsed() < extra {
             std::hint::spin_loop();
         }
     }
+}
+
+/// Every step's start: OpenBLAS gets the plan's threads per call.
+fn start_step(plan: &Plan) -> StepGuard {
+    crate::blas::set_threads(plan.blas_threads);
+    StepGuard {
+        #[cfg(feature = "selftest-slow-step")]
+        started: std::time::Instant::now(),
+    }
+}
+
+/// [`start_step`] for the explicit-gradient forms, whose workspace must
+/// hold gradient sums.
+fn start_explicit_step(plan: &Plan) -> StepGuard {
+    assert!(
+        !plan.fused_gemm_update,
+        "explicit gradients need a workspace made for StepMode::Explicit"
+    );
+    start_step(plan)
 }
 
 /// One SGD step: forward, backward, update. Returns the loss of the weights
@@ -715,9 +736,7 @@ pub fn step_probed<F: Real>(
     lr: LearningRates,
     probe: &mut impl Probe,
 ) -> f64 {
-    #[cfg(feature = "selftest-slow-step")]
-    let _slow = SlowStep(std::time::Instant::now());
-    crate::blas::set_threads(ws.plan.blas_threads);
+    let _step = start_step(&ws.plan);
     if ws.plan.fused_gemm_update {
         // One shard, one block: the update lives in the gradient GEMMs.
         let loss = block(
@@ -761,13 +780,7 @@ pub fn gradients_probed<F: Real>(
     grads: &mut Gradients<F>,
     probe: &mut impl Probe,
 ) -> f64 {
-    assert!(
-        !ws.plan.fused_gemm_update,
-        "explicit gradients need a workspace made for StepMode::Explicit"
-    );
-    #[cfg(feature = "selftest-slow-step")]
-    let _slow = SlowStep(std::time::Instant::now());
-    crate::blas::set_threads(ws.plan.blas_threads);
+    let _step = start_explicit_step(&ws.plan);
     let loss = all_shards(ws, data, weights, false, probe);
     sum_into(&mut grads.w1, &ws.shards, Layer::W1);
     sum_into(&mut grads.w2, &ws.shards, Layer::W2);
@@ -863,13 +876,7 @@ pub fn gradients_exchanged<F: Real>(
     pieces: usize,
 ) -> f64 {
     use rayon::prelude::*;
-    assert!(
-        !ws.plan.fused_gemm_update,
-        "explicit gradients need a workspace made for StepMode::Explicit"
-    );
-    #[cfg(feature = "selftest-slow-step")]
-    let _slow = SlowStep(std::time::Instant::now());
-    crate::blas::set_threads(ws.plan.blas_threads);
+    let _step = start_explicit_step(&ws.plan);
     let (d_in, h) = (ws.shape.d_in, ws.shape.hidden);
     let pieces = pieces.clamp(1, d_in.max(1));
     let b = ws.plan.block_rows;

@@ -66,6 +66,16 @@ fn losses(p: &Path) -> Vec<f64> {
         .collect()
 }
 
+/// Largest relative difference between two loss histories (the second
+/// is the reference), which must be as long as each other.
+fn max_rel_gap(got: &[f64], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    got.iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs() / b.abs())
+        .fold(0.0, f64::max)
+}
+
 #[test]
 fn two_ranks_match_one_process_and_each_other() {
     let dir = tempfile::tempdir().unwrap();
@@ -112,11 +122,7 @@ fn two_ranks_match_one_process_and_each_other() {
 
     let (lm, ls) = (losses(&ml), losses(&sl));
     assert_eq!(lm.len(), 100);
-    let gap = lm
-        .iter()
-        .zip(&ls)
-        .map(|(a, b)| (a - b).abs() / b.abs())
-        .fold(0.0, f64::max);
+    let gap = max_rel_gap(&lm, &ls);
     assert!(gap < 1e-12, "losses differ from one process by {gap:e}");
     let ((m1, m2), (s1, s2)) = (weights(&mw), weights(&sw));
     let wg = max_rel_diff(&m1, &s1, 1.0).max(max_rel_diff(&m2, &s2, 1.0));
@@ -301,11 +307,7 @@ fn overlapped_and_blocking_allreduces_give_the_same_bits() {
     ]);
     let out = common::run(&a);
     assert!(out.status.success(), "{}", common::stderr(&out));
-    let gap = losses(&sl)
-        .iter()
-        .zip(l0)
-        .map(|(a, b)| (a - b).abs() / b.abs())
-        .fold(0.0, f64::max);
+    let gap = max_rel_gap(l0, &losses(&sl));
     assert!(gap < 1e-12, "losses differ from one process by {gap:e}");
     let (s1, s2) = weights(&sw);
     let wg = max_rel_diff(&w0.0, &s1, 1.0).max(max_rel_diff(&w0.1, &s2, 1.0));
@@ -427,11 +429,7 @@ fn ranks_train_on_their_rows_of_an_init_file() {
     assert!(out.status.success(), "{}", common::stderr(&out));
     let (lm, ls) = (losses(&ml), losses(&sl));
     assert_eq!(lm.len(), 50);
-    let gap = lm
-        .iter()
-        .zip(&ls)
-        .map(|(a, b)| (a - b).abs() / b.abs())
-        .fold(0.0, f64::max);
+    let gap = max_rel_gap(&lm, &ls);
     assert!(gap < 1e-12, "losses differ from one process by {gap:e}");
     assert!(lm[49] < lm[0]);
 }

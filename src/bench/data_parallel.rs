@@ -20,16 +20,17 @@
 use super::env::Env;
 use super::grid::{Grid, Point, Timing};
 use super::measure::{
-    machine_gemm_gflops, peak_rss_bytes, reset_peak_rss, PhaseTimer, Samples, BENCH_LR, MAX_SAMPLES,
+    machine_gemm_gflops, peak_rss_bytes, phase_samples, reset_peak_rss, wants_more, Samples,
+    BENCH_LR,
 };
 use super::report::{MpiPoint, Report, Stats, SCHEMA_VERSION};
+use super::run::{pools, progress_bar};
 use crate::distributed::Cluster;
 use crate::error::{Error, Result};
 use crate::net::{Data, Weights};
 use crate::scalar::{Dtype, Real};
 use crate::shape::Shape;
 use crate::step::{self, Gradients, LearningRates, Phase, Plan, Probe, StepMode, Workspace};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -53,30 +54,13 @@ struct MpiSamples {
 /// rank returns the same report; rank 0 is the one to print and write it.
 pub fn run_grid_mpi(grid: &Grid, cluster: &Cluster, how: AllreducePlan) -> Result<Report> {
     let env = Env::capture();
-    let mut pools: BTreeMap<usize, rayon::ThreadPool> = BTreeMap::new();
-    for p in &grid.points {
-        if let std::collections::btree_map::Entry::Vacant(e) = pools.entry(p.threads) {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(p.threads)
-                .thread_name(|i| format!("twolayer-sweep-{i}"))
-                .build()
-                .map_err(|e| Error::invalid(format!("cannot start {} threads: {e}", p.threads)))?;
-            e.insert(pool);
-        }
-    }
+    let pools = pools(grid)?;
     let rounds = grid.timing.rounds.max(1);
-    let target = if cluster.rank() == 0 {
-        ProgressDrawTarget::stderr()
-    } else {
-        ProgressDrawTarget::hidden()
-    };
-    let bar = ProgressBar::with_draw_target(Some((grid.points.len() * rounds) as u64), target);
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} (ETA {eta})")
-            .expect("valid template")
-            .progress_chars("=> "),
+    let bar = progress_bar(
+        grid.points.len() * rounds,
+        cluster.rank() == 0,
+        format!("sweep ×{} ranks", cluster.size()),
     );
-    bar.set_prefix(format!("sweep ×{} ranks", cluster.size()));
 
     // GEMM rates: every rank at once, summed.
     let mut rates: BTreeMap<(Dtype, usize), f64> = BTreeMap::new();
@@ -228,9 +212,7 @@ fn measure<F: Real + mpi::traits::Equivalence>(
     let mut gemm_ms = Vec::new();
     let mut mpi_ms = Vec::new();
     let mut stepping = 0.0;
-    while cluster.lead_decides(
-        (step_ms.len() < min_steps || stepping < budget_s) && step_ms.len() < MAX_SAMPLES,
-    ) {
+    while cluster.lead_decides(wants_more(step_ms.len(), stepping, min_steps, budget_s)) {
         let before = exchange.busy_ms();
         let t0 = Instant::now();
         let loss =
@@ -250,20 +232,11 @@ fn measure<F: Real + mpi::traits::Equivalence>(
     }
 
     // Phases of this rank's own rows (no exchange), every rank at once.
-    let phase_steps = (step_ms.len() / 3).clamp(3, 200);
-    let mut phase_ms: [Vec<f64>; 6] = Default::default();
-    for _ in 0..phase_steps {
-        let mut timer = PhaseTimer {
-            last: Instant::now(),
-            ms: [0.0; 6],
-        };
-        step::gradients_probed(&mut ws, &data, &weights, &mut grads, &mut timer);
+    let phase_ms = phase_samples(step_ms.len(), |timer| {
+        step::gradients_probed(&mut ws, &data, &weights, &mut grads, timer);
         step::apply_sgd(&mut weights, &grads, lr);
         timer.done(Phase::Update);
-        for (acc, v) in phase_ms.iter_mut().zip(timer.ms) {
-            acc.push(v);
-        }
-    }
+    });
     let peak_rss = cluster.sum(peak_rss_bytes() as f64) as u64;
     let workspace = cluster.sum(plan.training_bytes(local, F::DTYPE, mode) as f64) as u64;
     drop((ws, data, grads));

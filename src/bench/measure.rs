@@ -20,12 +20,12 @@ use std::time::Instant;
 pub const BENCH_LR: f64 = 1e-12;
 
 /// Most samples kept per point, whatever the budget.
-pub(super) const MAX_SAMPLES: usize = 100_000;
+const MAX_SAMPLES: usize = 100_000;
 
 /// Times every phase of the step it is handed to.
 pub(super) struct PhaseTimer {
-    pub(super) last: Instant,
-    pub(super) ms: [f64; 6],
+    last: Instant,
+    ms: [f64; 6],
 }
 
 impl Probe for PhaseTimer {
@@ -171,7 +171,7 @@ fn measure<F: Real>(point: Point, timing: Timing, mode: StepMode) -> Result<Samp
     let mut step_ms = Vec::new();
     let mut gemm_ms = Vec::new();
     let mut stepping = 0.0;
-    while (step_ms.len() < min_steps || stepping < budget_s) && step_ms.len() < MAX_SAMPLES {
+    while wants_more(step_ms.len(), stepping, min_steps, budget_s) {
         let t0 = Instant::now();
         let loss = one_step(&mut ws, &mut weights, &mut |_| {});
         let t1 = Instant::now();
@@ -183,23 +183,9 @@ fn measure<F: Real>(point: Point, timing: Timing, mode: StepMode) -> Result<Samp
         stepping += (t1 - t0).as_secs_f64();
     }
 
-    // Phases: separate instrumented steps, a third as many (at least 3).
-    let phase_steps = (step_ms.len() / 3).clamp(3, 200);
-    let mut per_phase: Vec<Vec<f64>> = (0..6).map(|_| Vec::with_capacity(phase_steps)).collect();
-    for _ in 0..phase_steps {
-        let mut timer = PhaseTimer {
-            last: Instant::now(),
-            ms: [0.0; 6],
-        };
+    let phase_ms = phase_samples(step_ms.len(), |timer| {
         one_step(&mut ws, &mut weights, &mut |p| timer.done(p));
-        for (acc, v) in per_phase.iter_mut().zip(timer.ms) {
-            acc.push(v);
-        }
-    }
-    let mut phase_ms: [Vec<f64>; 6] = Default::default();
-    for (dst, src) in phase_ms.iter_mut().zip(per_phase) {
-        *dst = src;
-    }
+    });
     Ok(Samples {
         point,
         mode,
@@ -209,6 +195,32 @@ fn measure<F: Real>(point: Point, timing: Timing, mode: StepMode) -> Result<Samp
         workspace_bytes: plan.training_bytes(shape, F::DTYPE, mode) as u64,
         peak_rss_bytes: peak_rss_bytes(),
     })
+}
+
+/// Whether a point needs another timed step: fewer than `min_steps`
+/// taken, or under `budget_s` seconds of stepping, and below
+/// [`MAX_SAMPLES`].
+pub(super) fn wants_more(taken: usize, stepping_s: f64, min_steps: usize, budget_s: f64) -> bool {
+    (taken < min_steps || stepping_s < budget_s) && taken < MAX_SAMPLES
+}
+
+/// The phase breakdown: a third as many instrumented steps as `timed`
+/// (3 to 200), run apart from the timed ones; `step` runs one with the
+/// timer it is given. Returns each phase's times, in [`Phase::ALL`] order.
+pub(super) fn phase_samples(timed: usize, mut step: impl FnMut(&mut PhaseTimer)) -> [Vec<f64>; 6] {
+    let count = (timed / 3).clamp(3, 200);
+    let mut phase_ms: [Vec<f64>; 6] = Default::default();
+    for _ in 0..count {
+        let mut timer = PhaseTimer {
+            last: Instant::now(),
+            ms: [0.0; 6],
+        };
+        step(&mut timer);
+        for (acc, v) in phase_ms.iter_mut().zip(timer.ms) {
+            acc.push(v);
+        }
+    }
+    phase_ms
 }
 
 /// Side of the square GEMM that measures the machine's GEMM rate.

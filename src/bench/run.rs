@@ -15,30 +15,15 @@ use std::collections::BTreeMap;
 /// Measures every point of `grid` and returns the report.
 pub fn run_grid(grid: &Grid, mode: StepMode) -> Result<Report> {
     let env = Env::capture();
-    let mut pools: BTreeMap<usize, rayon::ThreadPool> = BTreeMap::new();
-    for p in &grid.points {
-        if let std::collections::btree_map::Entry::Vacant(e) = pools.entry(p.threads) {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(p.threads)
-                .thread_name(|i| format!("twolayer-sweep-{i}"))
-                .build()
-                .map_err(|e| Error::invalid(format!("cannot start {} threads: {e}", p.threads)))?;
-            e.insert(pool);
-        }
-    }
-
-    let bar =
-        ProgressBar::with_draw_target(Some(grid.points.len() as u64), ProgressDrawTarget::stderr());
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} (ETA {eta})")
-            .expect("valid template")
-            .progress_chars("=> "),
+    let pools = pools(grid)?;
+    let bar = progress_bar(
+        grid.points.len() * grid.timing.rounds.max(1),
+        true,
+        "sweep".into(),
     );
-    bar.set_prefix("sweep");
 
     let mut rates: BTreeMap<(Dtype, usize), f64> = BTreeMap::new();
     let rounds = grid.timing.rounds.max(1);
-    bar.set_length((grid.points.len() * rounds) as u64);
     let mut samples: Vec<Option<Samples>> = vec![None; grid.points.len()];
     for round in 0..rounds {
         for (p, acc) in grid.points.iter().zip(samples.iter_mut()) {
@@ -77,4 +62,38 @@ pub fn run_grid(grid: &Grid, mode: StepMode) -> Result<Report> {
         timing: grid.timing,
         points,
     })
+}
+
+/// One rayon pool per thread count in the grid.
+pub(super) fn pools(grid: &Grid) -> Result<BTreeMap<usize, rayon::ThreadPool>> {
+    let mut pools = BTreeMap::new();
+    for p in &grid.points {
+        if let std::collections::btree_map::Entry::Vacant(e) = pools.entry(p.threads) {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(p.threads)
+                .thread_name(|i| format!("twolayer-sweep-{i}"))
+                .build()
+                .map_err(|e| Error::invalid(format!("cannot start {} threads: {e}", p.threads)))?;
+            e.insert(pool);
+        }
+    }
+    Ok(pools)
+}
+
+/// The sweep's progress bar of `len` steps on stderr: drawn only when
+/// `visible` and stderr is a terminal.
+pub(super) fn progress_bar(len: usize, visible: bool, prefix: String) -> ProgressBar {
+    let target = if visible {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    };
+    let bar = ProgressBar::with_draw_target(Some(len as u64), target);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} (ETA {eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(prefix);
+    bar
 }
