@@ -66,6 +66,26 @@ fn losses(p: &Path) -> Vec<f64> {
         .collect()
 }
 
+/// `train`, then `base` and `extra` flags, writing the losses to `losses`
+/// and the final weights to `save`.
+fn train_args<'a>(
+    base: &[&'a str],
+    extra: &[&'a str],
+    losses: &'a Path,
+    save: &'a Path,
+) -> Vec<&'a str> {
+    let mut a = vec!["train"];
+    a.extend(base);
+    a.extend(extra);
+    a.extend([
+        "--losses",
+        losses.to_str().unwrap(),
+        "--save",
+        save.to_str().unwrap(),
+    ]);
+    a
+}
+
 /// Largest relative difference between two loss histories (the second
 /// is the reference), which must be as long as each other.
 fn max_rel_gap(got: &[f64], want: &[f64]) -> f64 {
@@ -86,15 +106,7 @@ fn two_ranks_match_one_process_and_each_other() {
         "1e-5", "--quiet",
     ];
     let (ml, mw) = (d.join("mpi.txt"), d.join("mpi.npz"));
-    let mut a = vec!["train"];
-    a.extend(&shape[..]);
-    a.extend([
-        "--losses",
-        ml.to_str().unwrap(),
-        "--save",
-        mw.to_str().unwrap(),
-    ]);
-    let out = run_mpi(2, &a);
+    let out = run_mpi(2, &train_args(&shape, &[], &ml, &mw));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     // Only rank 0 prints the summary; it says the weights were compared.
@@ -105,19 +117,12 @@ fn two_ranks_match_one_process_and_each_other() {
     );
 
     let (sl, sw) = (d.join("one.txt"), d.join("one.npz"));
-    let mut a = vec!["train"];
-    a.extend(&shape[..]);
-    a.extend([
-        "--threads",
-        "1",
-        "--step-mode",
-        "explicit",
-        "--losses",
-        sl.to_str().unwrap(),
-        "--save",
-        sw.to_str().unwrap(),
-    ]);
-    let out = common::run(&a);
+    let out = common::run(&train_args(
+        &shape,
+        &["--threads", "1", "--step-mode", "explicit"],
+        &sl,
+        &sw,
+    ));
     assert!(out.status.success(), "{}", common::stderr(&out));
 
     let (lm, ls) = (losses(&ml), losses(&sl));
@@ -268,16 +273,7 @@ fn overlapped_and_blocking_allreduces_give_the_same_bits() {
     let mut results = Vec::new();
     for (i, v) in variants.iter().enumerate() {
         let (l, w) = (d.join(format!("{i}.txt")), d.join(format!("{i}.npz")));
-        let mut a = vec!["train"];
-        a.extend(&shape[..]);
-        a.extend(v.iter());
-        a.extend([
-            "--losses",
-            l.to_str().unwrap(),
-            "--save",
-            w.to_str().unwrap(),
-        ]);
-        let out = run_mpi(2, &a);
+        let out = run_mpi(2, &train_args(&shape, v, &l, &w));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{v:?}: {err}");
         let how = if v[1] == "blocking" {
@@ -297,15 +293,7 @@ fn overlapped_and_blocking_allreduces_give_the_same_bits() {
 
     // And the same as one process on all 601 rows.
     let (sl, sw) = (d.join("one.txt"), d.join("one.npz"));
-    let mut a = vec!["train"];
-    a.extend(&shape[..]);
-    a.extend([
-        "--losses",
-        sl.to_str().unwrap(),
-        "--save",
-        sw.to_str().unwrap(),
-    ]);
-    let out = common::run(&a);
+    let out = common::run(&train_args(&shape, &[], &sl, &sw));
     assert!(out.status.success(), "{}", common::stderr(&out));
     let gap = max_rel_gap(l0, &losses(&sl));
     assert!(gap < 1e-12, "losses differ from one process by {gap:e}");

@@ -20,11 +20,11 @@
 use super::env::Env;
 use super::grid::{Grid, Point, Timing};
 use super::measure::{
-    machine_gemm_gflops, peak_rss_bytes, phase_samples, reset_peak_rss, wants_more, Samples,
+    machine_gemm_gflops, peak_rss_bytes, phase_samples, reset_peak_rss, Interleaved, Samples,
     BENCH_LR,
 };
 use super::report::{MpiPoint, Report, Stats, SCHEMA_VERSION};
-use super::run::{pools, progress_bar};
+use super::run::{pools, progress_bar, progress_message};
 use crate::distributed::Cluster;
 use crate::error::{Error, Result};
 use crate::net::{Data, Weights};
@@ -67,13 +67,7 @@ pub fn run_grid_mpi(grid: &Grid, cluster: &Cluster, how: AllreducePlan) -> Resul
     let mut samples: Vec<Option<(Samples, MpiSamples)>> = vec![None; grid.points.len()];
     for round in 0..rounds {
         for (p, acc) in grid.points.iter().zip(samples.iter_mut()) {
-            bar.set_message(format!(
-                "{} {} ×{} (round {}/{rounds})",
-                p.shape,
-                p.dtype,
-                p.threads,
-                round + 1
-            ));
+            bar.set_message(progress_message(p, round, rounds));
             let pool = &pools[&p.threads];
             if let std::collections::btree_map::Entry::Vacant(e) = rates.entry((p.dtype, p.threads))
             {
@@ -208,11 +202,9 @@ fn measure<F: Real + mpi::traits::Equivalence>(
 
     // The step and this rank's GEMMs alone, interleaved; rank 0 decides
     // when there are enough samples, so every rank runs the same steps.
-    let mut step_ms = Vec::new();
-    let mut gemm_ms = Vec::new();
+    let mut timed = Interleaved::default();
     let mut mpi_ms = Vec::new();
-    let mut stepping = 0.0;
-    while cluster.lead_decides(wants_more(step_ms.len(), stepping, min_steps, budget_s)) {
+    while cluster.lead_decides(timed.wants_more(min_steps, budget_s)) {
         let before = exchange.busy_ms();
         let t0 = Instant::now();
         let loss =
@@ -220,13 +212,15 @@ fn measure<F: Real + mpi::traits::Equivalence>(
         step::apply_sgd(&mut weights, &grads, lr);
         let t1 = Instant::now();
         step::gemms_only(&mut ws, &data, &mut weights, lr);
-        let t2 = Instant::now();
         std::hint::black_box(loss);
-        step_ms.push((t1 - t0).as_secs_f64() * 1e3);
-        gemm_ms.push((t2 - t1).as_secs_f64() * 1e3);
+        timed.push(t0, t1, Instant::now());
         mpi_ms.push(exchange.busy_ms() - before);
-        stepping += (t1 - t0).as_secs_f64();
     }
+    let Interleaved {
+        mut step_ms,
+        mut gemm_ms,
+        ..
+    } = timed;
     for v in [&mut step_ms, &mut gemm_ms, &mut mpi_ms] {
         cluster.max_each(v);
     }

@@ -168,20 +168,18 @@ fn measure<F: Real>(point: Point, timing: Timing, mode: StepMode) -> Result<Samp
     }
 
     // Step and GEMMs alone, interleaved sample by sample.
-    let mut step_ms = Vec::new();
-    let mut gemm_ms = Vec::new();
-    let mut stepping = 0.0;
-    while wants_more(step_ms.len(), stepping, min_steps, budget_s) {
+    let mut timed = Interleaved::default();
+    while timed.wants_more(min_steps, budget_s) {
         let t0 = Instant::now();
         let loss = one_step(&mut ws, &mut weights, &mut |_| {});
         let t1 = Instant::now();
         step::gemms_only(&mut ws, &data, &mut weights, lr);
-        let t2 = Instant::now();
         std::hint::black_box(loss);
-        step_ms.push((t1 - t0).as_secs_f64() * 1e3);
-        gemm_ms.push((t2 - t1).as_secs_f64() * 1e3);
-        stepping += (t1 - t0).as_secs_f64();
+        timed.push(t0, t1, Instant::now());
     }
+    let Interleaved {
+        step_ms, gemm_ms, ..
+    } = timed;
 
     let phase_ms = phase_samples(step_ms.len(), |timer| {
         one_step(&mut ws, &mut weights, &mut |p| timer.done(p));
@@ -197,11 +195,34 @@ fn measure<F: Real>(point: Point, timing: Timing, mode: StepMode) -> Result<Samp
     })
 }
 
-/// Whether a point needs another timed step: fewer than `min_steps`
-/// taken, or under `budget_s` seconds of stepping, and below
-/// [`MAX_SAMPLES`].
-pub(super) fn wants_more(taken: usize, stepping_s: f64, min_steps: usize, budget_s: f64) -> bool {
-    (taken < min_steps || stepping_s < budget_s) && taken < MAX_SAMPLES
+/// A point's timed samples: each a step, then its GEMMs alone, back to
+/// back on the same buffers.
+#[derive(Debug, Default)]
+pub(super) struct Interleaved {
+    /// Step times, ms.
+    pub(super) step_ms: Vec<f64>,
+    /// GEMM-only times, ms, each taken right after the step of the same index.
+    pub(super) gemm_ms: Vec<f64>,
+    /// Seconds spent in timed steps so far.
+    stepping_s: f64,
+}
+
+impl Interleaved {
+    /// Whether the point needs another sample: fewer than `min_steps`
+    /// taken, or under `budget_s` seconds of stepping, and below
+    /// [`MAX_SAMPLES`].
+    pub(super) fn wants_more(&self, min_steps: usize, budget_s: f64) -> bool {
+        let taken = self.step_ms.len();
+        (taken < min_steps || self.stepping_s < budget_s) && taken < MAX_SAMPLES
+    }
+
+    /// Records a sample: the step ran from `t0` to `t1`, its GEMMs alone
+    /// from `t1` to `t2`.
+    pub(super) fn push(&mut self, t0: Instant, t1: Instant, t2: Instant) {
+        self.step_ms.push((t1 - t0).as_secs_f64() * 1e3);
+        self.gemm_ms.push((t2 - t1).as_secs_f64() * 1e3);
+        self.stepping_s += (t1 - t0).as_secs_f64();
+    }
 }
 
 /// The phase breakdown: a third as many instrumented steps as `timed`

@@ -3,7 +3,7 @@
 //! with a progress bar on stderr when it is a terminal.
 
 use super::env::Env;
-use super::grid::Grid;
+use super::grid::{Grid, Point};
 use super::measure::{machine_gemm_gflops, measure_point, Samples};
 use super::report::{Report, SCHEMA_VERSION};
 use crate::error::{Error, Result};
@@ -27,13 +27,7 @@ pub fn run_grid(grid: &Grid, mode: StepMode) -> Result<Report> {
     let mut samples: Vec<Option<Samples>> = vec![None; grid.points.len()];
     for round in 0..rounds {
         for (p, acc) in grid.points.iter().zip(samples.iter_mut()) {
-            bar.set_message(format!(
-                "{} {} ×{} (round {}/{rounds})",
-                p.shape,
-                p.dtype,
-                p.threads,
-                round + 1
-            ));
+            bar.set_message(progress_message(p, round, rounds));
             let pool = &pools[&p.threads];
             rates
                 .entry((p.dtype, p.threads))
@@ -96,4 +90,15 @@ pub(super) fn progress_bar(len: usize, visible: bool, prefix: String) -> Progres
     );
     bar.set_prefix(prefix);
     bar
+}
+
+/// The progress bar's message while `p` runs in round `round` (0-based).
+pub(super) fn progress_message(p: &Point, round: usize, rounds: usize) -> String {
+    format!(
+        "{} {} ×{} (round {}/{rounds})",
+        p.shape,
+        p.dtype,
+        p.threads,
+        round + 1
+    )
 }

@@ -182,6 +182,7 @@ fn resume_with<F: Real>(
     shape: Shape,
     cfg: RunConfig,
 ) -> Result<()> {
+    check_source_unchanged(&cfg.data)?;
     let data = data_from_source::<F>(&cfg.data, shape, 0..shape.n)?;
     let trainer = Trainer::resume(data, c.weights, cfg.lr, cfg.mode, c.losses)?;
     train_and_report(args, trainer, cfg)
@@ -207,9 +208,23 @@ fn shape_from_flags(args: &TrainArgs) -> Result<Shape> {
     )
 }
 
-/// Rows `rows` of the data a run was started with: regenerated from its
-/// seed, or read (those rows alone) from its `--init` file after checking that the file is
-/// still the one the run used (same SHA-256).
+/// Fails when a checkpoint's data file is no longer the one the run used
+/// (its SHA-256 differs): resuming would train on other data.
+fn check_source_unchanged(src: &DataSource) -> Result<()> {
+    if let DataSource::File { path, sha256 } = src {
+        let p = Path::new(path);
+        if &file_sha256(p)? != sha256 {
+            return Err(Error::read(
+                p,
+                "the data file has changed since the checkpoint was written (SHA-256 differs); resuming would train on other data",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Rows `rows` of a run's data: regenerated from its seed, or read (those
+/// rows alone) from its `--init` file.
 fn data_from_source<F: Real>(
     src: &DataSource,
     shape: Shape,
@@ -217,17 +232,7 @@ fn data_from_source<F: Real>(
 ) -> Result<Data<F>> {
     match src {
         DataSource::Seeded { seed } => Ok(Data::random_rows(shape, *seed, rows.start, rows.len())),
-        DataSource::File { path, sha256 } => {
-            let p = Path::new(path);
-            if &file_sha256(p)? != sha256 {
-                return Err(Error::read(
-                    p,
-                    "the data file has changed since the checkpoint was written (SHA-256 differs); resuming would train on other data",
-                ));
-            }
-            // Only these rows are read into memory.
-            npz::load_rows::<F>(p, rows)
-        }
+        DataSource::File { path, .. } => npz::load_rows::<F>(Path::new(path), rows),
     }
 }
 
@@ -600,6 +605,7 @@ mod distributed {
                     AnyCheckpoint::F64(c) => (c.weights.cast(), c.losses),
                 };
                 let total = args.steps.unwrap_or(h.total_steps);
+                check_source_unchanged(&h.data)?;
                 (h.data.clone(), w, l, h.lr(), total)
             }
             None => {
