@@ -240,7 +240,7 @@ fn checkpoints_resume_with_the_same_ranks_only() {
 }
 
 #[test]
-fn overlapped_and_blocking_allreduces_give_the_same_bits() {
+fn overlapped_and_blocking_allreduces_agree() {
     // 601 rows: 301 and 300 per rank; two threads per rank make two shards
     // of 150-151 rows, each in two blocks of 128 and a short one: the
     // deferred g_w1 GEMMs, their pieces and the per-shard folding are all
@@ -286,9 +286,26 @@ fn overlapped_and_blocking_allreduces_give_the_same_bits() {
     }
     let (l0, w0) = &results[0];
     assert!(l0[29] < l0[0]);
-    for (v, (l, w)) in variants.iter().zip(&results).skip(1) {
-        assert_eq!(l, l0, "{v:?}: losses differ from the blocking sum");
-        assert!(w == w0, "{v:?}: weights differ from the blocking sum");
+    // One piece runs the very same BLAS calls as the blocking sum: the same
+    // bits. More pieces split g_w1's last GEMM by rows of its output, which
+    // OpenBLAS does not promise to round alike (its Haswell kernels do not:
+    // the losses then part in the last digit from step 8 on; measured there:
+    // losses 4.2e-16 relative, weights 4.6e-16; 0 with Cooperlake's):
+    // within 1e-12, as for one process.
+    let (l1, w1) = &results[1];
+    assert_eq!(l1, l0, "one piece: losses differ from the blocking sum");
+    assert!(w1 == w0, "one piece: weights differ from the blocking sum");
+    for (v, (l, w)) in variants.iter().zip(&results).skip(2) {
+        let gap = max_rel_gap(l0, l);
+        assert!(
+            gap < 1e-12,
+            "{v:?}: losses differ from the blocking sum by {gap:e}"
+        );
+        let wg = max_rel_diff(&w0.0, &w.0, 1.0).max(max_rel_diff(&w0.1, &w.1, 1.0));
+        assert!(
+            wg < 1e-12,
+            "{v:?}: weights differ from the blocking sum by {wg:e}"
+        );
     }
 
     // And the same as one process on all 601 rows.

@@ -236,10 +236,30 @@ fn exchanged_gradients_equal_plain_ones_for_any_pieces() {
             got.w2.fill(F::from_f64(7.0));
             let loss =
                 step::gradients_exchanged(&mut ws, &data, &w, &mut got, &mut NoExchange, pieces);
+            // The loss and g_w2 come from the very same calls in both forms.
             assert_eq!(loss, want_loss, "{shape} {plan:?} pieces {pieces}");
-            // Bit for bit: a row range of a GEMM's output is computed by
-            // the same dot products over the same rows as the whole.
-            assert!(got == want, "{shape} {plan:?} pieces {pieces}");
+            assert!(got.w2 == want.w2, "{shape} {plan:?} pieces {pieces}");
+            if pieces == 1 || shape.d_in == 1 {
+                // One piece is the same cblas call on the same operands:
+                // the same bits.
+                assert!(got.w1 == want.w1, "{shape} {plan:?} pieces {pieces}");
+            } else {
+                // A row range of a GEMM's output is the same dot products,
+                // but OpenBLAS blocks and vectorises a smaller call
+                // differently. With its Cooperlake kernels the pieces give
+                // the same bits here; with its Haswell kernels they differ
+                // in the last bits (measured over these 60 cases: at most
+                // 2.6e-16 of the largest entry in f64, 9.4e-8 in f32, about
+                // one unit of rounding). Allow 16 units.
+                let (a, b) = (to_f64(&got.w1), to_f64(&want.w1));
+                let largest = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                let gap = max_rel_diff(&a, &b, largest);
+                let bound = 16.0 * F::epsilon().to_f64();
+                assert!(
+                    gap <= bound,
+                    "{shape} {plan:?} pieces {pieces}: g_w1 differs by {gap:e} > {bound:e}"
+                );
+            }
         }
     }
     for (n, d_in, h, d_out) in [(33, 257, 65, 9), (7, 13, 5, 3), (1, 9, 1, 1)] {
