@@ -222,13 +222,27 @@ pub struct SweepArgs {
 /// Flags of `twolayer compare`.
 #[derive(Debug, Args)]
 pub struct CompareArgs {
-    /// The baseline report.json
+    /// The baseline: a report.json, or a folder of runs (each subfolder
+    /// holding one process's report.json)
     pub baseline: PathBuf,
-    /// The current report.json
+    /// The current build: a report.json, or a folder of runs
     pub current: PathBuf,
-    /// Slowdown that fails the gate, as a fraction (0.1 = 10%)
+    /// Slowdown of wall time per step that fails the gate, as a fraction
+    /// (0.1 = 10%)
     #[arg(long = "max-slowdown", default_value = "0.1")]
     pub max_slowdown: f64,
+    /// The two folders' runs were taken alternately in one job (as
+    /// scripts/bench-gate.sh does): pair them in name order
+    #[arg(long)]
+    pub paired: bool,
+    /// Compare reports whose environments differ (CPU, cores, OpenBLAS,
+    /// OPENBLAS_* variables, rustc, timing); the differences are printed
+    /// either way, and without this flag they end with exit status 2
+    #[arg(long = "allow-env-change")]
+    pub allow_env_change: bool,
+    /// Also write the verdicts as JSON to this file
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 /// Flags of `twolayer info`.

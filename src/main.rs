@@ -27,8 +27,8 @@ fn main() -> ExitCode {
             // 0: no regression; 1: a regression; 2: reports that cannot be
             // compared (a gate must not read those as "no regression").
             return match commands::compare::run(args) {
-                Ok(true) => ExitCode::SUCCESS,
-                Ok(false) => ExitCode::FAILURE,
+                Ok(commands::compare::Outcome::Pass) => ExitCode::SUCCESS,
+                Ok(commands::compare::Outcome::Regression) => ExitCode::FAILURE,
                 Err(e) => {
                     eprintln!("twolayer: error: {e}");
                     ExitCode::from(2)

@@ -52,6 +52,8 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 use std::ops::Range;
 
+mod selftest;
+
 /// The parts of a step, as the phase breakdown of a benchmark reports
 /// them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -168,6 +170,7 @@ impl Plan {
                 .max(1);
             (shards, 1, rows)
         };
+        let (block_rows, blas_threads) = selftest::worsen_plan(block_rows, blas_threads, threads);
         Plan {
             shards,
             block_rows,
@@ -501,7 +504,8 @@ fn block<F: Real>(
     //   Accumulating: alpha = 1, beta = 0 on the shard's first block, else 1.
     //   Fused: w2 ← −lr·h_reluᵀ·g_y + 1·w2 (alpha = −lr, beta = 1).
     if !skip(a2) {
-        general_mat_mul(a2, &h_relu.t(), &y_pred, beta, out2);
+        let (h_relu, g_y) = selftest::operands_off_cblas(h_relu.view(), y_pred.view());
+        general_mat_mul(a2, &h_relu.t(), &g_y, beta, out2);
     }
 
     // g_w1 (+)= xᵀ · g_h
@@ -677,37 +681,15 @@ fn update_layer<F: Real>(w: &mut Array2<F>, shards: &mut [Shard<F>], l: Layer, l
     }
 }
 
-/// Lives for the length of a step. With the feature `selftest-slow-step`
-/// (fault injection for the regression gate's self-test) its drop spins
-/// for 15% of the step's time; release builds hold nothing in it.
-struct StepGuard {
-    #[cfg(feature = "selftest-slow-step")]
-    started: std::time::Instant,
-}
-
-#[cfg(feature = "selftest-slow-step")]
-impl Drop for StepGuard {
-    fn drop(&mut self) {
-        let extra = self.started.elapsed().mul_f64(0.15);
-        let t = std::time::Instant::now();
-        while t.elapsed() < extra {
-            std::hint::spin_loop();
-        }
-    }
-}
-
 /// Every step's start: OpenBLAS gets the plan's threads per call.
-fn start_step(plan: &Plan) -> StepGuard {
+fn start_step(plan: &Plan) -> selftest::StepGuard {
     crate::blas::set_threads(plan.blas_threads);
-    StepGuard {
-        #[cfg(feature = "selftest-slow-step")]
-        started: std::time::Instant::now(),
-    }
+    selftest::StepGuard::start()
 }
 
 /// [`start_step`] for the explicit-gradient forms, whose workspace must
 /// hold gradient sums.
-fn start_explicit_step(plan: &Plan) -> StepGuard {
+fn start_explicit_step(plan: &Plan) -> selftest::StepGuard {
     assert!(
         !plan.fused_gemm_update,
         "explicit gradients need a workspace made for StepMode::Explicit"

@@ -1,45 +1,63 @@
-//! The regression gate behind `twolayer compare`: two sweep reports, point
-//! by point, with a statistical test and an effect-size threshold.
+//! The regression gate behind `twolayer compare`: two sets of sweep reports
+//! (a baseline and a current build), point by point, with a statistical
+//! test and an effect-size threshold on **wall time per step**.
 //!
 //! ## What is gated, and why
 //!
-//! Wall time on a shared 2-core machine moves 10–20% between runs, so
-//! comparing milliseconds across two runs (say, a baseline from last week
-//! and a run today) mostly measures the neighbours. The gate instead
-//! compares a ratio that each run takes on itself: for every timed sample,
-//! the step's time divided by the time of its own five GEMMs alone, measured
-//! right after it on the same buffers (the sweep alternates them). A busy
-//! machine slows both; the ratio — the step's *overhead over its GEMMs* —
-//! stays. A change that makes the step do more work than its GEMMs (an extra
-//! pass, a lost fusion, a slower kernel, a sync) moves it.
+//! Wall time per step is what users feel, and every kind of slowdown shows
+//! in it: extra work between the GEMMs, but also a worse block size, a
+//! thread split that oversubscribes the cores, or an operand that falls off
+//! the cblas path, which slow the GEMMs themselves. (An earlier gate took
+//! step time / its own GEMMs' time, which cancels the machine's speed and,
+//! with it, every regression inside the GEMMs; that ratio stays in the
+//! table as a diagnostic.)
 //!
-//! What it cannot see: a change that slows the GEMMs themselves as much as
-//! the step (a worse block size, a layout that falls back from cblas). For
-//! those the table also shows the GEMMs' share of the machine's GEMM rate
-//! measured in the same run, and the raw times, for a person to read; they
-//! do not decide the exit code, being too noisy across runs to gate on
-//! without crying wolf (see docs/regression-gate.md for the measurements).
+//! Wall time on a shared machine moves 10–20% between runs and sometimes a
+//! whole process lands in a slow mode, so each side is measured in several
+//! fresh processes, and the gate treats the *process* as the unit of
+//! variation:
+//!
+//! - each process gives one number per point, the median of its steps;
+//! - paired sides (the usual CI mode, `--paired`: base and current run
+//!   alternately in one job, process i of each side next to each other in
+//!   time) give R = median over pairs of current_i / base_i, so a noisy
+//!   period that hits a pair hits both of its halves;
+//! - unpaired sides (a baseline committed earlier) give R = median of the
+//!   current processes / median of the baseline processes.
 //!
 //! ## The decision
 //!
-//! For each point: R = median(current ratios) / median(baseline ratios),
-//! with a 95% bootstrap interval (2,000 resamples of each side's samples,
-//! fixed seed, so the same reports always give the same verdict). A point is
-//! *slower* when R > 1 + max_slowdown **and** the interval's lower end is
-//! above 1 + max_slowdown/2 (the change is both large and real), *faster*
-//! symmetrically, and *within noise* otherwise.
+//! A 95% interval for R comes from a hierarchical bootstrap (2,000
+//! resamples, fixed seed, so the same reports always give the same
+//! verdict): processes (pairs, when paired) are drawn with replacement,
+//! then each drawn process's steps are drawn with replacement and their
+//! median taken. A point is *slower* when R > 1 + t **and** the interval's
+//! lower end is above 1 + t/2 (the change is both large and real), *faster*
+//! symmetrically, *within noise* otherwise (t = `--max-slowdown`). The same
+//! rule is applied to the geometric mean of R over all points, from the
+//! same resamples ("overall"). The gate fails when any point or the overall
+//! mean is slower.
+//!
+//! Reports that cannot be compared fail with exit status 2 instead of a
+//! verdict: points on one side only, a point listed twice, samples that are
+//! not positive and finite, too few samples, and (unless allowed) reports
+//! from different environments, whose differences are listed.
 
 use super::report::{PointReport, Report};
 use crate::error::{Error, Result};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 
-/// Bootstrap resamples per point.
+/// Bootstrap resamples.
 pub const RESAMPLES: usize = 2000;
 
-/// What the gate concluded about one point.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What the gate concluded about one point (or about all of them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Verdict {
     /// Faster beyond the threshold, with confidence.
     Faster,
@@ -58,130 +76,508 @@ impl Verdict {
             Verdict::WithinNoise => "within noise",
         }
     }
-}
 
-/// One point of the comparison.
-#[derive(Clone, Debug, PartialEq)]
-pub struct PointComparison {
-    /// `(N, D_in, H, D_out) dtype ×threads`.
-    pub label: String,
-    /// Median step/GEMM ratio of the baseline.
-    pub base_ratio: f64,
-    /// Median step/GEMM ratio now.
-    pub cur_ratio: f64,
-    /// current / baseline of the medians.
-    pub change: f64,
-    /// 95% bootstrap interval of `change`.
-    pub ci: (f64, f64),
-    /// Median ms per step, baseline and now.
-    pub ms: (f64, f64),
-    /// The GEMMs' share of the machine's GEMM rate, baseline and now.
-    pub gemm_share: (f64, f64),
-    /// The conclusion.
-    pub verdict: Verdict,
-}
-
-/// Per-sample step/GEMM ratios of a point.
-fn ratios(p: &PointReport) -> Vec<f64> {
-    p.ms_per_step
-        .samples
-        .iter()
-        .zip(&p.gemm_ms_samples)
-        .filter(|(_, g)| **g > 0.0)
-        .map(|(s, g)| s / g)
-        .collect()
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    super::report::percentile(v, 0.5)
-}
-
-/// Ratio of medians and its percentile-bootstrap 95% interval.
-pub fn ratio_of_medians(base: &[f64], cur: &[f64], seed: u64) -> (f64, (f64, f64)) {
-    let point = median(&mut cur.to_vec()) / median(&mut base.to_vec());
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let (mut b, mut c) = (vec![0.0; base.len()], vec![0.0; cur.len()]);
-    let mut stats = Vec::with_capacity(RESAMPLES);
-    for _ in 0..RESAMPLES {
-        for v in b.iter_mut() {
-            *v = base[rng.random_range(0..base.len())];
-        }
-        for v in c.iter_mut() {
-            *v = cur[rng.random_range(0..cur.len())];
-        }
-        stats.push(median(&mut c) / median(&mut b));
-    }
-    stats.sort_by(f64::total_cmp);
-    let lo = super::report::percentile(&stats, 0.025);
-    let hi = super::report::percentile(&stats, 0.975);
-    (point, (lo, hi))
-}
-
-/// Compares two reports point by point. Fails (for exit status 2) when they
-/// cannot be compared: points on one side only, different dtypes for the
-/// same shape, too few samples.
-pub fn compare(base: &Report, cur: &Report, max_slowdown: f64) -> Result<Vec<PointComparison>> {
-    if !(max_slowdown.is_finite() && max_slowdown > 0.0) {
-        return Err(Error::invalid(format!(
-            "--max-slowdown must be a positive fraction (0.1 = 10%), got {max_slowdown}"
-        )));
-    }
-    let find = |r: &Report, p: &PointReport| r.points.iter().find(|q| q.key() == p.key()).cloned();
-    for (side, a, b) in [("current", base, cur), ("baseline", cur, base)] {
-        if let Some(p) = a.points.iter().find(|p| find(b, p).is_none()) {
-            let other_dtype = b.points.iter().find(|q| {
-                (q.n, q.d_in, q.hidden, q.d_out, q.threads)
-                    == (p.n, p.d_in, p.hidden, p.d_out, p.threads)
-                    && q.dtype != p.dtype
-            });
-            return Err(Error::invalid(match other_dtype {
-                Some(q) => format!(
-                    "point {} is {} in one report and {} in the other; compare reports of the same dtypes",
-                    p.shape_label(),
-                    p.dtype,
-                    q.dtype
-                ),
-                None => format!(
-                    "point {} {} ×{} ({}) is missing from the {side} report; compare reports of the same grid",
-                    p.shape_label(),
-                    p.dtype,
-                    p.threads,
-                    p.step_mode
-                ),
-            }));
-        }
-    }
-    let mut out = Vec::new();
-    for (i, b) in base.points.iter().enumerate() {
-        let c = find(cur, b).expect("checked above");
-        let label = format!("{} {} ×{}", b.shape_label(), b.dtype, b.threads);
-        let (rb, rc) = (ratios(b), ratios(&c));
-        if rb.len() < 3 || rc.len() < 3 {
-            return Err(Error::invalid(format!(
-                "point {label} has fewer than 3 samples on one side; sweep with --min-steps 3 or more"
-            )));
-        }
-        let (change, ci) = ratio_of_medians(&rb, &rc, i as u64);
-        let verdict = if change > 1.0 + max_slowdown && ci.0 > 1.0 + max_slowdown / 2.0 {
+    /// The rule: slower when `change` > 1 + t and the interval's lower end
+    /// > 1 + t/2; faster in mirror image.
+    pub fn of(change: f64, ci: (f64, f64), t: f64) -> Verdict {
+        if change > 1.0 + t && ci.0 > 1.0 + t / 2.0 {
             Verdict::Slower
-        } else if change < 1.0 - max_slowdown && ci.1 < 1.0 - max_slowdown / 2.0 {
+        } else if change < 1.0 - t && ci.1 < 1.0 - t / 2.0 {
             Verdict::Faster
         } else {
             Verdict::WithinNoise
-        };
-        out.push(PointComparison {
-            label,
-            base_ratio: median(&mut rb.clone()),
-            cur_ratio: median(&mut rc.clone()),
-            change,
-            ci,
-            ms: (b.ms_per_step.median, c.ms_per_step.median),
-            gemm_share: (gemm_share(b), gemm_share(&c)),
-            verdict,
-        });
+        }
     }
-    Ok(out)
+}
+
+/// One side of a comparison: the reports of one build, one per process.
+#[derive(Clone, Debug)]
+pub struct Side {
+    /// Where each report was read from.
+    pub paths: Vec<PathBuf>,
+    /// The reports, in the order of `paths`.
+    pub reports: Vec<Report>,
+}
+
+impl Side {
+    /// Reads a side: a `report.json` (one process), or a folder whose
+    /// subfolders each hold a `report.json` (one process each, in the
+    /// order of the subfolders' names).
+    pub fn read(path: &Path) -> Result<Side> {
+        let paths = if path.is_dir() {
+            let entries = std::fs::read_dir(path).map_err(|e| Error::read(path, e))?;
+            let mut paths = Vec::new();
+            for e in entries {
+                let e = e.map_err(|e| Error::read(path, e))?;
+                let report = e.path().join("report.json");
+                if report.is_file() {
+                    paths.push(report);
+                }
+            }
+            paths.sort();
+            if paths.is_empty() {
+                return Err(Error::read(
+                    path,
+                    "a folder of runs needs subfolders that each hold a report.json",
+                ));
+            }
+            paths
+        } else {
+            vec![path.to_path_buf()]
+        };
+        let reports = paths
+            .iter()
+            .map(|p| Report::read(p))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Side { paths, reports })
+    }
+
+    /// A side made of reports already in memory.
+    pub fn from_reports(reports: Vec<Report>) -> Side {
+        Side {
+            paths: vec![PathBuf::new(); reports.len()],
+            reports,
+        }
+    }
+}
+
+/// How to compare.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Options {
+    /// The slowdown that fails the gate, as a fraction (0.1 = 10%).
+    pub max_slowdown: f64,
+    /// The two sides' processes ran alternately: pair them in order.
+    pub paired: bool,
+}
+
+/// An environment field on which the reports differ.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EnvDifference {
+    /// The field, as the report names it.
+    pub field: &'static str,
+    /// Its values in the baseline's reports.
+    pub baseline: Vec<String>,
+    /// Its values in the current reports.
+    pub current: Vec<String>,
+}
+
+/// One point of the comparison.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PointComparison {
+    /// `(N, D_in, H, D_out) dtype ×threads`.
+    pub label: String,
+    /// Median over the baseline's processes of their median ms per step.
+    pub base_ms: f64,
+    /// The same, now.
+    pub current_ms: f64,
+    /// R: the gated change of wall time (1.0 = unchanged, 1.2 = 20% slower).
+    pub change: f64,
+    /// 95% hierarchical-bootstrap interval of `change`.
+    pub ci: (f64, f64),
+    /// The conclusion.
+    pub verdict: Verdict,
+    /// Diagnostic: step time / its GEMMs' time, baseline and now.
+    pub step_per_gemm: (f64, f64),
+    /// Diagnostic: the GEMMs' rate as a fraction of the machine's square
+    /// GEMM rate, baseline and now.
+    pub gemm_share: (f64, f64),
+}
+
+/// The geometric mean of the points' changes.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Overall {
+    /// Geometric mean of R over the points.
+    pub change: f64,
+    /// Its 95% interval, from the same resamples.
+    pub ci: (f64, f64),
+    /// The same rule as a point's.
+    pub verdict: Verdict,
+}
+
+/// The whole comparison.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Comparison {
+    /// `wall_time_per_step`.
+    pub metric: &'static str,
+    /// The threshold t.
+    pub max_slowdown: f64,
+    /// Whether processes were paired.
+    pub paired: bool,
+    /// Processes on each side (baseline, current).
+    pub processes: (usize, usize),
+    /// Commits of each side (as their reports name them).
+    pub commits: (Vec<String>, Vec<String>),
+    /// Environment fields that differ between the reports.
+    pub env_differences: Vec<EnvDifference>,
+    /// Point by point, in the baseline's order.
+    pub points: Vec<PointComparison>,
+    /// All points together.
+    pub overall: Overall,
+}
+
+impl Comparison {
+    /// Points judged slower.
+    pub fn slower(&self) -> Vec<&PointComparison> {
+        self.points
+            .iter()
+            .filter(|p| p.verdict == Verdict::Slower)
+            .collect()
+    }
+
+    /// Whether the gate passes: no point and not the overall mean slower.
+    pub fn passes(&self) -> bool {
+        self.slower().is_empty() && self.overall.verdict != Verdict::Slower
+    }
+}
+
+/// A point's key in one report, with the check that no report lists a
+/// point twice.
+type Key = (usize, usize, usize, usize, String, usize, String, usize);
+
+fn index_points<'a>(r: &'a Report, path: &Path) -> Result<BTreeMap<Key, &'a PointReport>> {
+    let mut map = BTreeMap::new();
+    for p in &r.points {
+        if map.insert(p.key(), p).is_some() {
+            return Err(Error::read(
+                path,
+                format!(
+                    "point {} {} ×{} is listed twice",
+                    p.shape_label(),
+                    p.dtype,
+                    p.threads
+                ),
+            ));
+        }
+        check_samples(p, path)?;
+    }
+    Ok(map)
+}
+
+/// [`index_points`] for every report of a side.
+fn index_side(side: &Side) -> Result<Vec<BTreeMap<Key, &PointReport>>> {
+    side.reports
+        .iter()
+        .zip(&side.paths)
+        .map(|(r, p)| index_points(r, p))
+        .collect()
+}
+
+/// Every step and GEMM sample positive and finite, as many GEMM samples as
+/// step samples, and at least 3 of them.
+fn check_samples(p: &PointReport, path: &Path) -> Result<()> {
+    let label = format!("{} {} ×{}", p.shape_label(), p.dtype, p.threads);
+    let s = &p.ms_per_step.samples;
+    if s.len() < 3 {
+        return Err(Error::read(
+            path,
+            format!("point {label} has {} samples; the gate needs at least 3 (sweep with --min-steps 3 or more)", s.len()),
+        ));
+    }
+    if p.gemm_ms_samples.len() != s.len() {
+        return Err(Error::read(
+            path,
+            format!(
+                "point {label} has {} step samples but {} GEMM samples",
+                s.len(),
+                p.gemm_ms_samples.len()
+            ),
+        ));
+    }
+    if let Some(v) = s
+        .iter()
+        .chain(&p.gemm_ms_samples)
+        .find(|v| !(v.is_finite() && **v > 0.0))
+    {
+        return Err(Error::read(
+            path,
+            format!("point {label} has a sample of {v} ms; times must be positive and finite"),
+        ));
+    }
+    Ok(())
+}
+
+/// The environment fields a comparison must hold equal, as strings.
+fn env_fields(r: &Report) -> [(&'static str, String); 9] {
+    let e = &r.env;
+    [
+        ("cpu_model", e.cpu_model.clone()),
+        ("cores", e.cores.to_string()),
+        ("openblas_version", e.openblas_version.clone()),
+        ("openblas_core", e.openblas_core.clone()),
+        ("openblas_config", e.openblas_config.clone()),
+        ("openblas_env", format!("[{}]", e.openblas_env.join(" "))),
+        ("rustc", e.rustc.clone()),
+        ("profile", e.profile.clone()),
+        (
+            "timing",
+            format!(
+                "warmup {}, min_steps {}, budget_s {}, rounds {}",
+                r.timing.warmup, r.timing.min_steps, r.timing.budget_s, r.timing.rounds
+            ),
+        ),
+    ]
+}
+
+/// The environment fields on which any two reports of either side differ.
+pub fn env_differences(base: &Side, cur: &Side) -> Vec<EnvDifference> {
+    let values = |side: &Side, i: usize| -> Vec<String> {
+        let mut v: Vec<String> = side
+            .reports
+            .iter()
+            .map(|r| env_fields(r)[i].1.clone())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let names = env_fields(&base.reports[0]).map(|(n, _)| n);
+    let mut out = Vec::new();
+    for (i, field) in names.into_iter().enumerate() {
+        let (b, c) = (values(base, i), values(cur, i));
+        if b.len() > 1 || c.len() > 1 || b != c {
+            out.push(EnvDifference {
+                field,
+                baseline: b,
+                current: c,
+            });
+        }
+    }
+    out
+}
+
+/// The median of `v` (reordered), in time linear in its length.
+fn median_in_place(v: &mut [f64]) -> f64 {
+    let n = v.len();
+    assert!(n > 0, "median of nothing");
+    let (_, &mut hi, _) = v.select_nth_unstable_by(n / 2, f64::total_cmp);
+    if n % 2 == 1 {
+        hi
+    } else {
+        let lo = v[..n / 2].iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        0.5 * (lo + hi)
+    }
+}
+
+fn median_of(v: &[f64]) -> f64 {
+    median_in_place(&mut v.to_vec())
+}
+
+/// The statistic R from per-process medians.
+fn statistic(base: &[f64], cur: &[f64], paired: bool, scratch: &mut Vec<f64>) -> f64 {
+    scratch.clear();
+    if paired {
+        scratch.extend(base.iter().zip(cur).map(|(b, c)| c / b));
+        median_in_place(scratch)
+    } else {
+        scratch.extend_from_slice(cur);
+        let c = median_in_place(scratch);
+        scratch.clear();
+        scratch.extend_from_slice(base);
+        c / median_in_place(scratch)
+    }
+}
+
+/// The 2.5th and 97.5th percentiles of `v` (sorted in place).
+fn interval(v: &mut [f64]) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (
+        super::report::percentile(v, 0.025),
+        super::report::percentile(v, 0.975),
+    )
+}
+
+/// One point's samples on both sides: `[side][process] → step samples`.
+struct PointSamples<'a> {
+    base: Vec<&'a [f64]>,
+    cur: Vec<&'a [f64]>,
+}
+
+/// The point estimates and hierarchical-bootstrap intervals of R for
+/// every point, and of their geometric mean.
+fn bootstrap(points: &[PointSamples], paired: bool) -> (Vec<(f64, (f64, f64))>, (f64, (f64, f64))) {
+    let mut scratch = Vec::new();
+    let estimate: Vec<f64> = points
+        .iter()
+        .map(|p| {
+            let b: Vec<f64> = p.base.iter().map(|s| median_of(s)).collect();
+            let c: Vec<f64> = p.cur.iter().map(|s| median_of(s)).collect();
+            statistic(&b, &c, paired, &mut scratch)
+        })
+        .collect();
+    let geo = |rs: &[f64]| (rs.iter().map(|r| r.ln()).sum::<f64>() / rs.len() as f64).exp();
+
+    let (kb, kc) = (points[0].base.len(), points[0].cur.len());
+    let mut rng = ChaCha8Rng::seed_from_u64(0x7776_6c61_7965_72);
+    let mut per_point: Vec<Vec<f64>> = vec![Vec::with_capacity(RESAMPLES); points.len()];
+    let mut overall = Vec::with_capacity(RESAMPLES);
+    let (mut ib, mut ic) = (vec![0; kb], vec![0; kc]);
+    let (mut mb, mut mc) = (vec![0.0; kb], vec![0.0; kc]);
+    let mut draw = Vec::new();
+    let mut rs = vec![0.0; points.len()];
+    for _ in 0..RESAMPLES {
+        // Processes (pairs, when paired) drawn once for all points: a slow
+        // process slows all of its points together.
+        for i in ib.iter_mut() {
+            *i = rng.random_range(0..kb);
+        }
+        if paired {
+            ic.copy_from_slice(&ib);
+        } else {
+            for i in ic.iter_mut() {
+                *i = rng.random_range(0..kc);
+            }
+        }
+        for (p, r) in points.iter().zip(rs.iter_mut()) {
+            for (procs, idx, m) in [(&p.base, &ib, &mut mb), (&p.cur, &ic, &mut mc)] {
+                for (&i, m) in idx.iter().zip(m.iter_mut()) {
+                    let s = procs[i];
+                    draw.clear();
+                    draw.extend((0..s.len()).map(|_| s[rng.random_range(0..s.len())]));
+                    *m = median_in_place(&mut draw);
+                }
+            }
+            *r = statistic(&mb, &mc, paired, &mut scratch);
+        }
+        for (acc, r) in per_point.iter_mut().zip(&rs) {
+            acc.push(*r);
+        }
+        overall.push(geo(&rs));
+    }
+    let points = estimate
+        .iter()
+        .zip(per_point.iter_mut())
+        .map(|(&e, v)| (e, interval(v)))
+        .collect();
+    (points, (geo(&estimate), interval(&mut overall)))
+}
+
+/// Compares two sides point by point. Fails (for exit status 2) when they
+/// cannot be compared: points on one side only or listed twice, different
+/// dtypes for the same shape, samples that are too few, not positive or
+/// not finite, or `paired` with different numbers of processes. The
+/// environment differences are returned, not judged: the caller decides.
+pub fn compare(base: &Side, cur: &Side, opts: Options) -> Result<Comparison> {
+    let t = opts.max_slowdown;
+    if !(t.is_finite() && t > 0.0 && t < 1.0) {
+        return Err(Error::invalid(format!(
+            "--max-slowdown must be a fraction between 0 and 1 (0.1 = 10%), got {t}"
+        )));
+    }
+    if opts.paired && base.reports.len() != cur.reports.len() {
+        return Err(Error::invalid(format!(
+            "--paired needs as many runs on each side; the baseline has {}, the current {}",
+            base.reports.len(),
+            cur.reports.len()
+        )));
+    }
+    let (bi, ci) = (index_side(base)?, index_side(cur)?);
+
+    // Every report of both sides must hold the same points as the
+    // baseline's first.
+    let first = &base.reports[0];
+    let want: Vec<Key> = first.points.iter().map(|p| p.key()).collect();
+    for (side, maps, reports) in [
+        ("baseline", &bi, &base.reports),
+        ("current", &ci, &cur.reports),
+    ] {
+        for (map, r) in maps.iter().zip(reports.iter()) {
+            if let Some(p) = first.points.iter().find(|p| !map.contains_key(&p.key())) {
+                return Err(missing(p, r, side));
+            }
+            if let Some(p) = r.points.iter().find(|p| !want.contains(&p.key())) {
+                return Err(missing(p, first, "baseline"));
+            }
+        }
+    }
+
+    let samples: Vec<PointSamples> = want
+        .iter()
+        .map(|k| PointSamples {
+            base: bi
+                .iter()
+                .map(|m| m[k].ms_per_step.samples.as_slice())
+                .collect(),
+            cur: ci
+                .iter()
+                .map(|m| m[k].ms_per_step.samples.as_slice())
+                .collect(),
+        })
+        .collect();
+    let (stats, (g, gci)) = bootstrap(&samples, opts.paired);
+
+    let diag = |maps: &[BTreeMap<Key, &PointReport>], k: &Key, f: &dyn Fn(&PointReport) -> f64| {
+        median_of(&maps.iter().map(|m| f(m[k])).collect::<Vec<_>>())
+    };
+    let points = want
+        .iter()
+        .zip(&stats)
+        .map(|(k, &(change, ci_))| {
+            let p = bi[0][k];
+            PointComparison {
+                label: format!("{} {} ×{}", p.shape_label(), p.dtype, p.threads),
+                base_ms: diag(&bi, k, &|p| median_of(&p.ms_per_step.samples)),
+                current_ms: diag(&ci, k, &|p| median_of(&p.ms_per_step.samples)),
+                change,
+                ci: ci_,
+                verdict: Verdict::of(change, ci_, t),
+                step_per_gemm: (diag(&bi, k, &step_per_gemm), diag(&ci, k, &step_per_gemm)),
+                gemm_share: (diag(&bi, k, &gemm_share), diag(&ci, k, &gemm_share)),
+            }
+        })
+        .collect();
+    let commits = |s: &Side| {
+        let mut v: Vec<String> = s.reports.iter().map(|r| r.env.git_commit.clone()).collect();
+        v.dedup();
+        v
+    };
+    Ok(Comparison {
+        metric: "wall_time_per_step",
+        max_slowdown: t,
+        paired: opts.paired,
+        processes: (base.reports.len(), cur.reports.len()),
+        commits: (commits(base), commits(cur)),
+        env_differences: env_differences(base, cur),
+        points,
+        overall: Overall {
+            change: g,
+            ci: gci,
+            verdict: Verdict::of(g, gci, t),
+        },
+    })
+}
+
+fn missing(p: &PointReport, other: &Report, side: &str) -> Error {
+    let other_dtype = other.points.iter().find(|q| {
+        (q.n, q.d_in, q.hidden, q.d_out, q.threads) == (p.n, p.d_in, p.hidden, p.d_out, p.threads)
+            && q.dtype != p.dtype
+    });
+    Error::invalid(match other_dtype {
+        Some(q) => format!(
+            "point {} is {} in one report and {} in the other; compare reports of the same dtypes",
+            p.shape_label(),
+            p.dtype,
+            q.dtype
+        ),
+        None => format!(
+            "point {} {} ×{} ({}) is missing from a {side} report; compare reports of the same grid",
+            p.shape_label(),
+            p.dtype,
+            p.threads,
+            p.step_mode
+        ),
+    })
+}
+
+/// Median of the per-step step/GEMM ratios of one process's point.
+fn step_per_gemm(p: &PointReport) -> f64 {
+    let r: Vec<f64> = p
+        .ms_per_step
+        .samples
+        .iter()
+        .zip(&p.gemm_ms_samples)
+        .map(|(s, g)| s / g)
+        .collect();
+    median_of(&r)
 }
 
 /// The GEMMs' rate as a fraction of the machine's square-GEMM rate.
@@ -190,66 +586,157 @@ fn gemm_share(p: &PointReport) -> f64 {
     flops / (p.gemm_ms * 1e-3) / 1e9 / p.machine_gemm_gflops
 }
 
-/// The comparison as a Markdown table, with a summary line.
-pub fn to_markdown(
-    rows: &[PointComparison],
-    base: &Report,
-    cur: &Report,
-    max_slowdown: f64,
-) -> String {
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "Gated metric: step time / its GEMMs' time (same run). Baseline {} ({}), current {} ({}); slower means > {:.0}% with 95% confidence.\n",
-        base.env.git_commit,
-        base.env.date,
-        cur.env.git_commit,
-        cur.env.date,
-        max_slowdown * 100.0
-    );
-    s.push_str("| point | step/GEMM base | now | change [95% CI] | verdict | ms/step base → now | GEMM share of rate base → now |\n|---|---:|---:|---:|---|---:|---:|\n");
-    for r in rows {
+fn pct(x: f64) -> String {
+    format!("{:+.1}%", (x - 1.0) * 100.0)
+}
+
+impl Comparison {
+    /// The environment differences, one line each.
+    pub fn env_lines(&self) -> Vec<String> {
+        self.env_differences
+            .iter()
+            .map(|d| {
+                format!(
+                    "{}: baseline {}; current {}",
+                    d.field,
+                    d.baseline.join(" | "),
+                    d.current.join(" | ")
+                )
+            })
+            .collect()
+    }
+
+    /// The comparison as Markdown: a header, the table, the summary.
+    pub fn to_markdown(&self) -> String {
+        let mut s = String::new();
+        let (kb, kc) = self.processes;
+        let how = if self.paired {
+            "paired: the two sides ran alternately in one job"
+        } else {
+            "unpaired"
+        };
         let _ = writeln!(
             s,
-            "| {} | {:.3} | {:.3} | {:+.1}% [{:+.1}%, {:+.1}%] | {} | {} → {} | {:.0}% → {:.0}% |",
-            r.label,
-            r.base_ratio,
-            r.cur_ratio,
-            (r.change - 1.0) * 100.0,
-            (r.ci.0 - 1.0) * 100.0,
-            (r.ci.1 - 1.0) * 100.0,
-            r.verdict.name(),
-            super::report::fmt_ms(r.ms.0),
-            super::report::fmt_ms(r.ms.1),
-            r.gemm_share.0 * 100.0,
-            r.gemm_share.1 * 100.0,
+            "Gated metric: wall time per step, median over processes ({how}). Baseline {} ({kb} process(es)), current {} ({kc} process(es)); slower means > {:.0}% with 95% confidence (hierarchical bootstrap over processes and their steps).\n",
+            self.commits.0.join(","),
+            self.commits.1.join(","),
+            self.max_slowdown * 100.0
         );
+        if kb == 1 || kc == 1 {
+            s.push_str("Note: a side with one process: the interval leaves out the variation between processes, the largest on a shared machine.\n\n");
+        }
+        if !self.env_differences.is_empty() {
+            s.push_str("Environments differ:\n");
+            for l in self.env_lines() {
+                let _ = writeln!(s, "- {l}");
+            }
+            s.push('\n');
+        }
+        s.push_str("| point | ms/step base | now | change [95% CI] | verdict | step/GEMM base → now | GEMM share of rate base → now |\n|---|---:|---:|---:|---|---:|---:|\n");
+        for r in &self.points {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} [{}, {}] | {} | {:.3} → {:.3} | {:.0}% → {:.0}% |",
+                r.label,
+                super::report::fmt_ms(r.base_ms),
+                super::report::fmt_ms(r.current_ms),
+                pct(r.change),
+                pct(r.ci.0),
+                pct(r.ci.1),
+                r.verdict.name(),
+                r.step_per_gemm.0,
+                r.step_per_gemm.1,
+                r.gemm_share.0 * 100.0,
+                r.gemm_share.1 * 100.0,
+            );
+        }
+        let slower = self.slower().len();
+        let faster = self
+            .points
+            .iter()
+            .filter(|r| r.verdict == Verdict::Faster)
+            .count();
+        let o = &self.overall;
+        let _ = writeln!(
+            s,
+            "\nOverall (geometric mean): {} [{}, {}], {}.\n{} points: {slower} slower, {faster} faster, {} within noise.",
+            pct(o.change),
+            pct(o.ci.0),
+            pct(o.ci.1),
+            o.verdict.name().trim_matches('*'),
+            self.points.len(),
+            self.points.len() - slower - faster
+        );
+        s
     }
-    let slower = rows.iter().filter(|r| r.verdict == Verdict::Slower).count();
-    let faster = rows.iter().filter(|r| r.verdict == Verdict::Faster).count();
-    let _ = writeln!(
-        s,
-        "\n{} points: {slower} slower, {faster} faster, {} within noise.",
-        rows.len(),
-        rows.len() - slower - faster
-    );
-    s
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn noisy(center: f64, n: usize, salt: usize) -> Vec<f64> {
+        (0..n)
+            .map(|i| center * (1.0 + 0.02 * (((i * 37 + salt * 11) % 17) as f64 / 17.0)))
+            .collect()
+    }
+
     #[test]
-    fn interval_covers_the_true_ratio_and_excludes_one_for_a_clear_shift() {
-        let base: Vec<f64> = (0..60)
-            .map(|i| 1.0 + 0.02 * ((i * 37 % 11) as f64 / 11.0))
-            .collect();
-        let cur: Vec<f64> = base.iter().map(|v| v * 1.2).collect();
-        let (r, (lo, hi)) = ratio_of_medians(&base, &cur, 0);
-        assert!((r - 1.2).abs() < 1e-9);
-        assert!(lo > 1.1 && hi < 1.3 && lo <= r && r <= hi, "{lo} {r} {hi}");
-        let (r, (lo, hi)) = ratio_of_medians(&base, &base, 0);
-        assert!(r == 1.0 && lo < 1.0 + 1e-9 && hi > 1.0 - 1e-9);
+    fn median_in_linear_time_matches_sorting() {
+        for n in 1..40 {
+            let v: Vec<f64> = (0..n).map(|i| ((i * 7919) % 23) as f64).collect();
+            let mut s = v.clone();
+            s.sort_by(f64::total_cmp);
+            assert_eq!(median_of(&v), super::super::report::percentile(&s, 0.5));
+        }
+    }
+
+    #[test]
+    fn a_clear_shift_is_found_and_no_shift_is_not() {
+        for paired in [true, false] {
+            let base: Vec<Vec<f64>> = (0..5).map(|k| noisy(1.0, 40, k)).collect();
+            let slow: Vec<Vec<f64>> = (0..5).map(|k| noisy(1.2, 40, k + 5)).collect();
+            let same: Vec<Vec<f64>> = (0..5).map(|k| noisy(1.0, 40, k + 5)).collect();
+            let pts = |cur: &[Vec<f64>]| {
+                vec![PointSamples {
+                    base: base.iter().map(Vec::as_slice).collect(),
+                    cur: cur.iter().map(Vec::as_slice).collect(),
+                }]
+            };
+            let (r, _) = bootstrap(&pts(&slow), paired);
+            let (e, ci) = r[0];
+            assert!(
+                (e - 1.2).abs() < 0.02 && ci.0 > 1.1 && ci.1 < 1.3,
+                "{e} {ci:?}"
+            );
+            assert_eq!(Verdict::of(e, ci, 0.1), Verdict::Slower);
+            let (r, _) = bootstrap(&pts(&same), paired);
+            let (e, ci) = r[0];
+            assert!(
+                (e - 1.0).abs() < 0.02 && ci.0 <= 1.0 && ci.1 >= 1.0,
+                "{e} {ci:?}"
+            );
+            assert_eq!(Verdict::of(e, ci, 0.1), Verdict::WithinNoise);
+        }
+    }
+
+    #[test]
+    fn one_process_in_a_slow_mode_does_not_decide() {
+        // Five processes per side; the current side's third ran 1.5x slower
+        // for its whole life (seen on these machines).
+        let base: Vec<Vec<f64>> = (0..5).map(|k| noisy(1.0, 40, k)).collect();
+        let mut cur: Vec<Vec<f64>> = (0..5).map(|k| noisy(1.0, 40, k + 5)).collect();
+        cur[2] = noisy(1.5, 40, 9);
+        for paired in [true, false] {
+            let (r, _) = bootstrap(
+                &[PointSamples {
+                    base: base.iter().map(Vec::as_slice).collect(),
+                    cur: cur.iter().map(Vec::as_slice).collect(),
+                }],
+                paired,
+            );
+            let (e, ci) = r[0];
+            assert_eq!(Verdict::of(e, ci, 0.1), Verdict::WithinNoise, "{e} {ci:?}");
+        }
     }
 }

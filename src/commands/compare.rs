@@ -1,30 +1,97 @@
 //! `twolayer compare BASELINE CURRENT`: the regression gate (see
 //! [`crate::bench::compare`] for the statistics).
 
-use crate::bench::compare::{compare, to_markdown, Verdict};
-use crate::bench::report::Report;
+use crate::bench::compare::{compare, Comparison, Options, Side};
 use crate::cli::CompareArgs;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::output::write_atomic;
+use std::io::Write as _;
 
-/// Runs the comparison and prints the table; `Ok(true)` when no point is
-/// slower beyond the threshold.
-pub fn run(args: &CompareArgs) -> Result<bool> {
-    let base = Report::read(&args.baseline)?;
-    let cur = Report::read(&args.current)?;
-    let rows = compare(&base, &cur, args.max_slowdown)?;
-    print!("{}", to_markdown(&rows, &base, &cur, args.max_slowdown));
-    let slower: Vec<&str> = rows
-        .iter()
-        .filter(|r| r.verdict == Verdict::Slower)
-        .map(|r| r.label.as_str())
-        .collect();
-    if !slower.is_empty() {
+/// What `twolayer compare` concluded, for its exit status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// No regression (exit 0).
+    Pass,
+    /// A point, or all of them together, slower beyond the threshold (exit 1).
+    Regression,
+}
+
+/// Runs the comparison, prints the table and writes `--json`. An `Err` is
+/// input that cannot be compared (exit 2): unreadable reports, different
+/// grids, bad samples, or (without `--allow-env-change`) different
+/// environments.
+pub fn run(args: &CompareArgs) -> Result<Outcome> {
+    let base = Side::read(&args.baseline)?;
+    let cur = Side::read(&args.current)?;
+    let opts = Options {
+        max_slowdown: args.max_slowdown,
+        paired: args.paired,
+    };
+    let c = compare(&base, &cur, opts)?;
+    if !c.env_differences.is_empty() {
+        for l in c.env_lines() {
+            eprintln!("twolayer: environments differ: {l}");
+        }
+        if !args.allow_env_change {
+            return Err(Error::invalid(format!(
+                "the reports come from different environments ({}); measure both sides on one machine (scripts/bench-gate.sh), or pass --allow-env-change to compare them anyway",
+                c.env_differences
+                    .iter()
+                    .map(|d| d.field)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    let outcome = if c.passes() {
+        Outcome::Pass
+    } else {
+        Outcome::Regression
+    };
+    if let Some(path) = &args.json {
+        write_json(path, &c, outcome)?;
+    }
+    print!("{}", c.to_markdown());
+    if outcome == Outcome::Regression {
+        let slower = c.slower();
         eprintln!(
-            "twolayer: regression: {} point(s) slower than the baseline by more than {:.0}%: {}",
+            "twolayer: regression: {} point(s) slower than the baseline by more than {:.0}%{}{}",
             slower.len(),
             args.max_slowdown * 100.0,
-            slower.join("; ")
+            if slower.is_empty() { "" } else { ": " },
+            slower
+                .iter()
+                .map(|p| p.label.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
         );
+        if c.overall.verdict == crate::bench::compare::Verdict::Slower {
+            eprintln!(
+                "twolayer: regression: all points together (geometric mean) {:+.1}% slower",
+                (c.overall.change - 1.0) * 100.0
+            );
+        }
     }
-    Ok(slower.is_empty())
+    Ok(outcome)
+}
+
+/// The verdicts as JSON, for machines: the [`Comparison`] and the exit
+/// status it leads to.
+fn write_json(path: &std::path::Path, c: &Comparison, outcome: Outcome) -> Result<()> {
+    #[derive(serde::Serialize)]
+    struct Verdicts<'a> {
+        exit_status: u8,
+        passed: bool,
+        #[serde(flatten)]
+        comparison: &'a Comparison,
+    }
+    let v = Verdicts {
+        exit_status: if outcome == Outcome::Pass { 0 } else { 1 },
+        passed: outcome == Outcome::Pass,
+        comparison: c,
+    };
+    write_atomic(path, |w| {
+        serde_json::to_writer_pretty(&mut *w, &v).map_err(std::io::Error::other)?;
+        writeln!(w)
+    })
 }
