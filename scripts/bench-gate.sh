@@ -1,14 +1,88 @@
 #!/usr/bin/env bash
-# The performance regression gate CI runs: the quick preset measured now
-# against the baseline committed in benchmarks/baseline-quick.json.
-# Exit 0: no regression; 1: a point is slower beyond 10% with confidence;
-# 2: the reports cannot be compared (for example the grid changed: refresh
-# the baseline with scripts/refresh-baseline.sh).
-# The reports of this run are left in target/bench-gate/.
+# The performance regression gate (docs/regression-gate.md).
+#
+#   scripts/bench-gate.sh [--pairs K] [BASE_REF]
+#       A/B mode, for CI on shared machines: builds BASE_REF (a git worktree)
+#       and the current tree, runs their sweeps of benchmarks/gate.toml
+#       alternately in 2K fresh processes (A B, B A, ...), and gates on wall
+#       time per step, the processes paired in time. BASE_REF defaults to
+#       HEAD when the tree has uncommitted changes, else the merge base with
+#       origin/main when that is behind HEAD, else HEAD^.
+#   scripts/bench-gate.sh [--pairs K] --baseline DIR
+#       Committed-baseline mode, for a pinned, dedicated runner: K processes
+#       of the current tree against the runs in DIR (made by
+#       scripts/refresh-baseline.sh on that runner).
+#
+# Exit status: 0 no regression; 1 a regression; 2 the reports cannot be
+# compared (a failed build or sweep, another grid, another environment).
+# Everything is left in target/bench-gate/: the binaries, every report,
+# compare.md (the table) and verdict.json (the verdicts for machines).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet
+
+pairs=5
+baseline=""
+base_ref=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --pairs) pairs=$2; shift 2 ;;
+    --baseline) baseline=$2; shift 2 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -*) echo "bench-gate: unknown option $1" >&2; exit 2 ;;
+    *) base_ref=$1; shift ;;
+  esac
+done
+case "$pairs" in ''|*[!0-9]*|0) echo "bench-gate: --pairs takes a whole number ≥ 1" >&2; exit 2 ;; esac
+
+grid=benchmarks/gate.toml
 out=target/bench-gate
 rm -rf "$out"
-target/release/twolayer sweep --preset quick --processes 3 --out "$out" >/dev/null
-target/release/twolayer compare benchmarks/baseline-quick.json "$out/report.json" | tee "$out/compare.md"
+mkdir -p "$out/bin"
+
+build_head() {
+  cargo build --release --quiet
+  cp target/release/twolayer "$out/bin/head"
+}
+
+if [ -n "$baseline" ]; then
+  [ -d "$baseline" ] || { echo "bench-gate: no baseline folder $baseline" >&2; exit 2; }
+  build_head
+  echo "bench-gate: $pairs process(es) of the current tree against the baseline in $baseline" >&2
+  scripts/ab-sweeps.sh "$out" "$pairs" "$grid" head="$out/bin/head"
+  compare=("$baseline" "$out/head")
+else
+  if [ -z "$base_ref" ]; then
+    if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
+      base_ref=HEAD
+    elif git rev-parse -q --verify origin/main >/dev/null &&
+      [ "$(git merge-base HEAD origin/main)" != "$(git rev-parse HEAD)" ]; then
+      base_ref=$(git merge-base HEAD origin/main)
+    else
+      base_ref=HEAD^
+    fi
+  fi
+  base=$(git rev-parse -q --verify "$base_ref^{commit}") ||
+    { echo "bench-gate: no commit $base_ref in this repository" >&2; exit 2; }
+  echo "bench-gate: base $(git rev-parse --short=12 "$base") ($base_ref) against the current tree ($(git rev-parse --short=12 HEAD)$([ -n "$(git status --porcelain --untracked-files=no)" ] && echo ', with uncommitted changes')), $pairs pairs" >&2
+  # The base builds in a worktree but into the same target folder, so the
+  # dependencies already built are reused: only twolayer itself compiles.
+  wt="$out/base-src"
+  git worktree prune
+  git worktree add --detach --quiet "$wt" "$base"
+  trap 'git worktree remove --force "$wt" 2>/dev/null || true' EXIT
+  cargo build --release --quiet --manifest-path "$wt/Cargo.toml" --target-dir target
+  cp target/release/twolayer "$out/bin/base"
+  git worktree remove --force "$wt"
+  trap - EXIT
+  build_head
+  scripts/ab-sweeps.sh "$out" "$pairs" "$grid" base="$out/bin/base" head="$out/bin/head"
+  compare=(--paired "$out/base" "$out/head")
+fi
+
+# No pipe: compare's exit status is the gate's.
+set +e
+"$out/bin/head" compare "${compare[@]}" --json "$out/verdict.json" >"$out/compare.md"
+rc=$?
+set -e
+cat "$out/compare.md"
+exit "$rc"

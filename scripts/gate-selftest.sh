@@ -1,51 +1,72 @@
 #!/usr/bin/env bash
 # Measures the regression gate on this machine, as docs/regression-gate.md
-# reports it:
-#   (a) false alarms: RUNS sweeps of the unchanged code against one baseline;
-#   (b) power: RUNS sweeps of a build whose step is really ~15% slower
-#       (feature selftest-slow-step: each step spins for 15% of its own time
-#       at its end) against the same baseline.
-# Usage: scripts/gate-selftest.sh [RUNS] [PRESET]    (defaults: 20, quick)
-# Prints one line per run and the two counts; exits non-zero when either
-# target is missed (no false alarm; at least RUNS-1 detections).
+# reports it: its false alarms on unchanged code and its power against four
+# kinds of real slowdown, each built in by its own Cargo feature (see
+# src/step/selftest.rs; release builds never carry them):
+#   extra-work     selftest-slow-step      every step spins 15% of its time
+#   small-blocks   selftest-small-blocks   GEMMs in blocks of 32 rows
+#   more-shards    selftest-oversubscribe  twice as many shards as cores
+#   no-cblas       selftest-no-cblas       x·w1 falls off the cblas path
+#
+# Each run is the CI gate's measurement, widened to six builds: K rounds
+# (K = --pairs, 5 as in CI) of fresh sweeps of benchmarks/gate.toml, each
+# round running the base, the same build again, and the four slow builds in
+# rotated order; then `twolayer compare --paired` of the base against each.
+#
+# Usage: scripts/gate-selftest.sh [RUNS] [--pairs K]   (defaults: 20, 5)
+# Prints one line per run and the counts; exits non-zero when a target is
+# missed (no false alarm; at least RUNS-1 detections of each kind).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-runs=${1:-20}
-preset=${2:-quick}
+runs=20
+pairs=5
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --pairs) pairs=$2; shift 2 ;;
+    *) runs=$1; shift ;;
+  esac
+done
+grid=benchmarks/gate.toml
 out=target/gate-selftest
 rm -rf "$out"
-mkdir -p "$out"
+mkdir -p "$out/bin"
 
 cargo build --release --quiet
-cargo build --release --quiet --features selftest-slow-step --target-dir target/slow-step
-normal=target/release/twolayer
-slow=target/slow-step/release/twolayer
+cp target/release/twolayer "$out/bin/base"
+kinds=(extra-work small-blocks more-shards no-cblas)
+features=(selftest-slow-step selftest-small-blocks selftest-oversubscribe selftest-no-cblas)
+for i in "${!kinds[@]}"; do
+  cargo build --release --quiet --features "${features[$i]}" --target-dir target/selftest
+  cp target/selftest/release/twolayer "$out/bin/${kinds[$i]}"
+done
 
-echo "gate self-test: $runs runs per side, preset $preset, $(date -u +%FT%TZ), $(nproc) cores"
-"$normal" sweep --preset "$preset" --processes 3 --out "$out/baseline" >/dev/null
-
-# runs_of BINARY LABEL: RUNS sweeps of BINARY against the baseline; prints one
-# line per run and sets $failed to how many the gate failed.
-runs_of() {
-  local binary=$1 label=$2 i rc
-  failed=0
-  for i in $(seq 1 "$runs"); do
-    "$binary" sweep --preset "$preset" --processes 3 --out "$out/$label-$i" >/dev/null
+heads=(same "${kinds[@]}")
+declare -A failed
+for h in "${heads[@]}"; do failed[$h]=0; done
+echo "gate self-test: $runs runs, $pairs pairs each, $(date -u +%FT%TZ), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $("$out/bin/base" info 2>/dev/null | grep -m1 '^OpenBLAS ' | tr -s ' ' || echo 'OpenBLAS ?'), OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}"
+for r in $(seq 1 "$runs"); do
+  dir="$out/run-$(printf %02d "$r")"
+  args=(base="$out/bin/base" same="$out/bin/base")
+  for k in "${kinds[@]}"; do args+=("$k=$out/bin/$k"); done
+  scripts/ab-sweeps.sh "$dir" "$pairs" "$grid" "${args[@]}"
+  line="run $r ($(date -u +%TZ)):"
+  for h in "${heads[@]}"; do
     set +e
-    "$normal" compare "$out/baseline/report.json" "$out/$label-$i/report.json" >"$out/$label-$i/compare.md" 2>&1
+    "$out/bin/base" compare --paired "$dir/base" "$dir/$h" --json "$dir/$h.json" >"$dir/$h.md" 2>&1
     rc=$?
     set -e
-    [ "$rc" -eq 2 ] && { cat "$out/$label-$i/compare.md"; exit 2; }
-    [ "$rc" -eq 1 ] && failed=$((failed + 1))
-    echo "$label run $i: exit $rc ($(tail -n 1 "$out/$label-$i/compare.md"))"
+    [ "$rc" -eq 2 ] && { cat "$dir/$h.md"; exit 2; }
+    [ "$rc" -eq 1 ] && failed[$h]=$((failed[$h] + 1))
+    line+=" $h=$rc ($(grep -c '\*\*slower\*\*' "$dir/$h.md") slower, overall $(grep -o 'geometric mean): [^ ]*' "$dir/$h.md" | cut -d' ' -f3))"
   done
-}
+  echo "$line"
+done
 
-runs_of "$normal" same
-alarms=$failed
-runs_of "$slow" slow
-caught=$failed
-
-echo "false alarms: $alarms of $runs unchanged runs (target 0)"
-echo "detections:   $caught of $runs runs 15% slower (target $((runs - 1)) or more)"
-[ "$alarms" -eq 0 ] && [ "$caught" -ge $((runs - 1)) ]
+ok=true
+echo "false alarms: ${failed[same]} of $runs runs of unchanged code (target 0)"
+[ "${failed[same]}" -eq 0 ] || ok=false
+for k in "${kinds[@]}"; do
+  echo "detections of $k: ${failed[$k]} of $runs (target $((runs - 1)) or more)"
+  [ "${failed[$k]}" -ge $((runs - 1)) ] || ok=false
+done
+$ok

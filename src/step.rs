@@ -170,7 +170,7 @@ impl Plan {
                 .max(1);
             (shards, 1, rows)
         };
-        let (block_rows, blas_threads) = selftest::worsen_plan(block_rows, blas_threads, threads);
+        let (shards, block_rows) = selftest::worsen_plan(shards, block_rows, shape.n, wide);
         Plan {
             shards,
             block_rows,
@@ -452,7 +452,10 @@ fn block<F: Real>(
     // ---- forward ----
     // h = x · w1
     //   (B×D_in)·(D_in×H) → B×H; no transposes; alpha = 1, beta = 0.
+    #[cfg(not(feature = "selftest-no-cblas"))]
     general_mat_mul(one, &x, &w.w1, zero, &mut h);
+    #[cfg(feature = "selftest-no-cblas")]
+    selftest::x_w1_off_cblas(&x, &w.w1, &mut h);
     probe.done(Phase::ForwardGemms);
 
     // h_relu = max(h, 0), in place; where h < 0 it stores −0.0 (the mask).
@@ -504,8 +507,7 @@ fn block<F: Real>(
     //   Accumulating: alpha = 1, beta = 0 on the shard's first block, else 1.
     //   Fused: w2 ← −lr·h_reluᵀ·g_y + 1·w2 (alpha = −lr, beta = 1).
     if !skip(a2) {
-        let (h_relu, g_y) = selftest::operands_off_cblas(h_relu.view(), y_pred.view());
-        general_mat_mul(a2, &h_relu.t(), &g_y, beta, out2);
+        general_mat_mul(a2, &h_relu.t(), &y_pred, beta, out2);
     }
 
     // g_w1 (+)= xᵀ · g_h

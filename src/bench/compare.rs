@@ -697,20 +697,20 @@ mod tests {
             let base: Vec<Vec<f64>> = (0..5).map(|k| noisy(1.0, 40, k)).collect();
             let slow: Vec<Vec<f64>> = (0..5).map(|k| noisy(1.2, 40, k + 5)).collect();
             let same: Vec<Vec<f64>> = (0..5).map(|k| noisy(1.0, 40, k + 5)).collect();
-            let pts = |cur: &[Vec<f64>]| {
+            fn pts<'a>(base: &'a [Vec<f64>], cur: &'a [Vec<f64>]) -> Vec<PointSamples<'a>> {
                 vec![PointSamples {
                     base: base.iter().map(Vec::as_slice).collect(),
                     cur: cur.iter().map(Vec::as_slice).collect(),
                 }]
-            };
-            let (r, _) = bootstrap(&pts(&slow), paired);
+            }
+            let (r, _) = bootstrap(&pts(&base, &slow), paired);
             let (e, ci) = r[0];
             assert!(
                 (e - 1.2).abs() < 0.02 && ci.0 > 1.1 && ci.1 < 1.3,
                 "{e} {ci:?}"
             );
             assert_eq!(Verdict::of(e, ci, 0.1), Verdict::Slower);
-            let (r, _) = bootstrap(&pts(&same), paired);
+            let (r, _) = bootstrap(&pts(&base, &same), paired);
             let (e, ci) = r[0];
             assert!(
                 (e - 1.0).abs() < 0.02 && ci.0 <= 1.0 && ci.1 >= 1.0,

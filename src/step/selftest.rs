@@ -8,50 +8,60 @@
 //! |---|---|---|
 //! | `selftest-slow-step` | every step spins for 15% of its own time at its end | work outside the GEMMs |
 //! | `selftest-small-blocks` | sharded plans walk their rows in blocks of [`SMALL_BLOCK_ROWS`] | the GEMMs' shapes |
-//! | `selftest-oversubscribe` | every shard's GEMMs ask OpenBLAS for all the threads, so shards × threads exceed the cores | the GEMMs' threads |
-//! | `selftest-no-cblas` | h_reluᵀ·g_y gets operands with negative strides, which cblas cannot take: ndarray silently runs it on its own slower matrix multiply | the GEMMs' dispatch |
+//! | `selftest-oversubscribe` | twice as many shards as threads | the split of the GEMMs over the cores |
+//! | `selftest-no-cblas` | x·w1 gets operands with negative strides, which cblas cannot take: ndarray silently runs it on its own slower matrix multiply | the GEMMs' dispatch |
 
+#[cfg(feature = "selftest-no-cblas")]
 use ndarray::ArrayView2;
 
 /// Block rows under `selftest-small-blocks`: in place of max(H, 128) rows
-/// (f64) the blocks get this many, which makes each GEMM call thin.
+/// (f64) or max(H, 256) (f32), thinner GEMM calls. (Batches of 64 on two
+/// threads already run in blocks of 32, so only larger batches slow down.)
 #[cfg_attr(not(feature = "selftest-small-blocks"), allow(dead_code))]
-pub const SMALL_BLOCK_ROWS: usize = 24;
+pub const SMALL_BLOCK_ROWS: usize = 32;
 
-/// The plan's (block rows, OpenBLAS threads per GEMM), worsened by the
-/// features `selftest-small-blocks` and `selftest-oversubscribe`.
+/// The plan's (shards, block rows) for a batch of `n`, worsened by
+/// `selftest-small-blocks` (blocks of [`SMALL_BLOCK_ROWS`]) and
+/// `selftest-oversubscribe` (twice as many shards as threads, so each core
+/// runs two shards one after the other, in thinner blocks, and the update
+/// sums twice as many gradient buffers). Wide plans are left alone.
 #[inline(always)]
 pub(super) fn worsen_plan(
+    shards: usize,
     block_rows: usize,
-    blas_threads: usize,
-    threads: usize,
+    n: usize,
+    wide: bool,
 ) -> (usize, usize) {
-    let _ = (threads, blas_threads);
-    #[cfg(feature = "selftest-small-blocks")]
-    let block_rows = block_rows.min(SMALL_BLOCK_ROWS);
+    let _ = (n, wide);
     #[cfg(feature = "selftest-oversubscribe")]
-    let blas_threads = threads;
-    (block_rows, blas_threads)
+    let (shards, block_rows) = if wide {
+        (shards, block_rows)
+    } else {
+        let shards = (2 * shards).min(n);
+        (shards, block_rows.min(n.div_ceil(shards)).max(1))
+    };
+    #[cfg(feature = "selftest-small-blocks")]
+    let block_rows = if wide {
+        block_rows
+    } else {
+        block_rows.min(SMALL_BLOCK_ROWS)
+    };
+    (shards, block_rows)
 }
 
-/// The operands of g_w2 = h_reluᵀ·g_y. Under `selftest-no-cblas`, both
-/// with their rows reversed: the product is the same sum over the block's
-/// rows, taken in the opposite order, but negative strides leave cblas out.
-#[inline(always)]
-pub(super) fn operands_off_cblas<'a, F>(
-    h_relu: ArrayView2<'a, F>,
-    g_y: ArrayView2<'a, F>,
-) -> (ArrayView2<'a, F>, ArrayView2<'a, F>) {
-    #[cfg(feature = "selftest-no-cblas")]
-    {
-        use ndarray::s;
-        (
-            h_relu.slice_move(s![..;-1, ..]),
-            g_y.slice_move(s![..;-1, ..]),
-        )
-    }
-    #[cfg(not(feature = "selftest-no-cblas"))]
-    (h_relu, g_y)
+/// h = x·w1 under `selftest-no-cblas`: the same product with the rows of
+/// x and of h both taken in reverse order. Row i of h is still row i of x
+/// times w1, but negative strides leave cblas out, and ndarray silently
+/// runs its own slower matrix multiply.
+#[cfg(feature = "selftest-no-cblas")]
+pub(super) fn x_w1_off_cblas<F: crate::Real>(
+    x: &ArrayView2<F>,
+    w1: &ndarray::Array2<F>,
+    h: &mut ndarray::ArrayViewMut2<F>,
+) {
+    use ndarray::s;
+    let mut h_rev = h.slice_mut(s![..;-1, ..]);
+    ndarray::linalg::general_mat_mul(F::one(), &x.slice(s![..;-1, ..]), w1, F::zero(), &mut h_rev);
 }
 
 /// Lives for the length of a step. Under `selftest-slow-step` its drop
