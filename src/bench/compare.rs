@@ -482,10 +482,10 @@ pub fn compare(base: &Side, cur: &Side, opts: Options) -> Result<Comparison> {
     ] {
         for (map, r) in maps.iter().zip(reports.iter()) {
             if let Some(p) = first.points.iter().find(|p| !map.contains_key(&p.key())) {
-                return Err(missing(p, r, side));
+                return Err(missing(p, side));
             }
             if let Some(p) = r.points.iter().find(|p| !want.contains(&p.key())) {
-                return Err(missing(p, first, "baseline"));
+                return Err(missing(p, "baseline"));
             }
         }
     }
@@ -546,26 +546,15 @@ pub fn compare(base: &Side, cur: &Side, opts: Options) -> Result<Comparison> {
     })
 }
 
-fn missing(p: &PointReport, other: &Report, side: &str) -> Error {
-    let other_dtype = other.points.iter().find(|q| {
-        (q.n, q.d_in, q.hidden, q.d_out, q.threads) == (p.n, p.d_in, p.hidden, p.d_out, p.threads)
-            && q.dtype != p.dtype
-    });
-    Error::invalid(match other_dtype {
-        Some(q) => format!(
-            "point {} is {} in one report and {} in the other; compare reports of the same dtypes",
-            p.shape_label(),
-            p.dtype,
-            q.dtype
-        ),
-        None => format!(
-            "point {} {} ×{} ({}) is missing from a {side} report; compare reports of the same grid",
-            p.shape_label(),
-            p.dtype,
-            p.threads,
-            p.step_mode
-        ),
-    })
+/// The error for point `p`, which a `side` report lacks.
+fn missing(p: &PointReport, side: &str) -> Error {
+    Error::invalid(format!(
+        "point {} {} ×{} ({}) is missing from a {side} report; compare reports of the same grid and dtypes",
+        p.shape_label(),
+        p.dtype,
+        p.threads,
+        p.step_mode
+    ))
 }
 
 /// Median of the per-step step/GEMM ratios of one process's point.

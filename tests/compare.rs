@@ -1,0 +1,284 @@
+//! `twolayer compare` end to end: its exit status (0 no regression, 1 a
+//! regression, 2 reports that cannot be compared) on folders of runs whose
+//! samples are set by the test, so nothing here depends on the machine's
+//! speed. The template report comes from a real tiny sweep.
+
+mod common;
+
+use common::{run, stderr};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use twolayer::bench::report::Report;
+
+/// A real report of four tiny points, made once.
+fn template() -> &'static Report {
+    static T: OnceLock<Report> = OnceLock::new();
+    T.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let out = run(&[
+            "sweep",
+            "--n",
+            "8,16",
+            "--d-in",
+            "12",
+            "--hidden",
+            "9",
+            "--d-out",
+            "3",
+            "--dtype",
+            "f32,f64",
+            "--threads",
+            "1",
+            "--budget",
+            "0",
+            "--min-steps",
+            "3",
+            "--warmup",
+            "1",
+            "--out",
+            dir.path().to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        Report::read(&dir.path().join("report.json")).unwrap()
+    })
+}
+
+/// Process `k`'s report: every point's 30 step samples near `ms` (±2%,
+/// deterministic), its GEMM samples at `gemm` of them.
+fn process(k: usize, ms: f64, gemm: f64) -> Report {
+    let mut r = template().clone();
+    for (j, p) in r.points.iter_mut().enumerate() {
+        let s: Vec<f64> = (0..30)
+            .map(|i| ms * (1.0 + 0.02 * (((i * 7 + k * 3 + j) % 11) as f64 / 11.0)))
+            .collect();
+        p.gemm_ms_samples = s.iter().map(|v| v * gemm).collect();
+        p.ms_per_step = twolayer::bench::report::Stats::from_samples(s);
+    }
+    r
+}
+
+/// Writes `reports` as a folder of runs, `dir/01/report.json`, ...
+fn runs(dir: &Path, name: &str, reports: &[Report]) -> PathBuf {
+    let side = dir.join(name);
+    for (k, r) in reports.iter().enumerate() {
+        let d = side.join(format!("{:02}", k + 1));
+        std::fs::create_dir_all(&d).unwrap();
+        r.write_json(&d.join("report.json")).unwrap();
+    }
+    side
+}
+
+fn five(ms: f64, gemm: f64) -> Vec<Report> {
+    (0..5).map(|k| process(k, ms, gemm)).collect()
+}
+
+/// `twolayer compare --paired BASE CUR [extra]`: (exit code, stdout, stderr).
+fn compare(base: &Path, cur: &Path, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec![
+        "compare",
+        "--paired",
+        base.to_str().unwrap(),
+        cur.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = run(&args);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr(&out),
+    )
+}
+
+#[test]
+fn unchanged_code_passes_and_a_slowdown_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let base = runs(d, "base", &five(1.0, 0.9));
+
+    let same = runs(d, "same", &five(1.0, 0.9));
+    let (code, out, err) = compare(&base, &same, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("4 points: 0 slower, 0 faster, 4 within noise"),
+        "{out}"
+    );
+
+    // 30% slower outside the GEMMs.
+    let slow = runs(d, "slow", &five(1.3, 0.9 / 1.3));
+    let (code, out, err) = compare(&base, &slow, &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("4 points: 4 slower"), "{out}");
+    assert!(err.contains("regression: 4 point(s) slower"), "{err}");
+
+    // 30% slower inside the GEMMs: step/GEMM does not move at all. The
+    // gate that took that ratio passed this; wall time does not.
+    let slow_gemms = runs(d, "slow-gemms", &five(1.3, 0.9));
+    let (code, out, err) = compare(&base, &slow_gemms, &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("4 points: 4 slower"), "{out}");
+    assert!(
+        out.contains("0.900 → 0.900") || out.contains("1.111 → 1.111"),
+        "{out}"
+    );
+
+    // Faster is not a failure.
+    let fast = runs(d, "fast", &five(0.7, 0.9));
+    let (code, out, _) = compare(&base, &fast, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("4 faster"), "{out}");
+
+    // Below the threshold is not a failure either: 5% slower.
+    let a_little = runs(d, "a-little", &five(1.05, 0.9));
+    let (code, out, _) = compare(&base, &a_little, &[]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn one_process_in_a_slow_mode_does_not_decide() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let base = runs(d, "base", &five(1.0, 0.9));
+    let mut cur = five(1.0, 0.9);
+    cur[3] = process(3, 1.6, 0.9);
+    let cur = runs(d, "cur", &cur);
+    let (code, out, err) = compare(&base, &cur, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    // Unpaired too.
+    let out = run(&["compare", base.to_str().unwrap(), cur.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn verdicts_are_written_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let base = runs(d, "base", &five(1.0, 0.9));
+    let slow = runs(d, "slow", &five(1.25, 0.9));
+    let json = d.join("verdict.json");
+    let (code, _, err) = compare(&base, &slow, &["--json", json.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["exit_status"], 1);
+    assert_eq!(v["passed"], false);
+    assert_eq!(v["metric"], "wall_time_per_step");
+    assert_eq!(v["paired"], true);
+    assert_eq!(v["processes"], serde_json::json!([5, 5]));
+    let points = v["points"].as_array().unwrap();
+    assert_eq!(points.len(), 4);
+    for p in points {
+        assert_eq!(p["verdict"], "slower", "{p}");
+        let change = p["change"].as_f64().unwrap();
+        assert!((change - 1.25).abs() < 0.02, "{p}");
+        let ci = p["ci"].as_array().unwrap();
+        assert!(ci[0].as_f64().unwrap() <= change && change <= ci[1].as_f64().unwrap());
+    }
+    assert_eq!(v["overall"]["verdict"], "slower");
+}
+
+#[test]
+fn different_environments_are_named_and_refused_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let base = runs(d, "base", &five(1.0, 0.9));
+    let mut other = five(1.0, 0.9);
+    for r in &mut other {
+        r.env.openblas_core = "Haswell".into();
+        r.env.openblas_env = vec!["OPENBLAS_CORETYPE=Haswell".into()];
+    }
+    let other = runs(d, "other", &other);
+    let (code, out, err) = compare(&base, &other, &[]);
+    assert_eq!(code, 2, "{out}{err}");
+    let base_core = &template().env.openblas_core;
+    assert!(
+        err.contains(&format!(
+            "openblas_core: baseline {base_core}; current Haswell"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("OPENBLAS_CORETYPE=Haswell"), "{err}");
+    assert!(err.contains("--allow-env-change"), "{err}");
+    assert!(out.is_empty(), "{out}");
+
+    let (code, out, err) = compare(&base, &other, &["--allow-env-change"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("Environments differ:\n- openblas_core"),
+        "{out}"
+    );
+}
+
+#[test]
+fn reports_that_cannot_be_compared_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let base = runs(d, "base", &five(1.0, 0.9));
+    let cases: Vec<(&str, Box<dyn Fn(&mut Report)>, &str)> = vec![
+        (
+            "zero",
+            Box::new(|r| r.points[1].ms_per_step.samples[4] = 0.0),
+            "positive and finite",
+        ),
+        (
+            "negative",
+            Box::new(|r| r.points[0].ms_per_step.samples[0] = -1.0),
+            "positive and finite",
+        ),
+        (
+            "gemm",
+            Box::new(|r| r.points[0].gemm_ms_samples[2] = -3.0),
+            "positive and finite",
+        ),
+        (
+            "twice",
+            Box::new(|r| {
+                let mut p = r.points[0].clone();
+                p.ms_per_step.samples.iter_mut().for_each(|v| *v *= 1.5);
+                r.points.push(p);
+            }),
+            "listed twice",
+        ),
+        (
+            "lengths",
+            Box::new(|r| {
+                r.points[2].gemm_ms_samples.pop();
+            }),
+            "GEMM samples",
+        ),
+        (
+            "few",
+            Box::new(|r| r.points[2].ms_per_step.samples.truncate(2)),
+            "at least 3",
+        ),
+        (
+            "missing",
+            Box::new(|r| {
+                r.points.pop();
+            }),
+            "missing from a current report",
+        ),
+    ];
+    for (name, edit, msg) in cases {
+        let mut cur = five(1.0, 0.9);
+        edit(&mut cur[2]);
+        let cur = runs(d, name, &cur);
+        let (code, out, err) = compare(&base, &cur, &[]);
+        assert_eq!(code, 2, "{name}: {out}{err}");
+        assert!(err.contains(msg), "{name}: {err}");
+        assert_eq!(err.lines().count(), 1, "{name}: {err}");
+    }
+    // Paired sides need as many runs each.
+    let four = runs(d, "four", &five(1.0, 0.9)[..4]);
+    let (code, _, err) = compare(&base, &four, &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--paired needs as many runs"), "{err}");
+    // A folder without runs.
+    let empty = d.join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let (code, _, err) = compare(&base, &empty, &[]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("subfolders that each hold a report.json"),
+        "{err}"
+    );
+}
