@@ -43,7 +43,7 @@ done
 heads=(same "${kinds[@]}")
 declare -A failed
 for h in "${heads[@]}"; do failed[$h]=0; done
-echo "gate self-test: $runs runs, $pairs pairs each, $(date -u +%FT%TZ), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $("$out/bin/base" info 2>/dev/null | grep -m1 '^OpenBLAS ' | tr -s ' ' || echo 'OpenBLAS ?'), OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}"
+echo "gate self-test: $runs runs, $pairs pairs each, $(date -u +%FT%TZ), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $("$out/bin/base" info 2>/dev/null | grep '^OpenBLAS ' | head -n 1 | tr -s ' '), OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}"
 for r in $(seq 1 "$runs"); do
   dir="$out/run-$(printf %02d "$r")"
   args=(base="$out/bin/base" same="$out/bin/base")
