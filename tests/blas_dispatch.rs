@@ -13,6 +13,10 @@ use twolayer::{Data, LearningRates, Real, Shape, StepMode, Trainer, Weights};
 
 static DGEMM: AtomicUsize = AtomicUsize::new(0);
 static SGEMM: AtomicUsize = AtomicUsize::new(0);
+/// Every call's (transA, transB, m, n, k, beta ≠ 0), when recording.
+static LOG: std::sync::Mutex<Vec<(c_int, c_int, c_int, c_int, c_int, bool)>> =
+    std::sync::Mutex::new(Vec::new());
+static RECORD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 type Gemm<T> = unsafe extern "C" fn(
     c_int,
@@ -63,6 +67,11 @@ macro_rules! interpose {
             ldc: c_int,
         ) {
             $counter.fetch_add(1, Ordering::SeqCst);
+            if RECORD.load(Ordering::SeqCst) {
+                LOG.lock()
+                    .unwrap()
+                    .push((ta, tb, m, n, k, beta != (0 as $t)));
+            }
             if std::env::var_os("DBG").is_some() {
                 eprintln!("{} m{m} n{n} k{k}", stringify!($name));
             }
@@ -169,4 +178,42 @@ fn all_five_products_go_to_cblas() {
     let before = DGEMM.load(Ordering::SeqCst);
     twolayer::step::step(&mut ws, &data, &mut w, LearningRates { w1: 0.0, w2: 1e-6 });
     assert_eq!(DGEMM.load(Ordering::SeqCst) - before, 4);
+
+    // The benchmarks' "GEMMs alone" are the step's own calls: the same
+    // number, shapes, transposes and betas, whatever the plan.
+    for shape in [
+        Shape::REFERENCE,
+        Shape::new(1000, 257, 65, 9).unwrap(),
+        Shape::new(64, 600, 512, 10).unwrap(),
+    ] {
+        for mode in [StepMode::Fused, StepMode::Explicit] {
+            let mut ws = twolayer::Workspace::<f64>::new(shape, 2, mode);
+            let data = Data::<f64>::random(shape, 1);
+            let mut w = Weights::random(shape, 2);
+            let lr = LearningRates::uniform(1e-9);
+            let calls = |f: &mut dyn FnMut()| {
+                LOG.lock().unwrap().clear();
+                RECORD.store(true, Ordering::SeqCst);
+                f();
+                RECORD.store(false, Ordering::SeqCst);
+                let mut log = LOG.lock().unwrap().clone();
+                log.sort();
+                log
+            };
+            let step_calls = match mode {
+                StepMode::Fused => calls(&mut || {
+                    twolayer::step::step(&mut ws, &data, &mut w, lr);
+                }),
+                StepMode::Explicit => {
+                    let mut g = twolayer::Gradients::zeros(shape);
+                    calls(&mut || {
+                        twolayer::step::gradients(&mut ws, &data, &w, &mut g);
+                    })
+                }
+            };
+            let gemm_calls = calls(&mut || twolayer::step::gemms_only(&mut ws, &data, &mut w, lr));
+            assert!(!step_calls.is_empty());
+            assert_eq!(step_calls, gemm_calls, "{shape} {mode:?}");
+        }
+    }
 }

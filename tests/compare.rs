@@ -213,7 +213,8 @@ fn reports_that_cannot_be_compared_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let base = runs(d, "base", &five(1.0, 0.9));
-    let cases: Vec<(&str, Box<dyn Fn(&mut Report)>, &str)> = vec![
+    type Edit = Box<dyn Fn(&mut Report)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
         (
             "zero",
             Box::new(|r| r.points[1].ms_per_step.samples[4] = 0.0),

@@ -392,9 +392,12 @@ struct PointSamples<'a> {
     cur: Vec<&'a [f64]>,
 }
 
+/// A statistic and its 95% interval.
+type Estimate = (f64, (f64, f64));
+
 /// The point estimates and hierarchical-bootstrap intervals of R for
 /// every point, and of their geometric mean.
-fn bootstrap(points: &[PointSamples], paired: bool) -> (Vec<(f64, (f64, f64))>, (f64, (f64, f64))) {
+fn bootstrap(points: &[PointSamples], paired: bool) -> (Vec<Estimate>, Estimate) {
     let mut scratch = Vec::new();
     let estimate: Vec<f64> = points
         .iter()
@@ -407,7 +410,7 @@ fn bootstrap(points: &[PointSamples], paired: bool) -> (Vec<(f64, (f64, f64))>, 
     let geo = |rs: &[f64]| (rs.iter().map(|r| r.ln()).sum::<f64>() / rs.len() as f64).exp();
 
     let (kb, kc) = (points[0].base.len(), points[0].cur.len());
-    let mut rng = ChaCha8Rng::seed_from_u64(0x7776_6c61_7965_72);
+    let mut rng = ChaCha8Rng::seed_from_u64(0x0077_766c_6179_6572);
     let mut per_point: Vec<Vec<f64>> = vec![Vec::with_capacity(RESAMPLES); points.len()];
     let mut overall = Vec::with_capacity(RESAMPLES);
     let (mut ib, mut ic) = (vec![0; kb], vec![0; kc]);

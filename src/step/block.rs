@@ -1,0 +1,201 @@
+//! One block of rows through the network: the forward pass and the
+//! backward pass, line by line against the math (docs/design.md §1). This
+//! is the only file needed to check the math.
+//!
+//! ```text
+//! h        = x · w1                 B×H
+//! h_relu   = max(h, 0)              B×H
+//! y_pred   = h_relu · w2            B×D_out
+//! loss     = Σ (y_pred − y)²
+//! g_y      = 2 (y_pred − y)         B×D_out
+//! g_w2     = h_reluᵀ · g_y          H×D_out
+//! g_hrelu  = g_y · w2ᵀ              B×H      (w2 before this step's update)
+//! g_h      = g_hrelu, 0 where h < 0
+//! g_w1     = xᵀ · g_h               D_in×H
+//! ```
+//!
+//! Three buffers hold a block's intermediates, each reused in place by the
+//! next line that needs it (h then h_relu; y_pred then g_y; g_hrelu then
+//! g_h); the code rebinds each view under the name of what it now holds.
+
+use super::plan::BlockBufs;
+use super::probe::{Phase, Probe};
+use super::views::{rows_of_mut, slice, slice_mut};
+use super::LearningRates;
+use crate::kernels;
+use crate::net::Weights;
+use crate::scalar::Real;
+use ndarray::linalg::general_mat_mul;
+use ndarray::{Array2, ArrayView2, ArrayViewMut2};
+
+/// Where a block's weight gradients go, with the weights the block reads.
+pub(super) enum Sink<'a, F> {
+    /// Into a shard's sums: `g ← 1·product + beta·g` (beta = 0 on the
+    /// shard's first block, 1 after).
+    Accumulate {
+        /// The weights, read.
+        weights: &'a Weights<F>,
+        /// D_in×H. `None`: leave this block's g_w1 GEMM for later (an
+        /// exchanged step runs it in pieces; g_h stays in its buffer).
+        g_w1: Option<&'a mut Array2<F>>,
+        /// H×D_out.
+        g_w2: &'a mut Array2<F>,
+        /// 0 or 1, as above.
+        beta: F,
+    },
+    /// Straight into the weights, SGD inside the GEMMs:
+    /// `w ← −lr·product + 1·w`.
+    Fused {
+        /// The weights, read by the forward pass and then updated.
+        weights: &'a mut Weights<F>,
+        /// Each layer's rate.
+        lr: LearningRates,
+    },
+}
+
+/// One weight-gradient GEMM's destination: `out ← alpha·product + beta·out`.
+struct Target<'a, F> {
+    alpha: F,
+    beta: F,
+    out: &'a mut Array2<F>,
+}
+
+impl<'a, F: Real> Sink<'a, F> {
+    fn weights(&self) -> &Weights<F> {
+        match self {
+            Sink::Accumulate { weights, .. } => weights,
+            Sink::Fused { weights, .. } => weights,
+        }
+    }
+
+    /// The targets of (g_w2, g_w1). `None` where the GEMM is not run now:
+    /// a deferred g_w1, or a fused layer whose rate is 0 (alpha = 0 with
+    /// beta = 1 would leave the weights as they are).
+    fn targets(self) -> (Option<Target<'a, F>>, Option<Target<'a, F>>) {
+        let (one, zero) = (F::one(), F::zero());
+        match self {
+            Sink::Accumulate {
+                g_w1, g_w2, beta, ..
+            } => (
+                Some(Target {
+                    alpha: one,
+                    beta,
+                    out: g_w2,
+                }),
+                g_w1.map(|out| Target {
+                    alpha: one,
+                    beta,
+                    out,
+                }),
+            ),
+            Sink::Fused { weights, lr } => {
+                let fused = |lr: f64, out| {
+                    let alpha = -F::from_f64(lr);
+                    (alpha != zero).then_some(Target {
+                        alpha,
+                        beta: one,
+                        out,
+                    })
+                };
+                (fused(lr.w2, &mut weights.w2), fused(lr.w1, &mut weights.w1))
+            }
+        }
+    }
+}
+
+/// Forward and backward for one block of rows: x is B×D_in, y is B×D_out.
+/// Returns the block's loss. With a [`Sink::Fused`] sink and a loss that is
+/// not finite, stops before the update and leaves the weights as they were.
+///
+/// With `PASSES = false` the elementwise passes (ReLU, loss and g_y, mask)
+/// are skipped and the loss is 0: the step's GEMMs alone, exactly as the
+/// step calls them, which benchmarks time beside the step
+/// ([`super::gemms_only`]).
+pub(super) fn block<F: Real, const PASSES: bool>(
+    bufs: &mut BlockBufs<F>,
+    x: ArrayView2<F>,
+    y: ArrayView2<F>,
+    sink: Sink<F>,
+    probe: &mut impl Probe,
+) -> f64 {
+    let (one, zero) = (F::one(), F::zero());
+    let rows = x.nrows();
+    let mut h = rows_of_mut(&mut bufs.h, 0..rows);
+    let mut y_pred = rows_of_mut(&mut bufs.y_pred, 0..rows);
+    let mut g_hrelu = rows_of_mut(&mut bufs.g_hrelu, 0..rows);
+    let w = sink.weights();
+
+    // ---- forward ----
+    // h = x · w1
+    //   (B×D_in)·(D_in×H) → B×H; no transposes; alpha = 1, beta = 0.
+    #[cfg(not(feature = "selftest-no-cblas"))]
+    general_mat_mul(one, &x, &w.w1, zero, &mut h);
+    #[cfg(feature = "selftest-no-cblas")]
+    super::selftest::x_w1_off_cblas(&x, &w.w1, &mut h);
+    probe.done(Phase::ForwardGemms);
+
+    // h_relu = max(h, 0), in place; where h < 0 it stores −0.0, so the
+    // sign bit is the mask the backward pass needs.
+    let h_relu: ArrayViewMut2<F> = {
+        if PASSES {
+            kernels::relu_in_place(slice_mut(&mut h));
+        }
+        h
+    };
+    probe.done(Phase::Relu);
+
+    // y_pred = h_relu · w2
+    //   (B×H)·(H×D_out) → B×D_out; no transposes; alpha = 1, beta = 0.
+    general_mat_mul(one, &h_relu, &w.w2, zero, &mut y_pred);
+    probe.done(Phase::ForwardGemms);
+
+    // loss = Σ (y_pred − y)²  and  g_y = 2 (y_pred − y), one pass, in place.
+    let (loss, g_y) = {
+        let loss = if PASSES {
+            kernels::loss_and_grad(slice_mut(&mut y_pred), slice(&y))
+        } else {
+            0.0
+        };
+        (loss, y_pred)
+    };
+    probe.done(Phase::LossGrad);
+    if matches!(sink, Sink::Fused { .. }) && !loss.is_finite() {
+        return loss;
+    }
+
+    // ---- backward ----
+    // g_hrelu = g_y · w2ᵀ
+    //   (B×D_out)·(D_out×H) → B×H; w2ᵀ is a transposed view (cblas
+    //   TransB); alpha = 1, beta = 0. Reads this step's w2: it comes
+    //   before any update of w2.
+    general_mat_mul(one, &g_y, &w.w2.t(), zero, &mut g_hrelu);
+    probe.done(Phase::BackwardGemms);
+
+    // g_h = g_hrelu, with g_h = 0 where h < 0 (h == 0 passes), in place.
+    let g_h = {
+        if PASSES {
+            kernels::relu_mask(slice_mut(&mut g_hrelu), slice(&h_relu.view()));
+        }
+        g_hrelu
+    };
+    probe.done(Phase::Mask);
+
+    let (w2_target, w1_target) = sink.targets();
+    // g_w2 (+)= h_reluᵀ · g_y
+    //   (H×B)·(B×D_out) → H×D_out; h_reluᵀ is a transposed view (TransA).
+    //   Accumulating: alpha = 1, beta = 0 on the shard's first block, else 1.
+    //   Fused: w2 ← −lr·h_reluᵀ·g_y + 1·w2 (alpha = −lr, beta = 1).
+    if let Some(t) = w2_target {
+        general_mat_mul(t.alpha, &h_relu.t(), &g_y, t.beta, t.out);
+    }
+    // g_w1 (+)= xᵀ · g_h
+    //   (D_in×B)·(B×H) → D_in×H; xᵀ is a transposed view (TransA). With
+    //   x·w1, the big one: 2·B·D_in·H FLOPs each.
+    //   Accumulating: alpha = 1, beta as above. Fused: alpha = −lr, beta = 1.
+    //   Deferred: no target; the exchanged step runs it later, in pieces.
+    if let Some(t) = w1_target {
+        general_mat_mul(t.alpha, &x.t(), &g_h, t.beta, t.out);
+    }
+    probe.done(Phase::BackwardGemms);
+    loss
+}

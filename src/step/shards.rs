@@ -1,0 +1,185 @@
+//! The shards of a step: each a range of consecutive rows walked in blocks
+//! on its own core, adding its blocks' weight gradients into its own sums;
+//! then the reduction of those sums into the update (see [`super::plan`]
+//! for why the work is laid out this way).
+
+use super::block::{block, Sink};
+use super::plan::{BlockBufs, Workspace};
+use super::probe::{NoProbe, Probe};
+use super::views::{columns_of, flat, flat_mut, rows_of, rows_of_mut, slice, slice_mut};
+use crate::kernels;
+use crate::net::{Data, Weights};
+use crate::scalar::Real;
+use ndarray::linalg::general_mat_mul;
+use ndarray::Array2;
+use std::ops::Range;
+
+/// One shard's rows, block buffers and gradient sums.
+#[derive(Debug)]
+pub(super) struct Shard<F> {
+    /// Its rows of the batch.
+    pub(super) rows: Range<usize>,
+    /// One block's intermediates.
+    pub(super) bufs: BlockBufs<F>,
+    /// D_in×H: Σ over this shard's blocks of x_bᵀ·g_h (empty when fused).
+    pub(super) g_w1: Array2<F>,
+    /// H×D_out: Σ over this shard's blocks of h_reluᵀ·g_y (empty when fused).
+    pub(super) g_w2: Array2<F>,
+    /// Σ over this shard's blocks of the loss.
+    pub(super) loss: f64,
+}
+
+/// One of the two weight matrices.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Layer {
+    /// D_in×H.
+    W1,
+    /// H×D_out.
+    W2,
+}
+
+impl<F> Shard<F> {
+    pub(super) fn grad(&self, l: Layer) -> &Array2<F> {
+        match l {
+            Layer::W1 => &self.g_w1,
+            Layer::W2 => &self.g_w2,
+        }
+    }
+
+    pub(super) fn grad_mut(&mut self, l: Layer) -> &mut Array2<F> {
+        match l {
+            Layer::W1 => &mut self.g_w1,
+            Layer::W2 => &mut self.g_w2,
+        }
+    }
+}
+
+/// Runs all blocks of one shard, leaving its loss and gradient sums in it.
+/// With `defer_last_w1`, the last block stops before its g_w1 GEMM (see
+/// [`last_block_w1`]).
+fn run_shard<F: Real, const PASSES: bool>(
+    sh: &mut Shard<F>,
+    data: &Data<F>,
+    weights: &Weights<F>,
+    plan: &super::Plan,
+    defer_last_w1: bool,
+    probe: &mut impl Probe,
+) {
+    let mut loss = 0.0;
+    for (rows, beta) in plan.blocks::<F>(sh.rows.clone()) {
+        let deferred = defer_last_w1 && rows.end == sh.rows.end;
+        loss += block::<F, PASSES>(
+            &mut sh.bufs,
+            rows_of(&data.x, rows.clone()),
+            rows_of(&data.y, rows),
+            Sink::Accumulate {
+                weights,
+                g_w1: (!deferred).then_some(&mut sh.g_w1),
+                g_w2: &mut sh.g_w2,
+                beta,
+            },
+            probe,
+        );
+    }
+    sh.loss = loss;
+}
+
+/// Forward and backward over all shards in parallel, each on its own core;
+/// each shard's loss and gradient sums stay in the workspace. Returns the
+/// total loss, added in shard order (the same sum whatever ran where). The
+/// first shard reports its phases to `probe`.
+pub(super) fn all_shards<F: Real, const PASSES: bool>(
+    ws: &mut Workspace<F>,
+    data: &Data<F>,
+    weights: &Weights<F>,
+    defer_last_w1: bool,
+    probe: &mut impl Probe,
+) -> f64 {
+    use rayon::prelude::*;
+    let plan = ws.plan;
+    let (first, rest) = ws.shards.split_at_mut(1);
+    rayon::join(
+        || run_shard::<F, PASSES>(&mut first[0], data, weights, &plan, defer_last_w1, probe),
+        || {
+            rest.par_iter_mut().for_each(|sh| {
+                run_shard::<F, PASSES>(sh, data, weights, &plan, defer_last_w1, &mut NoProbe)
+            })
+        },
+    );
+    ws.shards.iter().map(|s| s.loss).sum()
+}
+
+/// The deferred g_w1 GEMM of one shard's last block, for rows `piece` of
+/// g_w1 (columns `piece` of x) only:
+///
+/// g_w1[piece, :] (+)= x_b[:, piece]ᵀ · g_h
+///   (P×B)·(B×H) → P×H; x_b[:, piece]ᵀ is a transposed strided view
+///   (TransA, lda = D_in); alpha = 1, beta = the block's (0 when the shard
+///   has one block, else 1). g_h is the block's, left in its buffer.
+///
+/// The pieces of a row split are the rows of the whole product: each
+/// element is the same dot product over the block's rows (OpenBLAS may
+/// still round a smaller call differently).
+pub(super) fn last_block_w1<F: Real>(
+    sh: &mut Shard<F>,
+    data: &Data<F>,
+    plan: &super::Plan,
+    piece: Range<usize>,
+) {
+    let (blk, beta) = plan
+        .blocks::<F>(sh.rows.clone())
+        .last()
+        .expect("a shard has at least one row");
+    let x_piece = columns_of(&data.x, blk.clone(), piece.clone());
+    debug_assert_eq!(x_piece.dim(), (blk.len(), piece.len()));
+    let g_h = rows_of(&sh.bufs.g_hrelu, 0..blk.len());
+    let mut out = rows_of_mut(&mut sh.g_w1, piece);
+    general_mat_mul(F::one(), &x_piece.t(), &g_h, beta, &mut out);
+}
+
+/// One layer's gradient summed over the shards: `out ← Σ shard sums`.
+pub(super) fn sum_into<F: Real>(out: &mut Array2<F>, shards: &[Shard<F>], l: Layer) {
+    let out = flat_mut(out);
+    match shards {
+        [a] => kernels::copy(out, flat(a.grad(l))),
+        [a, b, more @ ..] => {
+            kernels::sum2(out, flat(a.grad(l)), flat(b.grad(l)));
+            for m in more {
+                kernels::add_assign(out, flat(m.grad(l)));
+            }
+        }
+        [] => unreachable!("a plan has at least one shard"),
+    }
+}
+
+/// One layer's update from the shards' sums, `w ← w − lr·Σ g`: summing and
+/// updating in one pass for up to two shards (any more are first added
+/// into the first shard's buffer).
+pub(super) fn update_layer<F: Real>(w: &mut Array2<F>, shards: &mut [Shard<F>], l: Layer, lr: f64) {
+    if lr == 0.0 {
+        return;
+    }
+    let lr = F::from_f64(lr);
+    let (first, rest) = shards.split_at_mut(1);
+    let g0 = first[0].grad_mut(l);
+    match rest {
+        [] => kernels::sgd_update(flat_mut(w), flat(g0), lr),
+        [b, more @ ..] => {
+            for m in more.iter() {
+                kernels::add_assign(flat_mut(g0), flat(m.grad(l)));
+            }
+            kernels::sgd_update_sum2(flat_mut(w), flat(g0), flat(b.grad(l)), lr);
+        }
+    }
+}
+
+/// Adds rows `r` of every other shard's sum of `l` into the first shard's,
+/// leaving the process's whole sum of those rows there.
+pub(super) fn fold_into_first<F: Real>(shards: &mut [Shard<F>], l: Layer, r: Range<usize>) {
+    let (first, rest) = shards.split_at_mut(1);
+    let mut acc = rows_of_mut(first[0].grad_mut(l), r.clone());
+    for sh in rest.iter() {
+        let part = rows_of(sh.grad(l), r.clone());
+        kernels::add_assign(slice_mut(&mut acc), slice(&part));
+    }
+}
