@@ -13,9 +13,10 @@ use twolayer::{Data, LearningRates, Real, Shape, StepMode, Trainer, Weights};
 
 static DGEMM: AtomicUsize = AtomicUsize::new(0);
 static SGEMM: AtomicUsize = AtomicUsize::new(0);
-/// Every call's (transA, transB, m, n, k, beta ≠ 0), when recording.
-static LOG: std::sync::Mutex<Vec<(c_int, c_int, c_int, c_int, c_int, bool)>> =
-    std::sync::Mutex::new(Vec::new());
+/// A call's (transA, transB, m, n, k, beta ≠ 0).
+type Call = (c_int, c_int, c_int, c_int, c_int, bool);
+/// Every call, when recording.
+static LOG: std::sync::Mutex<Vec<Call>> = std::sync::Mutex::new(Vec::new());
 static RECORD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 type Gemm<T> = unsafe extern "C" fn(
