@@ -4,9 +4,9 @@
 # kinds of real slowdown, each built in by its own Cargo feature (see
 # src/step/selftest.rs; release builds never carry them):
 #   extra-work     selftest-slow-step      every step spins 15% of its time
-#   small-blocks   selftest-small-blocks   GEMMs in blocks of 32 rows
+#   small-blocks   selftest-small-blocks   GEMMs in blocks of 16 rows
 #   more-shards    selftest-oversubscribe  twice as many shards as cores
-#   no-cblas       selftest-no-cblas       x·w1 falls off the cblas path
+#   one-gemm       selftest-one-gemm       no shards: both cores share each GEMM
 #
 # Each run is the CI gate's measurement, widened to six builds: K rounds
 # (K = --pairs, 5 as in CI) of fresh sweeps of benchmarks/gate.toml, each
@@ -33,8 +33,8 @@ mkdir -p "$out/bin"
 
 cargo build --release --quiet
 cp target/release/twolayer "$out/bin/base"
-kinds=(extra-work small-blocks more-shards no-cblas)
-features=(selftest-slow-step selftest-small-blocks selftest-oversubscribe selftest-no-cblas)
+kinds=(extra-work small-blocks more-shards one-gemm)
+features=(selftest-slow-step selftest-small-blocks selftest-oversubscribe selftest-one-gemm)
 for i in "${!kinds[@]}"; do
   cargo build --release --quiet --features "${features[$i]}" --target-dir target/selftest
   cp target/selftest/release/twolayer "$out/bin/${kinds[$i]}"

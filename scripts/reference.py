@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The numpy reference for twolayer: the algorithm of design.md section 1,
+"""The numpy reference for twolayer: the algorithm of docs/design.md section 1,
 exactly as the classic warm-up writes it, with options to read and write the
 same .npz files as `twolayer train` and to dump per-step losses.
 
@@ -77,7 +77,7 @@ def main():
     times = []
     for t in range(args.warmup + args.steps):
         start = time.perf_counter()
-        # ---- the reference step, design.md section 1 ----
+        # ---- the reference step, docs/design.md section 1 ----
         h = x.dot(w1)
         h_relu = np.maximum(h, 0)
         y_pred = h_relu.dot(w2)

@@ -3,9 +3,10 @@
 //! Trains a two-layer fully connected network — x → Linear → ReLU → Linear,
 //! sum-of-squares loss, plain SGD, backprop written out as matrix products —
 //! as fast as the machine allows: every product is an OpenBLAS GEMM into a
-//! preallocated buffer, every elementwise pass a rayon pass.
+//! preallocated buffer, and the work split into shards of rows, one per
+//! rayon thread.
 //!
-//! The algorithm is the classic numpy warm-up, exactly (design.md §1):
+//! The algorithm is the classic numpy warm-up, exactly (docs/design.md §1):
 //! N, D_in, H, D_out = 64, 1000, 100, 10; lr 1e-6; 500 steps; float64.
 //!
 //! ```no_run

@@ -1,8 +1,10 @@
-//! One thread budget for the whole process. Rayon's pool gets all of it:
-//! the step runs one shard of rows per rayon thread (see
-//! [`Plan`](crate::Plan)), each calling OpenBLAS single-threaded, so
-//! OpenBLAS itself gets one thread and its own worker threads never
-//! compete with the shards for a core.
+//! One thread budget for the whole process. Rayon's pool gets all of it.
+//! How OpenBLAS's threads share it is the step's plan's to say
+//! ([`Plan`](crate::Plan)): sharded plans run one shard of rows per rayon
+//! thread, each calling OpenBLAS single-threaded, so OpenBLAS's own workers
+//! never compete with the shards for a core; wide plans run one shard and
+//! give OpenBLAS every thread of the budget. Each step sets OpenBLAS's
+//! count from its plan as it starts.
 
 use crate::blas;
 use crate::error::{Error, Result};
@@ -17,8 +19,8 @@ pub fn available_cores() -> usize {
 /// Largest budget accepted; more threads than this is a typo, not a plan.
 pub const MAX_THREADS: usize = 1024;
 
-/// Gives rayon's global pool `threads` threads and OpenBLAS one (each
-/// shard calls it from its own rayon thread). Rayon's pool can be sized only
+/// Gives rayon's global pool `threads` threads, and OpenBLAS one until a
+/// step sets its plan's count. Rayon's pool can be sized only
 /// once per process: a second call with another count fails.
 pub fn set_budget(threads: usize) -> Result<()> {
     if threads == 0 || threads > MAX_THREADS {

@@ -364,7 +364,7 @@ fn unwritable_outputs_fail_before_training() {
 
 #[test]
 fn divergence_names_the_step_and_suggests_a_smaller_lr() {
-    // The reference's lr 1e-6 diverges once N·D_in·H is large (design.md §1).
+    // The reference's lr 1e-6 diverges once N·D_in·H is large (docs/design.md §1).
     let dir = tempfile::tempdir().unwrap();
     let w = dir.path().join("w.npz");
     let out = run(&[

@@ -287,7 +287,7 @@ fn a_changed_data_file_is_refused_on_resume() {
 fn a_diverging_run_keeps_its_last_finite_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let ck = dir.path().join("c.ckpt");
-    // lr 1e-6 diverges at N = 4096 within a few steps (design.md §1).
+    // lr 1e-6 diverges at N = 4096 within a few steps (docs/design.md §1).
     let out = run(&[
         "train",
         "--n",

@@ -128,10 +128,7 @@ pub(super) fn block<F: Real, const PASSES: bool>(
     // ---- forward ----
     // h = x · w1
     //   (B×D_in)·(D_in×H) → B×H; no transposes; alpha = 1, beta = 0.
-    #[cfg(not(feature = "selftest-no-cblas"))]
     general_mat_mul(one, &x, &w.w1, zero, &mut h);
-    #[cfg(feature = "selftest-no-cblas")]
-    super::selftest::x_w1_off_cblas(&x, &w.w1, &mut h);
     probe.done(Phase::ForwardGemms);
 
     // h_relu = max(h, 0), in place; where h < 0 it stores −0.0, so the

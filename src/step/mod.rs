@@ -1,7 +1,8 @@
 //! One training step: forward, backward, update, mirroring the math of
 //! docs/design.md §1 line by line. Every product is a GEMM into a buffer
 //! allocated once, in the [`Workspace`]; every elementwise pass is a
-//! [`kernels`](crate::kernels) call. Nothing here allocates.
+//! [`kernels`](crate::kernels) call (sequential inside a shard, on rayon
+//! over whole weight matrices). Nothing here allocates.
 //!
 //! ```text
 //! h        = x · w1                 N×H

@@ -8,17 +8,14 @@
 //! |---|---|---|
 //! | `selftest-slow-step` | every step spins for 15% of its own time at its end | work outside the GEMMs |
 //! | `selftest-small-blocks` | sharded plans walk their rows in blocks of [`SMALL_BLOCK_ROWS`] | the GEMMs' shapes |
-//! | `selftest-oversubscribe` | twice as many shards as threads | the split of the GEMMs over the cores |
-//! | `selftest-no-cblas` | x·w1 gets operands with negative strides, which cblas cannot take: ndarray silently runs it on its own slower matrix multiply | the GEMMs' dispatch |
-
-#[cfg(feature = "selftest-no-cblas")]
-use ndarray::ArrayView2;
+//! | `selftest-oversubscribe` | twice as many shards as threads | the shards' sizes and their reduction |
+//! | `selftest-one-gemm` | every plan is a wide one: no shards, both cores share each GEMM call | the split of the GEMMs over the cores |
 
 /// Block rows under `selftest-small-blocks`: in place of max(H, 128) rows
-/// (f64) or max(H, 256) (f32), thinner GEMM calls. (Batches of 64 on two
-/// threads already run in blocks of 32, so only larger batches slow down.)
+/// (f64) or max(H, 256) (f32), or 32 for a batch of 64 on two threads,
+/// thinner GEMM calls. (Blocks of 32 slowed only some points, by 1–20%.)
 #[cfg_attr(not(feature = "selftest-small-blocks"), allow(dead_code))]
-pub const SMALL_BLOCK_ROWS: usize = 32;
+pub const SMALL_BLOCK_ROWS: usize = 16;
 
 /// The plan's (shards, block rows) for a batch of `n`, worsened by
 /// `selftest-small-blocks` (blocks of [`SMALL_BLOCK_ROWS`]) and
@@ -49,19 +46,13 @@ pub(super) fn worsen_plan(
     (shards, block_rows)
 }
 
-/// h = x·w1 under `selftest-no-cblas`: the same product with the rows of
-/// x and of h both taken in reverse order. Row i of h is still row i of x
-/// times w1, but negative strides leave cblas out, and ndarray silently
-/// runs its own slower matrix multiply.
-#[cfg(feature = "selftest-no-cblas")]
-pub(super) fn x_w1_off_cblas<F: crate::Real>(
-    x: &ArrayView2<F>,
-    w1: &ndarray::Array2<F>,
-    h: &mut ndarray::ArrayViewMut2<F>,
-) {
-    use ndarray::s;
-    let mut h_rev = h.slice_mut(s![..;-1, ..]);
-    ndarray::linalg::general_mat_mul(F::one(), &x.slice(s![..;-1, ..]), w1, F::zero(), &mut h_rev);
+/// Whether the plan treats the layers as wide (one multi-threaded GEMM per
+/// product, see [`super::WIDE_LAYER`]); under `selftest-one-gemm` always,
+/// as if the threshold had been lowered to 0: the batch's rows are no
+/// longer split into shards, and both cores share each GEMM call.
+#[inline(always)]
+pub(super) fn worsen_wide(wide: bool) -> bool {
+    cfg!(feature = "selftest-one-gemm") || wide
 }
 
 /// Lives for the length of a step. Under `selftest-slow-step` its drop

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use twolayer::{Data, Real, Weights};
 
-/// One step of design.md §1 written as plain loops, in f64 whatever the
+/// One step of docs/design.md §1 written as plain loops, in f64 whatever the
 /// dtype of the inputs: the oracle the BLAS step is checked against.
 /// Returns the loss; updates `w1`, `w2` in place.
 pub fn loop_step(
