@@ -32,15 +32,37 @@
 //! [`checkpoint`] and [`output`] long runs and safe writes; [`bench`](mod@bench) the
 //! sweep harness and regression gate; `distributed` (feature `mpi`)
 //! data-parallel training, whose gradients are summed through the step's
-//! [`Exchange`] seam ([`step::gradients_exchanged`]).
+//! [`Exchange`] seam ([`step::gradients_exchanged`]). The `twolayer`
+//! command line is a thin binary over this library (`src/bin/twolayer/`).
+//!
+//! ## One call before the first GEMM
+//!
+//! OpenBLAS keeps its idle worker threads spinning for about 2^28 cycles
+//! after every call unless `OPENBLAS_THREAD_TIMEOUT` is set when the
+//! library loads. On a 2-core machine that worker holds the second core
+//! through the elementwise passes and the next small GEMM: a step at the
+//! reference shape runs about 2.5x slower. The variable must be set before
+//! OpenBLAS loads, which a library cannot do for its caller, so a program
+//! using twolayer should start with
+//!
+//! ```no_run
+//! // First thing in main: restarts the process with
+//! // OPENBLAS_THREAD_TIMEOUT set, once; returns at once when it is already
+//! // set (or with the error if the restart failed: the run goes on, slower).
+//! if let Some(e) = twolayer::blas::reexec_with_short_spin() {
+//!     eprintln!("warning: OpenBLAS will spin ({e})");
+//! }
+//! // ... then train.
+//! ```
+//!
+//! or set `OPENBLAS_THREAD_TIMEOUT=4` in its environment. The `twolayer`
+//! binary does the former.
 
 #![warn(missing_docs)]
 
 pub mod bench;
 pub mod blas;
 pub mod checkpoint;
-pub mod cli;
-pub mod commands;
 #[cfg(feature = "mpi")]
 pub mod distributed;
 pub mod error;

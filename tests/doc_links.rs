@@ -21,7 +21,7 @@ fn sources() -> Vec<PathBuf> {
             } else if [".rs", ".md", ".sh", ".py", ".toml"]
                 .iter()
                 .any(|x| name.ends_with(x))
-                || p.parent().unwrap().ends_with(".ci")
+                || p.parent().and_then(|d| d.file_name()) == Some(std::ffi::OsStr::new(".ci"))
             {
                 out.push(p);
             }

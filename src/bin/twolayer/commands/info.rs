@@ -1,11 +1,11 @@
 //! `twolayer info`: the environment block and the measured GEMM rate.
 
-use crate::bench::env::Env;
-use crate::bench::measure::{machine_gemm_gflops, MACHINE_GEMM_SIZE};
 use crate::cli::InfoArgs;
-use crate::error::Result;
-use crate::scalar::Dtype;
-use crate::threads;
+use twolayer::bench::env::Env;
+use twolayer::bench::measure::{machine_gemm_gflops, MACHINE_GEMM_SIZE};
+use twolayer::error::Result;
+use twolayer::scalar::Dtype;
+use twolayer::threads;
 
 /// Runs `twolayer info`.
 pub fn run(args: &InfoArgs) -> Result<()> {

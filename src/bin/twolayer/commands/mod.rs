@@ -1,5 +1,5 @@
 //! One runner per subcommand: each takes its parsed flags and does the work,
-//! returning an [`Error`](crate::Error) the binary prints on one line.
+//! returning an [`Error`](twolayer::Error) the binary prints on one line.
 
 pub mod compare;
 pub mod info;

@@ -1,11 +1,11 @@
 //! `twolayer compare BASELINE CURRENT`: the regression gate (see
-//! [`crate::bench::compare`] for the statistics).
+//! [`twolayer::bench::compare`] for the statistics).
 
-use crate::bench::compare::{compare, Comparison, Options, Side};
 use crate::cli::CompareArgs;
-use crate::error::{Error, Result};
-use crate::output::write_atomic;
 use std::io::Write as _;
+use twolayer::bench::compare::{compare, Comparison, Options, Side};
+use twolayer::error::{Error, Result};
+use twolayer::output::write_atomic;
 
 /// What `twolayer compare` concluded, for its exit status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,7 +65,7 @@ pub fn run(args: &CompareArgs) -> Result<Outcome> {
                 .collect::<Vec<_>>()
                 .join("; ")
         );
-        if c.overall.verdict == crate::bench::compare::Verdict::Slower {
+        if c.overall.verdict == twolayer::bench::compare::Verdict::Slower {
             eprintln!(
                 "twolayer: regression: all points together (geometric mean) {:+.1}% slower",
                 (c.overall.change - 1.0) * 100.0

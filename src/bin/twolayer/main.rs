@@ -1,11 +1,15 @@
-//! The `twolayer` binary: parses the command line and dispatches to the
-//! library's command runners. Errors end as one line on stderr and a
-//! non-zero exit status.
+//! The `twolayer` binary: a thin command line over the library. `cli` holds
+//! the clap definitions, `commands` one runner per subcommand; this file
+//! parses, makes OpenBLAS stop spinning, and dispatches. Errors end as one
+//! line on stderr and a non-zero exit status.
+
+mod cli;
+mod commands;
 
 use clap::Parser;
+use cli::{Cli, Command};
 use std::process::ExitCode;
-use twolayer::cli::{Cli, Command};
-use twolayer::{blas, commands};
+use twolayer::blas;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {

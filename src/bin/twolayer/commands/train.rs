@@ -3,24 +3,24 @@
 //! the requested files — checkpoints along the way, and everything on
 //! Ctrl-C or SIGTERM.
 
-use crate::blas;
-use crate::checkpoint::{file_sha256, AnyCheckpoint, Checkpoint, DataSource, Header};
 use crate::cli::{ModeArg, TrainArgs};
-use crate::error::{Error, Result};
-use crate::net::{Data, Weights};
-use crate::npz::{self, Init};
-use crate::output;
-use crate::scalar::{Dtype, Real};
-use crate::shape::Shape;
-use crate::step::{LearningRates, Plan, StepMode};
-use crate::threads;
-use crate::train::Trainer;
 use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use twolayer::blas;
+use twolayer::checkpoint::{file_sha256, AnyCheckpoint, Checkpoint, DataSource, Header};
+use twolayer::error::{Error, Result};
+use twolayer::net::{Data, Weights};
+use twolayer::npz::{self, Init};
+use twolayer::output;
+use twolayer::scalar::{Dtype, Real};
+use twolayer::shape::Shape;
+use twolayer::step::{LearningRates, Plan, StepMode};
+use twolayer::threads;
+use twolayer::train::Trainer;
 
 /// Defaults of the reference experiment.
 const DEFAULT_LR: f64 = 1e-6;
@@ -59,7 +59,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         output::check_writable(path)?;
     }
     #[cfg(feature = "mpi")]
-    if crate::distributed::launched_by_mpi() {
+    if twolayer::distributed::launched_by_mpi() {
         return distributed::run(args);
     }
     if let Some(path) = &args.resume {
@@ -399,7 +399,7 @@ impl<'a> Reporter<'a> {
     fn finish<F: Real>(
         mut self,
         trainer: &Trainer<F>,
-        result: Result<crate::train::RunStats>,
+        result: Result<twolayer::train::RunStats>,
         signal: Option<i32>,
         extra: &str,
     ) -> Result<()> {
@@ -504,11 +504,11 @@ pub fn step_mode(m: ModeArg) -> StepMode {
 }
 
 /// `mpirun -np K twolayer train …`: data-parallel training (see
-/// [`crate::distributed`]).
+/// [`twolayer::distributed`]).
 #[cfg(feature = "mpi")]
 mod distributed {
     use super::*;
-    use crate::distributed::{digest, Cluster};
+    use twolayer::distributed::{digest, Cluster};
 
     /// Runs the job on this rank. An error on any rank aborts every rank
     /// (the others would otherwise wait in the next allreduce for ever).

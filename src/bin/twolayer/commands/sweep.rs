@@ -1,14 +1,14 @@
 //! `twolayer sweep`: build the grid from flags, a file or a preset, measure
 //! it, and write the reports.
 
-use crate::bench::grid::{GridSpec, Timing};
-use crate::bench::report::{PointReport, Report};
-use crate::bench::run::run_grid;
 use crate::cli::SweepArgs;
-use crate::error::{Error, Result};
-use crate::output;
-use crate::threads;
 use std::path::Path;
+use twolayer::bench::grid::{GridSpec, Timing};
+use twolayer::bench::report::{PointReport, Report};
+use twolayer::bench::run::run_grid;
+use twolayer::error::{Error, Result};
+use twolayer::output;
+use twolayer::threads;
 
 /// Runs `twolayer sweep` with these flags.
 pub fn run(args: &SweepArgs) -> Result<()> {
@@ -60,7 +60,7 @@ pub fn run(args: &SweepArgs) -> Result<()> {
     let grid = spec.build()?;
     let mode = super::train::step_mode(args.step_mode);
     #[cfg(feature = "mpi")]
-    if crate::distributed::launched_by_mpi() {
+    if twolayer::distributed::launched_by_mpi() {
         return run_mpi(args, &grid);
     }
     check_out_dir(args)?;
@@ -99,12 +99,12 @@ fn publish(report: &Report, args: &SweepArgs) -> Result<()> {
 }
 
 /// `mpirun -np K twolayer sweep …`: every point measured across the K
-/// ranks (see [`crate::bench::data_parallel`]); rank 0 prints and writes
+/// ranks (see [`twolayer::bench::data_parallel`]); rank 0 prints and writes
 /// the report. An error on any rank ends the whole job.
 #[cfg(feature = "mpi")]
-fn run_mpi(args: &SweepArgs, grid: &crate::bench::grid::Grid) -> Result<()> {
-    use crate::bench::data_parallel::{run_grid_mpi, AllreducePlan};
-    use crate::distributed::Cluster;
+fn run_mpi(args: &SweepArgs, grid: &twolayer::bench::grid::Grid) -> Result<()> {
+    use twolayer::bench::data_parallel::{run_grid_mpi, AllreducePlan};
+    use twolayer::distributed::Cluster;
     if args.processes > 1 {
         return Err(Error::invalid(
             "--processes cannot be used under mpirun (the ranks are the processes)",
@@ -200,5 +200,5 @@ fn median_ratio(p: &PointReport) -> f64 {
         .map(|(s, g)| s / g)
         .collect();
     r.sort_by(f64::total_cmp);
-    crate::bench::report::percentile(&r, 0.5)
+    twolayer::bench::report::percentile(&r, 0.5)
 }

@@ -1,9 +1,9 @@
 //! The command line, as clap definitions. `main.rs` parses it and hands each
 //! subcommand to its runner in [`crate::commands`].
 
-use crate::scalar::Dtype;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
+use twolayer::scalar::Dtype;
 
 /// Trains a two-layer network (Linear → ReLU → Linear, sum-of-squares loss,
 /// SGD) through OpenBLAS GEMM, and measures how fast it goes.
@@ -86,6 +86,7 @@ pub struct AllreduceArgs {
 impl AllreduceArgs {
     /// Whether to overlap, and in how many pieces of g_w1 (1 when
     /// blocking).
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     pub fn overlap_and_pieces(&self) -> (bool, usize) {
         match self.allreduce {
             AllreduceMode::Overlap => (true, self.allreduce_pieces),
@@ -190,7 +191,7 @@ pub struct SweepArgs {
     pub grid: Option<PathBuf>,
     /// A built-in grid
     #[arg(long, value_enum)]
-    pub preset: Option<crate::bench::grid::Preset>,
+    pub preset: Option<twolayer::bench::grid::Preset>,
     /// Untimed steps before each point's timed ones
     #[arg(long)]
     pub warmup: Option<usize>,
