@@ -168,8 +168,9 @@ impl GridSpec {
 
     /// Checks the spec and expands it into points: no empty list, no zero
     /// dimension, known dtypes, thread counts in range, and every point's
-    /// buffers within the memory available now.
-    pub fn build(self) -> Result<Grid> {
+    /// buffers, as a step of `mode` lays them out, within the memory
+    /// available now.
+    pub fn build(self, mode: StepMode) -> Result<Grid> {
         let axes = [&self.n, &self.d_in, &self.hidden, &self.d_out];
         let shapes: Vec<Shape> = match (&self.shapes, axes.iter().any(|a| a.is_some())) {
             (Some(_), true) => return Err(Error::invalid(
@@ -244,8 +245,8 @@ impl GridSpec {
         for &shape in &shapes {
             for &dtype in &dtypes {
                 for &t in &threads {
-                    let plan = Plan::new(shape, dtype, t, StepMode::Fused);
-                    plan.check_fits_memory(shape, dtype, StepMode::Fused)?;
+                    let plan = Plan::new(shape, dtype, t, mode);
+                    plan.check_fits_memory(shape, dtype, mode)?;
                     points.push(Point {
                         shape,
                         dtype,
@@ -264,7 +265,7 @@ mod tests {
 
     #[test]
     fn quick_preset_varies_every_axis() {
-        let g = Preset::Quick.spec(2).build().unwrap();
+        let g = Preset::Quick.spec(2).build(StepMode::Fused).unwrap();
         assert_eq!(g.points.len(), 32);
         let distinct = |f: fn(&Point) -> usize| {
             let mut v: Vec<usize> = g.points.iter().map(f).collect();
@@ -278,7 +279,7 @@ mod tests {
 
     #[test]
     fn reference_preset_is_the_four_shapes_in_both_dtypes() {
-        let g = Preset::Reference.spec(2).build().unwrap();
+        let g = Preset::Reference.spec(2).build(StepMode::Fused).unwrap();
         assert_eq!(g.points.len(), 8);
         assert_eq!(g.points[0].shape, Shape::REFERENCE);
         assert_eq!(
@@ -296,16 +297,52 @@ mod tests {
             d_out: Some(vec![10]),
             ..GridSpec::default()
         };
-        let e = spec(vec![]).build().unwrap_err().to_string();
+        let e = spec(vec![]).build(StepMode::Fused).unwrap_err().to_string();
         assert!(e.contains("--n is empty"), "{e}");
-        let e = spec(vec![4, 0]).build().unwrap_err().to_string();
+        let e = spec(vec![4, 0])
+            .build(StepMode::Fused)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("n must be at least 1"), "{e}");
         let mut huge = spec(vec![1 << 30]);
         huge.d_in = Some(vec![1 << 20]);
-        let e = huge.build().unwrap_err().to_string();
+        let e = huge.build(StepMode::Fused).unwrap_err().to_string();
         assert!(e.contains("bytes"), "{e}");
-        let e = GridSpec::default().build().unwrap_err().to_string();
+        let e = GridSpec::default()
+            .build(StepMode::Fused)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no values for --n"), "{e}");
+        let toml_err = toml::from_str::<GridSpec>("n = [1]\nbogus = 3").unwrap_err();
+        assert!(toml_err.to_string().contains("bogus"));
+    }
+
+    #[test]
+    fn memory_is_checked_for_the_step_mode_that_will_run() {
+        // One thread and a small batch: the fused step keeps no gradient
+        // buffers, the explicit one two sets of D_in×H. Weights of about
+        // half the memory available fit fused and not explicit.
+        let avail = crate::shape::available_memory_bytes();
+        if avail == u64::MAX {
+            return; // no limit to check against on this system
+        }
+        let h = 1000;
+        let d_in = (avail / 2 / 8 / h as u64) as usize;
+        let spec = || GridSpec {
+            n: Some(vec![1]),
+            d_in: Some(vec![d_in]),
+            hidden: Some(vec![h]),
+            d_out: Some(vec![1]),
+            threads: Some(vec![1]),
+            ..GridSpec::default()
+        };
+        assert!(spec().build(StepMode::Fused).is_ok());
+        let e = spec().build(StepMode::Explicit).unwrap_err().to_string();
+        assert!(e.contains("bytes"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
         let toml_err = toml::from_str::<GridSpec>("n = [1]\nbogus = 3").unwrap_err();
         assert!(toml_err.to_string().contains("bogus"));
     }

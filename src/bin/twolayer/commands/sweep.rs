@@ -57,8 +57,8 @@ pub fn run(args: &SweepArgs) -> Result<()> {
         timing.budget_s = b;
     }
     spec.timing = Some(timing);
-    let grid = spec.build()?;
     let mode = super::train::step_mode(args.step_mode);
+    let grid = spec.build(mode)?;
     #[cfg(feature = "mpi")]
     if twolayer::distributed::launched_by_mpi() {
         return run_mpi(args, &grid);
