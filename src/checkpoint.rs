@@ -225,6 +225,15 @@ pub enum AnyCheckpoint {
 }
 
 impl AnyCheckpoint {
+    /// The weights as `F` (moved when they are `F` already, else rounded)
+    /// and the loss history.
+    pub fn into_typed<F: Real + 'static>(self) -> (Weights<F>, Vec<f64>) {
+        match self {
+            AnyCheckpoint::F32(c) => (c.weights.into_dtype(), c.losses),
+            AnyCheckpoint::F64(c) => (c.weights.into_dtype(), c.losses),
+        }
+    }
+
     /// The header, whatever the dtype.
     pub fn header(&self) -> &Header {
         match self {

@@ -31,6 +31,14 @@ pub enum Init {
 }
 
 impl Init {
+    /// The arrays as `F` (moved when they are `F` already, else rounded).
+    pub fn into_typed<F: Real + 'static>(self) -> (Data<F>, Weights<F>) {
+        match self {
+            Init::F32(d, w) => (d.into_dtype(), w.into_dtype()),
+            Init::F64(d, w) => (d.into_dtype(), w.into_dtype()),
+        }
+    }
+
     /// The dtype of the arrays.
     pub fn dtype(&self) -> Dtype {
         match self {

@@ -237,6 +237,32 @@ fn checkpoints_resume_with_the_same_ranks_only() {
         "{}",
         common::stderr(&out)
     );
+    // Flags that contradict the checkpoint are refused under mpirun as in
+    // one process (they used to be taken silently from the checkpoint).
+    for (flag, value) in [("--lr", "1e-3"), ("--lr-w2", "0"), ("--n", "7")] {
+        let out = run_mpi(
+            2,
+            &["train", "--resume", ck_s, "--steps", "50", flag, value],
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag}: {err}");
+        assert!(err.contains("disagrees with checkpoint"), "{flag}: {err}");
+    }
+    // And a single process's checkpoint is not resumed by an MPI job.
+    let single = dir.path().join("one.ckpt");
+    let out = common::run(&[
+        "train",
+        "--steps",
+        "5",
+        "--quiet",
+        "--checkpoint",
+        single.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let out = run_mpi(2, &["train", "--resume", single.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("resume it without mpirun"), "{err}");
 }
 
 #[test]

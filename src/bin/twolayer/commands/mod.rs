@@ -3,5 +3,6 @@
 
 pub mod compare;
 pub mod info;
+pub mod run_spec;
 pub mod sweep;
 pub mod train;

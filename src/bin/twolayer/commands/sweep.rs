@@ -57,7 +57,7 @@ pub fn run(args: &SweepArgs) -> Result<()> {
         timing.budget_s = b;
     }
     spec.timing = Some(timing);
-    let mode = super::train::step_mode(args.step_mode);
+    let mode = super::run_spec::step_mode(args.step_mode);
     let grid = spec.build(mode)?;
     #[cfg(feature = "mpi")]
     if twolayer::distributed::launched_by_mpi() {

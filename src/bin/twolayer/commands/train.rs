@@ -3,7 +3,8 @@
 //! the requested files — checkpoints along the way, and everything on
 //! Ctrl-C or SIGTERM.
 
-use crate::cli::{ModeArg, TrainArgs};
+use super::run_spec::{self, Launch, RunSpec, Start};
+use crate::cli::TrainArgs;
 use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::Path;
@@ -11,20 +12,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use twolayer::blas;
-use twolayer::checkpoint::{file_sha256, AnyCheckpoint, Checkpoint, DataSource, Header};
+use twolayer::checkpoint::{Checkpoint, DataSource, Header};
 use twolayer::error::{Error, Result};
 use twolayer::net::{Data, Weights};
-use twolayer::npz::{self, Init};
+use twolayer::npz;
 use twolayer::output;
 use twolayer::scalar::{Dtype, Real};
 use twolayer::shape::Shape;
-use twolayer::step::{LearningRates, Plan, StepMode};
+use twolayer::step::{LearningRates, StepMode};
 use twolayer::threads;
 use twolayer::train::Trainer;
-
-/// Defaults of the reference experiment.
-const DEFAULT_LR: f64 = 1e-6;
-const DEFAULT_STEPS: usize = 500;
 
 /// Everything about a run that a checkpoint must carry besides weights and
 /// losses.
@@ -39,6 +36,18 @@ struct RunConfig {
 }
 
 impl RunConfig {
+    /// What a checkpoint of `spec` records.
+    fn of(spec: &RunSpec) -> RunConfig {
+        RunConfig {
+            total_steps: spec.total_steps,
+            lr: spec.lr,
+            mode: spec.mode,
+            threads: spec.threads,
+            data: spec.data.clone(),
+            ranks: spec.ranks,
+        }
+    }
+
     /// The whole problem's shape, from one process's trainer (whose batch
     /// is its own rows only, under MPI).
     fn global_shape<F: Real>(&self, t: &Trainer<F>, n_total: usize) -> Shape {
@@ -62,165 +71,35 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     if twolayer::distributed::launched_by_mpi() {
         return distributed::run(args);
     }
-    if let Some(path) = &args.resume {
-        return resume(args, path);
-    }
-    let threads = args.threads.unwrap_or_else(threads::available_cores);
-    threads::set_budget(threads)?;
-    let lr = lr_from_flags(args);
-    let mode = args.step_mode.map_or(StepMode::Fused, step_mode);
-    let total_steps = args.steps.unwrap_or(DEFAULT_STEPS);
-    match &args.init {
-        Some(path) => {
-            let (shape, dtype) = npz::peek_shape(path)?;
-            check_flags_match(args, shape, dtype, &path.display().to_string())?;
-            let data = DataSource::file(path)?;
-            let cfg = RunConfig {
-                total_steps,
-                lr,
-                mode,
-                threads,
-                data,
-                ranks: 1,
-            };
-            match npz::load_init(path)? {
-                Init::F32(d, w) => train_and_report(args, Trainer::new(d, w, lr, mode)?, cfg),
-                Init::F64(d, w) => train_and_report(args, Trainer::new(d, w, lr, mode)?, cfg),
-            }
-        }
-        None => {
-            let shape = shape_from_flags(args)?;
-            let dtype = args.dtype.unwrap_or(Dtype::F64);
-            Plan::new(shape, dtype, threads, mode).check_fits_memory(shape, dtype, mode)?;
-            let seed = args.seed.unwrap_or(0);
-            let cfg = RunConfig {
-                total_steps,
-                lr,
-                mode,
-                threads,
-                data: DataSource::Seeded { seed },
-                ranks: 1,
-            };
-            match dtype {
-                Dtype::F32 => seeded::<f32>(args, shape, cfg, seed),
-                Dtype::F64 => seeded::<f64>(args, shape, cfg, seed),
-            }
-        }
+    let spec = run_spec::resolve(args, Launch::Single)?;
+    threads::set_budget(spec.threads)?;
+    match spec.dtype {
+        Dtype::F32 => single::<f32>(args, spec),
+        Dtype::F64 => single::<f64>(args, spec),
     }
 }
 
-fn seeded<F: Real>(args: &TrainArgs, shape: Shape, cfg: RunConfig, seed: u64) -> Result<()> {
-    let data = Data::<F>::random(shape, seed);
-    let weights = Weights::<F>::random(shape, seed);
-    let trainer = Trainer::new(data, weights, cfg.lr, cfg.mode)?;
-    train_and_report(args, trainer, cfg)
-}
-
-/// `--resume`: the checkpoint decides the data, shape, dtype and settings;
-/// flags that contradict it are errors, never silently ignored.
-fn resume(args: &TrainArgs, path: &Path) -> Result<()> {
-    let ckpt = AnyCheckpoint::read(path)?;
-    let h = ckpt.header().clone();
-    let shape = h.shape()?;
-    let what = format!("checkpoint {}", path.display());
-    check_flags_match(args, shape, h.dtype()?, &what)?;
-    let lr = h.lr();
-    for (flag, given, have) in [
-        ("--lr-w1", args.lr_w1.or(args.lr), lr.w1),
-        ("--lr-w2", args.lr_w2.or(args.lr), lr.w2),
-    ] {
-        if let Some(v) = given.filter(|&v| v != have) {
-            return Err(Error::invalid(format!(
-                "{flag} {v} disagrees with {what} (lr {have}); a resumed run keeps its settings"
-            )));
+/// One process on the whole batch.
+fn single<F: Real>(args: &TrainArgs, spec: RunSpec) -> Result<()> {
+    let cfg = RunConfig::of(&spec);
+    let trainer = match spec.start {
+        Start::Seeded { seed } => Trainer::new(
+            Data::<F>::random(spec.shape, seed),
+            Weights::<F>::random(spec.shape, seed),
+            spec.lr,
+            spec.mode,
+        )?,
+        Start::Init { path } => {
+            let (d, w) = npz::load_init(&path)?.into_typed::<F>();
+            Trainer::new(d, w, spec.lr, spec.mode)?
         }
-    }
-    let mode = h.step_mode()?;
-    if let Some(m) = args.step_mode.map(step_mode).filter(|&m| m != mode) {
-        return Err(Error::invalid(format!(
-            "--step-mode {m:?} disagrees with {what} ({mode:?}); a resumed run keeps its settings"
-        )));
-    }
-    let total_steps = args.steps.unwrap_or(h.total_steps);
-    if total_steps < h.steps_done {
-        return Err(Error::invalid(format!(
-            "--steps {total_steps} is fewer than the {} steps {what} has already done",
-            h.steps_done
-        )));
-    }
-    let threads = args.threads.unwrap_or(h.threads);
-    if threads != h.threads {
-        eprintln!(
-            "twolayer: warning: resuming on {threads} threads, the run used {}; the losses will match an unbroken run to rounding, not bit for bit",
-            h.threads
-        );
-    }
-    if h.ranks != 1 {
-        return Err(Error::invalid(format!(
-            "{what} was written by a {}-rank MPI job; resume it with mpirun -np {}",
-            h.ranks, h.ranks
-        )));
-    }
-    threads::set_budget(threads)?;
-    let cfg = RunConfig {
-        total_steps,
-        lr,
-        mode,
-        threads,
-        data: h.data.clone(),
-        ranks: 1,
+        Start::Resume(c) => {
+            let (w, losses) = c.into_typed::<F>();
+            let data = data_from_source::<F>(&spec.data, spec.shape, 0..spec.shape.n)?;
+            Trainer::resume(data, w, spec.lr, spec.mode, losses)?
+        }
     };
-    match ckpt {
-        AnyCheckpoint::F32(c) => resume_with(args, c, shape, cfg),
-        AnyCheckpoint::F64(c) => resume_with(args, c, shape, cfg),
-    }
-}
-
-fn resume_with<F: Real>(
-    args: &TrainArgs,
-    c: Checkpoint<F>,
-    shape: Shape,
-    cfg: RunConfig,
-) -> Result<()> {
-    check_source_unchanged(&cfg.data)?;
-    let data = data_from_source::<F>(&cfg.data, shape, 0..shape.n)?;
-    let trainer = Trainer::resume(data, c.weights, cfg.lr, cfg.mode, c.losses)?;
     train_and_report(args, trainer, cfg)
-}
-
-/// The learning rates the flags ask for (per layer, then both, then the
-/// reference's 1e-6).
-fn lr_from_flags(args: &TrainArgs) -> LearningRates {
-    LearningRates {
-        w1: args.lr_w1.or(args.lr).unwrap_or(DEFAULT_LR),
-        w2: args.lr_w2.or(args.lr).unwrap_or(DEFAULT_LR),
-    }
-}
-
-/// The shape the flags ask for, the reference's where they are silent.
-fn shape_from_flags(args: &TrainArgs) -> Result<Shape> {
-    let r = Shape::REFERENCE;
-    Shape::new(
-        args.n.unwrap_or(r.n),
-        args.d_in.unwrap_or(r.d_in),
-        args.hidden.unwrap_or(r.hidden),
-        args.d_out.unwrap_or(r.d_out),
-    )
-}
-
-/// Fails when a checkpoint's data file is no longer the one the run used
-/// (its SHA-256 differs): resuming would train on other data.
-fn check_source_unchanged(src: &DataSource) -> Result<()> {
-    if let DataSource::File { path, sha256 } = src {
-        let p = Path::new(path);
-        if &file_sha256(p)? != sha256 {
-            return Err(Error::read(
-                p,
-                "the data file has changed since the checkpoint was written (SHA-256 differs); resuming would train on other data",
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// Rows `rows` of a run's data: regenerated from its seed, or read (those
@@ -234,25 +113,6 @@ fn data_from_source<F: Real>(
         DataSource::Seeded { seed } => Ok(Data::random_rows(shape, *seed, rows.start, rows.len())),
         DataSource::File { path, .. } => npz::load_rows::<F>(Path::new(path), rows),
     }
-}
-
-/// Flags that name a shape or dtype must agree with the file (an --init
-/// file or a checkpoint) that decides them.
-fn check_flags_match(args: &TrainArgs, shape: Shape, dtype: Dtype, what: &str) -> Result<()> {
-    let flags = [args.n, args.d_in, args.hidden, args.d_out];
-    for ((name, in_file), flag) in shape.named_dims().into_iter().zip(flags) {
-        if let Some(v) = flag.filter(|&v| v != in_file) {
-            return Err(Error::invalid(format!(
-                "--{name} {v} disagrees with {what} (it has {name} = {in_file}); drop the flag or change the file"
-            )));
-        }
-    }
-    if let Some(d) = args.dtype.filter(|&d| d != dtype) {
-        return Err(Error::invalid(format!(
-            "--dtype {d} disagrees with {what}, which holds {dtype} arrays"
-        )));
-    }
-    Ok(())
 }
 
 /// The checkpoint of a trainer's current state.
@@ -495,14 +355,6 @@ fn train_and_report<F: Real>(
     rep.finish(&trainer, result, signals.caught(), "")
 }
 
-/// The library's step mode for the command line's.
-pub fn step_mode(m: ModeArg) -> StepMode {
-    match m {
-        ModeArg::Fused => StepMode::Fused,
-        ModeArg::Explicit => StepMode::Explicit,
-    }
-}
-
 /// `mpirun -np K twolayer train …`: data-parallel training (see
 /// [`twolayer::distributed`]).
 #[cfg(feature = "mpi")]
@@ -527,124 +379,35 @@ mod distributed {
         #[cfg(not(feature = "fault-injection"))]
         let panic_at: Option<usize> = None;
 
-        if args.step_mode == Some(ModeArg::Fused) {
-            return Err(Error::invalid(
-                "data-parallel training sums explicit gradients across ranks; drop --step-mode fused",
-            ));
-        }
-        let mode = StepMode::Explicit;
-        // mpirun binds each rank to its cores: the default budget follows.
-        let threads = args.threads.unwrap_or_else(threads::available_cores);
-        threads::set_budget(threads)?;
         let k = cluster.size();
-
-        let (ckpt, shape, dtype) = match &args.resume {
-            Some(path) => {
-                let c = AnyCheckpoint::read(path)?;
-                let h = c.header().clone();
-                if h.ranks != k {
-                    return Err(Error::invalid(format!(
-                        "checkpoint {} was written by {} rank(s); resume it with mpirun -np {} (this job has {k})",
-                        path.display(),
-                        h.ranks,
-                        h.ranks
-                    )));
-                }
-                let shape = h.shape()?;
-                let dtype = h.dtype()?;
-                check_flags_match(
-                    args,
-                    shape,
-                    dtype,
-                    &format!("checkpoint {}", path.display()),
-                )?;
-                (Some(c), shape, dtype)
-            }
-            None => match &args.init {
-                Some(path) => {
-                    let (shape, dtype) = npz::peek_shape(path)?;
-                    check_flags_match(args, shape, dtype, &path.display().to_string())?;
-                    (None, shape, dtype)
-                }
-                None => (
-                    None,
-                    shape_from_flags(args)?,
-                    args.dtype.unwrap_or(Dtype::F64),
-                ),
-            },
-        };
-        if shape.n < k {
-            return Err(Error::invalid(format!(
-                "{k} ranks need at least {k} rows; the batch has {}",
-                shape.n
-            )));
-        }
-        match dtype {
-            Dtype::F32 => run_typed::<f32>(args, cluster, ckpt, shape, mode, threads, panic_at),
-            Dtype::F64 => run_typed::<f64>(args, cluster, ckpt, shape, mode, threads, panic_at),
+        // The same checks as one process; mpirun binds each rank to its
+        // cores, and the default thread budget follows.
+        let spec = run_spec::resolve(args, Launch::Mpi { ranks: k })?;
+        threads::set_budget(spec.threads)?;
+        match spec.dtype {
+            Dtype::F32 => run_typed::<f32>(args, cluster, spec, panic_at),
+            Dtype::F64 => run_typed::<f64>(args, cluster, spec, panic_at),
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn run_typed<F: Real + mpi::traits::Equivalence>(
         args: &TrainArgs,
         cluster: &Cluster,
-        ckpt: Option<AnyCheckpoint>,
-        shape: Shape,
-        mode: StepMode,
-        threads: usize,
+        spec: RunSpec,
         panic_at: Option<usize>,
     ) -> Result<()> {
+        let shape = spec.shape;
         let rows = cluster.rows(shape.n);
         let k = cluster.size();
-        let (data_src, weights, losses, lr, total_steps) = match ckpt {
-            Some(c) => {
-                let h = c.header().clone();
-                let (w, l) = match c {
-                    AnyCheckpoint::F32(c) => (c.weights.cast(), c.losses),
-                    AnyCheckpoint::F64(c) => (c.weights.cast(), c.losses),
-                };
-                let total = args.steps.unwrap_or(h.total_steps);
-                check_source_unchanged(&h.data)?;
-                (h.data.clone(), w, l, h.lr(), total)
-            }
-            None => {
-                let lr = lr_from_flags(args);
-                let total = args.steps.unwrap_or(DEFAULT_STEPS);
-                match &args.init {
-                    Some(p) => {
-                        let src = DataSource::file(p)?;
-                        let w = npz::load_weights::<F>(p)?;
-                        (src, w, Vec::new(), lr, total)
-                    }
-                    None => {
-                        let seed = args.seed.unwrap_or(0);
-                        (
-                            DataSource::Seeded { seed },
-                            Weights::<F>::random(shape, seed),
-                            Vec::new(),
-                            lr,
-                            total,
-                        )
-                    }
-                }
-            }
-        };
+        let cfg = RunConfig::of(&spec);
+        let (lr, mode, total_steps) = (spec.lr, spec.mode, spec.total_steps);
         // This rank's rows only: generated, or cut from the file.
-        let data = data_from_source::<F>(&data_src, shape, rows)?;
-        let cfg = RunConfig {
-            total_steps,
-            lr,
-            mode,
-            threads,
-            data: data_src,
-            ranks: k,
+        let data = data_from_source::<F>(&spec.data, shape, rows)?;
+        let (weights, losses) = match spec.start {
+            Start::Resume(c) => c.into_typed::<F>(),
+            Start::Init { path } => (npz::load_weights::<F>(&path)?, Vec::new()),
+            Start::Seeded { seed } => (Weights::<F>::random(shape, seed), Vec::new()),
         };
-        if total_steps < losses.len() {
-            return Err(Error::invalid(
-                "--steps is fewer than the steps the checkpoint has done",
-            ));
-        }
         let mut trainer = Trainer::resume(data, weights, lr, mode, losses)?;
         let signals = Signals::install()?;
         let lead = cluster.rank() == 0;
