@@ -187,3 +187,25 @@ fn info_prints_the_environment_and_gemm_rates() {
         assert!(text.contains(key), "info lacks {key}: {text}");
     }
 }
+
+#[test]
+fn processes_merge_to_each_points_median_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = tiny_sweep(dir.path());
+    // Three processes; at point 0 one runs 1.5x slower around its GEMMs
+    // and one 0.8x: the merged report keeps the middle one there.
+    let scaled = |f: f64| {
+        let mut r = base.clone();
+        let p = &mut r.points[0];
+        let s: Vec<f64> = p.gemm_ms_samples.iter().map(|g| g * f).collect();
+        p.ms_per_step = twolayer::bench::report::Stats::from_samples(s);
+        r
+    };
+    let reports = [scaled(1.5), scaled(1.0), scaled(0.8)];
+    let merged = twolayer::bench::run::median_processes(&reports).unwrap();
+    assert_eq!(merged.points[0], reports[1].points[0]);
+    assert_eq!(merged.points[1..], base.points[1..]);
+    let mut other = base.clone();
+    other.points.pop();
+    assert!(twolayer::bench::run::median_processes(&[base, other]).is_err());
+}

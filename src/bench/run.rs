@@ -5,7 +5,7 @@
 use super::env::Env;
 use super::grid::{Grid, Point};
 use super::measure::{machine_gemm_gflops, measure_point, Samples};
-use super::report::{Report, SCHEMA_VERSION};
+use super::report::{PointReport, Report, SCHEMA_VERSION};
 use crate::error::{Error, Result};
 use crate::scalar::Dtype;
 use crate::step::StepMode;
@@ -101,4 +101,46 @@ pub(super) fn progress_message(p: &Point, round: usize, rounds: usize) -> String
         p.threads,
         round + 1
     )
+}
+
+/// One report from the reports of the same sweep run in several processes:
+/// per point, the process whose median step/GEMM ratio is the median of
+/// them all. On a shared machine a process sometimes runs a point in a slow
+/// mode for its whole life (thread wake-ups late, a neighbour on the
+/// sibling core); keeping the median process makes one such process
+/// harmless. The environment block is the first report's.
+pub fn median_processes(reports: &[Report]) -> Result<Report> {
+    let first = reports
+        .first()
+        .ok_or_else(|| Error::invalid("no reports to merge"))?;
+    let mut merged = first.clone();
+    for (j, point) in merged.points.iter_mut().enumerate() {
+        let mut candidates = Vec::with_capacity(reports.len());
+        for r in reports {
+            match r.points.get(j) {
+                Some(p) if p.key() == point.key() => candidates.push(p),
+                _ => {
+                    return Err(Error::invalid(
+                        "the processes' reports hold different points",
+                    ))
+                }
+            }
+        }
+        candidates.sort_by(|a, b| median_ratio(a).total_cmp(&median_ratio(b)));
+        *point = candidates[(candidates.len() - 1) / 2].clone();
+    }
+    Ok(merged)
+}
+
+/// Median of a point's per-step step/GEMM ratios.
+fn median_ratio(p: &PointReport) -> f64 {
+    let mut r: Vec<f64> = p
+        .ms_per_step
+        .samples
+        .iter()
+        .zip(&p.gemm_ms_samples)
+        .map(|(s, g)| s / g)
+        .collect();
+    r.sort_by(f64::total_cmp);
+    super::report::percentile(&r, 0.5)
 }

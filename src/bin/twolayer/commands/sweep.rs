@@ -4,7 +4,7 @@
 use crate::cli::SweepArgs;
 use std::path::Path;
 use twolayer::bench::grid::{GridSpec, Timing};
-use twolayer::bench::report::{PointReport, Report};
+use twolayer::bench::report::Report;
 use twolayer::bench::run::run_grid;
 use twolayer::error::{Error, Result};
 use twolayer::output;
@@ -163,13 +163,8 @@ fn run_in_processes(k: usize) -> Result<Report> {
         }
         reports.push(Report::read(&out.join("report.json"))?);
     }
-    let mut merged = reports[0].clone();
+    let mut merged = twolayer::bench::run::median_processes(&reports)?;
     merged.env.command_line = std::env::args().collect();
-    for (j, point) in merged.points.iter_mut().enumerate() {
-        let mut candidates: Vec<&PointReport> = reports.iter().map(|r| &r.points[j]).collect();
-        candidates.sort_by(|a, b| median_ratio(a).total_cmp(&median_ratio(b)));
-        *point = candidates[(candidates.len() - 1) / 2].clone();
-    }
     Ok(merged)
 }
 
@@ -189,16 +184,4 @@ fn child_args(args: &[String], out: &Path) -> Vec<String> {
     v.push("--out".into());
     v.push(out.display().to_string());
     v
-}
-
-fn median_ratio(p: &PointReport) -> f64 {
-    let mut r: Vec<f64> = p
-        .ms_per_step
-        .samples
-        .iter()
-        .zip(&p.gemm_ms_samples)
-        .map(|(s, g)| s / g)
-        .collect();
-    r.sort_by(f64::total_cmp);
-    twolayer::bench::report::percentile(&r, 0.5)
 }
