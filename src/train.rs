@@ -31,6 +31,9 @@ impl<F> std::fmt::Debug for Trainer<F> {
     }
 }
 
+/// Most loss-history entries reserved up front (8 MiB of f64).
+pub const RESERVE_STEPS: usize = 1 << 20;
+
 /// Timing of a [`Trainer::run`].
 #[derive(Clone, Copy, Debug)]
 pub struct RunStats {
@@ -170,9 +173,12 @@ impl<F: Real> Trainer<F> {
     }
 
     /// Reserves room in the loss history for `steps` more steps, so that
-    /// running them does not allocate.
+    /// running them does not allocate — up to [`RESERVE_STEPS`] at a time:
+    /// a run of 10^10 steps must not ask for 80 GB before its first step
+    /// (the history then grows by doubling, one allocation per doubling,
+    /// between steps).
     pub fn reserve(&mut self, steps: usize) {
-        self.losses.reserve(steps);
+        self.losses.reserve(steps.min(RESERVE_STEPS));
     }
 
     /// Runs up to `steps` steps, calling `on_step(trainer, t, loss)` after

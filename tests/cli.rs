@@ -390,3 +390,29 @@ fn divergence_names_the_step_and_suggests_a_smaller_lr() {
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+#[test]
+fn a_huge_step_count_trains_instead_of_reserving_its_loss_history() {
+    // --steps 10^10 and u64::MAX used to reserve 80 GB / overflow before
+    // the first step (exit 134 / 101). Now they train until stopped.
+    for steps in ["10000000000", "18446744073709551615"] {
+        let child = common::bin()
+            .args([
+                "train", "--steps", steps, "--n", "1", "--d-in", "1", "--hidden", "1", "--d-out",
+                "1", "--lr", "0", "--quiet",
+            ])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        // SAFETY: signals a child this test started.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(143), "{steps}: {err}");
+        assert!(
+            err.contains("stopped by SIGTERM after step") && err.contains(steps),
+            "{steps}: {err}"
+        );
+    }
+}
