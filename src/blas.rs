@@ -32,8 +32,21 @@ pub const THREAD_TIMEOUT_VAR: &str = "OPENBLAS_THREAD_TIMEOUT";
 /// sleeps as soon as its share of a GEMM is done.
 pub const SHORT_SPIN: &str = "4";
 
+/// Runs `f` with OpenBLAS on `threads` threads, then puts the count back:
+/// for measurements outside the step (the machine's GEMM rate). The step
+/// itself sets its plan's count as it starts ([`set_threads`]).
+pub fn with_threads<R>(threads: usize, f: impl FnOnce() -> R) -> R {
+    let before = self::threads();
+    set_threads(threads);
+    let r = f();
+    set_threads(before);
+    r
+}
+
 /// Sets how many threads OpenBLAS uses for the calls that follow (a no-op
 /// when it already uses that many, so a step may call it every time).
+/// OpenBLAS keeps one count for the whole process, so one owner sets it:
+/// the step, from its [`Plan`](crate::Plan), as each step starts.
 pub fn set_threads(threads: usize) {
     let t = threads.clamp(1, c_int::MAX as usize) as c_int;
     // SAFETY: plain getter and setter in OpenBLAS; any positive value is

@@ -6,7 +6,6 @@
 //! give OpenBLAS every thread of the budget. Each step sets OpenBLAS's
 //! count from its plan as it starts.
 
-use crate::blas;
 use crate::error::{Error, Result};
 
 /// The cores this process may run on (its affinity mask), at least 1.
@@ -19,8 +18,8 @@ pub fn available_cores() -> usize {
 /// Largest budget accepted; more threads than this is a typo, not a plan.
 pub const MAX_THREADS: usize = 1024;
 
-/// Gives rayon's global pool `threads` threads, and OpenBLAS one until a
-/// step sets its plan's count. Rayon's pool can be sized only
+/// Gives rayon's global pool `threads` threads. (OpenBLAS's count is the
+/// step's to set, from its plan, as each step starts.) Rayon's pool can be sized only
 /// once per process: a second call with another count fails.
 pub fn set_budget(threads: usize) -> Result<()> {
     if threads == 0 || threads > MAX_THREADS {
@@ -40,6 +39,5 @@ pub fn set_budget(threads: usize) -> Result<()> {
             rayon::current_num_threads()
         )));
     }
-    blas::set_threads(1);
     Ok(())
 }

@@ -115,7 +115,6 @@ pub fn run_grid_mpi(grid: &Grid, cluster: &Cluster, how: AllreducePlan) -> Resul
             r
         })
         .collect();
-    crate::blas::set_threads(env.openblas_threads);
     Ok(Report {
         schema_version: SCHEMA_VERSION,
         env,

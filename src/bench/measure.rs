@@ -253,11 +253,10 @@ pub const MACHINE_GEMM_SIZE: usize = 2048;
 /// do, and on a shared machine noise only ever makes a GEMM slower. Must
 /// run inside a rayon pool of `threads` threads.
 pub fn machine_gemm_gflops(dtype: Dtype, threads: usize) -> f64 {
-    blas::set_threads(threads);
-    match dtype {
+    blas::with_threads(threads, || match dtype {
         Dtype::F32 => square_gemm::<f32>(MACHINE_GEMM_SIZE),
         Dtype::F64 => square_gemm::<f64>(MACHINE_GEMM_SIZE),
-    }
+    })
 }
 
 fn square_gemm<F: Real>(s: usize) -> f64 {

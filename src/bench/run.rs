@@ -49,7 +49,6 @@ pub fn run_grid(grid: &Grid, mode: StepMode) -> Result<Report> {
         })
         .collect();
     bar.finish_and_clear();
-    crate::blas::set_threads(env.openblas_threads);
     Ok(Report {
         schema_version: SCHEMA_VERSION,
         env,
