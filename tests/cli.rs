@@ -313,6 +313,10 @@ fn nonsense_flags_are_usage_errors() {
         (&["train", "--threads", "0"], "--threads"),
         (&["train", "--log-every", "x"], "--log-every"),
         (&["train", "--bogus"], "--bogus"),
+        (
+            &["train", "--step", "10"],
+            "unexpected argument '--step' found; tip: a similar argument exists: '--steps'",
+        ),
         (&["frobnicate"], "frobnicate"),
     ] {
         assert_fails(args, 2, &[needle]);

@@ -138,16 +138,31 @@ fn bad_grids_fail_before_running() {
     let under_file = dir.path().join("g.toml").join("reports");
     let u = under_file.to_str().unwrap();
     for (args, code, needle) in [
-        (&["sweep", "--n", ","][..], 1, "--n is empty"),
-        (&["sweep", "--n", "64,0"], 1, "n must be at least 1"),
-        (&["sweep", "--hidden", "x"], 1, "'x' is not a whole number"),
+        (&["sweep", "--n", ","][..], 2, "--n"),
+        (&["sweep", "--n", "64,0"], 2, "must be at least 1"),
+        (
+            &["sweep", "--n", "64,abc"],
+            2,
+            "'abc' is not a whole number",
+        ),
+        (&["sweep", "--hidden", "x"], 2, "'x' is not a whole number"),
         (
             &["sweep", "--n", "100000000", "--d-in", "100000"],
             1,
             "bytes",
         ),
-        (&["sweep", "--dtype", "f16"], 1, "unsupported dtype 'f16'"),
-        (&["sweep", "--threads", "0"], 1, "--threads must be between"),
+        (&["sweep", "--dtype", "f16"], 2, "unsupported dtype 'f16'"),
+        (&["sweep", "--threads", "0"], 2, "--threads"),
+        (
+            &["sweep", "--threads", "5000"],
+            1,
+            "--threads must be between",
+        ),
+        (
+            &["sweep", "--preset", "quik"],
+            2,
+            "[possible values: quick, reference]; tip: a similar value exists: 'quick'",
+        ),
         (&["sweep", "--grid", g], 1, "--hidden is empty"),
         (&["sweep", "--grid", b], 1, "width"),
         (&["sweep", "--grid", "/no/such.toml"], 1, "cannot read"),

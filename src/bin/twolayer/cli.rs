@@ -169,23 +169,23 @@ pub struct TrainArgs {
 #[derive(Debug, Args)]
 pub struct SweepArgs {
     /// Batch sizes, comma-separated [default: 64]
-    #[arg(long, conflicts_with_all = ["grid", "preset"])]
-    pub n: Option<String>,
+    #[arg(long, value_delimiter = ',', value_parser = positive, conflicts_with_all = ["grid", "preset"])]
+    pub n: Option<Vec<usize>>,
     /// Input widths, comma-separated [default: 1000]
-    #[arg(long = "d-in", conflicts_with_all = ["grid", "preset"])]
-    pub d_in: Option<String>,
+    #[arg(long = "d-in", value_delimiter = ',', value_parser = positive, conflicts_with_all = ["grid", "preset"])]
+    pub d_in: Option<Vec<usize>>,
     /// Hidden widths, comma-separated [default: 100]
-    #[arg(long, conflicts_with_all = ["grid", "preset"])]
-    pub hidden: Option<String>,
+    #[arg(long, value_delimiter = ',', value_parser = positive, conflicts_with_all = ["grid", "preset"])]
+    pub hidden: Option<Vec<usize>>,
     /// Output widths, comma-separated [default: 10]
-    #[arg(long = "d-out", conflicts_with_all = ["grid", "preset"])]
-    pub d_out: Option<String>,
+    #[arg(long = "d-out", value_delimiter = ',', value_parser = positive, conflicts_with_all = ["grid", "preset"])]
+    pub d_out: Option<Vec<usize>>,
     /// Element types, comma-separated: f32,f64 [default: f64]
-    #[arg(long, conflicts_with_all = ["grid", "preset"])]
-    pub dtype: Option<String>,
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["grid", "preset"])]
+    pub dtype: Option<Vec<Dtype>>,
     /// Thread counts, comma-separated [default: the cores available]
-    #[arg(long)]
-    pub threads: Option<String>,
+    #[arg(long, value_delimiter = ',', value_parser = positive)]
+    pub threads: Option<Vec<usize>>,
     /// Read the grid from a TOML file (see docs/throughput-reports.md)
     #[arg(long, conflicts_with = "preset")]
     pub grid: Option<PathBuf>,

@@ -53,8 +53,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// Help and version go out as clap prints them; a usage error is cut to its
-/// first line (the rest is clap's advice to try --help) and exits with 2.
+/// Help and version go out as clap prints them. A usage error becomes one
+/// line with exit status 2: clap's first line, then its advice folded in
+/// (the valid values, "a similar argument exists"), without the usage
+/// block.
 fn usage_error(e: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
     if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
@@ -62,8 +64,18 @@ fn usage_error(e: clap::Error) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let text = e.render().to_string();
-    let first = text.lines().next().unwrap_or("invalid arguments");
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or("invalid arguments");
     let first = first.strip_prefix("error: ").unwrap_or(first);
-    eprintln!("twolayer: error: {first} (see twolayer --help)");
+    let advice: Vec<&str> = lines
+        .take_while(|l| !l.starts_with("Usage:"))
+        .filter(|l| l.starts_with("tip:") || l.starts_with('['))
+        .collect();
+    let mut line = format!("twolayer: error: {first}");
+    for a in advice {
+        line.push_str("; ");
+        line.push_str(a);
+    }
+    eprintln!("{line} (see twolayer --help)");
     ExitCode::from(2)
 }

@@ -17,26 +17,21 @@ pub fn run(args: &SweepArgs) -> Result<()> {
     } else if let Some(preset) = args.preset {
         preset.spec(threads::available_cores())
     } else {
-        let list = |name: &str, v: &Option<String>, default: usize| -> Result<Vec<usize>> {
-            v.as_deref()
-                .map_or(Ok(vec![default]), |s| GridSpec::parse_list(name, s))
-        };
+        let list = |v: &Option<Vec<usize>>, default: usize| v.clone().unwrap_or(vec![default]);
         GridSpec {
-            n: Some(list("n", &args.n, 64)?),
-            d_in: Some(list("d-in", &args.d_in, 1000)?),
-            hidden: Some(list("hidden", &args.hidden, 100)?),
-            d_out: Some(list("d-out", &args.d_out, 10)?),
-            dtype: args.dtype.as_ref().map(|s| {
-                s.split(',')
-                    .map(|d| d.trim().to_string())
-                    .filter(|d| !d.is_empty())
-                    .collect()
-            }),
+            n: Some(list(&args.n, 64)),
+            d_in: Some(list(&args.d_in, 1000)),
+            hidden: Some(list(&args.hidden, 100)),
+            d_out: Some(list(&args.d_out, 10)),
+            dtype: args
+                .dtype
+                .as_ref()
+                .map(|v| v.iter().map(|d| d.name().to_string()).collect()),
             ..GridSpec::default()
         }
     };
     if let Some(t) = &args.threads {
-        spec.threads = Some(GridSpec::parse_list("threads", t)?);
+        spec.threads = Some(t.clone());
     }
     let mut timing: Timing = spec.timing.unwrap_or_default();
     if let Some(w) = args.warmup {
