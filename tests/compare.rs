@@ -15,31 +15,7 @@ fn template() -> &'static Report {
     static T: OnceLock<Report> = OnceLock::new();
     T.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let out = run(&[
-            "sweep",
-            "--n",
-            "8,16",
-            "--d-in",
-            "12",
-            "--hidden",
-            "9",
-            "--d-out",
-            "3",
-            "--dtype",
-            "f32,f64",
-            "--threads",
-            "1",
-            "--budget",
-            "0",
-            "--min-steps",
-            "3",
-            "--warmup",
-            "1",
-            "--out",
-            dir.path().to_str().unwrap(),
-        ]);
-        assert!(out.status.success(), "{}", stderr(&out));
-        Report::read(&dir.path().join("report.json")).unwrap()
+        common::tiny_sweep(dir.path(), "9", "1")
     })
 }
 

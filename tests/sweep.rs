@@ -10,34 +10,10 @@ use std::path::Path;
 use twolayer::bench::report::{Report, SCHEMA_VERSION};
 
 fn tiny_sweep(dir: &Path) -> Report {
-    let out = run(&[
-        "sweep",
-        "--n",
-        "8,16",
-        "--d-in",
-        "12",
-        "--hidden",
-        "9,10",
-        "--d-out",
-        "3",
-        "--dtype",
-        "f32,f64",
-        "--threads",
-        "1,2",
-        "--budget",
-        "0",
-        "--min-steps",
-        "3",
-        "--warmup",
-        "1",
-        "--out",
-        dir.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    // The Markdown table also goes to stdout.
-    let md = String::from_utf8_lossy(&out.stdout);
+    let r = common::tiny_sweep(dir, "9,10", "1,2");
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
     assert!(md.contains("| (8, 12, 9, 3) | f32 | 1 |"), "{md}");
-    Report::read(&dir.join("report.json")).unwrap()
+    r
 }
 
 #[test]

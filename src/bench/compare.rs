@@ -523,7 +523,10 @@ pub fn compare(base: &Side, cur: &Side, opts: Options) -> Result<Comparison> {
                 change,
                 ci: ci_,
                 verdict: Verdict::of(change, ci_, t),
-                step_per_gemm: (diag(&bi, k, &step_per_gemm), diag(&ci, k, &step_per_gemm)),
+                step_per_gemm: (
+                    diag(&bi, k, &PointReport::median_step_per_gemm),
+                    diag(&ci, k, &PointReport::median_step_per_gemm),
+                ),
                 gemm_share: (diag(&bi, k, &gemm_share), diag(&ci, k, &gemm_share)),
             }
         })
@@ -558,18 +561,6 @@ fn missing(p: &PointReport, side: &str) -> Error {
         p.threads,
         p.step_mode
     ))
-}
-
-/// Median of the per-step step/GEMM ratios of one process's point.
-fn step_per_gemm(p: &PointReport) -> f64 {
-    let r: Vec<f64> = p
-        .ms_per_step
-        .samples
-        .iter()
-        .zip(&p.gemm_ms_samples)
-        .map(|(s, g)| s / g)
-        .collect();
-    median_of(&r)
 }
 
 /// The GEMMs' rate as a fraction of the machine's square-GEMM rate.

@@ -204,6 +204,20 @@ impl PointReport {
         )
     }
 
+    /// Median of the per-step ratios step time / its GEMMs' time (NaN
+    /// without samples).
+    pub fn median_step_per_gemm(&self) -> f64 {
+        let mut r: Vec<f64> = self
+            .ms_per_step
+            .samples
+            .iter()
+            .zip(&self.gemm_ms_samples)
+            .map(|(s, g)| s / g)
+            .collect();
+        r.sort_by(f64::total_cmp);
+        percentile(&r, 0.5)
+    }
+
     /// MPI ranks that measured the point (1 for a single process).
     pub fn ranks(&self) -> usize {
         self.mpi.as_ref().map_or(1, |m| m.ranks)

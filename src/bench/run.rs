@@ -5,7 +5,7 @@
 use super::env::Env;
 use super::grid::{Grid, Point};
 use super::measure::{machine_gemm_gflops, measure_point, Samples};
-use super::report::{PointReport, Report, SCHEMA_VERSION};
+use super::report::{Report, SCHEMA_VERSION};
 use crate::error::{Error, Result};
 use crate::scalar::Dtype;
 use crate::step::StepMode;
@@ -125,21 +125,11 @@ pub fn median_processes(reports: &[Report]) -> Result<Report> {
                 }
             }
         }
-        candidates.sort_by(|a, b| median_ratio(a).total_cmp(&median_ratio(b)));
+        candidates.sort_by(|a, b| {
+            a.median_step_per_gemm()
+                .total_cmp(&b.median_step_per_gemm())
+        });
         *point = candidates[(candidates.len() - 1) / 2].clone();
     }
     Ok(merged)
-}
-
-/// Median of a point's per-step step/GEMM ratios.
-fn median_ratio(p: &PointReport) -> f64 {
-    let mut r: Vec<f64> = p
-        .ms_per_step
-        .samples
-        .iter()
-        .zip(&p.gemm_ms_samples)
-        .map(|(s, g)| s / g)
-        .collect();
-    r.sort_by(f64::total_cmp);
-    super::report::percentile(&r, 0.5)
 }

@@ -192,3 +192,36 @@ pub fn reference(args: &[&str]) -> Output {
     );
     out
 }
+
+/// A real sweep of tiny points (N 8 and 16, D_in 12, H `hidden`, D_out 3,
+/// f32 and f64, threads `threads`), written to `dir`; its report.
+pub fn tiny_sweep(dir: &Path, hidden: &str, threads: &str) -> twolayer::bench::report::Report {
+    let out = run(&[
+        "sweep",
+        "--n",
+        "8,16",
+        "--d-in",
+        "12",
+        "--hidden",
+        hidden,
+        "--d-out",
+        "3",
+        "--dtype",
+        "f32,f64",
+        "--threads",
+        threads,
+        "--budget",
+        "0",
+        "--min-steps",
+        "3",
+        "--warmup",
+        "1",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The Markdown table also goes to stdout.
+    let md = String::from_utf8_lossy(&out.stdout);
+    assert!(md.contains("| (8, 12, "), "{md}");
+    twolayer::bench::report::Report::read(&dir.join("report.json")).unwrap()
+}
