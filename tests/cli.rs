@@ -420,3 +420,124 @@ fn a_huge_step_count_trains_instead_of_reserving_its_loss_history() {
         );
     }
 }
+
+#[test]
+fn outputs_that_name_an_input_or_each_other_are_refused_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let init = d.join("d.npz");
+    let shape = Shape::new(8, 5, 4, 2).unwrap();
+    save_init(
+        &init,
+        &Data::<f64>::random(shape, 1),
+        &Weights::random(shape, 2),
+    )
+    .unwrap();
+    let before = std::fs::read(&init).unwrap();
+    let i = init.to_str().unwrap();
+    let p = d.join("p").to_str().unwrap().to_string();
+    // Another spelling of the same file is the same file.
+    let same_init = format!("{}/./d.npz", d.display());
+    for (args, needle) in [
+        (
+            vec!["--init", i, "--checkpoint", i],
+            "--checkpoint names the same file as --init",
+        ),
+        (
+            vec!["--init", i, "--save", &same_init],
+            "--save names the same file as --init",
+        ),
+        (
+            vec!["--save", &p, "--checkpoint", &p],
+            "--checkpoint names the same file as --save",
+        ),
+        (
+            vec!["--save", &p, "--losses", &p],
+            "--losses names the same file as --save",
+        ),
+    ] {
+        let mut a = vec!["train", "--steps", "3"];
+        a.extend(args);
+        assert_fails(&a, 1, &[needle]);
+        assert_eq!(std::fs::read(&init).unwrap(), before, "{a:?}");
+        assert!(!Path::new(&p).exists(), "{a:?}");
+    }
+    // Resuming: the checkpoint may be rewritten (atomically), but not by
+    // another output.
+    let ck = d.join("c.ck");
+    let c = ck.to_str().unwrap();
+    let out = run(&["train", "--steps", "3", "-q", "--checkpoint", c]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_fails(
+        &["train", "--resume", c, "--steps", "5", "--losses", c],
+        1,
+        &["--losses names the same file as --resume"],
+    );
+    let out = run(&[
+        "train",
+        "--resume",
+        c,
+        "--steps",
+        "5",
+        "-q",
+        "--checkpoint",
+        c,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn special_files_are_written_in_place_never_replaced() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("losses.fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: creates a FIFO at a path this test owns.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
+    };
+    let out = run(&[
+        "train",
+        "--steps",
+        "4",
+        "-q",
+        "--losses",
+        fifo.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = reader.join().unwrap();
+    assert_eq!(parse_losses(&text).len(), 4, "{text}");
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    // A full device reports the failure instead of losing it.
+    let out = run(&["train", "--steps", "2", "-q", "--save", "/dev/full"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot write /dev/full"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(std::fs::metadata("/dev/full")
+        .unwrap()
+        .file_type()
+        .is_char_device());
+}
+
+#[test]
+fn a_planted_temporary_name_is_never_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let victim = d.join("victim");
+    std::fs::write(&victim, "victim").unwrap();
+    // The temporary names of earlier versions, planted as links.
+    for name in [".w.npz.tmp", ".w.npz.tmp.tmp"] {
+        std::os::unix::fs::symlink(&victim, d.join(name)).unwrap();
+    }
+    let w = d.join("w.npz");
+    let out = run(&["train", "--steps", "2", "-q", "--save", w.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "victim");
+    let m = std::fs::symlink_metadata(&w).unwrap();
+    assert!(m.file_type().is_file(), "w.npz is not a regular file");
+}

@@ -72,11 +72,47 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         return distributed::run(args);
     }
     let spec = run_spec::resolve(args, Launch::Single)?;
+    check_files_distinct(args, &spec)?;
     threads::set_budget(spec.threads)?;
     match spec.dtype {
         Dtype::F32 => single::<f32>(args, spec),
         Dtype::F64 => single::<f64>(args, spec),
     }
+}
+
+/// Refuses, before any work, outputs that name an input or each other.
+fn check_files_distinct(args: &TrainArgs, spec: &RunSpec) -> Result<()> {
+    let mut inputs: Vec<(&str, &Path)> = Vec::new();
+    if let Some(p) = &args.init {
+        inputs.push(("--init", p));
+    }
+    if let Some(p) = &args.resume {
+        inputs.push(("--resume", p));
+    }
+    if let DataSource::File { path, .. } = &spec.data {
+        inputs.push(("the run's data file", Path::new(path)));
+    }
+    let outputs: Vec<(&str, &Path)> = [
+        ("--save", &args.save),
+        ("--losses", &args.losses),
+        ("--checkpoint", &args.checkpoint),
+    ]
+    .into_iter()
+    .filter_map(|(f, p)| p.as_deref().map(|p| (f, p)))
+    .collect();
+    // Resuming writes the next checkpoint over the one it read: that is
+    // the point of it, and it is written atomically.
+    let outputs: Vec<(&str, &Path)> = match &args.resume {
+        Some(r) => outputs
+            .into_iter()
+            .filter(|&(f, p)| {
+                !(f == "--checkpoint"
+                    && output::check_distinct(&[("--resume", r)], &[(f, p)]).is_err())
+            })
+            .collect(),
+        None => outputs,
+    };
+    output::check_distinct(&inputs, &outputs)
 }
 
 /// One process on the whole batch.
@@ -383,6 +419,7 @@ mod distributed {
         // The same checks as one process; mpirun binds each rank to its
         // cores, and the default thread budget follows.
         let spec = run_spec::resolve(args, Launch::Mpi { ranks: k })?;
+        check_files_distinct(args, &spec)?;
         threads::set_budget(spec.threads)?;
         match spec.dtype {
             Dtype::F32 => run_typed::<f32>(args, cluster, spec, panic_at),
