@@ -4,7 +4,7 @@
 #   scripts/bench-gate.sh [--pairs K] [BASE_REF]
 #       A/B mode, for CI on shared machines: builds BASE_REF (a git worktree)
 #       and the current tree, runs their sweeps of benchmarks/gate.toml
-#       alternately in 2K fresh processes (A B, B A, ...), and gates on wall
+#       alternately in 2K fresh processes (A B, B A, ...; K = 8), and gates on wall
 #       time per step, the processes paired in time. BASE_REF defaults to
 #       HEAD when the tree has uncommitted changes, else the merge base with
 #       origin/main when that is behind HEAD, else HEAD^.
@@ -20,7 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-pairs=5
+pairs=8
 baseline=""
 base_ref=""
 while [ $# -gt 0 ]; do

@@ -9,17 +9,17 @@
 #   one-gemm       selftest-one-gemm       no shards: both cores share each GEMM
 #
 # Each run is the CI gate's measurement, widened to six builds: K rounds
-# (K = --pairs, 5 as in CI) of fresh sweeps of benchmarks/gate.toml, each
+# (K = --pairs, 8 as in CI) of fresh sweeps of benchmarks/gate.toml, each
 # round running the base, the same build again, and the four slow builds in
 # rotated order; then `twolayer compare --paired` of the base against each.
 #
-# Usage: scripts/gate-selftest.sh [RUNS] [--pairs K]   (defaults: 20, 5)
+# Usage: scripts/gate-selftest.sh [RUNS] [--pairs K]   (defaults: 20, 8)
 # Prints one line per run and the counts; exits non-zero when a target is
 # missed (no false alarm; at least RUNS-1 detections of each kind).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=20
-pairs=5
+pairs=8
 while [ $# -gt 0 ]; do
   case "$1" in
     --pairs) pairs=$2; shift 2 ;;
