@@ -228,9 +228,15 @@ impl Report {
     /// Reads a report, refusing other schema versions with a clear message.
     pub fn read(path: &Path) -> Result<Report> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::read(path, e))?;
-        let value: serde_json::Value = serde_json::from_str(&text)
+        // The version first, without building the whole document twice (a
+        // report can hold millions of samples).
+        #[derive(Deserialize)]
+        struct Version {
+            schema_version: Option<serde_json::Value>,
+        }
+        let version: Version = serde_json::from_str(&text)
             .map_err(|e| Error::read(path, format!("not valid JSON ({e})")))?;
-        match value.get("schema_version").and_then(|v| v.as_u64()) {
+        match version.schema_version.as_ref().and_then(|v| v.as_u64()) {
             Some(v) if v == SCHEMA_VERSION as u64 => {}
             Some(v) => {
                 return Err(Error::read(
@@ -247,7 +253,7 @@ impl Report {
                 ))
             }
         }
-        serde_json::from_value(value).map_err(|e| {
+        serde_json::from_str(&text).map_err(|e| {
             Error::read(
                 path,
                 format!("does not match report schema {SCHEMA_VERSION} ({e})"),
