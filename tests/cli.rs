@@ -541,3 +541,46 @@ fn a_planted_temporary_name_is_never_followed() {
     let m = std::fs::symlink_metadata(&w).unwrap();
     assert!(m.file_type().is_file(), "w.npz is not a regular file");
 }
+
+#[test]
+fn a_full_stderr_or_stdout_loses_messages_not_the_run() {
+    // `2>/dev/full` used to make every command panic (exit 101), even
+    // after a successful run.
+    let full = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    };
+    let out = common::bin()
+        .args(["train", "--steps", "3"])
+        .stderr(full())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(parse_losses(&String::from_utf8_lossy(&out.stdout)).len(), 3);
+    let dir = tempfile::tempdir().unwrap();
+    let r = common::tiny_sweep(dir.path(), "9", "1");
+    let report = dir.path().join("report.json");
+    assert!(!r.points.is_empty());
+    for (stdout, stderr) in [(true, false), (false, true), (true, true)] {
+        let mut cmd = common::bin();
+        cmd.args([
+            "compare",
+            report.to_str().unwrap(),
+            report.to_str().unwrap(),
+        ]);
+        if stdout {
+            cmd.stdout(full());
+        }
+        if stderr {
+            cmd.stderr(full());
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "stdout full {stdout}, stderr full {stderr}"
+        );
+    }
+}

@@ -3,6 +3,24 @@
 //! parses, makes OpenBLAS stop spinning, and dispatches. Errors end as one
 //! line on stderr and a non-zero exit status.
 
+/// `eprintln!` that never panics: a full or closed stderr (`2>/dev/full`)
+/// loses the message, not the run or its exit status.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
+/// `print!` that never panics: a closed stdout (`| head`) ends the output,
+/// not the program with a panic.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($t)*);
+    }};
+}
+
 mod cli;
 mod commands;
 
@@ -19,7 +37,7 @@ fn main() -> ExitCode {
     // OpenBLAS reads its idle-spin setting only at load time: restart with
     // it set (a no-op when it already is). See `blas` for why it matters.
     if let Some(e) = blas::reexec_with_short_spin() {
-        eprintln!(
+        say!(
             "twolayer: warning: could not restart with a short OpenBLAS spin ({e}); running as is"
         );
     }
@@ -34,7 +52,7 @@ fn main() -> ExitCode {
                 Ok(commands::compare::Outcome::Pass) => ExitCode::SUCCESS,
                 Ok(commands::compare::Outcome::Regression) => ExitCode::FAILURE,
                 Err(e) => {
-                    eprintln!("twolayer: error: {e}");
+                    say!("twolayer: error: {e}");
                     ExitCode::from(2)
                 }
             };
@@ -43,11 +61,11 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(twolayer::Error::Interrupted { signal, msg }) => {
-            eprintln!("twolayer: {msg}");
+            say!("twolayer: {msg}");
             ExitCode::from((128 + signal) as u8)
         }
         Err(e) => {
-            eprintln!("twolayer: error: {e}");
+            say!("twolayer: error: {e}");
             ExitCode::FAILURE
         }
     }
@@ -76,6 +94,6 @@ fn usage_error(e: clap::Error) -> ExitCode {
         line.push_str("; ");
         line.push_str(a);
     }
-    eprintln!("{line} (see twolayer --help)");
+    say!("{line} (see twolayer --help)");
     ExitCode::from(2)
 }

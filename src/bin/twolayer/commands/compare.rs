@@ -30,7 +30,7 @@ pub fn run(args: &CompareArgs) -> Result<Outcome> {
     let c = compare(&base, &cur, opts)?;
     if !c.env_differences.is_empty() {
         for l in c.env_lines() {
-            eprintln!("twolayer: environments differ: {l}");
+            say!("twolayer: environments differ: {l}");
         }
         if !args.allow_env_change {
             return Err(Error::invalid(format!(
@@ -51,10 +51,10 @@ pub fn run(args: &CompareArgs) -> Result<Outcome> {
     if let Some(path) = &args.json {
         write_json(path, &c, outcome)?;
     }
-    print!("{}", c.to_markdown());
+    out!("{}", c.to_markdown());
     if outcome == Outcome::Regression {
         let slower = c.slower();
-        eprintln!(
+        say!(
             "twolayer: regression: {} point(s) slower than the baseline by more than {:.0}%{}{}",
             slower.len(),
             args.max_slowdown * 100.0,
@@ -66,7 +66,7 @@ pub fn run(args: &CompareArgs) -> Result<Outcome> {
                 .join("; ")
         );
         if c.overall.verdict == twolayer::bench::compare::Verdict::Slower {
-            eprintln!(
+            say!(
                 "twolayer: regression: all points together (geometric mean) {:+.1}% slower",
                 (c.overall.change - 1.0) * 100.0
             );

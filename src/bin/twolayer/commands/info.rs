@@ -13,12 +13,11 @@ pub fn run(args: &InfoArgs) -> Result<()> {
     threads::set_budget(t)?;
     let env = Env::capture();
     for (k, v) in env.lines() {
-        println!("{k:<22} {v}");
+        out!("{k:<22} {v}\n");
     }
     for dtype in [Dtype::F64, Dtype::F32] {
         let rate = machine_gemm_gflops(dtype, t);
-        println!(
-            "{:<22} {rate:.1} GFLOP/s ({MACHINE_GEMM_SIZE}×{MACHINE_GEMM_SIZE} GEMM, {t} threads)",
+        out!("{:<22} {rate:.1} GFLOP/s ({MACHINE_GEMM_SIZE}×{MACHINE_GEMM_SIZE} GEMM, {t} threads)\n",
             format!("GEMM rate {dtype}")
         );
     }

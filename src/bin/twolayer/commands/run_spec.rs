@@ -206,7 +206,7 @@ fn from_checkpoint(args: &TrainArgs, path: &Path, ranks: usize) -> Result<RunSpe
     }
     let threads = args.threads.unwrap_or(h.threads);
     if threads != h.threads {
-        eprintln!(
+        say!(
             "twolayer: warning: resuming on {threads} threads, the run used {}; the losses will match an unbroken run to rounding, not bit for bit",
             h.threads
         );

@@ -82,10 +82,10 @@ fn check_out_dir(args: &SweepArgs) -> Result<()> {
 
 /// Prints the report's Markdown and writes its files to `--out`.
 fn publish(report: &Report, args: &SweepArgs) -> Result<()> {
-    print!("{}", report.to_markdown());
+    out!("{}", report.to_markdown());
     if let Some(dir) = &args.out {
         report.write_all(dir)?;
-        eprintln!(
+        say!(
             "twolayer: wrote report.json, report.csv, report.md, gflops.svg and phases.svg to {}",
             dir.display()
         );

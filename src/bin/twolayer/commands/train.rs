@@ -332,7 +332,7 @@ impl<'a> Reporter<'a> {
         let shape = cfg.global_shape(trainer, self.n_total);
         let gflops = shape.flops_per_step() / (stats.ms_per_step() * 1e-3) / 1e9;
         let plan = trainer.plan();
-        eprintln!(
+        say!(
             "twolayer: {} steps of {shape} {} in {:.3} s: {:.4} ms/step, {:.1} GFLOP/s; threads {} ({} shard(s) of {} rows in blocks of {}, OpenBLAS {} thread(s) per GEMM, {}){extra}; final loss {:?}",
             stats.steps,
             F::DTYPE,
