@@ -584,3 +584,69 @@ fn a_full_stderr_or_stdout_loses_messages_not_the_run() {
         );
     }
 }
+
+#[test]
+fn a_failed_stdout_stops_at_a_step_boundary_and_still_writes_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (w, l, c) = (d.join("w.npz"), d.join("l.txt"), d.join("c.ck"));
+    let args = [
+        "train",
+        "--steps",
+        "1000000",
+        "--n",
+        "8",
+        "--d-in",
+        "5",
+        "--hidden",
+        "4",
+        "--d-out",
+        "2",
+        "--lr",
+        "1e-4",
+        "--save",
+        w.to_str().unwrap(),
+        "--losses",
+        l.to_str().unwrap(),
+        "--checkpoint",
+        c.to_str().unwrap(),
+    ];
+    // A full disk under `> train.log`: exit 1, every file written (they
+    // were all lost before).
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = common::bin().args(args).stdout(full).output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("No space left") && err.contains("every other output was written"),
+        "{err}"
+    );
+    let steps = std::fs::read_to_string(&l).unwrap().lines().count();
+    assert!(steps > 0 && steps < 1_000_000, "{steps}");
+    assert!(w.exists() && c.exists());
+    // A reader that has seen enough (`| head -3`): a quiet end, files written.
+    for f in [&w, &l, &c] {
+        std::fs::remove_file(f).unwrap();
+    }
+    let mut child = common::bin()
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::BufRead;
+        let lines = std::io::BufReader::new(child.stdout.take().unwrap())
+            .lines()
+            .take(3);
+        assert_eq!(lines.count(), 3);
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let steps = std::fs::read_to_string(&l).unwrap().lines().count();
+    assert!(steps < 1_000_000, "{steps}");
+    assert!(w.exists() && c.exists());
+}

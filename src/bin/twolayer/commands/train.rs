@@ -268,7 +268,10 @@ impl<'a> Reporter<'a> {
         {
             // Same form as the reference's print(t, loss): shortest round-trip.
             if let Err(e) = writeln!(self.out, "{step} {loss:?}") {
+                // Stdout is gone (a closed pipe) or full: stop at this step
+                // boundary; the files are still written.
                 self.write_err = Some(e);
+                return ControlFlow::Break(());
             } else if self.last_flush.elapsed() > Duration::from_millis(100) {
                 // Long runs show progress; short ones are not slowed by syscalls.
                 let _ = self.out.flush();
@@ -308,17 +311,11 @@ impl<'a> Reporter<'a> {
         if let Some(e) = self.ckpt_err {
             return Err(e);
         }
-        // A closed pipe (`twolayer train | head`) means the reader has seen
-        // enough; the run itself and its files are still wanted.
-        if let Some(e) = self
-            .write_err
-            .filter(|e| e.kind() != std::io::ErrorKind::BrokenPipe)
-        {
-            return Err(Error::write(Path::new("<stdout>"), e));
-        }
         if !self.lead {
             return Ok(());
         }
+        // The files first, whatever happened to stdout: a full disk under
+        // `> train.log` must not cost the weights.
         let (args, cfg) = (self.args, self.cfg);
         if let Some(p) = &args.checkpoint {
             snapshot(trainer, cfg, self.n_total).write(p)?;
@@ -328,6 +325,21 @@ impl<'a> Reporter<'a> {
         }
         if let Some(p) = &args.save {
             npz::save_weights(p, trainer.weights())?;
+        }
+        // A closed pipe (`twolayer train | head`) means the reader has seen
+        // enough: the run ends quietly, its files written. Any other
+        // failure of stdout is an error, reported after the files.
+        if let Some(e) = self.write_err {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                return Ok(());
+            }
+            return Err(Error::write(
+                Path::new("<stdout>"),
+                format!(
+                    "{e}; stopped after step {}, and every other output was written",
+                    trainer.steps_done()
+                ),
+            ));
         }
         let shape = cfg.global_shape(trainer, self.n_total);
         let gflops = shape.flops_per_step() / (stats.ms_per_step() * 1e-3) / 1e9;
