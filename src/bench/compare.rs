@@ -31,8 +31,8 @@
 //! resamples, fixed seed, so the same reports always give the same
 //! verdict): processes (pairs, when paired) are drawn with replacement,
 //! then each drawn process's steps are drawn with replacement and their
-//! median taken. A point is *slower* when R > 1 + t **and** the whole
-//! interval lies above 1 (the change is both large and real), *faster*
+//! median taken. A point is *slower* when R > 1 + t **and** the interval's
+//! lower end is above 1 + t/2 (the change is both large and real), *faster*
 //! symmetrically, *within noise* otherwise (t = `--max-slowdown`). The same
 //! rule is applied to the geometric mean of R over all points, from the
 //! same resamples ("overall"). The gate fails when any point or the overall
@@ -78,11 +78,12 @@ impl Verdict {
     }
 
     /// The rule: slower when the change is large (`change` > 1 + t) and
-    /// real (the 95% interval lies wholly above 1); faster in mirror image.
+    /// real with a margin (the 95% interval's lower end above 1 + t/2);
+    /// faster in mirror image.
     pub fn of(change: f64, ci: (f64, f64), t: f64) -> Verdict {
-        if change > 1.0 + t && ci.0 > 1.0 {
+        if change > 1.0 + t && ci.0 > 1.0 + t / 2.0 {
             Verdict::Slower
-        } else if change < 1.0 - t && ci.1 < 1.0 {
+        } else if change < 1.0 - t && ci.1 < 1.0 - t / 2.0 {
             Verdict::Faster
         } else {
             Verdict::WithinNoise
