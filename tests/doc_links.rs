@@ -85,7 +85,9 @@ fn every_file_reference_resolves_inside_the_repository() {
             continue;
         }
         if text.contains(&["..", "/shared"].concat()) {
-            broken.push(format!("{rel}: points outside the repository (../shared)"));
+            broken.push(format!(
+                "{rel}: points at the shared folder outside the repository"
+            ));
         }
         for p in named_paths(&text) {
             // Paths the code creates or that name another crate's files.

@@ -8,6 +8,17 @@ use ndarray::Array2;
 use twolayer::step::{self, Gradients, LearningRates, NoExchange, Plan, Workspace};
 use twolayer::{Data, Real, Shape, StepMode, Trainer, Weights};
 
+/// OpenBLAS keeps one thread count for the whole process, and each step
+/// sets its plan's; the tests of this binary run on parallel threads. The
+/// bit-identity checks below hold only when the very same calls run with
+/// the same thread count (OpenBLAS's Haswell kernels split a GEMM
+/// differently on 2 threads: seen failing one time in five while another
+/// test ran a 2-thread plan), so the tests here take turns.
+fn blas_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// loss(w1, w2) alone, through the library's step.
 fn loss_of(data: &Data<f64>, w: &Weights<f64>) -> f64 {
     let shape = twolayer::net::checked_shape(data, w).unwrap();
@@ -17,6 +28,7 @@ fn loss_of(data: &Data<f64>, w: &Weights<f64>) -> f64 {
 
 #[test]
 fn gradients_match_finite_differences() {
+    let _blas = blas_lock();
     for (i, &(n, d_in, h, d_out)) in [(5, 7, 6, 3), (9, 4, 11, 2), (3, 12, 8, 5)]
         .iter()
         .enumerate()
@@ -118,6 +130,7 @@ fn blas_vs_loops<F: Real>(shape: Shape, steps: usize, plan: Plan, explicit: bool
 
 #[test]
 fn blas_step_matches_plain_loops_on_odd_shapes() {
+    let _blas = blas_lock();
     let shapes = [
         Shape::new(7, 13, 5, 3).unwrap(),
         Shape::new(33, 257, 65, 9).unwrap(),
@@ -145,6 +158,7 @@ fn blas_step_matches_plain_loops_on_odd_shapes() {
 
 #[test]
 fn fused_and_explicit_steps_agree() {
+    let _blas = blas_lock();
     let shape = Shape::new(40, 70, 30, 6).unwrap();
     let mk = |mode| {
         Trainer::new(
@@ -168,6 +182,7 @@ fn fused_and_explicit_steps_agree() {
 
 #[test]
 fn zero_w1_still_learns_because_relu_passes_at_zero() {
+    let _blas = blas_lock();
     // h = x·0 = 0 everywhere. The reference zeroes the gradient only where
     // h < 0, so g_h = g_hrelu and w1 moves; PyTorch's convention (0 at 0)
     // would leave it at zero for ever.
@@ -193,6 +208,7 @@ fn zero_w1_still_learns_because_relu_passes_at_zero() {
 
 #[test]
 fn non_finite_loss_stops_with_the_step_and_keeps_the_last_weights() {
+    let _blas = blas_lock();
     let shape = Shape::new(64, 100, 50, 10).unwrap();
     let mut t = Trainer::new(
         Data::<f64>::random(shape, 5),
@@ -219,6 +235,7 @@ fn non_finite_loss_stops_with_the_step_and_keeps_the_last_weights() {
 
 #[test]
 fn exchanged_gradients_equal_plain_ones_for_any_pieces() {
+    let _blas = blas_lock();
     // The exchanged form defers each shard's last g_w1 GEMM and runs it in
     // row ranges; with one process it must give `gradients`' numbers. Odd
     // sizes, several shards and blocks (the last one short), 1 to D_in
