@@ -59,6 +59,87 @@ pub enum DataSource {
         /// SHA-256 of the file's bytes, hex.
         sha256: String,
     },
+    /// A dataset trained on in minibatches (`--data`): one `.npz` or two
+    /// `.npy` files, each checked against its checksum on resume.
+    Dataset {
+        /// The files.
+        files: Vec<FileRef>,
+    },
+}
+
+/// A file a run reads, by absolute path and content.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRef {
+    /// The path as given, made absolute.
+    pub path: String,
+    /// SHA-256 of the file's bytes, hex.
+    pub sha256: String,
+}
+
+impl FileRef {
+    /// The reference to `path` as it is now.
+    pub fn of(path: &Path) -> Result<FileRef> {
+        Ok(FileRef {
+            path: std::fs::canonicalize(path)
+                .map_err(|e| Error::read(path, e))?
+                .display()
+                .to_string(),
+            sha256: file_sha256(path)?,
+        })
+    }
+
+    /// Fails when the file is no longer the one referred to.
+    pub fn check_unchanged(&self) -> Result<()> {
+        let p = Path::new(&self.path);
+        if file_sha256(p)? != self.sha256 {
+            return Err(Error::read(
+                p,
+                "the file has changed since the checkpoint was written (SHA-256 differs); resuming would train on other data",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What a minibatch run's checkpoint records besides the common header:
+/// with the step count, everything that decides the next batch (the
+/// epoch is steps_done / batches per epoch, the position in it the rest,
+/// and the shuffle a function of the seed and the epoch).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MinibatchHeader {
+    /// Rows of the dataset (M).
+    pub rows: u64,
+    /// Rows per batch (also the header's n).
+    pub batch: usize,
+    /// Seed of the shuffles and of the validation split.
+    pub seed: u64,
+    /// Fraction of the rows held out for validation, when split.
+    pub val_fraction: Option<f64>,
+    /// A separate validation set's files, when given.
+    pub val: Option<Vec<FileRef>>,
+    /// One record per epoch finished.
+    #[serde(default)]
+    pub history: Vec<EpochRecord>,
+}
+
+/// What the end of an epoch measured.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EpochRecord {
+    /// The epoch, from 1.
+    pub epoch: u64,
+    /// Steps done at its end.
+    pub step: u64,
+    /// Mean of its steps' losses.
+    pub train_loss: f64,
+    /// The validation set's loss on the training loss's scale: the mean
+    /// squared error for `mean`; for `sum`, the sum over the validation
+    /// rows scaled to a batch (× batch / rows), so the two compare.
+    pub val_loss: Option<f64>,
+    /// The validation set's mean squared error over every element.
+    pub val_mse: Option<f64>,
 }
 
 impl DataSource {
@@ -105,12 +186,22 @@ pub struct Header {
     pub ranks: usize,
     /// Where x and y come from.
     pub data: DataSource,
+    /// The loss minimised: `sum` or `mean`.
+    #[serde(default = "sum")]
+    pub loss: String,
+    /// The batches of a minibatch run (`--data`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minibatch: Option<MinibatchHeader>,
     /// twolayer's version that wrote it.
     pub written_by: String,
 }
 
 fn one() -> usize {
     1
+}
+
+fn sum() -> String {
+    "sum".into()
 }
 
 impl Header {
@@ -403,6 +494,8 @@ mod tests {
                 threads: 2,
                 ranks: 1,
                 data: DataSource::Seeded { seed: 7 },
+                loss: "sum".into(),
+                minibatch: None,
                 written_by: "test".into(),
             },
             losses: vec![3.0, 2.0, 1.5],

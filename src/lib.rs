@@ -27,7 +27,9 @@
 //!
 //! Where things are: [`step`] is the training step (read it first);
 //! [`kernels`] the elementwise passes; [`net`] the data and weights;
-//! [`npz`] numpy's file format; [`train`] the loop; [`blas`] and
+//! [`npz`] numpy's file format; [`train`] the loop; [`dataset`] and
+//! [`minibatch`] training on users' data a batch at a time; [`predict`]
+//! the forward pass alone; [`blas`] and
 //! [`threads`] the thread budget; [`shape`] sizes and checks;
 //! [`checkpoint`] and [`output`] long runs and safe writes; [`bench`](mod@bench) the
 //! sweep harness and regression gate; `distributed` (feature `mpi`)
@@ -63,13 +65,16 @@
 pub mod bench;
 pub mod blas;
 pub mod checkpoint;
+pub mod dataset;
 #[cfg(feature = "mpi")]
 pub mod distributed;
 pub mod error;
 pub mod kernels;
+pub mod minibatch;
 pub mod net;
 pub mod npz;
 pub mod output;
+pub mod predict;
 pub mod scalar;
 pub mod shape;
 pub mod step;
@@ -81,4 +86,4 @@ pub use net::{Data, Weights};
 pub use scalar::{Dtype, Real};
 pub use shape::Shape;
 pub use step::{Exchange, Gradients, LearningRates, NoExchange, Plan, StepMode, Workspace};
-pub use train::{RunStats, Trainer};
+pub use train::{Loss, RunStats, Trainer};

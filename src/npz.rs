@@ -355,6 +355,57 @@ pub fn load_weights<F: Real>(path: &Path) -> Result<Weights<F>> {
     Ok(Weights { w1, w2 })
 }
 
+/// The two weight entries of a weights file (`--save`'s: w1 and w2, any
+/// other arrays ignored), checked: 2-D, one dtype, H agreeing.
+fn weight_entries<R: Read + Seek>(
+    path: &Path,
+    zip: &mut zip::ZipArchive<R>,
+) -> Result<(Entry, Entry)> {
+    let w1 = inspect_entry(path, zip, "w1")?;
+    let w2 = inspect_entry(path, zip, "w2")?;
+    if w1.dims.1 != w2.dims.0 {
+        return Err(Error::read(
+            path,
+            format!(
+                "shape mismatch: w1 is {}×{} but w2 is {}×{}; w2 needs as many rows as w1 has columns (H)",
+                w1.dims.0, w1.dims.1, w2.dims.0, w2.dims.1
+            ),
+        ));
+    }
+    if w1.dtype != w2.dtype {
+        return Err(Error::read(path, "w1 and w2 differ in dtype"));
+    }
+    Ok((w1, w2))
+}
+
+fn open_zip(path: &Path) -> Result<zip::ZipArchive<std::io::BufReader<File>>> {
+    let file = File::open(path).map_err(|e| Error::read(path, e))?;
+    zip::ZipArchive::new(std::io::BufReader::new(file))
+        .map_err(|e| Error::read(path, format!("not a valid .npz file ({e})")))
+}
+
+/// (D_in, H, D_out) and the dtype of the weights in a weights file, from
+/// their headers alone.
+pub fn peek_weights(path: &Path) -> Result<(usize, usize, usize, Dtype)> {
+    let (w1, w2) = weight_entries(path, &mut open_zip(path)?)?;
+    Ok((w1.dims.0, w1.dims.1, w2.dims.1, w1.dtype))
+}
+
+/// w1 and w2 from a weights file (as `--save` writes: w1 and w2 alone, or
+/// any `.npz` that holds them), as `F`, checked finite.
+pub fn load_weights_file<F: Real>(path: &Path) -> Result<Weights<F>> {
+    let mut zip = open_zip(path)?;
+    let (e1, e2) = weight_entries(path, &mut zip)?;
+    let elems = (e1.dims.0 * e1.dims.1 + e2.dims.0 * e2.dims.1) as u128;
+    let available = crate::shape::available_memory_bytes() as u128;
+    if elems * F::DTYPE.size() as u128 > available {
+        return Err(Error::read(path, "the weights do not fit in memory"));
+    }
+    let w1 = read_entry_rows::<F, _>(path, &mut zip, &e1, "w1", 0..e1.dims.0)?;
+    let w2 = read_entry_rows::<F, _>(path, &mut zip, &e2, "w2", 0..e2.dims.0)?;
+    Ok(Weights { w1, w2 })
+}
+
 /// A reader that can move forward without handing the bytes over.
 trait Skip: Read {
     fn skip(&mut self, n: u64) -> std::io::Result<()>;
@@ -456,6 +507,30 @@ fn read_rows_from<F: Real>(
         }
     }
     Ok(out)
+}
+
+/// Writes the header of a row-major `rows`×`cols` little-endian `.npy`
+/// array of `dtype` (format 1.0; the data, rows×cols values, follows).
+pub fn write_npy_header(
+    w: &mut impl std::io::Write,
+    dtype: Dtype,
+    rows: u64,
+    cols: usize,
+) -> std::io::Result<()> {
+    let descr = match dtype {
+        Dtype::F32 => "<f4",
+        Dtype::F64 => "<f8",
+    };
+    let mut dict =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    // Magic (6) + version (2) + length (2) + dict + '\n', padded with spaces
+    // to a multiple of 64 bytes, as numpy writes it.
+    let unpadded = 10 + dict.len() + 1;
+    dict.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
+    dict.push('\n');
+    w.write_all(b"\x93NUMPY\x01\x00")?;
+    w.write_all(&(dict.len() as u16).to_le_bytes())?;
+    w.write_all(dict.as_bytes())
 }
 
 /// Writes arrays under their names as an uncompressed `.npz`, atomically.

@@ -17,8 +17,57 @@ pub struct Trainer<F> {
     weights: Weights<F>,
     ws: Workspace<F>,
     grads: Option<Gradients<F>>,
+    /// The learning rates as given, in the units of `loss`.
     lr: LearningRates,
+    /// What the step applies: `lr` for the sum, `lr / (N·D_out)` for the
+    /// mean (the mean's gradient is the sum's divided by N·D_out).
+    step_lr: LearningRates,
+    loss: Loss,
     losses: Vec<f64>,
+}
+
+/// The loss a run minimises and reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Loss {
+    /// Σ (y_pred − y)² over the batch: the reference's loss, and the
+    /// default. Its gradient grows with the batch, so the learning rate
+    /// must shrink as the batch grows.
+    #[default]
+    Sum,
+    /// The sum divided by N·D_out, the mean over every element (what
+    /// PyTorch's `MSELoss()` computes): one learning rate serves every
+    /// batch size.
+    Mean,
+}
+
+impl Loss {
+    /// The name a checkpoint and the command line use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Loss::Sum => "sum",
+            Loss::Mean => "mean",
+        }
+    }
+
+    /// What one sum-of-squares value is, in this loss, for a batch of
+    /// `rows` rows of `d_out` outputs.
+    pub fn scale(self, rows: usize, d_out: usize) -> f64 {
+        match self {
+            Loss::Sum => 1.0,
+            Loss::Mean => 1.0 / (rows as f64 * d_out as f64),
+        }
+    }
+}
+
+impl std::str::FromStr for Loss {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "sum" => Ok(Loss::Sum),
+            "mean" => Ok(Loss::Mean),
+            _ => Err(format!("unknown loss '{s}' (sum or mean)")),
+        }
+    }
 }
 
 impl<F> std::fmt::Debug for Trainer<F> {
@@ -93,8 +142,29 @@ impl<F: Real> Trainer<F> {
             ws: Workspace::with_plan(shape, plan),
             grads: (mode == StepMode::Explicit).then(|| Gradients::zeros(shape)),
             lr,
+            step_lr: lr,
+            loss: Loss::Sum,
             losses: Vec::new(),
         })
+    }
+
+    /// Minimises and reports `loss` instead of the sum: with
+    /// [`Loss::Mean`] every loss recorded is the batch's mean squared
+    /// error, and the step applies `lr / (N·D_out)` to the summed
+    /// gradient — the mean's gradient, to rounding.
+    pub fn with_loss(mut self, loss: Loss) -> Self {
+        let s = loss.scale(self.shape.n, self.shape.d_out);
+        self.loss = loss;
+        self.step_lr = LearningRates {
+            w1: self.lr.w1 * s,
+            w2: self.lr.w2 * s,
+        };
+        self
+    }
+
+    /// The loss minimised and reported.
+    pub fn loss(&self) -> Loss {
+        self.loss
     }
 
     /// The problem's shape.
@@ -135,7 +205,7 @@ impl<F: Real> Trainer<F> {
         let t = self.losses.len();
         let loss = match &mut self.grads {
             // The step leaves the weights alone when its loss is not finite.
-            None => step::step(&mut self.ws, &self.data, &mut self.weights, self.lr),
+            None => step::step(&mut self.ws, &self.data, &mut self.weights, self.step_lr),
             Some(g) => step::gradients(&mut self.ws, &self.data, &self.weights, g),
         };
         self.finish_step(t, loss)
@@ -161,8 +231,12 @@ impl<F: Real> Trainer<F> {
     fn finish_step(&mut self, t: usize, loss: f64) -> Result<f64> {
         check_finite_loss(t, loss, self.lr)?;
         if let Some(g) = &self.grads {
-            step::apply_sgd(&mut self.weights, g, self.lr);
+            step::apply_sgd(&mut self.weights, g, self.step_lr);
         }
+        let loss = match self.loss {
+            Loss::Sum => loss,
+            Loss::Mean => loss * self.loss.scale(self.shape.n, self.shape.d_out),
+        };
         self.losses.push(loss);
         Ok(loss)
     }
@@ -195,14 +269,35 @@ impl<F: Real> Trainer<F> {
     pub fn run(
         &mut self,
         steps: usize,
+        on_step: impl FnMut(&Self, usize, f64) -> ControlFlow<()> + Send,
+    ) -> Result<RunStats> {
+        self.run_with(steps, |_, _| Ok(()), on_step)
+    }
+
+    /// [`Trainer::run`] with `next_batch(batch, t)` called before step `t`:
+    /// it may replace the rows the step trains on (a minibatch run swaps
+    /// in a buffer filled while the previous step ran). The batch keeps
+    /// its shape; a changed shape is an error.
+    pub fn run_with(
+        &mut self,
+        steps: usize,
+        mut next_batch: impl FnMut(&mut Data<F>, usize) -> Result<()> + Send,
         mut on_step: impl FnMut(&Self, usize, f64) -> ControlFlow<()> + Send,
     ) -> Result<RunStats> {
         self.reserve(steps);
         let start = Instant::now();
         let mut done = 0;
+        let dims = (self.data.x.dim(), self.data.y.dim());
         rayon::scope(|_| {
             while done < steps {
                 let t = self.losses.len();
+                next_batch(&mut self.data, t)?;
+                let standard = self.data.x.is_standard_layout() && self.data.y.is_standard_layout();
+                if (self.data.x.dim(), self.data.y.dim()) != dims || !standard {
+                    return Err(Error::invalid(
+                        "a batch must keep the trainer's shape and be row-major",
+                    ));
+                }
                 let loss = self.step()?;
                 done += 1;
                 if on_step(self, t, loss).is_break() {

@@ -29,6 +29,10 @@ pub enum Command {
     /// Compare two sweep reports point by point: exit 1 when a point is
     /// slower beyond --max-slowdown with confidence, 2 on unusable input.
     Compare(CompareArgs),
+    /// Predict y for every row of x with trained weights, in batches.
+    Predict(PredictArgs),
+    /// The loss and mean squared error of trained weights on a dataset.
+    Eval(EvalArgs),
 }
 
 /// A positive count (at least 1).
@@ -160,9 +164,109 @@ pub struct TrainArgs {
     /// history and settings); --steps is then the total to reach
     #[arg(long, conflicts_with_all = ["init", "seed"])]
     pub resume: Option<PathBuf>,
+    /// Train on this data in minibatches: one .npz holding x (M×D_in) and
+    /// y (M×D_out, or M), or two .npy files, x's then y's; f32 or f64; M
+    /// as large as the disk allows
+    #[arg(long, num_args = 1..=2, value_name = "FILE", conflicts_with_all = ["init", "n", "resume"])]
+    pub data: Option<Vec<PathBuf>>,
+    /// With --data: rows per step [default: 64, or all the training rows
+    /// when fewer]; the rows left over at an epoch's end wait for the next
+    /// epoch's shuffle
+    #[arg(long, value_parser = positive, allow_negative_numbers = true)]
+    pub batch: Option<usize>,
+    /// With --data: passes over the training rows, each in a fresh order
+    /// from --seed [default: 1, unless --steps is given]
+    #[arg(long, value_parser = positive, allow_negative_numbers = true, conflicts_with = "steps")]
+    pub epochs: Option<usize>,
+    /// With --data: validate on this data (same forms as --data) at the
+    /// end of every epoch
+    #[arg(long, num_args = 1..=2, value_name = "FILE", requires = "data", conflicts_with = "val_fraction")]
+    pub val: Option<Vec<PathBuf>>,
+    /// With --data: hold out this fraction of its rows (chosen by --seed,
+    /// never trained on) and validate on them at the end of every epoch
+    #[arg(long = "val-fraction", requires = "data")]
+    pub val_fraction: Option<f64>,
+    /// With --data: start from w1 and w2 in this .npz (as --save writes
+    /// them) [default: seeded]
+    #[arg(long, requires = "data")]
+    pub weights: Option<PathBuf>,
+    /// With --data and no --weights: how the seeded weights are drawn
+    #[arg(long = "weight-init", value_enum, default_value = "normal")]
+    pub weight_init: WeightInitArg,
+    /// The loss minimised and reported: sum of squares over the batch (the
+    /// reference's), or its mean over every element (one lr then works
+    /// for every batch size) [default: sum, or the checkpoint's]
+    #[arg(long, value_enum)]
+    pub loss: Option<LossArg>,
+    /// With --data: write one CSV line per epoch here (epoch, step, mean
+    /// training loss of its steps, validation loss and mean squared error)
+    #[arg(long)]
+    pub metrics: Option<PathBuf>,
     /// Summing gradients across MPI ranks.
     #[command(flatten)]
     pub mpi: AllreduceArgs,
+}
+
+/// How seeded weights are drawn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum WeightInitArg {
+    /// Standard normal, as the reference draws them.
+    Normal,
+    /// Standard normal scaled for the layer: w1 by sqrt(2/D_in) (He, for
+    /// the ReLU), w2 by sqrt(1/H) (LeCun, for the linear output).
+    Scaled,
+}
+
+/// The loss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LossArg {
+    /// Σ (y_pred − y)² over the batch.
+    Sum,
+    /// The sum divided by rows × D_out (PyTorch's MSELoss).
+    Mean,
+}
+
+/// Flags of `twolayer predict`.
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// The weights: a .npz holding w1 and w2 (as `train --save` writes)
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// The inputs: a .npy of M×D_in, or a .npz holding x
+    #[arg(long)]
+    pub x: PathBuf,
+    /// Write the predictions (M×D_out) here as a .npy
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Rows per forward pass
+    #[arg(long, default_value = "4096", value_parser = positive)]
+    pub batch: usize,
+    /// Element type of the pass and the output [default: the weights']
+    #[arg(long)]
+    pub dtype: Option<Dtype>,
+    /// Threads for OpenBLAS [default: the cores available]
+    #[arg(long, value_parser = positive)]
+    pub threads: Option<usize>,
+}
+
+/// Flags of `twolayer eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The weights: a .npz holding w1 and w2
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// The data: one .npz holding x and y, or two .npy files
+    #[arg(long, num_args = 1..=2, required = true, value_name = "FILE")]
+    pub data: Vec<PathBuf>,
+    /// Rows per forward pass
+    #[arg(long, default_value = "4096", value_parser = positive)]
+    pub batch: usize,
+    /// Element type of the pass [default: the weights']
+    #[arg(long)]
+    pub dtype: Option<Dtype>,
+    /// Threads for OpenBLAS [default: the cores available]
+    #[arg(long, value_parser = positive)]
+    pub threads: Option<usize>,
 }
 
 /// Flags of `twolayer sweep`.

@@ -45,6 +45,8 @@ fn main() -> ExitCode {
         Command::Train(args) => commands::train::run(args),
         Command::Sweep(args) => commands::sweep::run(args),
         Command::Info(args) => commands::info::run(args),
+        Command::Predict(args) => commands::predict::run_predict(args),
+        Command::Eval(args) => commands::predict::run_eval(args),
         Command::Compare(args) => {
             // 0: no regression; 1: a regression; 2: reports that cannot be
             // compared (a gate must not read those as "no regression").

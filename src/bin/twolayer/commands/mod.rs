@@ -3,6 +3,7 @@
 
 pub mod compare;
 pub mod info;
+pub mod predict;
 pub mod run_spec;
 pub mod sweep;
 pub mod train;

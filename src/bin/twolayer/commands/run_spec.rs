@@ -3,15 +3,18 @@
 //! process, or K ranks under mpirun). Fresh, resumed and MPI runs take the
 //! same checks; nothing after this reads a flag that could contradict it.
 
-use crate::cli::{ModeArg, TrainArgs};
+use crate::cli::{LossArg, ModeArg, TrainArgs, WeightInitArg};
 use std::path::{Path, PathBuf};
-use twolayer::checkpoint::{file_sha256, AnyCheckpoint, DataSource};
+use twolayer::checkpoint::{file_sha256, AnyCheckpoint, DataSource, FileRef, MinibatchHeader};
+use twolayer::dataset::batches::Schedule;
+use twolayer::dataset::Dataset;
 use twolayer::error::{Error, Result};
 use twolayer::npz;
 use twolayer::scalar::Dtype;
 use twolayer::shape::Shape;
 use twolayer::step::{LearningRates, Plan, StepMode};
 use twolayer::threads;
+use twolayer::Loss;
 
 /// Defaults of the reference experiment.
 const DEFAULT_LR: f64 = 1e-6;
@@ -19,10 +22,18 @@ const DEFAULT_STEPS: usize = 500;
 
 /// Where the run's data and weights come from.
 pub enum Start {
-    /// Standard normal x, y, w1, w2 from a seed.
+    /// Standard normal x, y, w1, w2 from a seed (with --data: w1 and w2
+    /// alone).
     Seeded {
         /// The seed.
         seed: u64,
+        /// Weights scaled for their layer's width (`--weight-init scaled`).
+        scaled: bool,
+    },
+    /// With --data: w1 and w2 from a `--weights` file.
+    Weights {
+        /// The file.
+        path: PathBuf,
     },
     /// x, y, w1, w2 from an `--init` file.
     Init {
@@ -53,6 +64,30 @@ pub struct RunSpec {
     pub data: DataSource,
     /// Where the data and weights come from.
     pub start: Start,
+    /// The loss minimised and reported.
+    pub loss: Loss,
+    /// With --data: the dataset and its batches.
+    pub minibatch: Option<Minibatch>,
+}
+
+/// A minibatch run's data, resolved.
+pub struct Minibatch {
+    /// The training data (and the validation rows, when split off).
+    pub dataset: Dataset,
+    /// A separate validation set (`--val`).
+    pub val: Option<Dataset>,
+    /// Which rows each step trains on.
+    pub schedule: Schedule,
+    /// What the checkpoint records of it.
+    pub header: MinibatchHeader,
+}
+
+/// The library's loss for the command line's.
+fn loss_of(l: LossArg) -> Loss {
+    match l {
+        LossArg::Sum => Loss::Sum,
+        LossArg::Mean => Loss::Mean,
+    }
 }
 
 /// The library's step mode for the command line's.
@@ -82,10 +117,27 @@ pub fn resolve(args: &TrainArgs, launch: Launch) -> Result<RunSpec> {
         Launch::Single => (1, false),
         Launch::Mpi { ranks } => (ranks, true),
     };
-    let spec = match &args.resume {
-        Some(path) => from_checkpoint(args, path, ranks)?,
-        None => fresh(args, ranks, mpi)?,
+    for (flag, given) in [
+        ("--batch", args.batch.is_some()),
+        ("--epochs", args.epochs.is_some()),
+        ("--metrics", args.metrics.is_some()),
+    ] {
+        if given && args.data.is_none() && args.resume.is_none() {
+            return Err(Error::invalid(format!(
+                "{flag} needs --data (minibatch training on a dataset)"
+            )));
+        }
+    }
+    let spec = match (&args.resume, &args.data) {
+        (Some(path), _) => from_checkpoint(args, path, ranks)?,
+        (None, Some(files)) => with_data(args, files, mpi)?,
+        (None, None) => fresh(args, ranks, mpi)?,
     };
+    if mpi && spec.minibatch.is_some() {
+        return Err(Error::invalid(
+            "minibatch training (--data) runs in one process; run it without mpirun",
+        ));
+    }
     if mpi && spec.mode == StepMode::Fused {
         return Err(Error::invalid(
             "data-parallel training sums explicit gradients across ranks; drop --step-mode fused (or resume a fused run without mpirun)",
@@ -143,7 +195,10 @@ fn fresh(args: &TrainArgs, ranks: usize, mpi: bool) -> Result<RunSpec> {
                 shape,
                 args.dtype.unwrap_or(Dtype::F64),
                 DataSource::Seeded { seed },
-                Start::Seeded { seed },
+                Start::Seeded {
+                    seed,
+                    scaled: args.weight_init == WeightInitArg::Scaled,
+                },
             )
         }
     };
@@ -157,7 +212,146 @@ fn fresh(args: &TrainArgs, ranks: usize, mpi: bool) -> Result<RunSpec> {
         ranks,
         data,
         start,
+        loss: args.loss.map(loss_of).unwrap_or_default(),
+        minibatch: None,
     })
+}
+
+/// A fresh minibatch run on `--data`.
+fn with_data(args: &TrainArgs, files: &[PathBuf], mpi: bool) -> Result<RunSpec> {
+    let dataset = Dataset::open(files)?;
+    let what = files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" and ");
+    for (flag, given, have) in [
+        ("--d-in", args.d_in, dataset.d_in()),
+        ("--d-out", args.d_out, dataset.d_out()),
+    ] {
+        if let Some(v) = given.filter(|&v| v != have) {
+            return Err(Error::invalid(format!(
+                "{flag} {v} disagrees with {what}, whose data has {have}; drop the flag"
+            )));
+        }
+    }
+    let (hidden, start) = match &args.weights {
+        Some(path) => {
+            let (d_in, hidden, d_out, _) = npz::peek_weights(path)?;
+            if (d_in, d_out) != (dataset.d_in(), dataset.d_out()) {
+                return Err(Error::invalid(format!(
+                    "the weights in {} are for {d_in} inputs and {d_out} outputs, but the data has {} and {}",
+                    path.display(),
+                    dataset.d_in(),
+                    dataset.d_out()
+                )));
+            }
+            if let Some(h) = args.hidden.filter(|&h| h != hidden) {
+                return Err(Error::invalid(format!(
+                    "--hidden {h} disagrees with {}, whose weights have H = {hidden}",
+                    path.display()
+                )));
+            }
+            (hidden, Start::Weights { path: path.clone() })
+        }
+        None => (
+            args.hidden.unwrap_or(Shape::REFERENCE.hidden),
+            Start::Seeded {
+                seed: args.seed.unwrap_or(0),
+                scaled: args.weight_init == WeightInitArg::Scaled,
+            },
+        ),
+    };
+    let seed = args.seed.unwrap_or(0);
+    let val_rows_hint = args
+        .val_fraction
+        .map(|f| (f * dataset.rows() as f64).round() as u64)
+        .unwrap_or(0);
+    let batch = args.batch.unwrap_or_else(|| {
+        (Shape::REFERENCE.n as u64).min(dataset.rows().saturating_sub(val_rows_hint).max(1))
+            as usize
+    });
+    let schedule = Schedule::new(dataset.rows(), batch, seed, args.val_fraction)?;
+    let val = match &args.val {
+        Some(v) => {
+            let val = Dataset::open(v)?;
+            if (val.d_in(), val.d_out()) != (dataset.d_in(), dataset.d_out()) {
+                return Err(Error::invalid(format!(
+                    "the validation data is {}→{} but the training data is {}→{}",
+                    val.d_in(),
+                    val.d_out(),
+                    dataset.d_in(),
+                    dataset.d_out()
+                )));
+            }
+            Some(val)
+        }
+        None => None,
+    };
+    let per_epoch = schedule.batches_per_epoch();
+    let total_steps = match (args.epochs, args.steps) {
+        (Some(e), _) => (e as u64).checked_mul(per_epoch),
+        (None, Some(s)) => Some(s as u64),
+        (None, None) => Some(per_epoch),
+    }
+    .and_then(|t| usize::try_from(t).ok())
+    .ok_or_else(|| Error::invalid("--epochs × batches per epoch is too many steps"))?;
+    let shape = Shape::new(batch, dataset.d_in(), hidden, dataset.d_out())?;
+    let refs = |fs: &[PathBuf]| {
+        fs.iter()
+            .map(|f| FileRef::of(f))
+            .collect::<Result<Vec<_>>>()
+    };
+    let header = MinibatchHeader {
+        rows: dataset.rows(),
+        batch,
+        seed,
+        val_fraction: args.val_fraction,
+        val: args.val.as_deref().map(refs).transpose()?,
+        history: Vec::new(),
+    };
+    let spec = fresh_common(args, mpi, shape, args.dtype.unwrap_or(dataset.dtype()));
+    Ok(RunSpec {
+        total_steps,
+        data: DataSource::Dataset {
+            files: refs(files)?,
+        },
+        start,
+        minibatch: Some(Minibatch {
+            dataset,
+            val,
+            schedule,
+            header,
+        }),
+        ..spec
+    })
+}
+
+/// The settings a fresh run takes from flags alone.
+fn fresh_common(args: &TrainArgs, mpi: bool, shape: Shape, dtype: Dtype) -> RunSpec {
+    RunSpec {
+        shape,
+        dtype,
+        total_steps: args.steps.unwrap_or(DEFAULT_STEPS),
+        lr: LearningRates {
+            w1: args.lr_w1.or(args.lr).unwrap_or(DEFAULT_LR),
+            w2: args.lr_w2.or(args.lr).unwrap_or(DEFAULT_LR),
+        },
+        mode: match (args.step_mode.map(step_mode), mpi) {
+            (Some(m), _) => m,
+            (None, false) => StepMode::Fused,
+            (None, true) => StepMode::Explicit,
+        },
+        threads: args.threads.unwrap_or_else(threads::available_cores),
+        ranks: 1,
+        data: DataSource::Seeded { seed: 0 },
+        start: Start::Seeded {
+            seed: 0,
+            scaled: false,
+        },
+        loss: args.loss.map(loss_of).unwrap_or_default(),
+        minibatch: None,
+    }
 }
 
 /// `--resume`: the checkpoint decides the data, shape, dtype, rates and
@@ -212,6 +406,47 @@ fn from_checkpoint(args: &TrainArgs, path: &Path, ranks: usize) -> Result<RunSpe
         );
     }
     check_source_unchanged(&h.data)?;
+    let loss: Loss = h
+        .loss
+        .parse()
+        .map_err(|e| Error::read(path, format!("bad checkpoint header: {e}")))?;
+    if let Some(l) = args.loss.map(loss_of).filter(|&l| l != loss) {
+        return Err(Error::invalid(format!(
+            "--loss {} disagrees with {what} ({}); a resumed run keeps its settings",
+            l.name(),
+            loss.name()
+        )));
+    }
+    let minibatch = match (&h.minibatch, &h.data) {
+        (Some(m), DataSource::Dataset { files }) => Some(resume_minibatch(m, files, &what)?),
+        (None, _) => {
+            if args.epochs.is_some() {
+                return Err(Error::invalid(format!(
+                    "--epochs needs a minibatch run, and {what} is not one"
+                )));
+            }
+            None
+        }
+        _ => {
+            return Err(Error::read(
+                path,
+                "bad checkpoint header: minibatch settings without a dataset",
+            ))
+        }
+    };
+    let total_steps = match (&minibatch, args.epochs) {
+        (Some(m), Some(e)) => {
+            let t = e as u64 * m.schedule.batches_per_epoch();
+            if (t as usize) < h.steps_done {
+                return Err(Error::invalid(format!(
+                    "--epochs {e} is fewer than the {} steps {what} has already done",
+                    h.steps_done
+                )));
+            }
+            t as usize
+        }
+        _ => total_steps,
+    };
     Ok(RunSpec {
         shape,
         dtype,
@@ -222,6 +457,42 @@ fn from_checkpoint(args: &TrainArgs, path: &Path, ranks: usize) -> Result<RunSpe
         ranks,
         data: h.data.clone(),
         start: Start::Resume(Box::new(ckpt)),
+        loss,
+        minibatch,
+    })
+}
+
+/// The dataset and batches of a resumed minibatch run, after checking its
+/// files are the ones it was trained on.
+fn resume_minibatch(m: &MinibatchHeader, files: &[FileRef], what: &str) -> Result<Minibatch> {
+    // The training files were checked with the run's data source.
+    for f in m.val.iter().flatten() {
+        f.check_unchanged()?;
+    }
+    let paths = |fs: &[FileRef]| {
+        fs.iter()
+            .map(|f| PathBuf::from(&f.path))
+            .collect::<Vec<_>>()
+    };
+    let dataset = Dataset::open(&paths(files))?;
+    if dataset.rows() != m.rows {
+        return Err(Error::invalid(format!(
+            "{what} was trained on {} rows, the data now has {}",
+            m.rows,
+            dataset.rows()
+        )));
+    }
+    let val = m
+        .val
+        .as_deref()
+        .map(|v| Dataset::open(&paths(v)))
+        .transpose()?;
+    let schedule = Schedule::new(m.rows, m.batch, m.seed, m.val_fraction)?;
+    Ok(Minibatch {
+        dataset,
+        val,
+        schedule,
+        header: m.clone(),
     })
 }
 
@@ -247,6 +518,11 @@ fn check_flags_match(args: &TrainArgs, shape: Shape, dtype: Dtype, what: &str) -
 /// Fails when a checkpoint's data file is no longer the one the run used
 /// (its SHA-256 differs): resuming would train on other data.
 fn check_source_unchanged(src: &DataSource) -> Result<()> {
+    if let DataSource::Dataset { files } = src {
+        for f in files {
+            f.check_unchanged()?;
+        }
+    }
     if let DataSource::File { path, sha256 } = src {
         let p = Path::new(path);
         if &file_sha256(p)? != sha256 {

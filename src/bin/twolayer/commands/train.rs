@@ -3,7 +3,7 @@
 //! the requested files — checkpoints along the way, and everything on
 //! Ctrl-C or SIGTERM.
 
-use super::run_spec::{self, Launch, RunSpec, Start};
+use super::run_spec::{self, Launch, Minibatch, RunSpec, Start};
 use crate::cli::TrainArgs;
 use std::io::Write;
 use std::ops::ControlFlow;
@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use twolayer::blas;
-use twolayer::checkpoint::{Checkpoint, DataSource, Header};
+use twolayer::checkpoint::{Checkpoint, DataSource, EpochRecord, Header, MinibatchHeader};
 use twolayer::error::{Error, Result};
 use twolayer::net::{Data, Weights};
 use twolayer::npz;
@@ -22,6 +22,7 @@ use twolayer::shape::Shape;
 use twolayer::step::{LearningRates, StepMode};
 use twolayer::threads;
 use twolayer::train::Trainer;
+use twolayer::Loss;
 
 /// Everything about a run that a checkpoint must carry besides weights and
 /// losses.
@@ -33,6 +34,10 @@ struct RunConfig {
     data: DataSource,
     /// MPI ranks the batch is split over (1: a single process).
     ranks: usize,
+    /// The loss.
+    loss: Loss,
+    /// A minibatch run's settings (its history is the reporter's).
+    minibatch: Option<MinibatchHeader>,
 }
 
 impl RunConfig {
@@ -45,6 +50,8 @@ impl RunConfig {
             threads: spec.threads,
             data: spec.data.clone(),
             ranks: spec.ranks,
+            loss: spec.loss,
+            minibatch: spec.minibatch.as_ref().map(|m| m.header.clone()),
         }
     }
 
@@ -61,7 +68,7 @@ impl RunConfig {
 /// Runs `twolayer train` with these flags.
 pub fn run(args: &TrainArgs) -> Result<()> {
     // Refuse unwritable outputs now, not after hours of training.
-    for path in [&args.save, &args.losses, &args.checkpoint]
+    for path in [&args.save, &args.losses, &args.checkpoint, &args.metrics]
         .into_iter()
         .flatten()
     {
@@ -92,10 +99,22 @@ fn check_files_distinct(args: &TrainArgs, spec: &RunSpec) -> Result<()> {
     if let DataSource::File { path, .. } = &spec.data {
         inputs.push(("the run's data file", Path::new(path)));
     }
+    if let Some(m) = &spec.minibatch {
+        for f in m.dataset.files() {
+            inputs.push(("--data", f));
+        }
+        for f in m.val.iter().flat_map(|v| v.files()) {
+            inputs.push(("--val", f));
+        }
+    }
+    if let Some(p) = &args.weights {
+        inputs.push(("--weights", p));
+    }
     let outputs: Vec<(&str, &Path)> = [
         ("--save", &args.save),
         ("--losses", &args.losses),
         ("--checkpoint", &args.checkpoint),
+        ("--metrics", &args.metrics),
     ]
     .into_iter()
     .filter_map(|(f, p)| p.as_deref().map(|p| (f, p)))
@@ -115,16 +134,35 @@ fn check_files_distinct(args: &TrainArgs, spec: &RunSpec) -> Result<()> {
     output::check_distinct(&inputs, &outputs)
 }
 
+/// Seeded weights: standard normal, or scaled for their layers.
+fn seeded_weights<F: Real>(shape: Shape, seed: u64, scaled: bool) -> Weights<F> {
+    let mut w = Weights::<F>::random(shape, seed);
+    if scaled {
+        // He for the ReLU layer, LeCun for the linear output.
+        let (s1, s2) = (
+            F::from_f64((2.0 / shape.d_in as f64).sqrt()),
+            F::from_f64((1.0 / shape.hidden as f64).sqrt()),
+        );
+        w.w1.mapv_inplace(|v| v * s1);
+        w.w2.mapv_inplace(|v| v * s2);
+    }
+    w
+}
+
 /// One process on the whole batch.
-fn single<F: Real>(args: &TrainArgs, spec: RunSpec) -> Result<()> {
+fn single<F: Real>(args: &TrainArgs, mut spec: RunSpec) -> Result<()> {
+    if let Some(mb) = spec.minibatch.take() {
+        return minibatches::<F>(args, spec, mb);
+    }
     let cfg = RunConfig::of(&spec);
     let trainer = match spec.start {
-        Start::Seeded { seed } => Trainer::new(
+        Start::Seeded { seed, scaled } => Trainer::new(
             Data::<F>::random(spec.shape, seed),
-            Weights::<F>::random(spec.shape, seed),
+            seeded_weights::<F>(spec.shape, seed, scaled),
             spec.lr,
             spec.mode,
         )?,
+        Start::Weights { .. } => unreachable!("--weights needs --data"),
         Start::Init { path } => {
             let (d, w) = npz::load_init(&path)?.into_typed::<F>();
             Trainer::new(d, w, spec.lr, spec.mode)?
@@ -135,7 +173,126 @@ fn single<F: Real>(args: &TrainArgs, spec: RunSpec) -> Result<()> {
             Trainer::resume(data, w, spec.lr, spec.mode, losses)?
         }
     };
-    train_and_report(args, trainer, cfg)
+    train_and_report(args, trainer.with_loss(spec.loss), cfg)
+}
+
+/// One process on minibatches of a dataset, validating at the end of
+/// every epoch.
+fn minibatches<F: Real>(args: &TrainArgs, spec: RunSpec, mb: Minibatch) -> Result<()> {
+    let cfg = RunConfig::of(&spec);
+    let batch = mb.schedule.batch();
+    let (weights, losses) = match spec.start {
+        Start::Seeded { seed, scaled } => {
+            (seeded_weights::<F>(spec.shape, seed, scaled), Vec::new())
+        }
+        Start::Weights { path } => (npz::load_weights_file::<F>(&path)?, Vec::new()),
+        Start::Resume(c) => c.into_typed::<F>(),
+        Start::Init { .. } => unreachable!("--data conflicts with --init"),
+    };
+    let batch_buf = twolayer::minibatch::empty_batch::<F>(&mb.dataset, batch);
+    let mut trainer =
+        Trainer::resume(batch_buf, weights, spec.lr, spec.mode, losses)?.with_loss(spec.loss);
+    let signals = Signals::install()?;
+    let mut rep = Reporter::new(args, &cfg, true, batch);
+    rep.history = mb.header.history.clone();
+    let per_epoch = mb.schedule.batches_per_epoch() as usize;
+    let epochs = cfg.total_steps.div_ceil(per_epoch);
+    let to_run = cfg.total_steps - trainer.steps_done();
+    let mut val_err: Option<Error> = None;
+    let result = twolayer::minibatch::run(
+        &mut trainer,
+        &mb.dataset,
+        &mb.schedule,
+        to_run,
+        |t, step, loss| {
+            if (step + 1).is_multiple_of(per_epoch) {
+                match end_of_epoch(t, &mb, (step + 1) / per_epoch, epochs) {
+                    Ok(r) => rep.push_epoch(r),
+                    Err(e) => {
+                        val_err = Some(e);
+                        return ControlFlow::Break(());
+                    }
+                }
+            }
+            rep.on_step(t, step, loss, signals.caught().is_some())
+        },
+    );
+    if let Some(e) = val_err {
+        return Err(e);
+    }
+    let extra = format!(
+        "; minibatches of {batch} of {} training rows ({} per epoch{}), epoch {} of {epochs}",
+        mb.schedule.train_rows(),
+        per_epoch,
+        match (mb.schedule.val_rows(), &mb.val) {
+            (0, None) => String::new(),
+            (0, Some(v)) => format!(", validated on {} rows", v.rows()),
+            (n, _) => format!(", {n} rows held out for validation"),
+        },
+        trainer.steps_done().div_ceil(per_epoch),
+    );
+    rep.finish(&trainer, result, signals.caught(), &extra)
+}
+
+/// The record of epoch `epoch` (from 1), just finished: the mean of its
+/// losses and, when there is validation data, the validation error;
+/// printed to stderr.
+fn end_of_epoch<F: Real>(
+    t: &Trainer<F>,
+    mb: &Minibatch,
+    epoch: usize,
+    epochs: usize,
+) -> Result<EpochRecord> {
+    use twolayer::predict::{evaluate, Rows};
+    let per_epoch = mb.schedule.batches_per_epoch() as usize;
+    let losses = &t.losses()[t.steps_done() - per_epoch..];
+    let train_loss = losses.iter().sum::<f64>() / losses.len() as f64;
+    let batch = mb.schedule.batch();
+    let errors = match (&mb.val, mb.schedule.val_rows()) {
+        (Some(v), _) => Some(evaluate(v, Rows::All, t.weights(), batch)?),
+        (None, 0) => None,
+        (None, _) => Some(evaluate(
+            &mb.dataset,
+            Rows::Validation(&mb.schedule),
+            t.weights(),
+            batch,
+        )?),
+    };
+    let val_loss = errors.map(|e| match t.loss() {
+        Loss::Sum => e.sum_sq * batch as f64 / e.rows as f64,
+        Loss::Mean => e.mse(),
+    });
+    let r = EpochRecord {
+        epoch: epoch as u64,
+        step: t.steps_done() as u64,
+        train_loss,
+        val_loss,
+        val_mse: errors.map(|e| e.mse()),
+    };
+    match (r.val_loss, r.val_mse) {
+        (Some(l), Some(m)) => say!(
+            "twolayer: epoch {epoch}/{epochs}: train loss {train_loss:.6e}, val loss {l:.6e}, val mse {m:.6e}"
+        ),
+        _ => say!("twolayer: epoch {epoch}/{epochs}: train loss {train_loss:.6e}"),
+    }
+    Ok(r)
+}
+
+/// The epoch records as CSV, with a header line.
+fn write_metrics(path: &Path, history: &[EpochRecord]) -> Result<()> {
+    let opt = |v: Option<f64>| v.map(|v| format!("{v:?}")).unwrap_or_default();
+    let mut text = String::from("epoch,step,train_loss,val_loss,val_mse\n");
+    for r in history {
+        text.push_str(&format!(
+            "{},{},{:?},{},{}\n",
+            r.epoch,
+            r.step,
+            r.train_loss,
+            opt(r.val_loss),
+            opt(r.val_mse)
+        ));
+    }
+    output::write_atomic(path, |w| w.write_all(text.as_bytes()))
 }
 
 /// Rows `rows` of a run's data: regenerated from its seed, or read (those
@@ -148,11 +305,20 @@ fn data_from_source<F: Real>(
     match src {
         DataSource::Seeded { seed } => Ok(Data::random_rows(shape, *seed, rows.start, rows.len())),
         DataSource::File { path, .. } => npz::load_rows::<F>(Path::new(path), rows),
+        DataSource::Dataset { .. } => Err(Error::invalid(
+            "a minibatch run's data is read a batch at a time, not as one batch",
+        )),
     }
 }
 
-/// The checkpoint of a trainer's current state.
-fn snapshot<F: Real>(t: &Trainer<F>, cfg: &RunConfig, n_total: usize) -> Checkpoint<F> {
+/// The checkpoint of a trainer's current state (`history`: a minibatch
+/// run's epochs so far).
+fn snapshot<F: Real>(
+    t: &Trainer<F>,
+    cfg: &RunConfig,
+    n_total: usize,
+    history: &[EpochRecord],
+) -> Checkpoint<F> {
     let s = cfg.global_shape(t, n_total);
     Checkpoint {
         header: Header {
@@ -173,6 +339,11 @@ fn snapshot<F: Real>(t: &Trainer<F>, cfg: &RunConfig, n_total: usize) -> Checkpo
             threads: cfg.threads,
             ranks: cfg.ranks,
             data: cfg.data.clone(),
+            loss: cfg.loss.name().into(),
+            minibatch: cfg.minibatch.clone().map(|m| MinibatchHeader {
+                history: history.to_vec(),
+                ..m
+            }),
             written_by: format!("twolayer {}", env!("CARGO_PKG_VERSION")),
         },
         losses: t.losses().to_vec(),
@@ -228,6 +399,8 @@ struct Reporter<'a> {
     write_err: Option<std::io::Error>,
     ckpt_err: Option<Error>,
     last_flush: Instant,
+    /// A minibatch run's epochs so far.
+    history: Vec<EpochRecord>,
 }
 
 impl<'a> Reporter<'a> {
@@ -242,6 +415,17 @@ impl<'a> Reporter<'a> {
             write_err: None,
             ckpt_err: None,
             last_flush: Instant::now(),
+            history: Vec::new(),
+        }
+    }
+
+    /// Records a finished epoch, and rewrites the metrics file with it.
+    fn push_epoch(&mut self, r: EpochRecord) {
+        self.history.push(r);
+        if let (Some(p), true) = (&self.args.metrics, self.lead) {
+            if let Err(e) = write_metrics(p, &self.history) {
+                self.ckpt_err.get_or_insert(e);
+            }
         }
     }
 
@@ -280,7 +464,7 @@ impl<'a> Reporter<'a> {
         }
         if let Some(p) = &a.checkpoint {
             if (step + 1).is_multiple_of(a.checkpoint_every) {
-                if let Err(e) = snapshot(t, self.cfg, self.n_total).write(p) {
+                if let Err(e) = snapshot(t, self.cfg, self.n_total, &self.history).write(p) {
                     self.ckpt_err = Some(e);
                     return ControlFlow::Break(());
                 }
@@ -318,7 +502,10 @@ impl<'a> Reporter<'a> {
         // `> train.log` must not cost the weights.
         let (args, cfg) = (self.args, self.cfg);
         if let Some(p) = &args.checkpoint {
-            snapshot(trainer, cfg, self.n_total).write(p)?;
+            snapshot(trainer, cfg, self.n_total, &self.history).write(p)?;
+        }
+        if let Some(p) = &args.metrics {
+            write_metrics(p, &self.history)?;
         }
         if let Some(p) = &args.losses {
             output::write_losses(p, 0, trainer.losses())?;
@@ -455,7 +642,10 @@ mod distributed {
         let (weights, losses) = match spec.start {
             Start::Resume(c) => c.into_typed::<F>(),
             Start::Init { path } => (npz::load_weights::<F>(&path)?, Vec::new()),
-            Start::Seeded { seed } => (Weights::<F>::random(shape, seed), Vec::new()),
+            Start::Seeded { seed, scaled } => {
+                (seeded_weights::<F>(shape, seed, scaled), Vec::new())
+            }
+            Start::Weights { .. } => unreachable!("--weights needs --data"),
         };
         let mut trainer = Trainer::resume(data, weights, lr, mode, losses)?;
         let signals = Signals::install()?;

@@ -1,0 +1,145 @@
+//! `twolayer predict` and `twolayer eval`: trained weights on new data,
+//! through the same GEMM forward pass as training, a batch at a time, so
+//! memory stays at one batch whatever the number of rows.
+
+use crate::cli::{EvalArgs, PredictArgs};
+use ndarray::{s, Array2};
+use std::io::Write;
+use std::path::Path;
+use twolayer::dataset::{ArrayFile, Dataset};
+use twolayer::error::{Error, Result};
+use twolayer::npz;
+use twolayer::output;
+use twolayer::predict::{evaluate, Forward, Rows};
+use twolayer::scalar::{Dtype, Real};
+use twolayer::{blas, threads};
+
+/// x alone: a `.npy`, or the `x` of a `.npz`.
+fn open_x(path: &Path) -> Result<ArrayFile> {
+    let mut magic = [0u8; 4];
+    let is_zip = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .map(|()| &magic == b"PK\x03\x04")
+        .unwrap_or(false);
+    if is_zip {
+        ArrayFile::open_npz(path, "x")
+    } else {
+        ArrayFile::open_npy(path, "x")
+    }
+}
+
+/// Sets the thread budget for a forward pass (OpenBLAS's threads).
+fn set_threads(t: Option<usize>) -> Result<()> {
+    let t = t.unwrap_or_else(threads::available_cores);
+    threads::set_budget(t)?;
+    blas::set_threads(t);
+    Ok(())
+}
+
+/// Runs `twolayer predict`.
+pub fn run_predict(args: &PredictArgs) -> Result<()> {
+    output::check_writable(&args.out)?;
+    output::check_distinct(
+        &[("--weights", &args.weights), ("--x", &args.x)],
+        &[("--out", &args.out)],
+    )?;
+    set_threads(args.threads)?;
+    let (d_in, _, _, dtype) = npz::peek_weights(&args.weights)?;
+    let x = open_x(&args.x)?;
+    if x.cols() != d_in {
+        return Err(Error::invalid(format!(
+            "x has {} columns but the weights take {d_in} inputs",
+            x.cols()
+        )));
+    }
+    match args.dtype.unwrap_or(dtype) {
+        Dtype::F32 => predict::<f32>(args, &x),
+        Dtype::F64 => predict::<f64>(args, &x),
+    }
+}
+
+fn predict<F: Real>(args: &PredictArgs, x: &ArrayFile) -> Result<()> {
+    let w = npz::load_weights_file::<F>(&args.weights)?;
+    let rows = x.rows();
+    let batch = args.batch.min(rows as usize);
+    let mut fwd = Forward::new(batch, &w);
+    let mut xb = Array2::<F>::zeros((batch, x.cols()));
+    let (mut idx, mut scratch, mut bytes) = (Vec::new(), Vec::new(), Vec::new());
+    // A read error inside the writer is kept here, so it is reported as
+    // what it is, not as a write failure.
+    let mut read_err = None;
+    let start = std::time::Instant::now();
+    let written = output::write_atomic(&args.out, |out| {
+        npz::write_npy_header(out, F::DTYPE, rows, w.w2.ncols())?;
+        let mut from = 0;
+        while from < rows {
+            let r = (rows - from).min(batch as u64) as usize;
+            idx.clear();
+            idx.extend(from..from + r as u64);
+            if let Err(e) = x.gather(&idx, xb.slice_mut(s![..r, ..]), &mut scratch) {
+                read_err = Some(e);
+                return Err(std::io::Error::other("read failed"));
+            }
+            let pred = fwd.run(xb.slice(s![..r, ..]), &w);
+            bytes.clear();
+            for &v in pred.iter() {
+                match F::DTYPE {
+                    Dtype::F32 => bytes.extend_from_slice(&(Real::to_f64(v) as f32).to_le_bytes()),
+                    Dtype::F64 => bytes.extend_from_slice(&Real::to_f64(v).to_le_bytes()),
+                }
+            }
+            out.write_all(&bytes)?;
+            from += r as u64;
+        }
+        Ok(())
+    });
+    if let Some(e) = read_err {
+        return Err(e);
+    }
+    written?;
+    say!(
+        "twolayer: predicted {rows} rows ({}→{}, {}) in {:.3} s, batches of {batch}; wrote {}",
+        x.cols(),
+        w.w2.ncols(),
+        F::DTYPE,
+        start.elapsed().as_secs_f64(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// Runs `twolayer eval`: prints `rows`, `loss_sum` (Σ (y_pred − y)²) and
+/// `mse` (that over rows × D_out), one `name value` line each.
+pub fn run_eval(args: &EvalArgs) -> Result<()> {
+    set_threads(args.threads)?;
+    let (d_in, _, d_out, dtype) = npz::peek_weights(&args.weights)?;
+    let data = Dataset::open(&args.data)?;
+    if (data.d_in(), data.d_out()) != (d_in, d_out) {
+        return Err(Error::invalid(format!(
+            "the data is {}→{} but the weights are {d_in}→{d_out}",
+            data.d_in(),
+            data.d_out()
+        )));
+    }
+    let e = match args.dtype.unwrap_or(dtype) {
+        Dtype::F32 => evaluate(
+            &data,
+            Rows::All,
+            &npz::load_weights_file::<f32>(&args.weights)?,
+            args.batch,
+        )?,
+        Dtype::F64 => evaluate(
+            &data,
+            Rows::All,
+            &npz::load_weights_file::<f64>(&args.weights)?,
+            args.batch,
+        )?,
+    };
+    out!(
+        "rows {}\nloss_sum {:?}\nmse {:?}\n",
+        e.rows,
+        e.sum_sq,
+        e.mse()
+    );
+    Ok(())
+}
