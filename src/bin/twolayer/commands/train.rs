@@ -179,7 +179,10 @@ fn single<F: Real>(args: &TrainArgs, mut spec: RunSpec) -> Result<()> {
 /// One process on minibatches of a dataset, validating at the end of
 /// every epoch.
 fn minibatches<F: Real>(args: &TrainArgs, spec: RunSpec, mb: Minibatch) -> Result<()> {
-    let cfg = RunConfig::of(&spec);
+    let cfg = RunConfig {
+        minibatch: Some(mb.header.clone()),
+        ..RunConfig::of(&spec)
+    };
     let batch = mb.schedule.batch();
     let (weights, losses) = match spec.start {
         Start::Seeded { seed, scaled } => {
@@ -532,7 +535,7 @@ impl<'a> Reporter<'a> {
         let gflops = shape.flops_per_step() / (stats.ms_per_step() * 1e-3) / 1e9;
         let plan = trainer.plan();
         say!(
-            "twolayer: {} steps of {shape} {} in {:.3} s: {:.4} ms/step, {:.1} GFLOP/s; threads {} ({} shard(s) of {} rows in blocks of {}, OpenBLAS {} thread(s) per GEMM, {}){extra}; final loss {:?}",
+            "twolayer: {} steps of {shape} {} in {:.3} s: {:.4} ms/step, {:.1} GFLOP/s; threads {} ({} shard(s) of {} rows in blocks of {}, OpenBLAS {} thread(s) per GEMM, {}){extra}; peak RSS {}; final loss {:?}",
             stats.steps,
             F::DTYPE,
             stats.elapsed.as_secs_f64(),
@@ -544,6 +547,9 @@ impl<'a> Reporter<'a> {
             plan.block_rows,
             plan.blas_threads,
             blas::core_name(),
+            twolayer::shape::peak_rss_bytes()
+                .map(|b| twolayer::error::human_bytes(b as f64))
+                .unwrap_or_else(|| "unknown".into()),
             trainer.losses().last().copied().unwrap_or(f64::NAN),
         );
         if let Some(signal) = signal {

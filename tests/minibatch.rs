@@ -1,0 +1,497 @@
+//! `twolayer train --data`: minibatch SGD on a dataset, against numpy
+//! (scripts/reference_minibatch.py: the same shuffles, batches, loss and
+//! validation, written out again in Python), resumed bit for bit, with
+//! memory that does not grow with the dataset, and one-line refusals of
+//! bad input. Also `predict` and `eval` against numpy's forward pass.
+
+mod common;
+
+use common::{parse_losses, python, root, run, stderr};
+use ndarray::{Array1, Array2};
+use ndarray_npy::{NpzWriter, WriteNpyExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A regression dataset from a random teacher network: x standard normal
+/// (m×d_in), y = tanh(x·t) + noise (m×d_out); deterministic in `seed`.
+fn teacher_data(m: usize, d_in: usize, d_out: usize, seed: u64) -> (Array2<f64>, Array2<f64>) {
+    let shape = twolayer::Shape::new(m, d_in, d_out, d_out).unwrap();
+    let d = twolayer::Data::<f64>::random(shape, seed);
+    let t = twolayer::Weights::<f64>::random(shape, seed + 1).w1;
+    let y = d.x.dot(&t).mapv(|v| (v / (d_in as f64).sqrt()).tanh()) + &d.y * 0.1;
+    (d.x, y)
+}
+
+fn write_npz(path: &Path, arrays: &[(&str, &Array2<f64>)]) {
+    let mut npz = NpzWriter::new(std::fs::File::create(path).unwrap());
+    for (name, a) in arrays {
+        npz.add_array(*name, *a).unwrap();
+    }
+    npz.finish().unwrap();
+}
+
+/// Scaled starting weights (d_in×h, h×d_out) in `dir/w0.npz`.
+fn start_weights(dir: &Path, d_in: usize, h: usize, d_out: usize) -> PathBuf {
+    let w = twolayer::Weights::<f64>::random(twolayer::Shape::new(1, d_in, h, d_out).unwrap(), 9);
+    let (w1, w2) = (
+        w.w1 * (2.0 / d_in as f64).sqrt(),
+        w.w2 * (1.0 / h as f64).sqrt(),
+    );
+    let p = dir.join("w0.npz");
+    write_npz(&p, &[("w1", &w1), ("w2", &w2)]);
+    p
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Runs twolayer and the numpy reference with the same flags (`data` and
+/// `rest`); returns (twolayer losses, numpy losses, twolayer metrics,
+/// numpy metrics, twolayer weights, numpy weights).
+fn both(dir: &Path, data: &[&str], rest: &[&str]) -> [String; 6] {
+    let out = |name: &str| s(&dir.join(name)).to_string();
+    let mut ours = vec!["train", "--data"];
+    ours.extend_from_slice(data);
+    ours.extend_from_slice(rest);
+    let (l1, m1, w1) = (out("l1.txt"), out("m1.csv"), out("w1.npz"));
+    ours.extend_from_slice(&["--losses", &l1, "--metrics", &m1, "--save", &w1, "-q"]);
+    let o = run(&ours);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (l2, m2, w2) = (out("l2.txt"), out("m2.csv"), out("w2.npz"));
+    let o = Command::new(python())
+        .arg(root().join("scripts/reference_minibatch.py"))
+        .arg("--data")
+        .args(data)
+        .args(rest)
+        .args(["--losses", &l2, "--metrics", &m2, "--save", &w2])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let read = |p: &str| std::fs::read_to_string(p).unwrap();
+    [read(&l1), read(&l2), read(&m1), read(&m2), w1, w2]
+}
+
+fn rel_gap(a: f64, b: f64) -> f64 {
+    (a - b).abs() / b.abs().max(1e-300)
+}
+
+/// Loss trajectories, metrics and weights agree within 1e-9 relative.
+fn assert_agree(r: &[String; 6]) {
+    let (a, b) = (parse_losses(&r[0]), parse_losses(&r[1]));
+    assert_eq!(a.len(), b.len());
+    assert!(a.len() > 20);
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| {
+            assert_eq!(x.0, y.0);
+            rel_gap(x.1, y.1)
+        })
+        .fold(0.0, f64::max);
+    assert!(worst < 1e-9, "losses differ by {worst:e} relative");
+    // The loss fell: it learned.
+    assert!(
+        a.last().unwrap().1 < 0.5 * a[0].1,
+        "{:?} → {:?}",
+        a[0],
+        a.last()
+    );
+    let (ma, mb): (Vec<&str>, Vec<&str>) = (r[2].lines().collect(), r[3].lines().collect());
+    assert_eq!(ma.len(), mb.len());
+    assert_eq!(ma[0], mb[0]);
+    for (x, y) in ma[1..].iter().zip(&mb[1..]) {
+        for (u, v) in x.split(',').zip(y.split(',')) {
+            match (u.parse::<f64>(), v.parse::<f64>()) {
+                (Ok(u), Ok(v)) => assert!(rel_gap(u, v) < 1e-9, "metrics {x} vs {y}"),
+                _ => assert_eq!(u, v),
+            }
+        }
+    }
+    let load = |p: &str| {
+        let mut z = ndarray_npy::NpzReader::new(std::fs::File::open(p).unwrap()).unwrap();
+        let w1: Array2<f64> = z.by_name("w1").unwrap();
+        let w2: Array2<f64> = z.by_name("w2").unwrap();
+        (w1, w2)
+    };
+    let (u, v) = (load(&r[4]), load(&r[5]));
+    for (a, b) in [(&u.0, &v.0), (&u.1, &v.1)] {
+        let gap = common::max_rel_diff(a, b, 1e-3);
+        assert!(gap < 1e-9, "weights differ by {gap:e}");
+    }
+}
+
+#[test]
+fn shuffled_minibatch_sgd_matches_numpy_with_a_held_out_split_and_the_mean_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let (x, y) = teacher_data(1003, 20, 3, 1);
+    let data = dir.path().join("d.npz");
+    write_npz(&data, &[("x", &x), ("y", &y)]);
+    let w0 = start_weights(dir.path(), 20, 30, 3);
+    let r = both(
+        dir.path(),
+        &[s(&data)],
+        &[
+            "--weights",
+            s(&w0),
+            "--batch",
+            "32",
+            "--epochs",
+            "3",
+            "--loss",
+            "mean",
+            "--lr",
+            "0.05",
+            "--val-fraction",
+            "0.2",
+            "--seed",
+            "5",
+        ],
+    );
+    assert_agree(&r);
+    assert_eq!(r[2].lines().count(), 4, "a header and 3 epochs:\n{}", r[2]);
+}
+
+#[test]
+fn two_npy_files_a_separate_validation_set_and_the_sum_loss_match_numpy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (x, y) = teacher_data(600, 12, 1, 2);
+    let (xp, yp) = (dir.path().join("x.npy"), dir.path().join("y.npy"));
+    x.write_npy(std::fs::File::create(&xp).unwrap()).unwrap();
+    // y as numpy users often have it: 1-D.
+    let y1: Array1<f64> = y.column(0).to_owned();
+    y1.write_npy(std::fs::File::create(&yp).unwrap()).unwrap();
+    let (vx, vy) = teacher_data(150, 12, 1, 3);
+    let val = dir.path().join("val.npz");
+    write_npz(&val, &[("x", &vx), ("y", &vy)]);
+    let w0 = start_weights(dir.path(), 12, 16, 1);
+    let r = both(
+        dir.path(),
+        &[s(&xp), s(&yp)],
+        &[
+            "--weights",
+            s(&w0),
+            "--batch",
+            "50",
+            "--epochs",
+            "4",
+            "--lr",
+            "0.002",
+            "--val",
+            s(&val),
+            "--seed",
+            "11",
+        ],
+    );
+    assert_agree(&r);
+}
+
+/// The losses and weights of a run, as the bytes it wrote.
+fn outputs(dir: &Path, tag: &str) -> (String, Vec<u8>, String) {
+    let read = |n: &str| std::fs::read(dir.join(format!("{tag}.{n}"))).unwrap();
+    (
+        String::from_utf8(read("losses")).unwrap(),
+        read("npz"),
+        String::from_utf8(read("csv")).unwrap(),
+    )
+}
+
+#[test]
+fn a_stopped_run_resumed_mid_epoch_equals_an_unbroken_one_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (x, y) = teacher_data(500, 10, 2, 4);
+    let data = d.join("d.npz");
+    write_npz(&data, &[("x", &x), ("y", &y)]);
+    let common_flags = |tag: &str| -> Vec<String> {
+        [
+            "--batch",
+            "40",
+            "--loss",
+            "mean",
+            "--lr",
+            "0.05",
+            "--val-fraction",
+            "0.1",
+            "--seed",
+            "3",
+            "--hidden",
+            "8",
+            "--weight-init",
+            "scaled",
+            "--threads",
+            "2",
+            "-q",
+        ]
+        .iter()
+        .map(|v| v.to_string())
+        .chain(
+            [
+                ("--losses", "losses"),
+                ("--save", "npz"),
+                ("--metrics", "csv"),
+            ]
+            .into_iter()
+            .flat_map(|(f, ext)| {
+                [
+                    f.to_string(),
+                    s(&d.join(format!("{tag}.{ext}"))).to_string(),
+                ]
+            }),
+        )
+        .collect()
+    };
+    let go = |args: Vec<String>| {
+        let o = common::bin().args(&args).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    };
+    // 450 training rows: 11 batches an epoch; 3 epochs = 33 steps.
+    let mut a = vec![
+        "train".to_string(),
+        "--data".into(),
+        s(&data).into(),
+        "--epochs".into(),
+        "3".into(),
+    ];
+    a.extend(common_flags("whole"));
+    go(a);
+    // Stopped after 16 steps (inside epoch 2), then resumed to 3 epochs.
+    let ck = d.join("c.ck");
+    let mut a = vec![
+        "train".to_string(),
+        "--data".into(),
+        s(&data).into(),
+        "--steps".into(),
+        "16".into(),
+    ];
+    a.extend(["--checkpoint".into(), s(&ck).into()]);
+    a.extend(common_flags("part"));
+    go(a);
+    let mut a = vec![
+        "train".to_string(),
+        "--resume".into(),
+        s(&ck).into(),
+        "--epochs".into(),
+        "3".into(),
+    ];
+    a.extend(["--checkpoint".into(), s(&ck).into()]);
+    a.extend(common_flags("resumed").into_iter().filter(|f| {
+        // The settings come from the checkpoint.
+        !matches!(
+            f.as_str(),
+            "--batch"
+                | "40"
+                | "--loss"
+                | "mean"
+                | "--lr"
+                | "0.05"
+                | "--val-fraction"
+                | "0.1"
+                | "--seed"
+                | "3"
+                | "--hidden"
+                | "8"
+                | "--weight-init"
+                | "scaled"
+        )
+    }));
+    go(a);
+    let whole = outputs(d, "whole");
+    let resumed = outputs(d, "resumed");
+    assert_eq!(parse_losses(&whole.0).len(), 33);
+    assert_eq!(whole.0, resumed.0, "loss histories differ");
+    assert_eq!(whole.1, resumed.1, "final weights differ");
+    assert_eq!(whole.2, resumed.2, "epoch metrics differ");
+}
+
+#[test]
+fn peak_memory_does_not_grow_with_the_dataset() {
+    let dir = tempfile::tempdir().unwrap();
+    // Rows of 200 f32 inputs: 160 MB of x for 200,000 rows, against a
+    // batch of 256 rows (200 KB).
+    let peak = |m: usize| -> f64 {
+        let xp = dir.path().join(format!("x{m}.npy"));
+        let yp = dir.path().join(format!("y{m}.npy"));
+        let x = Array2::<f32>::from_shape_fn((m, 200), |(i, j)| {
+            ((i * 7 + j * 13) % 17) as f32 / 17.0 - 0.5
+        });
+        x.write_npy(std::fs::File::create(&xp).unwrap()).unwrap();
+        let y = Array2::<f32>::from_shape_fn((m, 2), |(i, j)| ((i + j) % 5) as f32 / 5.0);
+        y.write_npy(std::fs::File::create(&yp).unwrap()).unwrap();
+        drop(x);
+        let o = run(&[
+            "train",
+            "--data",
+            s(&xp),
+            s(&yp),
+            "--batch",
+            "256",
+            "--epochs",
+            "1",
+            "--hidden",
+            "32",
+            "--loss",
+            "mean",
+            "--lr",
+            "0.01",
+            "--weight-init",
+            "scaled",
+            "-q",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let e = stderr(&o);
+        let rss = e
+            .split("peak RSS ")
+            .nth(1)
+            .and_then(|r| r.split(';').next())
+            .unwrap_or_else(|| panic!("no peak RSS in: {e}"));
+        let (v, unit) = rss.split_once(' ').unwrap();
+        let v: f64 = v.parse().unwrap();
+        v * match unit {
+            "KiB" => 1024.0,
+            "MiB" => 1024.0 * 1024.0,
+            "GiB" => 1024.0 * 1024.0 * 1024.0,
+            u => panic!("unit {u}"),
+        }
+    };
+    let small = peak(2_000);
+    let large = peak(200_000);
+    let data_bytes = 200_000.0 * 202.0 * 4.0;
+    assert!(
+        large < small + 8e6 && large < data_bytes / 4.0,
+        "peak RSS {small:.0} B with 2,000 rows, {large:.0} B with 200,000 ({data_bytes:.0} B of data)"
+    );
+}
+
+#[test]
+fn bad_data_gets_one_line_and_a_nonzero_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (x, y) = teacher_data(100, 4, 2, 5);
+    let data = d.join("d.npz");
+    write_npz(&data, &[("x", &x), ("y", &y)]);
+    let short = d.join("short.npz");
+    let y99 = y.slice(ndarray::s![..99, ..]).to_owned();
+    write_npz(&short, &[("x", &x), ("y", &y99)]);
+    let mut xn = x.clone();
+    xn[[73, 2]] = f64::NAN;
+    let nan = d.join("nan.npz");
+    write_npz(&nan, &[("x", &xn), ("y", &y)]);
+    let only_x = d.join("only_x.npz");
+    write_npz(&only_x, &[("x", &x)]);
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--data", s(&short)], "x has 100 rows but y has 99"),
+        (
+            vec!["--data", s(&data), "--batch", "101"],
+            "--batch 101 is larger than the 100 training rows",
+        ),
+        (
+            vec!["--data", s(&data), "--val-fraction", "0.999"],
+            "leaving nothing to train on",
+        ),
+        (
+            vec!["--data", s(&data), "--val-fraction", "0.5", "--batch", "60"],
+            "larger than the 50 training rows",
+        ),
+        (
+            vec!["--data", s(&nan), "--batch", "100"],
+            "holds NaN at row 73, column 2",
+        ),
+        (vec!["--data", s(&only_x)], "missing array 'y'"),
+        (vec!["--batch", "10"], "--batch needs --data"),
+    ];
+    for (args, want) in cases {
+        let mut a = vec!["train", "-q"];
+        a.extend(args.iter().copied());
+        let o = run(&a);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{a:?}: {e}");
+        assert!(e.contains(want), "{a:?}: {e}");
+        assert_eq!(e.trim_end().lines().count(), 1, "{a:?}: {e}");
+    }
+    // Files changed under a resumed run.
+    let ck = d.join("c.ck");
+    let o = run(&[
+        "train",
+        "--data",
+        s(&data),
+        "--batch",
+        "10",
+        "--steps",
+        "3",
+        "--checkpoint",
+        s(&ck),
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut x2 = x.clone();
+    x2[[0, 0]] += 1.0;
+    write_npz(&data, &[("x", &x2), ("y", &y)]);
+    let o = run(&["train", "--resume", s(&ck), "--steps", "6", "-q"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("has changed since the checkpoint"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn predict_and_eval_match_numpys_forward_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (x, y) = teacher_data(1234, 7, 3, 6);
+    let data = d.join("d.npz");
+    write_npz(&data, &[("x", &x), ("y", &y)]);
+    let w = start_weights(d, 7, 9, 3);
+    let out = d.join("p.npy");
+    let o = run(&[
+        "predict",
+        "--weights",
+        s(&w),
+        "--x",
+        s(&data),
+        "--out",
+        s(&out),
+        "--batch",
+        "100",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o2 = run(&[
+        "eval",
+        "--weights",
+        s(&w),
+        "--data",
+        s(&data),
+        "--batch",
+        "100",
+    ]);
+    assert!(o2.status.success(), "{}", stderr(&o2));
+    let script = format!(
+        "import numpy as np\nw=np.load('{}'); d=np.load('{}'); p=np.load('{}')\nref=np.maximum(d['x']@w['w1'],0)@w['w2']\nprint(p.shape[0], p.shape[1], abs(p-ref).max()/abs(ref).max(), repr(float(((ref-d['y'])**2).sum())))",
+        s(&w), s(&data), s(&out)
+    );
+    let py = Command::new(python())
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(py.status.success(), "{}", stderr(&py));
+    let text = String::from_utf8(py.stdout).unwrap();
+    let v: Vec<&str> = text.split_whitespace().collect();
+    assert_eq!((v[0], v[1]), ("1234", "3"));
+    assert!(
+        v[2].parse::<f64>().unwrap() < 1e-12,
+        "predictions differ: {}",
+        v[2]
+    );
+    let sum_sq: f64 = v[3].parse().unwrap();
+    let ours = String::from_utf8(o2.stdout).unwrap();
+    let got: f64 = ours
+        .lines()
+        .find_map(|l| l.strip_prefix("loss_sum "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(rel_gap(got, sum_sq) < 1e-12, "{got} vs {sum_sq}");
+    assert!(ours.contains("rows 1234"), "{ours}");
+}
