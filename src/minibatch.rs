@@ -1,12 +1,25 @@
 //! Minibatch training over a [`Dataset`]: each step trains on the batch
-//! its [`Schedule`] names, gathered into a spare buffer by a reader thread
-//! while the step before it runs, then swapped into the trainer — so the
-//! step is the same preallocated step as for one in-memory batch, and the
-//! reads cost it nothing but the swap when the disk keeps up.
+//! its [`Schedule`] names, gathered into the trainer's batch buffer, so
+//! the step is the same preallocated step as for one in-memory batch.
 //!
-//! Three batch buffers take turns: the one the step is training on, and
-//! up to two being filled or waiting. Memory is three batches, whatever
-//! the dataset's size.
+//! Two ways to read ([`Reader`]), because which is faster depends on where
+//! the rows are:
+//!
+//! - **Inline**: before each step, every thread of the pool reads its
+//!   share of the batch's rows. When the rows are in the page cache, a
+//!   read is a memory copy, and a copy needs a core: on a machine whose
+//!   cores the step already fills, a reader thread running beside the
+//!   step only takes turns with the GEMM threads (and stalls the GEMMs'
+//!   barriers while it does). Measured at B = 4096, (1000, 100, 10), f64,
+//!   2 threads, with the 1.6 GB dataset in the page cache: 30 ms/step
+//!   inline against 37 ms/step ahead (one batch in memory, not three).
+//! - **Ahead**: a reader thread fills the next batches (up to two) while
+//!   the step runs, and they are swapped in. When reads wait on the disk
+//!   (a dataset larger than memory, or not yet cached) the step's
+//!   computing hides that wait, which inline reading cannot.
+//!
+//! [`Reader::auto`] picks inline when the dataset fits comfortably in
+//! memory (so it stays cached after the first epoch), ahead otherwise.
 
 use crate::dataset::batches::Schedule;
 use crate::dataset::Dataset;
@@ -20,6 +33,33 @@ use std::sync::mpsc;
 
 /// Batches the reader may be ahead of the step.
 const AHEAD: u64 = 2;
+
+/// How batches are read (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reader {
+    /// By the pool's threads, before each step.
+    Inline,
+    /// By a reader thread, while the steps before run.
+    Ahead,
+}
+
+impl Reader {
+    /// Inline when the dataset's files take at most half the memory
+    /// available (they stay in the page cache), ahead otherwise.
+    pub fn auto(data: &Dataset) -> Reader {
+        let bytes: u64 = data
+            .files()
+            .iter()
+            .filter_map(|f| std::fs::metadata(f).ok())
+            .map(|m| m.len())
+            .sum();
+        if bytes <= crate::shape::available_memory_bytes() / 2 {
+            Reader::Inline
+        } else {
+            Reader::Ahead
+        }
+    }
+}
 
 /// A zero batch of `rows` rows of `data`'s widths: what a minibatch
 /// trainer is created with (its rows are replaced before every step).
@@ -39,6 +79,7 @@ pub fn run<F: Real>(
     trainer: &mut Trainer<F>,
     data: &Dataset,
     schedule: &Schedule,
+    reader: Reader,
     steps: usize,
     on_step: impl FnMut(&Trainer<F>, usize, f64) -> ControlFlow<()> + Send,
 ) -> Result<RunStats> {
@@ -50,6 +91,24 @@ pub fn run<F: Real>(
             data.d_in(),
             data.d_out()
         )));
+    }
+    if reader == Reader::Inline {
+        let (mut rows, mut scratch) = (Vec::new(), Vec::new());
+        let parts = rayon::current_num_threads();
+        return trainer.run_with(
+            steps,
+            |batch, t| {
+                schedule.batch_rows(t as u64, &mut rows);
+                data.gather_parallel(
+                    &rows,
+                    batch.x.view_mut(),
+                    batch.y.view_mut(),
+                    &mut scratch,
+                    parts,
+                )
+            },
+            on_step,
+        );
     }
     let first = trainer.steps_done() as u64;
     let end = first + steps as u64;

@@ -305,6 +305,46 @@ fn a_stopped_run_resumed_mid_epoch_equals_an_unbroken_one_bit_for_bit() {
 }
 
 #[test]
+fn both_readers_train_on_the_same_batches_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (x, y) = teacher_data(700, 9, 2, 7);
+    let data = d.join("d.npz");
+    write_npz(&data, &[("x", &x), ("y", &y)]);
+    let losses = |reader: &str| {
+        let o = run(&[
+            "train",
+            "--data",
+            s(&data),
+            "--batch",
+            "64",
+            "--epochs",
+            "3",
+            "--reader",
+            reader,
+            "--loss",
+            "mean",
+            "--lr",
+            "0.02",
+            "--weight-init",
+            "scaled",
+            "--threads",
+            "2",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains(&format!("read {reader}")),
+            "{}",
+            stderr(&o)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let inline = losses("inline");
+    assert_eq!(parse_losses(&inline).len(), 30);
+    assert_eq!(inline, losses("ahead"));
+}
+
+#[test]
 fn peak_memory_does_not_grow_with_the_dataset() {
     let dir = tempfile::tempdir().unwrap();
     // Rows of 200 f32 inputs: 160 MB of x for 200,000 rows, against a

@@ -262,6 +262,31 @@ impl ArrayFile {
             while j < rows.len() && rows[j] == rows[j - 1] + 1 && j - i < most.max(1) {
                 j += 1;
             }
+            if self.native::<F>() {
+                // Stored exactly as F is in memory: read straight into the
+                // batch, then check, instead of decoding value by value
+                // (at B = 4096, D_in = 1000 that halves the reader's time,
+                // which it shares the cores with the step for).
+                let mut dst = out.slice_mut(ndarray::s![i..j, ..]);
+                let dst = dst.as_slice_mut().expect("rows of a row-major batch");
+                // SAFETY: F is f32 or f64 (`native` checked its size and
+                // byte order), for which every bit pattern is a value; the
+                // byte view covers exactly `dst` and ends with this block.
+                let bytes = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        dst.as_mut_ptr().cast::<u8>(),
+                        std::mem::size_of_val(dst),
+                    )
+                };
+                self.read_at(bytes, rows[i] * row_bytes as u64)
+                    .map_err(io)?;
+                if let Some(k) = dst.iter().position(|v| !v.is_finite()) {
+                    let (r, c) = (k / self.cols, k % self.cols);
+                    return Err(self.not_finite(dst[k].to_f64(), rows[i + r], c));
+                }
+                i = j;
+                continue;
+            }
             scratch.resize((j - i) * row_bytes, 0);
             self.read_at(scratch, rows[i] * row_bytes as u64)
                 .map_err(io)?;
@@ -276,18 +301,32 @@ impl ArrayFile {
         Ok(())
     }
 
+    /// Whether the stored values are `F`'s in-memory bytes (same type,
+    /// the machine's byte order, row-major).
+    fn native<F: Real>(&self) -> bool {
+        F::DTYPE == self.dtype
+            && std::mem::size_of::<F>() == self.dtype.size()
+            && !self.fortran
+            && self.big_endian == cfg!(target_endian = "big")
+    }
+
+    /// The error for a value that is not finite.
+    fn not_finite(&self, v: f64, row: u64, col: usize) -> Error {
+        Error::read(
+            &self.path,
+            format!(
+                "array '{}' holds {v} at row {row}, column {col}; the data must be finite",
+                self.name
+            ),
+        )
+    }
+
     /// One decoded value, which must be finite.
     #[inline]
     fn checked<F: Real>(&self, b: &[u8], row: u64, col: usize) -> Result<F> {
         let v = self.decode(b);
         if !v.is_finite() {
-            return Err(Error::read(
-                &self.path,
-                format!(
-                    "array '{}' holds {v} at row {row}, column {col}; the data must be finite",
-                    self.name
-                ),
-            ));
+            return Err(self.not_finite(v, row, col));
         }
         Ok(F::from_f64(v))
     }
@@ -373,5 +412,44 @@ impl Dataset {
     ) -> Result<()> {
         self.x.gather(rows, x, scratch)?;
         self.y.gather(rows, y, scratch)
+    }
+
+    /// [`Dataset::gather`] split over `parts` rayon tasks, each reading
+    /// its share of the rows into its share of the batch, with its own
+    /// entry of `scratch` (grown to `parts` entries).
+    pub fn gather_parallel<F: Real>(
+        &self,
+        rows: &[u64],
+        x: ArrayViewMut2<'_, F>,
+        y: ArrayViewMut2<'_, F>,
+        scratch: &mut Vec<Vec<u8>>,
+        parts: usize,
+    ) -> Result<()> {
+        let parts = parts.clamp(1, rows.len().max(1));
+        scratch.resize_with(parts, Vec::new);
+        self.gather_split(rows, x, y, scratch)
+    }
+
+    fn gather_split<F: Real>(
+        &self,
+        rows: &[u64],
+        x: ArrayViewMut2<'_, F>,
+        y: ArrayViewMut2<'_, F>,
+        scratch: &mut [Vec<u8>],
+    ) -> Result<()> {
+        if scratch.len() <= 1 {
+            return self.gather(rows, x, y, &mut scratch[0]);
+        }
+        let half = scratch.len() / 2;
+        let at = rows.len() * half / scratch.len();
+        let (x0, x1) = x.split_at(Axis(0), at);
+        let (y0, y1) = y.split_at(Axis(0), at);
+        let (s0, s1) = scratch.split_at_mut(half);
+        let (r0, r1) = rows.split_at(at);
+        let (a, b) = rayon::join(
+            || self.gather_split(r0, x0, y0, s0),
+            || self.gather_split(r1, x1, y1, s1),
+        );
+        a.and(b)
     }
 }

@@ -198,6 +198,12 @@ pub struct TrainArgs {
     /// for every batch size) [default: sum, or the checkpoint's]
     #[arg(long, value_enum)]
     pub loss: Option<LossArg>,
+    /// With --data: how batches are read: by every thread before each
+    /// step (inline: fastest when the data is in the page cache), by a
+    /// reader thread while the step runs (ahead: hides waits on the disk),
+    /// or inline when the data fits in half the memory available (auto)
+    #[arg(long, value_enum, default_value = "auto")]
+    pub reader: ReaderArg,
     /// With --data: write one CSV line per epoch here (epoch, step, mean
     /// training loss of its steps, validation loss and mean squared error)
     #[arg(long)]
@@ -215,6 +221,17 @@ pub enum WeightInitArg {
     /// Standard normal scaled for the layer: w1 by sqrt(2/D_in) (He, for
     /// the ReLU), w2 by sqrt(1/H) (LeCun, for the linear output).
     Scaled,
+}
+
+/// How minibatches are read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReaderArg {
+    /// Inline when the data fits in half the memory available, else ahead.
+    Auto,
+    /// By every thread, before each step.
+    Inline,
+    /// By a reader thread, while the steps before run.
+    Ahead,
 }
 
 /// The loss.

@@ -4,7 +4,7 @@
 //! Ctrl-C or SIGTERM.
 
 use super::run_spec::{self, Launch, Minibatch, RunSpec, Start};
-use crate::cli::TrainArgs;
+use crate::cli::{ReaderArg, TrainArgs};
 use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::Path;
@@ -202,10 +202,16 @@ fn minibatches<F: Real>(args: &TrainArgs, spec: RunSpec, mb: Minibatch) -> Resul
     let epochs = cfg.total_steps.div_ceil(per_epoch);
     let to_run = cfg.total_steps - trainer.steps_done();
     let mut val_err: Option<Error> = None;
+    let reader = match args.reader {
+        ReaderArg::Auto => twolayer::minibatch::Reader::auto(&mb.dataset),
+        ReaderArg::Inline => twolayer::minibatch::Reader::Inline,
+        ReaderArg::Ahead => twolayer::minibatch::Reader::Ahead,
+    };
     let result = twolayer::minibatch::run(
         &mut trainer,
         &mb.dataset,
         &mb.schedule,
+        reader,
         to_run,
         |t, step, loss| {
             if (step + 1).is_multiple_of(per_epoch) {
@@ -224,13 +230,17 @@ fn minibatches<F: Real>(args: &TrainArgs, spec: RunSpec, mb: Minibatch) -> Resul
         return Err(e);
     }
     let extra = format!(
-        "; minibatches of {batch} of {} training rows ({} per epoch{}), epoch {} of {epochs}",
+        "; minibatches of {batch} of {} training rows ({} per epoch{}, read {}), epoch {} of {epochs}",
         mb.schedule.train_rows(),
         per_epoch,
         match (mb.schedule.val_rows(), &mb.val) {
             (0, None) => String::new(),
             (0, Some(v)) => format!(", validated on {} rows", v.rows()),
             (n, _) => format!(", {n} rows held out for validation"),
+        },
+        match reader {
+            twolayer::minibatch::Reader::Inline => "inline",
+            twolayer::minibatch::Reader::Ahead => "ahead",
         },
         trainer.steps_done().div_ceil(per_epoch),
     );
