@@ -152,3 +152,53 @@ pub fn run<F: Real>(
         )
     })
 }
+
+/// Data-parallel minibatch training: this process holds positions `part`
+/// of every batch (its share of the batch's rows, in the batch's ascending
+/// order) and reads only those rows; the step's gradients and loss are
+/// summed over every process through `exchange` ([`Trainer::run_exchanged`]),
+/// so each process applies the update of the whole batch. The trainer's
+/// batch must have `part.len()` rows.
+#[allow(clippy::too_many_arguments)]
+pub fn run_exchanged<F: Real>(
+    trainer: &mut Trainer<F>,
+    data: &Dataset,
+    schedule: &Schedule,
+    part: std::ops::Range<usize>,
+    exchange: &mut dyn crate::step::Exchange<F>,
+    pieces: usize,
+    steps: usize,
+    on_step: impl FnMut(&Trainer<F>, usize, f64) -> ControlFlow<()>,
+) -> Result<RunStats> {
+    let shape = trainer.shape();
+    if (shape.n, shape.d_in, shape.d_out) != (part.len(), data.d_in(), data.d_out())
+        || part.end > schedule.batch()
+    {
+        return Err(Error::invalid(format!(
+            "the trainer's batch ({shape}) does not match rows {}..{} of batches of {} rows of {}→{} data",
+            part.start,
+            part.end,
+            schedule.batch(),
+            data.d_in(),
+            data.d_out()
+        )));
+    }
+    let (mut rows, mut scratch) = (Vec::new(), Vec::new());
+    let parts = rayon::current_num_threads();
+    trainer.run_exchanged_with(
+        steps,
+        exchange,
+        pieces,
+        |batch, t| {
+            schedule.batch_rows(t as u64, &mut rows);
+            data.gather_parallel(
+                &rows[part.clone()],
+                batch.x.view_mut(),
+                batch.y.view_mut(),
+                &mut scratch,
+                parts,
+            )
+        },
+        on_step,
+    )
+}

@@ -23,6 +23,8 @@ pub struct Trainer<F> {
     /// mean (the mean's gradient is the sum's divided by N·D_out).
     step_lr: LearningRates,
     loss: Loss,
+    /// What a step's sum of squares is multiplied by to give `loss`.
+    loss_scale: f64,
     losses: Vec<f64>,
 }
 
@@ -144,6 +146,7 @@ impl<F: Real> Trainer<F> {
             lr,
             step_lr: lr,
             loss: Loss::Sum,
+            loss_scale: 1.0,
             losses: Vec::new(),
         })
     }
@@ -152,9 +155,19 @@ impl<F: Real> Trainer<F> {
     /// [`Loss::Mean`] every loss recorded is the batch's mean squared
     /// error, and the step applies `lr / (N·D_out)` to the summed
     /// gradient — the mean's gradient, to rounding.
-    pub fn with_loss(mut self, loss: Loss) -> Self {
-        let s = loss.scale(self.shape.n, self.shape.d_out);
+    pub fn with_loss(self, loss: Loss) -> Self {
+        let rows = self.shape.n;
+        self.with_loss_over(loss, rows)
+    }
+
+    /// [`Trainer::with_loss`] for a batch of `rows` rows of which this
+    /// trainer holds a part (data-parallel training: the losses and
+    /// gradients it is given are sums over every part, so the mean is over
+    /// all `rows`).
+    pub fn with_loss_over(mut self, loss: Loss, rows: usize) -> Self {
+        let s = loss.scale(rows, self.shape.d_out);
         self.loss = loss;
+        self.loss_scale = s;
         self.step_lr = LearningRates {
             w1: self.lr.w1 * s,
             w2: self.lr.w2 * s,
@@ -235,7 +248,7 @@ impl<F: Real> Trainer<F> {
         }
         let loss = match self.loss {
             Loss::Sum => loss,
-            Loss::Mean => loss * self.loss.scale(self.shape.n, self.shape.d_out),
+            Loss::Mean => loss * self.loss_scale,
         };
         self.losses.push(loss);
         Ok(loss)
@@ -292,12 +305,7 @@ impl<F: Real> Trainer<F> {
             while done < steps {
                 let t = self.losses.len();
                 next_batch(&mut self.data, t)?;
-                let standard = self.data.x.is_standard_layout() && self.data.y.is_standard_layout();
-                if (self.data.x.dim(), self.data.y.dim()) != dims || !standard {
-                    return Err(Error::invalid(
-                        "a batch must keep the trainer's shape and be row-major",
-                    ));
-                }
+                self.check_batch(dims)?;
                 let loss = self.step()?;
                 done += 1;
                 if on_step(self, t, loss).is_break() {
@@ -321,13 +329,29 @@ impl<F: Real> Trainer<F> {
         steps: usize,
         exchange: &mut dyn Exchange<F>,
         pieces: usize,
+        on_step: impl FnMut(&Self, usize, f64) -> ControlFlow<()>,
+    ) -> Result<RunStats> {
+        self.run_exchanged_with(steps, exchange, pieces, |_, _| Ok(()), on_step)
+    }
+
+    /// [`Trainer::run_exchanged`] with `next_batch(batch, t)` called before
+    /// step `t`, as [`Trainer::run_with`] does.
+    pub fn run_exchanged_with(
+        &mut self,
+        steps: usize,
+        exchange: &mut dyn Exchange<F>,
+        pieces: usize,
+        mut next_batch: impl FnMut(&mut Data<F>, usize) -> Result<()>,
         mut on_step: impl FnMut(&Self, usize, f64) -> ControlFlow<()>,
     ) -> Result<RunStats> {
         self.reserve(steps);
         let start = Instant::now();
         let mut done = 0;
+        let dims = (self.data.x.dim(), self.data.y.dim());
         while done < steps {
             let t = self.losses.len();
+            next_batch(&mut self.data, t)?;
+            self.check_batch(dims)?;
             let loss = self.step_exchanged(exchange, pieces)?;
             done += 1;
             if on_step(self, t, loss).is_break() {
@@ -338,6 +362,17 @@ impl<F: Real> Trainer<F> {
             steps: done,
             elapsed: start.elapsed(),
         })
+    }
+
+    /// Fails when a batch swapped in changed the shape or layout.
+    fn check_batch(&self, dims: ((usize, usize), (usize, usize))) -> Result<()> {
+        let standard = self.data.x.is_standard_layout() && self.data.y.is_standard_layout();
+        if (self.data.x.dim(), self.data.y.dim()) != dims || !standard {
+            return Err(Error::invalid(
+                "a batch must keep the trainer's shape and be row-major",
+            ));
+        }
+        Ok(())
     }
 
     /// A trainer that continues a run: `losses` are the losses of the steps

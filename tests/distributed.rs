@@ -136,6 +136,111 @@ fn two_ranks_match_one_process_and_each_other() {
 }
 
 #[test]
+fn minibatches_over_two_ranks_match_one_process_and_resume_under_mpirun() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 411 rows, 20% held out: 329 training rows, batches of 33 (the
+    // ranks read 17 and 16 rows of each), 9 steps an epoch.
+    let shape = twolayer::Shape::new(411, 12, 5, 3).unwrap();
+    let data = twolayer::Data::<f64>::random(shape, 3);
+    let file = d.join("d.npz");
+    {
+        let mut z = ndarray_npy::NpzWriter::new(std::fs::File::create(&file).unwrap());
+        z.add_array("x", &data.x).unwrap();
+        z.add_array("y", &data.y).unwrap();
+        z.finish().unwrap();
+    }
+    let f = file.to_str().unwrap();
+    let flags = [
+        "--data",
+        f,
+        "--batch",
+        "33",
+        "--epochs",
+        "4",
+        "--val-fraction",
+        "0.2",
+        "--loss",
+        "mean",
+        "--lr",
+        "0.02",
+        "--hidden",
+        "16",
+        "--weight-init",
+        "scaled",
+        "--threads",
+        "1",
+        "--quiet",
+    ];
+    let (ml, mw) = (d.join("mpi.txt"), d.join("mpi.npz"));
+    let mm = d.join("mpi.csv");
+    let mut a = train_args(&flags, &["--metrics", mm.to_str().unwrap()], &ml, &mw);
+    let out = run_mpi(2, &a);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("2 MPI ranks of 16-17 rows of every minibatch"),
+        "{err}"
+    );
+    // Rank 0 alone reports the epochs.
+    assert_eq!(err.matches("epoch 4/4").count(), 1, "{err}");
+
+    let (sl, sw) = (d.join("one.txt"), d.join("one.npz"));
+    let sm = d.join("one.csv");
+    let out = common::run(&train_args(
+        &flags,
+        &["--step-mode", "explicit", "--metrics", sm.to_str().unwrap()],
+        &sl,
+        &sw,
+    ));
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let (lm, ls) = (losses(&ml), losses(&sl));
+    assert_eq!(lm.len(), 36);
+    let gap = max_rel_gap(&lm, &ls);
+    assert!(gap < 1e-12, "losses differ from one process by {gap:e}");
+    let ((m1, m2), (s1, s2)) = (weights(&mw), weights(&sw));
+    let wg = max_rel_diff(&m1, &s1, 1.0).max(max_rel_diff(&m2, &s2, 1.0));
+    assert!(wg < 1e-12, "weights differ from one process by {wg:e}");
+    let csv = |p: &Path| std::fs::read_to_string(p).unwrap();
+    assert_eq!(csv(&mm).lines().count(), 5, "{}", csv(&mm));
+
+    // Stopped after 13 steps under mpirun, resumed under mpirun: the
+    // same losses as the unbroken MPI run, bit for bit.
+    let ck = d.join("c.ck");
+    let (pl, pw) = (d.join("part.txt"), d.join("part.npz"));
+    a = train_args(
+        &flags,
+        &["--steps", "13", "--checkpoint", ck.to_str().unwrap()],
+        &pl,
+        &pw,
+    );
+    // --epochs and --steps exclude each other: drop the epochs.
+    let at = a.iter().position(|v| *v == "--epochs").unwrap();
+    a.drain(at..at + 2);
+    let out = run_mpi(2, &a);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (rl, rw) = (d.join("resumed.txt"), d.join("resumed.npz"));
+    let a = train_args(
+        &["--resume", ck.to_str().unwrap(), "--epochs", "4", "--quiet"],
+        &[],
+        &rl,
+        &rw,
+    );
+    let out = run_mpi(2, &a);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&rl).unwrap(), std::fs::read(&ml).unwrap());
+    assert_eq!(std::fs::read(&rw).unwrap(), std::fs::read(&mw).unwrap());
+}
+
+#[test]
 fn a_panicking_rank_ends_the_job_promptly() {
     let start = Instant::now();
     let child = mpirun(

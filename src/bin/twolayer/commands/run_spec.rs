@@ -130,13 +130,16 @@ pub fn resolve(args: &TrainArgs, launch: Launch) -> Result<RunSpec> {
     }
     let spec = match (&args.resume, &args.data) {
         (Some(path), _) => from_checkpoint(args, path, ranks)?,
-        (None, Some(files)) => with_data(args, files, mpi)?,
+        (None, Some(files)) => with_data(args, files, ranks, mpi)?,
         (None, None) => fresh(args, ranks, mpi)?,
     };
-    if mpi && spec.minibatch.is_some() {
-        return Err(Error::invalid(
-            "minibatch training (--data) runs in one process; run it without mpirun",
-        ));
+    if let (true, Some(m)) = (mpi, &spec.minibatch) {
+        if m.schedule.batch() < ranks {
+            return Err(Error::invalid(format!(
+                "{ranks} ranks need batches of at least {ranks} rows; --batch is {}",
+                m.schedule.batch()
+            )));
+        }
     }
     if mpi && spec.mode == StepMode::Fused {
         return Err(Error::invalid(
@@ -218,7 +221,7 @@ fn fresh(args: &TrainArgs, ranks: usize, mpi: bool) -> Result<RunSpec> {
 }
 
 /// A fresh minibatch run on `--data`.
-fn with_data(args: &TrainArgs, files: &[PathBuf], mpi: bool) -> Result<RunSpec> {
+fn with_data(args: &TrainArgs, files: &[PathBuf], ranks: usize, mpi: bool) -> Result<RunSpec> {
     let dataset = Dataset::open(files)?;
     let what = files
         .iter()
@@ -313,6 +316,7 @@ fn with_data(args: &TrainArgs, files: &[PathBuf], mpi: bool) -> Result<RunSpec> 
     let spec = fresh_common(args, mpi, shape, args.dtype.unwrap_or(dataset.dtype()));
     Ok(RunSpec {
         total_steps,
+        ranks,
         data: DataSource::Dataset {
             files: refs(files)?,
         },

@@ -645,42 +645,83 @@ mod distributed {
     fn run_typed<F: Real + mpi::traits::Equivalence>(
         args: &TrainArgs,
         cluster: &Cluster,
-        spec: RunSpec,
+        mut spec: RunSpec,
         panic_at: Option<usize>,
     ) -> Result<()> {
         let shape = spec.shape;
         let rows = cluster.rows(shape.n);
         let k = cluster.size();
-        let cfg = RunConfig::of(&spec);
+        let mb = spec.minibatch.take();
+        let cfg = RunConfig {
+            minibatch: mb.as_ref().map(|m| m.header.clone()),
+            ..RunConfig::of(&spec)
+        };
         let (lr, mode, total_steps) = (spec.lr, spec.mode, spec.total_steps);
-        // This rank's rows only: generated, or cut from the file.
-        let data = data_from_source::<F>(&spec.data, shape, rows)?;
         let (weights, losses) = match spec.start {
             Start::Resume(c) => c.into_typed::<F>(),
             Start::Init { path } => (npz::load_weights::<F>(&path)?, Vec::new()),
+            Start::Weights { path } => (npz::load_weights_file::<F>(&path)?, Vec::new()),
             Start::Seeded { seed, scaled } => {
                 (seeded_weights::<F>(shape, seed, scaled), Vec::new())
             }
-            Start::Weights { .. } => unreachable!("--weights needs --data"),
         };
-        let mut trainer = Trainer::resume(data, weights, lr, mode, losses)?;
+        // This rank's rows only: generated, cut from the file, or (a
+        // minibatch run) its share of every batch, read as it comes.
+        let data = match &mb {
+            Some(m) => twolayer::minibatch::empty_batch::<F>(&m.dataset, rows.len()),
+            None => data_from_source::<F>(&spec.data, shape, rows.clone())?,
+        };
+        let mut trainer =
+            Trainer::resume(data, weights, lr, mode, losses)?.with_loss_over(spec.loss, shape.n);
         let signals = Signals::install()?;
         let lead = cluster.rank() == 0;
         let mut rep = Reporter::new(args, &cfg, lead, shape.n);
         let (overlap, pieces) = args.mpi.overlap_and_pieces();
         let mut exchange = cluster.exchange(overlap);
         let to_run = total_steps - trainer.steps_done();
-        let result = trainer.run_exchanged(to_run, &mut exchange, pieces, |t, step, loss| {
+        let mut val_err: Option<Error> = None;
+        let mut after_step = |t: &Trainer<F>, step: usize, loss: f64| {
             if panic_at == Some(step) {
                 panic!(
                     "fault injection: rank {} panics at step {step}",
                     cluster.rank()
                 );
             }
+            if let (Some(m), true) = (&mb, lead) {
+                let per_epoch = m.schedule.batches_per_epoch() as usize;
+                if (step + 1).is_multiple_of(per_epoch) {
+                    let epochs = total_steps.div_ceil(per_epoch);
+                    match end_of_epoch(t, m, (step + 1) / per_epoch, epochs) {
+                        Ok(r) => rep.push_epoch(r),
+                        // The other ranks wait in the next sum until the
+                        // error aborts the job.
+                        Err(e) => {
+                            val_err = Some(e);
+                            return ControlFlow::Break(());
+                        }
+                    }
+                }
+            }
             // Every rank must stop at the same step: decide together.
             let stop = cluster.any(signals.caught().is_some());
             rep.on_step(t, step, loss, stop)
-        });
+        };
+        let result = match &mb {
+            Some(m) => twolayer::minibatch::run_exchanged(
+                &mut trainer,
+                &m.dataset,
+                &m.schedule,
+                rows.clone(),
+                &mut exchange,
+                pieces,
+                to_run,
+                &mut after_step,
+            ),
+            None => trainer.run_exchanged(to_run, &mut exchange, pieces, &mut after_step),
+        };
+        if let Some(e) = val_err {
+            return Err(e);
+        }
         if result.is_ok()
             && !cluster
                 .identical_everywhere(digest(&[&trainer.weights().w1, &trainer.weights().w2]))
@@ -696,9 +737,10 @@ mod distributed {
             "blocking".to_string()
         };
         let extra = format!(
-            "; {k} MPI ranks of {}-{} rows, allreduce {allreduce_ms:.3} ms/step in MPI calls (slowest rank; {how}), weights identical on all ranks",
+            "; {k} MPI ranks of {}-{} rows{}, allreduce {allreduce_ms:.3} ms/step in MPI calls (slowest rank; {how}), weights identical on all ranks",
             shape.n / k,
-            shape.n.div_ceil(k)
+            shape.n.div_ceil(k),
+            if mb.is_some() { " of every minibatch" } else { "" }
         );
         let signal = if cluster.any(signals.caught().is_some()) {
             signals.caught().or(Some(signal_hook::consts::SIGINT))
