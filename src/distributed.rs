@@ -12,15 +12,19 @@
 //! rank at once (a rank left waiting in an allreduce would hang for ever);
 //! mpirun ends the job when a rank is killed.
 
+use crate::dataset::batches::Schedule;
+use crate::dataset::Dataset;
 use crate::error::{Error, Result};
 use crate::scalar::Real;
 use crate::step::Exchange;
+use crate::train::{RunStats, Trainer};
 use mpi::collective::SystemOperation;
 use mpi::ffi::{MPI_Datatype, MPI_Request};
 use mpi::raw::AsRaw;
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::*;
 use std::ffi::{c_int, c_void};
+use std::ops::ControlFlow;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
@@ -349,6 +353,82 @@ impl<F: Real + Equivalence> Exchange<F> for MpiExchange<'_> {
         }
         self.busy += t.elapsed();
         self.steps += 1;
+    }
+}
+
+/// How a data-parallel run sums each step's gradients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Summing {
+    /// Non-blocking allreduces started as each part is final (true), or
+    /// blocking ones after the gradients.
+    pub overlap: bool,
+    /// Pieces g_w1's sum is started in, when overlapped.
+    pub pieces: usize,
+}
+
+/// The end of a data-parallel run on this rank.
+#[derive(Debug)]
+pub struct Finished {
+    /// The run's result, the same on every rank: its timing, or the error
+    /// that stopped it (a diverged loss; weights that differ between
+    /// ranks at the end).
+    pub result: Result<RunStats>,
+    /// Milliseconds per step spent in MPI calls, on the slowest rank.
+    pub allreduce_ms: f64,
+    /// Whether a stop was requested on any rank.
+    pub stop_requested: bool,
+}
+
+/// Runs up to `steps` data-parallel steps of `trainer`, which holds this
+/// rank's rows ([`Cluster::rows`] of the batch) — or, with `batches`, a
+/// minibatch run where it reads this rank's part of every batch from the
+/// dataset. Each step's gradients and loss are summed over the ranks and
+/// every rank applies the same update. After each step every rank learns
+/// whether `stop_requested()` holds on any rank (so all stop at the same
+/// step) and calls `on_step(trainer, t, loss, stop)`, which may end the
+/// run with `Break` (on every rank alike, or the job hangs: an error on
+/// one rank must end in [`Cluster::abort`]). At the end the weights are
+/// checked to be bit-identical on every rank.
+#[allow(clippy::too_many_arguments)]
+pub fn train<F: Real + Equivalence>(
+    cluster: &Cluster,
+    trainer: &mut Trainer<F>,
+    batches: Option<(&Dataset, &Schedule)>,
+    summing: Summing,
+    steps: usize,
+    stop_requested: impl Fn() -> bool,
+    mut on_step: impl FnMut(&Trainer<F>, usize, f64, bool) -> ControlFlow<()>,
+) -> Finished {
+    let mut exchange = cluster.exchange(summing.overlap);
+    let pieces = if summing.overlap { summing.pieces } else { 1 };
+    let mut after = |t: &Trainer<F>, step: usize, loss: f64| {
+        let stop = cluster.any(stop_requested());
+        on_step(t, step, loss, stop)
+    };
+    let mut result = match batches {
+        Some((data, schedule)) => crate::minibatch::run_exchanged(
+            trainer,
+            data,
+            schedule,
+            cluster.rows(schedule.batch()),
+            &mut exchange,
+            pieces,
+            steps,
+            &mut after,
+        ),
+        None => trainer.run_exchanged(steps, &mut exchange, pieces, &mut after),
+    };
+    if result.is_ok()
+        && !cluster.identical_everywhere(digest(&[&trainer.weights().w1, &trainer.weights().w2]))
+    {
+        result = Err(Error::invalid(
+            "the weights differ between ranks after training",
+        ));
+    }
+    Finished {
+        result,
+        allreduce_ms: cluster.max(exchange.ms_per_step()),
+        stop_requested: cluster.any(stop_requested()),
     }
 }
 

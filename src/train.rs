@@ -216,11 +216,15 @@ impl<F: Real> Trainer<F> {
     /// weights stay the last finite ones, and the error names the step.
     pub fn step(&mut self) -> Result<f64> {
         let t = self.losses.len();
-        let loss = match &mut self.grads {
-            // The step leaves the weights alone when its loss is not finite.
-            None => step::step(&mut self.ws, &self.data, &mut self.weights, self.step_lr),
-            Some(g) => step::gradients(&mut self.ws, &self.data, &self.weights, g),
-        };
+        // The step leaves the weights alone when its loss is not finite.
+        let loss = step::update(
+            &mut self.ws,
+            &self.data,
+            &mut self.weights,
+            self.grads.as_mut(),
+            self.step_lr,
+            &mut step::NoProbe,
+        );
         self.finish_step(t, loss)
     }
 
@@ -234,18 +238,21 @@ impl<F: Real> Trainer<F> {
         let g = self.grads.as_mut().ok_or_else(|| {
             Error::invalid("a step summed across processes needs explicit gradients")
         })?;
-        let loss =
-            step::gradients_exchanged(&mut self.ws, &self.data, &self.weights, g, exchange, pieces);
+        let loss = step::update_exchanged(
+            &mut self.ws,
+            &self.data,
+            &mut self.weights,
+            g,
+            exchange,
+            pieces,
+            self.step_lr,
+        );
         self.finish_step(t, loss)
     }
 
-    /// Checks step `t`'s loss, applies the explicit update if there is
-    /// one, and records the loss.
+    /// Checks step `t`'s loss and records it.
     fn finish_step(&mut self, t: usize, loss: f64) -> Result<f64> {
         check_finite_loss(t, loss, self.lr)?;
-        if let Some(g) = &self.grads {
-            step::apply_sgd(&mut self.weights, g, self.step_lr);
-        }
         let loss = match self.loss {
             Loss::Sum => loss,
             Loss::Mean => loss * self.loss_scale,

@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::net::{Data, Weights};
 use crate::scalar::{Dtype, Real};
 use crate::shape::Shape;
-use crate::step::{self, Gradients, LearningRates, Phase, Plan, Probe, StepMode, Workspace};
+use crate::step::{self, Gradients, LearningRates, Plan, StepMode, Workspace};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -191,8 +191,15 @@ fn measure<F: Real + mpi::traits::Equivalence>(
     // Untimed steps: the data-parallel step (as `mpirun … twolayer train`
     // runs it), then the GEMMs alone.
     for _ in 0..timing.warmup {
-        step::gradients_exchanged(&mut ws, &data, &weights, &mut grads, &mut exchange, pieces);
-        step::apply_sgd(&mut weights, &grads, lr);
+        step::update_exchanged(
+            &mut ws,
+            &data,
+            &mut weights,
+            &mut grads,
+            &mut exchange,
+            pieces,
+            lr,
+        );
     }
     for _ in 0..timing.warmup.max(1) {
         step::gemms_only(&mut ws, &data, &mut weights, lr);
@@ -206,9 +213,15 @@ fn measure<F: Real + mpi::traits::Equivalence>(
     while cluster.lead_decides(timed.wants_more(min_steps, budget_s)) {
         let before = exchange.busy_ms();
         let t0 = Instant::now();
-        let loss =
-            step::gradients_exchanged(&mut ws, &data, &weights, &mut grads, &mut exchange, pieces);
-        step::apply_sgd(&mut weights, &grads, lr);
+        let loss = step::update_exchanged(
+            &mut ws,
+            &data,
+            &mut weights,
+            &mut grads,
+            &mut exchange,
+            pieces,
+            lr,
+        );
         let t1 = Instant::now();
         step::gemms_only(&mut ws, &data, &mut weights, lr);
         std::hint::black_box(loss);
@@ -226,9 +239,7 @@ fn measure<F: Real + mpi::traits::Equivalence>(
 
     // Phases of this rank's own rows (no exchange), every rank at once.
     let phase_ms = phase_samples(step_ms.len(), |timer| {
-        step::gradients_probed(&mut ws, &data, &weights, &mut grads, timer);
-        step::apply_sgd(&mut weights, &grads, lr);
-        timer.done(Phase::Update);
+        step::update(&mut ws, &data, &mut weights, Some(&mut grads), lr, timer);
     });
     let peak_rss = cluster.sum(peak_rss_bytes() as f64) as u64;
     let workspace = cluster.sum(plan.training_bytes(local, F::DTYPE, mode) as f64) as u64;

@@ -149,16 +149,7 @@ fn measure<F: Real>(point: Point, timing: Timing, mode: StepMode) -> Result<Samp
     // One step in the requested form, as the Trainer runs it.
     let mut one_step =
         |ws: &mut Workspace<F>, w: &mut Weights<F>, probe: &mut (dyn FnMut(Phase) + Send)| {
-            let mut p = FnProbe(probe);
-            match grads.as_mut() {
-                None => step::step_probed(ws, &data, w, lr, &mut p),
-                Some(g) => {
-                    let loss = step::gradients_probed(ws, &data, w, g, &mut p);
-                    step::apply_sgd(w, g, lr);
-                    p.done(Phase::Update);
-                    loss
-                }
-            }
+            step::update(ws, &data, w, grads.as_mut(), lr, &mut FnProbe(probe))
         };
     for _ in 0..timing.warmup {
         one_step(&mut ws, &mut weights, &mut |_| {});

@@ -227,6 +227,52 @@ pub fn apply_sgd<F: Real>(weights: &mut Weights<F>, grads: &Gradients<F>, lr: Le
     }
 }
 
+/// One SGD step in either mode, the one entry point callers use: with
+/// `grads` `None`, the fused [`step`]; with `Some`, [`gradients`] into
+/// them, then [`apply_sgd`]. Either way the weights are left alone when
+/// the loss is not finite. Returns the loss (of the weights before the
+/// update); `probe` sees the first shard's phases and the update.
+pub fn update<F: Real>(
+    ws: &mut Workspace<F>,
+    data: &Data<F>,
+    weights: &mut Weights<F>,
+    grads: Option<&mut Gradients<F>>,
+    lr: LearningRates,
+    probe: &mut impl Probe,
+) -> f64 {
+    match grads {
+        None => step_probed(ws, data, weights, lr, probe),
+        Some(g) => {
+            let loss = gradients_probed(ws, data, weights, g, probe);
+            if loss.is_finite() {
+                apply_sgd(weights, g, lr);
+            }
+            probe.done(Phase::Update);
+            loss
+        }
+    }
+}
+
+/// [`update`] with explicit gradients summed through `exchange` while
+/// they are computed ([`gradients_exchanged`], g_w1's sum started in
+/// `pieces` parts): data-parallel training's step. Every process applies
+/// the same summed update.
+pub fn update_exchanged<F: Real>(
+    ws: &mut Workspace<F>,
+    data: &Data<F>,
+    weights: &mut Weights<F>,
+    grads: &mut Gradients<F>,
+    exchange: &mut dyn Exchange<F>,
+    pieces: usize,
+    lr: LearningRates,
+) -> f64 {
+    let loss = gradients_exchanged(ws, data, weights, grads, exchange, pieces);
+    if loss.is_finite() {
+        apply_sgd(weights, grads, lr);
+    }
+    loss
+}
+
 /// The step's GEMMs alone: the very block code of [`step`], block by block
 /// and shard by shard, with its elementwise passes switched off and no
 /// reduction or update pass — what a step would cost if those were free.

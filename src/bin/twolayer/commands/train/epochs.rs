@@ -1,0 +1,129 @@
+//! `twolayer train --data` in one process: minibatches of a dataset,
+//! validated at the end of every epoch.
+
+use super::super::run_spec::{Minibatch, RunSpec, Start};
+use super::report::{Reporter, RunConfig, Signals};
+use super::seeded_weights;
+use crate::cli::{ReaderArg, TrainArgs};
+use std::ops::ControlFlow;
+use twolayer::checkpoint::EpochRecord;
+use twolayer::error::{Error, Result};
+use twolayer::npz;
+use twolayer::scalar::Real;
+use twolayer::train::Trainer;
+use twolayer::Loss;
+
+/// One process on minibatches of a dataset, validating at the end of
+/// every epoch.
+pub(super) fn minibatches<F: Real>(args: &TrainArgs, spec: RunSpec, mb: Minibatch) -> Result<()> {
+    let cfg = RunConfig {
+        minibatch: Some(mb.header.clone()),
+        ..RunConfig::of(&spec)
+    };
+    let batch = mb.schedule.batch();
+    let (weights, losses) = match spec.start {
+        Start::Seeded { seed, scaled } => {
+            (seeded_weights::<F>(spec.shape, seed, scaled), Vec::new())
+        }
+        Start::Weights { path } => (npz::load_weights_file::<F>(&path)?, Vec::new()),
+        Start::Resume(c) => c.into_typed::<F>(),
+        Start::Init { .. } => unreachable!("--data conflicts with --init"),
+    };
+    let batch_buf = twolayer::minibatch::empty_batch::<F>(&mb.dataset, batch);
+    let mut trainer =
+        Trainer::resume(batch_buf, weights, spec.lr, spec.mode, losses)?.with_loss(spec.loss);
+    let signals = Signals::install()?;
+    let mut rep = Reporter::new(args, &cfg, true, batch);
+    rep.history = mb.header.history.clone();
+    let per_epoch = mb.schedule.batches_per_epoch() as usize;
+    let epochs = cfg.total_steps.div_ceil(per_epoch);
+    let to_run = cfg.total_steps - trainer.steps_done();
+    let mut val_err: Option<Error> = None;
+    let reader = match args.reader {
+        ReaderArg::Auto => twolayer::minibatch::Reader::auto(&mb.dataset),
+        ReaderArg::Inline => twolayer::minibatch::Reader::Inline,
+        ReaderArg::Ahead => twolayer::minibatch::Reader::Ahead,
+    };
+    let result = twolayer::minibatch::run(
+        &mut trainer,
+        &mb.dataset,
+        &mb.schedule,
+        reader,
+        to_run,
+        |t, step, loss| {
+            if (step + 1).is_multiple_of(per_epoch) {
+                match end_of_epoch(t, &mb, (step + 1) / per_epoch, epochs) {
+                    Ok(r) => rep.push_epoch(r),
+                    Err(e) => {
+                        val_err = Some(e);
+                        return ControlFlow::Break(());
+                    }
+                }
+            }
+            rep.on_step(t, step, loss, signals.caught().is_some())
+        },
+    );
+    if let Some(e) = val_err {
+        return Err(e);
+    }
+    let extra = format!(
+        "; minibatches of {batch} of {} training rows ({} per epoch{}, read {}), epoch {} of {epochs}",
+        mb.schedule.train_rows(),
+        per_epoch,
+        match (mb.schedule.val_rows(), &mb.val) {
+            (0, None) => String::new(),
+            (0, Some(v)) => format!(", validated on {} rows", v.rows()),
+            (n, _) => format!(", {n} rows held out for validation"),
+        },
+        match reader {
+            twolayer::minibatch::Reader::Inline => "inline",
+            twolayer::minibatch::Reader::Ahead => "ahead",
+        },
+        trainer.steps_done().div_ceil(per_epoch),
+    );
+    rep.finish(&trainer, result, signals.caught(), &extra)
+}
+
+/// The record of epoch `epoch` (from 1), just finished: the mean of its
+/// losses and, when there is validation data, the validation error;
+/// printed to stderr.
+pub(super) fn end_of_epoch<F: Real>(
+    t: &Trainer<F>,
+    mb: &Minibatch,
+    epoch: usize,
+    epochs: usize,
+) -> Result<EpochRecord> {
+    use twolayer::predict::{evaluate, Rows};
+    let per_epoch = mb.schedule.batches_per_epoch() as usize;
+    let losses = &t.losses()[t.steps_done() - per_epoch..];
+    let train_loss = losses.iter().sum::<f64>() / losses.len() as f64;
+    let batch = mb.schedule.batch();
+    let errors = match (&mb.val, mb.schedule.val_rows()) {
+        (Some(v), _) => Some(evaluate(v, Rows::All, t.weights(), batch)?),
+        (None, 0) => None,
+        (None, _) => Some(evaluate(
+            &mb.dataset,
+            Rows::Validation(&mb.schedule),
+            t.weights(),
+            batch,
+        )?),
+    };
+    let val_loss = errors.map(|e| match t.loss() {
+        Loss::Sum => e.sum_sq * batch as f64 / e.rows as f64,
+        Loss::Mean => e.mse(),
+    });
+    let r = EpochRecord {
+        epoch: epoch as u64,
+        step: t.steps_done() as u64,
+        train_loss,
+        val_loss,
+        val_mse: errors.map(|e| e.mse()),
+    };
+    match (r.val_loss, r.val_mse) {
+        (Some(l), Some(m)) => say!(
+            "twolayer: epoch {epoch}/{epochs}: train loss {train_loss:.6e}, val loss {l:.6e}, val mse {m:.6e}"
+        ),
+        _ => say!("twolayer: epoch {epoch}/{epochs}: train loss {train_loss:.6e}"),
+    }
+    Ok(r)
+}

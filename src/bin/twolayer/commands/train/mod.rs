@@ -1,0 +1,170 @@
+//! `twolayer train`: set up the data and weights (seeded, from a .npz, a
+//! dataset, or a checkpoint), train, print `t loss` lines and a summary,
+//! and write the requested files — checkpoints along the way, and
+//! everything on Ctrl-C or SIGTERM.
+//!
+//! `mod.rs` runs one process on one batch; `epochs.rs` minibatch runs on a
+//! dataset; `mpi.rs` a rank of an MPI job; `report.rs` what every run does
+//! after each step and at its end (the `t loss` lines, checkpoints,
+//! signals, the summary and the files).
+
+mod epochs;
+#[cfg(feature = "mpi")]
+mod mpi;
+mod report;
+
+use super::run_spec::{self, Launch, RunSpec, Start};
+use crate::cli::TrainArgs;
+use report::{Reporter, RunConfig, Signals};
+use std::path::Path;
+use twolayer::checkpoint::DataSource;
+use twolayer::error::{Error, Result};
+use twolayer::net::{Data, Weights};
+use twolayer::npz;
+use twolayer::output;
+use twolayer::scalar::{Dtype, Real};
+use twolayer::shape::Shape;
+use twolayer::threads;
+use twolayer::train::Trainer;
+
+/// Runs `twolayer train` with these flags.
+pub fn run(args: &TrainArgs) -> Result<()> {
+    // Refuse unwritable outputs now, not after hours of training.
+    for path in [&args.save, &args.losses, &args.checkpoint, &args.metrics]
+        .into_iter()
+        .flatten()
+    {
+        output::check_writable(path)?;
+    }
+    #[cfg(feature = "mpi")]
+    if twolayer::distributed::launched_by_mpi() {
+        return mpi::run(args);
+    }
+    let spec = run_spec::resolve(args, Launch::Single)?;
+    check_files_distinct(args, &spec)?;
+    threads::set_budget(spec.threads)?;
+    match spec.dtype {
+        Dtype::F32 => single::<f32>(args, spec),
+        Dtype::F64 => single::<f64>(args, spec),
+    }
+}
+
+/// Refuses, before any work, outputs that name an input or each other.
+fn check_files_distinct(args: &TrainArgs, spec: &RunSpec) -> Result<()> {
+    let mut inputs: Vec<(&str, &Path)> = Vec::new();
+    if let Some(p) = &args.init {
+        inputs.push(("--init", p));
+    }
+    if let Some(p) = &args.resume {
+        inputs.push(("--resume", p));
+    }
+    if let DataSource::File { path, .. } = &spec.data {
+        inputs.push(("the run's data file", Path::new(path)));
+    }
+    if let Some(m) = &spec.minibatch {
+        for f in m.dataset.files() {
+            inputs.push(("--data", f));
+        }
+        for f in m.val.iter().flat_map(|v| v.files()) {
+            inputs.push(("--val", f));
+        }
+    }
+    if let Some(p) = &args.weights {
+        inputs.push(("--weights", p));
+    }
+    let outputs: Vec<(&str, &Path)> = [
+        ("--save", &args.save),
+        ("--losses", &args.losses),
+        ("--checkpoint", &args.checkpoint),
+        ("--metrics", &args.metrics),
+    ]
+    .into_iter()
+    .filter_map(|(f, p)| p.as_deref().map(|p| (f, p)))
+    .collect();
+    // Resuming writes the next checkpoint over the one it read: that is
+    // the point of it, and it is written atomically.
+    let outputs: Vec<(&str, &Path)> = match &args.resume {
+        Some(r) => outputs
+            .into_iter()
+            .filter(|&(f, p)| {
+                !(f == "--checkpoint"
+                    && output::check_distinct(&[("--resume", r)], &[(f, p)]).is_err())
+            })
+            .collect(),
+        None => outputs,
+    };
+    output::check_distinct(&inputs, &outputs)
+}
+
+/// Seeded weights: standard normal, or scaled for their layers.
+fn seeded_weights<F: Real>(shape: Shape, seed: u64, scaled: bool) -> Weights<F> {
+    let mut w = Weights::<F>::random(shape, seed);
+    if scaled {
+        // He for the ReLU layer, LeCun for the linear output.
+        let (s1, s2) = (
+            F::from_f64((2.0 / shape.d_in as f64).sqrt()),
+            F::from_f64((1.0 / shape.hidden as f64).sqrt()),
+        );
+        w.w1.mapv_inplace(|v| v * s1);
+        w.w2.mapv_inplace(|v| v * s2);
+    }
+    w
+}
+
+/// One process on the whole batch.
+fn single<F: Real>(args: &TrainArgs, mut spec: RunSpec) -> Result<()> {
+    if let Some(mb) = spec.minibatch.take() {
+        return epochs::minibatches::<F>(args, spec, mb);
+    }
+    let cfg = RunConfig::of(&spec);
+    let trainer = match spec.start {
+        Start::Seeded { seed, scaled } => Trainer::new(
+            Data::<F>::random(spec.shape, seed),
+            seeded_weights::<F>(spec.shape, seed, scaled),
+            spec.lr,
+            spec.mode,
+        )?,
+        Start::Weights { .. } => unreachable!("--weights needs --data"),
+        Start::Init { path } => {
+            let (d, w) = npz::load_init(&path)?.into_typed::<F>();
+            Trainer::new(d, w, spec.lr, spec.mode)?
+        }
+        Start::Resume(c) => {
+            let (w, losses) = c.into_typed::<F>();
+            let data = data_from_source::<F>(&spec.data, spec.shape, 0..spec.shape.n)?;
+            Trainer::resume(data, w, spec.lr, spec.mode, losses)?
+        }
+    };
+    train_and_report(args, trainer.with_loss(spec.loss), cfg)
+}
+
+/// Rows `rows` of a run's data: regenerated from its seed, or read (those
+/// rows alone) from its `--init` file.
+fn data_from_source<F: Real>(
+    src: &DataSource,
+    shape: Shape,
+    rows: std::ops::Range<usize>,
+) -> Result<Data<F>> {
+    match src {
+        DataSource::Seeded { seed } => Ok(Data::random_rows(shape, *seed, rows.start, rows.len())),
+        DataSource::File { path, .. } => npz::load_rows::<F>(Path::new(path), rows),
+        DataSource::Dataset { .. } => Err(Error::invalid(
+            "a minibatch run's data is read a batch at a time, not as one batch",
+        )),
+    }
+}
+
+fn train_and_report<F: Real>(
+    args: &TrainArgs,
+    mut trainer: Trainer<F>,
+    cfg: RunConfig,
+) -> Result<()> {
+    let signals = Signals::install()?;
+    let to_run = cfg.total_steps - trainer.steps_done();
+    let n = trainer.shape().n;
+    let mut rep = Reporter::new(args, &cfg, true, n);
+    let result = trainer.run(to_run, |t, step, loss| {
+        rep.on_step(t, step, loss, signals.caught().is_some())
+    });
+    rep.finish(&trainer, result, signals.caught(), "")
+}

@@ -1,0 +1,142 @@
+//! `mpirun -np K twolayer train …`: one rank of a data-parallel job (see
+//! [`twolayer::distributed`], which runs the steps): this rank's rows or
+//! its part of every minibatch, rank 0 reporting.
+
+use super::super::run_spec::{self, Launch, RunSpec, Start};
+use super::epochs::end_of_epoch;
+use super::report::{Reporter, RunConfig, Signals};
+use super::{check_files_distinct, data_from_source, seeded_weights};
+use crate::cli::TrainArgs;
+use std::ops::ControlFlow;
+use twolayer::distributed::{Cluster, Summing};
+use twolayer::error::{Error, Result};
+use twolayer::npz;
+use twolayer::scalar::{Dtype, Real};
+use twolayer::threads;
+use twolayer::train::Trainer;
+
+/// Runs the job on this rank. An error on any rank aborts every rank
+/// (the others would otherwise wait in the next allreduce for ever).
+pub fn run(args: &TrainArgs) -> Result<()> {
+    let cluster = Cluster::init()?;
+    match run_rank(args, &cluster) {
+        Ok(()) => Ok(()),
+        Err(e @ Error::Interrupted { .. }) => Err(e),
+        Err(e) => cluster.abort(&e.to_string()),
+    }
+}
+
+fn run_rank(args: &TrainArgs, cluster: &Cluster) -> Result<()> {
+    #[cfg(feature = "fault-injection")]
+    let panic_at = fault_step(cluster);
+    #[cfg(not(feature = "fault-injection"))]
+    let panic_at: Option<usize> = None;
+
+    let k = cluster.size();
+    // The same checks as one process; mpirun binds each rank to its
+    // cores, and the default thread budget follows.
+    let spec = run_spec::resolve(args, Launch::Mpi { ranks: k })?;
+    check_files_distinct(args, &spec)?;
+    threads::set_budget(spec.threads)?;
+    match spec.dtype {
+        Dtype::F32 => run_typed::<f32>(args, cluster, spec, panic_at),
+        Dtype::F64 => run_typed::<f64>(args, cluster, spec, panic_at),
+    }
+}
+
+fn run_typed<F: Real + mpi::traits::Equivalence>(
+    args: &TrainArgs,
+    cluster: &Cluster,
+    mut spec: RunSpec,
+    panic_at: Option<usize>,
+) -> Result<()> {
+    let shape = spec.shape;
+    let rows = cluster.rows(shape.n);
+    let k = cluster.size();
+    let mb = spec.minibatch.take();
+    let cfg = RunConfig {
+        minibatch: mb.as_ref().map(|m| m.header.clone()),
+        ..RunConfig::of(&spec)
+    };
+    let (lr, mode, total_steps) = (spec.lr, spec.mode, spec.total_steps);
+    let (weights, losses) = match spec.start {
+        Start::Resume(c) => c.into_typed::<F>(),
+        Start::Init { path } => (npz::load_weights::<F>(&path)?, Vec::new()),
+        Start::Weights { path } => (npz::load_weights_file::<F>(&path)?, Vec::new()),
+        Start::Seeded { seed, scaled } => (seeded_weights::<F>(shape, seed, scaled), Vec::new()),
+    };
+    // This rank's rows only: generated, cut from the file, or (a
+    // minibatch run) its share of every batch, read as it comes.
+    let data = match &mb {
+        Some(m) => twolayer::minibatch::empty_batch::<F>(&m.dataset, rows.len()),
+        None => data_from_source::<F>(&spec.data, shape, rows.clone())?,
+    };
+    let mut trainer =
+        Trainer::resume(data, weights, lr, mode, losses)?.with_loss_over(spec.loss, shape.n);
+    let signals = Signals::install()?;
+    let lead = cluster.rank() == 0;
+    let mut rep = Reporter::new(args, &cfg, lead, shape.n);
+    let (overlap, pieces) = args.mpi.overlap_and_pieces();
+    let to_run = total_steps - trainer.steps_done();
+    let mut val_err: Option<Error> = None;
+    let end = twolayer::distributed::train(
+        cluster,
+        &mut trainer,
+        mb.as_ref().map(|m| (&m.dataset, &m.schedule)),
+        Summing { overlap, pieces },
+        to_run,
+        || signals.caught().is_some(),
+        |t, step, loss, stop| {
+            if panic_at == Some(step) {
+                panic!(
+                    "fault injection: rank {} panics at step {step}",
+                    cluster.rank()
+                );
+            }
+            if let (Some(m), true) = (&mb, lead) {
+                let per_epoch = m.schedule.batches_per_epoch() as usize;
+                if (step + 1).is_multiple_of(per_epoch) {
+                    let epochs = total_steps.div_ceil(per_epoch);
+                    match end_of_epoch(t, m, (step + 1) / per_epoch, epochs) {
+                        Ok(r) => rep.push_epoch(r),
+                        // The other ranks wait in the next sum until
+                        // the error aborts the job.
+                        Err(e) => {
+                            val_err = Some(e);
+                            return ControlFlow::Break(());
+                        }
+                    }
+                }
+            }
+            rep.on_step(t, step, loss, stop)
+        },
+    );
+    if let Some(e) = val_err {
+        return Err(e);
+    }
+    let how = if overlap {
+        format!("overlapped, g_w1 in {pieces} pieces")
+    } else {
+        "blocking".to_string()
+    };
+    let extra = format!(
+        "; {k} MPI ranks of {}-{} rows{}, allreduce {:.3} ms/step in MPI calls (slowest rank; {how}), weights identical on all ranks",
+        shape.n / k,
+        shape.n.div_ceil(k),
+        if mb.is_some() { " of every minibatch" } else { "" },
+        end.allreduce_ms,
+    );
+    let signal = end
+        .stop_requested
+        .then(|| signals.caught().unwrap_or(signal_hook::consts::SIGINT));
+    rep.finish(&trainer, end.result, signal, &extra)
+}
+
+/// `TWOLAYER_FAULT_PANIC=RANK:STEP`: that rank panics after that step
+/// (feature `fault-injection`, for the failure tests only).
+#[cfg(feature = "fault-injection")]
+fn fault_step(cluster: &Cluster) -> Option<usize> {
+    let v = std::env::var("TWOLAYER_FAULT_PANIC").ok()?;
+    let (rank, step) = v.split_once(':')?;
+    (rank.parse::<usize>().ok()? == cluster.rank()).then(|| step.parse().ok())?
+}

@@ -1,0 +1,347 @@
+//! What a run does after each step and at its end: the `t loss` lines,
+//! periodic checkpoints, Ctrl-C and SIGTERM, and at the end the files and
+//! the summary line.
+
+use super::super::run_spec::RunSpec;
+use crate::cli::TrainArgs;
+use std::io::Write;
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use twolayer::blas;
+use twolayer::checkpoint::{Checkpoint, DataSource, EpochRecord, Header, MinibatchHeader};
+use twolayer::error::{Error, Result};
+use twolayer::npz;
+use twolayer::output;
+use twolayer::scalar::Real;
+use twolayer::shape::Shape;
+use twolayer::step::{LearningRates, StepMode};
+use twolayer::train::Trainer;
+use twolayer::Loss;
+
+/// Everything about a run that a checkpoint must carry besides weights and
+/// losses.
+pub(super) struct RunConfig {
+    pub(super) total_steps: usize,
+    pub(super) lr: LearningRates,
+    pub(super) mode: StepMode,
+    pub(super) threads: usize,
+    pub(super) data: DataSource,
+    /// MPI ranks the batch is split over (1: a single process).
+    pub(super) ranks: usize,
+    /// The loss.
+    pub(super) loss: Loss,
+    /// A minibatch run's settings (its history is the reporter's).
+    pub(super) minibatch: Option<MinibatchHeader>,
+}
+
+impl RunConfig {
+    /// What a checkpoint of `spec` records.
+    pub(super) fn of(spec: &RunSpec) -> RunConfig {
+        RunConfig {
+            total_steps: spec.total_steps,
+            lr: spec.lr,
+            mode: spec.mode,
+            threads: spec.threads,
+            data: spec.data.clone(),
+            ranks: spec.ranks,
+            loss: spec.loss,
+            minibatch: spec.minibatch.as_ref().map(|m| m.header.clone()),
+        }
+    }
+
+    /// The whole problem's shape, from one process's trainer (whose batch
+    /// is its own rows only, under MPI).
+    pub(super) fn global_shape<F: Real>(&self, t: &Trainer<F>, n_total: usize) -> Shape {
+        Shape {
+            n: n_total,
+            ..t.shape()
+        }
+    }
+}
+
+/// The checkpoint of a trainer's current state (`history`: a minibatch
+/// run's epochs so far).
+pub(super) fn snapshot<F: Real>(
+    t: &Trainer<F>,
+    cfg: &RunConfig,
+    n_total: usize,
+    history: &[EpochRecord],
+) -> Checkpoint<F> {
+    let s = cfg.global_shape(t, n_total);
+    Checkpoint {
+        header: Header {
+            dtype: F::DTYPE.name().into(),
+            n: s.n,
+            d_in: s.d_in,
+            hidden: s.hidden,
+            d_out: s.d_out,
+            steps_done: t.steps_done(),
+            total_steps: cfg.total_steps,
+            lr_w1: cfg.lr.w1,
+            lr_w2: cfg.lr.w2,
+            step_mode: match cfg.mode {
+                StepMode::Fused => "fused",
+                StepMode::Explicit => "explicit",
+            }
+            .into(),
+            threads: cfg.threads,
+            ranks: cfg.ranks,
+            data: cfg.data.clone(),
+            loss: cfg.loss.name().into(),
+            minibatch: cfg.minibatch.clone().map(|m| MinibatchHeader {
+                history: history.to_vec(),
+                ..m
+            }),
+            written_by: format!("twolayer {}", env!("CARGO_PKG_VERSION")),
+        },
+        losses: t.losses().to_vec(),
+        weights: t.weights().clone(),
+    }
+}
+
+/// Flags set by SIGINT and SIGTERM, checked at every step boundary.
+pub(super) struct Signals {
+    int: Arc<AtomicBool>,
+    term: Arc<AtomicBool>,
+}
+
+impl Signals {
+    pub(super) fn install() -> Result<Signals> {
+        let s = Signals {
+            int: Arc::new(AtomicBool::new(false)),
+            term: Arc::new(AtomicBool::new(false)),
+        };
+        for (sig, flag) in [
+            (signal_hook::consts::SIGINT, &s.int),
+            (signal_hook::consts::SIGTERM, &s.term),
+        ] {
+            signal_hook::flag::register(sig, Arc::clone(flag))
+                .map_err(|e| Error::invalid(format!("cannot install a signal handler: {e}")))?;
+        }
+        Ok(s)
+    }
+
+    /// The signal that arrived, if any.
+    pub(super) fn caught(&self) -> Option<i32> {
+        if self.int.load(Ordering::Relaxed) {
+            Some(signal_hook::consts::SIGINT)
+        } else if self.term.load(Ordering::Relaxed) {
+            Some(signal_hook::consts::SIGTERM)
+        } else {
+            None
+        }
+    }
+}
+
+/// What happens after each step, on the lead process: the `t loss` line,
+/// periodic checkpoints; and whether to stop.
+pub(super) struct Reporter<'a> {
+    args: &'a TrainArgs,
+    cfg: &'a RunConfig,
+    /// Rows of the whole batch (over all ranks).
+    n_total: usize,
+    /// Prints and writes files: the single process, or rank 0.
+    lead: bool,
+    last: usize,
+    out: std::io::BufWriter<std::io::Stdout>,
+    write_err: Option<std::io::Error>,
+    ckpt_err: Option<Error>,
+    last_flush: Instant,
+    /// A minibatch run's epochs so far.
+    pub(super) history: Vec<EpochRecord>,
+}
+
+impl<'a> Reporter<'a> {
+    pub(super) fn new(args: &'a TrainArgs, cfg: &'a RunConfig, lead: bool, n_total: usize) -> Self {
+        Reporter {
+            args,
+            cfg,
+            n_total,
+            lead,
+            last: cfg.total_steps.saturating_sub(1),
+            out: std::io::BufWriter::new(std::io::stdout()),
+            write_err: None,
+            ckpt_err: None,
+            last_flush: Instant::now(),
+            history: Vec::new(),
+        }
+    }
+
+    /// Records a finished epoch, and rewrites the metrics file with it.
+    pub(super) fn push_epoch(&mut self, r: EpochRecord) {
+        self.history.push(r);
+        if let (Some(p), true) = (&self.args.metrics, self.lead) {
+            if let Err(e) = write_metrics(p, &self.history) {
+                self.ckpt_err.get_or_insert(e);
+            }
+        }
+    }
+
+    /// After step `step` with loss `loss`; `stop` says a signal arrived
+    /// (on any process).
+    pub(super) fn on_step<F: Real>(
+        &mut self,
+        t: &Trainer<F>,
+        step: usize,
+        loss: f64,
+        stop: bool,
+    ) -> ControlFlow<()> {
+        if !self.lead {
+            return if stop {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            };
+        }
+        let a = self.args;
+        if !(a.quiet
+            || self.write_err.is_some()
+            || !(step.is_multiple_of(a.log_every) || step == self.last))
+        {
+            // Same form as the reference's print(t, loss): shortest round-trip.
+            if let Err(e) = writeln!(self.out, "{step} {loss:?}") {
+                // Stdout is gone (a closed pipe) or full: stop at this step
+                // boundary; the files are still written.
+                self.write_err = Some(e);
+                return ControlFlow::Break(());
+            } else if self.last_flush.elapsed() > Duration::from_millis(100) {
+                // Long runs show progress; short ones are not slowed by syscalls.
+                let _ = self.out.flush();
+                self.last_flush = Instant::now();
+            }
+        }
+        if let Some(p) = &a.checkpoint {
+            if (step + 1).is_multiple_of(a.checkpoint_every) {
+                if let Err(e) = snapshot(t, self.cfg, self.n_total, &self.history).write(p) {
+                    self.ckpt_err = Some(e);
+                    return ControlFlow::Break(());
+                }
+            }
+        }
+        if stop {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    }
+
+    /// After the loop: the run's result, then outputs, the summary line
+    /// (with `extra` appended), and the interruption notice.
+    pub(super) fn finish<F: Real>(
+        mut self,
+        trainer: &Trainer<F>,
+        result: Result<twolayer::train::RunStats>,
+        signal: Option<i32>,
+        extra: &str,
+    ) -> Result<()> {
+        if let Err(e) = self.out.flush() {
+            self.write_err.get_or_insert(e);
+        }
+        // A diverged run stops here: the last checkpoint written is the last
+        // finite state, and no output of the broken state is written.
+        let stats = result?;
+        if let Some(e) = self.ckpt_err {
+            return Err(e);
+        }
+        if !self.lead {
+            return Ok(());
+        }
+        // The files first, whatever happened to stdout: a full disk under
+        // `> train.log` must not cost the weights.
+        let (args, cfg) = (self.args, self.cfg);
+        if let Some(p) = &args.checkpoint {
+            snapshot(trainer, cfg, self.n_total, &self.history).write(p)?;
+        }
+        if let Some(p) = &args.metrics {
+            write_metrics(p, &self.history)?;
+        }
+        if let Some(p) = &args.losses {
+            output::write_losses(p, 0, trainer.losses())?;
+        }
+        if let Some(p) = &args.save {
+            npz::save_weights(p, trainer.weights())?;
+        }
+        // A closed pipe (`twolayer train | head`) means the reader has seen
+        // enough: the run ends quietly, its files written. Any other
+        // failure of stdout is an error, reported after the files.
+        if let Some(e) = self.write_err {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                return Ok(());
+            }
+            return Err(Error::write(
+                Path::new("<stdout>"),
+                format!(
+                    "{e}; stopped after step {}, and every other output was written",
+                    trainer.steps_done()
+                ),
+            ));
+        }
+        let shape = cfg.global_shape(trainer, self.n_total);
+        let gflops = shape.flops_per_step() / (stats.ms_per_step() * 1e-3) / 1e9;
+        let plan = trainer.plan();
+        say!(
+            "twolayer: {} steps of {shape} {} in {:.3} s: {:.4} ms/step, {:.1} GFLOP/s; threads {} ({} shard(s) of {} rows in blocks of {}, OpenBLAS {} thread(s) per GEMM, {}){extra}; peak RSS {}; final loss {:?}",
+            stats.steps,
+            F::DTYPE,
+            stats.elapsed.as_secs_f64(),
+            stats.ms_per_step(),
+            gflops,
+            cfg.threads,
+            plan.shards,
+            trainer.data().x.nrows().div_ceil(plan.shards),
+            plan.block_rows,
+            plan.blas_threads,
+            blas::core_name(),
+            twolayer::shape::peak_rss_bytes()
+                .map(|b| twolayer::error::human_bytes(b as f64))
+                .unwrap_or_else(|| "unknown".into()),
+            trainer.losses().last().copied().unwrap_or(f64::NAN),
+        );
+        if let Some(signal) = signal {
+            if trainer.steps_done() < cfg.total_steps {
+                let name = if signal == signal_hook::consts::SIGINT {
+                    "SIGINT"
+                } else {
+                    "SIGTERM"
+                };
+                let how = match &args.checkpoint {
+                    Some(p) => format!(
+                        "checkpoint written to {}; continue with: twolayer train --resume {}",
+                        p.display(),
+                        p.display()
+                    ),
+                    None => "no --checkpoint was given, so the run cannot be resumed".to_string(),
+                };
+                return Err(Error::Interrupted {
+                    signal,
+                    msg: format!(
+                        "stopped by {name} after step {} of {}; {how}",
+                        trainer.steps_done(),
+                        cfg.total_steps
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The epoch records as CSV, with a header line.
+pub(super) fn write_metrics(path: &Path, history: &[EpochRecord]) -> Result<()> {
+    let opt = |v: Option<f64>| v.map(|v| format!("{v:?}")).unwrap_or_default();
+    let mut text = String::from("epoch,step,train_loss,val_loss,val_mse\n");
+    for r in history {
+        text.push_str(&format!(
+            "{},{},{:?},{},{}\n",
+            r.epoch,
+            r.step,
+            r.train_loss,
+            opt(r.val_loss),
+            opt(r.val_mse)
+        ));
+    }
+    output::write_atomic(path, |w| w.write_all(text.as_bytes()))
+}
