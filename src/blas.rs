@@ -5,11 +5,14 @@
 //! OpenBLAS (pthreads build) keeps its worker threads busy-waiting for about
 //! 2^28 cycles after every call (`OPENBLAS_THREAD_TIMEOUT`, read once when
 //! the library loads). On a 2-core machine a spinning worker holds the core
-//! that rayon's elementwise passes and the next small GEMM need: measured at
-//! the reference shape, 1.20 ms per step spinning against 0.48 ms with the
-//! spin cut. The binary therefore re-executes itself with
-//! `OPENBLAS_THREAD_TIMEOUT` set (see [`reexec_with_short_spin`]) unless the
-//! user has set it.
+//! that rayon's passes and the next small GEMM need: the first version of
+//! the step, with multi-threaded GEMMs at every shape, measured 1.20 ms per
+//! reference step spinning against 0.48 ms with the spin cut. Today's
+//! sharded step runs single-threaded GEMMs for narrow layers and the cost
+//! is within noise (`examples/spin_fix.rs`: 0.96–1.12x); the binary still
+//! re-executes itself with `OPENBLAS_THREAD_TIMEOUT` set (see
+//! [`reexec_with_short_spin`]) unless the user has set it, since wide
+//! plans and other machines keep OpenBLAS's workers between calls.
 
 use std::ffi::CStr;
 use std::os::raw::{c_char, c_int};
