@@ -226,13 +226,16 @@ pub fn load_init_from<R: Read + Seek>(reader: R, path: &Path) -> Result<Init> {
     })
 }
 
-fn inspect_entry<R: Read + Seek>(
+/// The index of array `name` (stored as `name.npy` or `name`) in an
+/// archive, or an error listing what the file holds and `needs` (what the
+/// caller needs of it).
+pub fn find_array<R: Read + Seek>(
     path: &Path,
-    zip: &mut zip::ZipArchive<R>,
+    zip: &zip::ZipArchive<R>,
     name: &str,
-) -> Result<Entry> {
-    let index = zip
-        .index_for_name(&format!("{name}.npy"))
+    needs: &str,
+) -> Result<usize> {
+    zip.index_for_name(&format!("{name}.npy"))
         .or_else(|| zip.index_for_name(name))
         .ok_or_else(|| {
             let found: Vec<&str> = zip
@@ -242,7 +245,7 @@ fn inspect_entry<R: Read + Seek>(
             Error::read(
                 path,
                 format!(
-                    "missing array '{name}' (the file holds: {}); it needs x, y, w1 and w2",
+                    "missing array '{name}' (the file holds: {}); {needs}",
                     if found.is_empty() {
                         "nothing".to_string()
                     } else {
@@ -250,7 +253,15 @@ fn inspect_entry<R: Read + Seek>(
                     }
                 ),
             )
-        })?;
+        })
+}
+
+fn inspect_entry<R: Read + Seek>(
+    path: &Path,
+    zip: &mut zip::ZipArchive<R>,
+    name: &str,
+) -> Result<Entry> {
+    let index = find_array(path, zip, name, "it needs x, y, w1 and w2")?;
     let bad = |msg: String| Error::read(path, format!("array '{name}': {msg}"));
     let mut entry = zip.by_index(index).map_err(|e| bad(e.to_string()))?;
     let entry_size = entry.size();

@@ -133,26 +133,7 @@ impl ArrayFile {
         }
         let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
             .map_err(|e| Error::read(path, format!("not a valid .npz file ({e})")))?;
-        let index = zip
-            .index_for_name(&format!("{name}.npy"))
-            .or_else(|| zip.index_for_name(name))
-            .ok_or_else(|| {
-                let found: Vec<&str> = zip
-                    .file_names()
-                    .map(|n| n.strip_suffix(".npy").unwrap_or(n))
-                    .collect();
-                Error::read(
-                    path,
-                    format!(
-                        "missing array '{name}' (the file holds: {}); a dataset needs x and y",
-                        if found.is_empty() {
-                            "nothing".to_string()
-                        } else {
-                            found.join(", ")
-                        }
-                    ),
-                )
-            })?;
+        let index = crate::npz::find_array(path, &zip, name, "a dataset needs x and y")?;
         let bad = |msg: String| Error::read(path, format!("array '{name}': {msg}"));
         let (stored, data_start) = {
             let raw = zip.by_index_raw(index).map_err(|e| bad(e.to_string()))?;

@@ -255,10 +255,19 @@ pub struct PredictArgs {
     /// Write the predictions (M×D_out) here as a .npy
     #[arg(long)]
     pub out: PathBuf,
+    /// How the forward pass runs.
+    #[command(flatten)]
+    pub pass: ForwardArgs,
+}
+
+/// Flags of a forward pass (`predict`, `eval`).
+#[derive(Debug, Args)]
+pub struct ForwardArgs {
     /// Rows per forward pass
     #[arg(long, default_value = "4096", value_parser = positive)]
     pub batch: usize,
-    /// Element type of the pass and the output [default: the weights']
+    /// Element type of the pass (and of predict's output) [default: the
+    /// weights']
     #[arg(long)]
     pub dtype: Option<Dtype>,
     /// Threads for OpenBLAS [default: the cores available]
@@ -275,15 +284,9 @@ pub struct EvalArgs {
     /// The data: one .npz holding x and y, or two .npy files
     #[arg(long, num_args = 1..=2, required = true, value_name = "FILE")]
     pub data: Vec<PathBuf>,
-    /// Rows per forward pass
-    #[arg(long, default_value = "4096", value_parser = positive)]
-    pub batch: usize,
-    /// Element type of the pass [default: the weights']
-    #[arg(long)]
-    pub dtype: Option<Dtype>,
-    /// Threads for OpenBLAS [default: the cores available]
-    #[arg(long, value_parser = positive)]
-    pub threads: Option<usize>,
+    /// How the forward pass runs.
+    #[command(flatten)]
+    pub pass: ForwardArgs,
 }
 
 /// Flags of `twolayer sweep`.

@@ -43,7 +43,7 @@ pub fn run_predict(args: &PredictArgs) -> Result<()> {
         &[("--weights", &args.weights), ("--x", &args.x)],
         &[("--out", &args.out)],
     )?;
-    set_threads(args.threads)?;
+    set_threads(args.pass.threads)?;
     let (d_in, _, _, dtype) = npz::peek_weights(&args.weights)?;
     let x = open_x(&args.x)?;
     if x.cols() != d_in {
@@ -52,7 +52,7 @@ pub fn run_predict(args: &PredictArgs) -> Result<()> {
             x.cols()
         )));
     }
-    match args.dtype.unwrap_or(dtype) {
+    match args.pass.dtype.unwrap_or(dtype) {
         Dtype::F32 => predict::<f32>(args, &x),
         Dtype::F64 => predict::<f64>(args, &x),
     }
@@ -61,7 +61,7 @@ pub fn run_predict(args: &PredictArgs) -> Result<()> {
 fn predict<F: Real>(args: &PredictArgs, x: &ArrayFile) -> Result<()> {
     let w = npz::load_weights_file::<F>(&args.weights)?;
     let rows = x.rows();
-    let batch = args.batch.min(rows as usize);
+    let batch = args.pass.batch.min(rows as usize);
     let mut fwd = Forward::new(batch, &w);
     let mut xb = Array2::<F>::zeros((batch, x.cols()));
     let (mut idx, mut scratch, mut bytes) = (Vec::new(), Vec::new(), Vec::new());
@@ -111,7 +111,7 @@ fn predict<F: Real>(args: &PredictArgs, x: &ArrayFile) -> Result<()> {
 /// Runs `twolayer eval`: prints `rows`, `loss_sum` (Σ (y_pred − y)²) and
 /// `mse` (that over rows × D_out), one `name value` line each.
 pub fn run_eval(args: &EvalArgs) -> Result<()> {
-    set_threads(args.threads)?;
+    set_threads(args.pass.threads)?;
     let (d_in, _, d_out, dtype) = npz::peek_weights(&args.weights)?;
     let data = Dataset::open(&args.data)?;
     if (data.d_in(), data.d_out()) != (d_in, d_out) {
@@ -121,18 +121,18 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
             data.d_out()
         )));
     }
-    let e = match args.dtype.unwrap_or(dtype) {
+    let e = match args.pass.dtype.unwrap_or(dtype) {
         Dtype::F32 => evaluate(
             &data,
             Rows::All,
             &npz::load_weights_file::<f32>(&args.weights)?,
-            args.batch,
+            args.pass.batch,
         )?,
         Dtype::F64 => evaluate(
             &data,
             Rows::All,
             &npz::load_weights_file::<f64>(&args.weights)?,
-            args.batch,
+            args.pass.batch,
         )?,
     };
     out!(
