@@ -187,19 +187,17 @@ fn measure<F: Real + mpi::traits::Equivalence>(
     let lr = LearningRates::uniform(BENCH_LR);
     let mut exchange = cluster.exchange(how.overlap);
     let pieces = if how.overlap { how.pieces } else { 1 };
+    // The data-parallel step, as `mpirun … twolayer train` runs it.
+    let dp_step = |ws: &mut Workspace<F>,
+                   weights: &mut Weights<F>,
+                   grads: &mut Gradients<F>,
+                   exchange: &mut dyn step::Exchange<F>| {
+        step::update_exchanged(ws, &data, weights, grads, exchange, pieces, lr)
+    };
 
-    // Untimed steps: the data-parallel step (as `mpirun … twolayer train`
-    // runs it), then the GEMMs alone.
+    // Untimed steps: the data-parallel step, then the GEMMs alone.
     for _ in 0..timing.warmup {
-        step::update_exchanged(
-            &mut ws,
-            &data,
-            &mut weights,
-            &mut grads,
-            &mut exchange,
-            pieces,
-            lr,
-        );
+        dp_step(&mut ws, &mut weights, &mut grads, &mut exchange);
     }
     for _ in 0..timing.warmup.max(1) {
         step::gemms_only(&mut ws, &data, &mut weights, lr);
@@ -213,15 +211,7 @@ fn measure<F: Real + mpi::traits::Equivalence>(
     while cluster.lead_decides(timed.wants_more(min_steps, budget_s)) {
         let before = exchange.busy_ms();
         let t0 = Instant::now();
-        let loss = step::update_exchanged(
-            &mut ws,
-            &data,
-            &mut weights,
-            &mut grads,
-            &mut exchange,
-            pieces,
-            lr,
-        );
+        let loss = dp_step(&mut ws, &mut weights, &mut grads, &mut exchange);
         let t1 = Instant::now();
         step::gemms_only(&mut ws, &data, &mut weights, lr);
         std::hint::black_box(loss);
