@@ -94,7 +94,7 @@ pub const SAMPLES: u64 = 256;
 /// an edit of a few bytes between samples it misses.
 pub fn sampled_sha256(path: &Path) -> Result<String> {
     use std::os::unix::fs::FileExt;
-    let f = std::fs::File::open(path).map_err(|e| Error::read(path, e))?;
+    let f = crate::input::open_regular(path)?;
     let len = f.metadata().map_err(|e| Error::read(path, e))?.len();
     let mut h = Sha256::new();
     h.update(len.to_le_bytes());
@@ -239,6 +239,11 @@ pub struct Header {
     /// The batches of a minibatch run (`--data`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub minibatch: Option<MinibatchHeader>,
+    /// The OpenBLAS kernel set the run used (`Haswell`, `SkylakeX`, …):
+    /// another kernel set rounds differently, so a resume under it matches
+    /// an unbroken run to rounding only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blas_core: Option<String>,
     /// twolayer's version that wrote it.
     pub written_by: String,
 }
@@ -299,7 +304,7 @@ pub fn hex(bytes: &[u8]) -> String {
 /// SHA-256 of a file's bytes, hex.
 pub fn file_sha256(path: &Path) -> Result<String> {
     use std::io::Read;
-    let mut f = std::fs::File::open(path).map_err(|e| Error::read(path, e))?;
+    let mut f = crate::input::open_regular(path)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -382,11 +387,9 @@ impl AnyCheckpoint {
 
     /// Reads and verifies a checkpoint file.
     pub fn read(path: &Path) -> Result<AnyCheckpoint> {
-        let len = std::fs::metadata(path)
-            .map_err(|e| Error::read(path, e))?
-            .len();
         // Check the prefix and header before reading a possibly huge file.
-        let mut f = std::fs::File::open(path).map_err(|e| Error::read(path, e))?;
+        let mut f = crate::input::open_regular(path)?;
+        let len = f.metadata().map_err(|e| Error::read(path, e))?.len();
         let mut head = vec![0u8; (PREFIX as u64 + MAX_HEADER).min(len) as usize];
         std::io::Read::read_exact(&mut f, &mut head).map_err(|e| Error::read(path, e))?;
         let expected = expected_len(&head).map_err(|m| Error::read(path, m))?;
@@ -406,7 +409,7 @@ impl AnyCheckpoint {
                     format!("checkpoint of {len} bytes does not fit in memory"),
                 )
             })?;
-        let bytes = std::fs::read(path).map_err(|e| Error::read(path, e))?;
+        let bytes = crate::input::read_bounded(path, len)?;
         Self::from_bytes(&bytes).map_err(|m| Error::read(path, m))
     }
 
@@ -572,6 +575,7 @@ mod tests {
                 data: DataSource::Seeded { seed: 7 },
                 loss: "sum".into(),
                 minibatch: None,
+                blas_core: Some("Haswell".into()),
                 written_by: "test".into(),
             },
             losses: vec![3.0, 2.0, 1.5],

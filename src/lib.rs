@@ -74,6 +74,7 @@ pub mod dataset;
 #[cfg(feature = "mpi")]
 pub mod distributed;
 pub mod error;
+pub mod input;
 pub mod kernels;
 pub mod minibatch;
 pub mod net;

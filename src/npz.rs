@@ -203,7 +203,7 @@ impl<R: Read + Seek> Checked<R> {
 /// docs list, and that the arrays agree in shape and dtype and hold only
 /// finite values.
 pub fn load_init(path: &Path) -> Result<Init> {
-    let file = File::open(path).map_err(|e| Error::read(path, e))?;
+    let file = crate::input::open_regular(path)?;
     load_init_from(file, path)
 }
 
@@ -335,7 +335,7 @@ fn read_all<F: Real, R: Read + Seek>(
 /// and discarding them. Row-major and column-major arrays, either byte
 /// order, float32 or float64 (converted to `F`).
 pub fn load_rows<F: Real>(path: &Path, rows: Range<usize>) -> Result<Data<F>> {
-    let file = File::open(path).map_err(|e| Error::read(path, e))?;
+    let file = crate::input::open_regular(path)?;
     let mut c = Checked::open(std::io::BufReader::new(file), path)?;
     if rows.start > rows.end || rows.end > c.shape.n {
         return Err(Error::read(
@@ -356,7 +356,7 @@ pub fn load_rows<F: Real>(path: &Path, rows: Range<usize>) -> Result<Data<F>> {
 
 /// w1 and w2 alone from a `.npz` file (x and y are checked, not read).
 pub fn load_weights<F: Real>(path: &Path) -> Result<Weights<F>> {
-    let file = File::open(path).map_err(|e| Error::read(path, e))?;
+    let file = crate::input::open_regular(path)?;
     let mut c = Checked::open(std::io::BufReader::new(file), path)?;
     c.shape
         .check_bytes_fit(c.shape.weight_elems() * F::DTYPE.size() as u128, F::DTYPE)?;
@@ -390,7 +390,7 @@ fn weight_entries<R: Read + Seek>(
 }
 
 fn open_zip(path: &Path) -> Result<zip::ZipArchive<std::io::BufReader<File>>> {
-    let file = File::open(path).map_err(|e| Error::read(path, e))?;
+    let file = crate::input::open_regular(path)?;
     zip::ZipArchive::new(std::io::BufReader::new(file))
         .map_err(|e| Error::read(path, format!("not a valid .npz file ({e})")))
 }
@@ -578,7 +578,7 @@ pub fn save_init<F: Real>(path: &Path, data: &Data<F>, weights: &Weights<F>) -> 
 /// The shape and dtype of the state stored in a `.npz` file, from its
 /// headers alone.
 pub fn peek_shape(path: &Path) -> Result<(Shape, Dtype)> {
-    let file = File::open(path).map_err(|e| Error::read(path, e))?;
+    let file = crate::input::open_regular(path)?;
     let c = Checked::open(file, path)?;
     Ok((c.shape, c.dtype))
 }

@@ -650,3 +650,81 @@ fn a_failed_stdout_stops_at_a_step_boundary_and_still_writes_the_files() {
     assert!(steps < 1_000_000, "{steps}");
     assert!(w.exists() && c.exists());
 }
+
+/// Runs the binary under coreutils' `timeout`: a hang is exit 124, not a
+/// hung test.
+fn run_bounded(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("timeout")
+        .arg("20")
+        .arg(env!("CARGO_BIN_EXE_twolayer"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn fifos_devices_and_folders_as_inputs_are_refused_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let f = fifo.to_str().unwrap();
+    let d = dir.path().to_str().unwrap();
+    // A checkpoint whose data file is /dev/zero (hashing it never ended).
+    let shape = Shape::new(4, 3, 2, 1).unwrap();
+    let ck = dir.path().join("zero.ck");
+    twolayer::checkpoint::Checkpoint::<f64> {
+        header: twolayer::checkpoint::Header {
+            dtype: "f64".into(),
+            n: 4,
+            d_in: 3,
+            hidden: 2,
+            d_out: 1,
+            steps_done: 1,
+            total_steps: 5,
+            lr_w1: 1e-6,
+            lr_w2: 1e-6,
+            step_mode: "fused".into(),
+            threads: 1,
+            ranks: 1,
+            data: twolayer::checkpoint::DataSource::File {
+                path: "/dev/zero".into(),
+                sha256: "0".repeat(64),
+            },
+            loss: "sum".into(),
+            minibatch: None,
+            blas_core: None,
+            written_by: "test".into(),
+        },
+        losses: vec![1.0],
+        weights: Weights::random(shape, 0),
+    }
+    .write(&ck)
+    .unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["train", "--init", f], "it is a FIFO"),
+        (vec!["train", "--init", d], "it is a directory"),
+        (vec!["train", "--data", f], "it is a FIFO"),
+        (vec!["train", "--resume", f], "it is a FIFO"),
+        (
+            vec!["train", "--resume", ck.to_str().unwrap()],
+            "/dev/zero: it is a character device",
+        ),
+        (
+            vec!["sweep", "--grid", "/dev/zero"],
+            "it is a character device",
+        ),
+        (vec!["sweep", "--grid", f], "it is a FIFO"),
+        (vec!["compare", "/dev/zero", f], "it is a character device"),
+        (vec!["eval", "--weights", f, "--data", f], "it is a FIFO"),
+    ];
+    for (args, want) in cases {
+        let o = run_bounded(&args);
+        let e = stderr(&o);
+        assert_ne!(o.status.code(), Some(124), "{args:?} hung");
+        assert_ne!(o.status.code(), Some(0), "{args:?}: {e}");
+        assert!(e.contains(want), "{args:?}: {e}");
+        assert_eq!(e.trim_end().lines().count(), 1, "{args:?}: {e}");
+    }
+}

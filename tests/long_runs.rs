@@ -386,3 +386,60 @@ fn thread_counts_agree_to_1e12_over_100_steps() {
     }
     assert!(l1[99] < l1[0]);
 }
+
+#[test]
+fn a_resume_under_another_kernel_set_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("c.ck");
+    let ck = ck.to_str().unwrap();
+    let o = common::run(&[
+        "train",
+        "--n",
+        "8",
+        "--d-in",
+        "6",
+        "--hidden",
+        "4",
+        "--d-out",
+        "2",
+        "--steps",
+        "3",
+        "--checkpoint",
+        ck,
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let used = twolayer::checkpoint::AnyCheckpoint::read(std::path::Path::new(ck))
+        .unwrap()
+        .header()
+        .blas_core
+        .clone()
+        .expect("the checkpoint records the kernel set");
+    // Another kernel set than the one the run used, whatever this machine's is.
+    let other = if used == "Haswell" {
+        "Sandybridge"
+    } else {
+        "Haswell"
+    };
+    let o = common::bin()
+        .args(["train", "--resume", ck, "--steps", "5", "-q"])
+        .env("OPENBLAS_CORETYPE", other)
+        .output()
+        .unwrap();
+    let e = common::stderr(&o);
+    assert!(o.status.success(), "{e}");
+    assert!(
+        e.contains(&format!(
+            "resuming under OpenBLAS's {other} kernels, the run used {used} kernels"
+        )),
+        "{e}"
+    );
+    // Under the kernels the run used: no warning.
+    let o = common::bin()
+        .args(["train", "--resume", ck, "--steps", "7", "-q"])
+        .env("OPENBLAS_CORETYPE", &used)
+        .output()
+        .unwrap();
+    let e = common::stderr(&o);
+    assert!(o.status.success() && !e.contains("warning"), "{e}");
+}

@@ -150,7 +150,7 @@ impl Preset {
 impl GridSpec {
     /// Reads a grid file.
     pub fn from_file(path: &Path) -> Result<GridSpec> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::read(path, e))?;
+        let text = crate::input::read_text(path, crate::input::GRID_LIMIT)?;
         toml::from_str(&text).map_err(|e| Error::read(path, format!("not a valid grid: {e}")))
     }
 

@@ -227,7 +227,7 @@ impl PointReport {
 impl Report {
     /// Reads a report, refusing other schema versions with a clear message.
     pub fn read(path: &Path) -> Result<Report> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::read(path, e))?;
+        let text = crate::input::read_text(path, crate::input::REPORT_LIMIT)?;
         // The version first, without building the whole document twice (a
         // report can hold millions of samples).
         #[derive(Deserialize)]

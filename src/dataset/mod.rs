@@ -57,14 +57,8 @@ pub struct ArrayFile {
 impl ArrayFile {
     /// The array `name` of a lone `.npy` file.
     pub fn open_npy(path: &Path, name: &'static str) -> Result<ArrayFile> {
-        let mut f = File::open(path).map_err(|e| Error::read(path, e))?;
+        let mut f = crate::input::open_regular(path)?;
         let meta = f.metadata().map_err(|e| Error::read(path, e))?;
-        if !meta.is_file() {
-            return Err(Error::read(
-                path,
-                "not a regular file; a dataset is read at offsets, so it must be one",
-            ));
-        }
         let header = read_npy_header(&mut f).map_err(|e| Error::read(path, e))?;
         let a = Self::from_header(path, name, &header, meta.len())?;
         let offset = header.header_bytes;
@@ -123,14 +117,7 @@ impl ArrayFile {
 
     /// The array stored as `name` (or `name.npy`) in a `.npz`.
     pub fn open_npz(path: &Path, name: &'static str) -> Result<ArrayFile> {
-        let file = File::open(path).map_err(|e| Error::read(path, e))?;
-        let meta = file.metadata().map_err(|e| Error::read(path, e))?;
-        if !meta.is_file() {
-            return Err(Error::read(
-                path,
-                "not a regular file; a dataset is read at offsets, so it must be one",
-            ));
-        }
+        let file = crate::input::open_regular(path)?;
         let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
             .map_err(|e| Error::read(path, format!("not a valid .npz file ({e})")))?;
         let index = crate::npz::find_array(path, &zip, name, "a dataset needs x and y")?;
@@ -147,7 +134,7 @@ impl ArrayFile {
         let header = read_npy_header(&mut entry).map_err(&bad)?;
         let a = Self::from_header(path, name, &header, size)?;
         let storage = if stored {
-            let f = File::open(path).map_err(|e| Error::read(path, e))?;
+            let f = crate::input::open_regular(path)?;
             Storage::File(f, data_start + header.header_bytes)
         } else {
             let bytes = size - header.header_bytes;

@@ -409,6 +409,14 @@ fn from_checkpoint(args: &TrainArgs, path: &Path, ranks: usize) -> Result<RunSpe
             h.threads
         );
     }
+    if let Some(core) = h.blas_core.as_deref() {
+        let now = twolayer::blas::core_name();
+        if core != now {
+            say!(
+                "twolayer: warning: resuming under OpenBLAS's {now} kernels, the run used {core} kernels; they round differently, so the losses will match an unbroken run to rounding, not bit for bit"
+            );
+        }
+    }
     check_source_unchanged(&h.data)?;
     let loss: Loss = h
         .loss

@@ -95,6 +95,7 @@ pub(super) fn snapshot<F: Real>(
                 history: history.to_vec(),
                 ..m
             }),
+            blas_core: Some(blas::core_name()),
             written_by: format!("twolayer {}", env!("CARGO_PKG_VERSION")),
         },
         losses: t.losses().to_vec(),
