@@ -14,7 +14,7 @@ use crate::output::write_atomic;
 use crate::scalar::{Dtype, Real};
 use crate::shape::Shape;
 use ndarray::Array2;
-use ndarray_npy::{NpzWriter, ReadNpyExt};
+use ndarray_npy::NpzWriter;
 use std::fs::File;
 use std::io::{Read, Seek};
 use std::ops::Range;
@@ -62,12 +62,20 @@ pub struct NpyHeader {
 }
 
 impl NpyHeader {
+    /// Whether the values are stored big-endian.
+    pub fn big_endian(&self) -> bool {
+        self.descr.starts_with('>') || (self.descr.starts_with('=') && cfg!(target_endian = "big"))
+    }
+
     /// The element type, when it is one the trainer runs in.
     pub fn dtype(&self) -> Option<Dtype> {
         // By characters, not bytes: the descriptor is untrusted text (the
         // fuzzer found a multi-byte first character panicking a byte split).
+        // '<' little-endian, '>' big-endian, '=' the machine's order; numpy
+        // writes '|' ("not applicable") only for one-byte types, so it is
+        // refused for floats.
         let mut chars = self.descr.chars();
-        if !matches!(chars.next(), Some('<' | '>' | '=' | '|')) {
+        if !matches!(chars.next(), Some('<' | '>' | '=')) {
             return None;
         }
         let kind = chars.as_str();
@@ -110,6 +118,14 @@ pub fn read_npy_header(r: &mut impl Read) -> std::result::Result<NpyHeader, Stri
     r.read_exact(&mut text)
         .map_err(|_| "truncated .npy header".to_string())?;
     let text = String::from_utf8(text).map_err(|_| "the .npy header is not text".to_string())?;
+    // One reader for every path, and a key given twice is an error: which
+    // copy counts differs between parsers (numpy takes the last), so the
+    // same file could mean two arrays.
+    for key in ["descr", "fortran_order", "shape"] {
+        if text.matches(&format!("'{key}'")).count() > 1 {
+            return Err(format!("the .npy header gives '{key}' more than once"));
+        }
+    }
     let descr = dict_value(&text, "descr")
         .and_then(|v| v.strip_prefix('\'')?.split('\'').next())
         .ok_or("the .npy header has no 'descr'")?
@@ -302,21 +318,11 @@ fn read_all<F: Real, R: Read + Seek>(
     zip: &mut zip::ZipArchive<R>,
     entries: &[Entry],
 ) -> Result<(Data<F>, Weights<F>)> {
+    // The same header parser and reader as every other path (load_rows,
+    // load_weights, the dataset reader): one meaning per file.
     let mut arrays = Vec::with_capacity(4);
     for (name, e) in NAMES.iter().zip(entries) {
-        let entry = zip
-            .by_index(e.index)
-            .map_err(|err| Error::read(path, format!("array '{name}': {err}")))?;
-        let a = Array2::<F>::read_npy(entry)
-            .map_err(|err| Error::read(path, format!("array '{name}': {err}")))?;
-        // Keep every buffer row-major so GEMM and the kernels see one layout.
-        let a = if a.is_standard_layout() {
-            a
-        } else {
-            a.as_standard_layout().into_owned()
-        };
-        check_finite(name, &a).map_err(|err| Error::read(path, err))?;
-        arrays.push(a);
+        arrays.push(read_entry_rows::<F, R>(path, zip, e, name, 0..e.dims.0)?);
     }
     let w2 = arrays.pop().expect("four arrays");
     let w1 = arrays.pop().expect("four arrays");
@@ -478,7 +484,7 @@ fn read_rows_from<F: Real>(
 ) -> std::result::Result<Array2<F>, String> {
     let h = read_npy_header(r)?;
     let dtype = h.dtype().ok_or("unsupported dtype")?;
-    let big_endian = h.descr.starts_with('>');
+    let big_endian = h.big_endian();
     let size = dtype.size();
     let io = |e: std::io::Error| format!("cannot read its data ({e})");
     let mut out = Array2::<F>::zeros((rows.len(), ncols));

@@ -76,3 +76,40 @@ fn checkpoint_seeds_read_and_corruptions_are_refused() {
         }
     }
 }
+
+#[test]
+fn every_path_reads_a_header_one_way() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/npz_reader");
+    // A key given twice is refused, by the whole-file reader and by the
+    // row reader of a data-parallel rank alike (they once disagreed: one
+    // aborted allocating 8e16 bytes, the other read another array).
+    for (file, key) in [
+        ("regression-duplicate-shape-key.npz", "'shape'"),
+        (
+            "regression-duplicate-fortran-order-key.npz",
+            "'fortran_order'",
+        ),
+    ] {
+        let p = dir.join(file);
+        for e in [
+            twolayer::npz::load_init(&p).unwrap_err().to_string(),
+            twolayer::npz::load_rows::<f64>(&p, 0..1)
+                .unwrap_err()
+                .to_string(),
+        ] {
+            assert!(
+                e.contains(&format!("gives {key} more than once")),
+                "{file}: {e}"
+            );
+        }
+    }
+    // '|f8' is refused everywhere; '=f8' (the machine's order) read the same
+    // everywhere, and as '<f8' is.
+    let p = dir.join("regression-pipe-f8.npz");
+    assert!(twolayer::npz::load_init(&p).is_err());
+    assert!(twolayer::npz::load_rows::<f64>(&p, 0..1).is_err());
+    let eq = dir.join("native-order-eq-f8.npz");
+    let (d, _) = twolayer::npz::load_init(&eq).unwrap().into_typed::<f64>();
+    let rows = twolayer::npz::load_rows::<f64>(&eq, 0..2).unwrap();
+    assert_eq!(d.x, rows.x);
+}

@@ -110,7 +110,7 @@ impl ArrayFile {
             rows,
             cols,
             dtype,
-            big_endian: h.descr.starts_with('>'),
+            big_endian: h.big_endian(),
             fortran: h.fortran_order,
         })
     }
