@@ -569,3 +569,103 @@ fn ranks_train_on_their_rows_of_an_init_file() {
     assert!(gap < 1e-12, "losses differ from one process by {gap:e}");
     assert!(lm[49] < lm[0]);
 }
+
+/// `mpirun -np 1 twolayer A : -np 1 twolayer B`: two ranks given
+/// different commands.
+fn run_mpmd(a: &[&str], b: &[&str]) -> Output {
+    let exe = env!("CARGO_BIN_EXE_twolayer");
+    let mut c = Command::new("mpirun");
+    c.args(["--mca", "btl", "self,vader", "-np", "1", exe])
+        .args(a)
+        .args([":", "-np", "1", exe])
+        .args(b)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    wait_with_watchdog(c.spawn().unwrap(), Duration::from_secs(60))
+}
+
+#[test]
+fn ranks_that_disagree_on_the_run_refuse_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    // Node-local --init files that differ in one value.
+    let shape = twolayer::Shape::new(6, 5, 4, 3).unwrap();
+    let (d, w) = (
+        twolayer::Data::<f64>::random(shape, 1),
+        twolayer::Weights::<f64>::random(shape, 1),
+    );
+    let (i1, i2) = (dir.path().join("a.npz"), dir.path().join("b.npz"));
+    twolayer::npz::save_init(&i1, &d, &w).unwrap();
+    let mut d2 = d.clone();
+    d2.x[[0, 0]] += 1.0;
+    twolayer::npz::save_init(&i2, &d2, &w).unwrap();
+    let base = [
+        "train", "--n", "8", "--d-in", "6", "--hidden", "4", "--d-out", "2", "-q",
+    ];
+    let with = |extra: &[&'static str]| -> Vec<&'static str> {
+        base.iter().copied().chain(extra.iter().copied()).collect()
+    };
+    let cases: Vec<(Vec<&str>, Vec<&str>, &str)> = vec![
+        (
+            with(&["--steps", "5"]),
+            with(&["--steps", "6"]),
+            "number of steps",
+        ),
+        (
+            with(&["--dtype", "f32"]),
+            with(&["--dtype", "f64"]),
+            "shape and dtype",
+        ),
+        (
+            with(&["--lr", "1e-6"]),
+            with(&["--lr", "2e-6"]),
+            "learning rates",
+        ),
+        (
+            with(&["--allreduce", "blocking"]),
+            with(&["--allreduce", "overlap"]),
+            "--allreduce",
+        ),
+        (
+            vec!["train", "-q", "--init", i1.to_str().unwrap()],
+            vec!["train", "-q", "--init", i2.to_str().unwrap()],
+            "data (by SHA-256)",
+        ),
+    ];
+    for (a, b, want) in cases {
+        let out = run_mpmd(&a, &b);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{a:?} / {b:?} ran: {err}");
+        assert!(
+            err.contains(&format!("the ranks disagree on the {want}")),
+            "{a:?} / {b:?}: {err}"
+        );
+    }
+    // The same command on copies of the same data at other paths runs.
+    let i3 = dir.path().join("copy.npz");
+    std::fs::copy(&i1, &i3).unwrap();
+    let out = run_mpmd(
+        &[
+            "train",
+            "-q",
+            "--steps",
+            "3",
+            "--init",
+            i1.to_str().unwrap(),
+        ],
+        &[
+            "train",
+            "-q",
+            "--steps",
+            "3",
+            "--init",
+            i3.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -8,6 +8,7 @@ use super::report::{Reporter, RunConfig, Signals};
 use super::{check_files_distinct, data_from_source, seeded_weights};
 use crate::cli::TrainArgs;
 use std::ops::ControlFlow;
+use twolayer::checkpoint::{self, DataSource};
 use twolayer::distributed::{Cluster, Summing};
 use twolayer::error::{Error, Result};
 use twolayer::npz;
@@ -36,11 +37,93 @@ fn run_rank(args: &TrainArgs, cluster: &Cluster) -> Result<()> {
     // The same checks as one process; mpirun binds each rank to its
     // cores, and the default thread budget follows.
     let spec = run_spec::resolve(args, Launch::Mpi { ranks: k })?;
+    agree(args, cluster, &spec)?;
     check_files_distinct(args, &spec)?;
     threads::set_budget(spec.threads)?;
     match spec.dtype {
         Dtype::F32 => run_typed::<f32>(args, cluster, spec, panic_at),
         Dtype::F64 => run_typed::<f64>(args, cluster, spec, panic_at),
+    }
+}
+
+/// Fails on every rank unless every rank resolved the same run: the same
+/// shape, dtype, steps, rates, modes and summing, and the same data and
+/// starting weights by content (each rank hashes its own files, which may
+/// be node-local copies). Ranks that differed once crashed (another dtype),
+/// hung (other steps or summing) or trained silently on a mix of data.
+fn agree(args: &TrainArgs, cluster: &Cluster, spec: &RunSpec) -> Result<()> {
+    use sha2::{Digest, Sha256};
+    let start = match &spec.start {
+        Start::Seeded { seed, scaled } => format!("seeded {seed} scaled {scaled}"),
+        Start::Init { .. } => "the --init file (its SHA-256 is in the data)".into(),
+        Start::Weights { path } => format!("weights {}", checkpoint::file_sha256(path)?),
+        Start::Resume(c) => format!(
+            "checkpoint at step {} with losses {:?}",
+            c.header().steps_done,
+            c.header()
+        ),
+    };
+    let (overlap, pieces) = args.mpi.overlap_and_pieces();
+    let fields = [
+        ("shape and dtype", format!("{} {}", spec.shape, spec.dtype)),
+        ("number of steps", spec.total_steps.to_string()),
+        (
+            "learning rates",
+            format!("{:?}", (spec.lr.w1.to_bits(), spec.lr.w2.to_bits())),
+        ),
+        (
+            "step mode and loss",
+            format!("{:?} {:?}", spec.mode, spec.loss),
+        ),
+        (
+            "--allreduce and --allreduce-pieces",
+            format!("{overlap} {pieces}"),
+        ),
+        ("data (by SHA-256)", content(&spec.data)),
+        (
+            "minibatch settings",
+            format!(
+                "{:?}",
+                spec.minibatch.as_ref().map(|m| {
+                    let h = &m.header;
+                    let val: Option<Vec<&str>> = h
+                        .val
+                        .as_ref()
+                        .map(|v| v.iter().map(|f| f.sha256.as_str()).collect());
+                    (
+                        h.rows,
+                        h.batch,
+                        h.seed,
+                        h.val_fraction.map(f64::to_bits),
+                        val,
+                    )
+                })
+            ),
+        ),
+        ("starting weights", start),
+    ];
+    for (what, text) in fields {
+        let d = Sha256::digest(text.as_bytes());
+        let d = u64::from_le_bytes(d[..8].try_into().expect("8 bytes"));
+        if !cluster.identical_everywhere(d) {
+            return Err(Error::invalid(format!(
+                "the ranks disagree on the {what}: every rank must run the same command on the same data"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A data source by content alone (ranks may read copies at other paths).
+fn content(d: &DataSource) -> String {
+    match d {
+        DataSource::Seeded { seed } => format!("seed {seed}"),
+        DataSource::File { sha256, .. } => sha256.clone(),
+        DataSource::Dataset { files } => files
+            .iter()
+            .map(|f| f.sha256.as_str())
+            .collect::<Vec<_>>()
+            .join(" "),
     }
 }
 
