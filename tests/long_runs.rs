@@ -145,10 +145,14 @@ fn killed_runs_resume_bit_identically() {
 }
 
 #[test]
-fn sigint_and_sigterm_stop_at_a_step_boundary_and_save_everything() {
-    for (sig, code, name) in [
-        (libc::SIGINT, 130, "SIGINT"),
-        (libc::SIGTERM, 143, "SIGTERM"),
+fn sigint_sigterm_and_sighup_stop_at_a_step_boundary_and_save_everything() {
+    for (sigs, code, name) in [
+        (&[libc::SIGINT][..], 130, "SIGINT"),
+        (&[libc::SIGTERM], 143, "SIGTERM"),
+        // A closed terminal: once ended the run with nothing saved.
+        (&[libc::SIGHUP], 129, "SIGHUP"),
+        // The first signal is the one reported (SIGINT used to win).
+        (&[libc::SIGTERM, libc::SIGINT], 143, "SIGTERM"),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
@@ -171,7 +175,10 @@ fn sigint_and_sigterm_stop_at_a_step_boundary_and_save_everything() {
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(1500));
-        unsafe { libc::kill(child.id() as i32, sig) };
+        for &sig in sigs {
+            unsafe { libc::kill(child.id() as i32, sig) };
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let out = child.wait_with_output().unwrap();
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(code), "{err}");
@@ -194,6 +201,31 @@ fn sigint_and_sigterm_stop_at_a_step_boundary_and_save_everything() {
         );
         assert!(w.exists());
     }
+}
+
+#[test]
+fn a_signal_during_set_up_ends_the_run_with_a_message() {
+    // Hashing a 400 MB --init file takes a while: the signal lands in it.
+    let dir = tempfile::tempdir().unwrap();
+    let init = dir.path().join("big.npz");
+    let shape = twolayer::Shape::new(50_000, 1000, 2, 1).unwrap();
+    twolayer::npz::save_init(
+        &init,
+        &twolayer::Data::<f64>::random(shape, 0),
+        &twolayer::Weights::<f64>::random(shape, 0),
+    )
+    .unwrap();
+    let child = bin()
+        .args(["train", "--init", s(&init), "--steps", "3", "--quiet"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("stopped by SIGINT"), "{err}");
 }
 
 #[test]

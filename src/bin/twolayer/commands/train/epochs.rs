@@ -32,7 +32,8 @@ pub(super) fn minibatches<F: Real>(args: &TrainArgs, spec: RunSpec, mb: Minibatc
     let batch_buf = twolayer::minibatch::empty_batch::<F>(&mb.dataset, batch);
     let mut trainer =
         Trainer::resume(batch_buf, weights, spec.lr, spec.mode, losses)?.with_loss(spec.loss);
-    let signals = Signals::install()?;
+    let signals = Signals::get()?;
+    signals.before_training()?;
     let mut rep = Reporter::new(args, &cfg, true, batch);
     rep.history = mb.header.history.clone();
     let per_epoch = mb.schedule.batches_per_epoch() as usize;

@@ -29,6 +29,9 @@ use twolayer::train::Trainer;
 
 /// Runs `twolayer train` with these flags.
 pub fn run(args: &TrainArgs) -> Result<()> {
+    // Ctrl-C, SIGTERM and SIGHUP from here on stop the run cleanly, set-up
+    // included.
+    Signals::get()?;
     // Refuse unwritable outputs now, not after hours of training.
     for path in [&args.save, &args.losses, &args.checkpoint, &args.metrics]
         .into_iter()
@@ -159,7 +162,8 @@ fn train_and_report<F: Real>(
     mut trainer: Trainer<F>,
     cfg: RunConfig,
 ) -> Result<()> {
-    let signals = Signals::install()?;
+    let signals = Signals::get()?;
+    signals.before_training()?;
     let to_run = cfg.total_steps - trainer.steps_done();
     let n = trainer.shape().n;
     let mut rep = Reporter::new(args, &cfg, true, n);

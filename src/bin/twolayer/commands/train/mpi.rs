@@ -156,7 +156,7 @@ fn run_typed<F: Real + mpi::traits::Equivalence>(
     };
     let mut trainer =
         Trainer::resume(data, weights, lr, mode, losses)?.with_loss_over(spec.loss, shape.n);
-    let signals = Signals::install()?;
+    let signals = Signals::get()?;
     let lead = cluster.rank() == 0;
     let mut rep = Reporter::new(args, &cfg, lead, shape.n);
     let (overlap, pieces) = args.mpi.overlap_and_pieces();

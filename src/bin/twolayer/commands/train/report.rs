@@ -7,7 +7,7 @@ use crate::cli::TrainArgs;
 use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use twolayer::blas;
@@ -103,37 +103,73 @@ pub(super) fn snapshot<F: Real>(
     }
 }
 
-/// Flags set by SIGINT and SIGTERM, checked at every step boundary.
+/// The first of SIGINT, SIGTERM and SIGHUP to arrive, checked at every
+/// step boundary. Installed once per process, as `twolayer train` starts,
+/// so a signal during set-up is kept too.
 pub(super) struct Signals {
-    int: Arc<AtomicBool>,
-    term: Arc<AtomicBool>,
+    first: Arc<AtomicUsize>,
 }
 
+/// The signals that stop a run at a step boundary.
+const STOPPING: [i32; 3] = [
+    signal_hook::consts::SIGINT,
+    signal_hook::consts::SIGTERM,
+    signal_hook::consts::SIGHUP,
+];
+
 impl Signals {
-    pub(super) fn install() -> Result<Signals> {
-        let s = Signals {
-            int: Arc::new(AtomicBool::new(false)),
-            term: Arc::new(AtomicBool::new(false)),
-        };
-        for (sig, flag) in [
-            (signal_hook::consts::SIGINT, &s.int),
-            (signal_hook::consts::SIGTERM, &s.term),
-        ] {
-            signal_hook::flag::register(sig, Arc::clone(flag))
-                .map_err(|e| Error::invalid(format!("cannot install a signal handler: {e}")))?;
+    /// The process's handlers, installed on the first call.
+    pub(super) fn get() -> Result<&'static Signals> {
+        static SIGNALS: std::sync::OnceLock<Signals> = std::sync::OnceLock::new();
+        if let Some(s) = SIGNALS.get() {
+            return Ok(s);
         }
-        Ok(s)
+        let first = Arc::new(AtomicUsize::new(0));
+        for sig in STOPPING {
+            let first = Arc::clone(&first);
+            // SAFETY: the action only does an atomic compare-and-swap,
+            // which is async-signal-safe; it allocates and locks nothing.
+            unsafe {
+                signal_hook::low_level::register(sig, move || {
+                    let _ =
+                        first.compare_exchange(0, sig as usize, Ordering::SeqCst, Ordering::SeqCst);
+                })
+            }
+            .map_err(|e| Error::invalid(format!("cannot install a signal handler: {e}")))?;
+        }
+        Ok(SIGNALS.get_or_init(|| Signals { first }))
     }
 
-    /// The signal that arrived, if any.
+    /// The first signal that arrived, if any.
     pub(super) fn caught(&self) -> Option<i32> {
-        if self.int.load(Ordering::Relaxed) {
-            Some(signal_hook::consts::SIGINT)
-        } else if self.term.load(Ordering::Relaxed) {
-            Some(signal_hook::consts::SIGTERM)
-        } else {
-            None
+        match self.first.load(Ordering::SeqCst) {
+            0 => None,
+            s => Some(s as i32),
         }
+    }
+
+    /// The error of a run stopped by `signal` before its first step.
+    pub(super) fn before_training(&self) -> Result<()> {
+        match self.caught() {
+            None => Ok(()),
+            Some(signal) => Err(Error::Interrupted {
+                signal,
+                msg: format!(
+                    "stopped by {} during set-up, before the first step; nothing was written",
+                    signal_name(signal)
+                ),
+            }),
+        }
+    }
+}
+
+/// SIGINT, SIGTERM or SIGHUP by name.
+pub(super) fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        signal_hook::consts::SIGINT => "SIGINT",
+        signal_hook::consts::SIGTERM => "SIGTERM",
+        signal_hook::consts::SIGHUP => "SIGHUP",
+        _ => "a signal",
     }
 }
 
@@ -303,11 +339,7 @@ impl<'a> Reporter<'a> {
         );
         if let Some(signal) = signal {
             if trainer.steps_done() < cfg.total_steps {
-                let name = if signal == signal_hook::consts::SIGINT {
-                    "SIGINT"
-                } else {
-                    "SIGTERM"
-                };
+                let name = signal_name(signal);
                 let how = match &args.checkpoint {
                     Some(p) => format!(
                         "checkpoint written to {}; continue with: twolayer train --resume {}",
