@@ -728,3 +728,62 @@ fn fifos_devices_and_folders_as_inputs_are_refused_without_blocking() {
         assert_eq!(e.trim_end().lines().count(), 1, "{args:?}: {e}");
     }
 }
+
+#[test]
+fn the_summary_tells_what_ran_not_what_was_asked() {
+    // OpenBLAS caps threads at its build's maximum: the summary says so.
+    let o = run(&[
+        "train",
+        "--threads",
+        "200",
+        "--steps",
+        "2",
+        "--n",
+        "512",
+        "--hidden",
+        "600",
+        "-q",
+    ]);
+    let e = stderr(&o);
+    assert!(o.status.success(), "{e}");
+    let n: usize = e
+        .split("OpenBLAS ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no OpenBLAS thread count in {e}"));
+    let config = twolayer::blas::config();
+    let max: usize = config
+        .split("MAX_THREADS=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(usize::MAX);
+    assert!(
+        n <= max && n < 200,
+        "{n} threads on a build capped at {max}: {e}"
+    );
+    // A resume of a finished run ran nothing and says so.
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("c.ck");
+    let ck = ck.to_str().unwrap();
+    let o = run(&[
+        "train",
+        "--steps",
+        "3",
+        "--n",
+        "8",
+        "--checkpoint",
+        ck,
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&["train", "--resume", ck, "-q"]);
+    let e = stderr(&o);
+    assert!(o.status.success(), "{e}");
+    assert!(
+        e.contains("nothing to do: 3 of 3 steps were already done"),
+        "{e}"
+    );
+    assert!(!e.contains("GFLOP/s"), "{e}");
+}

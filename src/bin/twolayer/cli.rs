@@ -46,6 +46,13 @@ fn positive(s: &str) -> Result<usize, String> {
     Ok(v)
 }
 
+/// A seed: a whole number from 0 to 2^64 − 1.
+fn seed(s: &str) -> Result<u64, String> {
+    s.parse().map_err(|_| {
+        format!("'{s}' is not a seed; give a whole number from 0 to 18446744073709551615")
+    })
+}
+
 /// A learning rate: finite and not negative.
 fn learning_rate(s: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
@@ -129,8 +136,9 @@ pub struct TrainArgs {
     /// Element type: f64 or f32 [default: f64, or the file's with --init]
     #[arg(long)]
     pub dtype: Option<Dtype>,
-    /// Seed of the random x, y, w1 and w2 [default: 0]
-    #[arg(long)]
+    /// Seed of the random x, y, w1 and w2; with --data, of the seeded
+    /// weights, the shuffles and the validation split [default: 0]
+    #[arg(long, value_parser = seed, allow_negative_numbers = true)]
     pub seed: Option<u64>,
     /// Threads for rayon and OpenBLAS alike [default: the cores available]
     #[arg(long, value_parser = positive, allow_negative_numbers = true)]
@@ -142,7 +150,7 @@ pub struct TrainArgs {
     #[arg(long, short)]
     pub quiet: bool,
     /// Start from x, y, w1, w2 in this .npz (as np.savez writes them)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "seed")]
     pub init: Option<PathBuf>,
     /// Write the final w1 and w2 to this .npz
     #[arg(long)]
@@ -397,6 +405,8 @@ mod tests {
             &["twolayer", "train", "--steps", "abc"],
             &["twolayer", "train", "--dtype", "f16"],
             &["twolayer", "train", "--threads", "0"],
+            &["twolayer", "train", "--seed", "-1"],
+            &["twolayer", "train", "--seed", "1", "--init", "x.npz"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?} was accepted");
         }

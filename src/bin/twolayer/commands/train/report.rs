@@ -286,6 +286,16 @@ impl<'a> Reporter<'a> {
         if !self.lead {
             return Ok(());
         }
+        if stats.steps == 0 && signal.is_none() {
+            // A resume of a finished run: nothing ran, nothing to report
+            // (no "0 steps … GFLOP/s").
+            say!(
+                "twolayer: nothing to do: {} of {} steps were already done (raise --steps or --epochs to go on)",
+                trainer.steps_done(),
+                self.cfg.total_steps
+            );
+            return Ok(());
+        }
         // The files first, whatever happened to stdout: a full disk under
         // `> train.log` must not cost the weights.
         let (args, cfg) = (self.args, self.cfg);
@@ -330,7 +340,9 @@ impl<'a> Reporter<'a> {
             plan.shards,
             trainer.data().x.nrows().div_ceil(plan.shards),
             plan.block_rows,
-            plan.blas_threads,
+            // What OpenBLAS uses (it caps a larger request at its build's
+            // maximum), not what the plan asked for.
+            blas::threads(),
             blas::core_name(),
             twolayer::shape::peak_rss_bytes()
                 .map(|b| twolayer::error::human_bytes(b as f64))
