@@ -360,6 +360,11 @@ fn a_diverging_run_keeps_its_last_finite_checkpoint() {
         }
         AnyCheckpoint::F32(_) => panic!("dtype changed"),
     }
+    // The message says where and how to go on.
+    assert!(
+        err.contains(&format!("--resume {} --lr RATE --change-lr", ck.display())),
+        "{err}"
+    );
     // It can be resumed with the same settings (and diverges again at the
     // same step, deterministically).
     let out = run(&["train", "--quiet", "--resume", s(&ck)]);
@@ -368,6 +373,79 @@ fn a_diverging_run_keeps_its_last_finite_checkpoint() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn a_resumed_run_changes_its_rate_only_when_told_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("c.ckpt");
+    // Diverging at N = 4096 and lr 1e-6, checkpointed every 2 steps from
+    // the start: the step-2 checkpoint is before the blow-up.
+    let first = run(&[
+        "train",
+        "--n",
+        "4096",
+        "--quiet",
+        "--steps",
+        "2",
+        "--checkpoint",
+        s(&ck),
+    ]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let out = run(&[
+        "train",
+        "--quiet",
+        "--resume",
+        s(&ck),
+        "--steps",
+        "40",
+        "--lr",
+        "1e-9",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("add --change-lr"), "{}", stderr(&out));
+    let out = run(&["train", "--quiet", "--resume", s(&ck), "--change-lr"]);
+    assert!(
+        stderr(&out).contains("needs the new rate"),
+        "{}",
+        stderr(&out)
+    );
+    // The reference rate diverges from here; a smaller one goes on to the
+    // end, and the checkpoint records it.
+    let out = run(&["train", "--quiet", "--resume", s(&ck), "--steps", "40"]);
+    assert!(
+        stderr(&out).contains("training diverged"),
+        "{}",
+        stderr(&out)
+    );
+    let first = run(&[
+        "train",
+        "--n",
+        "4096",
+        "--quiet",
+        "--steps",
+        "1",
+        "--checkpoint",
+        s(&ck),
+    ]);
+    assert!(first.status.success());
+    let out = run(&[
+        "train",
+        "--quiet",
+        "--resume",
+        s(&ck),
+        "--steps",
+        "40",
+        "--lr",
+        "1e-9",
+        "--change-lr",
+        "--checkpoint",
+        s(&ck),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let c = AnyCheckpoint::read(&ck).unwrap();
+    assert_eq!(c.header().steps_done, 40);
+    assert_eq!((c.header().lr_w1, c.header().lr_w2), (1e-9, 1e-9));
 }
 
 #[test]

@@ -172,6 +172,11 @@ pub struct TrainArgs {
     /// history and settings); --steps is then the total to reach
     #[arg(long, conflicts_with_all = ["init", "seed"])]
     pub resume: Option<PathBuf>,
+    /// With --resume: go on at the rate of --lr (or --lr-w1, --lr-w2)
+    /// instead of the checkpoint's — after a divergence, from a checkpoint
+    /// before it
+    #[arg(long = "change-lr", requires = "resume")]
+    pub change_lr: bool,
     /// Train on this data in minibatches: one .npz holding x (M×D_in) and
     /// y (M×D_out, or M), or two .npy files, x's then y's; f32 or f64; M
     /// as large as the disk allows

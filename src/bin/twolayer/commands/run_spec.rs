@@ -378,14 +378,25 @@ fn from_checkpoint(args: &TrainArgs, path: &Path, ranks: usize) -> Result<RunSpe
     let shape = h.shape()?;
     let dtype = h.dtype()?;
     check_flags_match(args, shape, dtype, &what)?;
-    let lr = h.lr();
-    for (flag, given, have) in [
-        ("--lr-w1", args.lr_w1.or(args.lr), lr.w1),
-        ("--lr-w2", args.lr_w2.or(args.lr), lr.w2),
-    ] {
+    let mut lr = h.lr();
+    let given = (args.lr_w1.or(args.lr), args.lr_w2.or(args.lr));
+    if args.change_lr {
+        // Deliberately going on at another rate (after a divergence, say):
+        // the checkpoints from here on record the new one.
+        if given == (None, None) {
+            return Err(Error::invalid(
+                "--change-lr needs the new rate: --lr, --lr-w1 or --lr-w2",
+            ));
+        }
+        lr = LearningRates {
+            w1: given.0.unwrap_or(lr.w1),
+            w2: given.1.unwrap_or(lr.w2),
+        };
+    }
+    for (flag, given, have) in [("--lr-w1", given.0, lr.w1), ("--lr-w2", given.1, lr.w2)] {
         if let Some(v) = given.filter(|&v| v != have) {
             return Err(Error::invalid(format!(
-                "{flag} {v} disagrees with {what} (lr {have}); a resumed run keeps its settings"
+                "{flag} {v} disagrees with {what} (lr {have}); a resumed run keeps its settings (add --change-lr to go on at the new rate)"
             )));
         }
     }

@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use twolayer::blas;
-use twolayer::checkpoint::{Checkpoint, DataSource, EpochRecord, Header, MinibatchHeader};
+use twolayer::checkpoint::{
+    AnyCheckpoint, Checkpoint, DataSource, EpochRecord, Header, MinibatchHeader,
+};
 use twolayer::error::{Error, Result};
 use twolayer::npz;
 use twolayer::output;
@@ -279,7 +281,20 @@ impl<'a> Reporter<'a> {
         }
         // A diverged run stops here: the last checkpoint written is the last
         // finite state, and no output of the broken state is written.
-        let stats = result?;
+        let stats = match (result, &self.args.checkpoint) {
+            (Err(e @ Error::Diverged { .. }), Some(ck)) if self.lead => {
+                // Say where to go on from, and how.
+                let at = AnyCheckpoint::read(ck)
+                    .map(|c| c.header().steps_done.to_string())
+                    .unwrap_or_else(|_| "?".into());
+                return Err(Error::invalid(format!(
+                    "{e}; the last checkpoint, {}, holds the state after {at} steps: go on from it at a smaller rate with twolayer train --resume {} --lr RATE --change-lr",
+                    ck.display(),
+                    ck.display()
+                )));
+            }
+            (r, _) => r?,
+        };
         if let Some(e) = self.ckpt_err {
             return Err(e);
         }
