@@ -200,3 +200,63 @@ fn processes_merge_to_each_points_median_process() {
     other.points.pop();
     assert!(twolayer::bench::run::median_processes(&[base, other]).is_err());
 }
+
+#[test]
+fn sigterm_to_a_multi_process_sweep_ends_its_child_and_removes_its_temporary_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let scratch = tmp.path().join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    let child = common::bin()
+        .args([
+            "sweep",
+            "--processes",
+            "2",
+            "--n",
+            "64",
+            "--budget",
+            "30",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .env("TMPDIR", &scratch)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    std::thread::sleep(std::time::Duration::from_millis(2000));
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let start = std::time::Instant::now();
+    let o = child.wait_with_output().unwrap();
+    let e = common::stderr(&o);
+    assert!(start.elapsed() < std::time::Duration::from_secs(10), "{e}");
+    assert_eq!(o.status.code(), Some(143), "{e}");
+    assert!(
+        e.contains("stopped by SIGTERM in sweep process 1 of 2"),
+        "{e}"
+    );
+    // No sweep process still runs with its output under our scratch folder,
+    // and the folder is empty.
+    let scratch_s = scratch.to_str().unwrap().to_string();
+    let orphans: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|d| {
+            let cmd = std::fs::read(d.ok()?.path().join("cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            cmd.contains(&scratch_s).then_some(cmd)
+        })
+        .collect();
+    assert!(orphans.is_empty(), "still running: {orphans:?}");
+    assert_eq!(
+        std::fs::read_dir(&scratch).unwrap().count(),
+        0,
+        "temporary files left"
+    );
+    // The output folder (made up front, to refuse an unwritable one before
+    // measuring) holds no report.
+    let written: Vec<_> = std::fs::read_dir(&out)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(written.is_empty(), "{written:?}");
+}

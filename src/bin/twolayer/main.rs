@@ -23,6 +23,7 @@ macro_rules! out {
 
 mod cli;
 mod commands;
+mod signals;
 
 use clap::Parser;
 use cli::{Cli, Command};

@@ -140,16 +140,43 @@ fn run_in_processes(k: usize) -> Result<Report> {
     let exe = std::env::current_exe()
         .map_err(|e| Error::invalid(format!("cannot find own binary: {e}")))?;
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let signals = crate::signals::Signals::get()?;
     let dir = tempfile::tempdir().map_err(|e| Error::write(Path::new("<temp>"), e))?;
     let mut reports = Vec::with_capacity(k);
     for i in 0..k {
         let out = dir.path().join(format!("p{i}"));
         let child_args = child_args(&args, &out);
-        let status = std::process::Command::new(&exe)
+        let mut child = std::process::Command::new(&exe)
             .args(&child_args)
             .stdout(std::process::Stdio::null())
-            .status()
+            .spawn()
             .map_err(|e| Error::invalid(format!("cannot start sweep process {}: {e}", i + 1)))?;
+        // Wait, but not past a Ctrl-C, SIGTERM or SIGHUP: the child is
+        // stopped with the same signal and waited for, and the temporary
+        // folder removed (it was orphaned, measuring on, 16 MB left behind).
+        let status = loop {
+            if let Some(st) = child
+                .try_wait()
+                .map_err(|e| Error::invalid(format!("sweep process {}: {e}", i + 1)))?
+            {
+                break st;
+            }
+            if let Some(signal) = signals.caught() {
+                // SAFETY: kill(2) on our own child's pid.
+                unsafe { libc::kill(child.id() as i32, signal) };
+                let _ = child.wait();
+                drop(dir);
+                return Err(Error::Interrupted {
+                    signal,
+                    msg: format!(
+                        "stopped by {} in sweep process {} of {k}; nothing was written",
+                        crate::signals::signal_name(signal),
+                        i + 1
+                    ),
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
         if !status.success() {
             return Err(Error::invalid(format!(
                 "sweep process {} of {k} failed ({status})",

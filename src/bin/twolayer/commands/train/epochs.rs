@@ -2,9 +2,10 @@
 //! validated at the end of every epoch.
 
 use super::super::run_spec::{Minibatch, RunSpec, Start};
-use super::report::{Reporter, RunConfig, Signals};
+use super::report::{Reporter, RunConfig};
 use super::seeded_weights;
 use crate::cli::{ReaderArg, TrainArgs};
+use crate::signals::Signals;
 use std::ops::ControlFlow;
 use twolayer::checkpoint::EpochRecord;
 use twolayer::error::{Error, Result};

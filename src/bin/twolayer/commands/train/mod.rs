@@ -15,7 +15,8 @@ mod report;
 
 use super::run_spec::{self, Launch, RunSpec, Start};
 use crate::cli::TrainArgs;
-use report::{Reporter, RunConfig, Signals};
+use crate::signals::Signals;
+use report::{Reporter, RunConfig};
 use std::path::Path;
 use twolayer::checkpoint::DataSource;
 use twolayer::error::{Error, Result};

@@ -4,9 +4,10 @@
 
 use super::super::run_spec::{self, Launch, RunSpec, Start};
 use super::epochs::end_of_epoch;
-use super::report::{Reporter, RunConfig, Signals};
+use super::report::{Reporter, RunConfig};
 use super::{check_files_distinct, data_from_source, seeded_weights};
 use crate::cli::TrainArgs;
+use crate::signals::Signals;
 use std::ops::ControlFlow;
 use twolayer::checkpoint::{self, DataSource};
 use twolayer::distributed::{Cluster, Summing};

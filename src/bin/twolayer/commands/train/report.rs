@@ -4,11 +4,10 @@
 
 use super::super::run_spec::RunSpec;
 use crate::cli::TrainArgs;
+use crate::signals::signal_name;
 use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use twolayer::blas;
 use twolayer::checkpoint::{
@@ -102,76 +101,6 @@ pub(super) fn snapshot<F: Real>(
         },
         losses: t.losses().to_vec(),
         weights: t.weights().clone(),
-    }
-}
-
-/// The first of SIGINT, SIGTERM and SIGHUP to arrive, checked at every
-/// step boundary. Installed once per process, as `twolayer train` starts,
-/// so a signal during set-up is kept too.
-pub(super) struct Signals {
-    first: Arc<AtomicUsize>,
-}
-
-/// The signals that stop a run at a step boundary.
-const STOPPING: [i32; 3] = [
-    signal_hook::consts::SIGINT,
-    signal_hook::consts::SIGTERM,
-    signal_hook::consts::SIGHUP,
-];
-
-impl Signals {
-    /// The process's handlers, installed on the first call.
-    pub(super) fn get() -> Result<&'static Signals> {
-        static SIGNALS: std::sync::OnceLock<Signals> = std::sync::OnceLock::new();
-        if let Some(s) = SIGNALS.get() {
-            return Ok(s);
-        }
-        let first = Arc::new(AtomicUsize::new(0));
-        for sig in STOPPING {
-            let first = Arc::clone(&first);
-            // SAFETY: the action only does an atomic compare-and-swap,
-            // which is async-signal-safe; it allocates and locks nothing.
-            unsafe {
-                signal_hook::low_level::register(sig, move || {
-                    let _ =
-                        first.compare_exchange(0, sig as usize, Ordering::SeqCst, Ordering::SeqCst);
-                })
-            }
-            .map_err(|e| Error::invalid(format!("cannot install a signal handler: {e}")))?;
-        }
-        Ok(SIGNALS.get_or_init(|| Signals { first }))
-    }
-
-    /// The first signal that arrived, if any.
-    pub(super) fn caught(&self) -> Option<i32> {
-        match self.first.load(Ordering::SeqCst) {
-            0 => None,
-            s => Some(s as i32),
-        }
-    }
-
-    /// The error of a run stopped by `signal` before its first step.
-    pub(super) fn before_training(&self) -> Result<()> {
-        match self.caught() {
-            None => Ok(()),
-            Some(signal) => Err(Error::Interrupted {
-                signal,
-                msg: format!(
-                    "stopped by {} during set-up, before the first step; nothing was written",
-                    signal_name(signal)
-                ),
-            }),
-        }
-    }
-}
-
-/// SIGINT, SIGTERM or SIGHUP by name.
-pub(super) fn signal_name(signal: i32) -> &'static str {
-    match signal {
-        signal_hook::consts::SIGINT => "SIGINT",
-        signal_hook::consts::SIGTERM => "SIGTERM",
-        signal_hook::consts::SIGHUP => "SIGHUP",
-        _ => "a signal",
     }
 }
 
