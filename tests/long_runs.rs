@@ -204,6 +204,45 @@ fn sigint_sigterm_and_sighup_stop_at_a_step_boundary_and_save_everything() {
 }
 
 #[test]
+fn sigterm_acts_at_once_while_stdout_is_blocked() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("c.ckpt");
+    // Stdout is a pipe nobody reads: it fills within a few hundred steps.
+    let mut child = bin()
+        .args([
+            "train",
+            "--lr",
+            "1e-9",
+            "--steps",
+            "100000000",
+            "--checkpoint",
+            s(&ck),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("SIGTERM waited for the pipe to drain");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(143), "{err}");
+    assert!(err.contains("stopped by SIGTERM"), "{err}");
+    assert!(AnyCheckpoint::read(&ck).unwrap().header().steps_done > 0);
+}
+
+#[test]
 fn a_signal_during_set_up_ends_the_run_with_a_message() {
     // Hashing a 400 MB --init file takes a while: the signal lands in it.
     let dir = tempfile::tempdir().unwrap();

@@ -104,6 +104,71 @@ pub(super) fn snapshot<F: Real>(
     }
 }
 
+/// The `t loss` lines on their way to stdout, written so that a blocked
+/// stdout (a pipe whose reader stopped reading) never holds a step boundary
+/// past a signal: the lines collect in a buffer, and draining it waits for
+/// room with poll(2) in 10 ms slices, checking for Ctrl-C, SIGTERM and
+/// SIGHUP between them, then writes at most PIPE_BUF bytes — which a pipe
+/// that poll calls writable takes without blocking. (Before, SIGTERM to
+/// `train | sleep 8` acted only when the pipe drained.)
+pub(super) struct StdoutLines {
+    /// Lines not yet written.
+    pub(super) buf: Vec<u8>,
+}
+
+impl StdoutLines {
+    /// Buffered bytes past which the lines are written at the next step.
+    const SOON: usize = 48 << 10;
+
+    fn new() -> Self {
+        StdoutLines {
+            buf: Vec::with_capacity(64 << 10),
+        }
+    }
+
+    /// Writes the buffer out: `Ok(true)` when all of it went, `Ok(false)`
+    /// when a signal arrived while stdout could take nothing.
+    fn drain(&mut self) -> std::io::Result<bool> {
+        use std::os::fd::FromRawFd;
+        // The process's fd 1, borrowed: ManuallyDrop keeps it open.
+        // SAFETY: fd 1 is open for the life of the process (a closed one
+        // fails the write with EBADF, reported as an error).
+        let mut fd1 = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(1) });
+        let mut at = 0;
+        while at < self.buf.len() {
+            let mut p = libc::pollfd {
+                fd: 1,
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let ready = unsafe { libc::poll(&mut p, 1, 10) };
+            if ready == 0 {
+                if crate::signals::Signals::get().is_ok_and(|s| s.caught().is_some()) {
+                    self.buf.drain(..at);
+                    return Ok(false);
+                }
+                continue;
+            }
+            let end = (at + libc::PIPE_BUF).min(self.buf.len());
+            match fd1.write(&self.buf[at..end]) {
+                Ok(n) => at += n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
+                    ) => {}
+                Err(e) => {
+                    self.buf.clear();
+                    return Err(e);
+                }
+            }
+        }
+        self.buf.clear();
+        Ok(true)
+    }
+}
+
 /// What happens after each step, on the lead process: the `t loss` line,
 /// periodic checkpoints; and whether to stop.
 pub(super) struct Reporter<'a> {
@@ -114,7 +179,7 @@ pub(super) struct Reporter<'a> {
     /// Prints and writes files: the single process, or rank 0.
     lead: bool,
     last: usize,
-    out: std::io::BufWriter<std::io::Stdout>,
+    out: StdoutLines,
     write_err: Option<std::io::Error>,
     ckpt_err: Option<Error>,
     last_flush: Instant,
@@ -130,7 +195,7 @@ impl<'a> Reporter<'a> {
             n_total,
             lead,
             last: cfg.total_steps.saturating_sub(1),
-            out: std::io::BufWriter::new(std::io::stdout()),
+            out: StdoutLines::new(),
             write_err: None,
             ckpt_err: None,
             last_flush: Instant::now(),
@@ -170,15 +235,24 @@ impl<'a> Reporter<'a> {
             || !(step.is_multiple_of(a.log_every) || step == self.last))
         {
             // Same form as the reference's print(t, loss): shortest round-trip.
-            if let Err(e) = writeln!(self.out, "{step} {loss:?}") {
-                // Stdout is gone (a closed pipe) or full: stop at this step
-                // boundary; the files are still written.
-                self.write_err = Some(e);
-                return ControlFlow::Break(());
-            } else if self.last_flush.elapsed() > Duration::from_millis(100) {
-                // Long runs show progress; short ones are not slowed by syscalls.
-                let _ = self.out.flush();
+            let _ = writeln!(self.out.buf, "{step} {loss:?}");
+            // Long runs show progress; short ones are not slowed by syscalls.
+            if self.out.buf.len() > StdoutLines::SOON
+                || self.last_flush.elapsed() > Duration::from_millis(100)
+            {
                 self.last_flush = Instant::now();
+                match self.out.drain() {
+                    Ok(true) => {}
+                    // A signal arrived while stdout was blocked (a reader
+                    // that stopped reading): act on it now.
+                    Ok(false) => return ControlFlow::Break(()),
+                    // Stdout is gone (a closed pipe) or full: stop at this
+                    // step boundary; the files are still written.
+                    Err(e) => {
+                        self.write_err = Some(e);
+                        return ControlFlow::Break(());
+                    }
+                }
             }
         }
         if let Some(p) = &a.checkpoint {
@@ -205,7 +279,7 @@ impl<'a> Reporter<'a> {
         signal: Option<i32>,
         extra: &str,
     ) -> Result<()> {
-        if let Err(e) = self.out.flush() {
+        if let Err(e) = self.out.drain() {
             self.write_err.get_or_insert(e);
         }
         // A diverged run stops here: the last checkpoint written is the last
