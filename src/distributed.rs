@@ -375,8 +375,10 @@ pub struct Finished {
     pub result: Result<RunStats>,
     /// Milliseconds per step spent in MPI calls, on the slowest rank.
     pub allreduce_ms: f64,
-    /// Whether a stop was requested on any rank.
-    pub stop_requested: bool,
+    /// The signal that stopped the run, when one arrived on any rank (the
+    /// largest signal number, when ranks saw different ones): every rank
+    /// reports the same.
+    pub signal: Option<i32>,
 }
 
 /// Runs up to `steps` data-parallel steps of `trainer`, which holds this
@@ -384,7 +386,7 @@ pub struct Finished {
 /// minibatch run where it reads this rank's part of every batch from the
 /// dataset. Each step's gradients and loss are summed over the ranks and
 /// every rank applies the same update. After each step every rank learns
-/// whether `stop_requested()` holds on any rank (so all stop at the same
+/// whether `pending_signal()` is set on any rank (so all stop at the same
 /// step) and calls `on_step(trainer, t, loss, stop)`, which may end the
 /// run with `Break` (on every rank alike, or the job hangs: an error on
 /// one rank must end in [`Cluster::abort`]). At the end the weights are
@@ -396,13 +398,13 @@ pub fn train<F: Real + Equivalence>(
     batches: Option<(&Dataset, &Schedule)>,
     summing: Summing,
     steps: usize,
-    stop_requested: impl Fn() -> bool,
+    pending_signal: impl Fn() -> Option<i32>,
     mut on_step: impl FnMut(&Trainer<F>, usize, f64, bool) -> ControlFlow<()>,
 ) -> Finished {
     let mut exchange = cluster.exchange(summing.overlap);
     let pieces = if summing.overlap { summing.pieces } else { 1 };
     let mut after = |t: &Trainer<F>, step: usize, loss: f64| {
-        let stop = cluster.any(stop_requested());
+        let stop = cluster.any(pending_signal().is_some());
         on_step(t, step, loss, stop)
     };
     let mut result = match batches {
@@ -428,7 +430,10 @@ pub fn train<F: Real + Equivalence>(
     Finished {
         result,
         allreduce_ms: cluster.max(exchange.ms_per_step()),
-        stop_requested: cluster.any(stop_requested()),
+        signal: match cluster.max(pending_signal().unwrap_or(0) as f64) as i32 {
+            0 => None,
+            s => Some(s),
+        },
     }
 }
 

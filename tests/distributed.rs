@@ -259,6 +259,80 @@ fn a_panicking_rank_ends_the_job_promptly() {
     assert!(start.elapsed() < Duration::from_secs(20));
 }
 
+/// The pid of rank `rank` among `child`'s (mpirun's) children, waiting up
+/// to 20 s for it to appear.
+fn find_rank(child: &mut Child, rank: usize) -> i32 {
+    let want = format!("OMPI_COMM_WORLD_RANK={rank}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let found = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| {
+                let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+                let mut env = String::new();
+                std::fs::File::open(format!("/proc/{pid}/environ"))
+                    .ok()?
+                    .read_to_string(&mut env)
+                    .ok()?;
+                let ours = env.split('\0').any(|v| v == want);
+                let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+                (ours && exe.ends_with("twolayer")).then_some(pid)
+            })
+            .find(|&pid| {
+                // A child of this mpirun.
+                std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                    s.rsplit(')').next().unwrap_or("").split_whitespace().nth(1)
+                        == Some(&child.id().to_string())
+                })
+            });
+        if let Some(pid) = found {
+            return pid;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("rank {rank} never appeared");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn sigterm_to_one_rank_stops_every_rank_and_is_reported_as_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("c.ckpt");
+    let mut child = mpirun(
+        2,
+        &[
+            "train",
+            "--steps",
+            "100000000",
+            "--quiet",
+            "--lr",
+            "1e-9",
+            "--checkpoint",
+            ck.to_str().unwrap(),
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let rank1 = find_rank(&mut child, 1);
+    std::thread::sleep(Duration::from_millis(1500));
+    unsafe { libc::kill(rank1, libc::SIGTERM) };
+    let out = wait_with_watchdog(child, Duration::from_secs(30));
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Rank 0 reports what rank 1 received (it said SIGINT before).
+    assert!(err.contains("stopped by SIGTERM after step"), "{err}");
+    assert!(!err.contains("SIGINT"), "{err}");
+    assert!(
+        err.contains("continue with: twolayer train --resume"),
+        "{err}"
+    );
+    let c = twolayer::checkpoint::AnyCheckpoint::read(&ck).unwrap();
+    assert!(c.header().steps_done > 0);
+}
+
 #[test]
 fn a_killed_rank_ends_the_job_promptly() {
     let mut child = mpirun(
@@ -269,40 +343,7 @@ fn a_killed_rank_ends_the_job_promptly() {
     .stderr(Stdio::piped())
     .spawn()
     .unwrap();
-    // Find rank 1 among mpirun's children.
-    let rank1 = {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let found = std::fs::read_dir("/proc")
-                .unwrap()
-                .filter_map(|e| {
-                    let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-                    let mut env = String::new();
-                    std::fs::File::open(format!("/proc/{pid}/environ"))
-                        .ok()?
-                        .read_to_string(&mut env)
-                        .ok()?;
-                    let ours = env.split('\0').any(|v| v == "OMPI_COMM_WORLD_RANK=1");
-                    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
-                    (ours && exe.ends_with("twolayer")).then_some(pid)
-                })
-                .find(|&pid| {
-                    // A child of this mpirun.
-                    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-                        s.rsplit(')').next().unwrap_or("").split_whitespace().nth(1)
-                            == Some(&child.id().to_string())
-                    })
-                });
-            if let Some(pid) = found {
-                break pid;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("rank 1 never appeared");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
+    let rank1 = find_rank(&mut child, 1);
     std::thread::sleep(Duration::from_millis(1500));
     let start = Instant::now();
     unsafe { libc::kill(rank1, libc::SIGKILL) };

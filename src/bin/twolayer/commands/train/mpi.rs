@@ -169,7 +169,7 @@ fn run_typed<F: Real + mpi::traits::Equivalence>(
         mb.as_ref().map(|m| (&m.dataset, &m.schedule)),
         Summing { overlap, pieces },
         to_run,
-        || signals.caught().is_some(),
+        || signals.caught(),
         |t, step, loss, stop| {
             if panic_at == Some(step) {
                 panic!(
@@ -210,10 +210,7 @@ fn run_typed<F: Real + mpi::traits::Equivalence>(
         if mb.is_some() { " of every minibatch" } else { "" },
         end.allreduce_ms,
     );
-    let signal = end
-        .stop_requested
-        .then(|| signals.caught().unwrap_or(signal_hook::consts::SIGINT));
-    rep.finish(&trainer, end.result, signal, &extra)
+    rep.finish(&trainer, end.result, end.signal, &extra)
 }
 
 /// `TWOLAYER_FAULT_PANIC=RANK:STEP`: that rank panics after that step
