@@ -260,3 +260,35 @@ fn sigterm_to_a_multi_process_sweep_ends_its_child_and_removes_its_temporary_fol
         .unwrap_or_default();
     assert!(written.is_empty(), "{written:?}");
 }
+
+#[test]
+fn a_report_file_that_cannot_be_written_names_the_ones_that_were() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    // report.md cannot be written: a folder holds its name.
+    std::fs::create_dir_all(out.join("report.md")).unwrap();
+    let o = run(&[
+        "sweep",
+        "--n",
+        "8",
+        "--d-in",
+        "12",
+        "--hidden",
+        "4",
+        "--d-out",
+        "3",
+        "--budget",
+        "0",
+        "--min-steps",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("report.md"), "{e}");
+    assert!(
+        e.contains("written before it: report.json, report.csv"),
+        "{e}"
+    );
+}

@@ -27,11 +27,15 @@ fn dtype_color(dtype: &str) -> RGBColor {
     }
 }
 
-/// Writes gflops.svg and phases.svg into `dir`.
-pub fn write_charts(report: &Report, dir: &Path) -> Result<()> {
+/// Writes gflops.svg (GFLOP/s by point) into `dir`.
+pub fn write_gflops_chart(report: &Report, dir: &Path) -> Result<()> {
     let path = dir.join("gflops.svg");
     let svg = render(report, draw_gflops).map_err(|e| Error::write(&path, e))?;
-    write_atomic(&path, |w| w.write_all(svg.as_bytes()))?;
+    write_atomic(&path, |w| w.write_all(svg.as_bytes()))
+}
+
+/// Writes phases.svg (where each point's step time goes) into `dir`.
+pub fn write_phases_chart(report: &Report, dir: &Path) -> Result<()> {
     let path = dir.join("phases.svg");
     let svg = render(report, draw_phases).map_err(|e| Error::write(&path, e))?;
     write_atomic(&path, |w| w.write_all(svg.as_bytes()))

@@ -433,14 +433,42 @@ impl Report {
 
     /// Writes report.json, report.csv, report.md, gflops.svg and phases.svg
     /// into `dir` (created if missing), each atomically.
+    /// A failure names the files written before it (a full disk once
+    /// left three of five with no word of which).
     pub fn write_all(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::write(dir, e))?;
-        self.write_json(&dir.join("report.json"))?;
         let csv = self.to_csv();
-        write_atomic(&dir.join("report.csv"), |w| w.write_all(csv.as_bytes()))?;
         let md = self.to_markdown();
-        write_atomic(&dir.join("report.md"), |w| w.write_all(md.as_bytes()))?;
-        super::charts::write_charts(self, dir)
+        let steps: [(&str, &dyn Fn() -> Result<()>); 5] = [
+            ("report.json", &|| self.write_json(&dir.join("report.json"))),
+            ("report.csv", &|| {
+                write_atomic(&dir.join("report.csv"), |w| w.write_all(csv.as_bytes()))
+            }),
+            ("report.md", &|| {
+                write_atomic(&dir.join("report.md"), |w| w.write_all(md.as_bytes()))
+            }),
+            ("gflops.svg", &|| {
+                super::charts::write_gflops_chart(self, dir)
+            }),
+            ("phases.svg", &|| {
+                super::charts::write_phases_chart(self, dir)
+            }),
+        ];
+        let mut done: Vec<&str> = Vec::new();
+        for (name, write) in steps {
+            if let Err(e) = write() {
+                return Err(Error::invalid(format!(
+                    "{e}; written before it: {}",
+                    if done.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        done.join(", ")
+                    }
+                )));
+            }
+            done.push(name);
+        }
+        Ok(())
     }
 }
 
