@@ -592,3 +592,42 @@ fn a_resume_under_another_kernel_set_is_warned_about() {
     let e = common::stderr(&o);
     assert!(o.status.success() && !e.contains("warning"), "{e}");
 }
+
+#[test]
+fn a_resume_whose_data_would_not_fit_is_refused_before_allocating() {
+    // A checkpoint of a seeded run of 10^9 rows of 1000 inputs: its data
+    // (8 TB) would be regenerated on resume.
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("huge.ck");
+    let shape = twolayer::Shape::new(1, 1000, 2, 1).unwrap();
+    twolayer::checkpoint::Checkpoint::<f64> {
+        header: twolayer::checkpoint::Header {
+            dtype: "f64".into(),
+            n: 1_000_000_000,
+            d_in: 1000,
+            hidden: 2,
+            d_out: 1,
+            steps_done: 1,
+            total_steps: 5,
+            lr_w1: 1e-9,
+            lr_w2: 1e-9,
+            step_mode: "fused".into(),
+            threads: 1,
+            ranks: 1,
+            data: twolayer::checkpoint::DataSource::Seeded { seed: 0 },
+            loss: "sum".into(),
+            minibatch: None,
+            blas_core: None,
+            written_by: "test".into(),
+        },
+        losses: vec![1.0],
+        weights: twolayer::Weights::random(shape, 0),
+    }
+    .write(&ck)
+    .unwrap();
+    let out = run(&["train", "--resume", s(&ck), "-q"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("memory"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}

@@ -147,6 +147,9 @@ impl Preset {
     }
 }
 
+/// Most points a grid may have.
+pub const MAX_POINTS: usize = 10_000;
+
 impl GridSpec {
     /// Reads a grid file.
     pub fn from_file(path: &Path) -> Result<GridSpec> {
@@ -196,6 +199,22 @@ impl GridSpec {
                     }
                     lists.push(list.clone());
                 }
+                // Bounded before it is expanded: 1000 values on three axes
+                // once grew until memory ran out.
+                let count = lists
+                    .iter()
+                    .map(Vec::len)
+                    .chain([
+                        self.dtype.as_ref().map_or(1, Vec::len),
+                        self.threads.as_ref().map_or(1, Vec::len),
+                    ])
+                    .try_fold(1usize, |a, b| a.checked_mul(b))
+                    .filter(|&c| c <= MAX_POINTS);
+                if count.is_none() {
+                    return Err(Error::invalid(format!(
+                        "the grid has more than {MAX_POINTS} points (the product of its lists' lengths); split it into several sweeps"
+                    )));
+                }
                 let mut shapes = Vec::new();
                 for &n in &lists[0] {
                     for &d in &lists[1] {
@@ -232,6 +251,16 @@ impl GridSpec {
                 )));
             }
         }
+        if shapes
+            .len()
+            .saturating_mul(dtypes.len())
+            .saturating_mul(threads.len())
+            > MAX_POINTS
+        {
+            return Err(Error::invalid(format!(
+                "the grid has more than {MAX_POINTS} points; split it into several sweeps"
+            )));
+        }
         let timing = self.timing.unwrap_or_default();
         if timing.min_steps == 0
             || timing.rounds == 0
@@ -262,6 +291,20 @@ impl GridSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grids_past_the_point_limit_are_refused_before_they_are_expanded() {
+        let axis: Vec<usize> = (1..=1000).collect();
+        let spec = GridSpec {
+            n: Some(axis.clone()),
+            d_in: Some(axis.clone()),
+            hidden: Some(axis),
+            d_out: Some(vec![1]),
+            ..GridSpec::default()
+        };
+        let e = spec.build(StepMode::Fused).unwrap_err().to_string();
+        assert!(e.contains("more than 10000 points"), "{e}");
+    }
 
     #[test]
     fn quick_preset_varies_every_axis() {
