@@ -555,11 +555,35 @@ fn write_npz<F: Real>(path: &Path, arrays: &[(&str, &Array2<F>)]) -> Result<()> 
     write_atomic(path, |w| {
         let mut npz = NpzWriter::new(w);
         for (name, a) in arrays {
-            npz.add_array(*name, *a).map_err(std::io::Error::other)?;
+            if let Err(e) = npz.add_array(*name, *a) {
+                // Dropping a failed archive makes the zip crate try to
+                // finish it again and print "ZipWriter drop failed" on
+                // stderr, a second line beside the error (the temporary
+                // file is removed by write_atomic either way).
+                std::mem::forget(npz);
+                return Err(std::io::Error::other(with_causes(&e)));
+            }
         }
-        npz.finish().map_err(std::io::Error::other)?;
+        npz.finish()
+            .map_err(|e| std::io::Error::other(with_causes(&e)))?;
         Ok(())
     })
+}
+
+/// An error's message followed by its causes' (ndarray-npy's and zip's
+/// errors say "i/o error" and keep "No space left on device" in a source).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        cause = c.source();
+    }
+    msg
 }
 
 /// Writes the weights as `w1` and `w2`, readable with `np.load`.

@@ -518,6 +518,10 @@ fn special_files_are_written_in_place_never_replaced() {
         "{}",
         stderr(&out)
     );
+    // One line, with the reason (not a second "ZipWriter drop failed").
+    let e = stderr(&out);
+    assert!(e.contains("No space left on device"), "{e}");
+    assert_eq!(e.trim_end().lines().count(), 1, "{e}");
     assert!(std::fs::metadata("/dev/full")
         .unwrap()
         .file_type()
