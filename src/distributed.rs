@@ -28,13 +28,7 @@ use std::ops::ControlFlow;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-/// Whether this process was started by an MPI launcher (OpenMPI's mpirun,
-/// or a PMI-based one such as Slurm's srun or MPICH's mpiexec).
-pub fn launched_by_mpi() -> bool {
-    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some())
-}
+pub use crate::launch::launched_by_mpi;
 
 /// This process's place in an MPI job.
 pub struct Cluster {

@@ -76,6 +76,7 @@ pub mod distributed;
 pub mod error;
 pub mod input;
 pub mod kernels;
+pub mod launch;
 pub mod minibatch;
 pub mod net;
 pub mod npz;

@@ -791,3 +791,39 @@ fn the_summary_tells_what_ran_not_what_was_asked() {
     );
     assert!(!e.contains("GFLOP/s"), "{e}");
 }
+
+/// A build without MPI started by mpirun as several copies refuses, instead
+/// of running the whole job in every copy, all writing the same files.
+/// (The `mpi` build trains data-parallel there: tests/distributed.rs.)
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn a_build_without_mpi_refuses_to_run_as_several_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("c.ck");
+    let o = common::bin()
+        .args([
+            "train",
+            "--steps",
+            "3",
+            "-q",
+            "--checkpoint",
+            ck.to_str().unwrap(),
+        ])
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("started 2 copies of a twolayer built without MPI"),
+        "{e}"
+    );
+    assert!(!ck.exists());
+    // One copy under a launcher is just one process.
+    let o = common::bin()
+        .args(["train", "--steps", "3", "-q"])
+        .env("OMPI_COMM_WORLD_SIZE", "1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+}

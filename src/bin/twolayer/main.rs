@@ -42,6 +42,12 @@ fn main() -> ExitCode {
             "twolayer: warning: could not restart with a short OpenBLAS spin ({e}); running as is"
         );
     }
+    // A build without MPI under mpirun -np K would run K whole jobs that
+    // write the same files.
+    if let Err(e) = twolayer::launch::check_mpi_support(cfg!(feature = "mpi")) {
+        say!("twolayer: error: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match &cli.command {
         Command::Train(args) => commands::train::run(args),
         Command::Sweep(args) => commands::sweep::run(args),
