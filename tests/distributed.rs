@@ -710,3 +710,41 @@ fn ranks_that_disagree_on_the_run_refuse_to_start() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn ctrl_c_to_mpirun_keeps_the_continue_with_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("c.ckpt");
+    let child = mpirun(
+        2,
+        &[
+            "train",
+            "--steps",
+            "100000000",
+            "--quiet",
+            "--lr",
+            "1e-9",
+            "--checkpoint",
+            ck.to_str().unwrap(),
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    // SAFETY: kill(2) on our own child, mpirun.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = wait_with_watchdog(child, Duration::from_secs(30));
+    let err = String::from_utf8_lossy(&out.stderr);
+    // mpirun passes the Ctrl-C on to the ranks as SIGTERM.
+    assert!(err.contains("stopped by SIG"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "continue with: twolayer train --resume {}",
+            ck.display()
+        )),
+        "{err}"
+    );
+    assert!(twolayer::checkpoint::AnyCheckpoint::read(&ck).is_ok());
+}

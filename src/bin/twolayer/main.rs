@@ -70,7 +70,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(twolayer::Error::Interrupted { signal, msg }) => {
-            say!("twolayer: {msg}");
+            // Empty when already said (an MPI rank says it before MPI ends).
+            if !msg.is_empty() {
+                say!("twolayer: {msg}");
+            }
             ExitCode::from((128 + signal) as u8)
         }
         Err(e) => {

@@ -23,7 +23,16 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let cluster = Cluster::init()?;
     match run_rank(args, &cluster) {
         Ok(()) => Ok(()),
-        Err(e @ Error::Interrupted { .. }) => Err(e),
+        // Said now, before MPI is finalised: under a Ctrl-C to mpirun the
+        // job is torn down around the ranks' finalise, and the "continue
+        // with" line was lost. The error still carries the exit status.
+        Err(Error::Interrupted { signal, msg }) => {
+            say!("twolayer: {msg}");
+            Err(Error::Interrupted {
+                signal,
+                msg: String::new(),
+            })
+        }
         Err(e) => cluster.abort(&e.to_string()),
     }
 }
