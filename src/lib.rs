@@ -75,6 +75,7 @@ pub mod dataset;
 pub mod distributed;
 pub mod error;
 pub mod input;
+pub mod kernel_set;
 pub mod kernels;
 pub mod launch;
 pub mod minibatch;

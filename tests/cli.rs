@@ -827,3 +827,45 @@ fn a_build_without_mpi_refuses_to_run_as_several_copies() {
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+#[test]
+fn a_forced_kernel_set_below_the_cpu_is_named_and_its_alternative_checked() {
+    let avx512 = std::arch::is_x86_feature_detected!("avx512f");
+    let o = common::bin()
+        .args(["train", "--steps", "2", "-q"])
+        .env("OPENBLAS_CORETYPE", "Haswell")
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert!(o.status.success(), "{e}");
+    // Named when the CPU has more than the forced set, never otherwise.
+    assert_eq!(
+        e.contains("runs its Haswell (OPENBLAS_CORETYPE=Haswell) kernels, without the AVX-512"),
+        avx512,
+        "{e}"
+    );
+    let o = common::bin()
+        .args(["train", "--steps", "2", "-q"])
+        .env_remove("OPENBLAS_CORETYPE")
+        .output()
+        .unwrap();
+    assert!(
+        !stderr(&o).contains("note: OpenBLAS runs"),
+        "{}",
+        stderr(&o)
+    );
+    // `info` checks both its own GEMMs and, when forced below the CPU,
+    // OpenBLAS's own choice in a child process.
+    let o = common::bin()
+        .args(["info"])
+        .env("OPENBLAS_CORETYPE", "Haswell")
+        .output()
+        .unwrap();
+    let text = String::from_utf8(o.stdout.clone()).unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(text.contains("GEMM check"), "{text}");
+    assert_eq!(text.contains("own choice"), avx512, "{text}");
+    if avx512 {
+        assert!(text.contains("its results match plain loops"), "{text}");
+    }
+}

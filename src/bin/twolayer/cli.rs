@@ -389,6 +389,9 @@ pub struct InfoArgs {
     /// Threads for the GEMM-rate measurement [default: the cores available]
     #[arg(long, value_parser = positive)]
     pub threads: Option<usize>,
+    /// (Internal: the child that measures OpenBLAS's own kernel choice.)
+    #[arg(long = "probe-own-kernels", hide = true)]
+    pub probe_own_kernels: bool,
 }
 
 #[cfg(test)]

@@ -59,6 +59,9 @@ pub fn run(args: &SweepArgs) -> Result<()> {
         return run_mpi(args, &grid);
     }
     check_out_dir(args)?;
+    if let Some(w) = twolayer::kernel_set::warning() {
+        say!("twolayer: {w}");
+    }
     let report = if args.processes > 1 {
         run_in_processes(args.processes)?
     } else {

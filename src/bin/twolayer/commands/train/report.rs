@@ -367,6 +367,9 @@ impl<'a> Reporter<'a> {
                 .unwrap_or_else(|| "unknown".into()),
             trainer.losses().last().copied().unwrap_or(f64::NAN),
         );
+        if let Some(w) = twolayer::kernel_set::warning() {
+            say!("twolayer: {w}");
+        }
         if let Some(signal) = signal {
             if trainer.steps_done() < cfg.total_steps {
                 let name = signal_name(signal);
