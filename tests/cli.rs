@@ -869,3 +869,54 @@ fn a_forced_kernel_set_below_the_cpu_is_named_and_its_alternative_checked() {
         assert!(text.contains("its results match plain loops"), "{text}");
     }
 }
+
+#[test]
+fn version_completions_and_json_for_scripts() {
+    let o = run(&["--version"]);
+    assert!(o.status.success());
+    let v = String::from_utf8(o.stdout).unwrap();
+    assert!(v.starts_with("twolayer ") && v.contains("(commit "), "{v}");
+    let o = run(&["completions", "bash"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let c = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        c.contains("_twolayer") && c.contains("--val-fraction"),
+        "{}",
+        &c[..c.len().min(300)]
+    );
+    let o = run(&["completions", "tcsh"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    // info --json: one object with the environment and the rates.
+    let o = run(&["info", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(j["gemm_gflops_f64"].as_f64().unwrap() > 0.0, "{j}");
+    assert!(
+        j["gemm_check_max_rel_error"].as_f64().unwrap() < 1e-12,
+        "{j}"
+    );
+    assert!(j["env"]["openblas_core"].is_string(), "{j}");
+    // train --json FILE: the summary, agreeing with the loss lines.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("s.json");
+    let o = run(&[
+        "train",
+        "--steps",
+        "4",
+        "--n",
+        "16",
+        "--json",
+        f.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let losses = parse_losses(&String::from_utf8(o.stdout).unwrap());
+    let s: serde_json::Value = serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();
+    assert_eq!(s["steps"], 4, "{s}");
+    assert_eq!(s["n"], 16, "{s}");
+    assert_eq!(
+        s["final_loss"].as_f64().unwrap(),
+        losses.last().unwrap().1,
+        "{s}"
+    );
+    assert!(s["ms_per_step"].as_f64().unwrap() > 0.0, "{s}");
+}

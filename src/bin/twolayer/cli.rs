@@ -8,7 +8,12 @@ use twolayer::scalar::Dtype;
 /// Trains a two-layer network (Linear → ReLU → Linear, sum-of-squares loss,
 /// SGD) through OpenBLAS GEMM, and measures how fast it goes.
 #[derive(Debug, Parser)]
-#[command(name = "twolayer", version, about, long_about = None)]
+#[command(
+    name = "twolayer",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("TWOLAYER_GIT_COMMIT"), ")"),
+    about,
+    long_about = None
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -33,6 +38,12 @@ pub enum Command {
     Predict(PredictArgs),
     /// The loss and mean squared error of trained weights on a dataset.
     Eval(EvalArgs),
+    /// Print a completion script for a shell (bash, zsh, fish, elvish,
+    /// powershell): e.g. `twolayer completions bash > /etc/bash_completion.d/twolayer`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// A positive count (at least 1).
@@ -217,6 +228,9 @@ pub struct TrainArgs {
     /// or inline when the data fits in half the memory available (auto)
     #[arg(long, value_enum, default_value = "auto")]
     pub reader: ReaderArg,
+    /// Also write the summary as JSON to this file
+    #[arg(long)]
+    pub json: Option<PathBuf>,
     /// With --data: write one CSV line per epoch here (epoch, step, mean
     /// training loss of its steps, validation loss and mean squared error)
     #[arg(long)]
@@ -389,6 +403,9 @@ pub struct InfoArgs {
     /// Threads for the GEMM-rate measurement [default: the cores available]
     #[arg(long, value_parser = positive)]
     pub threads: Option<usize>,
+    /// Print everything as one JSON object
+    #[arg(long)]
+    pub json: bool,
     /// (Internal: the child that measures OpenBLAS's own kernel choice.)
     #[arg(long = "probe-own-kernels", hide = true)]
     pub probe_own_kernels: bool,

@@ -54,6 +54,13 @@ fn main() -> ExitCode {
         Command::Info(args) => commands::info::run(args),
         Command::Predict(args) => commands::predict::run_predict(args),
         Command::Eval(args) => commands::predict::run_eval(args),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut text = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "twolayer", &mut text);
+            out!("{}", String::from_utf8_lossy(&text));
+            Ok(())
+        }
         Command::Compare(args) => {
             // 0: no regression; 1: a regression; 2: reports that cannot be
             // compared (a gate must not read those as "no regression").

@@ -34,9 +34,15 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     // included.
     Signals::get()?;
     // Refuse unwritable outputs now, not after hours of training.
-    for path in [&args.save, &args.losses, &args.checkpoint, &args.metrics]
-        .into_iter()
-        .flatten()
+    for path in [
+        &args.save,
+        &args.losses,
+        &args.checkpoint,
+        &args.metrics,
+        &args.json,
+    ]
+    .into_iter()
+    .flatten()
     {
         output::check_writable(path)?;
     }
@@ -81,6 +87,7 @@ fn check_files_distinct(args: &TrainArgs, spec: &RunSpec) -> Result<()> {
         ("--losses", &args.losses),
         ("--checkpoint", &args.checkpoint),
         ("--metrics", &args.metrics),
+        ("--json", &args.json),
     ]
     .into_iter()
     .filter_map(|(f, p)| p.as_deref().map(|p| (f, p)))

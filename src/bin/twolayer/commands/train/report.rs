@@ -169,6 +169,39 @@ impl StdoutLines {
     }
 }
 
+/// The summary line as JSON (`train --json FILE`).
+#[derive(serde::Serialize)]
+struct Summary {
+    /// Steps this process ran.
+    steps: usize,
+    /// Steps done in all (a resumed run counts its past ones).
+    steps_done: usize,
+    total_steps: usize,
+    n: usize,
+    d_in: usize,
+    hidden: usize,
+    d_out: usize,
+    dtype: &'static str,
+    /// Wall time of the steps run (set-up excluded).
+    seconds: f64,
+    ms_per_step: f64,
+    /// From the analytic count 4·N·D_in·H + 6·N·H·D_out.
+    gflops: f64,
+    threads: usize,
+    shards: usize,
+    block_rows: usize,
+    blas_threads: usize,
+    blas_core: String,
+    ranks: usize,
+    loss: &'static str,
+    final_loss: Option<f64>,
+    peak_rss_bytes: Option<u64>,
+    /// A minibatch run's epochs.
+    epochs: Vec<EpochRecord>,
+    /// The signal that stopped the run early, if one did.
+    stopped_by: Option<&'static str>,
+}
+
 /// What happens after each step, on the lead process: the `t loss` line,
 /// periodic checkpoints; and whether to stop.
 pub(super) struct Reporter<'a> {
@@ -367,6 +400,35 @@ impl<'a> Reporter<'a> {
                 .unwrap_or_else(|| "unknown".into()),
             trainer.losses().last().copied().unwrap_or(f64::NAN),
         );
+        if let Some(p) = &args.json {
+            let summary = Summary {
+                steps: stats.steps,
+                steps_done: trainer.steps_done(),
+                total_steps: cfg.total_steps,
+                n: shape.n,
+                d_in: shape.d_in,
+                hidden: shape.hidden,
+                d_out: shape.d_out,
+                dtype: F::DTYPE.name(),
+                seconds: stats.elapsed.as_secs_f64(),
+                ms_per_step: stats.ms_per_step(),
+                gflops,
+                threads: cfg.threads,
+                shards: plan.shards,
+                block_rows: plan.block_rows,
+                blas_threads: blas::threads(),
+                blas_core: blas::core_name(),
+                ranks: cfg.ranks,
+                loss: cfg.loss.name(),
+                final_loss: trainer.losses().last().copied(),
+                peak_rss_bytes: twolayer::shape::peak_rss_bytes(),
+                epochs: self.history.clone(),
+                stopped_by: signal.map(signal_name),
+            };
+            let text = serde_json::to_string_pretty(&summary)
+                .map_err(|e| Error::invalid(format!("cannot write JSON: {e}")))?;
+            output::write_atomic(p, |w| w.write_all(text.as_bytes()))?;
+        }
         if let Some(w) = twolayer::kernel_set::warning() {
             say!("twolayer: {w}");
         }
