@@ -259,6 +259,28 @@ fn a_panicking_rank_ends_the_job_promptly() {
     assert!(start.elapsed() < Duration::from_secs(20));
 }
 
+/// `mpirun -np 2 twolayer train` for practically ever (10^8 steps),
+/// checkpointing to `ck` when stopped; stderr piped.
+fn endless_job(ck: &Path) -> Child {
+    mpirun(
+        2,
+        &[
+            "train",
+            "--steps",
+            "100000000",
+            "--quiet",
+            "--lr",
+            "1e-9",
+            "--checkpoint",
+            ck.to_str().unwrap(),
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap()
+}
+
 /// The pid of rank `rank` among `child`'s (mpirun's) children, waiting up
 /// to 20 s for it to appear.
 fn find_rank(child: &mut Child, rank: usize) -> i32 {
@@ -300,23 +322,7 @@ fn find_rank(child: &mut Child, rank: usize) -> i32 {
 fn sigterm_to_one_rank_stops_every_rank_and_is_reported_as_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let ck = dir.path().join("c.ckpt");
-    let mut child = mpirun(
-        2,
-        &[
-            "train",
-            "--steps",
-            "100000000",
-            "--quiet",
-            "--lr",
-            "1e-9",
-            "--checkpoint",
-            ck.to_str().unwrap(),
-        ],
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let mut child = endless_job(&ck);
     let rank1 = find_rank(&mut child, 1);
     std::thread::sleep(Duration::from_millis(1500));
     unsafe { libc::kill(rank1, libc::SIGTERM) };
@@ -715,23 +721,7 @@ fn ranks_that_disagree_on_the_run_refuse_to_start() {
 fn ctrl_c_to_mpirun_keeps_the_continue_with_line() {
     let dir = tempfile::tempdir().unwrap();
     let ck = dir.path().join("c.ckpt");
-    let child = mpirun(
-        2,
-        &[
-            "train",
-            "--steps",
-            "100000000",
-            "--quiet",
-            "--lr",
-            "1e-9",
-            "--checkpoint",
-            ck.to_str().unwrap(),
-        ],
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let child = endless_job(&ck);
     std::thread::sleep(Duration::from_millis(2500));
     // SAFETY: kill(2) on our own child, mpirun.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };

@@ -418,15 +418,15 @@ fn a_diverging_run_keeps_its_last_finite_checkpoint() {
 fn a_resumed_run_changes_its_rate_only_when_told_to() {
     let dir = tempfile::tempdir().unwrap();
     let ck = dir.path().join("c.ckpt");
-    // Diverging at N = 4096 and lr 1e-6, checkpointed every 2 steps from
-    // the start: the step-2 checkpoint is before the blow-up.
+    // Diverging at N = 4096 and lr 1e-6 (by step 6), checkpointed after
+    // step 1: before the blow-up (after 2 steps no rate recovers).
     let first = run(&[
         "train",
         "--n",
         "4096",
         "--quiet",
         "--steps",
-        "2",
+        "1",
         "--checkpoint",
         s(&ck),
     ]);
