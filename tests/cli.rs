@@ -262,10 +262,37 @@ fn bad_init_files() {
         1,
         &["--n 9 disagrees", "n = 8"],
     );
-    assert_fails(
-        &["train", "--init", &s(&ok), "--dtype", "f32"],
-        1,
-        &["--dtype f32 disagrees"],
+    // An explicit --dtype casts the file, and says so: the same losses as
+    // the file's arrays rounded to f32 beforehand.
+    let cast = run(&[
+        "train",
+        "--init",
+        &s(&ok),
+        "--dtype",
+        "f32",
+        "--steps",
+        "20",
+    ]);
+    let e = stderr(&cast);
+    assert!(cast.status.success(), "{e}");
+    assert!(
+        e.contains("holds f64 arrays; training in f32 as --dtype asks"),
+        "{e}"
+    );
+    assert!(e.contains(") f32 in"), "{e}");
+    let shape = Shape::new(8, 6, 4, 2).unwrap();
+    let f32_file = d.join("ok32.npz");
+    save_init(
+        &f32_file,
+        &Data::<f64>::random(shape, 0).cast::<f32>(),
+        &Weights::<f64>::random(shape, 0).cast::<f32>(),
+    )
+    .unwrap();
+    let direct = run(&["train", "--init", &s(&f32_file), "--steps", "20"]);
+    assert!(direct.status.success(), "{}", stderr(&direct));
+    assert_eq!(
+        cast.stdout, direct.stdout,
+        "a cast run differs from the pre-rounded file"
     );
 }
 

@@ -25,21 +25,38 @@ pub struct Cli {
 pub enum Command {
     /// Train the network; with no flags, the reference experiment
     /// (N=64, D_in=1000, H=100, D_out=10, lr 1e-6, 500 steps, f64).
+    #[command(
+        after_help = "Examples:\n  twolayer train                       the reference experiment\n  twolayer train --data data.npz --batch 256 --epochs 20 --val-fraction 0.1 \\\n      --loss mean --lr 0.01 --weight-init scaled --save w.npz --checkpoint run.ck\n  twolayer train --resume run.ck       continue a stopped run"
+    )]
     Train(TrainArgs),
     /// Measure the training step over a grid of shapes, dtypes and thread
     /// counts, and write throughput reports.
+    #[command(
+        after_help = "Example:\n  twolayer sweep --preset reference --processes 3 --out report/"
+    )]
     Sweep(SweepArgs),
     /// Print the environment block and the machine's measured GEMM rate.
+    #[command(after_help = "Example:\n  twolayer info --json > machine.json")]
     Info(InfoArgs),
     /// Compare two sweep reports point by point: exit 1 when a point is
     /// slower beyond --max-slowdown with confidence, 2 on unusable input.
+    #[command(
+        after_help = "Example:\n  twolayer compare base/report.json new/report.json --max-slowdown 0.1"
+    )]
     Compare(CompareArgs),
     /// Predict y for every row of x with trained weights, in batches.
+    #[command(
+        after_help = "Example:\n  twolayer predict --weights w.npz --x new_x.npy --out y_pred.npy"
+    )]
     Predict(PredictArgs),
     /// The loss and mean squared error of trained weights on a dataset.
+    #[command(after_help = "Example:\n  twolayer eval --weights w.npz --data test.npz")]
     Eval(EvalArgs),
     /// Print a completion script for a shell (bash, zsh, fish, elvish,
-    /// powershell): e.g. `twolayer completions bash > /etc/bash_completion.d/twolayer`.
+    /// powershell).
+    #[command(
+        after_help = "Example:\n  twolayer completions bash > /etc/bash_completion.d/twolayer"
+    )]
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
@@ -144,7 +161,8 @@ pub struct TrainArgs {
     /// Training steps [default: 500, or the checkpoint's total]
     #[arg(long, value_parser = positive, allow_negative_numbers = true)]
     pub steps: Option<usize>,
-    /// Element type: f64 or f32 [default: f64, or the file's with --init]
+    /// Element type: f64 or f32 [default: f64, or the file's with --init
+    /// or --data; one that differs from the file's casts it, with a note]
     #[arg(long)]
     pub dtype: Option<Dtype>,
     /// Seed of the random x, y, w1 and w2; with --data, of the seeded
@@ -419,6 +437,21 @@ mod tests {
     #[test]
     fn definitions_are_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_subcommand_shows_an_example() {
+        for sub in Cli::command().get_subcommands() {
+            let help = sub
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            assert!(
+                help.starts_with("Example") && help.contains("twolayer "),
+                "`twolayer {}` has no example in its help",
+                sub.get_name()
+            );
+        }
     }
 
     #[test]

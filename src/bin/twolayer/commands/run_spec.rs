@@ -176,8 +176,17 @@ fn fresh(args: &TrainArgs, ranks: usize, mpi: bool) -> Result<RunSpec> {
     };
     let (shape, dtype, data, start) = match &args.init {
         Some(path) => {
-            let (shape, dtype) = npz::peek_shape(path)?;
-            check_flags_match(args, shape, dtype, &path.display().to_string())?;
+            let (shape, stored) = npz::peek_shape(path)?;
+            check_shape_flags(args, shape, &path.display().to_string())?;
+            // An explicit --dtype other than the file's casts its arrays
+            // (f64 → f32 rounds to nearest), and says so.
+            let dtype = args.dtype.unwrap_or(stored);
+            if dtype != stored {
+                say!(
+                    "twolayer: note: {} holds {stored} arrays; training in {dtype} as --dtype asks (each value rounded to {dtype})",
+                    path.display()
+                );
+            }
             (
                 shape,
                 dtype,
@@ -313,7 +322,14 @@ fn with_data(args: &TrainArgs, files: &[PathBuf], ranks: usize, mpi: bool) -> Re
         val: args.val.as_deref().map(refs).transpose()?,
         history: Vec::new(),
     };
-    let spec = fresh_common(args, mpi, shape, args.dtype.unwrap_or(dataset.dtype()));
+    let dtype = args.dtype.unwrap_or(dataset.dtype());
+    if dtype != dataset.dtype() {
+        say!(
+            "twolayer: note: the data holds {} values; training in {dtype} as --dtype asks (each value converted as it is read)",
+            dataset.dtype()
+        );
+    }
+    let spec = fresh_common(args, mpi, shape, dtype);
     Ok(RunSpec {
         total_steps,
         ranks,
@@ -522,6 +538,17 @@ fn resume_minibatch(m: &MinibatchHeader, files: &[FileRef], what: &str) -> Resul
 /// Flags that name a shape or dtype must agree with the file (an --init
 /// file or a checkpoint) that decides them.
 fn check_flags_match(args: &TrainArgs, shape: Shape, dtype: Dtype, what: &str) -> Result<()> {
+    check_shape_flags(args, shape, what)?;
+    if let Some(d) = args.dtype.filter(|&d| d != dtype) {
+        return Err(Error::invalid(format!(
+            "--dtype {d} disagrees with {what}, which holds {dtype} arrays"
+        )));
+    }
+    Ok(())
+}
+
+/// Flags that name a dimension must agree with the file that decides it.
+fn check_shape_flags(args: &TrainArgs, shape: Shape, what: &str) -> Result<()> {
     let flags = [args.n, args.d_in, args.hidden, args.d_out];
     for ((name, in_file), flag) in shape.named_dims().into_iter().zip(flags) {
         if let Some(v) = flag.filter(|&v| v != in_file) {
@@ -529,11 +556,6 @@ fn check_flags_match(args: &TrainArgs, shape: Shape, dtype: Dtype, what: &str) -
                 "--{name} {v} disagrees with {what} (it has {name} = {in_file}); drop the flag or change the file"
             )));
         }
-    }
-    if let Some(d) = args.dtype.filter(|&d| d != dtype) {
-        return Err(Error::invalid(format!(
-            "--dtype {d} disagrees with {what}, which holds {dtype} arrays"
-        )));
     }
     Ok(())
 }
