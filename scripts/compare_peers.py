@@ -11,7 +11,13 @@ each round's median), the speed-up (numpy / twolayer, computed per round,
 median over rounds), GFLOP/s, and twolayer's fraction of the theoretical
 peak (--peak-f64/--peak-f32 GFLOP/s; the defaults are this 2-core Zen 4
 machine's 16 f64 / 32 f32 FLOP per cycle per core at 3.5 GHz) and of the
-square-GEMM rate the sweep measures in the same run.
+square-GEMM rate the sweep measures in the same run (printed too).
+
+Both sides run with OpenBLAS's own kernel choice: OPENBLAS_CORETYPE and
+OPENBLAS_L2_SIZE are removed from the environment of these commands alone
+(some machines set them on purpose; nothing else is changed), and the
+kernel set each side ran is printed (numpy's through threadpoolctl). The
+order within a round alternates, so drift hits both sides alike.
 
     target/pyenv/bin/python scripts/compare_peers.py            # the 4 reference shapes
     target/pyenv/bin/python scripts/compare_peers.py --quick    # the first two only
@@ -39,6 +45,10 @@ def flops(n, d, h, o):
     return 4 * n * d * h + 6 * n * h * o
 
 
+# OpenBLAS's own kernel choice on both sides, for these commands alone.
+ENV = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+
+
 def run_twolayer(binary, shape, dtype, threads, steps, warmup):
     n, d, h, o = shape
     with tempfile.TemporaryDirectory() as out:
@@ -47,10 +57,11 @@ def run_twolayer(binary, shape, dtype, threads, steps, warmup):
              "--d-out", str(o), "--dtype", dtype, "--threads", str(threads),
              "--warmup", str(warmup), "--min-steps", str(steps), "--budget", "0",
              "--out", out],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
         with open(os.path.join(out, "report.json")) as f:
-            p = json.load(f)["points"][0]
-    return p["ms_per_step"]["median"], p["machine_gemm_gflops"]
+            report = json.load(f)
+    p = report["points"][0]
+    return p["ms_per_step"]["median"], p["machine_gemm_gflops"], report["env"]["openblas_core"]
 
 
 def run_numpy(python, shape, dtype, threads, steps, warmup):
@@ -59,11 +70,12 @@ def run_numpy(python, shape, dtype, threads, steps, warmup):
         [python, os.path.join(ROOT, "scripts", "reference.py"), "--n", str(n), "--d-in", str(d),
          "--hidden", str(h), "--d-out", str(o), "--dtype", dtype, "--threads", str(threads),
          "--lr", "1e-12", "--steps", str(steps), "--warmup", str(warmup), "--quiet", "--time"],
-        check=True, capture_output=True, text=True)
+        check=True, capture_output=True, text=True, env=ENV)
     m = re.search(r"median ([0-9.]+) ms/step", r.stderr)
     if not m:
         sys.exit(f"reference.py printed no timing: {r.stderr}")
-    return float(m.group(1))
+    k = re.search(r"BLAS (.*)$", r.stderr.strip())
+    return float(m.group(1)), k.group(1) if k else "unknown"
 
 
 def main():
@@ -71,7 +83,7 @@ def main():
     ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "twolayer"))
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="only the two smaller shapes")
     ap.add_argument("--peak-f64", type=float, default=115.0)
@@ -79,17 +91,22 @@ def main():
     args = ap.parse_args()
     import numpy
     shapes = SHAPES[:2] if args.quick else SHAPES
-    print(f"twolayer vs numpy {numpy.__version__}, {args.threads} threads, {args.rounds} rounds, "
-          f"lr 1e-12; medians in ms/step\n")
+    print(f"twolayer vs numpy {numpy.__version__}, {args.threads} threads, {args.rounds} interleaved "
+          f"rounds, lr 1e-12, OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE removed on both sides; "
+          f"medians in ms/step\n")
     print("| shape (N, D_in, H, D_out) | dtype | numpy ms | twolayer ms | speed-up | twolayer GFLOP/s "
-          "| % of peak | % of GEMM rate |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+          "| % of peak | GEMM rate GFLOP/s | % of GEMM rate | kernels: twolayer / numpy |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for shape, steps in shapes:
         for dtype in ("f64", "f32"):
             ours, theirs, ratios, rates = [], [], [], []
-            for _ in range(args.rounds):
-                t, rate = run_twolayer(args.binary, shape, dtype, args.threads, steps, args.warmup)
-                nmp = run_numpy(args.python, shape, dtype, args.threads, steps, args.warmup)
+            for r in range(args.rounds):
+                if r % 2 == 0:
+                    t, rate, core = run_twolayer(args.binary, shape, dtype, args.threads, steps, args.warmup)
+                    nmp, numpy_core = run_numpy(args.python, shape, dtype, args.threads, steps, args.warmup)
+                else:
+                    nmp, numpy_core = run_numpy(args.python, shape, dtype, args.threads, steps, args.warmup)
+                    t, rate, core = run_twolayer(args.binary, shape, dtype, args.threads, steps, args.warmup)
                 ours.append(t)
                 theirs.append(nmp)
                 ratios.append(nmp / t)
@@ -97,9 +114,10 @@ def main():
             t = statistics.median(ours)
             g = flops(*shape) / t / 1e6
             peak = args.peak_f64 if dtype == "f64" else args.peak_f32
+            rate = statistics.median(rates)
             print(f"| {shape} | {dtype} | {statistics.median(theirs):.4g} | {t:.4g} | "
                   f"{statistics.median(ratios):.2f}x | {g:.1f} | {100 * g / peak:.0f}% | "
-                  f"{100 * g / statistics.median(rates):.0f}% |", flush=True)
+                  f"{rate:.1f} | {100 * g / rate:.0f}% | {core} / {numpy_core} |", flush=True)
 
 
 if __name__ == "__main__":

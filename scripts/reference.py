@@ -112,8 +112,22 @@ def main():
         hidden, d_out = w2.shape
         flops = 4 * n * d_in * hidden + 6 * n * hidden * d_out
         print(f"reference: {args.steps} steps of ({n}, {d_in}, {hidden}, {d_out}) {dtype.name}: "
-              f"median {med:.4f} ms/step, {flops / med / 1e6:.1f} GFLOP/s; numpy {np.__version__}",
+              f"median {med:.4f} ms/step, {flops / med / 1e6:.1f} GFLOP/s; numpy {np.__version__}; "
+              f"BLAS {blas_kernels()}",
               file=sys.stderr)
+
+
+def blas_kernels():
+    """The BLAS numpy runs and its kernel set, through threadpoolctl when
+    it is installed (e.g. 'openblas 0.3.31 SkylakeX')."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "unknown (threadpoolctl not installed)"
+    for pool in threadpool_info():
+        if pool.get("user_api") == "blas":
+            return f"{pool.get('internal_api')} {pool.get('version')} {pool.get('architecture')}"
+    return "unknown"
 
 
 if __name__ == "__main__":
