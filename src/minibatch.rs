@@ -93,22 +93,8 @@ pub fn run<F: Real>(
         )));
     }
     if reader == Reader::Inline {
-        let (mut rows, mut scratch) = (Vec::new(), Vec::new());
-        let parts = rayon::current_num_threads();
-        return trainer.run_with(
-            steps,
-            |batch, t| {
-                schedule.batch_rows(t as u64, &mut rows);
-                data.gather_parallel(
-                    &rows,
-                    batch.x.view_mut(),
-                    batch.y.view_mut(),
-                    &mut scratch,
-                    parts,
-                )
-            },
-            on_step,
-        );
+        let mut fill = InlineFill::new(data, schedule, 0..schedule.batch());
+        return trainer.run_with(steps, |batch, t| fill.fill(batch, t), on_step);
     }
     let first = trainer.steps_done() as u64;
     let end = first + steps as u64;
@@ -183,22 +169,47 @@ pub fn run_exchanged<F: Real>(
             data.d_out()
         )));
     }
-    let (mut rows, mut scratch) = (Vec::new(), Vec::new());
-    let parts = rayon::current_num_threads();
+    let mut fill = InlineFill::new(data, schedule, part);
     trainer.run_exchanged_with(
         steps,
         exchange,
         pieces,
-        |batch, t| {
-            schedule.batch_rows(t as u64, &mut rows);
-            data.gather_parallel(
-                &rows[part.clone()],
-                batch.x.view_mut(),
-                batch.y.view_mut(),
-                &mut scratch,
-                parts,
-            )
-        },
+        |batch, t| fill.fill(batch, t),
         on_step,
     )
+}
+
+/// Inline reading: before step t, every thread of the pool reads its
+/// share of positions `part` of batch t's rows into the trainer's batch.
+struct InlineFill<'a> {
+    data: &'a Dataset,
+    schedule: &'a Schedule,
+    part: std::ops::Range<usize>,
+    rows: Vec<u64>,
+    scratch: Vec<Vec<u8>>,
+    threads: usize,
+}
+
+impl<'a> InlineFill<'a> {
+    fn new(data: &'a Dataset, schedule: &'a Schedule, part: std::ops::Range<usize>) -> Self {
+        InlineFill {
+            data,
+            schedule,
+            part,
+            rows: Vec::new(),
+            scratch: Vec::new(),
+            threads: rayon::current_num_threads(),
+        }
+    }
+
+    fn fill<F: Real>(&mut self, batch: &mut Data<F>, t: usize) -> Result<()> {
+        self.schedule.batch_rows(t as u64, &mut self.rows);
+        self.data.gather_parallel(
+            &self.rows[self.part.clone()],
+            batch.x.view_mut(),
+            batch.y.view_mut(),
+            &mut self.scratch,
+            self.threads,
+        )
+    }
 }

@@ -253,10 +253,8 @@ impl<F: Real> Trainer<F> {
     /// Checks step `t`'s loss and records it.
     fn finish_step(&mut self, t: usize, loss: f64) -> Result<f64> {
         check_finite_loss(t, loss, self.lr)?;
-        let loss = match self.loss {
-            Loss::Sum => loss,
-            Loss::Mean => loss * self.loss_scale,
-        };
+        // 1.0 for the sum: the multiplication is exact.
+        let loss = loss * self.loss_scale;
         self.losses.push(loss);
         Ok(loss)
     }

@@ -19,6 +19,11 @@
 use super::shuffle::Permutation;
 use crate::error::{Error, Result};
 
+/// Rows a validation fraction holds out of `rows`: round(f·rows).
+pub fn held_out(rows: u64, val_fraction: Option<f64>) -> u64 {
+    val_fraction.map_or(0, |f| (f * rows as f64).round() as u64)
+}
+
 /// The plan of a minibatch run over a dataset's rows.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Schedule {
@@ -43,7 +48,7 @@ impl Schedule {
                 )))
             }
             Some(f) => {
-                let v = (f * rows as f64).round() as u64;
+                let v = held_out(rows, Some(f));
                 if v == 0 {
                     return Err(Error::invalid(format!(
                         "--val-fraction {f} of {rows} rows holds out no row; raise it or drop it"

@@ -5,7 +5,7 @@
 
 use crate::cli::{LossArg, ModeArg, TrainArgs, WeightInitArg};
 use std::path::{Path, PathBuf};
-use twolayer::checkpoint::{file_sha256, AnyCheckpoint, DataSource, FileRef, MinibatchHeader};
+use twolayer::checkpoint::{AnyCheckpoint, DataSource, FileRef, MinibatchHeader};
 use twolayer::dataset::batches::Schedule;
 use twolayer::dataset::Dataset;
 use twolayer::error::{Error, Result};
@@ -275,10 +275,7 @@ fn with_data(args: &TrainArgs, files: &[PathBuf], ranks: usize, mpi: bool) -> Re
         ),
     };
     let seed = args.seed.unwrap_or(0);
-    let val_rows_hint = args
-        .val_fraction
-        .map(|f| (f * dataset.rows() as f64).round() as u64)
-        .unwrap_or(0);
+    let val_rows_hint = twolayer::dataset::batches::held_out(dataset.rows(), args.val_fraction);
     let batch = args.batch.unwrap_or_else(|| {
         (Shape::REFERENCE.n as u64).min(dataset.rows().saturating_sub(val_rows_hint).max(1))
             as usize
@@ -563,19 +560,15 @@ fn check_shape_flags(args: &TrainArgs, shape: Shape, what: &str) -> Result<()> {
 /// Fails when a checkpoint's data file is no longer the one the run used
 /// (its SHA-256 differs): resuming would train on other data.
 fn check_source_unchanged(src: &DataSource) -> Result<()> {
-    if let DataSource::Dataset { files } = src {
-        for f in files {
-            f.check_unchanged()?;
+    match src {
+        DataSource::Seeded { .. } => Ok(()),
+        // An --init file was hashed whole: the same check as a dataset's.
+        DataSource::File { path, sha256 } => FileRef {
+            path: path.clone(),
+            sha256: sha256.clone(),
+            sampled: false,
         }
+        .check_unchanged(),
+        DataSource::Dataset { files } => files.iter().try_for_each(FileRef::check_unchanged),
     }
-    if let DataSource::File { path, sha256 } = src {
-        let p = Path::new(path);
-        if &file_sha256(p)? != sha256 {
-            return Err(Error::read(
-                p,
-                "the data file has changed since the checkpoint was written (SHA-256 differs); resuming would train on other data",
-            ));
-        }
-    }
-    Ok(())
 }
