@@ -106,6 +106,22 @@ pub fn env_vars() -> Vec<String> {
     v
 }
 
+/// A note when OpenBLAS's idle workers keep spinning in this process:
+/// `OPENBLAS_THREAD_TIMEOUT` unset (the library default, 2^28 cycles; the
+/// binary sets it before OpenBLAS loads unless it could not) or longer
+/// than [`SHORT_SPIN`].
+pub fn spin_warning() -> Option<String> {
+    let value = std::env::var(THREAD_TIMEOUT_VAR).ok();
+    let short: u32 = SHORT_SPIN.parse().expect("a number");
+    match value.as_deref().map(|v| v.trim().parse::<u32>()) {
+        Some(Ok(v)) if v <= short => None,
+        _ => Some(format!(
+            "OpenBLAS's idle threads spin after each call ({THREAD_TIMEOUT_VAR}={}): a spinning thread holds a core the step's other work needs; examples/spin_fix.rs measures the cost (0.96–1.12x at the reference shape with today's plans, 2.5x with multi-threaded GEMMs at every shape)",
+            value.as_deref().unwrap_or("unset")
+        )),
+    }
+}
+
 /// Makes sure OpenBLAS's idle workers do not spin: when
 /// `OPENBLAS_THREAD_TIMEOUT` is unset, sets it to [`SHORT_SPIN`] and
 /// replaces the process with a fresh copy of itself (same arguments), since

@@ -43,6 +43,20 @@ pub fn warning() -> Option<String> {
     })
 }
 
+/// What in the environment slows this process down, one line each: a
+/// kernel set forced below the CPU, OpenBLAS threads left spinning. The
+/// report's environment block records them.
+pub fn environment_warnings() -> Vec<String> {
+    let mut v = Vec::new();
+    if let Some(k) = forced_below_cpu() {
+        v.push(format!(
+            "OpenBLAS runs its {k} kernels, without the AVX-512 this CPU has"
+        ));
+    }
+    v.extend(crate::blas::spin_warning());
+    v
+}
+
 /// The largest relative error of OpenBLAS's GEMMs at the step's shapes
 /// (the five products of (64, 1000, 100, 10), transposes included)
 /// against plain loops, in f64.

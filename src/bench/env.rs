@@ -35,6 +35,12 @@ pub struct Env {
     pub date: String,
     /// The command line that made it.
     pub command_line: Vec<String>,
+    /// What in the environment slowed the run, one line each, with the
+    /// measured cost where it was measured: a kernel set forced below the
+    /// CPU, OpenBLAS threads left spinning. Empty when nothing did
+    /// (absent from older reports).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 impl Env {
@@ -60,6 +66,7 @@ impl Env {
             .to_string(),
             date: utc_now(),
             command_line: std::env::args().collect(),
+            warnings: crate::kernel_set::environment_warnings(),
         }
     }
 
@@ -95,6 +102,14 @@ impl Env {
             ),
             ("date", self.date.clone()),
             ("command", self.command_line.join(" ")),
+            (
+                "slowed by",
+                if self.warnings.is_empty() {
+                    "nothing seen".into()
+                } else {
+                    self.warnings.join("; ")
+                },
+            ),
         ]
     }
 }

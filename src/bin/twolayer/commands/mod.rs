@@ -3,6 +3,7 @@
 
 pub mod compare;
 pub mod info;
+pub mod own_kernels;
 pub mod predict;
 pub mod run_spec;
 pub mod sweep;

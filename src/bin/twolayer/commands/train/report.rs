@@ -429,8 +429,11 @@ impl<'a> Reporter<'a> {
                 .map_err(|e| Error::invalid(format!("cannot write JSON: {e}")))?;
             output::write_atomic(p, |w| w.write_all(text.as_bytes()))?;
         }
-        if let Some(w) = twolayer::kernel_set::warning() {
-            say!("twolayer: {w}");
+        for w in twolayer::kernel_set::warning()
+            .into_iter()
+            .chain(twolayer::blas::spin_warning())
+        {
+            say!("twolayer: note: {}", w.trim_start_matches("note: "));
         }
         if let Some(signal) = signal {
             if trainer.steps_done() < cfg.total_steps {
