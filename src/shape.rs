@@ -161,9 +161,20 @@ pub fn available_memory_bytes() -> u64 {
 /// The most resident memory this process has held so far (Linux's
 /// `VmHWM`), when the system reports it.
 pub fn peak_rss_bytes() -> Option<u64> {
+    status_bytes("VmHWM:")
+}
+
+/// The memory this process holds now (Linux's `VmRSS`), when the system
+/// reports it.
+pub fn resident_bytes() -> Option<u64> {
+    status_bytes("VmRSS:")
+}
+
+/// A `kB` line of /proc/self/status, in bytes.
+fn status_bytes(key: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line["VmHWM:".len()..]
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    let kb: u64 = line[key.len()..]
         .trim()
         .trim_end_matches("kB")
         .trim()

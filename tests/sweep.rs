@@ -65,20 +65,216 @@ fn reports_hold_every_point_and_round_trip() {
         assert_eq!(md.matches(&row).count(), 1, "{row} in {md}");
     }
 
-    // SVGs: well-formed XML naming every point's shape.
-    for svg in ["gflops.svg", "phases.svg"] {
+    // SVGs: well-formed XML naming every point (the chart tests in
+    // tests/charts.rs render them).
+    let texts = |svg: &str| -> String {
         let text = std::fs::read_to_string(dir.path().join(svg)).unwrap();
         let doc = roxmltree::Document::parse(&text).unwrap_or_else(|e| panic!("{svg}: {e}"));
         assert_eq!(doc.root_element().tag_name().name(), "svg");
-        let texts: String = doc
-            .descendants()
+        doc.descendants()
             .filter_map(|n| n.text())
             .collect::<Vec<_>>()
-            .join("\n");
-        for p in &report.points {
-            let label = format!("{} {} ×{}", p.shape_label(), p.dtype, p.threads);
-            assert!(texts.contains(&label), "{svg} lacks {label}");
+            .join("\n")
+    };
+    let (gflops, phases, scaling) = (
+        texts("gflops.svg"),
+        texts("phases.svg"),
+        texts("scaling.svg"),
+    );
+    for p in &report.points {
+        let threads = format!("{} thread", p.threads);
+        assert!(gflops.contains(&p.shape_label()) && gflops.contains(&threads));
+        let label = format!("{} {} · {threads}", p.shape_label(), p.dtype);
+        assert!(phases.contains(&label), "phases.svg lacks {label}");
+        let series = format!(
+            "N: D_in {}, H {}, D_out {} · {}",
+            p.d_in, p.hidden, p.d_out, p.dtype
+        );
+        assert!(scaling.contains(&series), "scaling.svg lacks {series}");
+    }
+}
+
+#[test]
+fn statistics_beside_the_median_match_the_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = common::tiny_sweep(dir.path(), "9", "1");
+    for p in &report.points {
+        let st = &p.ms_per_step;
+        let n = st.samples.len() as f64;
+        let mean = st.samples.iter().sum::<f64>() / n;
+        let var = st.samples.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        assert!((st.mean - mean).abs() <= 1e-12 * mean);
+        assert!((st.sd - var.sqrt()).abs() <= 1e-9 * mean);
+        let min = st.samples.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = st.samples.iter().copied().fold(0.0, f64::max);
+        assert_eq!((st.min, st.max), (min, max));
+        assert!(st.min <= st.p10 && st.p10 <= st.median && st.median <= st.p90 && st.p90 <= st.max);
+        assert!(st.outliers_low + st.outliers_high <= st.samples.len());
+        // The GEMM rate: at least 3 samples, reported as their median.
+        let rate = p.machine_gemm.as_ref().expect("the rate's samples");
+        assert!(rate.samples.len() >= 3, "{:?}", rate.samples);
+        assert_eq!(p.machine_gemm_gflops, rate.median);
+        assert!(rate.min > 0.0 && rate.min <= rate.median && rate.median <= rate.max);
+    }
+    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(
+        md.contains("mean ± sd") && md.contains("over 3 samples"),
+        "{md}"
+    );
+}
+
+/// A short sweep of `points` (N values) at one shape, f64, on `threads`.
+fn measured(dir: &Path, n: &str, d_in: &str, threads: &str, budget: &str) -> Report {
+    let out = run(&[
+        "sweep",
+        "--n",
+        n,
+        "--d-in",
+        d_in,
+        "--hidden",
+        "100",
+        "--d-out",
+        "10",
+        "--dtype",
+        "f64",
+        "--threads",
+        threads,
+        "--budget",
+        budget,
+        "--min-steps",
+        "30",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    common::assert_matches_schema(&dir.join("report.json"));
+    Report::read(&dir.join("report.json")).unwrap()
+}
+
+#[test]
+fn the_phases_add_up_to_the_step_at_one_and_two_threads() {
+    // A ratio of two medians taken in the same run, interleaved: not a
+    // time. At one thread one shard: no wait at the join; at two, the
+    // first shard's wait is its own phase, not part of the update.
+    let dir = tempfile::tempdir().unwrap();
+    let report = measured(dir.path(), "512", "1000", "1,2", "0.6");
+    for p in &report.points {
+        let sum = p.phases.sum();
+        let step = p.ms_per_step.median;
+        let inst = p.phases.instrumented_step_ms;
+        let ratio = sum / step;
+        assert!(
+            (0.9..=1.1).contains(&ratio),
+            "{} threads: phases add up to {sum:.4} ms, the step's median is {step:.4} ms ({:?})",
+            p.threads,
+            p.phases
+        );
+        assert!((sum / inst - 1.0).abs() < 0.1, "{sum} against {inst}");
+        if p.threads == 1 {
+            assert!(p.phases.join < 0.02 * step, "{:?}", p.phases);
         }
+    }
+}
+
+#[test]
+fn a_points_memory_is_its_own_not_the_process_peak() {
+    // A large point between two small ones: the small ones after it must
+    // not inherit its memory, the large one must show its buffers.
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&[
+        "sweep",
+        "--grid",
+        &write_grid(dir.path()),
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = Report::read(&dir.path().join("report.json")).unwrap();
+    let [small_before, large, small_after] = &report.points[..] else {
+        panic!("{} points", report.points.len())
+    };
+    assert_eq!((small_before.n, large.n, small_after.n), (64, 16384, 64));
+    let ws = large.workspace_bytes;
+    assert!(
+        large.rss_growth_bytes >= ws * 8 / 10 && large.rss_growth_bytes <= ws * 2,
+        "growth {} against a {ws}-byte workspace",
+        large.rss_growth_bytes
+    );
+    for small in [small_before, small_after] {
+        assert!(
+            small.rss_growth_bytes < ws / 4,
+            "a small point grew by {} bytes",
+            small.rss_growth_bytes
+        );
+    }
+}
+
+/// A grid file running (64, 1000, 100, 10), (16384, …), (64, …) in that
+/// order, f64, one thread, a few steps each.
+fn write_grid(dir: &Path) -> String {
+    let path = dir.join("grid.toml");
+    std::fs::write(
+        &path,
+        "shapes = [[64, 1000, 100, 10], [16384, 1000, 100, 10], [64, 1000, 100, 10]]\n\
+         dtype = [\"f64\"]\nthreads = [1]\n\
+         [timing]\nwarmup = 1\nmin_steps = 3\nbudget_s = 0.0\n",
+    )
+    .unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn readers_accept_fields_they_do_not_know_and_reports_without_the_new_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = common::tiny_sweep(dir.path(), "9", "1");
+    let path = dir.path().join("report.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    // A newer writer: a field nobody knows yet at every level.
+    let newer = {
+        let mut v = v.clone();
+        v["future"] = 1.into();
+        v["env"]["future"] = "x".into();
+        v["timing"]["future"] = 2.into();
+        for p in v["points"].as_array_mut().unwrap() {
+            p["future"] = 3.into();
+            p["ms_per_step"]["p99"] = 4.0.into();
+            p["phases"]["future"] = 5.0.into();
+        }
+        v
+    };
+    // An older writer: version 1 before the fields added to it.
+    for p in v["points"].as_array_mut().unwrap() {
+        let o = p.as_object_mut().unwrap();
+        for k in ["machine_gemm", "rss_growth_bytes"] {
+            o.remove(k);
+        }
+        let ms = p["ms_per_step"].as_object_mut().unwrap();
+        for k in ["mean", "sd", "min", "max", "outliers_low", "outliers_high"] {
+            ms.remove(k);
+        }
+        let ph = p["phases"].as_object_mut().unwrap();
+        ph.remove("join");
+        ph.remove("instrumented_step_ms");
+    }
+    v["env"].as_object_mut().unwrap().remove("warnings");
+    v["timing"].as_object_mut().unwrap().remove("rounds");
+    for (name, value) in [("newer.json", &newer), ("older.json", &v)] {
+        let p = dir.path().join(name);
+        std::fs::write(&p, serde_json::to_string(value).unwrap()).unwrap();
+        common::assert_matches_schema(&p);
+        let read = Report::read(&p).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(read.points.len(), report.points.len());
+        // The figures an older report lacks are computed from its samples.
+        assert_eq!(read.points[0].ms_per_step, report.points[0].ms_per_step);
+        let o = run(&[
+            "compare",
+            path.to_str().unwrap(),
+            p.to_str().unwrap(),
+            "--max-slowdown",
+            "0.5",
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{name}: {}", stderr(&o));
     }
 }
 

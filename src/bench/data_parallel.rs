@@ -20,18 +20,16 @@
 use super::env::Env;
 use super::grid::{Grid, Point, Timing};
 use super::measure::{
-    machine_gemm_gflops, peak_rss_bytes, phase_samples, reset_peak_rss, Interleaved, Samples,
-    BENCH_LR,
+    machine_gemm_gflops, phase_samples, Interleaved, MemoryWatch, Samples, BENCH_LR,
 };
 use super::report::{MpiPoint, Report, Stats, SCHEMA_VERSION};
-use super::run::{pools, progress_bar, progress_message};
+use super::run::{pools, progress_bar, progress_message, GemmRates};
 use crate::distributed::Cluster;
 use crate::error::{Error, Result};
 use crate::net::{Data, Weights};
 use crate::scalar::{Dtype, Real};
 use crate::shape::Shape;
 use crate::step::{self, Gradients, LearningRates, Plan, StepMode, Workspace};
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 /// How the ranks sum their gradients.
@@ -63,17 +61,17 @@ pub fn run_grid_mpi(grid: &Grid, cluster: &Cluster, how: AllreducePlan) -> Resul
     );
 
     // GEMM rates: every rank at once, summed.
-    let mut rates: BTreeMap<(Dtype, usize), f64> = BTreeMap::new();
+    let mut rates = GemmRates::default();
+    let rate = |dtype, threads| {
+        let mine = pools[&threads].install(|| machine_gemm_gflops(dtype, threads));
+        cluster.sum(mine)
+    };
     let mut samples: Vec<Option<(Samples, MpiSamples)>> = vec![None; grid.points.len()];
     for round in 0..rounds {
         for (p, acc) in grid.points.iter().zip(samples.iter_mut()) {
             bar.set_message(progress_message(p, round, rounds));
             let pool = &pools[&p.threads];
-            if let std::collections::btree_map::Entry::Vacant(e) = rates.entry((p.dtype, p.threads))
-            {
-                let mine = pool.install(|| machine_gemm_gflops(p.dtype, p.threads));
-                e.insert(cluster.sum(mine));
-            }
+            rates.sample_if_due(round, p, || rate(p.dtype, p.threads));
             let handoff = Handoff(cluster);
             let (s, m) = pool.install(|| measure_point_mpi(*p, grid.timing, handoff.get(), how))?;
             match acc {
@@ -87,6 +85,7 @@ pub fn run_grid_mpi(grid: &Grid, cluster: &Cluster, how: AllreducePlan) -> Resul
             bar.inc(1);
         }
     }
+    rates.complete(rate);
     bar.finish_and_clear();
     let library = mpi::environment::library_version()
         .unwrap_or_else(|_| "unknown".into())
@@ -100,8 +99,8 @@ pub fn run_grid_mpi(grid: &Grid, cluster: &Cluster, how: AllreducePlan) -> Resul
         .into_iter()
         .map(|s| {
             let (s, m) = s.expect("every point measured");
-            let rate = rates[&(s.point.dtype, s.point.threads)];
-            let mut r = s.into_report(rate);
+            let point = s.point;
+            let mut r = s.into_report(rates.of(&point));
             let single = Stats::from_samples(m.single_rank_ms);
             r.mpi = Some(MpiPoint {
                 ranks: k,
@@ -176,7 +175,7 @@ fn measure<F: Real + mpi::traits::Equivalence>(
     let mode = StepMode::Explicit;
     let plan = Plan::new(local, F::DTYPE, point.threads, mode);
     plan.check_fits_memory(local, F::DTYPE, mode)?;
-    reset_peak_rss();
+    let memory = MemoryWatch::start();
 
     // This rank's rows of the single-process data, and the same weights
     // everywhere.
@@ -228,10 +227,12 @@ fn measure<F: Real + mpi::traits::Equivalence>(
     }
 
     // Phases of this rank's own rows (no exchange), every rank at once.
-    let phase_ms = phase_samples(step_ms.len(), |timer| {
+    let phases = phase_samples(step_ms.len(), |timer| {
         step::update(&mut ws, &data, &mut weights, Some(&mut grads), lr, timer);
     });
-    let peak_rss = cluster.sum(peak_rss_bytes() as f64) as u64;
+    let (peak_rss, rss_growth) = memory.peak_and_growth();
+    let peak_rss = cluster.sum(peak_rss as f64) as u64;
+    let rss_growth = cluster.sum(rss_growth as f64) as u64;
     let workspace = cluster.sum(plan.training_bytes(local, F::DTYPE, mode) as f64) as u64;
     drop((ws, data, grads));
 
@@ -254,9 +255,10 @@ fn measure<F: Real + mpi::traits::Equivalence>(
             mode,
             step_ms,
             gemm_ms,
-            phase_ms,
+            phases,
             workspace_bytes: workspace,
             peak_rss_bytes: peak_rss,
+            rss_growth_bytes: rss_growth,
         },
         MpiSamples {
             allreduce_ms: mpi_ms,

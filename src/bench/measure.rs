@@ -1,7 +1,8 @@
 //! Measuring one point of a sweep: the step's time, its five GEMMs alone
-//! (interleaved with the step, so both see the same machine), the phase
-//! breakdown (from separate, instrumented steps, so the timers never touch
-//! the reported step time), memory, and the machine's own GEMM rate.
+//! and the phase breakdown, all interleaved so that they see the same
+//! machine (the phases from separate instrumented steps, so the timers
+//! never touch the reported step time); the point's memory; and the
+//! machine's own GEMM rate.
 
 use super::grid::{Point, Timing};
 use super::report::{PhaseTimes, PointReport, Stats};
@@ -22,10 +23,57 @@ pub const BENCH_LR: f64 = 1e-12;
 /// Most samples kept per point, whatever the budget.
 const MAX_SAMPLES: usize = 100_000;
 
-/// Times every phase of the step it is handed to.
+/// Times every phase of the step it is handed to. Each phase runs from
+/// the end of the one before (the first from the timer's start) to its own
+/// end, so the phases of a step add up to the step.
 pub(super) struct PhaseTimer {
+    start: Instant,
     last: Instant,
-    ms: [f64; 6],
+    ms: [f64; Phase::COUNT],
+}
+
+impl PhaseTimer {
+    fn start() -> PhaseTimer {
+        let now = Instant::now();
+        PhaseTimer {
+            start: now,
+            last: now,
+            ms: [0.0; Phase::COUNT],
+        }
+    }
+}
+
+/// The instrumented steps of a point: per phase, and in total (ms).
+#[derive(Clone, Debug, Default)]
+pub struct PhaseSamples {
+    /// Each phase's times, in [`Phase::ALL`] order.
+    pub per_phase: [Vec<f64>; Phase::COUNT],
+    /// Each instrumented step's whole time, start to end of its last phase.
+    pub total: Vec<f64>,
+}
+
+impl PhaseSamples {
+    /// Times one instrumented step, which `step` runs with the timer.
+    pub(super) fn take(&mut self, step: impl FnOnce(&mut PhaseTimer)) {
+        let mut timer = PhaseTimer::start();
+        step(&mut timer);
+        for (acc, v) in self.per_phase.iter_mut().zip(timer.ms) {
+            acc.push(v);
+        }
+        self.total
+            .push((timer.last - timer.start).as_secs_f64() * 1e3);
+    }
+
+    fn merge(&mut self, other: PhaseSamples) {
+        for (a, b) in self.per_phase.iter_mut().zip(other.per_phase) {
+            a.extend(b);
+        }
+        self.total.extend(other.total);
+    }
+
+    fn len(&self) -> usize {
+        self.total.len()
+    }
 }
 
 impl Probe for PhaseTimer {
@@ -56,12 +104,15 @@ pub struct Samples {
     pub step_ms: Vec<f64>,
     /// GEMM-only times, ms, each taken right after the step of the same index.
     pub gemm_ms: Vec<f64>,
-    /// Per-phase times of the instrumented steps, ms.
-    pub phase_ms: [Vec<f64>; 6],
+    /// The instrumented steps' phases.
+    pub phases: PhaseSamples,
     /// Bytes of data, weights and buffers.
     pub workspace_bytes: u64,
     /// Peak RSS seen while measuring.
     pub peak_rss_bytes: u64,
+    /// Peak RSS while measuring less the RSS just before (see
+    /// [`MemoryWatch`]).
+    pub rss_growth_bytes: u64,
 }
 
 impl Samples {
@@ -69,24 +120,29 @@ impl Samples {
     pub fn merge(&mut self, other: Samples) {
         self.step_ms.extend(other.step_ms);
         self.gemm_ms.extend(other.gemm_ms);
-        for (a, b) in self.phase_ms.iter_mut().zip(other.phase_ms) {
-            a.extend(b);
-        }
+        self.phases.merge(other.phases);
         self.peak_rss_bytes = self.peak_rss_bytes.max(other.peak_rss_bytes);
+        self.rss_growth_bytes = self.rss_growth_bytes.max(other.rss_growth_bytes);
     }
 
-    /// The point's entry in a report.
-    pub fn into_report(self, machine_gemm_gflops: f64) -> PointReport {
+    /// The point's entry in a report, with the machine's GEMM rate
+    /// samples (GFLOP/s) of its dtype and thread count.
+    pub fn into_report(self, machine_gemm: &[f64]) -> PointReport {
         let shape = self.point.shape;
-        let phase_median = |i: usize| Stats::from_samples(self.phase_ms[i].clone()).median;
+        let median = |v: &[f64]| Stats::from_samples(v.to_vec()).median;
+        let phase = |p: Phase| median(&self.phases.per_phase[p.index()]);
         let phases = PhaseTimes {
-            forward_gemms: phase_median(0),
-            relu: phase_median(1),
-            loss_grad: phase_median(2),
-            backward_gemms: phase_median(3),
-            mask: phase_median(4),
-            update: phase_median(5),
+            forward_gemms: phase(Phase::ForwardGemms),
+            relu: phase(Phase::Relu),
+            loss_grad: phase(Phase::LossGrad),
+            backward_gemms: phase(Phase::BackwardGemms),
+            mask: phase(Phase::Mask),
+            join: phase(Phase::Join),
+            update: phase(Phase::Update),
+            instrumented_step_ms: median(&self.phases.total),
         };
+        let machine_gemm = Stats::from_samples(machine_gemm.to_vec());
+        let machine_gemm_gflops = machine_gemm.median;
         let steps = Stats::from_samples(self.step_ms);
         let gemm = Stats::from_samples(self.gemm_ms);
         let gflops = shape.flops_per_step() / (steps.median * 1e-3) / 1e9;
@@ -109,11 +165,13 @@ impl Samples {
             efficiency: gemm.median / steps.median,
             peak_fraction: gflops / machine_gemm_gflops,
             machine_gemm_gflops,
+            machine_gemm: Some(machine_gemm),
             ms_per_step: steps,
             gemm_ms_samples: gemm.samples,
             phases,
             workspace_bytes: self.workspace_bytes,
             peak_rss_bytes: self.peak_rss_bytes,
+            rss_growth_bytes: self.rss_growth_bytes,
             mpi: None,
         }
     }
@@ -138,7 +196,7 @@ fn measure<F: Real>(point: Point, timing: Timing, mode: StepMode) -> Result<Samp
     let explicit = mode == StepMode::Explicit;
     let plan = Plan::new(shape, F::DTYPE, point.threads, mode);
     plan.check_fits_memory(shape, F::DTYPE, mode)?;
-    reset_peak_rss();
+    let memory = MemoryWatch::start();
 
     let data = Data::<F>::random(shape, 0);
     let mut weights = Weights::<F>::random(shape, 0);
@@ -158,8 +216,11 @@ fn measure<F: Real>(point: Point, timing: Timing, mode: StepMode) -> Result<Samp
         step::gemms_only(&mut ws, &data, &mut weights, lr);
     }
 
-    // Step and GEMMs alone, interleaved sample by sample.
+    // Step and GEMMs alone, interleaved sample by sample; after every
+    // third, an instrumented step for the phases (at least 3, at most
+    // 200), so that the phases see the machine the timed steps saw.
     let mut timed = Interleaved::default();
+    let mut phases = PhaseSamples::default();
     while timed.wants_more(min_steps, budget_s) {
         let t0 = Instant::now();
         let loss = one_step(&mut ws, &mut weights, &mut |_| {});
@@ -167,24 +228,37 @@ fn measure<F: Real>(point: Point, timing: Timing, mode: StepMode) -> Result<Samp
         step::gemms_only(&mut ws, &data, &mut weights, lr);
         std::hint::black_box(loss);
         timed.push(t0, t1, Instant::now());
+        if timed.step_ms.len() % 3 == 0 && phases.len() < MAX_PHASE_SAMPLES {
+            phases.take(|timer| {
+                one_step(&mut ws, &mut weights, &mut |p| timer.done(p));
+            });
+        }
+    }
+    while phases.len() < MIN_PHASE_SAMPLES {
+        phases.take(|timer| {
+            one_step(&mut ws, &mut weights, &mut |p| timer.done(p));
+        });
     }
     let Interleaved {
         step_ms, gemm_ms, ..
     } = timed;
-
-    let phase_ms = phase_samples(step_ms.len(), |timer| {
-        one_step(&mut ws, &mut weights, &mut |p| timer.done(p));
-    });
+    let (peak_rss_bytes, rss_growth_bytes) = memory.peak_and_growth();
     Ok(Samples {
         point,
         mode,
         step_ms,
         gemm_ms,
-        phase_ms,
+        phases,
         workspace_bytes: plan.training_bytes(shape, F::DTYPE, mode) as u64,
-        peak_rss_bytes: peak_rss_bytes(),
+        peak_rss_bytes,
+        rss_growth_bytes,
     })
 }
+
+/// Fewest instrumented steps per point and round.
+const MIN_PHASE_SAMPLES: usize = 3;
+/// Most instrumented steps per point and round.
+const MAX_PHASE_SAMPLES: usize = 200;
 
 /// A point's timed samples: each a step, then its GEMMs alone, back to
 /// back on the same buffers.
@@ -216,33 +290,29 @@ impl Interleaved {
     }
 }
 
-/// The phase breakdown: a third as many instrumented steps as `timed`
-/// (3 to 200), run apart from the timed ones; `step` runs one with the
-/// timer it is given. Returns each phase's times, in [`Phase::ALL`] order.
-pub(super) fn phase_samples(timed: usize, mut step: impl FnMut(&mut PhaseTimer)) -> [Vec<f64>; 6] {
-    let count = (timed / 3).clamp(3, 200);
-    let mut phase_ms: [Vec<f64>; 6] = Default::default();
-    for _ in 0..count {
-        let mut timer = PhaseTimer {
-            last: Instant::now(),
-            ms: [0.0; 6],
-        };
-        step(&mut timer);
-        for (acc, v) in phase_ms.iter_mut().zip(timer.ms) {
-            acc.push(v);
-        }
+/// The phase breakdown apart from the timed steps: a third as many
+/// instrumented steps as `timed` (3 to 200); `step` runs one with the
+/// timer it is given. (The data-parallel sweep, whose timed steps
+/// exchange gradients, times its phases this way on each rank's own rows.)
+#[cfg(feature = "mpi")]
+pub(super) fn phase_samples(timed: usize, mut step: impl FnMut(&mut PhaseTimer)) -> PhaseSamples {
+    let mut phases = PhaseSamples::default();
+    for _ in 0..(timed / 3).clamp(MIN_PHASE_SAMPLES, MAX_PHASE_SAMPLES) {
+        phases.take(&mut step);
     }
-    phase_ms
+    phases
 }
 
 /// Side of the square GEMM that measures the machine's GEMM rate.
 pub const MACHINE_GEMM_SIZE: usize = 2048;
 
-/// The machine's GEMM rate in GFLOP/s for a dtype and thread count: the
-/// best of 5 timed `C ← A·B` of [`MACHINE_GEMM_SIZE`]² matrices (after one
-/// untimed). The best, not the median: it estimates what the machine can
-/// do, and on a shared machine noise only ever makes a GEMM slower. Must
-/// run inside a rayon pool of `threads` threads.
+/// One sample of the machine's GEMM rate in GFLOP/s for a dtype and
+/// thread count: the best of 3 timed `C ← A·B` of [`MACHINE_GEMM_SIZE`]²
+/// matrices (after one untimed). The best, not the median: it estimates
+/// what the machine can do, and on a shared machine noise only ever makes
+/// a GEMM slower. A sweep takes one sample per round, interleaved with
+/// its points, and reports their spread. Must run inside a rayon pool of
+/// `threads` threads.
 pub fn machine_gemm_gflops(dtype: Dtype, threads: usize) -> f64 {
     blas::with_threads(threads, || match dtype {
         Dtype::F32 => square_gemm::<f32>(MACHINE_GEMM_SIZE),
@@ -256,35 +326,45 @@ fn square_gemm<F: Real>(s: usize) -> f64 {
     });
     let b = a.t().to_owned();
     let mut c = Array2::<F>::zeros((s, s));
-    let mut times = Vec::new();
-    for rep in 0..6 {
+    let mut best = f64::INFINITY;
+    for rep in 0..4 {
         let t = Instant::now();
         // C = A·B: (s×s)·(s×s); alpha = 1, beta = 0.
         general_mat_mul(F::one(), &a, &b, F::zero(), &mut c);
         if rep > 0 {
-            times.push(t.elapsed().as_secs_f64());
+            best = best.min(t.elapsed().as_secs_f64());
         }
     }
     std::hint::black_box(&c);
-    let best = times.iter().copied().fold(f64::INFINITY, f64::min);
     2.0 * (s as f64).powi(3) / best / 1e9
 }
 
-/// Resets the kernel's record of this process's peak RSS (Linux ≥ 4.0).
-pub(super) fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
+/// A point's memory: [`MemoryWatch::start`] before its data and buffers
+/// exist, [`MemoryWatch::peak_and_growth`] once it is measured.
+pub(super) struct MemoryWatch {
+    resting: u64,
 }
 
-/// The process's peak resident set size since the last reset (VmHWM), in
-/// bytes; 0 where it cannot be read.
-pub fn peak_rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
+impl MemoryWatch {
+    /// Hands the allocator's free memory back to the system (so that what
+    /// earlier points freed is not counted as resting, nor reused unseen),
+    /// then notes the resting RSS and restarts the kernel's record of the
+    /// peak (Linux ≥ 4.0).
+    pub(super) fn start() -> MemoryWatch {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: glibc's malloc_trim only releases free memory.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        let resting = crate::shape::resident_bytes().unwrap_or(0);
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+        MemoryWatch { resting }
+    }
+
+    /// The peak RSS since [`MemoryWatch::start`], and how much it exceeds
+    /// the resting RSS then (0 where the system does not say).
+    pub(super) fn peak_and_growth(&self) -> (u64, u64) {
+        let peak = crate::shape::peak_rss_bytes().unwrap_or(0);
+        (peak, peak.saturating_sub(self.resting))
+    }
 }

@@ -1,5 +1,11 @@
 //! The sweep report: its versioned JSON schema (documented in
-//! docs/report-schema.md) and its CSV and Markdown renderings.
+//! docs/report-schema.md, machine-readable in docs/report-schema.json)
+//! and its CSV and Markdown renderings.
+//!
+//! Readers accept fields they do not know, so a newer writer's added
+//! metric never breaks an older reader or a committed baseline; fields
+//! added since version 1 are read with defaults from older reports. The
+//! version changes only for a change an older reader would misread.
 
 use super::env::Env;
 use super::grid::Timing;
@@ -10,27 +16,32 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::Path;
 
-/// The schema version this build writes and reads. Bump it on any change
-/// that an older reader would misread.
+/// The schema version this build writes and reads. Bump it only for a
+/// change an older reader would misread (a field removed, renamed or given
+/// another meaning); adding a field is not one.
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// A whole sweep report.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Report {
     /// [`SCHEMA_VERSION`] of the writer.
     pub schema_version: u32,
     /// Where and how it was measured.
     pub env: Env,
-    /// How long each point was measured.
+    /// How long each point was measured. (Read leniently: a grid file's
+    /// `[timing]` refuses unknown keys, a report's does not.)
+    #[serde(deserialize_with = "lenient_timing")]
     pub timing: Timing,
     /// One entry per point, in the order they ran.
     pub points: Vec<PointReport>,
 }
 
-/// Median, 10th and 90th percentiles, and the raw samples (milliseconds).
+/// A set of samples (milliseconds, or GFLOP/s for a GEMM rate) in brief:
+/// median and percentiles, mean and standard deviation, extremes, and how
+/// many samples lie beyond Tukey's fences — the figures hyperfine,
+/// criterion and pytest-benchmark give — with the samples themselves.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "StatsOnDisk")]
 pub struct Stats {
     /// 50th percentile.
     pub median: f64,
@@ -38,23 +49,134 @@ pub struct Stats {
     pub p10: f64,
     /// 90th percentile.
     pub p90: f64,
+    /// Arithmetic mean.
+    pub mean: f64,
+    /// Sample standard deviation (n − 1 in the denominator; 0 for one
+    /// sample).
+    pub sd: f64,
+    /// Smallest sample.
+    pub min: f64,
+    /// Largest sample.
+    pub max: f64,
+    /// Samples below Q1 − 1.5·IQR (the quartiles interpolated as the
+    /// percentiles are).
+    pub outliers_low: usize,
+    /// Samples above Q3 + 1.5·IQR: on a shared machine, mostly the steps a
+    /// neighbour or a late thread wake-up slowed.
+    pub outliers_high: usize,
     /// Every sample, in the order taken.
     pub samples: Vec<f64>,
 }
 
+/// [`Stats`] as read: a version-1 report has only the median, the
+/// percentiles and the samples; the rest is computed from the samples.
+#[derive(Deserialize)]
+struct StatsOnDisk {
+    median: f64,
+    p10: f64,
+    p90: f64,
+    mean: Option<f64>,
+    sd: Option<f64>,
+    min: Option<f64>,
+    max: Option<f64>,
+    outliers_low: Option<usize>,
+    outliers_high: Option<usize>,
+    samples: Vec<f64>,
+}
+
+impl From<StatsOnDisk> for Stats {
+    fn from(d: StatsOnDisk) -> Stats {
+        let derived = Stats::from_samples(Vec::new()).with_summary_of(&d.samples);
+        Stats {
+            median: d.median,
+            p10: d.p10,
+            p90: d.p90,
+            mean: d.mean.unwrap_or(derived.mean),
+            sd: d.sd.unwrap_or(derived.sd),
+            min: d.min.unwrap_or(derived.min),
+            max: d.max.unwrap_or(derived.max),
+            outliers_low: d.outliers_low.unwrap_or(derived.outliers_low),
+            outliers_high: d.outliers_high.unwrap_or(derived.outliers_high),
+            samples: d.samples,
+        }
+    }
+}
+
 impl Stats {
-    /// Percentiles (linear interpolation between order statistics) of
-    /// `samples`, which are kept as given. NaN for no samples.
+    /// Every figure of `samples`, which are kept as given. NaN (and no
+    /// outliers) for no samples.
     pub fn from_samples(samples: Vec<f64>) -> Stats {
         let mut sorted = samples.clone();
         sorted.sort_by(f64::total_cmp);
-        Stats {
+        let blank = Stats {
             median: percentile(&sorted, 0.5),
             p10: percentile(&sorted, 0.1),
             p90: percentile(&sorted, 0.9),
+            mean: f64::NAN,
+            sd: f64::NAN,
+            min: f64::NAN,
+            max: f64::NAN,
+            outliers_low: 0,
+            outliers_high: 0,
+            samples: Vec::new(),
+        };
+        Stats {
             samples,
+            ..blank.with_summary_of(&sorted)
         }
     }
+
+    /// `self` with mean, sd, extremes and outlier counts of `samples` (in
+    /// any order).
+    fn with_summary_of(self, samples: &[f64]) -> Stats {
+        let n = samples.len();
+        if n == 0 {
+            return self;
+        }
+        let mut sorted = samples.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let mean = sorted.iter().sum::<f64>() / n as f64;
+        let sd = if n > 1 {
+            (sorted.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+        } else {
+            0.0
+        };
+        let (q1, q3) = (percentile(&sorted, 0.25), percentile(&sorted, 0.75));
+        let (lo, hi) = (q1 - 1.5 * (q3 - q1), q3 + 1.5 * (q3 - q1));
+        Stats {
+            mean,
+            sd,
+            min: sorted[0],
+            max: sorted[n - 1],
+            outliers_low: sorted.iter().filter(|&&v| v < lo).count(),
+            outliers_high: sorted.iter().filter(|&&v| v > hi).count(),
+            ..self
+        }
+    }
+}
+
+/// A report's `timing`, read without refusing unknown fields (a grid
+/// file's refuses them, to catch typos; a report from a newer writer may
+/// carry more).
+fn lenient_timing<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Timing, D::Error> {
+    #[derive(Deserialize)]
+    struct Lenient {
+        warmup: usize,
+        min_steps: usize,
+        budget_s: f64,
+        #[serde(default = "one")]
+        rounds: usize,
+    }
+    fn one() -> usize {
+        1
+    }
+    let t = Lenient::deserialize(d)?;
+    Ok(Timing {
+        warmup: t.warmup,
+        min_steps: t.min_steps,
+        budget_s: t.budget_s,
+        rounds: t.rounds,
+    })
 }
 
 /// The q-quantile of sorted values, interpolating linearly.
@@ -71,10 +193,12 @@ pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     }
 }
 
-/// Median milliseconds per step spent in each phase (from instrumented
-/// steps run apart from the timed ones).
+/// Median milliseconds per step spent in each phase, from instrumented
+/// steps interleaved with the timed ones (every third sample). The phases
+/// of one instrumented step add up to its time; `instrumented_step_ms` is
+/// the median of those times, beside which the plain step's median can be
+/// checked.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PhaseTimes {
     /// x·w1 and h_relu·w2.
     pub forward_gemms: f64,
@@ -86,27 +210,41 @@ pub struct PhaseTimes {
     pub backward_gemms: f64,
     /// The ReLU mask.
     pub mask: f64,
-    /// The separate update pass (0 for the fused step).
+    /// The first shard waiting at the join for the others (0 with one
+    /// shard; absent from version-1 reports, which counted it in `update`).
+    #[serde(default)]
+    pub join: f64,
+    /// Summing the shards' gradients and the update pass (0 for the fused
+    /// step).
     pub update: f64,
+    /// Median total time of the instrumented steps (absent from older
+    /// reports: 0).
+    #[serde(default)]
+    pub instrumented_step_ms: f64,
 }
 
 impl PhaseTimes {
     /// (name, ms) in step order.
-    pub fn named(&self) -> [(&'static str, f64); 6] {
+    pub fn named(&self) -> [(&'static str, f64); 7] {
         [
             ("forward_gemms", self.forward_gemms),
             ("relu", self.relu),
             ("loss_grad", self.loss_grad),
             ("backward_gemms", self.backward_gemms),
             ("mask", self.mask),
+            ("join", self.join),
             ("update", self.update),
         ]
+    }
+
+    /// The phases' medians added up.
+    pub fn sum(&self) -> f64 {
+        self.named().iter().map(|(_, ms)| ms).sum()
     }
 }
 
 /// One measured point.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PointReport {
     /// Batch size N.
     pub n: usize,
@@ -138,15 +276,29 @@ pub struct PointReport {
     pub efficiency: f64,
     /// gflops / machine_gemm_gflops.
     pub peak_fraction: f64,
-    /// The machine's large square GEMM rate, same dtype and threads, same run.
+    /// The machine's large square GEMM rate, same dtype and threads, same
+    /// run: the median of `machine_gemm`'s samples.
     pub machine_gemm_gflops: f64,
+    /// The GEMM rate's samples (GFLOP/s), measured in every round of the
+    /// sweep right before the first point of this dtype and thread count
+    /// (absent from version-1 reports, which measured it once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_gemm: Option<Stats>,
     /// Median ms per phase.
     pub phases: PhaseTimes,
     /// Bytes of x, y, the weights and the step's buffers.
     pub workspace_bytes: u64,
     /// The process's peak RSS while measuring this point (under mpirun:
-    /// summed over the ranks).
+    /// summed over the ranks): the point's memory plus everything the
+    /// process already held (the binary, OpenBLAS's buffers, allocator
+    /// caches).
     pub peak_rss_bytes: u64,
+    /// What the point itself added: the peak RSS while measuring it less
+    /// the RSS just before its data and buffers were made, after the
+    /// allocator returned the previous points' free memory (absent from
+    /// version-1 reports: 0). Compare it with `workspace_bytes`.
+    #[serde(default)]
+    pub rss_growth_bytes: u64,
     /// Under mpirun: the data-parallel layout and what it cost. Absent in
     /// a single process's report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -159,7 +311,6 @@ pub struct PointReport {
 /// shard's GEMMs, slowest rank; its GEMM rate and memory are summed over
 /// the ranks.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct MpiPoint {
     /// Number of ranks K.
     pub ranks: usize,
@@ -276,7 +427,9 @@ impl Report {
              samples_per_s,gflops,gemm_ms,efficiency,peak_fraction,machine_gemm_gflops,\
              forward_gemms_ms,relu_ms,loss_grad_ms,backward_gemms_ms,mask_ms,update_ms,\
              workspace_bytes,peak_rss_bytes,ranks,allreduce,allreduce_pieces,allreduce_ms,\
-             single_rank_ms,scaling_efficiency\n",
+             single_rank_ms,scaling_efficiency,join_ms,instrumented_step_ms,ms_mean,ms_sd,\
+             ms_min,ms_max,outliers_low,outliers_high,rss_growth_bytes,machine_gemm_gflops_min,\
+             machine_gemm_gflops_max\n",
         );
         for p in &self.points {
             let ph = &p.phases;
@@ -312,7 +465,7 @@ impl Report {
             s.pop(); // the newline: the MPI columns follow
             match &p.mpi {
                 Some(m) => {
-                    let _ = writeln!(
+                    let _ = write!(
                         s,
                         ",{},{},{},{},{},{}",
                         m.ranks,
@@ -323,8 +476,32 @@ impl Report {
                         m.scaling_efficiency
                     );
                 }
-                None => s.push_str(",1,,,,,\n"),
+                None => s.push_str(",1,,,,,"),
             }
+            // Columns added after the first schema: at the end, so that
+            // readers of the older columns by position still work.
+            let st = &p.ms_per_step;
+            let (rate_min, rate_max) = p
+                .machine_gemm
+                .as_ref()
+                .map_or((p.machine_gemm_gflops, p.machine_gemm_gflops), |r| {
+                    (r.min, r.max)
+                });
+            let _ = writeln!(
+                s,
+                ",{},{},{},{},{},{},{},{},{},{},{}",
+                ph.join,
+                ph.instrumented_step_ms,
+                st.mean,
+                st.sd,
+                st.min,
+                st.max,
+                st.outliers_low,
+                st.outliers_high,
+                p.rss_growth_bytes,
+                rate_min,
+                rate_max
+            );
         }
         s
     }
@@ -346,9 +523,12 @@ impl Report {
             e.rustc,
             e.date
         );
+        for w in &e.warnings {
+            let _ = writeln!(s, "Slowed by the environment: {w}.\n");
+        }
         s.push_str(
-            "| shape (N, D_in, H, D_out) | dtype | thr | ms/step median [p10, p90] | samples/s | GFLOP/s | % of GEMM rate | GEMMs alone ms | efficiency | biggest non-GEMM phase | memory |\n\
-             |---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|\n",
+            "| shape (N, D_in, H, D_out) | dtype | thr | ms/step median [p10, p90] | mean ± sd | outliers | samples/s | GFLOP/s | % of GEMM rate | GEMMs alone ms | efficiency | biggest non-GEMM phase | workspace / RSS growth |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|\n",
         );
         for p in &self.points {
             let (name, ms) = p
@@ -359,13 +539,16 @@ impl Report {
                 .fold(("none", 0.0), |best, x| if x.1 > best.1 { x } else { best });
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} [{}, {}] | {:.0} | {:.1} | {:.0}% | {} | {:.2} | {name} {} | {} |",
+                "| {} | {} | {} | {} [{}, {}] | {} ± {} | {} | {:.0} | {:.1} | {:.0}% | {} | {:.2} | {name} {} | {} / {} |",
                 p.shape_label(),
                 p.dtype,
                 p.threads,
                 fmt_ms(p.ms_per_step.median),
                 fmt_ms(p.ms_per_step.p10),
                 fmt_ms(p.ms_per_step.p90),
+                fmt_ms(p.ms_per_step.mean),
+                fmt_ms(p.ms_per_step.sd),
+                p.ms_per_step.outliers_low + p.ms_per_step.outliers_high,
                 p.samples_per_s,
                 p.gflops,
                 p.peak_fraction * 100.0,
@@ -373,6 +556,7 @@ impl Report {
                 p.efficiency,
                 fmt_ms(ms),
                 human_bytes(p.workspace_bytes as f64),
+                human_bytes(p.rss_growth_bytes as f64),
             );
         }
         if self.points.iter().any(|p| p.mpi.is_some()) {
@@ -402,44 +586,56 @@ impl Report {
                 );
             }
         }
-        // One line per dtype and thread count; a report merged from several
-        // processes has several measurements of each: give their median.
+        // One line per dtype and thread count: the median of the rate's
+        // samples with their range (a report merged from several
+        // processes holds each process's samples: all are pooled).
         let mut by_kind: std::collections::BTreeMap<(String, usize), Vec<f64>> = Default::default();
+        let mut seen = std::collections::BTreeSet::new();
         for p in &self.points {
-            by_kind
-                .entry((p.dtype.clone(), p.threads))
-                .or_default()
-                .push(p.machine_gemm_gflops);
+            let samples = p
+                .machine_gemm
+                .as_ref()
+                .map_or(vec![p.machine_gemm_gflops], |r| r.samples.clone());
+            // Every point of a kind carries its process's same samples.
+            let key = (p.dtype.clone(), p.threads);
+            if seen.insert((
+                key.clone(),
+                samples.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            )) {
+                by_kind.entry(key).or_default().extend(samples);
+            }
         }
         let rates: Vec<String> = by_kind
             .into_iter()
-            .map(|((dtype, threads), mut v)| {
-                v.sort_by(f64::total_cmp);
-                v.dedup();
+            .map(|((dtype, threads), v)| {
+                let st = Stats::from_samples(v);
                 format!(
-                    "{dtype} × {threads} threads: {:.1} GFLOP/s",
-                    percentile(&v, 0.5)
+                    "{dtype} × {threads} threads: {:.1} GFLOP/s [{:.1}, {:.1}] over {} samples",
+                    st.median,
+                    st.min,
+                    st.max,
+                    st.samples.len()
                 )
             })
             .collect();
         let _ = writeln!(
             s,
-            "\nGEMM rate (square {n}×{n} GEMM, same run): {}.",
+            "\nGEMM rate (square {n}×{n} GEMM, sampled through the same run; median [min, max]): {}.",
             rates.join("; "),
             n = super::measure::MACHINE_GEMM_SIZE
         );
         s
     }
 
-    /// Writes report.json, report.csv, report.md, gflops.svg and phases.svg
-    /// into `dir` (created if missing), each atomically.
+    /// Writes report.json, report.csv, report.md, gflops.svg, phases.svg
+    /// and scaling.svg into `dir` (created if missing), each atomically.
     /// A failure names the files written before it (a full disk once
     /// left three of five with no word of which).
     pub fn write_all(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::write(dir, e))?;
         let csv = self.to_csv();
         let md = self.to_markdown();
-        let steps: [(&str, &dyn Fn() -> Result<()>); 5] = [
+        let steps: [(&str, &dyn Fn() -> Result<()>); 6] = [
             ("report.json", &|| self.write_json(&dir.join("report.json"))),
             ("report.csv", &|| {
                 write_atomic(&dir.join("report.csv"), |w| w.write_all(csv.as_bytes()))
@@ -452,6 +648,9 @@ impl Report {
             }),
             ("phases.svg", &|| {
                 super::charts::write_phases_chart(self, dir)
+            }),
+            ("scaling.svg", &|| {
+                super::charts::write_scaling_chart(self, dir)
             }),
         ];
         let mut done: Vec<&str> = Vec::new();
@@ -492,5 +691,33 @@ mod tests {
         let s = Stats::from_samples(vec![5.0, 1.0, 3.0, 2.0, 4.0]);
         assert_eq!((s.median, s.p10, s.p90), (3.0, 1.4, 4.6));
         assert_eq!(s.samples, [5.0, 1.0, 3.0, 2.0, 4.0]);
+        assert_eq!((s.mean, s.min, s.max), (3.0, 1.0, 5.0));
+        assert!((s.sd - 2.5f64.sqrt()).abs() < 1e-15);
+        assert_eq!((s.outliers_low, s.outliers_high), (0, 0));
+    }
+
+    #[test]
+    fn outliers_lie_beyond_tukeys_fences() {
+        // -10, -4.9, 1, 2, …, 9, 14.9, 20: quartiles 2 and 8 (IQR 6),
+        // fences at -7 and 17.
+        let mut v: Vec<f64> = (1..=9).map(f64::from).collect();
+        v.extend([20.0, -10.0, 14.9, -4.9]);
+        let s = Stats::from_samples(v);
+        assert_eq!((s.outliers_low, s.outliers_high), (1, 1));
+        let one = Stats::from_samples(vec![2.0]);
+        assert_eq!((one.mean, one.sd, one.min, one.max), (2.0, 0.0, 2.0, 2.0));
+    }
+
+    #[test]
+    fn a_version_1_report_is_read_with_its_new_figures_computed() {
+        let v1 = r#"{"median": 2.0, "p10": 1.2, "p90": 2.8, "samples": [1.0, 2.0, 3.0]}"#;
+        let s: Stats = serde_json::from_str(v1).unwrap();
+        assert_eq!(
+            (s.median, s.mean, s.sd, s.min, s.max),
+            (2.0, 2.0, 1.0, 1.0, 3.0)
+        );
+        // A field this build does not know is no error.
+        let newer = r#"{"median": 2.0, "p10": 1.2, "p90": 2.8, "samples": [2.0], "p99": 3.0}"#;
+        assert!(serde_json::from_str::<Stats>(newer).is_ok());
     }
 }

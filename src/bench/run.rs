@@ -1,6 +1,6 @@
 //! Runs a grid: one rayon pool per thread count, the machine's GEMM rate
-//! once per dtype and thread count, every point measured inside its pool,
-//! with a progress bar on stderr when it is a terminal.
+//! sampled in every round per dtype and thread count, every point measured
+//! inside its pool, with a progress bar on stderr when it is a terminal.
 
 use super::env::Env;
 use super::grid::{Grid, Point};
@@ -22,16 +22,15 @@ pub fn run_grid(grid: &Grid, mode: StepMode) -> Result<Report> {
         "sweep".into(),
     );
 
-    let mut rates: BTreeMap<(Dtype, usize), f64> = BTreeMap::new();
+    let mut rates = GemmRates::default();
     let rounds = grid.timing.rounds.max(1);
     let mut samples: Vec<Option<Samples>> = vec![None; grid.points.len()];
+    let rate = |dtype, threads| pools[&threads].install(|| machine_gemm_gflops(dtype, threads));
     for round in 0..rounds {
         for (p, acc) in grid.points.iter().zip(samples.iter_mut()) {
             bar.set_message(progress_message(p, round, rounds));
             let pool = &pools[&p.threads];
-            rates
-                .entry((p.dtype, p.threads))
-                .or_insert_with(|| pool.install(|| machine_gemm_gflops(p.dtype, p.threads)));
+            rates.sample_if_due(round, p, || rate(p.dtype, p.threads));
             let s = pool.install(|| measure_point(*p, grid.timing, mode))?;
             match acc {
                 Some(a) => a.merge(s),
@@ -40,12 +39,13 @@ pub fn run_grid(grid: &Grid, mode: StepMode) -> Result<Report> {
             bar.inc(1);
         }
     }
+    rates.complete(rate);
     let points = samples
         .into_iter()
         .map(|s| {
             let s = s.expect("every point measured");
-            let rate = rates[&(s.point.dtype, s.point.threads)];
-            s.into_report(rate)
+            let point = s.point;
+            s.into_report(rates.of(&point))
         })
         .collect();
     bar.finish_and_clear();
@@ -55,6 +55,43 @@ pub fn run_grid(grid: &Grid, mode: StepMode) -> Result<Report> {
         timing: grid.timing,
         points,
     })
+}
+
+/// Samples of the machine's GEMM rate (GFLOP/s) per dtype and thread
+/// count: one per round, taken right before the round's first point of
+/// that kind, so that they are spread through the sweep as its points
+/// are; at least [`GemmRates::MIN_SAMPLES`], the rest taken at the end.
+#[derive(Debug, Default)]
+pub(super) struct GemmRates {
+    samples: BTreeMap<(Dtype, usize), Vec<f64>>,
+}
+
+impl GemmRates {
+    /// Fewest samples per kind: enough to see a spread.
+    pub(super) const MIN_SAMPLES: usize = 3;
+
+    /// Takes a sample for `p`'s kind with `measure` unless this round has
+    /// one.
+    pub(super) fn sample_if_due(&mut self, round: usize, p: &Point, measure: impl FnOnce() -> f64) {
+        let v = self.samples.entry((p.dtype, p.threads)).or_default();
+        if v.len() <= round {
+            v.push(measure());
+        }
+    }
+
+    /// Tops every kind up to [`GemmRates::MIN_SAMPLES`].
+    pub(super) fn complete(&mut self, mut measure: impl FnMut(Dtype, usize) -> f64) {
+        for (&(dtype, threads), v) in self.samples.iter_mut() {
+            while v.len() < Self::MIN_SAMPLES {
+                v.push(measure(dtype, threads));
+            }
+        }
+    }
+
+    /// The samples of `p`'s kind.
+    pub(super) fn of(&self, p: &Point) -> &[f64] {
+        &self.samples[&(p.dtype, p.threads)]
+    }
 }
 
 /// One rayon pool per thread count in the grid.

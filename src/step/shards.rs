@@ -5,7 +5,7 @@
 
 use super::block::{block, Sink};
 use super::plan::{BlockBufs, Workspace};
-use super::probe::{NoProbe, Probe};
+use super::probe::{NoProbe, Phase, Probe};
 use super::views::{columns_of, flat, flat_mut, rows_of, rows_of_mut, slice, slice_mut};
 use crate::kernels;
 use crate::net::{Data, Weights};
@@ -87,7 +87,8 @@ fn run_shard<F: Real, const PASSES: bool>(
 /// Forward and backward over all shards in parallel, each on its own core;
 /// each shard's loss and gradient sums stay in the workspace. Returns the
 /// total loss, added in shard order (the same sum whatever ran where). The
-/// first shard reports its phases to `probe`.
+/// first shard reports its phases to `probe`, then its wait for the others
+/// as [`Phase::Join`].
 pub(super) fn all_shards<F: Real, const PASSES: bool>(
     ws: &mut Workspace<F>,
     data: &Data<F>,
@@ -106,6 +107,8 @@ pub(super) fn all_shards<F: Real, const PASSES: bool>(
             })
         },
     );
+    // The first shard's wait for the others ends here.
+    probe.done(Phase::Join);
     ws.shards.iter().map(|s| s.loss).sum()
 }
 

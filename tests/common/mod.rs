@@ -223,5 +223,27 @@ pub fn tiny_sweep(dir: &Path, hidden: &str, threads: &str) -> twolayer::bench::r
     // The Markdown table also goes to stdout.
     let md = String::from_utf8_lossy(&out.stdout);
     assert!(md.contains("| (8, 12, "), "{md}");
+    assert_matches_schema(&dir.join("report.json"));
     twolayer::bench::report::Report::read(&dir.join("report.json")).unwrap()
+}
+
+/// Fails unless the JSON file at `path` is valid against
+/// docs/report-schema.json, naming every violation.
+pub fn assert_matches_schema(path: &Path) {
+    let schema_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/report-schema.json");
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(schema_path).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("the schema itself is valid");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(&report)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{} does not match docs/report-schema.json:\n{}",
+        path.display(),
+        errors.join("\n")
+    );
 }

@@ -41,7 +41,7 @@ pub enum Command {
     /// Compare two sweep reports point by point: exit 1 when a point is
     /// slower beyond --max-slowdown with confidence, 2 on unusable input.
     #[command(
-        after_help = "Example:\n  twolayer compare base/report.json new/report.json --max-slowdown 0.1"
+        after_help = "Example:\n  twolayer compare base/report.json new/report.json --max-slowdown 0.1 --chart change.svg"
     )]
     Compare(CompareArgs),
     /// Predict y for every row of x with trained weights, in batches.
@@ -381,7 +381,7 @@ pub struct SweepArgs {
     /// How the update is applied
     #[arg(long = "step-mode", value_enum, default_value = "fused")]
     pub step_mode: ModeArg,
-    /// Write report.json, report.csv, report.md, gflops.svg and phases.svg here
+    /// Write report.json, report.csv, report.md, gflops.svg, phases.svg and scaling.svg here
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Summing gradients across MPI ranks.
@@ -413,6 +413,10 @@ pub struct CompareArgs {
     /// Also write the verdicts as JSON to this file
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Also draw the comparison as an SVG chart in this file: each point's
+    /// change with its 95% interval against the threshold
+    #[arg(long, value_name = "FILE.svg")]
+    pub chart: Option<PathBuf>,
 }
 
 /// Flags of `twolayer info`.

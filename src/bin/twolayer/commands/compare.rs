@@ -5,7 +5,7 @@ use crate::cli::CompareArgs;
 use std::io::Write as _;
 use twolayer::bench::compare::{compare, Comparison, Options, Side};
 use twolayer::error::{Error, Result};
-use twolayer::output::write_atomic;
+use twolayer::output::{self, write_atomic};
 
 /// What `twolayer compare` concluded, for its exit status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,6 +21,14 @@ pub enum Outcome {
 /// grids, bad samples, or (without `--allow-env-change`) different
 /// environments.
 pub fn run(args: &CompareArgs) -> Result<Outcome> {
+    let outputs: Vec<(&str, &std::path::Path)> = [("--json", &args.json), ("--chart", &args.chart)]
+        .into_iter()
+        .filter_map(|(f, p)| p.as_deref().map(|p| (f, p)))
+        .collect();
+    output::check_distinct(
+        &[("BASELINE", &args.baseline), ("CURRENT", &args.current)],
+        &outputs,
+    )?;
     let base = Side::read(&args.baseline)?;
     let cur = Side::read(&args.current)?;
     let opts = Options {
@@ -50,6 +58,9 @@ pub fn run(args: &CompareArgs) -> Result<Outcome> {
     };
     if let Some(path) = &args.json {
         write_json(path, &c, outcome)?;
+    }
+    if let Some(path) = &args.chart {
+        twolayer::bench::charts::write_compare_chart(&c, path)?;
     }
     out!("{}", c.to_markdown());
     if outcome == Outcome::Regression {

@@ -62,12 +62,41 @@ pub fn run(args: &SweepArgs) -> Result<()> {
     if let Some(w) = twolayer::kernel_set::warning() {
         say!("twolayer: {w}");
     }
-    let report = if args.processes > 1 {
+    let mut report = if args.processes > 1 {
         run_in_processes(args.processes)?
     } else {
         run_grid(&grid, mode)?
     };
+    record_kernel_cost(&mut report);
     publish(&report, args)
+}
+
+/// When `OPENBLAS_CORETYPE` forces kernels below the CPU, measures
+/// OpenBLAS's own choice in a child process and adds its cost to the
+/// report's environment warnings, against the f64 GEMM rate this sweep
+/// measured at the same thread count (or, with no f64 point, a fresh one).
+fn record_kernel_cost(report: &mut Report) {
+    if twolayer::kernel_set::forced_below_cpu().is_none() {
+        return;
+    }
+    let t = report
+        .points
+        .iter()
+        .map(|p| p.threads)
+        .max()
+        .unwrap_or_else(threads::available_cores);
+    let forced = report
+        .points
+        .iter()
+        .find(|p| p.dtype == "f64" && p.threads == t)
+        .map(|p| p.machine_gemm_gflops)
+        .unwrap_or_else(|| {
+            twolayer::blas::with_threads(t, || {
+                twolayer::bench::measure::machine_gemm_gflops(twolayer::scalar::Dtype::F64, t)
+            })
+        });
+    let line = super::own_kernels::OwnChoice::measure(t).describe(forced);
+    report.env.warnings.push(format!("measured: {line}"));
 }
 
 /// Makes sure `--out` can take the reports before anything is measured:
@@ -89,7 +118,7 @@ fn publish(report: &Report, args: &SweepArgs) -> Result<()> {
     if let Some(dir) = &args.out {
         report.write_all(dir)?;
         say!(
-            "twolayer: wrote report.json, report.csv, report.md, gflops.svg and phases.svg to {}",
+            "twolayer: wrote report.json, report.csv, report.md, gflops.svg, phases.svg and scaling.svg to {}",
             dir.display()
         );
     }

@@ -1,0 +1,217 @@
+//! SVG charts of a report, drawn with plotters, each in its own file:
+//!
+//! - `throughput.rs` → gflops.svg: GFLOP/s per shape, f32 and f64 side by
+//!   side, p10–p90 whiskers, the machine's GEMM rate as a labelled
+//!   reference;
+//! - `phases.rs` → phases.svg: where the step's time goes, as shares of
+//!   the step (0–100%) with each phase's milliseconds written on it;
+//! - `scaling.rs` → scaling.svg: samples/s against N, and against threads
+//!   when the grid varies them;
+//! - `gate.rs` → compare's chart: each point's change with its interval
+//!   against the gate's threshold.
+//!
+//! Every chart draws its legend in a strip of its own (it never covers a
+//! mark), writes its labels horizontally, and names every mark it draws.
+
+mod gate;
+mod phases;
+mod scaling;
+mod throughput;
+
+pub use gate::write_compare_chart;
+pub use phases::write_phases_chart;
+pub use scaling::write_scaling_chart;
+pub use throughput::write_gflops_chart;
+
+use super::report::PointReport;
+use crate::error::{Error, Result};
+use crate::output::write_atomic;
+use plotters::coord::Shift;
+use plotters::element::DashedPathElement;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+use std::io::Write;
+use std::path::Path;
+
+type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
+type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
+/// Font of every label.
+const FONT: &str = "sans-serif";
+
+/// A colour per dtype: f64 blue, f32 orange (matplotlib's first two).
+fn dtype_color(dtype: &str) -> RGBColor {
+    if dtype == "f32" {
+        RGBColor(255, 127, 14)
+    } else {
+        RGBColor(31, 119, 180)
+    }
+}
+
+/// A darker shade of `c`, for marks drawn over it.
+fn darker(c: RGBColor) -> RGBColor {
+    RGBColor(c.0 / 2, c.1 / 2, c.2 / 2)
+}
+
+/// Ten distinguishable colours (matplotlib's tab10), for series.
+const SERIES_COLORS: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+/// How a legend entry shows its mark.
+#[derive(Clone, Copy)]
+enum Mark {
+    /// A filled box.
+    Box(RGBColor),
+    /// A dashed line.
+    Dashed(RGBColor),
+    /// A solid line with a marker: a dot, or a triangle for the second
+    /// ten series.
+    Line(RGBColor, bool),
+    /// A whisker (an interval).
+    Whisker(RGBColor),
+}
+
+/// Draws a legend strip: entries left to right, wrapping to the next row,
+/// in an area of its own above the chart.
+fn draw_legend(area: &Area, entries: &[(Mark, String)]) -> DrawResult {
+    let (w, _) = area.dim_in_pixel();
+    let style = TextStyle::from((FONT, 13).into_font()).color(&BLACK);
+    let (mut x, mut y) = (12i32, 12i32);
+    for (mark, text) in entries {
+        let width = 30 + 8 * text.chars().count() as i32;
+        if x + width > w as i32 - 8 && x > 12 {
+            x = 12;
+            y += 22;
+        }
+        match *mark {
+            Mark::Box(c) => {
+                area.draw(&Rectangle::new([(x, y - 6), (x + 16, y + 6)], c.filled()))?
+            }
+            Mark::Dashed(c) => area.draw(&DashedPathElement::new(
+                vec![(x, y), (x + 18, y)],
+                4,
+                3,
+                c.stroke_width(2),
+            ))?,
+            Mark::Line(c, triangle) => {
+                area.draw(&PathElement::new(
+                    vec![(x, y), (x + 18, y)],
+                    c.stroke_width(2),
+                ))?;
+                if triangle {
+                    area.draw(&TriangleMarker::new((x + 9, y), 5, c.filled()))?;
+                } else {
+                    area.draw(&Circle::new((x + 9, y), 3, c.filled()))?;
+                }
+            }
+            Mark::Whisker(c) => {
+                area.draw(&PathElement::new(vec![(x + 8, y - 7), (x + 8, y + 7)], c))?;
+                area.draw(&PathElement::new(vec![(x + 4, y - 7), (x + 12, y - 7)], c))?;
+                area.draw(&PathElement::new(vec![(x + 4, y + 7), (x + 12, y + 7)], c))?;
+            }
+        }
+        area.draw(&Text::new(
+            text.clone(),
+            (x + 24, y),
+            style.pos(Pos::new(HPos::Left, VPos::Center)),
+        ))?;
+        x += width;
+    }
+    Ok(())
+}
+
+/// Rows a legend of `entries` takes in `width` pixels (as
+/// [`draw_legend`] lays it out).
+fn legend_rows(entries: &[(Mark, String)], width: u32) -> u32 {
+    let (mut x, mut rows) = (12i32, 1u32);
+    for (_, text) in entries {
+        let w = 30 + 8 * text.chars().count() as i32;
+        if x + w > width as i32 - 8 && x > 12 {
+            x = 12;
+            rows += 1;
+        }
+        x += w;
+    }
+    rows
+}
+
+/// Renders a chart of `size` pixels: a title, a legend strip, then what
+/// `draw` draws in the rest.
+fn render(
+    size: (u32, u32),
+    title: &str,
+    legend: &[(Mark, String)],
+    draw: impl FnOnce(&Area) -> DrawResult,
+) -> std::result::Result<String, String> {
+    let mut svg = String::new();
+    {
+        let legend_h = 8 + 22 * legend_rows(legend, size.0);
+        let root =
+            SVGBackend::with_string(&mut svg, (size.0, size.1 + legend_h)).into_drawing_area();
+        let go = || -> DrawResult {
+            root.fill(&WHITE)?;
+            let body = root.titled(title, (FONT, 18))?;
+            let (top, rest) = body.split_vertically(legend_h);
+            draw_legend(&top, legend)?;
+            draw(&rest)?;
+            root.present()?;
+            Ok(())
+        };
+        go().map_err(|e| e.to_string())?;
+    }
+    Ok(svg)
+}
+
+/// Writes `svg` to `path` atomically.
+fn write_svg(path: &Path, svg: std::result::Result<String, String>) -> Result<()> {
+    let svg = svg.map_err(|e| Error::write(path, e))?;
+    write_atomic(path, |w| w.write_all(svg.as_bytes()))
+}
+
+/// `(N, D_in, H, D_out)`, threads (and ranks under MPI): what a group of
+/// bars shares.
+fn group_label(p: &PointReport) -> (String, String) {
+    let who = match p.ranks() {
+        1 => format!(
+            "{} thread{}",
+            p.threads,
+            if p.threads == 1 { "" } else { "s" }
+        ),
+        k => format!("{k} ranks × {} threads", p.threads),
+    };
+    let mode = if p.step_mode == "fused" {
+        String::new()
+    } else {
+        format!(", {}", p.step_mode)
+    };
+    (p.shape_label(), format!("{who}{mode}"))
+}
+
+/// A short label of one point: shape, dtype, threads.
+fn point_label(p: &PointReport) -> String {
+    let (shape, who) = group_label(p);
+    format!("{shape} {} · {who}", p.dtype)
+}
+
+/// A chart's pixel position (`ChartContext::backend_coord`, counted from
+/// the whole canvas) as a position in `area`, for text drawn beside the
+/// plot.
+fn in_area(area: &Area, (x, y): (i32, i32)) -> (i32, i32) {
+    let (bx, by) = area.get_base_pixel();
+    (x - bx, y - by)
+}
+
+/// GFLOP/s of `p` at a step time of `ms`.
+fn gflops_at(p: &PointReport, ms: f64) -> f64 {
+    p.gflops * p.ms_per_step.median / ms
+}

@@ -1,0 +1,224 @@
+//! scaling.svg: samples per second against the batch size N (log scale),
+//! one line per (D_in, H, D_out, dtype, threads); and, when the grid runs
+//! a shape at several thread counts, against threads, one line per (shape,
+//! dtype). Whiskers span the p10–p90 step times.
+
+use super::{render, write_svg, Area, DrawResult, Mark, FONT, SERIES_COLORS};
+use crate::bench::report::{PointReport, Report};
+use crate::error::Result;
+use plotters::prelude::*;
+use std::path::Path;
+
+/// A line of the chart: its label and its points' indices, by x.
+struct Series {
+    label: String,
+    points: Vec<usize>,
+}
+
+/// Writes scaling.svg into `dir`.
+pub fn write_scaling_chart(report: &Report, dir: &Path) -> Result<()> {
+    let by_n = series(report, |p| {
+        format!(
+            "D_in {}, H {}, D_out {} · {} · {}{}",
+            p.d_in,
+            p.hidden,
+            p.d_out,
+            p.dtype,
+            threads(p),
+            mode(p)
+        )
+    });
+    let by_n: Vec<Series> = by_n
+        .into_iter()
+        .map(|s| sorted(s, report, |p| p.n as f64))
+        .collect();
+    let by_threads: Vec<Series> = series(report, |p| {
+        format!("{} · {}{}", p.shape_label(), p.dtype, mode(p))
+    })
+    .into_iter()
+    .map(|s| sorted(s, report, |p| p.threads as f64))
+    .filter(|s| {
+        let first = report.points[s.points[0]].threads;
+        s.points.iter().any(|&i| report.points[i].threads != first)
+    })
+    .collect();
+    let mut legend = Vec::new();
+    for (i, s) in by_n.iter().enumerate() {
+        legend.push((Mark::Line(color(i), triangle(i)), format!("N: {}", s.label)));
+    }
+    for (i, s) in by_threads.iter().enumerate() {
+        legend.push((
+            Mark::Line(color(by_n.len() + i), triangle(by_n.len() + i)),
+            format!("threads: {}", s.label),
+        ));
+    }
+    legend.push((
+        Mark::Whisker(BLACK),
+        "p10–p90 of the step time".into(),
+    ));
+    let width = if by_threads.is_empty() { 900 } else { 1400 };
+    write_svg(
+        &dir.join("scaling.svg"),
+        render(
+            (width, 480),
+            "Scaling: samples per second against the batch size N and the thread count",
+            &legend,
+            |area| {
+                if by_threads.is_empty() {
+                    panel(report, &by_n, 0, Axis::N, area)
+                } else {
+                    let (l, r) = area.split_horizontally(width / 2);
+                    panel(report, &by_n, 0, Axis::N, &l)?;
+                    panel(report, &by_threads, by_n.len(), Axis::Threads, &r)
+                }
+            },
+        ),
+    )
+}
+
+fn color(i: usize) -> RGBColor {
+    SERIES_COLORS[i % SERIES_COLORS.len()]
+}
+
+/// Series past the first ten repeat the colours with triangles.
+fn triangle(i: usize) -> bool {
+    (i / SERIES_COLORS.len()) % 2 == 1
+}
+
+fn threads(p: &PointReport) -> String {
+    match p.ranks() {
+        1 => format!("{} thr", p.threads),
+        k => format!("{k} ranks × {} thr", p.threads),
+    }
+}
+
+fn mode(p: &PointReport) -> &'static str {
+    if p.step_mode == "fused" {
+        ""
+    } else {
+        " · explicit"
+    }
+}
+
+/// The points grouped by `key`, in order of first appearance.
+fn series(report: &Report, key: impl Fn(&PointReport) -> String) -> Vec<Series> {
+    let mut out: Vec<Series> = Vec::new();
+    for (i, p) in report.points.iter().enumerate() {
+        let k = key(p);
+        match out.iter_mut().find(|s| s.label == k) {
+            Some(s) => s.points.push(i),
+            None => out.push(Series {
+                label: k,
+                points: vec![i],
+            }),
+        }
+    }
+    out
+}
+
+fn sorted(mut s: Series, report: &Report, x: impl Fn(&PointReport) -> f64) -> Series {
+    s.points
+        .sort_by(|&a, &b| x(&report.points[a]).total_cmp(&x(&report.points[b])));
+    s
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Axis {
+    N,
+    Threads,
+}
+
+fn panel(
+    report: &Report,
+    series: &[Series],
+    first_color: usize,
+    axis: Axis,
+    area: &Area,
+) -> DrawResult {
+    let x_of = |p: &PointReport| match axis {
+        Axis::N => p.n as f64,
+        Axis::Threads => p.threads as f64,
+    };
+    let rate = |p: &PointReport, ms: f64| p.n as f64 / (ms * 1e-3);
+    let pts = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|&i| &report.points[i]));
+    let (mut xmin, mut xmax, mut ymax) = (f64::INFINITY, 0f64, 1f64);
+    for p in pts {
+        xmin = xmin.min(x_of(p));
+        xmax = xmax.max(x_of(p));
+        ymax = ymax.max(rate(p, p.ms_per_step.p10));
+    }
+    if !xmin.is_finite() {
+        (xmin, xmax) = (1.0, 2.0);
+    }
+    let ymax = ymax * 1.1;
+    let mut b = ChartBuilder::on(area);
+    b.margin(14).x_label_area_size(44).y_label_area_size(80);
+    let (desc, caption) = match axis {
+        Axis::N => ("batch size N (log scale)", "against N"),
+        Axis::Threads => ("threads", "against threads"),
+    };
+    b.caption(caption, (FONT, 15));
+    macro_rules! draw_in {
+        ($chart:expr) => {{
+            let mut chart = $chart;
+            chart
+                .configure_mesh()
+                .x_desc(desc)
+                .y_desc("samples/s")
+                .light_line_style(WHITE)
+                .x_labels(8)
+                .x_label_formatter(&|v| format!("{v:.0}"))
+                .y_label_formatter(&|v| format!("{:.0}k", v / 1e3))
+                .label_style((FONT, 13))
+                .draw()?;
+            for (j, s) in series.iter().enumerate() {
+                let c = color(first_color + j);
+                let xy: Vec<(f64, f64)> = s
+                    .points
+                    .iter()
+                    .map(|&i| &report.points[i])
+                    .map(|p| (x_of(p), p.samples_per_s))
+                    .collect();
+                chart.draw_series(std::iter::once(PathElement::new(
+                    xy.clone(),
+                    c.stroke_width(2),
+                )))?;
+                if triangle(first_color + j) {
+                    chart
+                        .draw_series(xy.iter().map(|&pt| TriangleMarker::new(pt, 6, c.filled())))?;
+                } else {
+                    chart.draw_series(xy.iter().map(|&pt| Circle::new(pt, 4, c.filled())))?;
+                }
+                for &i in &s.points {
+                    let p = &report.points[i];
+                    let x = x_of(p);
+                    chart.draw_series(std::iter::once(PathElement::new(
+                        vec![
+                            (x, rate(p, p.ms_per_step.p90)),
+                            (x, rate(p, p.ms_per_step.p10)),
+                        ],
+                        BLACK,
+                    )))?;
+                }
+            }
+            Ok(())
+        }};
+    }
+    if series.iter().all(|s| s.points.len() < 2) && axis == Axis::N {
+        area.draw(&Text::new(
+            "(the grid has one N per series: no line to draw)",
+            (100, 40),
+            (FONT, 13),
+        ))?;
+    }
+    match axis {
+        Axis::N => draw_in!(
+            b.build_cartesian_2d(((xmin / 1.5).max(1.0)..xmax * 1.5).log_scale(), 0f64..ymax)?
+        ),
+        Axis::Threads => {
+            draw_in!(b.build_cartesian_2d((xmin - 0.5).max(0.0)..xmax + 0.5, 0f64..ymax)?)
+        }
+    }
+}
