@@ -901,6 +901,50 @@ fn a_forced_kernel_set_below_the_cpu_is_named_and_its_alternative_checked() {
     if avx512 {
         assert!(text.contains("its results match plain loops"), "{text}");
     }
+    // A sweep's report records it, with the measured cost; and OpenBLAS
+    // threads left spinning (a long OPENBLAS_THREAD_TIMEOUT) are recorded
+    // and named by train, in its summary and its --json.
+    let dir = tempfile::tempdir().unwrap();
+    let o = common::bin()
+        .args([
+            "sweep", "--n", "8", "--d-in", "12", "--hidden", "4", "--d-out", "3",
+        ])
+        .args(["--budget", "0", "--min-steps", "3", "--out"])
+        .arg(dir.path())
+        .env("OPENBLAS_CORETYPE", "Haswell")
+        .env("OPENBLAS_THREAD_TIMEOUT", "28")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    common::assert_matches_schema(&dir.path().join("report.json"));
+    let r = twolayer::bench::report::Report::read(&dir.path().join("report.json")).unwrap();
+    let w = r.env.warnings.join("\n");
+    assert!(
+        w.contains("idle threads spin after each call (OPENBLAS_THREAD_TIMEOUT=28)"),
+        "{w}"
+    );
+    assert_eq!(
+        w.contains("measured: OpenBLAS's own choice here is"),
+        avx512,
+        "{w}"
+    );
+    assert_eq!(w.contains("without the AVX-512"), avx512, "{w}");
+    let f = dir.path().join("s.json");
+    let o = common::bin()
+        .args(["train", "--steps", "2", "-q", "--json"])
+        .arg(&f)
+        .env("OPENBLAS_THREAD_TIMEOUT", "28")
+        .output()
+        .unwrap();
+    assert!(stderr(&o).contains("idle threads spin"), "{}", stderr(&o));
+    let s: serde_json::Value = serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();
+    let w = s["environment_warnings"].to_string();
+    assert!(w.contains("idle threads spin"), "{s}");
+    let o = common::bin()
+        .args(["train", "--steps", "2", "-q"])
+        .output()
+        .unwrap();
+    assert!(!stderr(&o).contains("spin"), "{}", stderr(&o));
 }
 
 #[test]

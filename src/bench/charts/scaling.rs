@@ -52,10 +52,7 @@ pub fn write_scaling_chart(report: &Report, dir: &Path) -> Result<()> {
             format!("threads: {}", s.label),
         ));
     }
-    legend.push((
-        Mark::Whisker(BLACK),
-        "p10–p90 of the step time".into(),
-    ));
+    legend.push((Mark::Whisker(BLACK), "p10–p90 of the step time".into()));
     let width = if by_threads.is_empty() { 900 } else { 1400 };
     write_svg(
         &dir.join("scaling.svg"),

@@ -29,10 +29,7 @@ pub fn write_gflops_chart(report: &Report, dir: &Path) -> Result<()> {
             )
         })
         .collect();
-    legend.push((
-        Mark::Whisker(BLACK),
-        "p10–p90 of the step time".into(),
-    ));
+    legend.push((Mark::Whisker(BLACK), "p10–p90 of the step time".into()));
     for d in &dtypes {
         legend.push((
             Mark::Dashed(darker(dtype_color(d))),

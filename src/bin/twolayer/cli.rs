@@ -361,17 +361,21 @@ pub struct SweepArgs {
     /// A built-in grid
     #[arg(long, value_enum)]
     pub preset: Option<twolayer::bench::grid::Preset>,
-    /// Untimed steps before each point's timed ones
+    /// Untimed steps before each point's timed ones [default: 3, or the
+    /// preset's or grid file's]
     #[arg(long)]
     pub warmup: Option<usize>,
-    /// Least number of timed steps per point
+    /// Least number of timed steps per point [default: 10, or the preset's
+    /// or grid file's]
     #[arg(long = "min-steps", value_parser = positive)]
     pub min_steps: Option<usize>,
-    /// Least seconds of timed steps per point
+    /// Least seconds of timed steps per point [default: 1, or the preset's
+    /// or grid file's]
     #[arg(long)]
     pub budget: Option<f64>,
     /// Passes over the grid; each point's steps and budget are shared out
-    /// among them and its samples pooled
+    /// among them and its samples pooled [default: 1, or the preset's or
+    /// grid file's]
     #[arg(long, value_parser = positive)]
     pub rounds: Option<usize>,
     /// Run the whole sweep in K fresh processes, one after another, and keep
@@ -456,6 +460,55 @@ mod tests {
                 sub.get_name()
             );
         }
+    }
+
+    #[test]
+    fn every_option_that_has_a_default_shows_it() {
+        // The sweep's timing flags default to Timing::default() unless a
+        // preset or grid file sets them: their help says so, with the
+        // values Timing::default() really has.
+        let t = twolayer::bench::grid::Timing::default();
+        let sweep = Cli::command();
+        let sweep = sweep.find_subcommand("sweep").unwrap();
+        for (flag, value) in [
+            ("warmup", t.warmup.to_string()),
+            ("min-steps", t.min_steps.to_string()),
+            ("budget", t.budget_s.to_string()),
+            ("rounds", t.rounds.to_string()),
+        ] {
+            let arg = sweep
+                .get_arguments()
+                .find(|a| a.get_long() == Some(flag))
+                .unwrap();
+            let help = arg.get_help().unwrap().to_string();
+            assert!(
+                help.contains(&format!("[default: {value}, or the preset's")),
+                "--{flag}: {help}"
+            );
+        }
+        // Every other option with a value and no default says it has none
+        // by being optional in what it names (a file, a list, a choice),
+        // and has help that says what it is.
+        let mut cli = Cli::command();
+        cli.build();
+        let mut checked = 0;
+        for sub in cli.get_subcommands() {
+            for a in sub.get_arguments() {
+                let takes_value = a.get_num_args().is_some_and(|n| n.takes_values());
+                if a.is_positional() || !takes_value || !a.get_default_values().is_empty() {
+                    continue;
+                }
+                let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+                assert!(
+                    !help.is_empty(),
+                    "`twolayer {} --{}` has no help",
+                    sub.get_name(),
+                    a.get_long().unwrap_or("?")
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 20, "{checked} options checked");
     }
 
     #[test]

@@ -200,6 +200,9 @@ struct Summary {
     epochs: Vec<EpochRecord>,
     /// The signal that stopped the run early, if one did.
     stopped_by: Option<&'static str>,
+    /// What in the environment slowed the run (as a sweep report's
+    /// `env.warnings`).
+    environment_warnings: Vec<String>,
 }
 
 /// What happens after each step, on the lead process: the `t loss` line,
@@ -424,6 +427,7 @@ impl<'a> Reporter<'a> {
                 peak_rss_bytes: twolayer::shape::peak_rss_bytes(),
                 epochs: self.history.clone(),
                 stopped_by: signal.map(signal_name),
+                environment_warnings: twolayer::kernel_set::environment_warnings(),
             };
             let text = serde_json::to_string_pretty(&summary)
                 .map_err(|e| Error::invalid(format!("cannot write JSON: {e}")))?;
