@@ -14,8 +14,14 @@
 //! 20+H    8·steps     the loss of every step done (f64)
 //! ..      e·D_in·H    w1, row-major (e = 4 for f32, 8 for f64)
 //! ..      e·H·D_out   w2, row-major
+//! ..      e·D_in·H    dual form only (header `form` = "dual"): w1_0
+//! ..      e·N·H       dual form only: C, so that w1 = w1_0 + xᵀ·C
 //! end−32  32          SHA-256 of every byte before it
 //! ```
+//!
+//! A dual-form run stores its w1 formed, as every run does (so any reader
+//! of weights can use the file), and with it w1_0 and C, from which it
+//! continues bit for bit.
 //!
 //! A reader checks the magic, the version, the header, that the file is
 //! exactly as long as the header says (before allocating anything), and the
@@ -26,7 +32,7 @@ use crate::net::Weights;
 use crate::output::write_atomic;
 use crate::scalar::{Dtype, Real};
 use crate::shape::Shape;
-use crate::step::{LearningRates, StepMode};
+use crate::step::{Form, LearningRates, StepMode};
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -244,6 +250,10 @@ pub struct Header {
     /// an unbroken run to rounding only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blas_core: Option<String>,
+    /// The step's form, `dual` when the run trains C with
+    /// w1 = w1_0 + xᵀ·C (absent: `primal`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub form: Option<String>,
     /// twolayer's version that wrote it.
     pub written_by: String,
 }
@@ -275,6 +285,15 @@ impl Header {
         }
     }
 
+    /// The step's form.
+    pub fn form(&self) -> Result<Form> {
+        self.form
+            .as_deref()
+            .unwrap_or("primal")
+            .parse()
+            .map_err(Error::invalid)
+    }
+
     /// The step mode.
     pub fn step_mode(&self) -> Result<StepMode> {
         match self.step_mode.as_str() {
@@ -294,6 +313,9 @@ pub struct Checkpoint<F> {
     pub losses: Vec<f64>,
     /// The weights after `header.steps_done` steps.
     pub weights: Weights<F>,
+    /// In the dual form, w1_0 (D_in×H) and C (N×H): the state the run
+    /// continues from (`weights.w1` = w1_0 + xᵀ·C).
+    pub dual: Option<(Array2<F>, Array2<F>)>,
 }
 
 /// Hex form of a SHA-256 digest.
@@ -321,7 +343,9 @@ impl<F: Real> Checkpoint<F> {
     /// The checkpoint as bytes in the format above.
     pub fn to_bytes(&self) -> Vec<u8> {
         let header = serde_json::to_vec(&self.header).expect("a header always serialises");
-        let elems = self.weights.w1.len() + self.weights.w2.len();
+        let elems = self.weights.w1.len()
+            + self.weights.w2.len()
+            + self.dual.as_ref().map_or(0, |(a, c)| a.len() + c.len());
         let mut out = Vec::with_capacity(
             PREFIX + header.len() + 8 * self.losses.len() + elems * F::DTYPE.size() + DIGEST,
         );
@@ -332,7 +356,11 @@ impl<F: Real> Checkpoint<F> {
         for l in &self.losses {
             out.extend_from_slice(&l.to_le_bytes());
         }
-        for a in [&self.weights.w1, &self.weights.w2] {
+        let dual = self.dual.as_ref().map(|(a, c)| [a, c]);
+        for a in [&self.weights.w1, &self.weights.w2]
+            .into_iter()
+            .chain(dual.into_iter().flatten())
+        {
             for v in a.iter() {
                 push_le(&mut out, *v);
             }
@@ -374,6 +402,18 @@ impl AnyCheckpoint {
         match self {
             AnyCheckpoint::F32(c) => (c.weights.into_dtype(), c.losses),
             AnyCheckpoint::F64(c) => (c.weights.into_dtype(), c.losses),
+        }
+    }
+
+    /// In the dual form, w1_0 and C as `F` (copies; rounded when the
+    /// checkpoint is of the other dtype).
+    pub fn dual_typed<F: Real + 'static>(&self) -> Option<(Array2<F>, Array2<F>)> {
+        fn cast<A: Real, F: Real>(a: &Array2<A>) -> Array2<F> {
+            a.mapv(|v| F::from_f64(v.to_f64()))
+        }
+        match self {
+            AnyCheckpoint::F32(c) => c.dual.as_ref().map(|(a, b)| (cast(a), cast(b))),
+            AnyCheckpoint::F64(c) => c.dual.as_ref().map(|(a, b)| (cast(a), cast(b))),
         }
     }
 
@@ -439,23 +479,26 @@ impl AnyCheckpoint {
             at += 8;
         }
         let shape = header.shape().map_err(|e| e.to_string())?;
+        fn typed<F: Real>(
+            header: Header,
+            losses: Vec<f64>,
+            bytes: &[u8],
+            shape: Shape,
+        ) -> Checkpoint<F> {
+            let mut arrays = read_arrays::<F>(bytes, shape, header.form.as_deref() == Some("dual"));
+            let w1 = arrays.remove(0);
+            let w2 = arrays.remove(0);
+            let dual = (arrays.len() == 2).then(|| (arrays.remove(0), arrays.remove(0)));
+            Checkpoint {
+                header,
+                losses,
+                weights: Weights { w1, w2 },
+                dual,
+            }
+        }
         Ok(match header.dtype().map_err(|e| e.to_string())? {
-            Dtype::F32 => {
-                let (w1, w2) = read_weights::<f32>(&bytes[at..], shape);
-                AnyCheckpoint::F32(Checkpoint {
-                    header,
-                    losses,
-                    weights: Weights { w1, w2 },
-                })
-            }
-            Dtype::F64 => {
-                let (w1, w2) = read_weights::<f64>(&bytes[at..], shape);
-                AnyCheckpoint::F64(Checkpoint {
-                    header,
-                    losses,
-                    weights: Weights { w1, w2 },
-                })
-            }
+            Dtype::F32 => AnyCheckpoint::F32(typed(header, losses, &bytes[at..], shape)),
+            Dtype::F64 => AnyCheckpoint::F64(typed(header, losses, &bytes[at..], shape)),
         })
     }
 }
@@ -479,6 +522,7 @@ fn parse_header(bytes: &[u8]) -> std::result::Result<Header, String> {
     header.shape().map_err(|e| e.to_string())?;
     header.dtype().map_err(|e| e.to_string())?;
     header.step_mode().map_err(|e| e.to_string())?;
+    header.form().map_err(|e| e.to_string())?;
     if header.steps_done > header.total_steps {
         return Err("checkpoint header has more steps done than asked for".into());
     }
@@ -495,13 +539,28 @@ fn expected_len(bytes: &[u8]) -> std::result::Result<u64, String> {
     let h = parse_header(bytes)?;
     let hlen = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes")) as u128;
     let e = h.dtype().map_err(|e| e.to_string())?.size() as u128;
-    let (d, hid, o) = (h.d_in as u128, h.hidden as u128, h.d_out as u128);
-    let total =
-        PREFIX as u128 + hlen + 8 * h.steps_done as u128 + e * (d * hid + hid * o) + DIGEST as u128;
+    let (n, d, hid, o) = (
+        h.n as u128,
+        h.d_in as u128,
+        h.hidden as u128,
+        h.d_out as u128,
+    );
+    let dual = if h.form.as_deref() == Some("dual") {
+        d * hid + n * hid
+    } else {
+        0
+    };
+    let total = PREFIX as u128
+        + hlen
+        + 8 * h.steps_done as u128
+        + e * (d * hid + hid * o + dual)
+        + DIGEST as u128;
     u64::try_from(total).map_err(|_| "checkpoint header describes an impossible size".to_string())
 }
 
-fn read_weights<F: Real>(bytes: &[u8], shape: Shape) -> (Array2<F>, Array2<F>) {
+/// The arrays after the losses, in file order: w1 (D_in×H), w2
+/// (H×D_out), and with `dual` w1_0 (D_in×H) and C (N×H).
+fn read_arrays<F: Real>(bytes: &[u8], shape: Shape, dual: bool) -> Vec<Array2<F>> {
     let e = F::DTYPE.size();
     let read = |at: usize| -> F {
         match F::DTYPE {
@@ -513,14 +572,19 @@ fn read_weights<F: Real>(bytes: &[u8], shape: Shape) -> (Array2<F>, Array2<F>) {
             )),
         }
     };
-    let n1 = shape.d_in * shape.hidden;
-    let w1 = Array2::from_shape_fn((shape.d_in, shape.hidden), |(i, j)| {
-        read((i * shape.hidden + j) * e)
-    });
-    let w2 = Array2::from_shape_fn((shape.hidden, shape.d_out), |(i, j)| {
-        read((n1 + i * shape.d_out + j) * e)
-    });
-    (w1, w2)
+    let (n, d, h, o) = (shape.n, shape.d_in, shape.hidden, shape.d_out);
+    let mut dims = vec![(d, h), (h, o)];
+    if dual {
+        dims.extend([(d, h), (n, h)]);
+    }
+    let mut at = 0;
+    dims.into_iter()
+        .map(|(r, c)| {
+            let a = Array2::from_shape_fn((r, c), |(i, j)| read((at + i * c + j) * e));
+            at += r * c;
+            a
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -576,10 +640,12 @@ mod tests {
                 loss: "sum".into(),
                 minibatch: None,
                 blas_core: Some("Haswell".into()),
+                form: None,
                 written_by: "test".into(),
             },
             losses: vec![3.0, 2.0, 1.5],
             weights: Weights::random(shape, 1),
+            dual: None,
         }
     }
 
@@ -590,6 +656,32 @@ mod tests {
             AnyCheckpoint::from_bytes(&c.to_bytes()).unwrap(),
             AnyCheckpoint::F32(c)
         );
+    }
+
+    #[test]
+    fn a_dual_checkpoint_keeps_w1_0_and_c() {
+        let mut c = sample();
+        c.header.form = Some("dual".into());
+        let w = Weights::<f32>::random(Shape::new(4, 3, 2, 5).unwrap(), 2);
+        c.dual = Some((
+            w.w1,
+            Array2::from_shape_fn((4, 2), |(i, j)| (i * 2 + j) as f32),
+        ));
+        let bytes = c.to_bytes();
+        assert_eq!(
+            bytes.len(),
+            sample().to_bytes().len() + 4 * (3 * 2 + 4 * 2) + "\"form\":\"dual\",".len()
+        );
+        assert_eq!(
+            AnyCheckpoint::from_bytes(&bytes).unwrap(),
+            AnyCheckpoint::F32(c)
+        );
+        // A header that says dual over a file without the arrays is refused.
+        let mut short = sample();
+        short.header.form = Some("dual".into());
+        assert!(AnyCheckpoint::from_bytes(&short.to_bytes())
+            .unwrap_err()
+            .contains("truncated or garbled"));
     }
 
     #[test]

@@ -6,7 +6,11 @@ use crate::error::{Error, Result};
 use crate::net::{checked_shape, Data, Weights};
 use crate::scalar::Real;
 use crate::shape::Shape;
-use crate::step::{self, Exchange, Gradients, LearningRates, Plan, StepMode, Workspace};
+use crate::step::{
+    self, Dual, Exchange, Form, Gradients, LearningRates, Plan, StepMode, Workspace,
+};
+use ndarray::Array2;
+use std::cell::OnceCell;
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
@@ -26,6 +30,13 @@ pub struct Trainer<F> {
     /// What a step's sum of squares is multiplied by to give `loss`.
     loss_scale: f64,
     losses: Vec<f64>,
+    /// The dual form's state, when the trainer runs it
+    /// ([`step::dual`]): then `weights.w1` holds w1_0 and stays as it is,
+    /// and the current w1 = w1_0 + xᵀ·C is formed when read.
+    dual: Option<Dual<F>>,
+    /// The current weights formed from the dual state, when they have
+    /// been read since the last step.
+    formed: OnceCell<Weights<F>>,
 }
 
 /// The loss a run minimises and reports.
@@ -148,7 +159,50 @@ impl<F: Real> Trainer<F> {
             loss: Loss::Sum,
             loss_scale: 1.0,
             losses: Vec::new(),
+            dual: None,
+            formed: OnceCell::new(),
         })
+    }
+
+    /// Runs the step in `form` from now on. [`Form::Dual`] needs one fixed
+    /// batch (the data must not change between steps: no `next_batch`
+    /// that swaps rows in, no exchange) and the fused mode; it starts at
+    /// C = 0, so w1_0 is the weights' w1 as they are now.
+    pub fn with_form(self, form: Form) -> Result<Self> {
+        match form {
+            Form::Primal => Ok(self),
+            Form::Dual => self.with_dual_coef(None),
+        }
+    }
+
+    /// [`Trainer::with_form`]`(Form::Dual)` continuing from the dual
+    /// coefficients C (N×H) of a checkpoint: the weights given to the
+    /// trainer must then be w1_0 and w2, so that w1 = w1_0 + xᵀ·C.
+    pub fn with_dual_coef(mut self, coef: Option<Array2<F>>) -> Result<Self> {
+        if self.grads.is_some() {
+            return Err(Error::invalid(
+                "the dual form applies its update itself: explicit gradients need the primal form",
+            ));
+        }
+        let threads = rayon::current_num_threads();
+        self.dual = Some(Dual::new(&self.data, &self.weights.w1, coef, threads)?);
+        self.formed = OnceCell::new();
+        Ok(self)
+    }
+
+    /// The form the step runs in.
+    pub fn form(&self) -> Form {
+        if self.dual.is_some() {
+            Form::Dual
+        } else {
+            Form::Primal
+        }
+    }
+
+    /// In the dual form, w1_0 and C (w1 = w1_0 + xᵀ·C): what a checkpoint
+    /// keeps to continue the run bit for bit.
+    pub fn dual_parts(&self) -> Option<(&Array2<F>, &Array2<F>)> {
+        self.dual.as_ref().map(|d| (&self.weights.w1, d.coef()))
     }
 
     /// Minimises and reports `loss` instead of the sum: with
@@ -185,13 +239,28 @@ impl<F: Real> Trainer<F> {
         self.shape
     }
 
-    /// The weights as they are now.
+    /// The weights as they are now. In the dual form w1 is formed (and
+    /// allocated) at the first read after a step.
     pub fn weights(&self) -> &Weights<F> {
-        &self.weights
+        match &self.dual {
+            None => &self.weights,
+            Some(d) => self.formed.get_or_init(|| {
+                let mut w1 = Array2::zeros(self.weights.w1.dim());
+                d.w1_into(&self.data.x, &self.weights.w1, &mut w1);
+                Weights {
+                    w1,
+                    w2: self.weights.w2.clone(),
+                }
+            }),
+        }
     }
 
     /// Takes the weights out, ending the trainer.
-    pub fn into_weights(self) -> Weights<F> {
+    pub fn into_weights(mut self) -> Weights<F> {
+        if self.dual.is_some() {
+            self.weights();
+            return self.formed.take().expect("formed just now");
+        }
         self.weights
     }
 
@@ -216,6 +285,13 @@ impl<F: Real> Trainer<F> {
     /// weights stay the last finite ones, and the error names the step.
     pub fn step(&mut self) -> Result<f64> {
         let t = self.losses.len();
+        if let Some(d) = &mut self.dual {
+            // The weights formed before this step are stale (dropping
+            // them frees; nothing is allocated).
+            self.formed.take();
+            let loss = d.step(&self.data.y, &mut self.weights.w2, self.step_lr);
+            return self.finish_step(t, loss);
+        }
         // The step leaves the weights alone when its loss is not finite.
         let loss = step::update(
             &mut self.ws,
@@ -235,6 +311,11 @@ impl<F: Real> Trainer<F> {
     /// same update. Needs [`StepMode::Explicit`].
     pub fn step_exchanged(&mut self, exchange: &mut dyn Exchange<F>, pieces: usize) -> Result<f64> {
         let t = self.losses.len();
+        if self.dual.is_some() {
+            return Err(Error::invalid(
+                "a step summed across processes needs the primal form",
+            ));
+        }
         let g = self.grads.as_mut().ok_or_else(|| {
             Error::invalid("a step summed across processes needs explicit gradients")
         })?;

@@ -732,10 +732,12 @@ fn fifos_devices_and_folders_as_inputs_are_refused_without_blocking() {
             loss: "sum".into(),
             minibatch: None,
             blas_core: None,
+            form: None,
             written_by: "test".into(),
         },
         losses: vec![1.0],
         weights: Weights::random(shape, 0),
+        dual: None,
     }
     .write(&ck)
     .unwrap();
@@ -996,4 +998,116 @@ fn version_completions_and_json_for_scripts() {
         "{s}"
     );
     assert!(s["ms_per_step"].as_f64().unwrap() > 0.0, "{s}");
+}
+
+#[test]
+fn the_form_is_chosen_by_flops_refused_where_it_cannot_run_and_kept_on_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let form_of = |args: &[&str]| -> String {
+        let f = d.join("s.json");
+        let mut a = vec!["train", "-q", "--json", f.to_str().unwrap()];
+        a.extend_from_slice(args);
+        let o = run(&a);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        let s: serde_json::Value = serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();
+        s["form"].as_str().unwrap().to_string()
+    };
+    // The seed shape runs dual by default; more rows than inputs, primal.
+    assert_eq!(form_of(&["--steps", "20"]), "dual");
+    assert_eq!(
+        form_of(&["--steps", "3", "--n", "2048", "--d-in", "300"]),
+        "primal"
+    );
+    assert_eq!(form_of(&["--steps", "20", "--form", "primal"]), "primal");
+    assert_eq!(
+        form_of(&["--steps", "3", "--n", "2048", "--d-in", "300", "--form", "dual"]),
+        "dual"
+    );
+    // The summary says which form ran, and what its own products cost.
+    let o = run(&["train", "--steps", "5"]);
+    assert!(
+        stderr(&o).contains("dual form: w1 = w1_0 + xᵀ·C"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("primal-equivalent"), "{}", stderr(&o));
+
+    // Where it cannot run: one line; exit 2 for a value clap refuses, 1
+    // for a combination the run refuses (as every such refusal).
+    let data = d.join("data.npz");
+    let o = run(&[
+        "train",
+        "--steps",
+        "1",
+        "--n",
+        "8",
+        "--d-in",
+        "4",
+        "--hidden",
+        "3",
+        "--d-out",
+        "2",
+        "--save",
+        data.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for (args, needle, code) in [
+        (
+            vec!["train", "--form", "dual", "--step-mode", "explicit"],
+            "--step-mode explicit",
+            1,
+        ),
+        (
+            vec!["train", "--form", "dual", "--data", "/nonexistent.npz"],
+            "one fixed batch",
+            1,
+        ),
+        (
+            vec!["train", "--form", "diagonal"],
+            "possible values: auto, primal, dual",
+            2,
+        ),
+    ] {
+        let o = run(&args);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {e}");
+        assert_eq!(e.trim_end().lines().count(), 1, "{e}");
+        assert!(e.contains(needle), "{args:?}: {e}");
+    }
+
+    // A resume keeps the checkpoint's form; asking for the other is an
+    // error, as for every setting a resumed run keeps.
+    let ck = d.join("run.ck");
+    let o = run(&[
+        "train",
+        "-q",
+        "--steps",
+        "10",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let c = twolayer::checkpoint::AnyCheckpoint::read(&ck).unwrap();
+    assert_eq!(c.header().form.as_deref(), Some("dual"));
+    let o = run(&[
+        "train",
+        "-q",
+        "--resume",
+        ck.to_str().unwrap(),
+        "--steps",
+        "12",
+        "--form",
+        "primal",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--form primal disagrees"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        form_of(&["--resume", ck.to_str().unwrap(), "--steps", "12"]),
+        "dual"
+    );
 }

@@ -133,6 +133,18 @@ fn two_ranks_match_one_process_and_each_other() {
     let wg = max_rel_diff(&m1, &s1, 1.0).max(max_rel_diff(&m2, &s2, 1.0));
     assert!(wg < 1e-12, "weights differ from one process by {wg:e}");
     assert!(lm[99] < lm[0]);
+
+    // The dual form needs the whole batch in one process: asked for under
+    // mpirun, the ranks say so and train in the primal form, the same run.
+    let (dl, dw) = (d.join("dual.txt"), d.join("dual.npz"));
+    let out = run_mpi(2, &train_args(&shape, &["--form", "dual"], &dl, &dw));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("the dual form needs the whole batch in one process"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&dl).unwrap(), std::fs::read(&ml).unwrap());
 }
 
 #[test]
@@ -533,6 +545,7 @@ fn sweep_under_mpirun_reports_ranks_allreduce_and_scaling() {
     );
     // Rank 0 alone prints the report.
     assert_eq!(stdout.matches("Data-parallel (MPI)").count(), 1, "{stdout}");
+    common::assert_matches_schema(&out_dir.join("report.json"));
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out_dir.join("report.json")).unwrap())
             .unwrap();

@@ -43,6 +43,13 @@ fn train(extra: &[&str]) -> std::process::Output {
 
 #[test]
 fn killed_runs_resume_bit_identically() {
+    // In both forms: the dual one's checkpoints carry w1_0 and C.
+    for form in ["primal", "dual"] {
+        killed_runs_resume_bit_identically_in(form);
+    }
+}
+
+fn killed_runs_resume_bit_identically_in(form: &str) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (full_l, full_w) = (d.join("full.txt"), d.join("full.npz"));
@@ -53,6 +60,8 @@ fn killed_runs_resume_bit_identically() {
         s(&full_l),
         "--save",
         s(&full_w),
+        "--form",
+        form,
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let want_l = std::fs::read(&full_l).unwrap();
@@ -77,6 +86,8 @@ fn killed_runs_resume_bit_identically() {
                 s(&ck),
                 "--checkpoint-every",
                 "7",
+                "--form",
+                form,
             ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -100,6 +111,7 @@ fn killed_runs_resume_bit_identically() {
         }
         let c = AnyCheckpoint::read(&ck).expect("a killed run leaves a valid checkpoint");
         let done = c.header().steps_done;
+        assert_eq!(c.header().form().unwrap().name(), form);
         assert!(
             done.is_multiple_of(7) || done == 400,
             "checkpoint at step {done}"
@@ -134,12 +146,12 @@ fn killed_runs_resume_bit_identically() {
         assert_eq!(
             std::fs::read(&l).unwrap(),
             want_l,
-            "loss history differs after resuming from step {done}"
+            "{form}: loss history differs after resuming from step {done}"
         );
         assert_eq!(
             std::fs::read(&w).unwrap(),
             want_w,
-            "weights differ after resuming from step {done}"
+            "{form}: weights differ after resuming from step {done}"
         );
     }
 }
@@ -618,10 +630,12 @@ fn a_resume_whose_data_would_not_fit_is_refused_before_allocating() {
             loss: "sum".into(),
             minibatch: None,
             blas_core: None,
+            form: None,
             written_by: "test".into(),
         },
         losses: vec![1.0],
         weights: twolayer::Weights::random(shape, 0),
+        dual: None,
     }
     .write(&ck)
     .unwrap();

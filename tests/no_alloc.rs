@@ -1,9 +1,11 @@
 //! After the first step, a training step makes no heap allocation, in either
-//! form, below and above the size where the elementwise passes go parallel.
+//! mode and either form (primal, dual), below and above the size where the
+//! elementwise passes go parallel.
 //! A counting global allocator sees every allocation in this test binary.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use twolayer::step::Form;
 use twolayer::{Data, LearningRates, Shape, StepMode, Trainer, Weights};
 
 struct Counting;
@@ -39,13 +41,19 @@ fn steps_after_the_first_do_not_allocate() {
         Shape::new(512, 256, 128, 64).unwrap(),
     ];
     for shape in shapes {
-        for mode in [StepMode::Fused, StepMode::Explicit] {
+        for (mode, form) in [
+            (StepMode::Fused, Form::Primal),
+            (StepMode::Explicit, Form::Primal),
+            (StepMode::Fused, Form::Dual),
+        ] {
             let mut t = Trainer::new(
                 Data::<f64>::random(shape, 1),
                 Weights::random(shape, 2),
                 LearningRates::uniform(1e-9),
                 mode,
             )
+            .unwrap()
+            .with_form(form)
             .unwrap();
             t.run(2, |_, _, _| std::ops::ControlFlow::Continue(()))
                 .unwrap();
@@ -56,7 +64,7 @@ fn steps_after_the_first_do_not_allocate() {
             let during = ALLOCS.load(Ordering::SeqCst) - before;
             assert_eq!(
                 during, 0,
-                "{during} allocations in 20 steps at {shape} {mode:?}"
+                "{during} allocations in 20 steps at {shape} {mode:?} {form:?}"
             );
         }
     }

@@ -69,6 +69,16 @@ fn read_losses(p: &Path) -> Vec<(usize, f64)> {
 /// Runs both implementations from `init` and returns (loss gap, weight gap),
 /// both as the worst relative difference.
 fn compare(dir: &Path, init: &Path, extra: &[&str]) -> (f64, f64, Vec<(usize, f64)>) {
+    compare_form(dir, init, extra, &[])
+}
+
+/// [`compare`], with `ours_only` passed to twolayer alone (`--form`).
+fn compare_form(
+    dir: &Path,
+    init: &Path,
+    extra: &[&str],
+    ours_only: &[&str],
+) -> (f64, f64, Vec<(usize, f64)>) {
     let (ref_l, ref_w) = (dir.join("ref_losses.txt"), dir.join("ref_w.npz"));
     let (our_l, our_w) = (dir.join("our_losses.txt"), dir.join("our_w.npz"));
     let init_s = init.to_str().unwrap();
@@ -86,6 +96,7 @@ fn compare(dir: &Path, init: &Path, extra: &[&str]) -> (f64, f64, Vec<(usize, f6
     reference(&r);
     let mut o = vec!["train"];
     o.extend(&args);
+    o.extend(ours_only);
     o.extend([
         "--losses",
         our_l.to_str().unwrap(),
@@ -107,10 +118,19 @@ fn compare(dir: &Path, init: &Path, extra: &[&str]) -> (f64, f64, Vec<(usize, f6
 
 #[test]
 fn reference_experiment_matches_numpy_over_500_steps() {
+    // The default picks the dual form at this shape; the primal form is
+    // held to the same bounds.
+    for form in ["dual", "primal"] {
+        reference_experiment_in(form);
+    }
+}
+
+fn reference_experiment_in(form: &str) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let init = make_init(d, &["--seed", "1"]);
-    let (all_gap, w_gap, ours) = compare(d, &init, &["--steps", "500"]);
+    let (all_gap, w_gap, ours) = compare_form(d, &init, &["--steps", "500"], &["--form", form]);
+    eprintln!("form {form}");
     assert_eq!(ours.len(), 500);
     // The run has to actually learn for the comparison to mean something.
     assert!(

@@ -293,3 +293,136 @@ fn exchanged_gradients_equal_plain_ones_for_any_pieces() {
         }
     }
 }
+
+/// A trainer at `shape` in `form`, seeded data and weights.
+fn trainer_in<F: Real>(shape: Shape, form: twolayer::step::Form, lr: LearningRates) -> Trainer<F> {
+    Trainer::new(
+        Data::<F>::random(shape, 7),
+        Weights::random(shape, 8),
+        lr,
+        StepMode::Fused,
+    )
+    .unwrap()
+    .with_form(form)
+    .unwrap()
+}
+
+#[test]
+fn the_dual_form_follows_the_primal_trajectory() {
+    use twolayer::step::Form;
+    let _blas = blas_lock();
+    // The seed shape at the reference's rate: the same trajectory in exact
+    // arithmetic, so the losses and the formed weights agree to rounding
+    // (the numpy parity bounds: 1e-9 on the losses, 1e-12 on weights).
+    let shape = Shape::REFERENCE;
+    let lr = LearningRates::uniform(1e-6);
+    let mut p = trainer_in::<f64>(shape, Form::Primal, lr);
+    let mut d = trainer_in::<f64>(shape, Form::Dual, lr);
+    assert_eq!(d.form(), Form::Dual);
+    // Before any step the dual weights are the primal's, bit for bit.
+    assert_eq!(p.weights(), d.weights());
+    let go = |_: &Trainer<f64>, _, _| std::ops::ControlFlow::Continue(());
+    p.run(500, go).unwrap();
+    d.run(500, go).unwrap();
+    let (lp, ld) = (p.losses(), d.losses());
+    assert!(lp[499] < 1e-3 * lp[0], "the run did not learn");
+    let worst = lp
+        .iter()
+        .zip(ld)
+        .filter(|(a, _)| **a > 1e-5)
+        .map(|(a, b)| (a - b).abs() / a.abs())
+        .fold(0.0, f64::max);
+    assert!(worst < 1e-9, "losses differ by {worst:e}");
+    let w = max_rel_diff(&d.weights().w1, &p.weights().w1, 1.0).max(max_rel_diff(
+        &d.weights().w2,
+        &p.weights().w2,
+        1.0,
+    ));
+    assert!(w < 1e-12, "weights differ by {w:e}");
+    // Reading the weights between steps changes nothing.
+    let mut again = trainer_in::<f64>(shape, Form::Dual, lr);
+    for _ in 0..500 {
+        again.step().unwrap();
+        let _ = again.weights();
+    }
+    assert_eq!(again.losses(), d.losses());
+    assert_eq!(again.weights(), d.weights());
+
+    // f32: within f32's rounding of the primal.
+    let mut p = trainer_in::<f32>(shape, Form::Primal, lr);
+    let mut d = trainer_in::<f32>(shape, Form::Dual, lr);
+    let go = |_: &Trainer<f32>, _, _| std::ops::ControlFlow::Continue(());
+    p.run(100, go).unwrap();
+    d.run(100, go).unwrap();
+    for (a, b) in p.losses().iter().zip(d.losses()) {
+        assert!((a - b).abs() <= 1e-3 * a.abs(), "{a} vs {b}");
+    }
+}
+
+#[test]
+fn the_dual_step_is_the_plain_loop_step() {
+    use twolayer::step::Form;
+    let _blas = blas_lock();
+    // One step from the same start against the plain-loop step: the dual
+    // w1 = w1_0 + xᵀ·C is the loop's w1 − lr·xᵀ·g_h; w2 the same update.
+    let shape = Shape::new(24, 40, 16, 5).unwrap();
+    let lr = LearningRates { w1: 1e-4, w2: 2e-4 };
+    let mut d = trainer_in::<f64>(shape, Form::Dual, lr);
+    let (x, mut w) = as_f64(d.data(), d.weights());
+    d.step().unwrap();
+    d.step().unwrap();
+    loop_step(&x.x, &x.y, &mut w.w1, &mut w.w2, lr.w1, lr.w2);
+    loop_step(&x.x, &x.y, &mut w.w1, &mut w.w2, lr.w1, lr.w2);
+    let gap = max_rel_diff(&to_f64(&d.weights().w1), &w.w1, 1e-30);
+    assert!(gap < 1e-12, "w1 differs by {gap:e}");
+    assert!(max_rel_diff(&to_f64(&d.weights().w2), &w.w2, 1e-30) < 1e-12);
+    // A layer held fixed stays exactly as it was.
+    let lr = LearningRates { w1: 0.0, w2: 1e-3 };
+    let mut d = trainer_in::<f64>(shape, Form::Dual, lr);
+    let w1 = d.weights().w1.clone();
+    d.step().unwrap();
+    assert_eq!(d.weights().w1, w1);
+}
+
+#[test]
+fn a_diverged_dual_step_keeps_the_last_weights() {
+    use twolayer::step::Form;
+    let _blas = blas_lock();
+    let shape = Shape::new(64, 100, 50, 10).unwrap();
+    let mut t = trainer_in::<f64>(shape, Form::Dual, LearningRates::uniform(1.0));
+    let mut before = t.weights().clone();
+    let err = loop {
+        match t.step() {
+            Ok(_) => before = t.weights().clone(),
+            Err(e) => break e,
+        }
+    };
+    assert!(err.to_string().contains("smaller --lr"), "{err}");
+    assert_eq!(&before, t.weights(), "weights changed by the diverged step");
+    // Explicit gradients have no dual form.
+    let e = Trainer::new(
+        Data::<f64>::random(shape, 1),
+        Weights::random(shape, 2),
+        LearningRates::uniform(1e-6),
+        StepMode::Explicit,
+    )
+    .unwrap()
+    .with_form(Form::Dual)
+    .unwrap_err();
+    assert!(e.to_string().contains("primal"), "{e}");
+}
+
+#[test]
+fn the_automatic_form_follows_the_flops() {
+    use twolayer::step::Form;
+    let s = |n, d, h, o| Shape::new(n, d, h, o).unwrap();
+    assert_eq!(Form::auto(Shape::REFERENCE, 500), Form::Dual);
+    // More rows than inputs: G would cost more than x·w1.
+    assert_eq!(Form::auto(s(4096, 1000, 100, 10), 500), Form::Primal);
+    assert_eq!(Form::auto(s(8192, 4096, 1024, 256), 500), Form::Primal);
+    // One step: G and P cost more than they save.
+    assert_eq!(Form::auto(Shape::REFERENCE, 1), Form::Primal);
+    // N = D_in: 2·N²·H per step is half of 4·N·D_in·H, before G and P.
+    assert_eq!(Form::auto(s(1000, 1000, 100, 10), 500), Form::Primal);
+    assert_eq!(Form::auto(s(500, 1000, 100, 10), 500), Form::Dual);
+}

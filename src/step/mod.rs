@@ -27,6 +27,8 @@
 //!   reduced into the update.
 //! - [`exchange`]: the same step with the sums across MPI processes
 //!   overlapped with the work.
+//! - [`dual`]: the dual form, for one fixed batch with N small against
+//!   D_in: the step on C with w1 = w1_0 + xᵀ·C, N² in place of N·D_in.
 //! - [`probe`]: phase timing for benchmarks; `views.rs`: strided views that
 //!   keep every GEMM on cblas; `selftest.rs`: the regression gate's
 //!   injected slowdowns (off unless their features are on).
@@ -42,6 +44,7 @@
 //! counts the cblas calls).
 
 mod block;
+pub mod dual;
 pub mod exchange;
 pub mod plan;
 pub mod probe;
@@ -49,6 +52,7 @@ mod selftest;
 mod shards;
 mod views;
 
+pub use dual::{Dual, Form};
 pub use exchange::{gradients_exchanged, Exchange, NoExchange};
 pub use plan::{Plan, Workspace, WIDE_LAYER};
 pub use probe::{NoProbe, Phase, Probe};

@@ -190,6 +190,13 @@ pub struct TrainArgs {
     /// How the update is applied [default: fused, or the checkpoint's]
     #[arg(long = "step-mode", value_enum)]
     pub step_mode: Option<ModeArg>,
+    /// How the step computes x·w1: on w1 (primal), or on C with
+    /// w1 = w1_0 + xᵀ·C (dual: N² in place of N·D_in per step, for one
+    /// fixed batch); auto takes the dual form when its FLOPs are at most
+    /// half the primal's (docs/design.md) [default: auto, or the
+    /// checkpoint's]
+    #[arg(long, value_enum)]
+    pub form: Option<FormArg>,
     /// Write a checkpoint here (atomically) every --checkpoint-every steps,
     /// at the end, and when stopped by Ctrl-C or SIGTERM
     #[arg(long)]
@@ -277,6 +284,17 @@ pub enum ReaderArg {
     Inline,
     /// By a reader thread, while the steps before run.
     Ahead,
+}
+
+/// The step's form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FormArg {
+    /// Dual when it saves at least half the FLOPs, else primal.
+    Auto,
+    /// On w1: the step of docs/design.md §1.
+    Primal,
+    /// On C, with w1 = w1_0 + xᵀ·C.
+    Dual,
 }
 
 /// The loss.

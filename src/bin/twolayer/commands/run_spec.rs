@@ -3,7 +3,7 @@
 //! process, or K ranks under mpirun). Fresh, resumed and MPI runs take the
 //! same checks; nothing after this reads a flag that could contradict it.
 
-use crate::cli::{LossArg, ModeArg, TrainArgs, WeightInitArg};
+use crate::cli::{FormArg, LossArg, ModeArg, TrainArgs, WeightInitArg};
 use std::path::{Path, PathBuf};
 use twolayer::checkpoint::{AnyCheckpoint, DataSource, FileRef, MinibatchHeader};
 use twolayer::dataset::batches::Schedule;
@@ -12,7 +12,7 @@ use twolayer::error::{Error, Result};
 use twolayer::npz;
 use twolayer::scalar::Dtype;
 use twolayer::shape::Shape;
-use twolayer::step::{LearningRates, Plan, StepMode};
+use twolayer::step::{Form, LearningRates, Plan, StepMode};
 use twolayer::threads;
 use twolayer::Loss;
 
@@ -68,6 +68,8 @@ pub struct RunSpec {
     pub loss: Loss,
     /// With --data: the dataset and its batches.
     pub minibatch: Option<Minibatch>,
+    /// How the step computes x·w1.
+    pub form: Form,
 }
 
 /// A minibatch run's data, resolved.
@@ -140,6 +142,13 @@ pub fn resolve(args: &TrainArgs, launch: Launch) -> Result<RunSpec> {
                 m.schedule.batch()
             )));
         }
+    }
+    let mut spec = spec;
+    if mpi && spec.form == Form::Dual {
+        if args.form == Some(FormArg::Dual) {
+            say!("twolayer: note: the dual form needs the whole batch in one process; under mpirun each rank trains its rows in the primal form");
+        }
+        spec.form = Form::Primal;
     }
     if mpi && spec.mode == StepMode::Fused {
         return Err(Error::invalid(
@@ -214,10 +223,11 @@ fn fresh(args: &TrainArgs, ranks: usize, mpi: bool) -> Result<RunSpec> {
             )
         }
     };
+    let total_steps = args.steps.unwrap_or(DEFAULT_STEPS);
     Ok(RunSpec {
         shape,
         dtype,
-        total_steps: args.steps.unwrap_or(DEFAULT_STEPS),
+        total_steps,
         lr,
         mode,
         threads: args.threads.unwrap_or_else(threads::available_cores),
@@ -226,11 +236,38 @@ fn fresh(args: &TrainArgs, ranks: usize, mpi: bool) -> Result<RunSpec> {
         start,
         loss: args.loss.map(loss_of).unwrap_or_default(),
         minibatch: None,
+        form: fixed_batch_form(args.form, mode, mpi, shape, total_steps)?,
     })
+}
+
+/// The form of a run on one fixed batch: as asked, or by [`Form::auto`]
+/// (primal under mpirun, where each rank has part of the batch, and with
+/// explicit gradients, which the dual form does not make).
+fn fixed_batch_form(
+    asked: Option<FormArg>,
+    mode: StepMode,
+    mpi: bool,
+    shape: Shape,
+    steps: usize,
+) -> Result<Form> {
+    match asked.unwrap_or(FormArg::Auto) {
+        FormArg::Primal => Ok(Form::Primal),
+        FormArg::Dual if mode == StepMode::Explicit && !mpi => Err(Error::invalid(
+            "--form dual applies its update itself; it cannot run with --step-mode explicit",
+        )),
+        FormArg::Dual => Ok(Form::Dual),
+        FormArg::Auto if mpi || mode == StepMode::Explicit => Ok(Form::Primal),
+        FormArg::Auto => Ok(Form::auto(shape, steps)),
+    }
 }
 
 /// A fresh minibatch run on `--data`.
 fn with_data(args: &TrainArgs, files: &[PathBuf], ranks: usize, mpi: bool) -> Result<RunSpec> {
+    if args.form == Some(FormArg::Dual) {
+        return Err(Error::invalid(
+            "--form dual needs one fixed batch; --data trains on a new batch every step",
+        ));
+    }
     let dataset = Dataset::open(files)?;
     let what = files
         .iter()
@@ -368,6 +405,7 @@ fn fresh_common(args: &TrainArgs, mpi: bool, shape: Shape, dtype: Dtype) -> RunS
         },
         loss: args.loss.map(loss_of).unwrap_or_default(),
         minibatch: None,
+        form: Form::Primal,
     }
 }
 
@@ -417,6 +455,19 @@ fn from_checkpoint(args: &TrainArgs, path: &Path, ranks: usize) -> Result<RunSpe
     if let Some(m) = args.step_mode.map(step_mode).filter(|&m| m != mode) {
         return Err(Error::invalid(format!(
             "--step-mode {m:?} disagrees with {what} ({mode:?}); a resumed run keeps its settings"
+        )));
+    }
+    let form = h.form()?;
+    let asked = match args.form {
+        Some(FormArg::Primal) => Some(Form::Primal),
+        Some(FormArg::Dual) => Some(Form::Dual),
+        Some(FormArg::Auto) | None => None,
+    };
+    if let Some(f) = asked.filter(|&f| f != form) {
+        return Err(Error::invalid(format!(
+            "--form {} disagrees with {what} ({}); a resumed run keeps its settings",
+            f.name(),
+            form.name()
         )));
     }
     let total_steps = args.steps.unwrap_or(h.total_steps);
@@ -495,6 +546,7 @@ fn from_checkpoint(args: &TrainArgs, path: &Path, ranks: usize) -> Result<RunSpe
         start: Start::Resume(Box::new(ckpt)),
         loss,
         minibatch,
+        form,
     })
 }
 

@@ -134,16 +134,29 @@ fn single<F: Real>(args: &TrainArgs, mut spec: RunSpec) -> Result<()> {
             seeded_weights::<F>(spec.shape, seed, scaled),
             spec.lr,
             spec.mode,
-        )?,
+        )?
+        .with_form(spec.form)?,
         Start::Weights { .. } => unreachable!("--weights needs --data"),
         Start::Init { path } => {
             let (d, w) = npz::load_init(&path)?.into_typed::<F>();
-            Trainer::new(d, w, spec.lr, spec.mode)?
+            Trainer::new(d, w, spec.lr, spec.mode)?.with_form(spec.form)?
         }
         Start::Resume(c) => {
+            // A dual run continues from w1_0 and C, bit for bit.
+            let dual = c.dual_typed::<F>();
             let (w, losses) = c.into_typed::<F>();
             let data = data_from_source::<F>(&spec.data, spec.shape, 0..spec.shape.n)?;
-            Trainer::resume(data, w, spec.lr, spec.mode, losses)?
+            match dual {
+                Some((w1_0, coef)) => Trainer::resume(
+                    data,
+                    Weights { w1: w1_0, w2: w.w2 },
+                    spec.lr,
+                    spec.mode,
+                    losses,
+                )?
+                .with_dual_coef(Some(coef))?,
+                None => Trainer::resume(data, w, spec.lr, spec.mode, losses)?,
+            }
         }
     };
     train_and_report(args, trainer.with_loss(spec.loss), cfg)

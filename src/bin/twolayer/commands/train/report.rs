@@ -18,7 +18,7 @@ use twolayer::npz;
 use twolayer::output;
 use twolayer::scalar::Real;
 use twolayer::shape::Shape;
-use twolayer::step::{LearningRates, StepMode};
+use twolayer::step::{Form, LearningRates, StepMode};
 use twolayer::train::Trainer;
 use twolayer::Loss;
 
@@ -97,10 +97,12 @@ pub(super) fn snapshot<F: Real>(
                 ..m
             }),
             blas_core: Some(blas::core_name()),
+            form: (t.form() == Form::Dual).then(|| t.form().name().to_string()),
             written_by: format!("twolayer {}", env!("CARGO_PKG_VERSION")),
         },
         losses: t.losses().to_vec(),
         weights: t.weights().clone(),
+        dual: t.dual_parts().map(|(w1_0, c)| (w1_0.clone(), c.clone())),
     }
 }
 
@@ -185,8 +187,14 @@ struct Summary {
     /// Wall time of the steps run (set-up excluded).
     seconds: f64,
     ms_per_step: f64,
-    /// From the analytic count 4·N·D_in·H + 6·N·H·D_out.
+    /// From the analytic count 4·N·D_in·H + 6·N·H·D_out (the primal
+    /// step's, whatever form ran).
     gflops: f64,
+    /// `primal` or `dual`.
+    form: &'static str,
+    /// From the FLOPs of the form that ran (the dual's h = P + G·C is
+    /// 2·N²·H where the primal's two big products are 4·N·D_in·H).
+    gflops_done: f64,
     threads: usize,
     shards: usize,
     block_rows: usize,
@@ -383,17 +391,40 @@ impl<'a> Reporter<'a> {
         let shape = cfg.global_shape(trainer, self.n_total);
         let gflops = shape.flops_per_step() / (stats.ms_per_step() * 1e-3) / 1e9;
         let plan = trainer.plan();
+        let form = trainer.form();
+        // What the step's products cost in the form that ran: the dual
+        // form's h = P + G·C is 2·N²·H where the primal's x·w1 and xᵀ·g_h
+        // are 4·N·D_in·H; the three products with w2 are the same.
+        let done_flops = match form {
+            Form::Primal => shape.flops_per_step(),
+            Form::Dual => {
+                let (n, h, o) = (shape.n as f64, shape.hidden as f64, shape.d_out as f64);
+                2.0 * n * n * h + 6.0 * n * h * o
+            }
+        };
+        let done_gflops = done_flops / (stats.ms_per_step() * 1e-3) / 1e9;
+        let how = match form {
+            Form::Primal => format!(
+                "{} shard(s) of {} rows in blocks of {}",
+                plan.shards,
+                trainer.data().x.nrows().div_ceil(plan.shards),
+                plan.block_rows
+            ),
+            Form::Dual => "dual form: w1 = w1_0 + xᵀ·C, one N×N by N×H product for x·w1".into(),
+        };
+        let rate = match form {
+            Form::Primal => format!("{gflops:.1} GFLOP/s"),
+            Form::Dual => format!(
+                "{gflops:.1} GFLOP/s primal-equivalent ({done_gflops:.1} GFLOP/s of the dual form's own products)"
+            ),
+        };
         say!(
-            "twolayer: {} steps of {shape} {} in {:.3} s: {:.4} ms/step, {:.1} GFLOP/s; threads {} ({} shard(s) of {} rows in blocks of {}, OpenBLAS {} thread(s) per GEMM, {}){extra}; peak RSS {}; final loss {:?}",
+            "twolayer: {} steps of {shape} {} in {:.3} s: {:.4} ms/step, {rate}; threads {} ({how}, OpenBLAS {} thread(s) per GEMM, {}){extra}; peak RSS {}; final loss {:?}",
             stats.steps,
             F::DTYPE,
             stats.elapsed.as_secs_f64(),
             stats.ms_per_step(),
-            gflops,
             cfg.threads,
-            plan.shards,
-            trainer.data().x.nrows().div_ceil(plan.shards),
-            plan.block_rows,
             // What OpenBLAS uses (it caps a larger request at its build's
             // maximum), not what the plan asked for.
             blas::threads(),
@@ -416,6 +447,8 @@ impl<'a> Reporter<'a> {
                 seconds: stats.elapsed.as_secs_f64(),
                 ms_per_step: stats.ms_per_step(),
                 gflops,
+                form: form.name(),
+                gflops_done: done_gflops,
                 threads: cfg.threads,
                 shards: plan.shards,
                 block_rows: plan.block_rows,

@@ -1,0 +1,234 @@
+//! The dual form of the step, for training on one fixed batch x: every
+//! SGD update of w1 is xᵀ·(something N×H), so w1 never leaves
+//! w1_0 + xᵀ·C with C an N×H matrix. Then x·w1 = x·w1_0 + (x·xᵀ)·C, and
+//! the step works on C instead of w1:
+//!
+//! ```text
+//! once:
+//! G        = x · xᵀ                 N×N      (x·xᵀ, symmetric)
+//! P        = x · w1_0               N×H
+//! C        = 0                      N×H      (so w1 = w1_0)
+//! each step:
+//! h        = P + G · C              N×H      (= x·w1_0 + x·xᵀ·C = x·w1)
+//! h_relu   = max(h, 0)              N×H
+//! y_pred   = h_relu · w2            N×D_out
+//! loss     = Σ (y_pred − y)²
+//! g_y      = 2 (y_pred − y)         N×D_out
+//! g_hrelu  = g_y · w2ᵀ              N×H      (w2 before this step's update)
+//! g_h      = g_hrelu, 0 where h < 0
+//! w2      -= lr · h_reluᵀ · g_y     H×D_out
+//! C       -= lr · g_h               N×H      (w1 -= lr·xᵀ·g_h  ⇔  C -= lr·g_h)
+//! when the weights are read:
+//! w1       = w1_0 + xᵀ · C          D_in×H
+//! ```
+//!
+//! In exact arithmetic this is the primal step's trajectory, step for
+//! step; in floating point it rounds differently (tests hold it to the
+//! primal and to numpy within the parity tolerances). Per step it costs
+//! 2·N²·H FLOPs for h in place of 4·N·D_in·H for x·w1 and xᵀ·g_h: at the
+//! seed shape (64, 1000, 100, 10) about 20 times fewer for the whole step.
+//! G and P cost 2·N²·D_in + 2·N·D_in·H once, and forming w1 2·N·D_in·H
+//! each time the weights are read. [`Form::auto`] weighs these.
+
+use super::views::{flat, flat_mut};
+use super::LearningRates;
+use crate::error::{Error, Result};
+use crate::kernels;
+use crate::net::Data;
+use crate::scalar::{Dtype, Real};
+use crate::shape::Shape;
+use ndarray::linalg::general_mat_mul;
+use ndarray::Array2;
+
+/// How a step computes x·w1 and updates w1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Form {
+    /// On w1 itself: the step of docs/design.md §1.
+    #[default]
+    Primal,
+    /// On C, with w1 = w1_0 + xᵀ·C (this module): for one fixed batch
+    /// with N small against D_in.
+    Dual,
+}
+
+impl Form {
+    /// The name the command line and checkpoints use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Form::Primal => "primal",
+            Form::Dual => "dual",
+        }
+    }
+
+    /// The form with fewer FLOPs for `steps` steps on one fixed batch of
+    /// `shape`: dual when N ≤ D_in and its whole run — G, P, every step's
+    /// 2·N²·H, forming w1 at the end — costs at most half the primal's
+    /// 4·N·D_in·H per step (the products both forms share left out).
+    /// The margin covers what FLOPs do not count: a small N×N GEMM runs
+    /// further from the machine's peak than the primal's.
+    pub fn auto(shape: Shape, steps: usize) -> Form {
+        let (n, d, h) = (shape.n as f64, shape.d_in as f64, shape.hidden as f64);
+        let s = steps as f64;
+        let primal = 4.0 * n * d * h * s;
+        let dual = 2.0 * n * n * h * s + 2.0 * n * n * d + 4.0 * n * d * h;
+        if shape.n <= shape.d_in && 2.0 * dual <= primal {
+            Form::Dual
+        } else {
+            Form::Primal
+        }
+    }
+}
+
+impl std::str::FromStr for Form {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "primal" => Ok(Form::Primal),
+            "dual" => Ok(Form::Dual),
+            _ => Err(format!("unknown form '{s}' (primal or dual)")),
+        }
+    }
+}
+
+/// The dual step's state and buffers, all allocated once.
+#[derive(Debug)]
+pub struct Dual<F> {
+    /// G = x·xᵀ, N×N.
+    gram: Array2<F>,
+    /// P = x·w1_0, N×H.
+    base: Array2<F>,
+    /// C, N×H: w1 = w1_0 + xᵀ·C.
+    coef: Array2<F>,
+    /// N×H: h, then h_relu in place (negatives as −0.0: the mask).
+    h: Array2<F>,
+    /// N×D_out: y_pred, then g_y in place.
+    y_pred: Array2<F>,
+    /// N×H: g_hrelu, then g_h in place.
+    g_hrelu: Array2<F>,
+    /// OpenBLAS threads of the step's GEMMs.
+    blas_threads: usize,
+    /// OpenBLAS threads of the set-up and forming GEMMs (the run's
+    /// budget): the same every time, so formed weights are the same bits.
+    threads: usize,
+}
+
+/// Below this many FLOPs, the G·C product runs on one thread: handing
+/// part of a small GEMM to another core costs more than it saves.
+const ONE_THREAD_BELOW: f64 = (1u64 << 24) as f64;
+
+impl<F: Real> Dual<F> {
+    /// Bytes of the dual state and buffers for `shape` (in u128: N² of a
+    /// huge N must not overflow before it is refused).
+    pub fn bytes(shape: Shape, dtype: Dtype) -> u128 {
+        let (n, h, o) = (shape.n as u128, shape.hidden as u128, shape.d_out as u128);
+        (n * n + 4 * n * h + n * o) * dtype.size() as u128
+    }
+
+    /// The dual state of `data` at weights w1 = `w1_0` + xᵀ·`coef` (C = 0
+    /// when `coef` is `None`), computing G and P with `threads` OpenBLAS
+    /// threads. Fails when the buffers would not fit in memory or `coef`
+    /// is not N×H.
+    pub fn new(
+        data: &Data<F>,
+        w1_0: &Array2<F>,
+        coef: Option<Array2<F>>,
+        threads: usize,
+    ) -> Result<Self> {
+        let (n, d_in) = data.x.dim();
+        let (h, d_out) = (w1_0.ncols(), data.y.ncols());
+        let shape = Shape::new(n, d_in, h, d_out)?;
+        shape.check_bytes_fit(Self::bytes(shape, F::DTYPE), F::DTYPE)?;
+        let coef = match coef {
+            Some(c) if c.dim() == (n, h) => c,
+            Some(c) => {
+                return Err(Error::invalid(format!(
+                    "the dual coefficients are {:?}, not N×H = {n}×{h}",
+                    c.dim()
+                )))
+            }
+            None => Array2::zeros((n, h)),
+        };
+        let (one, zero) = (F::one(), F::zero());
+        crate::blas::set_threads(threads);
+        // G = x · xᵀ
+        //   (N×D_in)·(D_in×N) → N×N; xᵀ is a transposed view (TransB);
+        //   alpha = 1, beta = 0.
+        let mut gram = Array2::zeros((n, n));
+        general_mat_mul(one, &data.x, &data.x.t(), zero, &mut gram);
+        // P = x · w1_0
+        //   (N×D_in)·(D_in×H) → N×H; no transposes; alpha = 1, beta = 0.
+        let mut base = Array2::zeros((n, h));
+        general_mat_mul(one, &data.x, w1_0, zero, &mut base);
+        let flops = 2.0 * (n * n * h) as f64;
+        Ok(Dual {
+            threads,
+            gram,
+            base,
+            coef,
+            h: Array2::zeros((n, h)),
+            y_pred: Array2::zeros((n, d_out)),
+            g_hrelu: Array2::zeros((n, h)),
+            blas_threads: if flops < ONE_THREAD_BELOW { 1 } else { threads },
+        })
+    }
+
+    /// One SGD step on C and w2 (module docs); `y` is N×D_out. Returns the
+    /// loss of the weights before the update; when it is not finite, C and
+    /// w2 are left as they were. Allocates nothing.
+    pub fn step(&mut self, y: &Array2<F>, w2: &mut Array2<F>, lr: LearningRates) -> f64 {
+        let (one, zero) = (F::one(), F::zero());
+        crate::blas::set_threads(self.blas_threads);
+        // ---- forward ----
+        // h = P + G · C
+        //   h ← P, then (N×N)·(N×H) → N×H; no transposes; alpha = 1,
+        //   beta = 1.
+        kernels::copy(flat_mut(&mut self.h), flat(&self.base));
+        general_mat_mul(one, &self.gram, &self.coef, one, &mut self.h);
+        // h_relu = max(h, 0), in place (−0.0 where h < 0: the mask).
+        kernels::relu_in_place(flat_mut(&mut self.h));
+        let h_relu = &self.h;
+        // y_pred = h_relu · w2
+        //   (N×H)·(H×D_out) → N×D_out; no transposes; alpha = 1, beta = 0.
+        general_mat_mul(one, h_relu, &*w2, zero, &mut self.y_pred);
+        // loss = Σ (y_pred − y)²  and  g_y = 2 (y_pred − y), in place.
+        let loss = kernels::loss_and_grad(flat_mut(&mut self.y_pred), flat(y));
+        if !loss.is_finite() {
+            return loss;
+        }
+        let g_y = &self.y_pred;
+        // ---- backward ----
+        // g_hrelu = g_y · w2ᵀ
+        //   (N×D_out)·(D_out×H) → N×H; w2ᵀ is a transposed view (TransB);
+        //   alpha = 1, beta = 0. Reads w2 before its update below.
+        general_mat_mul(one, g_y, &w2.t(), zero, &mut self.g_hrelu);
+        // g_h = g_hrelu, 0 where h < 0, in place.
+        kernels::relu_mask(flat_mut(&mut self.g_hrelu), flat(h_relu));
+        let g_h = &self.g_hrelu;
+        // w2 ← −lr·h_reluᵀ·g_y + 1·w2
+        //   (H×N)·(N×D_out) → H×D_out; h_reluᵀ is a transposed view
+        //   (TransA); alpha = −lr, beta = 1.
+        if lr.w2 != 0.0 {
+            general_mat_mul(-F::from_f64(lr.w2), &h_relu.t(), g_y, one, w2);
+        }
+        // C ← C − lr·g_h: w1 − lr·xᵀ·g_h = w1_0 + xᵀ·(C − lr·g_h).
+        if lr.w1 != 0.0 {
+            kernels::sgd_update(flat_mut(&mut self.coef), flat(g_h), F::from_f64(lr.w1));
+        }
+        loss
+    }
+
+    /// w1 = w1_0 + xᵀ·C into `out` (D_in×H), for `x` the batch (N×D_in).
+    pub fn w1_into(&self, x: &Array2<F>, w1_0: &Array2<F>, out: &mut Array2<F>) {
+        crate::blas::set_threads(self.threads);
+        kernels::copy(flat_mut(out), flat(w1_0));
+        // w1 = xᵀ · C + 1·w1_0
+        //   (D_in×N)·(N×H) → D_in×H; xᵀ is a transposed view (TransA);
+        //   alpha = 1, beta = 1 onto the copy of w1_0.
+        general_mat_mul(F::one(), &x.t(), &self.coef, F::one(), out);
+    }
+
+    /// C, N×H.
+    pub fn coef(&self) -> &Array2<F> {
+        &self.coef
+    }
+}
