@@ -21,6 +21,12 @@ order within a round alternates, so drift hits both sides alike.
 
     target/pyenv/bin/python scripts/compare_peers.py            # the 4 reference shapes
     target/pyenv/bin/python scripts/compare_peers.py --quick    # the first two only
+    target/pyenv/bin/python scripts/compare_peers.py --train    # `twolayer train` instead
+
+With --train, the twolayer side is `twolayer train` as a user runs it (its
+default --form auto: the dual form where it saves FLOPs, docs/design.md
+§2), timed by its own --json summary over the same steps, and the table
+says which form ran; `twolayer sweep` always times the primal step.
 """
 import argparse
 import json
@@ -64,6 +70,21 @@ def run_twolayer(binary, shape, dtype, threads, steps, warmup):
     return p["ms_per_step"]["median"], p["machine_gemm_gflops"], report["env"]["openblas_core"]
 
 
+def run_train(binary, shape, dtype, threads, steps, warmup):
+    """ms/step of `twolayer train` (default form) over warmup + steps steps."""
+    n, d, h, o = shape
+    with tempfile.TemporaryDirectory() as out:
+        summary = os.path.join(out, "s.json")
+        subprocess.run(
+            [binary, "train", "--n", str(n), "--d-in", str(d), "--hidden", str(h),
+             "--d-out", str(o), "--dtype", dtype, "--threads", str(threads), "--lr", "1e-12",
+             "--steps", str(steps + warmup), "--quiet", "--json", summary],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+        with open(summary) as f:
+            s = json.load(f)
+    return s["ms_per_step"], s["form"], s["blas_core"]
+
+
 def run_numpy(python, shape, dtype, threads, steps, warmup):
     n, d, h, o = shape
     r = subprocess.run(
@@ -86,11 +107,16 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="only the two smaller shapes")
+    ap.add_argument("--train", action="store_true",
+                    help="time `twolayer train` (its default form) instead of the sweep's step")
+    ap.add_argument("--only-seed", action="store_true", help="only the seed shape")
     ap.add_argument("--peak-f64", type=float, default=115.0)
     ap.add_argument("--peak-f32", type=float, default=230.0)
     args = ap.parse_args()
     import numpy
-    shapes = SHAPES[:2] if args.quick else SHAPES
+    shapes = SHAPES[:1] if args.only_seed else SHAPES[:2] if args.quick else SHAPES
+    if args.train:
+        return train_table(args, shapes)
     print(f"twolayer vs numpy {numpy.__version__}, {args.threads} threads, {args.rounds} interleaved "
           f"rounds, lr 1e-12, OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE removed on both sides; "
           f"medians in ms/step\n")
@@ -118,6 +144,32 @@ def main():
             print(f"| {shape} | {dtype} | {statistics.median(theirs):.4g} | {t:.4g} | "
                   f"{statistics.median(ratios):.2f}x | {g:.1f} | {100 * g / peak:.0f}% | "
                   f"{rate:.1f} | {100 * g / rate:.0f}% | {core} / {numpy_core} |", flush=True)
+
+
+def train_table(args, shapes):
+    import numpy
+    print(f"`twolayer train` (default form) vs numpy {numpy.__version__}, {args.threads} threads, "
+          f"{args.rounds} interleaved rounds, lr 1e-12, OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE "
+          f"removed on both sides; medians in ms/step\n")
+    print("| shape (N, D_in, H, D_out) | dtype | numpy ms | twolayer train ms | form | speed-up "
+          "| kernels: twolayer / numpy |")
+    print("|---|---|---:|---:|---|---:|---|")
+    for shape, steps in shapes:
+        for dtype in ("f64", "f32"):
+            ours, theirs, ratios = [], [], []
+            for r in range(args.rounds):
+                if r % 2 == 0:
+                    t, form, core = run_train(args.binary, shape, dtype, args.threads, steps, args.warmup)
+                    nmp, numpy_core = run_numpy(args.python, shape, dtype, args.threads, steps, args.warmup)
+                else:
+                    nmp, numpy_core = run_numpy(args.python, shape, dtype, args.threads, steps, args.warmup)
+                    t, form, core = run_train(args.binary, shape, dtype, args.threads, steps, args.warmup)
+                ours.append(t)
+                theirs.append(nmp)
+                ratios.append(nmp / t)
+            print(f"| {shape} | {dtype} | {statistics.median(theirs):.4g} | "
+                  f"{statistics.median(ours):.4g} | {form} | {statistics.median(ratios):.1f}x | "
+                  f"{core} / {numpy_core} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -879,6 +879,12 @@ fn a_forced_kernel_set_below_the_cpu_is_named_and_its_alternative_checked() {
         avx512,
         "{e}"
     );
+    // With the cost measured: OpenBLAS's own choice in a child process.
+    assert_eq!(
+        e.contains("measured: OpenBLAS's own choice here is"),
+        avx512,
+        "{e}"
+    );
     let o = common::bin()
         .args(["train", "--steps", "2", "-q"])
         .env_remove("OPENBLAS_CORETYPE")

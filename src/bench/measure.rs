@@ -314,9 +314,15 @@ pub const MACHINE_GEMM_SIZE: usize = 2048;
 /// its points, and reports their spread. Must run inside a rayon pool of
 /// `threads` threads.
 pub fn machine_gemm_gflops(dtype: Dtype, threads: usize) -> f64 {
+    square_gemm_gflops(dtype, threads, MACHINE_GEMM_SIZE)
+}
+
+/// [`machine_gemm_gflops`] for `size`² matrices: a smaller size for a
+/// quick estimate (train's note on a forced kernel set uses 1024²).
+pub fn square_gemm_gflops(dtype: Dtype, threads: usize, size: usize) -> f64 {
     blas::with_threads(threads, || match dtype {
-        Dtype::F32 => square_gemm::<f32>(MACHINE_GEMM_SIZE),
-        Dtype::F64 => square_gemm::<f64>(MACHINE_GEMM_SIZE),
+        Dtype::F32 => square_gemm::<f32>(size),
+        Dtype::F64 => square_gemm::<f64>(size),
     })
 }
 

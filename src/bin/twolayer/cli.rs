@@ -453,6 +453,9 @@ pub struct InfoArgs {
     /// (Internal: the child that measures OpenBLAS's own kernel choice.)
     #[arg(long = "probe-own-kernels", hide = true)]
     pub probe_own_kernels: bool,
+    /// (Internal: the side of the probe's square GEMM.)
+    #[arg(long = "probe-size", hide = true, default_value = "2048")]
+    pub probe_size: usize,
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 use crate::cli::InfoArgs;
 use serde::Serialize;
 use twolayer::bench::env::Env;
-use twolayer::bench::measure::{machine_gemm_gflops, MACHINE_GEMM_SIZE};
+use twolayer::bench::measure::{machine_gemm_gflops, square_gemm_gflops, MACHINE_GEMM_SIZE};
 use twolayer::error::{Error, Result};
 use twolayer::scalar::Dtype;
 use twolayer::threads;
@@ -39,7 +39,7 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         out!(
             "{} {} {:e}\n",
             twolayer::blas::core_name(),
-            machine_gemm_gflops(Dtype::F64, t),
+            square_gemm_gflops(Dtype::F64, t, args.probe_size.clamp(64, 4096)),
             twolayer::kernel_set::gemm_check()
         );
         return Ok(());
@@ -52,7 +52,9 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         gemm_threads: t,
         gemm_gflops_f64: machine_gemm_gflops(Dtype::F64, t),
         gemm_gflops_f32: machine_gemm_gflops(Dtype::F32, t),
-        own_choice: forced.as_ref().map(|_| OwnChoice::measure(t)),
+        own_choice: forced
+            .as_ref()
+            .map(|_| OwnChoice::measure(t, MACHINE_GEMM_SIZE)),
         kernels_forced_below_cpu: forced,
     };
     if args.json {

@@ -18,8 +18,8 @@ pub struct OwnChoice {
 impl OwnChoice {
     /// Measures OpenBLAS's own choice on `t` threads in a child process
     /// (`twolayer info --probe-own-kernels`) with `OPENBLAS_CORETYPE` and
-    /// `OPENBLAS_L2_SIZE` removed.
-    pub fn measure(t: usize) -> OwnChoice {
+    /// `OPENBLAS_L2_SIZE` removed: its rate on `size`² GEMMs.
+    pub fn measure(t: usize, size: usize) -> OwnChoice {
         let failed = |why: String| OwnChoice {
             core: Err(why),
             gemm_gflops_f64: None,
@@ -28,6 +28,7 @@ impl OwnChoice {
         let child = std::env::current_exe().and_then(|exe| {
             std::process::Command::new(exe)
                 .args(["info", "--probe-own-kernels", "--threads", &t.to_string()])
+                .args(["--probe-size", &size.to_string()])
                 .env_remove("OPENBLAS_CORETYPE")
                 .env_remove("OPENBLAS_L2_SIZE")
                 .output()
@@ -58,8 +59,8 @@ impl OwnChoice {
     }
 
     /// One line: the own choice's f64 GEMM rate against `forced_gflops`
-    /// (the forced set's, same threads), and whether its results match
-    /// plain loops.
+    /// (the forced set's, same threads and size), and whether its results
+    /// match plain loops.
     pub fn describe(&self, forced_gflops: f64) -> String {
         match (&self.core, self.gemm_gflops_f64, self.gemm_check_max_rel_error) {
             (Ok(core), Some(rate), Some(err)) => format!(

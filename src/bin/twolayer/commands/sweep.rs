@@ -95,7 +95,9 @@ fn record_kernel_cost(report: &mut Report) {
                 twolayer::bench::measure::machine_gemm_gflops(twolayer::scalar::Dtype::F64, t)
             })
         });
-    let line = super::own_kernels::OwnChoice::measure(t).describe(forced);
+    let line =
+        super::own_kernels::OwnChoice::measure(t, twolayer::bench::measure::MACHINE_GEMM_SIZE)
+            .describe(forced);
     report.env.warnings.push(format!("measured: {line}"));
 }
 

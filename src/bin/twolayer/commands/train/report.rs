@@ -472,6 +472,17 @@ impl<'a> Reporter<'a> {
         {
             say!("twolayer: note: {}", w.trim_start_matches("note: "));
         }
+        if twolayer::kernel_set::forced_below_cpu().is_some() && self.lead {
+            // What the forced set costs here: a quick 1024² f64 GEMM in
+            // this process and in a child with OpenBLAS's own choice
+            // (about 0.2 s; only on a machine that forces a set).
+            let t = cfg.threads;
+            let size = 1024;
+            let forced =
+                twolayer::bench::measure::square_gemm_gflops(twolayer::scalar::Dtype::F64, t, size);
+            let own = super::super::own_kernels::OwnChoice::measure(t, size);
+            say!("twolayer: measured: {}", own.describe(forced));
+        }
         if let Some(signal) = signal {
             if trainer.steps_done() < cfg.total_steps {
                 let name = signal_name(signal);
