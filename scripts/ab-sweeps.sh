@@ -24,7 +24,9 @@ for r in $(seq 1 "$rounds"); do
     k=$(( (j + r - 1) % n ))
     dir="$out/${names[$k]}/$run"
     mkdir -p "$dir"
-    if ! "${bins[$k]}" sweep --grid "$grid" --out "$dir" >"$dir/sweep.md" 2>"$dir/sweep.log"; then
+    # TWOLAYER_WISDOM empty: every build runs its built-in plans, whatever
+    # this machine's wisdom file holds (older builds ignore the variable).
+    if ! TWOLAYER_WISDOM= "${bins[$k]}" sweep --grid "$grid" --out "$dir" >"$dir/sweep.md" 2>"$dir/sweep.log"; then
       echo "ab-sweeps: ${names[$k]} (${bins[$k]}) failed in round $r:" >&2
       cat "$dir/sweep.log" >&2
       exit 2

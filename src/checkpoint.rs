@@ -32,7 +32,7 @@ use crate::net::Weights;
 use crate::output::write_atomic;
 use crate::scalar::{Dtype, Real};
 use crate::shape::Shape;
-use crate::step::{Form, LearningRates, StepMode};
+use crate::step::{Form, LearningRates, PlanChoice, StepMode};
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -250,6 +250,11 @@ pub struct Header {
     /// an unbroken run to rounding only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blas_core: Option<String>,
+    /// How the primal step divided its work (shards, OpenBLAS threads,
+    /// block rows): a resume lays it out the same, for the same bits
+    /// (absent: the built-in rule's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanChoice>,
     /// The step's form, `dual` when the run trains C with
     /// w1 = w1_0 + xᵀ·C (absent: `primal`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -640,6 +645,7 @@ mod tests {
                 loss: "sum".into(),
                 minibatch: None,
                 blas_core: Some("Haswell".into()),
+                plan: None,
                 form: None,
                 written_by: "test".into(),
             },

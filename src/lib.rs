@@ -88,6 +88,7 @@ pub mod shape;
 pub mod step;
 pub mod threads;
 pub mod train;
+pub mod tune;
 
 pub use error::{Error, Result};
 pub use net::{Data, Weights};

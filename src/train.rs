@@ -164,6 +164,21 @@ impl<F: Real> Trainer<F> {
         })
     }
 
+    /// Lays the step's work out by `plan` instead of the built-in rule's
+    /// (a tuned plan, or a checkpoint's): new buffers, allocated here.
+    /// Fails when they would not fit in memory.
+    pub fn with_plan(mut self, plan: Plan) -> Result<Self> {
+        let mode = self.mode();
+        if plan.fused_gemm_update && mode == StepMode::Explicit {
+            return Err(Error::invalid(
+                "a plan with the update in the GEMMs needs the fused mode",
+            ));
+        }
+        plan.check_fits_memory(self.shape, F::DTYPE, mode)?;
+        self.ws = Workspace::with_plan(self.shape, plan);
+        Ok(self)
+    }
+
     /// Runs the step in `form` from now on. [`Form::Dual`] needs one fixed
     /// batch (the data must not change between steps: no `next_batch`
     /// that swaps rows in, no exchange) and the fused mode; it starts at

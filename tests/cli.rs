@@ -732,6 +732,7 @@ fn fifos_devices_and_folders_as_inputs_are_refused_without_blocking() {
             loss: "sum".into(),
             minibatch: None,
             blas_core: None,
+            plan: None,
             form: None,
             written_by: "test".into(),
         },

@@ -630,6 +630,7 @@ fn a_resume_whose_data_would_not_fit_is_refused_before_allocating() {
             loss: "sum".into(),
             minibatch: None,
             blas_core: None,
+            plan: None,
             form: None,
             written_by: "test".into(),
         },

@@ -259,6 +259,7 @@ fn measure<F: Real + mpi::traits::Equivalence>(
             workspace_bytes: workspace,
             peak_rss_bytes: peak_rss,
             rss_growth_bytes: rss_growth,
+            plan: (plan, "the built-in rule".to_string()),
         },
         MpiSamples {
             allreduce_ms: mpi_ms,

@@ -114,7 +114,8 @@ impl Env {
     }
 }
 
-fn cpu_model() -> String {
+/// The CPU model name from /proc/cpuinfo (`unknown` where it is not there).
+pub fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {

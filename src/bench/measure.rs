@@ -5,12 +5,15 @@
 //! machine's own GEMM rate.
 
 use super::grid::{Point, Timing};
-use super::report::{PhaseTimes, PointReport, Stats};
+use super::report::{PhaseTimes, PlanReport, PointReport, Stats};
 use crate::blas;
 use crate::error::Result;
 use crate::net::{Data, Weights};
 use crate::scalar::{Dtype, Real};
-use crate::step::{self, Gradients, LearningRates, Phase, Plan, Probe, StepMode, Workspace};
+use crate::step::{
+    self, Gradients, LearningRates, Phase, Plan, PlanChoice, Probe, StepMode, Workspace,
+};
+use crate::tune::wisdom::PlanSource;
 use ndarray::linalg::general_mat_mul;
 use ndarray::Array2;
 use std::time::Instant;
@@ -113,6 +116,8 @@ pub struct Samples {
     /// Peak RSS while measuring less the RSS just before (see
     /// [`MemoryWatch`]).
     pub rss_growth_bytes: u64,
+    /// The plan the step ran, and where it came from.
+    pub plan: (Plan, String),
 }
 
 impl Samples {
@@ -172,6 +177,7 @@ impl Samples {
             workspace_bytes: self.workspace_bytes,
             peak_rss_bytes: self.peak_rss_bytes,
             rss_growth_bytes: self.rss_growth_bytes,
+            plan: Some(PlanReport::of(self.plan.0, self.plan.1)),
             mpi: None,
         }
     }
@@ -180,21 +186,38 @@ impl Samples {
 /// Measures one point for one round on the current thread, which must be
 /// inside a rayon pool of `point.threads` threads (the sweep runner sees to
 /// it): `timing.budget_s / timing.rounds` seconds and `min_steps / rounds`
-/// steps (rounded up).
-pub fn measure_point(point: Point, timing: Timing, mode: StepMode) -> Result<Samples> {
+/// steps (rounded up). The step runs the `tuned` plan when given (a
+/// wisdom file's, with where it came from), else the built-in rule's.
+pub fn measure_point(
+    point: Point,
+    timing: Timing,
+    mode: StepMode,
+    tuned: Option<(PlanChoice, PlanSource)>,
+) -> Result<Samples> {
     match point.dtype {
-        Dtype::F32 => measure::<f32>(point, timing, mode),
-        Dtype::F64 => measure::<f64>(point, timing, mode),
+        Dtype::F32 => measure::<f32>(point, timing, mode, tuned),
+        Dtype::F64 => measure::<f64>(point, timing, mode, tuned),
     }
 }
 
-fn measure<F: Real>(point: Point, timing: Timing, mode: StepMode) -> Result<Samples> {
+fn measure<F: Real>(
+    point: Point,
+    timing: Timing,
+    mode: StepMode,
+    tuned: Option<(PlanChoice, PlanSource)>,
+) -> Result<Samples> {
     let rounds = timing.rounds.max(1);
     let min_steps = timing.min_steps.div_ceil(rounds);
     let budget_s = timing.budget_s / rounds as f64;
     let shape = point.shape;
     let explicit = mode == StepMode::Explicit;
-    let plan = Plan::new(shape, F::DTYPE, point.threads, mode);
+    let (plan, source) = match tuned {
+        Some((choice, source)) => (choice.plan(shape, mode), source),
+        None => (
+            Plan::new(shape, F::DTYPE, point.threads, mode),
+            PlanSource::Rule,
+        ),
+    };
     plan.check_fits_memory(shape, F::DTYPE, mode)?;
     let memory = MemoryWatch::start();
 
@@ -252,6 +275,7 @@ fn measure<F: Real>(point: Point, timing: Timing, mode: StepMode) -> Result<Samp
         workspace_bytes: plan.training_bytes(shape, F::DTYPE, mode) as u64,
         peak_rss_bytes,
         rss_growth_bytes,
+        plan: (plan, source.to_string()),
     })
 }
 

@@ -299,10 +299,42 @@ pub struct PointReport {
     /// version-1 reports: 0). Compare it with `workspace_bytes`.
     #[serde(default)]
     pub rss_growth_bytes: u64,
+    /// The plan the step ran and where it came from (absent from older
+    /// reports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanReport>,
     /// Under mpirun: the data-parallel layout and what it cost. Absent in
     /// a single process's report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mpi: Option<MpiPoint>,
+}
+
+/// How a point's step divided its work ([`crate::Plan`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlanReport {
+    /// Shards, one per rayon thread.
+    pub shards: usize,
+    /// Rows per block.
+    pub block_rows: usize,
+    /// OpenBLAS threads per GEMM.
+    pub blas_threads: usize,
+    /// Whether the update ran inside the gradient GEMMs.
+    pub fused_gemm_update: bool,
+    /// `the built-in rule`, or the wisdom file it came from.
+    pub source: String,
+}
+
+impl PlanReport {
+    /// The report of `plan`, from `source`.
+    pub fn of(plan: crate::Plan, source: String) -> PlanReport {
+        PlanReport {
+            shards: plan.shards,
+            block_rows: plan.block_rows,
+            blas_threads: plan.blas_threads,
+            fused_gemm_update: plan.fused_gemm_update,
+            source,
+        }
+    }
 }
 
 /// A point measured by K MPI ranks, each on its own rows with `threads`

@@ -12,8 +12,10 @@ use crate::step::StepMode;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::BTreeMap;
 
-/// Measures every point of `grid` and returns the report.
-pub fn run_grid(grid: &Grid, mode: StepMode) -> Result<Report> {
+/// Measures every point of `grid` and returns the report: each point with
+/// the plan `wisdom` (a wisdom file, when given and present) holds for it,
+/// else the built-in rule's.
+pub fn run_grid(grid: &Grid, mode: StepMode, wisdom: Option<&std::path::Path>) -> Result<Report> {
     let env = Env::capture();
     let pools = pools(grid)?;
     let bar = progress_bar(
@@ -31,7 +33,8 @@ pub fn run_grid(grid: &Grid, mode: StepMode) -> Result<Report> {
             bar.set_message(progress_message(p, round, rounds));
             let pool = &pools[&p.threads];
             rates.sample_if_due(round, p, || rate(p.dtype, p.threads));
-            let s = pool.install(|| measure_point(*p, grid.timing, mode))?;
+            let tuned = crate::tune::wisdom::lookup(wisdom, p.shape, p.dtype, p.threads, mode);
+            let s = pool.install(|| measure_point(*p, grid.timing, mode, tuned))?;
             match acc {
                 Some(a) => a.merge(s),
                 None => *acc = Some(s),
@@ -95,7 +98,7 @@ impl GemmRates {
 }
 
 /// One rayon pool per thread count in the grid.
-pub(super) fn pools(grid: &Grid) -> Result<BTreeMap<usize, rayon::ThreadPool>> {
+pub fn pools(grid: &Grid) -> Result<BTreeMap<usize, rayon::ThreadPool>> {
     let mut pools = BTreeMap::new();
     for p in &grid.points {
         if let std::collections::btree_map::Entry::Vacant(e) = pools.entry(p.threads) {

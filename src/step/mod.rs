@@ -54,7 +54,7 @@ mod views;
 
 pub use dual::{Dual, Form};
 pub use exchange::{gradients_exchanged, Exchange, NoExchange};
-pub use plan::{Plan, Workspace, WIDE_LAYER};
+pub use plan::{Plan, PlanChoice, Workspace, WIDE_LAYER};
 pub use probe::{NoProbe, Phase, Probe};
 
 use crate::kernels;

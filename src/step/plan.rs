@@ -41,6 +41,94 @@ pub struct Plan {
     pub fused_gemm_update: bool,
 }
 
+/// A plan as the tuner measures it and the wisdom file keeps it,
+/// independent of N: one measured on part of a batch applies to the whole
+/// batch ([`PlanChoice::plan`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct PlanChoice {
+    /// Shards, one per rayon thread.
+    pub shards: usize,
+    /// OpenBLAS threads per GEMM.
+    pub blas_threads: usize,
+    /// Rows per block; 0 for each shard's rows in one block.
+    pub block_rows: usize,
+}
+
+/// Block sizes the tuner tries, besides a shard's whole rows.
+pub const CANDIDATE_BLOCKS: [usize; 6] = [64, 128, 256, 512, 1024, 2048];
+
+impl PlanChoice {
+    /// The plan for a batch of `shape`: shards at most N, blocks at most a
+    /// shard's rows, the update fused into the GEMMs when `mode` is fused
+    /// and one shard holds the batch in one block.
+    pub fn plan(&self, shape: Shape, mode: StepMode) -> Plan {
+        let shards = self.shards.clamp(1, shape.n);
+        let per_shard = shape.n.div_ceil(shards);
+        let block_rows = match self.block_rows {
+            0 => per_shard,
+            b => b.min(per_shard),
+        }
+        .max(1);
+        Plan {
+            shards,
+            block_rows,
+            blas_threads: self.blas_threads.max(1),
+            fused_gemm_update: mode == StepMode::Fused && shards == 1 && block_rows >= shape.n,
+        }
+    }
+
+    /// The choice that gives `plan` at a batch of `n` rows.
+    pub fn of(plan: Plan, n: usize) -> PlanChoice {
+        PlanChoice {
+            shards: plan.shards,
+            blas_threads: plan.blas_threads,
+            block_rows: if plan.block_rows >= n.div_ceil(plan.shards) {
+                0
+            } else {
+                plan.block_rows
+            },
+        }
+    }
+
+    /// Every choice the tuner tries on `threads` threads for batches of
+    /// `rows` rows: each split of the threads into shards × OpenBLAS
+    /// threads, with blocks of [`CANDIDATE_BLOCKS`] rows smaller than a
+    /// shard and of a shard's whole rows.
+    pub fn candidates(threads: usize, rows: usize) -> Vec<PlanChoice> {
+        let threads = threads.max(1);
+        let mut out = Vec::new();
+        for shards in (1..=threads).filter(|s| threads.is_multiple_of(*s) && *s <= rows.max(1)) {
+            let per_shard = rows.div_ceil(shards);
+            for block_rows in CANDIDATE_BLOCKS
+                .into_iter()
+                .filter(|&b| b < per_shard)
+                .chain([0])
+            {
+                out.push(PlanChoice {
+                    shards,
+                    blas_threads: threads / shards,
+                    block_rows,
+                });
+            }
+        }
+        out
+    }
+}
+
+impl std::fmt::Display for PlanChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} shard(s) × {} OpenBLAS thread(s), ",
+            self.shards, self.blas_threads
+        )?;
+        match self.block_rows {
+            0 => write!(f, "each shard in one block"),
+            b => write!(f, "blocks of {b} rows"),
+        }
+    }
+}
+
 /// Below this H or D_in the GEMMs are too thin for OpenBLAS's own threads
 /// to pay; at or above both, one multi-threaded call per product is as
 /// fast as a shard per core, and needs no gradient sum across shards.

@@ -107,7 +107,11 @@ pub fn as_f64<F: Real>(d: &Data<F>, w: &Weights<F>) -> (Data<f64>, Weights<f64>)
 
 /// The `twolayer` binary built for this test run.
 pub fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_twolayer"))
+    // No wisdom file unless a test names one: a developer's tuned plans
+    // must not change what the tests run.
+    let mut c = Command::new(env!("CARGO_BIN_EXE_twolayer"));
+    c.env("TWOLAYER_WISDOM", "");
+    c
 }
 
 /// Runs the binary with `args` and returns its output.

@@ -35,6 +35,12 @@ pub enum Command {
         after_help = "Example:\n  twolayer sweep --preset reference --processes 3 --out report/"
     )]
     Sweep(SweepArgs),
+    /// Measure the step's plans on this machine and remember the fastest
+    /// for each point in a wisdom file, which train and sweep then use
+    #[command(
+        after_help = "Example:\n  twolayer tune --preset reference --wisdom my-machine.json"
+    )]
+    Tune(TuneArgs),
     /// Print the environment block and the machine's measured GEMM rate.
     #[command(after_help = "Example:\n  twolayer info --json > machine.json")]
     Info(InfoArgs),
@@ -190,6 +196,15 @@ pub struct TrainArgs {
     /// How the update is applied [default: fused, or the checkpoint's]
     #[arg(long = "step-mode", value_enum)]
     pub step_mode: Option<ModeArg>,
+    /// Run with the plan `twolayer tune` stored for this point in this
+    /// wisdom file, where it has one [default: $TWOLAYER_WISDOM, else
+    /// $XDG_CACHE_HOME/twolayer/wisdom.json, else
+    /// ~/.cache/twolayer/wisdom.json, when it exists]
+    #[arg(long, conflicts_with = "no_wisdom")]
+    pub wisdom: Option<PathBuf>,
+    /// Use the built-in plan, whatever wisdom exists
+    #[arg(long = "no-wisdom")]
+    pub no_wisdom: bool,
     /// How the step computes x·w1: on w1 (primal), or on C with
     /// w1 = w1_0 + xᵀ·C (dual: N² in place of N·D_in per step, for one
     /// fixed batch); auto takes the dual form when its FLOPs are at most
@@ -355,30 +370,9 @@ pub struct EvalArgs {
 /// Flags of `twolayer sweep`.
 #[derive(Debug, Args)]
 pub struct SweepArgs {
-    /// Batch sizes, comma-separated [default: 64]
-    #[arg(long, value_delimiter = ',', value_parser = positive, conflicts_with_all = ["grid", "preset"])]
-    pub n: Option<Vec<usize>>,
-    /// Input widths, comma-separated [default: 1000]
-    #[arg(long = "d-in", value_delimiter = ',', value_parser = positive, conflicts_with_all = ["grid", "preset"])]
-    pub d_in: Option<Vec<usize>>,
-    /// Hidden widths, comma-separated [default: 100]
-    #[arg(long, value_delimiter = ',', value_parser = positive, conflicts_with_all = ["grid", "preset"])]
-    pub hidden: Option<Vec<usize>>,
-    /// Output widths, comma-separated [default: 10]
-    #[arg(long = "d-out", value_delimiter = ',', value_parser = positive, conflicts_with_all = ["grid", "preset"])]
-    pub d_out: Option<Vec<usize>>,
-    /// Element types, comma-separated: f32,f64 [default: f64]
-    #[arg(long, value_delimiter = ',', conflicts_with_all = ["grid", "preset"])]
-    pub dtype: Option<Vec<Dtype>>,
-    /// Thread counts, comma-separated [default: the cores available]
-    #[arg(long, value_delimiter = ',', value_parser = positive)]
-    pub threads: Option<Vec<usize>>,
-    /// Read the grid from a TOML file (see docs/throughput-reports.md)
-    #[arg(long, conflicts_with = "preset")]
-    pub grid: Option<PathBuf>,
-    /// A built-in grid
-    #[arg(long, value_enum)]
-    pub preset: Option<twolayer::bench::grid::Preset>,
+    /// Which points.
+    #[command(flatten)]
+    pub points: GridArgs,
     /// Untimed steps before each point's timed ones [default: 3, or the
     /// preset's or grid file's]
     #[arg(long)]
@@ -406,9 +400,72 @@ pub struct SweepArgs {
     /// Write report.json, report.csv, report.md, gflops.svg, phases.svg and scaling.svg here
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Run each point with the plan `twolayer tune` stored for it in this
+    /// wisdom file, where it has one [default: $TWOLAYER_WISDOM, else
+    /// $XDG_CACHE_HOME/twolayer/wisdom.json, else
+    /// ~/.cache/twolayer/wisdom.json, when it exists]
+    #[arg(long, conflicts_with = "no_wisdom")]
+    pub wisdom: Option<PathBuf>,
+    /// Use the built-in plans, whatever wisdom exists
+    #[arg(long = "no-wisdom")]
+    pub no_wisdom: bool,
     /// Summing gradients across MPI ranks.
     #[command(flatten)]
     pub mpi: AllreduceArgs,
+}
+
+/// Which points a sweep or a tuning covers: flags, a grid file or a
+/// preset.
+#[derive(Debug, Args)]
+pub struct GridArgs {
+    /// Batch sizes, comma-separated [default: 64]
+    #[arg(long, value_delimiter = ',', value_parser = positive, conflicts_with_all = ["grid", "preset"])]
+    pub n: Option<Vec<usize>>,
+    /// Input widths, comma-separated [default: 1000]
+    #[arg(long = "d-in", value_delimiter = ',', value_parser = positive, conflicts_with_all = ["grid", "preset"])]
+    pub d_in: Option<Vec<usize>>,
+    /// Hidden widths, comma-separated [default: 100]
+    #[arg(long, value_delimiter = ',', value_parser = positive, conflicts_with_all = ["grid", "preset"])]
+    pub hidden: Option<Vec<usize>>,
+    /// Output widths, comma-separated [default: 10]
+    #[arg(long = "d-out", value_delimiter = ',', value_parser = positive, conflicts_with_all = ["grid", "preset"])]
+    pub d_out: Option<Vec<usize>>,
+    /// Element types, comma-separated: f32,f64 [default: f64]
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["grid", "preset"])]
+    pub dtype: Option<Vec<Dtype>>,
+    /// Thread counts, comma-separated [default: the cores available]
+    #[arg(long, value_delimiter = ',', value_parser = positive)]
+    pub threads: Option<Vec<usize>>,
+    /// Read the grid from a TOML file (see docs/throughput-reports.md)
+    #[arg(long, conflicts_with = "preset")]
+    pub grid: Option<PathBuf>,
+    /// A built-in grid
+    #[arg(long, value_enum)]
+    pub preset: Option<twolayer::bench::grid::Preset>,
+}
+
+/// Flags of `twolayer tune`.
+#[derive(Debug, Args)]
+pub struct TuneArgs {
+    /// Which points to tune.
+    #[command(flatten)]
+    pub points: GridArgs,
+    /// How the update is applied
+    #[arg(long = "step-mode", value_enum, default_value = "fused")]
+    pub step_mode: ModeArg,
+    /// The wisdom file to fill [default: $TWOLAYER_WISDOM, else
+    /// $XDG_CACHE_HOME/twolayer/wisdom.json, else
+    /// ~/.cache/twolayer/wisdom.json]
+    #[arg(long)]
+    pub wisdom: Option<PathBuf>,
+    /// Also time every plan on the whole batch, interleaved, and print
+    /// where the tuned plan and the built-in rule stand against the best
+    /// (slow: minutes for large shapes)
+    #[arg(long)]
+    pub exhaustive: bool,
+    /// Interleaved rounds of the exhaustive search
+    #[arg(long = "exhaustive-rounds", default_value = "5", value_parser = positive)]
+    pub exhaustive_rounds: usize,
 }
 
 /// Flags of `twolayer compare`.

@@ -51,6 +51,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Train(args) => commands::train::run(args),
         Command::Sweep(args) => commands::sweep::run(args),
+        Command::Tune(args) => commands::tune::run(args),
         Command::Info(args) => commands::info::run(args),
         Command::Predict(args) => commands::predict::run_predict(args),
         Command::Eval(args) => commands::predict::run_eval(args),

@@ -8,3 +8,4 @@ pub mod predict;
 pub mod run_spec;
 pub mod sweep;
 pub mod train;
+pub mod tune;

@@ -1,7 +1,7 @@
 //! `twolayer sweep`: build the grid from flags, a file or a preset, measure
 //! it, and write the reports.
 
-use crate::cli::SweepArgs;
+use crate::cli::{GridArgs, SweepArgs};
 use std::path::Path;
 use twolayer::bench::grid::{GridSpec, Timing};
 use twolayer::bench::report::Report;
@@ -10,29 +10,35 @@ use twolayer::error::{Error, Result};
 use twolayer::output;
 use twolayer::threads;
 
-/// Runs `twolayer sweep` with these flags.
-pub fn run(args: &SweepArgs) -> Result<()> {
-    let mut spec = if let Some(path) = &args.grid {
+/// The grid spec the point flags, grid file or preset describe.
+pub fn grid_spec(points: &GridArgs) -> Result<GridSpec> {
+    let mut spec = if let Some(path) = &points.grid {
         GridSpec::from_file(path)?
-    } else if let Some(preset) = args.preset {
+    } else if let Some(preset) = points.preset {
         preset.spec(threads::available_cores())
     } else {
         let list = |v: &Option<Vec<usize>>, default: usize| v.clone().unwrap_or(vec![default]);
         GridSpec {
-            n: Some(list(&args.n, 64)),
-            d_in: Some(list(&args.d_in, 1000)),
-            hidden: Some(list(&args.hidden, 100)),
-            d_out: Some(list(&args.d_out, 10)),
-            dtype: args
+            n: Some(list(&points.n, 64)),
+            d_in: Some(list(&points.d_in, 1000)),
+            hidden: Some(list(&points.hidden, 100)),
+            d_out: Some(list(&points.d_out, 10)),
+            dtype: points
                 .dtype
                 .as_ref()
                 .map(|v| v.iter().map(|d| d.name().to_string()).collect()),
             ..GridSpec::default()
         }
     };
-    if let Some(t) = &args.threads {
+    if let Some(t) = &points.threads {
         spec.threads = Some(t.clone());
     }
+    Ok(spec)
+}
+
+/// Runs `twolayer sweep` with these flags.
+pub fn run(args: &SweepArgs) -> Result<()> {
+    let mut spec = grid_spec(&args.points)?;
     let mut timing: Timing = spec.timing.unwrap_or_default();
     if let Some(w) = args.warmup {
         timing.warmup = w;
@@ -65,7 +71,8 @@ pub fn run(args: &SweepArgs) -> Result<()> {
     let mut report = if args.processes > 1 {
         run_in_processes(args.processes)?
     } else {
-        run_grid(&grid, mode)?
+        let wisdom = super::tune::wisdom_path(&args.wisdom, args.no_wisdom);
+        run_grid(&grid, mode, wisdom.as_deref())?
     };
     record_kernel_cost(&mut report);
     publish(&report, args)

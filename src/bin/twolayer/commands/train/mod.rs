@@ -25,6 +25,7 @@ use twolayer::npz;
 use twolayer::output;
 use twolayer::scalar::{Dtype, Real};
 use twolayer::shape::Shape;
+use twolayer::step::Form;
 use twolayer::threads;
 use twolayer::train::Trainer;
 
@@ -127,7 +128,24 @@ fn single<F: Real>(args: &TrainArgs, mut spec: RunSpec) -> Result<()> {
     if let Some(mb) = spec.minibatch.take() {
         return epochs::minibatches::<F>(args, spec, mb);
     }
-    let cfg = RunConfig::of(&spec);
+    let mut cfg = RunConfig::of(&spec);
+    // The primal step's plan: a checkpoint's, for the same bits; else a
+    // tuned one from the wisdom file; else the built-in rule's.
+    let from_checkpoint = match &spec.start {
+        Start::Resume(c) => c.header().plan,
+        _ => None,
+    };
+    let tuned = match from_checkpoint {
+        Some(p) => Some((p, "the checkpoint".to_string())),
+        None => twolayer::tune::wisdom::lookup(
+            super::tune::wisdom_path(&args.wisdom, args.no_wisdom).as_deref(),
+            spec.shape,
+            spec.dtype,
+            spec.threads,
+            spec.mode,
+        )
+        .map(|(p, src)| (p, src.to_string())),
+    };
     let trainer = match spec.start {
         Start::Seeded { seed, scaled } => Trainer::new(
             Data::<F>::random(spec.shape, seed),
@@ -158,6 +176,13 @@ fn single<F: Real>(args: &TrainArgs, mut spec: RunSpec) -> Result<()> {
                 None => Trainer::resume(data, w, spec.lr, spec.mode, losses)?,
             }
         }
+    };
+    let trainer = match tuned {
+        Some((choice, source)) if trainer.form() == Form::Primal => {
+            cfg.plan_source = source;
+            trainer.with_plan(choice.plan(spec.shape, spec.mode))?
+        }
+        _ => trainer,
     };
     train_and_report(args, trainer.with_loss(spec.loss), cfg)
 }

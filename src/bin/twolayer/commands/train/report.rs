@@ -18,7 +18,7 @@ use twolayer::npz;
 use twolayer::output;
 use twolayer::scalar::Real;
 use twolayer::shape::Shape;
-use twolayer::step::{Form, LearningRates, StepMode};
+use twolayer::step::{Form, LearningRates, PlanChoice, StepMode};
 use twolayer::train::Trainer;
 use twolayer::Loss;
 
@@ -36,6 +36,8 @@ pub(super) struct RunConfig {
     pub(super) loss: Loss,
     /// A minibatch run's settings (its history is the reporter's).
     pub(super) minibatch: Option<MinibatchHeader>,
+    /// Where the step's plan came from, for the summary.
+    pub(super) plan_source: String,
 }
 
 impl RunConfig {
@@ -50,6 +52,7 @@ impl RunConfig {
             ranks: spec.ranks,
             loss: spec.loss,
             minibatch: spec.minibatch.as_ref().map(|m| m.header.clone()),
+            plan_source: "the built-in rule".into(),
         }
     }
 
@@ -97,6 +100,8 @@ pub(super) fn snapshot<F: Real>(
                 ..m
             }),
             blas_core: Some(blas::core_name()),
+            plan: (t.form() == Form::Primal && cfg.ranks == 1)
+                .then(|| PlanChoice::of(t.plan(), t.shape().n)),
             form: (t.form() == Form::Dual).then(|| t.form().name().to_string()),
             written_by: format!("twolayer {}", env!("CARGO_PKG_VERSION")),
         },
@@ -192,6 +197,8 @@ struct Summary {
     gflops: f64,
     /// `primal` or `dual`.
     form: &'static str,
+    /// Where the primal step's plan came from.
+    plan_source: String,
     /// From the FLOPs of the form that ran (the dual's h = P + G·C is
     /// 2·N²·H where the primal's two big products are 4·N·D_in·H).
     gflops_done: f64,
@@ -405,10 +412,11 @@ impl<'a> Reporter<'a> {
         let done_gflops = done_flops / (stats.ms_per_step() * 1e-3) / 1e9;
         let how = match form {
             Form::Primal => format!(
-                "{} shard(s) of {} rows in blocks of {}",
+                "{} shard(s) of {} rows in blocks of {}, plan from {}",
                 plan.shards,
                 trainer.data().x.nrows().div_ceil(plan.shards),
-                plan.block_rows
+                plan.block_rows,
+                cfg.plan_source
             ),
             Form::Dual => "dual form: w1 = w1_0 + xᵀ·C, one N×N by N×H product for x·w1".into(),
         };
@@ -449,6 +457,7 @@ impl<'a> Reporter<'a> {
                 gflops,
                 form: form.name(),
                 gflops_done: done_gflops,
+                plan_source: cfg.plan_source.clone(),
                 threads: cfg.threads,
                 shards: plan.shards,
                 block_rows: plan.block_rows,

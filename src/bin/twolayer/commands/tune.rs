@@ -1,0 +1,145 @@
+//! `twolayer tune`: for every point of a grid, measure the step's plans on
+//! this machine ([`twolayer::tune`]) and store the fastest in the wisdom
+//! file, which `train` and `sweep` then use; with `--exhaustive`, also time
+//! every plan on the whole batch and say where the tuned plan and the
+//! built-in rule stand against the best.
+
+use crate::cli::TuneArgs;
+use std::path::PathBuf;
+use twolayer::bench::env::utc_now;
+use twolayer::bench::report::fmt_ms;
+use twolayer::error::{Error, Result};
+use twolayer::scalar::Dtype;
+use twolayer::step::{Plan, PlanChoice, StepMode};
+use twolayer::tune::wisdom::{Entry, Key, Wisdom};
+use twolayer::tune::{self, Tuning};
+
+/// The wisdom file a run reads: the flag's, else the default location;
+/// none with `--no-wisdom`.
+pub fn wisdom_path(flag: &Option<PathBuf>, no_wisdom: bool) -> Option<PathBuf> {
+    if no_wisdom {
+        return None;
+    }
+    flag.clone().or_else(Wisdom::default_path)
+}
+
+/// Runs `twolayer tune`.
+pub fn run(args: &TuneArgs) -> Result<()> {
+    let mode = super::run_spec::step_mode(args.step_mode);
+    let grid = super::sweep::grid_spec(&args.points)?.build(mode)?;
+    let path = args.wisdom.clone().or_else(Wisdom::default_path).ok_or_else(|| {
+        Error::invalid("no wisdom file: give --wisdom FILE (TWOLAYER_WISDOM is empty and there is no HOME)")
+    })?;
+    // A garbled file is refused, never overwritten.
+    let mut wisdom = Wisdom::read_or_empty(&path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::write(dir, e))?;
+    }
+    twolayer::output::check_writable(&path)?;
+    let pools = twolayer::bench::run::pools(&grid)?;
+    for p in &grid.points {
+        let pool = &pools[&p.threads];
+        let t: Tuning = pool.install(|| match p.dtype {
+            Dtype::F32 => tune::tune::<f32>(p.shape, mode),
+            Dtype::F64 => tune::tune::<f64>(p.shape, mode),
+        })?;
+        let rule = PlanChoice::of(Plan::new(p.shape, p.dtype, p.threads, mode), p.shape.n);
+        let at = |c: PlanChoice| t.timings.iter().find(|(x, _)| *x == c).map(|x| x.1);
+        let best_ms = at(t.best).unwrap_or(f64::NAN);
+        let rule_line = match at(PlanChoice::of(
+            rule.plan(sub(p.shape, t.rows), mode),
+            t.rows,
+        )) {
+            Some(ms) => format!("the rule's ({rule}) {} ms", fmt_ms(ms)),
+            None => format!("the rule's: {rule}"),
+        };
+        out!(
+            "{} {} ×{}: {} — {} ms/step on {} rows against {rule_line}; {} plans in {:.1} s\n",
+            p.shape,
+            p.dtype,
+            p.threads,
+            t.best,
+            fmt_ms(best_ms),
+            t.rows,
+            t.timings.len(),
+            t.seconds
+        );
+        wisdom.insert(Entry {
+            key: Key::of(p.shape, p.dtype, p.threads, mode),
+            plan: t.best,
+            shape: [p.shape.n, p.shape.d_in, p.shape.hidden, p.shape.d_out],
+            ms_per_step: best_ms,
+            rows: t.rows,
+            date: utc_now(),
+            written_by: format!(
+                "twolayer {} ({})",
+                env!("CARGO_PKG_VERSION"),
+                env!("TWOLAYER_GIT_COMMIT")
+            ),
+        });
+        // Written after every point: an interrupted tuning keeps the rest.
+        wisdom.write(&path)?;
+        if args.exhaustive {
+            let all = pool.install(|| match p.dtype {
+                Dtype::F32 => tune::exhaustive::<f32>(p.shape, mode, args.exhaustive_rounds),
+                Dtype::F64 => tune::exhaustive::<f64>(p.shape, mode, args.exhaustive_rounds),
+            })?;
+            report_exhaustive(&all, t.best, rule, p.shape.n, args.exhaustive_rounds);
+        }
+    }
+    say!(
+        "twolayer: wrote {} tuned point(s) to {} ({} in all)",
+        grid.points.len(),
+        path.display(),
+        wisdom.entries.len()
+    );
+    Ok(())
+}
+
+/// `shape` with `rows` rows.
+fn sub(shape: twolayer::Shape, rows: usize) -> twolayer::Shape {
+    twolayer::Shape { n: rows, ..shape }
+}
+
+/// Where the tuned plan and the rule stand in the exhaustive search.
+fn report_exhaustive(
+    all: &[(PlanChoice, f64)],
+    tuned: PlanChoice,
+    rule: PlanChoice,
+    n: usize,
+    rounds: usize,
+) {
+    let Some(&(best, best_ms)) = all.iter().min_by(|a, b| a.1.total_cmp(&b.1)) else {
+        return;
+    };
+    // The same plan on the whole batch may be a different choice on the
+    // sub-batch (a block as large as the shard): compare plans, not names.
+    let find = |c: PlanChoice| {
+        let want = c.plan(sub_n(n), StepMode::Fused);
+        all.iter()
+            .find(|(x, _)| x.plan(sub_n(n), StepMode::Fused) == want)
+            .map(|x| x.1)
+    };
+    let pct = |ms: Option<f64>| {
+        ms.map_or("not among the candidates".into(), |ms| {
+            format!("{} ms ({:+.1}%)", fmt_ms(ms), (ms / best_ms - 1.0) * 100.0)
+        })
+    };
+    out!(
+        "  exhaustive, {} plans on all {n} rows, {rounds} interleaved rounds: best {best} {} ms; tuned {}; rule {}\n",
+        all.len(),
+        fmt_ms(best_ms),
+        pct(find(tuned)),
+        pct(find(rule)),
+    );
+}
+
+/// A shape of `n` rows, for comparing plans (only N matters to them).
+fn sub_n(n: usize) -> twolayer::Shape {
+    twolayer::Shape {
+        n,
+        d_in: 1,
+        hidden: 1,
+        d_out: 1,
+    }
+}

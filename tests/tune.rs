@@ -1,0 +1,278 @@
+//! `twolayer tune` and its wisdom: plans measured and stored, then used
+//! (and named) by train and sweep, kept by checkpoints; a garbled file is
+//! never overwritten nor fatal to a run. No test here asserts a time.
+
+mod common;
+
+use common::{bin, stderr};
+use std::path::Path;
+use twolayer::step::{PlanChoice, StepMode};
+use twolayer::tune::wisdom::Wisdom;
+use twolayer::Shape;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+const POINTS: &[&str] = &[
+    "--n", "64,700", "--d-in", "40", "--hidden", "24", "--d-out", "3",
+];
+
+#[test]
+fn tuned_plans_are_stored_then_used_and_named_by_train_and_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("sub").join("wisdom.json");
+    let o = bin()
+        .args(["tune", "--wisdom", s(&w), "--threads", "2"])
+        .args(POINTS)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert_eq!(
+        text.lines().filter(|l| l.contains("ms/step on")).count(),
+        2,
+        "{text}"
+    );
+    let wisdom = Wisdom::read(&w).unwrap();
+    assert_eq!(wisdom.entries.len(), 2);
+    let e = wisdom
+        .entries
+        .iter()
+        .find(|e| e.shape == [700, 40, 24, 3])
+        .unwrap();
+    assert_eq!(e.key.shape_class, [1024, 64, 32, 4]);
+    assert_eq!(e.key.threads, 2);
+    assert!(
+        PlanChoice::candidates(2, 700).contains(&e.plan),
+        "{:?}",
+        e.plan
+    );
+    assert!(e.ms_per_step > 0.0 && e.rows == 700);
+
+    // train uses the entry of its point's class and says so.
+    let json = dir.path().join("s.json");
+    let o = bin()
+        .args([
+            "train", "-q", "--steps", "3", "--n", "700", "--d-in", "40", "--hidden", "24",
+        ])
+        .args([
+            "--d-out",
+            "3",
+            "--threads",
+            "2",
+            "--form",
+            "primal",
+            "--wisdom",
+            s(&w),
+        ])
+        .args(["--json", s(&json)])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("plan from wisdom"), "{}", stderr(&o));
+    let sum: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let plan = e
+        .plan
+        .plan(Shape::new(700, 40, 24, 3).unwrap(), StepMode::Fused);
+    assert_eq!(sum["shards"], plan.shards);
+    assert_eq!(sum["block_rows"], plan.block_rows);
+    // --no-wisdom: the built-in rule.
+    let o = bin()
+        .args([
+            "train", "-q", "--steps", "3", "--n", "700", "--d-in", "40", "--hidden", "24",
+        ])
+        .args([
+            "--d-out",
+            "3",
+            "--threads",
+            "2",
+            "--form",
+            "primal",
+            "--no-wisdom",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&o).contains("plan from the built-in rule"),
+        "{}",
+        stderr(&o)
+    );
+
+    // sweep records every point's plan and where it came from.
+    let out = dir.path().join("report");
+    // N = 100 is of class 128, which has no entry: the rule.
+    let o = bin()
+        .args([
+            "sweep",
+            "--threads",
+            "2",
+            "--budget",
+            "0",
+            "--min-steps",
+            "3",
+        ])
+        .args([
+            "--n", "700,100", "--d-in", "40", "--hidden", "24", "--d-out", "3",
+        ])
+        .args(["--wisdom", s(&w), "--out", s(&out)])
+        .output();
+    let o = o.unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    common::assert_matches_schema(&out.join("report.json"));
+    let r = twolayer::bench::report::Report::read(&out.join("report.json")).unwrap();
+    let by_n = |n| {
+        r.points
+            .iter()
+            .find(|p| p.n == n)
+            .unwrap()
+            .plan
+            .clone()
+            .unwrap()
+    };
+    assert!(by_n(700).source.starts_with("wisdom "), "{:?}", by_n(700));
+    assert_eq!(by_n(700).block_rows, plan.block_rows);
+    assert_eq!(by_n(100).source, "the built-in rule");
+}
+
+#[test]
+fn a_garbled_wisdom_file_is_neither_overwritten_nor_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("wisdom.json");
+    std::fs::write(&w, "{ not json").unwrap();
+    let o = bin()
+        .args([
+            "tune",
+            "--wisdom",
+            s(&w),
+            "--n",
+            "64",
+            "--d-in",
+            "20",
+            "--hidden",
+            "8",
+        ])
+        .args(["--d-out", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("not a twolayer wisdom file"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(std::fs::read_to_string(&w).unwrap(), "{ not json");
+    let o = bin()
+        .args([
+            "train",
+            "-q",
+            "--steps",
+            "2",
+            "--form",
+            "primal",
+            "--wisdom",
+            s(&w),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("using the built-in plans"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn a_resume_keeps_the_plan_its_run_used() {
+    // The run's plan comes from wisdom; the resume has none, yet runs the
+    // same plan (from the checkpoint) and so the same bits.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let w = d.join("w.json");
+    let shape = [
+        "--n", "700", "--d-in", "40", "--hidden", "24", "--d-out", "3",
+    ];
+    let o = bin()
+        .args(["tune", "--wisdom", s(&w), "--threads", "2"])
+        .args(shape)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let common = |extra: &[&str]| {
+        let mut c = bin();
+        c.args([
+            "train",
+            "-q",
+            "--threads",
+            "2",
+            "--form",
+            "primal",
+            "--lr",
+            "1e-6",
+        ])
+        .args(shape)
+        .args(extra);
+        c
+    };
+    let full = d.join("full.txt");
+    let o = common(&["--steps", "20", "--wisdom", s(&w), "--losses", s(&full)])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ck = d.join("run.ck");
+    let o = common(&["--steps", "8", "--wisdom", s(&w), "--checkpoint", s(&ck)])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let part = d.join("part.txt");
+    let o = bin()
+        .args([
+            "train",
+            "-q",
+            "--resume",
+            s(&ck),
+            "--steps",
+            "20",
+            "--losses",
+            s(&part),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("plan from the checkpoint"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(std::fs::read(&part).unwrap(), std::fs::read(&full).unwrap());
+}
+
+#[test]
+fn candidates_cover_every_split_and_block() {
+    let c = PlanChoice::candidates(2, 4096);
+    // 2 shards of 2048 rows: 64…1024 and whole; 1 shard: 64…2048 and whole.
+    assert_eq!(c.len(), 6 + 7);
+    assert!(c.iter().all(|p| p.shards * p.blas_threads == 2));
+    let s = Shape::new(4096, 100, 10, 1).unwrap();
+    let whole = PlanChoice {
+        shards: 1,
+        blas_threads: 2,
+        block_rows: 0,
+    };
+    let p = whole.plan(s, StepMode::Fused);
+    assert!(p.fused_gemm_update && p.block_rows == 4096);
+    assert!(!whole.plan(s, StepMode::Explicit).fused_gemm_update);
+    // A choice applies to any N: blocks clamp to a shard's rows.
+    let b = PlanChoice {
+        shards: 2,
+        blas_threads: 1,
+        block_rows: 1024,
+    };
+    assert_eq!(
+        b.plan(Shape::new(100, 5, 5, 1).unwrap(), StepMode::Fused)
+            .block_rows,
+        50
+    );
+    assert_eq!(PlanChoice::candidates(2, 64).len(), 2);
+}
