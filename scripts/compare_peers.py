@@ -55,6 +55,9 @@ def flops(n, d, h, o):
 ENV = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
 
 
+WISDOM = []  # ["--wisdom", FILE] with --wisdom, else ["--no-wisdom"]
+
+
 def run_twolayer(binary, shape, dtype, threads, steps, warmup):
     n, d, h, o = shape
     with tempfile.TemporaryDirectory() as out:
@@ -62,7 +65,7 @@ def run_twolayer(binary, shape, dtype, threads, steps, warmup):
             [binary, "sweep", "--n", str(n), "--d-in", str(d), "--hidden", str(h),
              "--d-out", str(o), "--dtype", dtype, "--threads", str(threads),
              "--warmup", str(warmup), "--min-steps", str(steps), "--budget", "0",
-             "--out", out],
+             "--out", out] + WISDOM,
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
         with open(os.path.join(out, "report.json")) as f:
             report = json.load(f)
@@ -78,7 +81,7 @@ def run_train(binary, shape, dtype, threads, steps, warmup):
         subprocess.run(
             [binary, "train", "--n", str(n), "--d-in", str(d), "--hidden", str(h),
              "--d-out", str(o), "--dtype", dtype, "--threads", str(threads), "--lr", "1e-12",
-             "--steps", str(steps + warmup), "--quiet", "--json", summary],
+             "--steps", str(steps + warmup), "--quiet", "--json", summary] + WISDOM,
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
         with open(summary) as f:
             s = json.load(f)
@@ -110,16 +113,19 @@ def main():
     ap.add_argument("--train", action="store_true",
                     help="time `twolayer train` (its default form) instead of the sweep's step")
     ap.add_argument("--only-seed", action="store_true", help="only the seed shape")
+    ap.add_argument("--wisdom", help="run twolayer with the plans of this wisdom file "
+                    "(`twolayer tune`); without it, the built-in plans")
     ap.add_argument("--peak-f64", type=float, default=115.0)
     ap.add_argument("--peak-f32", type=float, default=230.0)
     args = ap.parse_args()
+    WISDOM[:] = ["--wisdom", args.wisdom] if args.wisdom else ["--no-wisdom"]
     import numpy
     shapes = SHAPES[:1] if args.only_seed else SHAPES[:2] if args.quick else SHAPES
     if args.train:
         return train_table(args, shapes)
     print(f"twolayer vs numpy {numpy.__version__}, {args.threads} threads, {args.rounds} interleaved "
           f"rounds, lr 1e-12, OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE removed on both sides; "
-          f"medians in ms/step\n")
+          f"plans: {args.wisdom or 'built-in'}; medians in ms/step\n")
     print("| shape (N, D_in, H, D_out) | dtype | numpy ms | twolayer ms | speed-up | twolayer GFLOP/s "
           "| % of peak | GEMM rate GFLOP/s | % of GEMM rate | kernels: twolayer / numpy |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
@@ -150,7 +156,7 @@ def train_table(args, shapes):
     import numpy
     print(f"`twolayer train` (default form) vs numpy {numpy.__version__}, {args.threads} threads, "
           f"{args.rounds} interleaved rounds, lr 1e-12, OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE "
-          f"removed on both sides; medians in ms/step\n")
+          f"removed on both sides; plans: {args.wisdom or 'built-in'}; medians in ms/step\n")
     print("| shape (N, D_in, H, D_out) | dtype | numpy ms | twolayer train ms | form | speed-up "
           "| kernels: twolayer / numpy |")
     print("|---|---|---:|---:|---|---:|---|")

@@ -9,7 +9,8 @@
 //! blocks are rows, and "a shard's whole rows" stays that on the full
 //! batch. Two rounds, each candidate timed in turn so that noise hits all
 //! of them alike: three steps of every candidate (their fastest counts),
-//! then seven more of the best third (their median decides).
+//! then seven more of the best third (their median decides) — more for
+//! short steps, so that each round lasts 0.05 s and 0.2 s at least.
 //!
 //! [`exhaustive`] times every candidate on the whole batch instead,
 //! interleaved: the yardstick the tuned plan is checked against.
@@ -63,14 +64,25 @@ pub fn tune<F: Real>(shape: Shape, mode: StepMode) -> Result<Tuning> {
     let sub = Shape { n: rows, ..shape };
     let candidates = PlanChoice::candidates(threads, rows);
     let mut bench = Bench::<F>::new(sub, mode, &candidates)?;
-    // Round 1: three steps each, in turn; the fastest of each counts.
-    let first = bench.rounds(&(0..candidates.len()).collect::<Vec<_>>(), 3);
+    // How long a step takes, from one untimed step of each candidate:
+    // short steps get more passes, so that each round lasts long enough
+    // for noise to average out (a 0.3 ms step timed 7 times is a coin
+    // toss on a shared machine).
+    let all: Vec<usize> = (0..candidates.len()).collect();
+    let step_s = bench.warm(&all);
+    let passes = |least: usize, seconds: f64| {
+        ((seconds / step_s.max(1e-6)).ceil() as usize).clamp(least, 2000)
+    };
+    // Round 1: at least three steps each (0.05 s of them), in turn; the
+    // fastest of each counts.
+    let first = bench.rounds(&all, passes(3, 0.05));
     let mut order: Vec<usize> = (0..candidates.len()).collect();
     order.sort_by(|&a, &b| min(&first[a]).total_cmp(&min(&first[b])));
     let keep = order.len().div_ceil(3).max(3).min(order.len());
     let finalists = &order[..keep];
-    // Round 2: seven more steps of the finalists, in turn; the median.
-    let second = bench.rounds(finalists, 7);
+    // Round 2: at least seven more steps of the finalists (0.2 s of
+    // them), in turn; the median.
+    let second = bench.rounds(finalists, passes(7, 0.2));
     let mut timings: Vec<(PlanChoice, f64)> = (0..candidates.len())
         .map(|i| (candidates[i], min(&first[i])))
         .collect();
@@ -135,14 +147,22 @@ impl<F: Real> Bench<F> {
         })
     }
 
+    /// One untimed step of each candidate in `which`: the mean time of
+    /// one, in seconds.
+    fn warm(&mut self, which: &[usize]) -> f64 {
+        let t = Instant::now();
+        for &i in which {
+            self.step(i);
+        }
+        t.elapsed().as_secs_f64() / which.len().max(1) as f64
+    }
+
     /// `steps` passes over the candidates `which`, one timed step of each
     /// per pass (after one untimed step each): their times in ms, indexed
     /// like the workspaces (empty for the others).
     fn rounds(&mut self, which: &[usize], steps: usize) -> Vec<Vec<f64>> {
         let mut out = vec![Vec::new(); self.workspaces.len()];
-        for &i in which {
-            self.step(i);
-        }
+        self.warm(which);
         for _ in 0..steps {
             for &i in which {
                 let t = Instant::now();
