@@ -102,6 +102,23 @@ def run_numpy(python, shape, dtype, threads, steps, warmup):
     return float(m.group(1)), k.group(1) if k else "unknown"
 
 
+def alternate(rounds, ours, numpy_side):
+    """Runs `ours()` and `numpy_side()` `rounds` times, the order
+    alternating: their results, and the per-round ratios numpy / ours."""
+    mine, theirs, ratios = [], [], []
+    for r in range(rounds):
+        if r % 2 == 0:
+            a = ours()
+            b = numpy_side()
+        else:
+            b = numpy_side()
+            a = ours()
+        mine.append(a)
+        theirs.append(b)
+        ratios.append(b[0] / a[0])
+    return mine, theirs, ratios
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "twolayer"))
@@ -131,18 +148,15 @@ def main():
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for shape, steps in shapes:
         for dtype in ("f64", "f32"):
-            ours, theirs, ratios, rates = [], [], [], []
-            for r in range(args.rounds):
-                if r % 2 == 0:
-                    t, rate, core = run_twolayer(args.binary, shape, dtype, args.threads, steps, args.warmup)
-                    nmp, numpy_core = run_numpy(args.python, shape, dtype, args.threads, steps, args.warmup)
-                else:
-                    nmp, numpy_core = run_numpy(args.python, shape, dtype, args.threads, steps, args.warmup)
-                    t, rate, core = run_twolayer(args.binary, shape, dtype, args.threads, steps, args.warmup)
-                ours.append(t)
-                theirs.append(nmp)
-                ratios.append(nmp / t)
-                rates.append(rate)
+            mine, theirs, ratios = alternate(
+                args.rounds,
+                lambda: run_twolayer(args.binary, shape, dtype, args.threads, steps, args.warmup),
+                lambda: run_numpy(args.python, shape, dtype, args.threads, steps, args.warmup))
+            ours = [m[0] for m in mine]
+            rates = [m[1] for m in mine]
+            core = mine[-1][2]
+            numpy_core = theirs[-1][1]
+            theirs = [t[0] for t in theirs]
             t = statistics.median(ours)
             g = flops(*shape) / t / 1e6
             peak = args.peak_f64 if dtype == "f64" else args.peak_f32
@@ -162,17 +176,14 @@ def train_table(args, shapes):
     print("|---|---|---:|---:|---|---:|---|")
     for shape, steps in shapes:
         for dtype in ("f64", "f32"):
-            ours, theirs, ratios = [], [], []
-            for r in range(args.rounds):
-                if r % 2 == 0:
-                    t, form, core = run_train(args.binary, shape, dtype, args.threads, steps, args.warmup)
-                    nmp, numpy_core = run_numpy(args.python, shape, dtype, args.threads, steps, args.warmup)
-                else:
-                    nmp, numpy_core = run_numpy(args.python, shape, dtype, args.threads, steps, args.warmup)
-                    t, form, core = run_train(args.binary, shape, dtype, args.threads, steps, args.warmup)
-                ours.append(t)
-                theirs.append(nmp)
-                ratios.append(nmp / t)
+            mine, theirs, ratios = alternate(
+                args.rounds,
+                lambda: run_train(args.binary, shape, dtype, args.threads, steps, args.warmup),
+                lambda: run_numpy(args.python, shape, dtype, args.threads, steps, args.warmup))
+            ours = [m[0] for m in mine]
+            form, core = mine[-1][1], mine[-1][2]
+            numpy_core = theirs[-1][1]
+            theirs = [t[0] for t in theirs]
             print(f"| {shape} | {dtype} | {statistics.median(theirs):.4g} | "
                   f"{statistics.median(ours):.4g} | {form} | {statistics.median(ratios):.1f}x | "
                   f"{core} / {numpy_core} |", flush=True)

@@ -52,23 +52,24 @@ fn tuned_plans_are_stored_then_used_and_named_by_train_and_sweep() {
 
     // train uses the entry of its point's class and says so.
     let json = dir.path().join("s.json");
-    let o = bin()
-        .args([
-            "train", "-q", "--steps", "3", "--n", "700", "--d-in", "40", "--hidden", "24",
-        ])
-        .args([
-            "--d-out",
-            "3",
-            "--threads",
-            "2",
-            "--form",
-            "primal",
-            "--wisdom",
-            s(&w),
-        ])
-        .args(["--json", s(&json)])
-        .output()
-        .unwrap();
+    let train = |extra: &[&str]| {
+        bin()
+            .args(["train", "-q", "--steps", "3", "--n", "700", "--d-in", "40"])
+            .args([
+                "--hidden",
+                "24",
+                "--d-out",
+                "3",
+                "--threads",
+                "2",
+                "--form",
+                "primal",
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let o = train(&["--wisdom", s(&w), "--json", s(&json)]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("plan from wisdom"), "{}", stderr(&o));
     let sum: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
@@ -78,21 +79,7 @@ fn tuned_plans_are_stored_then_used_and_named_by_train_and_sweep() {
     assert_eq!(sum["shards"], plan.shards);
     assert_eq!(sum["block_rows"], plan.block_rows);
     // --no-wisdom: the built-in rule.
-    let o = bin()
-        .args([
-            "train", "-q", "--steps", "3", "--n", "700", "--d-in", "40", "--hidden", "24",
-        ])
-        .args([
-            "--d-out",
-            "3",
-            "--threads",
-            "2",
-            "--form",
-            "primal",
-            "--no-wisdom",
-        ])
-        .output()
-        .unwrap();
+    let o = train(&["--no-wisdom"]);
     assert!(
         stderr(&o).contains("plan from the built-in rule"),
         "{}",

@@ -81,18 +81,38 @@ enum Mark {
     Whisker(RGBColor),
 }
 
-/// Draws a legend strip: entries left to right, wrapping to the next row,
-/// in an area of its own above the chart.
+/// Where a legend strip `width` pixels wide puts each entry (its mark's
+/// left end and its row's middle, in pixels): left to right, wrapping to
+/// the next row.
+fn legend_layout(entries: &[(Mark, String)], width: u32) -> Vec<(i32, i32)> {
+    let (mut x, mut y) = (12i32, 12i32);
+    entries
+        .iter()
+        .map(|(_, text)| {
+            let w = 30 + 8 * text.chars().count() as i32;
+            if x + w > width as i32 - 8 && x > 12 {
+                x = 12;
+                y += 22;
+            }
+            let at = (x, y);
+            x += w;
+            at
+        })
+        .collect()
+}
+
+/// Rows a legend of `entries` takes in `width` pixels.
+fn legend_rows(entries: &[(Mark, String)], width: u32) -> u32 {
+    legend_layout(entries, width)
+        .last()
+        .map_or(1, |&(_, y)| 1 + (y as u32 - 12) / 22)
+}
+
+/// Draws a legend strip in an area of its own above the chart.
 fn draw_legend(area: &Area, entries: &[(Mark, String)]) -> DrawResult {
     let (w, _) = area.dim_in_pixel();
     let style = TextStyle::from((FONT, 13).into_font()).color(&BLACK);
-    let (mut x, mut y) = (12i32, 12i32);
-    for (mark, text) in entries {
-        let width = 30 + 8 * text.chars().count() as i32;
-        if x + width > w as i32 - 8 && x > 12 {
-            x = 12;
-            y += 22;
-        }
+    for ((mark, text), (x, y)) in entries.iter().zip(legend_layout(entries, w)) {
         match *mark {
             Mark::Box(c) => {
                 area.draw(&Rectangle::new([(x, y - 6), (x + 16, y + 6)], c.filled()))?
@@ -125,24 +145,8 @@ fn draw_legend(area: &Area, entries: &[(Mark, String)]) -> DrawResult {
             (x + 24, y),
             style.pos(Pos::new(HPos::Left, VPos::Center)),
         ))?;
-        x += width;
     }
     Ok(())
-}
-
-/// Rows a legend of `entries` takes in `width` pixels (as
-/// [`draw_legend`] lays it out).
-fn legend_rows(entries: &[(Mark, String)], width: u32) -> u32 {
-    let (mut x, mut rows) = (12i32, 1u32);
-    for (_, text) in entries {
-        let w = 30 + 8 * text.chars().count() as i32;
-        if x + w > width as i32 - 8 && x > 12 {
-            x = 12;
-            rows += 1;
-        }
-        x += w;
-    }
-    rows
 }
 
 /// Renders a chart of `size` pixels: a title, a legend strip, then what

@@ -3,22 +3,23 @@
 //! order with its milliseconds written on it when it is wide enough, and
 //! the step's milliseconds at the bar's end.
 
-use super::{in_area, point_label, render, write_svg, Area, DrawResult, Mark, FONT};
+use super::{in_area, point_label, render, write_svg, Area, DrawResult, Mark, FONT, SERIES_COLORS};
 use crate::bench::report::{fmt_ms, Report};
 use crate::error::Result;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::path::Path;
 
-/// One colour per phase, in [`crate::step::Phase::ALL`] order.
+/// One colour per phase, in [`crate::step::Phase::ALL`] order: the
+/// GEMMs blue and purple, the passes around them in the other colours.
 const PHASE_COLORS: [RGBColor; 7] = [
-    RGBColor(31, 119, 180),
-    RGBColor(255, 127, 14),
-    RGBColor(44, 160, 44),
-    RGBColor(148, 103, 189),
-    RGBColor(214, 39, 40),
-    RGBColor(188, 189, 34),
-    RGBColor(140, 86, 75),
+    SERIES_COLORS[0],
+    SERIES_COLORS[1],
+    SERIES_COLORS[2],
+    SERIES_COLORS[4],
+    SERIES_COLORS[3],
+    SERIES_COLORS[8],
+    SERIES_COLORS[5],
 ];
 
 /// What the legend calls each phase.
