@@ -40,6 +40,8 @@ def parse_args():
     p.add_argument("--quiet", action="store_true", help="do not print per-step losses")
     p.add_argument("--time", action="store_true", help="print median ms/step on stderr")
     p.add_argument("--warmup", type=int, default=0, help="untimed steps before the timed ones")
+    p.add_argument("--dual", action="store_true",
+                   help="the dual form (docs/design.md section 2): train C in w1 = w1_0 + x.T C")
     return p.parse_args()
 
 
@@ -75,10 +77,15 @@ def main():
     out = sys.stdout
     losses = []
     times = []
+    if args.dual:
+        # G = x x^T and P = x w1_0 once; C = 0, so w1 = w1_0 + x^T C.
+        gram = x.dot(x.T)
+        base = x.dot(w1)
+        coef = np.zeros((x.shape[0], w1.shape[1]), dtype=x.dtype)
     for t in range(args.warmup + args.steps):
         start = time.perf_counter()
         # ---- the reference step, docs/design.md section 1 ----
-        h = x.dot(w1)
+        h = base + gram.dot(coef) if args.dual else x.dot(w1)
         h_relu = np.maximum(h, 0)
         y_pred = h_relu.dot(w2)
         loss = np.square(y_pred - y).sum()
@@ -87,8 +94,11 @@ def main():
         grad_h_relu = grad_y_pred.dot(w2.T)
         grad_h = grad_h_relu.copy()
         grad_h[h < 0] = 0
-        grad_w1 = x.T.dot(grad_h)
-        w1 -= lr1 * grad_w1
+        if args.dual:
+            coef -= lr1 * grad_h
+        else:
+            grad_w1 = x.T.dot(grad_h)
+            w1 -= lr1 * grad_w1
         w2 -= lr2 * grad_w2
         # --------------------------------------------------
         if t < args.warmup:
@@ -99,6 +109,8 @@ def main():
         if not args.quiet:
             out.write(f"{step} {float(loss)!r}\n")
 
+    if args.dual:
+        w1 = w1 + x.T.dot(coef)
     if args.losses:
         with open(args.losses, "w") as f:
             for step, loss in enumerate(losses):

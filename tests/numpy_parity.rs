@@ -69,15 +69,17 @@ fn read_losses(p: &Path) -> Vec<(usize, f64)> {
 /// Runs both implementations from `init` and returns (loss gap, weight gap),
 /// both as the worst relative difference.
 fn compare(dir: &Path, init: &Path, extra: &[&str]) -> (f64, f64, Vec<(usize, f64)>) {
-    compare_form(dir, init, extra, &[])
+    compare_form(dir, init, extra, &[], &[])
 }
 
-/// [`compare`], with `ours_only` passed to twolayer alone (`--form`).
+/// [`compare`], with `ours_only` passed to twolayer alone (`--form`) and
+/// `theirs_only` to the reference alone (`--dual`).
 fn compare_form(
     dir: &Path,
     init: &Path,
     extra: &[&str],
     ours_only: &[&str],
+    theirs_only: &[&str],
 ) -> (f64, f64, Vec<(usize, f64)>) {
     let (ref_l, ref_w) = (dir.join("ref_losses.txt"), dir.join("ref_w.npz"));
     let (our_l, our_w) = (dir.join("our_losses.txt"), dir.join("our_w.npz"));
@@ -87,6 +89,7 @@ fn compare_form(
     let mut args = vec!["--init", init_s, "--quiet", "--threads", "2"];
     args.extend_from_slice(extra);
     let mut r = args.clone();
+    r.extend(theirs_only);
     r.extend([
         "--losses",
         ref_l.to_str().unwrap(),
@@ -118,8 +121,9 @@ fn compare_form(
 
 #[test]
 fn reference_experiment_matches_numpy_over_500_steps() {
-    // The default picks the dual form at this shape; the primal form is
-    // held to the same bounds.
+    // The default picks the dual form at this shape: it is held to a numpy
+    // dual form step by step, and to numpy's primal above the floor; the
+    // primal form to numpy's primal.
     for form in ["dual", "primal"] {
         reference_experiment_in(form);
     }
@@ -129,8 +133,47 @@ fn reference_experiment_in(form: &str) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let init = make_init(d, &["--seed", "1"]);
-    let (all_gap, w_gap, ours) = compare_form(d, &init, &["--steps", "500"], &["--form", form]);
+    let theirs_only: &[&str] = if form == "dual" { &["--dual"] } else { &[] };
+    let (all_gap, w_gap, ours) = compare_form(
+        d,
+        &init,
+        &["--steps", "500"],
+        &["--form", form],
+        theirs_only,
+    );
     eprintln!("form {form}");
+    if form == "dual" {
+        // The same numbers as numpy's primal step, to the parity bounds
+        // above the floor (below it, any two orders of the sums differ by
+        // ~1e-9: the comparison with numpy's own dual form covers it).
+        let primal = d.join("np_primal.txt");
+        let primal_w = d.join("np_primal.npz");
+        reference(&[
+            "--init",
+            init.to_str().unwrap(),
+            "--quiet",
+            "--threads",
+            "2",
+            "--steps",
+            "500",
+            "--losses",
+            primal.to_str().unwrap(),
+            "--save",
+            primal_w.to_str().unwrap(),
+        ]);
+        let gap = loss_gap(&read_losses(&primal), &ours, |l| l > FLOOR_LOSS);
+        assert!(
+            gap < 1e-9,
+            "dual against numpy's primal: losses differ by {gap:e}"
+        );
+        let ((w1p, w2p), (w1o, w2o)) =
+            (load_weights(&primal_w), load_weights(&d.join("our_w.npz")));
+        let wg = max_rel_diff(&w1o, &w1p, 1e-3).max(max_rel_diff(&w2o, &w2p, 1e-3));
+        assert!(
+            wg < 1e-9,
+            "dual against numpy's primal: weights differ by {wg:e}"
+        );
+    }
     assert_eq!(ours.len(), 500);
     // The run has to actually learn for the comparison to mean something.
     assert!(
@@ -155,7 +198,7 @@ fn reference_experiment_in(form: &str) {
 
     // Near the floor: no worse than 3× numpy's own 1- vs 2-thread gap.
     let one = d.join("np1.txt");
-    reference(&[
+    let mut r = vec![
         "--init",
         init.to_str().unwrap(),
         "--quiet",
@@ -163,7 +206,9 @@ fn reference_experiment_in(form: &str) {
         "1",
         "--losses",
         one.to_str().unwrap(),
-    ]);
+    ];
+    r.extend(theirs_only);
+    reference(&r);
     let numpy_self = loss_gap(&theirs, &read_losses(&one), |_| true);
     eprintln!("losses above the floor {above:e}; all steps {all_gap:e}; numpy 1 vs 2 threads {numpy_self:e}");
     assert!(
