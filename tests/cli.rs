@@ -714,35 +714,15 @@ fn fifos_devices_and_folders_as_inputs_are_refused_without_blocking() {
     // A checkpoint whose data file is /dev/zero (hashing it never ended).
     let shape = Shape::new(4, 3, 2, 1).unwrap();
     let ck = dir.path().join("zero.ck");
-    twolayer::checkpoint::Checkpoint::<f64> {
-        header: twolayer::checkpoint::Header {
-            dtype: "f64".into(),
-            n: 4,
-            d_in: 3,
-            hidden: 2,
-            d_out: 1,
-            steps_done: 1,
-            total_steps: 5,
-            lr_w1: 1e-6,
-            lr_w2: 1e-6,
-            step_mode: "fused".into(),
-            threads: 1,
-            ranks: 1,
-            data: twolayer::checkpoint::DataSource::File {
-                path: "/dev/zero".into(),
-                sha256: "0".repeat(64),
-            },
-            loss: "sum".into(),
-            minibatch: None,
-            blas_core: None,
-            plan: None,
-            form: None,
-            written_by: "test".into(),
+    common::one_step_checkpoint(
+        4,
+        shape,
+        1e-6,
+        twolayer::checkpoint::DataSource::File {
+            path: "/dev/zero".into(),
+            sha256: "0".repeat(64),
         },
-        losses: vec![1.0],
-        weights: Weights::random(shape, 0),
-        dual: None,
-    }
+    )
     .write(&ck)
     .unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![

@@ -612,32 +612,12 @@ fn a_resume_whose_data_would_not_fit_is_refused_before_allocating() {
     let dir = tempfile::tempdir().unwrap();
     let ck = dir.path().join("huge.ck");
     let shape = twolayer::Shape::new(1, 1000, 2, 1).unwrap();
-    twolayer::checkpoint::Checkpoint::<f64> {
-        header: twolayer::checkpoint::Header {
-            dtype: "f64".into(),
-            n: 1_000_000_000,
-            d_in: 1000,
-            hidden: 2,
-            d_out: 1,
-            steps_done: 1,
-            total_steps: 5,
-            lr_w1: 1e-9,
-            lr_w2: 1e-9,
-            step_mode: "fused".into(),
-            threads: 1,
-            ranks: 1,
-            data: twolayer::checkpoint::DataSource::Seeded { seed: 0 },
-            loss: "sum".into(),
-            minibatch: None,
-            blas_core: None,
-            plan: None,
-            form: None,
-            written_by: "test".into(),
-        },
-        losses: vec![1.0],
-        weights: twolayer::Weights::random(shape, 0),
-        dual: None,
-    }
+    common::one_step_checkpoint(
+        1_000_000_000,
+        shape,
+        1e-9,
+        twolayer::checkpoint::DataSource::Seeded { seed: 0 },
+    )
     .write(&ck)
     .unwrap();
     let out = run(&["train", "--resume", s(&ck), "-q"]);

@@ -86,7 +86,9 @@ struct StatsOnDisk {
 
 impl From<StatsOnDisk> for Stats {
     fn from(d: StatsOnDisk) -> Stats {
-        let derived = Stats::from_samples(Vec::new()).with_summary_of(&d.samples);
+        let mut sorted = d.samples.clone();
+        sorted.sort_by(f64::total_cmp);
+        let derived = Stats::from_samples(Vec::new()).with_summary_of(&sorted);
         Stats {
             median: d.median,
             p10: d.p10,
@@ -126,22 +128,20 @@ impl Stats {
         }
     }
 
-    /// `self` with mean, sd, extremes and outlier counts of `samples` (in
-    /// any order).
-    fn with_summary_of(self, samples: &[f64]) -> Stats {
-        let n = samples.len();
+    /// `self` with mean, sd, extremes and outlier counts of `sorted`
+    /// (samples in ascending order).
+    fn with_summary_of(self, sorted: &[f64]) -> Stats {
+        let n = sorted.len();
         if n == 0 {
             return self;
         }
-        let mut sorted = samples.to_vec();
-        sorted.sort_by(f64::total_cmp);
         let mean = sorted.iter().sum::<f64>() / n as f64;
         let sd = if n > 1 {
             (sorted.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
         } else {
             0.0
         };
-        let (q1, q3) = (percentile(&sorted, 0.25), percentile(&sorted, 0.75));
+        let (q1, q3) = (percentile(sorted, 0.25), percentile(sorted, 0.75));
         let (lo, hi) = (q1 - 1.5 * (q3 - q1), q3 + 1.5 * (q3 - q1));
         Stats {
             mean,

@@ -27,13 +27,16 @@ pub fn run_grid(grid: &Grid, mode: StepMode, wisdom: Option<&std::path::Path>) -
     let mut rates = GemmRates::default();
     let rounds = grid.timing.rounds.max(1);
     let mut samples: Vec<Option<Samples>> = vec![None; grid.points.len()];
+    let wisdom = crate::tune::wisdom::Tuned::open(wisdom);
     let rate = |dtype, threads| pools[&threads].install(|| machine_gemm_gflops(dtype, threads));
     for round in 0..rounds {
         for (p, acc) in grid.points.iter().zip(samples.iter_mut()) {
             bar.set_message(progress_message(p, round, rounds));
             let pool = &pools[&p.threads];
             rates.sample_if_due(round, p, || rate(p.dtype, p.threads));
-            let tuned = crate::tune::wisdom::lookup(wisdom, p.shape, p.dtype, p.threads, mode);
+            let tuned = wisdom
+                .as_ref()
+                .and_then(|w| w.lookup(p.shape, p.dtype, p.threads, mode));
             let s = pool.install(|| measure_point(*p, grid.timing, mode, tuned))?;
             match acc {
                 Some(a) => a.merge(s),

@@ -185,34 +185,53 @@ impl std::fmt::Display for PlanSource {
     }
 }
 
-/// The plan for a run: the wisdom's, when `path` names a readable file
-/// with an entry for this key, else `None` (the caller uses the rule). An
-/// unreadable or garbled file is a one-line warning, never a failed run:
-/// it only ever makes a run faster.
-pub fn lookup(
-    path: Option<&Path>,
-    shape: Shape,
-    dtype: Dtype,
-    threads: usize,
-    mode: StepMode,
-) -> Option<(PlanChoice, PlanSource)> {
-    let path = path?;
-    if !path.exists() {
-        return None;
-    }
-    match Wisdom::read(path) {
-        Ok(w) => w.lookup(&Key::of(shape, dtype, threads, mode)).map(|e| {
-            (
-                e.plan,
-                PlanSource::Wisdom {
-                    path: path.to_path_buf(),
-                    date: e.date.clone(),
-                },
-            )
-        }),
-        Err(e) => {
-            eprintln!("twolayer: warning: {e}; using the built-in plans");
-            None
+/// A wisdom file read once for a run or a sweep, to look plans up in.
+#[derive(Clone, Debug)]
+pub struct Tuned {
+    path: PathBuf,
+    wisdom: Wisdom,
+}
+
+impl Tuned {
+    /// The wisdom at `path`, when it names a readable file. An unreadable
+    /// or garbled file is a one-line warning, never a failed run: wisdom
+    /// only ever makes a run faster.
+    pub fn open(path: Option<&Path>) -> Option<Tuned> {
+        let path = path?;
+        if !path.exists() {
+            return None;
         }
+        match Wisdom::read(path) {
+            Ok(wisdom) => Some(Tuned {
+                path: path.to_path_buf(),
+                wisdom,
+            }),
+            Err(e) => {
+                eprintln!("twolayer: warning: {e}; using the built-in plans");
+                None
+            }
+        }
+    }
+
+    /// The stored plan for a run of `shape` here, with where it came
+    /// from; `None` where the file has none (the caller uses the rule).
+    pub fn lookup(
+        &self,
+        shape: Shape,
+        dtype: Dtype,
+        threads: usize,
+        mode: StepMode,
+    ) -> Option<(PlanChoice, PlanSource)> {
+        self.wisdom
+            .lookup(&Key::of(shape, dtype, threads, mode))
+            .map(|e| {
+                (
+                    e.plan,
+                    PlanSource::Wisdom {
+                        path: self.path.clone(),
+                        date: e.date.clone(),
+                    },
+                )
+            })
     }
 }

@@ -251,3 +251,41 @@ pub fn assert_matches_schema(path: &Path) {
         errors.join("\n")
     );
 }
+
+/// A one-step f64 checkpoint of a run whose header says `n` rows of
+/// `weights_of`'s other dimensions, at `lr`, on `data`, with seeded
+/// weights of `weights_of`: for tests that need a checkpoint pointing at
+/// some data, not a trained one.
+pub fn one_step_checkpoint(
+    n: usize,
+    weights_of: twolayer::Shape,
+    lr: f64,
+    data: twolayer::checkpoint::DataSource,
+) -> twolayer::checkpoint::Checkpoint<f64> {
+    twolayer::checkpoint::Checkpoint {
+        header: twolayer::checkpoint::Header {
+            dtype: "f64".into(),
+            n,
+            d_in: weights_of.d_in,
+            hidden: weights_of.hidden,
+            d_out: weights_of.d_out,
+            steps_done: 1,
+            total_steps: 5,
+            lr_w1: lr,
+            lr_w2: lr,
+            step_mode: "fused".into(),
+            threads: 1,
+            ranks: 1,
+            data,
+            loss: "sum".into(),
+            minibatch: None,
+            blas_core: None,
+            plan: None,
+            form: None,
+            written_by: "test".into(),
+        },
+        losses: vec![1.0],
+        weights: twolayer::Weights::random(weights_of, 0),
+        dual: None,
+    }
+}

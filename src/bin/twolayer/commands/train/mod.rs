@@ -137,13 +137,10 @@ fn single<F: Real>(args: &TrainArgs, mut spec: RunSpec) -> Result<()> {
     };
     let tuned = match from_checkpoint {
         Some(p) => Some((p, "the checkpoint".to_string())),
-        None => twolayer::tune::wisdom::lookup(
+        None => twolayer::tune::wisdom::Tuned::open(
             super::tune::wisdom_path(&args.wisdom, args.no_wisdom).as_deref(),
-            spec.shape,
-            spec.dtype,
-            spec.threads,
-            spec.mode,
         )
+        .and_then(|w| w.lookup(spec.shape, spec.dtype, spec.threads, spec.mode))
         .map(|(p, src)| (p, src.to_string())),
     };
     let trainer = match spec.start {
