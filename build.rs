@@ -1,5 +1,16 @@
-//! Records what a report must say about the build: the compiler's version
-//! and the git commit the binary was built from.
+//! Records what a report must say about the build — the compiler's version
+//! and the git commit the binary was built from — and makes the binaries
+//! find the OpenBLAS they were linked against at run time.
+//!
+//! openblas-src (feature `system`) asks pkg-config for `openblas`; when
+//! scripts/setup.sh has built OpenBLAS for this CPU, `.cargo/config.toml`
+//! points `PKG_CONFIG_PATH` at that library's cache folder. Linking is not
+//! enough there: the loader would still find Debian's `libopenblas.so.0`
+//! first. So every binary of this package (the program, tests, benches,
+//! examples) gets an rpath to the folder pkg-config named, unless it is a
+//! system folder the loader searches anyway. `LD_LIBRARY_PATH` still wins
+//! over it, which is how the suite runs the same binaries on Debian's
+//! library (scripts/test.sh).
 
 use std::process::Command;
 
@@ -34,4 +45,23 @@ fn main() {
         }
     }
     println!("cargo:rerun-if-changed=build.rs");
+
+    // Same query as openblas-src's, without its link lines (it emits those).
+    println!("cargo:rerun-if-env-changed=PKG_CONFIG_PATH");
+    let mut linked = String::from("system");
+    if let Ok(lib) = pkg_config::Config::new()
+        .cargo_metadata(false)
+        .env_metadata(false)
+        .probe("openblas")
+    {
+        for dir in lib.link_paths {
+            let system = dir.starts_with("/usr/lib") || dir.starts_with("/lib");
+            if !system {
+                println!("cargo:rustc-link-arg=-Wl,-rpath,{}", dir.display());
+                linked = dir.display().to_string();
+            }
+        }
+    }
+    // The folder linked against (or `system`), for `twolayer info`.
+    println!("cargo:rustc-env=TWOLAYER_BLAS_LINKED={linked}");
 }

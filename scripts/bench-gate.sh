@@ -35,6 +35,15 @@ done
 case "$pairs" in ''|*[!0-9]*|0) echo "bench-gate: --pairs takes a whole number ≥ 1" >&2; exit 2 ;; esac
 
 grid=benchmarks/gate.toml
+
+# Both sides load the one OpenBLAS this tree links (scripts/setup.sh): a
+# base built before the rpath existed would otherwise load Debian's, and
+# the comparison would be between libraries, not code.
+pc=$(sed -n 's/^PKG_CONFIG_PATH = "\(.*\)"$/\1/p' .cargo/config.toml 2>/dev/null || true)
+if [ -n "$pc" ] && libdir=$(PKG_CONFIG_PATH="$pc" pkg-config --variable=libdir openblas 2>/dev/null); then
+  export LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  echo "bench-gate: both sides on the OpenBLAS in $libdir" >&2
+fi
 out=target/bench-gate
 rm -rf "$out"
 mkdir -p "$out/bin"

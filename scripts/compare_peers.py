@@ -22,6 +22,15 @@ order within a round alternates, so drift hits both sides alike.
     target/pyenv/bin/python scripts/compare_peers.py            # the 4 reference shapes
     target/pyenv/bin/python scripts/compare_peers.py --quick    # the first two only
     target/pyenv/bin/python scripts/compare_peers.py --train    # `twolayer train` instead
+    PY --peers --torch-python PY                               # + PyTorch, + Debian's library
+
+With --peers, every side runs in every round, the order rotating: twolayer
+on the library it links (the native build, scripts/setup.sh), the same
+binary on Debian's generic OpenBLAS (LD_LIBRARY_PATH, --debian-lib), numpy,
+and PyTorch's manual and autograd steps (scripts/reference_torch.py, run by
+--torch-python, a Python with torch installed). The ratios are per round:
+the faster PyTorch variant's time over twolayer's, numpy's over twolayer's,
+and Debian's library's over the native one's; the table gives their medians.
 
 With --train, the twolayer side is `twolayer train` as a user runs it (its
 default --form auto: the dual form where it saves FLOPs, docs/design.md
@@ -58,7 +67,7 @@ ENV = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OP
 WISDOM = []  # ["--wisdom", FILE] with --wisdom, else ["--no-wisdom"]
 
 
-def run_twolayer(binary, shape, dtype, threads, steps, warmup):
+def run_twolayer(binary, shape, dtype, threads, steps, warmup, env=None):
     n, d, h, o = shape
     with tempfile.TemporaryDirectory() as out:
         subprocess.run(
@@ -66,7 +75,7 @@ def run_twolayer(binary, shape, dtype, threads, steps, warmup):
              "--d-out", str(o), "--dtype", dtype, "--threads", str(threads),
              "--warmup", str(warmup), "--min-steps", str(steps), "--budget", "0",
              "--out", out] + WISDOM,
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env or ENV)
         with open(os.path.join(out, "report.json")) as f:
             report = json.load(f)
     p = report["points"][0]
@@ -102,6 +111,73 @@ def run_numpy(python, shape, dtype, threads, steps, warmup):
     return float(m.group(1)), k.group(1) if k else "unknown"
 
 
+def run_torch(python, shape, dtype, threads, steps, warmup, variant):
+    n, d, h, o = shape
+    r = subprocess.run(
+        [python, os.path.join(ROOT, "scripts", "reference_torch.py"), "--n", str(n), "--d-in", str(d),
+         "--hidden", str(h), "--d-out", str(o), "--dtype", dtype, "--threads", str(threads),
+         "--variant", variant, "--steps", str(steps), "--warmup", str(warmup)],
+        check=True, capture_output=True, text=True, env=ENV)
+    m = re.search(r"median ([0-9.e+-]+) ms/step", r.stderr)
+    if not m:
+        sys.exit(f"reference_torch.py printed no timing: {r.stderr}")
+    return float(m.group(1))
+
+
+def rotate(rounds, sides):
+    """Runs every side once per round, the order rotating by one each
+    round; returns each side's list of results."""
+    names = list(sides)
+    out = {k: [] for k in names}
+    for r in range(rounds):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            out[name].append(sides[name]())
+    return out
+
+
+def peers_table(args, shapes):
+    import numpy
+    env_debian = dict(ENV, LD_LIBRARY_PATH=args.debian_lib)
+    info = json.loads(subprocess.run([args.binary, "info", "--json"], check=True,
+                                     capture_output=True, text=True, env=ENV).stdout)
+    lib = info["env"].get("openblas_library") or {}
+    print(f"twolayer ({lib.get('version')} {lib.get('target')}, {lib.get('path')}) vs the same binary on "
+          f"Debian's OpenBLAS ({args.debian_lib}), numpy {numpy.__version__} and PyTorch; "
+          f"{args.threads} threads, {args.rounds} rotating rounds, lr 1e-12, OPENBLAS_CORETYPE and "
+          f"OPENBLAS_L2_SIZE removed on every side; plans: {args.wisdom or 'built-in'}; CPU: "
+          f"{info['env']['cpu_model']}; medians in ms/step (twolayer: `sweep`, the primal step)\n")
+    print("| shape (N, D_in, H, D_out) | dtype | twolayer native | twolayer on Debian's | numpy "
+          "| PyTorch manual | PyTorch autograd | vs faster PyTorch | vs numpy | native vs Debian's "
+          "| kernels: native / Debian's |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for shape, steps in shapes:
+        for dtype in args.dtypes.split(","):
+            sides = {
+                "native": lambda: run_twolayer(args.binary, shape, dtype, args.threads, steps,
+                                               args.warmup),
+                "debian": lambda: run_twolayer(args.binary, shape, dtype, args.threads, steps,
+                                               args.warmup, env_debian),
+                "numpy": lambda: run_numpy(args.python, shape, dtype, args.threads, steps, args.warmup),
+                "manual": lambda: run_torch(args.torch_python, shape, dtype, args.threads, steps,
+                                            args.warmup, "manual"),
+                "autograd": lambda: run_torch(args.torch_python, shape, dtype, args.threads, steps,
+                                              args.warmup, "autograd"),
+            }
+            r = rotate(args.rounds, sides)
+            nat = [x[0] for x in r["native"]]
+            deb = [x[0] for x in r["debian"]]
+            npy = [x[0] for x in r["numpy"]]
+            tor = [min(a, b) for a, b in zip(r["manual"], r["autograd"])]
+            med = statistics.median
+            print(f"| {shape} | {dtype} | {med(nat):.4g} | {med(deb):.4g} | {med(npy):.4g} | "
+                  f"{med(r['manual']):.4g} | {med(r['autograd']):.4g} | "
+                  f"{med([t / m for t, m in zip(tor, nat)]):.2f}x | "
+                  f"{med([t / m for t, m in zip(npy, nat)]):.2f}x | "
+                  f"{med([d / m for d, m in zip(deb, nat)]):.2f}x | "
+                  f"{r['native'][-1][2]} / {r['debian'][-1][2]} |", flush=True)
+
+
 def alternate(rounds, ours, numpy_side):
     """Runs `ours()` and `numpy_side()` `rounds` times, the order
     alternating: their results, and the per-round ratios numpy / ours."""
@@ -132,6 +208,13 @@ def main():
     ap.add_argument("--only-seed", action="store_true", help="only the seed shape")
     ap.add_argument("--wisdom", help="run twolayer with the plans of this wisdom file "
                     "(`twolayer tune`); without it, the built-in plans")
+    ap.add_argument("--peers", action="store_true",
+                    help="every side: twolayer native and on Debian's library, numpy, PyTorch")
+    ap.add_argument("--torch-python", default=sys.executable,
+                    help="a Python with torch installed (for --peers)")
+    ap.add_argument("--debian-lib", default="/usr/lib/x86_64-linux-gnu/openblas-pthread",
+                    help="the folder of Debian's libopenblas.so.0 (for --peers)")
+    ap.add_argument("--dtypes", default="f64,f32", help="for --peers")
     ap.add_argument("--peak-f64", type=float, default=115.0)
     ap.add_argument("--peak-f32", type=float, default=230.0)
     args = ap.parse_args()
@@ -140,6 +223,8 @@ def main():
     shapes = SHAPES[:1] if args.only_seed else SHAPES[:2] if args.quick else SHAPES
     if args.train:
         return train_table(args, shapes)
+    if args.peers:
+        return peers_table(args, shapes)
     print(f"twolayer vs numpy {numpy.__version__}, {args.threads} threads, {args.rounds} interleaved "
           f"rounds, lr 1e-12, OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE removed on both sides; "
           f"plans: {args.wisdom or 'built-in'}; medians in ms/step\n")

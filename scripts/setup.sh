@@ -6,17 +6,27 @@
 #     openblas-src's `system` feature; pkg-config to find it.
 #   - python3 with venv: scripts/reference.py (the numpy reference) runs in
 #     a venv under target/pyenv, with numpy from PyPI.
+#   - OpenBLAS built for this CPU (scripts/build-openblas.sh: the target
+#     from the CPU's flags, bf16 GEMM on), once per machine into a cache
+#     outside the clone (~/.cache/twolayer) that every clone and CI reuse:
+#     about 6 minutes the first time, nothing after. twolayer links it
+#     through .cargo/config.toml (written here, not tracked), which points
+#     pkg-config at it; build.rs adds an rpath. When the build cannot be
+#     done it says why and the build links Debian's library.
 # Options: --python also creates that venv; --mpi also installs OpenMPI
 # (libopenmpi-dev, openmpi-bin) and libclang-dev (rsmpi's bindgen) for the
-# `mpi` feature; --all does both.
+# `mpi` feature; --all does both. --system-blas (or TWOLAYER_BLAS=system)
+# links Debian's generic OpenBLAS instead of the native one.
 set -euo pipefail
 want_python=false
 want_mpi=false
+blas=${TWOLAYER_BLAS:-native}
 for a in "$@"; do
   case "$a" in
     --python) want_python=true ;;
     --mpi) want_mpi=true ;;
     --all) want_python=true; want_mpi=true ;;
+    --system-blas) blas=system ;;
     *) echo "setup: unknown option $a" >&2; exit 2 ;;
   esac
 done
@@ -50,5 +60,35 @@ if $want_python; then
     "$venv/bin/pip" install --quiet --disable-pip-version-check -r scripts/requirements.txt
   fi
 fi
+
+# Which OpenBLAS the build links: .cargo/config.toml sets PKG_CONFIG_PATH
+# for cargo's build scripts (openblas-src asks pkg-config for `openblas`;
+# build.rs adds the rpath). A change of library changes that variable,
+# which reruns the build scripts and relinks.
+case "$blas" in
+  native|system) ;;
+  *) echo "setup: TWOLAYER_BLAS must be native or system, not '$blas'" >&2; exit 2 ;;
+esac
+native=""
+if [ "$blas" = native ]; then
+  if native=$(scripts/build-openblas.sh); then
+    echo "setup: native OpenBLAS: $native" >&2
+  else
+    native=""
+    echo "setup: linking Debian's generic OpenBLAS instead (scripts/build-openblas.sh said why above)" >&2
+  fi
+fi
+mkdir -p .cargo
+config_tmp=$(mktemp .cargo/config.toml.XXXXXX)
+{
+  echo "# Written by scripts/setup.sh (not tracked): which OpenBLAS cargo links."
+  if [ -n "$native" ]; then
+    echo "[env]"
+    echo "PKG_CONFIG_PATH = \"$native/lib/pkgconfig\""
+  else
+    echo "# Debian's generic OpenBLAS (--system-blas, or no native build)."
+  fi
+} >"$config_tmp"
+if cmp -s "$config_tmp" .cargo/config.toml; then rm -f "$config_tmp"; else mv "$config_tmp" .cargo/config.toml; fi
 
 cargo build --release --quiet

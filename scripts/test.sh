@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (.ci/run calls exactly this):
-# install what is missing, check formatting and lints, run every test with
-# the default features and with the MPI ones, then the performance
-# regression gate: this tree against a base revision, measured side by side
-# (scripts/bench-gate.sh; the base is $TWOLAYER_GATE_BASE when set, else
-# the script's default).
+# install what is missing (OpenBLAS built for this CPU, from its cache after
+# the first time), check formatting and lints, run every test with the
+# default features and with the MPI ones on that library, the default
+# features' tests again on Debian's generic OpenBLAS (the same binaries,
+# through LD_LIBRARY_PATH), then the performance regression gate: this tree
+# against a base revision, measured side by side (scripts/bench-gate.sh;
+# the base is $TWOLAYER_GATE_BASE when set, else the script's default).
 #
 # OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are left as the environment sets
 # them: some machines set them because older OpenBLAS builds compute wrong
@@ -20,7 +22,17 @@ features=mpi,fault-injection
 cargo fmt --all -- --check
 cargo clippy --release --all-targets --quiet --features "$features" -- -D warnings
 cargo clippy --release --all-targets --quiet -- -D warnings
-cargo test --release
-cargo test --release --features "$features"
+# Which library the build links: the native one unless setup fell back.
+if grep -q '^PKG_CONFIG_PATH' .cargo/config.toml 2>/dev/null; then linked=native; else linked=generic; fi
+TWOLAYER_EXPECT_BLAS=$linked cargo test --release
+TWOLAYER_EXPECT_BLAS=$linked cargo test --release --features "$features"
+if [ "$linked" = native ]; then
+  # Debian's library (the one-flag fallback, scripts/setup.sh --system-blas)
+  # under the same binaries: LD_LIBRARY_PATH wins over their rpath.
+  debian=$(dirname "$(dpkg -L libopenblas0-pthread | grep '/libopenblas.so.0$' | head -n 1)")
+  echo "test: the suite again on Debian's generic OpenBLAS ($debian)" >&2
+  LD_LIBRARY_PATH="$debian${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" TWOLAYER_EXPECT_BLAS=generic \
+    cargo test --release
+fi
 
 scripts/bench-gate.sh ${TWOLAYER_GATE_BASE:+"$TWOLAYER_GATE_BASE"}

@@ -79,6 +79,132 @@ pub fn core_name() -> String {
     unsafe { cstr(openblas_get_corename()) }
 }
 
+/// The OpenBLAS library this process runs: which build, where it was
+/// loaded from, and whether it has the bf16 GEMM. Reports, the train
+/// summary, checkpoints and wisdom keys carry it, so that two figures from
+/// different libraries are never compared as if they were one.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Library {
+    /// The release, e.g. `0.3.34`.
+    pub version: String,
+    /// What it was built for: the one target of a native build
+    /// (`COOPERLAKE`, `SAPPHIRERAPIDS`, …), or `DYNAMIC_ARCH` for a generic
+    /// build that picks its kernels at run time (Debian's).
+    pub target: String,
+    /// Built for one CPU target (scripts/build-openblas.sh), rather than
+    /// a generic build.
+    pub native: bool,
+    /// `cblas_sbgemm` (bf16 inputs, f32 result) is in the library.
+    pub bf16_gemm: bool,
+    /// The file the loader took it from.
+    pub path: String,
+}
+
+impl Library {
+    /// The library running in this process.
+    pub fn current() -> Library {
+        let config = config();
+        let words: Vec<&str> = config.split_whitespace().collect();
+        let generic = words.contains(&"DYNAMIC_ARCH");
+        // A single-target build names its target in upper case among the
+        // build options (`OpenBLAS 0.3.34 NO_AFFINITY COOPERLAKE MAX_THREADS=64`).
+        let target = if generic {
+            "DYNAMIC_ARCH".to_string()
+        } else {
+            words
+                .iter()
+                .skip(2)
+                .find(|w| {
+                    !w.contains('=')
+                        && !w.starts_with("NO_")
+                        && !w.starts_with("USE_")
+                        && w.chars()
+                            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+                })
+                .map(|w| w.to_string())
+                .unwrap_or_else(|| core_name().to_uppercase())
+        };
+        Library {
+            version: version(),
+            target,
+            native: !generic,
+            bf16_gemm: sbgemm_symbol().is_some(),
+            path: loaded_from(),
+        }
+    }
+
+    /// One line for people: `OpenBLAS 0.3.34, native COOPERLAKE build, bf16
+    /// GEMM (path)`.
+    pub fn describe(&self) -> String {
+        format!(
+            "OpenBLAS {}, {} build, {} ({})",
+            self.version,
+            if self.native {
+                format!("native {}", self.target)
+            } else {
+                "generic DYNAMIC_ARCH".to_string()
+            },
+            if self.bf16_gemm {
+                "bf16 GEMM"
+            } else {
+                "no bf16 GEMM"
+            },
+            self.path
+        )
+    }
+
+    /// Whether `openblas_get_config()` names this library's target (a
+    /// consistency check of the parse above).
+    pub fn config_mentions_target(&self) -> bool {
+        config().split_whitespace().any(|w| w == self.target)
+    }
+
+    /// The short name that keys tuned plans and tells reports apart:
+    /// `0.3.34-COOPERLAKE` or `0.3.21-DYNAMIC_ARCH`.
+    pub fn key(&self) -> String {
+        format!("{}-{}", self.version, self.target)
+    }
+}
+
+/// The folder the build linked OpenBLAS from (`system` for the system's
+/// own library), as build.rs found it.
+pub const LINKED_FROM: &str = env!("TWOLAYER_BLAS_LINKED");
+
+/// `cblas_sbgemm`, looked up at run time: Debian's 0.3.21 does not have
+/// it, and the same binaries must load against either library.
+pub(crate) fn sbgemm_symbol() -> Option<*mut std::ffi::c_void> {
+    // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name only
+    // looks the symbol up.
+    let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"cblas_sbgemm".as_ptr()) };
+    (!p.is_null()).then_some(p)
+}
+
+/// The path of the shared object that holds OpenBLAS in this process.
+fn loaded_from() -> String {
+    let mut info = std::mem::MaybeUninit::<libc::Dl_info>::zeroed();
+    // SAFETY: dladdr fills `info` for an address inside a loaded object;
+    // openblas_get_config is such an address.
+    let ok = unsafe {
+        libc::dladdr(
+            openblas_get_config as *const libc::c_void,
+            info.as_mut_ptr(),
+        )
+    };
+    if ok == 0 {
+        return "unknown".into();
+    }
+    // SAFETY: dladdr succeeded, so `info` is initialised.
+    let info = unsafe { info.assume_init() };
+    if info.dli_fname.is_null() {
+        return "unknown".into();
+    }
+    // SAFETY: a NUL-terminated path owned by the loader.
+    let path = unsafe { cstr(info.dli_fname) };
+    std::fs::canonicalize(&path)
+        .map(|p| p.display().to_string())
+        .unwrap_or(path)
+}
+
 /// The OpenBLAS version, parsed from [`config`] (`0.3.21`), or `unknown`.
 pub fn version() -> String {
     config()

@@ -250,6 +250,11 @@ pub struct Header {
     /// an unbroken run to rounding only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blas_core: Option<String>,
+    /// The OpenBLAS library the run used, as [`Library::key`](crate::blas::Library::key)
+    /// names it (`0.3.34-COOPERLAKE`, `0.3.21-DYNAMIC_ARCH`): another
+    /// library rounds differently, as another kernel set does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blas_library: Option<String>,
     /// How the primal step divided its work (shards, OpenBLAS threads,
     /// block rows): a resume lays it out the same, for the same bits
     /// (absent: the built-in rule's).
@@ -645,6 +650,7 @@ mod tests {
                 loss: "sum".into(),
                 minibatch: None,
                 blas_core: Some("Haswell".into()),
+                blas_library: Some("0.3.34-COOPERLAKE".into()),
                 plan: None,
                 form: None,
                 written_by: "test".into(),

@@ -269,3 +269,29 @@ fn reports_that_cannot_be_compared_exit_2() {
         "{err}"
     );
 }
+
+#[test]
+fn reports_from_two_openblas_libraries_are_refused() {
+    // A native build and Debian's generic one of the same kernel set time
+    // differently: the comparison names the library and refuses.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let base = runs(d, "base", &five(1.0, 0.9));
+    let here = template().env.openblas_library.clone().expect("recorded");
+    let mut other = five(1.0, 0.9);
+    for r in &mut other {
+        let lib = r.env.openblas_library.as_mut().unwrap();
+        lib.native = !here.native;
+        lib.target = if here.native {
+            "DYNAMIC_ARCH".into()
+        } else {
+            "COOPERLAKE".into()
+        };
+        lib.path = "/elsewhere/libopenblas.so.0".into();
+    }
+    let other = runs(d, "other", &other);
+    let (code, out, err) = compare(&base, &other, &[]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("openblas_library: baseline"), "{err}");
+    assert!(err.contains("/elsewhere/libopenblas.so.0"), "{err}");
+}

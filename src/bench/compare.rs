@@ -297,10 +297,20 @@ fn check_samples(p: &PointReport, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// What [`env_fields`] says for a field an older report does not have.
+const NOT_RECORDED: &str = "not recorded";
+
 /// The environment fields a comparison must hold equal, as strings.
-fn env_fields(r: &Report) -> [(&'static str, String); 9] {
+fn env_fields(r: &Report) -> [(&'static str, String); 10] {
     let e = &r.env;
     [
+        (
+            "openblas_library",
+            e.openblas_library
+                .as_ref()
+                .map(|l| format!("{} ({})", l.key(), l.path))
+                .unwrap_or_else(|| NOT_RECORDED.into()),
+        ),
         ("cpu_model", e.cpu_model.clone()),
         ("cores", e.cores.to_string()),
         ("openblas_version", e.openblas_version.clone()),
@@ -335,6 +345,19 @@ pub fn env_differences(base: &Side, cur: &Side) -> Vec<EnvDifference> {
     let mut out = Vec::new();
     for (i, field) in names.into_iter().enumerate() {
         let (b, c) = (values(base, i), values(cur, i));
+        // A field that older reports do not record is compared only among
+        // the reports that do (openblas_config still tells builds apart).
+        let recorded = |v: Vec<String>| -> Vec<String> {
+            v.into_iter().filter(|s| s != NOT_RECORDED).collect()
+        };
+        let (b, c) = if b.iter().chain(&c).any(|s| s == NOT_RECORDED) {
+            (recorded(b), recorded(c))
+        } else {
+            (b, c)
+        };
+        if b.is_empty() || c.is_empty() {
+            continue;
+        }
         if b.len() > 1 || c.len() > 1 || b != c {
             out.push(EnvDifference {
                 field,

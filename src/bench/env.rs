@@ -17,6 +17,10 @@ pub struct Env {
     pub openblas_config: String,
     /// The kernel set OpenBLAS runs (`openblas_get_corename`).
     pub openblas_core: String,
+    /// The OpenBLAS library: version, target, native or generic, bf16
+    /// GEMM, the file loaded (absent from older reports).
+    #[serde(default)]
+    pub openblas_library: Option<blas::Library>,
     /// OpenBLAS threads when the report was started (each point sets its own).
     pub openblas_threads: usize,
     /// Rayon threads of the global pool (each point runs in a pool of its own size).
@@ -52,6 +56,7 @@ impl Env {
             openblas_version: blas::version(),
             openblas_config: blas::config(),
             openblas_core: blas::core_name(),
+            openblas_library: Some(blas::Library::current()),
             openblas_threads: blas::threads(),
             rayon_threads: rayon::current_num_threads(),
             openblas_env: blas::env_vars(),
@@ -84,9 +89,26 @@ impl Env {
             ),
             ("OpenBLAS config", self.openblas_config.clone()),
             (
+                "OpenBLAS library",
+                self.openblas_library
+                    .as_ref()
+                    .map(|l| l.describe())
+                    .unwrap_or_else(|| "not recorded".into()),
+            ),
+            (
                 "OPENBLAS_* variables",
                 if self.openblas_env.is_empty() {
                     "none".into()
+                } else if self.openblas_library.as_ref().is_some_and(|l| l.native)
+                    && self
+                        .openblas_env
+                        .iter()
+                        .any(|v| v.starts_with("OPENBLAS_CORETYPE="))
+                {
+                    format!(
+                        "{} (OPENBLAS_CORETYPE is not read by a native build: it has one kernel set)",
+                        self.openblas_env.join(" ")
+                    )
                 } else {
                     self.openblas_env.join(" ")
                 },

@@ -34,6 +34,12 @@ pub struct Key {
     pub openblas_version: String,
     /// OpenBLAS's kernel set.
     pub openblas_core: String,
+    /// The library's build, [`Library::key`](crate::blas::Library::key):
+    /// a native and a generic build of one release with the same kernel
+    /// set still time differently, so each is tuned on its own (absent
+    /// from older files, whose entries then match no run).
+    #[serde(default)]
+    pub openblas_library: String,
     /// `f32` or `f64`.
     pub dtype: String,
     /// The run's thread budget.
@@ -52,6 +58,7 @@ impl Key {
             cores: crate::threads::available_cores(),
             openblas_version: crate::blas::version(),
             openblas_core: crate::blas::core_name(),
+            openblas_library: crate::blas::Library::current().key(),
             dtype: dtype.name().into(),
             threads,
             step_mode: match mode {

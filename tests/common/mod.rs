@@ -280,6 +280,7 @@ pub fn one_step_checkpoint(
             loss: "sum".into(),
             minibatch: None,
             blas_core: None,
+            blas_library: None,
             plan: None,
             form: None,
             written_by: "test".into(),

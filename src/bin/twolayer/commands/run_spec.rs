@@ -492,6 +492,14 @@ fn from_checkpoint(args: &TrainArgs, path: &Path, ranks: usize) -> Result<RunSpe
             );
         }
     }
+    if let Some(lib) = h.blas_library.as_deref() {
+        let now = twolayer::blas::Library::current().key();
+        if lib != now {
+            say!(
+                "twolayer: warning: resuming with OpenBLAS {now}, the run used OpenBLAS {lib}; they round differently, so the losses will match an unbroken run to rounding, not bit for bit"
+            );
+        }
+    }
     check_source_unchanged(&h.data)?;
     let loss: Loss = h
         .loss

@@ -100,6 +100,7 @@ pub(super) fn snapshot<F: Real>(
                 ..m
             }),
             blas_core: Some(blas::core_name()),
+            blas_library: Some(blas::Library::current().key()),
             plan: (t.form() == Form::Primal && cfg.ranks == 1)
                 .then(|| PlanChoice::of(t.plan(), t.shape().n)),
             form: (t.form() == Form::Dual).then(|| t.form().name().to_string()),
@@ -207,6 +208,9 @@ struct Summary {
     block_rows: usize,
     blas_threads: usize,
     blas_core: String,
+    /// The OpenBLAS library that ran: version, target, native or generic,
+    /// bf16 GEMM, path.
+    blas_library: blas::Library,
     ranks: usize,
     loss: &'static str,
     final_loss: Option<f64>,
@@ -427,7 +431,7 @@ impl<'a> Reporter<'a> {
             ),
         };
         say!(
-            "twolayer: {} steps of {shape} {} in {:.3} s: {:.4} ms/step, {rate}; threads {} ({how}, OpenBLAS {} thread(s) per GEMM, {}){extra}; peak RSS {}; final loss {:?}",
+            "twolayer: {} steps of {shape} {} in {:.3} s: {:.4} ms/step, {rate}; threads {} ({how}, OpenBLAS {} thread(s) per GEMM, {} kernels of OpenBLAS {}){extra}; peak RSS {}; final loss {:?}",
             stats.steps,
             F::DTYPE,
             stats.elapsed.as_secs_f64(),
@@ -437,6 +441,14 @@ impl<'a> Reporter<'a> {
             // maximum), not what the plan asked for.
             blas::threads(),
             blas::core_name(),
+            {
+                let lib = blas::Library::current();
+                if lib.native {
+                    format!("{} native {}", lib.version, lib.target)
+                } else {
+                    format!("{} generic", lib.version)
+                }
+            },
             twolayer::shape::peak_rss_bytes()
                 .map(|b| twolayer::error::human_bytes(b as f64))
                 .unwrap_or_else(|| "unknown".into()),
@@ -463,6 +475,7 @@ impl<'a> Reporter<'a> {
                 block_rows: plan.block_rows,
                 blas_threads: blas::threads(),
                 blas_core: blas::core_name(),
+                blas_library: blas::Library::current(),
                 ranks: cfg.ranks,
                 loss: cfg.loss.name(),
                 final_loss: trainer.losses().last().copied(),
