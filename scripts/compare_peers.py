@@ -164,18 +164,25 @@ def peers_table(args, shapes):
                 "autograd": lambda: run_torch(args.torch_python, shape, dtype, args.threads, steps,
                                               args.warmup, "autograd"),
             }
+            skip = set(args.skip.split(",")) if args.skip else set()
+            sides = {k: v for k, v in sides.items() if k not in skip}
             r = rotate(args.rounds, sides)
+            med = statistics.median
             nat = [x[0] for x in r["native"]]
-            deb = [x[0] for x in r["debian"]]
             npy = [x[0] for x in r["numpy"]]
             tor = [min(a, b) for a, b in zip(r["manual"], r["autograd"])]
-            med = statistics.median
-            print(f"| {shape} | {dtype} | {med(nat):.4g} | {med(deb):.4g} | {med(npy):.4g} | "
+            if "debian" in r:
+                deb = [x[0] for x in r["debian"]]
+                deb_ms = f"{med(deb):.4g}"
+                deb_ratio = f"{med([d / m for d, m in zip(deb, nat)]):.2f}x"
+                deb_core = r["debian"][-1][2]
+            else:
+                deb_ms, deb_ratio, deb_core = "not run", "", "-"
+            print(f"| {shape} | {dtype} | {med(nat):.4g} | {deb_ms} | {med(npy):.4g} | "
                   f"{med(r['manual']):.4g} | {med(r['autograd']):.4g} | "
                   f"{med([t / m for t, m in zip(tor, nat)]):.2f}x | "
-                  f"{med([t / m for t, m in zip(npy, nat)]):.2f}x | "
-                  f"{med([d / m for d, m in zip(deb, nat)]):.2f}x | "
-                  f"{r['native'][-1][2]} / {r['debian'][-1][2]} |", flush=True)
+                  f"{med([t / m for t, m in zip(npy, nat)]):.2f}x | {deb_ratio} | "
+                  f"{r['native'][-1][2]} / {deb_core} |", flush=True)
 
 
 def alternate(rounds, ours, numpy_side):
@@ -215,12 +222,16 @@ def main():
     ap.add_argument("--debian-lib", default="/usr/lib/x86_64-linux-gnu/openblas-pthread",
                     help="the folder of Debian's libopenblas.so.0 (for --peers)")
     ap.add_argument("--dtypes", default="f64,f32", help="for --peers")
+    ap.add_argument("--skip", help="with --peers: sides left out, e.g. debian")
+    ap.add_argument("--shapes", help="with --peers: indices into the shape list, e.g. 2,3")
     ap.add_argument("--peak-f64", type=float, default=115.0)
     ap.add_argument("--peak-f32", type=float, default=230.0)
     args = ap.parse_args()
     WISDOM[:] = ["--wisdom", args.wisdom] if args.wisdom else ["--no-wisdom"]
     import numpy
     shapes = SHAPES[:1] if args.only_seed else SHAPES[:2] if args.quick else SHAPES
+    if args.shapes:
+        shapes = [SHAPES[int(i)] for i in args.shapes.split(",")]
     if args.train:
         return train_table(args, shapes)
     if args.peers:

@@ -37,7 +37,7 @@ use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The file's first eight bytes.
 pub const MAGIC: &[u8; 8] = b"TWLCKPT\0";
@@ -60,8 +60,13 @@ pub enum DataSource {
     /// Read from a `.npz` file (`--init`), checked against its checksum on
     /// resume.
     File {
-        /// The path as given (made absolute when the checkpoint was written).
+        /// The path as given (made absolute when the checkpoint was written),
+        /// for people: see [`stored_path`].
         path: String,
+        /// The path's bytes in hex, when they are not UTF-8 (`path` is then
+        /// a lossy rendering).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path_hex: Option<String>,
         /// SHA-256 of the file's bytes, hex.
         sha256: String,
     },
@@ -77,8 +82,12 @@ pub enum DataSource {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileRef {
-    /// The path as given, made absolute.
+    /// The path as given, made absolute, for people: see [`FileRef::path_buf`].
     pub path: String,
+    /// The path's bytes in hex, when they are not UTF-8 (`path` is then a
+    /// lossy rendering that would not find the file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_hex: Option<String>,
     /// SHA-256 of the file's bytes (hex); for files over
     /// [`SAMPLED_ABOVE`] bytes, of its length and [`SAMPLES`] evenly
     /// spaced 64 KiB blocks, the first and the last among them.
@@ -116,18 +125,63 @@ pub fn sampled_sha256(path: &Path) -> Result<String> {
     Ok(hex(&h.finalize()))
 }
 
+/// A path as a checkpoint stores it: its text, and its bytes in hex when
+/// they are not UTF-8 (a file name in Latin-1, say), so that a resume finds
+/// the very file.
+pub fn store_path(p: &Path) -> (String, Option<String>) {
+    use std::os::unix::ffi::OsStrExt;
+    match p.to_str() {
+        Some(s) => (s.to_string(), None),
+        None => (p.display().to_string(), Some(hex(p.as_os_str().as_bytes()))),
+    }
+}
+
+/// The path [`store_path`] stored.
+pub fn stored_path(path: &str, path_hex: Option<&str>) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path_hex.and_then(|h| {
+        (h.len() % 2 == 0)
+            .then(|| {
+                (0..h.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok())
+                    .collect::<Option<Vec<u8>>>()
+            })
+            .flatten()
+    });
+    match bytes {
+        Some(b) => PathBuf::from(std::ffi::OsStr::from_bytes(&b)),
+        None => PathBuf::from(path),
+    }
+}
+
+impl DataSource {
+    /// An `--init` file's path, as recorded.
+    pub fn file_path(&self) -> Option<PathBuf> {
+        match self {
+            DataSource::File { path, path_hex, .. } => Some(stored_path(path, path_hex.as_deref())),
+            _ => None,
+        }
+    }
+}
+
 impl FileRef {
+    /// The file's path, as recorded.
+    pub fn path_buf(&self) -> PathBuf {
+        stored_path(&self.path, self.path_hex.as_deref())
+    }
+
     /// The reference to `path` as it is now.
     pub fn of(path: &Path) -> Result<FileRef> {
         let len = std::fs::metadata(path)
             .map_err(|e| Error::read(path, e))?
             .len();
         let sampled = len > SAMPLED_ABOVE;
+        let (text, path_hex) =
+            store_path(&std::fs::canonicalize(path).map_err(|e| Error::read(path, e))?);
         Ok(FileRef {
-            path: std::fs::canonicalize(path)
-                .map_err(|e| Error::read(path, e))?
-                .display()
-                .to_string(),
+            path: text,
+            path_hex,
             sha256: if sampled {
                 sampled_sha256(path)?
             } else {
@@ -139,7 +193,7 @@ impl FileRef {
 
     /// Fails when the file is no longer the one referred to.
     pub fn check_unchanged(&self) -> Result<()> {
-        let p = Path::new(&self.path);
+        let p = &self.path_buf();
         let now = if self.sampled {
             sampled_sha256(p)?
         } else {
@@ -198,11 +252,11 @@ pub struct EpochRecord {
 impl DataSource {
     /// The source for an `--init` file: its absolute path and SHA-256.
     pub fn file(path: &Path) -> Result<DataSource> {
+        let (text, path_hex) =
+            store_path(&std::fs::canonicalize(path).map_err(|e| Error::read(path, e))?);
         Ok(DataSource::File {
-            path: std::fs::canonicalize(path)
-                .map_err(|e| Error::read(path, e))?
-                .display()
-                .to_string(),
+            path: text,
+            path_hex,
             sha256: file_sha256(path)?,
         })
     }
@@ -628,6 +682,29 @@ mod tests {
         }
         std::fs::write(&p, &bytes[..bytes.len() - 1]).unwrap();
         assert_ne!(sampled_sha256(&p).unwrap(), base, "truncation unnoticed");
+    }
+
+    #[test]
+    fn learning_rates_and_metrics_read_back_bit_for_bit() {
+        // The rate from the issue (read back 1 ULP off before serde_json's
+        // float_roundtrip), and a spread of awkward values.
+        let mut values = vec![1.0317729290759645, 0.1 + 0.2, 1e-6, 5e-324, f64::MAX];
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..2000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let v = f64::from_bits(x >> 2);
+            if v.is_finite() {
+                values.push(v);
+            }
+        }
+        for v in values {
+            let mut c = sample();
+            c.header.lr_w2 = v;
+            let back = AnyCheckpoint::from_bytes(&c.to_bytes()).unwrap();
+            assert_eq!(back.header().lr_w2.to_bits(), v.to_bits(), "{v:e}");
+        }
     }
 
     fn sample() -> Checkpoint<f32> {

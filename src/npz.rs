@@ -305,12 +305,46 @@ fn inspect_entry<R: Read + Seek>(
             dims.0, dims.1, dtype
         )));
     }
+    drain_checked(&mut entry, have as u64).map_err(bad)?;
     let to_usize = |v: u64| usize::try_from(v).map_err(|_| bad("dimension too large".into()));
     Ok(Entry {
         index,
         dims: (to_usize(dims.0)?, to_usize(dims.1)?),
         dtype,
     })
+}
+
+/// Reads the rest of a zip entry — `remaining` bytes by what its header
+/// declares — and one read past it, so that the zip reader, which checks
+/// an entry's CRC-32 only when it reaches the end, checks it: a stored
+/// entry with a wrong CRC is refused here, as numpy refuses it, before a
+/// run reads its rows out of order. Never reads more than one byte past
+/// the declared size: a deflate stream that expands beyond it (a zip bomb)
+/// is refused after `remaining` + 1 bytes, not inflated to its end.
+pub(crate) fn drain_checked(
+    entry: &mut impl Read,
+    remaining: u64,
+) -> std::result::Result<(), String> {
+    let copied = std::io::copy(&mut entry.by_ref().take(remaining), &mut std::io::sink())
+        .map_err(|e| format!("cannot read its data ({e})"))?;
+    if copied != remaining {
+        return Err(format!(
+            "it holds {copied} bytes of data where its entry declares {remaining} (truncated)"
+        ));
+    }
+    check_end(entry)
+}
+
+/// One read at an entry's declared end: 0 bytes is its end (the zip
+/// reader has then checked the CRC-32, and says if it is wrong); more is
+/// data past what the entry declares.
+pub(crate) fn check_end(entry: &mut impl Read) -> std::result::Result<(), String> {
+    let mut probe = [0u8; 1];
+    match entry.read(&mut probe) {
+        Ok(0) => Ok(()),
+        Ok(_) => Err("it expands past the size its entry declares (garbled or hostile)".into()),
+        Err(e) => Err(format!("its data does not match its CRC-32 ({e})")),
+    }
 }
 
 fn read_all<F: Real, R: Read + Seek>(

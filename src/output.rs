@@ -18,9 +18,13 @@ fn parent_dir(path: &Path) -> &Path {
 }
 
 /// Checks, before any work is done, that a file can be written at `path`:
-/// the path is not a folder, its folder exists, and a file can be created
-/// there. Leaves nothing behind.
+/// the path is not a folder nor a link that [`write_atomic`] would refuse,
+/// its folder exists, and a file can be created there. Leaves nothing
+/// behind.
 pub fn check_writable(path: &Path) -> Result<()> {
+    // A link refused at the end would be refused now.
+    let resolved = link_target(path)?;
+    let path = resolved.as_deref().unwrap_or(path);
     if path.is_dir() {
         return Err(Error::write(path, "it is a directory"));
     }
@@ -55,12 +59,20 @@ pub fn write_atomic(
     path: &Path,
     write: impl FnOnce(&mut BufWriter<&mut File>) -> std::io::Result<()>,
 ) -> Result<()> {
+    let resolved;
+    let path = match link_target(path)? {
+        Some(target) => {
+            resolved = target;
+            resolved.as_path()
+        }
+        None => path,
+    };
     if let Some(kind) = special_file(path) {
         if kind == "socket" || kind == "block device" {
             return Err(Error::write(path, format!("it is a {kind}")));
         }
         let result = (|| -> std::io::Result<()> {
-            let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
+            let mut f = open_special_for_writing(path)?;
             let mut w = BufWriter::new(&mut f);
             write(&mut w)?;
             w.flush()
@@ -76,8 +88,15 @@ pub fn write_atomic(
         .map(|m| m.permissions().mode() & 0o7777)
         .unwrap_or(0o644);
     let result = (|| -> std::io::Result<()> {
+        // `.NAME.PID.XXXXXX.tmp`: the writer's process id in the name, so
+        // that a later writer removes only the temporary files of writers
+        // that are gone, never one another process is still filling.
         let mut tmp = tempfile::Builder::new()
-            .prefix(&format!(".{}.", name.to_string_lossy()))
+            .prefix(&format!(
+                ".{}.{}.",
+                name.to_string_lossy(),
+                std::process::id()
+            ))
             .suffix(".tmp")
             .tempfile_in(dir)?;
         {
@@ -102,9 +121,97 @@ pub fn write_atomic(
     Ok(())
 }
 
+/// Whether outputs that are symbolic links may be written through
+/// (`--follow-links`).
+static FOLLOW_LINKS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Lets [`write_atomic`] write through symbolic links from now on (the
+/// binary's `--follow-links`).
+pub fn set_follow_links(yes: bool) {
+    FOLLOW_LINKS.store(yes, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Where an output at `path` goes when `path` is a symbolic link: renaming
+/// a new file over the name would replace the link itself (`--losses
+/// /dev/stdout` while stdout is a file replaced the system's /dev/stdout),
+/// so a link to a regular file (or to nothing) is refused, unless links
+/// may be followed: then the file it resolves to is written atomically, the
+/// link kept. `None`: not a link, or a link to a device or FIFO (written
+/// in place, through it).
+fn link_target(path: &Path) -> Result<Option<std::path::PathBuf>> {
+    let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    // A link to a device or FIFO (`/dev/stdout` on a terminal or a pipe)
+    // is written in place, through the link, with no rename: safe.
+    if !is_link || special_file(path).is_some() {
+        return Ok(None);
+    }
+    let target = std::fs::canonicalize(path).map_err(|e| {
+        Error::write(
+            path,
+            format!("it is a symbolic link that leads nowhere ({e})"),
+        )
+    })?;
+    if FOLLOW_LINKS.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(Some(target));
+    }
+    Err(Error::write(
+        path,
+        format!(
+            "it is a symbolic link (to {}); writing would replace the link: give that path, or pass --follow-links to write through it",
+            target.display()
+        ),
+    ))
+}
+
+/// How long a write to a FIFO waits for a process to open it for reading.
+const FIFO_READER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens a device or FIFO for writing without blocking in open(2): a FIFO
+/// that no process reads fails after [`FIFO_READER_WAIT`] (ENXIO, said in
+/// words) instead of waiting for a reader for ever, deaf to Ctrl-C and
+/// SIGTERM. Once open, writes block as usual (a reader that is there
+/// drains them).
+fn open_special_for_writing(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // A reader that is about to open the FIFO gets a few seconds to do so.
+    let deadline = std::time::Instant::now() + FIFO_READER_WAIT;
+    let f = loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+        {
+            Ok(f) => break f,
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(std::io::Error::other(format!(
+                        "it is a FIFO that no process read within {} s",
+                        FIFO_READER_WAIT.as_secs()
+                    )));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    use std::os::fd::AsRawFd;
+    let fd = f.as_raw_fd();
+    // SAFETY: fcntl on a descriptor this function owns; clears O_NONBLOCK.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+        }
+    }
+    Ok(f)
+}
+
 /// Removes the temporary files that writes to `path` killed midway left
-/// behind (`.NAME.XXXXXX.tmp`): regular files only, never links, and only
-/// those owned by whoever owns the file just written.
+/// behind (`.NAME.PID.XXXXXX.tmp`): regular files only, never links, only
+/// those owned by whoever owns the file just written, and only those whose
+/// writer process no longer runs (two processes writing the same output at
+/// once each keep their own temporary file until they rename it; the one
+/// that renames last wins, whole).
 fn remove_stale_temps(dir: &Path, name: &str, path: &Path) {
     use std::os::unix::fs::MetadataExt;
     let Ok(owner) = std::fs::metadata(path).map(|m| m.uid()) else {
@@ -116,15 +223,40 @@ fn remove_stale_temps(dir: &Path, name: &str, path: &Path) {
     };
     for e in entries.flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
-        let stale = n.len() == prefix.len() + 6 + 4
-            && n.starts_with(&prefix)
-            && n.ends_with(".tmp")
+        let Some(pid) = temp_writer(&n, &prefix) else {
+            continue;
+        };
+        let stale = !process_runs(pid)
             && std::fs::symlink_metadata(e.path())
                 .is_ok_and(|m| m.file_type().is_file() && m.uid() == owner);
         if stale {
             let _ = std::fs::remove_file(e.path());
         }
     }
+}
+
+/// The writer's process id in a temporary file's name
+/// `PREFIX` `PID.XXXXXX.tmp`, or `None` when the name is not one.
+fn temp_writer(file_name: &str, prefix: &str) -> Option<u32> {
+    let rest = file_name.strip_prefix(prefix)?.strip_suffix(".tmp")?;
+    let (pid, random) = rest.split_once('.')?;
+    (random.len() == 6 && !random.contains('.'))
+        .then(|| pid.parse().ok())
+        .flatten()
+}
+
+/// Whether process `pid` runs on this machine (kill(pid, 0): it exists,
+/// whether or not this process may signal it).
+fn process_runs(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks that the process exists.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// What kind of special file `path` is (following links), or `None` for a
@@ -229,21 +361,58 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
+    /// A process id that runs no process now: one past the kernel's
+    /// largest (`/proc/sys/kernel/pid_max`).
+    fn dead_pid() -> u32 {
+        let max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(4_194_304);
+        assert!(!process_runs(max + 1));
+        max + 1
+    }
+
     #[test]
     fn a_write_removes_the_temporary_files_killed_writes_left_but_not_links() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
+        let dead = dead_pid();
         let other = d.join("other");
         std::fs::write(&other, "keep").unwrap();
-        std::fs::write(d.join(".out.txt.AbC123.tmp"), "stale").unwrap();
-        std::os::unix::fs::symlink(&other, d.join(".out.txt.XyZ789.tmp")).unwrap();
-        std::fs::write(d.join(".another.txt.AbC123.tmp"), "not ours").unwrap();
+        let stale = d.join(format!(".out.txt.{dead}.AbC123.tmp"));
+        std::fs::write(&stale, "stale").unwrap();
+        let link = d.join(format!(".out.txt.{dead}.XyZ789.tmp"));
+        std::os::unix::fs::symlink(&other, &link).unwrap();
+        let another = d.join(format!(".another.txt.{dead}.AbC123.tmp"));
+        std::fs::write(&another, "not ours").unwrap();
         write_atomic(&d.join("out.txt"), |w| w.write_all(b"new")).unwrap();
-        assert!(!d.join(".out.txt.AbC123.tmp").exists());
-        assert!(std::fs::symlink_metadata(d.join(".out.txt.XyZ789.tmp")).is_ok());
-        assert!(d.join(".another.txt.AbC123.tmp").exists());
+        assert!(!stale.exists());
+        assert!(std::fs::symlink_metadata(&link).is_ok());
+        assert!(another.exists());
         assert_eq!(std::fs::read_to_string(&other).unwrap(), "keep");
         assert_eq!(std::fs::read_to_string(d.join("out.txt")).unwrap(), "new");
+    }
+
+    #[test]
+    fn a_write_leaves_alone_the_temporary_file_a_running_writer_fills() {
+        // Two processes writing the same output: the first to finish must
+        // not remove the other's temporary file (it then died with ENOENT
+        // at its rename). A running process's id in the name: this one's,
+        // and pid 1's.
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let mut live = Vec::new();
+        for pid in [std::process::id(), 1] {
+            let p = d.join(format!(".out.txt.{pid}.QwE456.tmp"));
+            std::fs::write(&p, "half written").unwrap();
+            live.push(p);
+        }
+        write_atomic(&d.join("out.txt"), |w| w.write_all(b"new")).unwrap();
+        for p in &live {
+            assert!(p.exists(), "{} was removed", p.display());
+        }
+        assert_eq!(temp_writer(".out.txt.77.QwE456.tmp", ".out.txt."), Some(77));
+        assert_eq!(temp_writer(".out.txt.QwE456.tmp", ".out.txt."), None);
     }
 
     #[test]

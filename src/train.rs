@@ -14,6 +14,42 @@ use std::cell::OnceCell;
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
+/// The losses of the steps run: every one, or the latest about `window`
+/// when a run bounds them (memory that does not grow with the steps: a
+/// run of 93 million steps kept 716 MiB of losses nobody asked for).
+#[derive(Debug, Default)]
+struct LossHistory {
+    /// The losses kept, of steps `first..first + kept.len()`.
+    kept: Vec<f64>,
+    /// The step of `kept[0]`.
+    first: usize,
+    /// Keep at least this many, at most twice as many (the older half is
+    /// dropped in one move, so a push costs O(1) amortised and never
+    /// allocates once the buffer has grown to 2·window).
+    window: Option<usize>,
+}
+
+impl LossHistory {
+    fn steps(&self) -> usize {
+        self.first + self.kept.len()
+    }
+
+    fn push(&mut self, loss: f64) {
+        if let Some(w) = self.window {
+            if self.kept.len() >= 2 * w {
+                let drop = self.kept.len() - w;
+                self.kept.drain(..drop);
+                self.first += drop;
+            }
+        }
+        self.kept.push(loss);
+    }
+
+    fn since(&self, from: usize) -> Option<&[f64]> {
+        self.kept.get(from.checked_sub(self.first)?..)
+    }
+}
+
 /// A network being trained, with everything one step needs preallocated.
 pub struct Trainer<F> {
     shape: Shape,
@@ -29,7 +65,7 @@ pub struct Trainer<F> {
     loss: Loss,
     /// What a step's sum of squares is multiplied by to give `loss`.
     loss_scale: f64,
-    losses: Vec<f64>,
+    losses: LossHistory,
     /// The dual form's state, when the trainer runs it
     /// ([`step::dual`]): then `weights.w1` holds w1_0 and stays as it is,
     /// and the current w1 = w1_0 + xᵀ·C is formed when read.
@@ -88,7 +124,7 @@ impl<F> std::fmt::Debug for Trainer<F> {
         f.debug_struct("Trainer")
             .field("shape", &self.shape)
             .field("lr", &self.lr)
-            .field("steps_done", &self.losses.len())
+            .field("steps_done", &self.losses.steps())
             .finish_non_exhaustive()
     }
 }
@@ -158,7 +194,7 @@ impl<F: Real> Trainer<F> {
             step_lr: lr,
             loss: Loss::Sum,
             loss_scale: 1.0,
-            losses: Vec::new(),
+            losses: LossHistory::default(),
             dual: None,
             formed: OnceCell::new(),
         })
@@ -284,22 +320,44 @@ impl<F: Real> Trainer<F> {
         &self.data
     }
 
-    /// The loss of every step run so far; entry t is the loss before step
-    /// t's update.
+    /// The losses kept: of every step run so far (entry t is the loss
+    /// before step t's update), unless [`Trainer::keep_latest_losses`]
+    /// bounded them; then the latest ones, the first of them step
+    /// `steps_done() - losses().len()`'s.
     pub fn losses(&self) -> &[f64] {
-        &self.losses
+        &self.losses.kept
+    }
+
+    /// The losses of steps `from..` (`None` when some of them are no
+    /// longer kept).
+    pub fn losses_since(&self, from: usize) -> Option<&[f64]> {
+        self.losses.since(from)
+    }
+
+    /// The last step's loss.
+    pub fn last_loss(&self) -> Option<f64> {
+        self.losses.kept.last().copied()
+    }
+
+    /// Keeps only about the latest `window` losses (at least one), so that
+    /// the memory of a run does not grow with its step count: for runs
+    /// whose outputs do not need every loss (no loss file, no checkpoint).
+    /// Steps before are counted, not kept.
+    pub fn keep_latest_losses(mut self, window: usize) -> Self {
+        self.losses.window = Some(window.max(1));
+        self
     }
 
     /// How many steps have run.
     pub fn steps_done(&self) -> usize {
-        self.losses.len()
+        self.losses.steps()
     }
 
     /// Runs one step and returns its loss (of the weights before the
     /// update). When the loss is not finite the update is not applied, the
     /// weights stay the last finite ones, and the error names the step.
     pub fn step(&mut self) -> Result<f64> {
-        let t = self.losses.len();
+        let t = self.losses.steps();
         if let Some(d) = &mut self.dual {
             // The weights formed before this step are stale (dropping
             // them frees; nothing is allocated).
@@ -325,7 +383,7 @@ impl<F: Real> Trainer<F> {
     /// them over every process there, and every process then applies the
     /// same update. Needs [`StepMode::Explicit`].
     pub fn step_exchanged(&mut self, exchange: &mut dyn Exchange<F>, pieces: usize) -> Result<f64> {
-        let t = self.losses.len();
+        let t = self.losses.steps();
         if self.dual.is_some() {
             return Err(Error::invalid(
                 "a step summed across processes needs the primal form",
@@ -366,7 +424,8 @@ impl<F: Real> Trainer<F> {
     /// (the history then grows by doubling, one allocation per doubling,
     /// between steps).
     pub fn reserve(&mut self, steps: usize) {
-        self.losses.reserve(steps.min(RESERVE_STEPS));
+        let cap = self.losses.window.map_or(RESERVE_STEPS, |w| 2 * w);
+        self.losses.kept.reserve(steps.min(RESERVE_STEPS).min(cap));
     }
 
     /// Runs up to `steps` steps, calling `on_step(trainer, t, loss)` after
@@ -404,7 +463,7 @@ impl<F: Real> Trainer<F> {
         let dims = (self.data.x.dim(), self.data.y.dim());
         rayon::scope(|_| {
             while done < steps {
-                let t = self.losses.len();
+                let t = self.losses.steps();
                 next_batch(&mut self.data, t)?;
                 self.check_batch(dims)?;
                 let loss = self.step()?;
@@ -450,7 +509,7 @@ impl<F: Real> Trainer<F> {
         let mut done = 0;
         let dims = (self.data.x.dim(), self.data.y.dim());
         while done < steps {
-            let t = self.losses.len();
+            let t = self.losses.steps();
             next_batch(&mut self.data, t)?;
             self.check_batch(dims)?;
             let loss = self.step_exchanged(exchange, pieces)?;
@@ -486,7 +545,10 @@ impl<F: Real> Trainer<F> {
         losses: Vec<f64>,
     ) -> Result<Self> {
         let mut t = Self::new(data, weights, lr, mode)?;
-        t.losses = losses;
+        t.losses = LossHistory {
+            kept: losses,
+            ..LossHistory::default()
+        };
         Ok(t)
     }
 

@@ -617,9 +617,12 @@ fn a_full_stderr_or_stdout_loses_messages_not_the_run() {
             cmd.stderr(full());
         }
         let out = cmd.output().unwrap();
+        // A full stderr loses messages only; a full stdout loses the
+        // comparison itself, which a gate must not read as a pass (exit 2,
+        // compare's "could not compare").
         assert_eq!(
             out.status.code(),
-            Some(0),
+            Some(if stdout { 2 } else { 0 }),
             "stdout full {stdout}, stderr full {stderr}"
         );
     }
@@ -720,6 +723,7 @@ fn fifos_devices_and_folders_as_inputs_are_refused_without_blocking() {
         1e-6,
         twolayer::checkpoint::DataSource::File {
             path: "/dev/zero".into(),
+            path_hex: None,
             sha256: "0".repeat(64),
         },
     )
@@ -1103,4 +1107,179 @@ fn the_form_is_chosen_by_flops_refused_where_it_cannot_run_and_kept_on_resume() 
         form_of(&["--resume", ck.to_str().unwrap(), "--steps", "12"]),
         "dual"
     );
+}
+
+#[test]
+fn an_output_onto_the_wisdom_file_the_run_reads_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("w.json");
+    std::fs::write(&w, "{\"version\": 1, \"entries\": []}").unwrap();
+    let before = std::fs::read(&w).unwrap();
+    for flag in ["--save", "--losses", "--json"] {
+        let out = run(&[
+            "train",
+            "--steps",
+            "2",
+            "-q",
+            "--wisdom",
+            w.to_str().unwrap(),
+            flag,
+            w.to_str().unwrap(),
+        ]);
+        let e = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{flag}: {e}");
+        assert!(e.contains("the wisdom file"), "{flag}: {e}");
+        assert_eq!(std::fs::read(&w).unwrap(), before, "{flag} wrote over it");
+    }
+}
+
+#[test]
+fn every_subcommand_fails_when_its_stdout_cannot_be_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = common::tiny_sweep(dir.path(), "9", "1");
+    drop(r);
+    let report = dir.path().join("report.json");
+    let report = report.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, i32)> = vec![
+        (vec!["info"], 1),
+        (vec!["completions", "bash"], 1),
+        (
+            vec![
+                "sweep",
+                "--n",
+                "8",
+                "--d-in",
+                "12",
+                "--hidden",
+                "4",
+                "--d-out",
+                "3",
+                "--budget",
+                "0",
+                "--min-steps",
+                "3",
+            ],
+            1,
+        ),
+        (vec!["compare", report, report], 2),
+    ];
+    for (args, code) in cases {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let out = common::bin().args(&args).stdout(full).output().unwrap();
+        let e = stderr(&out);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {e}");
+        assert!(
+            e.contains("cannot write <stdout>") && e.contains("No space left"),
+            "{args:?}: {e}"
+        );
+    }
+}
+
+#[test]
+fn a_fifo_nobody_reads_or_writes_is_refused_not_waited_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("f");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo on a path in our own temporary folder.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let f = fifo.to_str().unwrap();
+    // As an output with no reader (it blocked in open(2) for ever), and
+    // as predict's input with no writer.
+    let w = dir.path().join("w.npz");
+    let o = run(&["train", "--steps", "2", "-q", "--save", w.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["train", "--steps", "2", "-q", "--losses", f],
+        vec![
+            "predict",
+            "--weights",
+            w.to_str().unwrap(),
+            "--x",
+            f,
+            "--out",
+            "/dev/null",
+        ],
+    ];
+    for args in cases {
+        let mut child = common::bin()
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A watchdog for a hang, not a timing check: a refusal takes
+        // milliseconds, a hang for ever.
+        let start = std::time::Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if start.elapsed() > std::time::Duration::from_secs(120) {
+                let _ = child.kill();
+                panic!("{args:?} hung on a FIFO");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let mut e = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut e).unwrap();
+        assert_eq!(status.code(), Some(1), "{args:?}: {e}");
+        assert!(e.contains("FIFO"), "{args:?}: {e}");
+    }
+}
+
+#[test]
+fn an_output_that_is_a_link_to_a_file_is_refused_unless_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let target = d.join("real.txt");
+    std::fs::write(&target, "before").unwrap();
+    let link = d.join("link.txt");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let l = link.to_str().unwrap();
+    let o = run(&["train", "--steps", "3", "-q", "--losses", l]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("symbolic link") && e.contains("--follow-links"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "before");
+    // Followed: the file it points to is written, the link stays a link.
+    let o = run(&[
+        "train",
+        "--steps",
+        "3",
+        "-q",
+        "--losses",
+        l,
+        "--follow-links",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(
+        parse_losses(&std::fs::read_to_string(&target).unwrap()).len(),
+        3
+    );
+    // /dev/stdout while stdout is a file: refused, /dev/stdout untouched.
+    let log = std::fs::File::create(d.join("out.log")).unwrap();
+    let o = common::bin()
+        .args(["train", "--steps", "3", "-q", "--losses", "/dev/stdout"])
+        .stdout(log)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(std::fs::symlink_metadata("/dev/stdout")
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    // /dev/stdout on a pipe is written through, in place.
+    let o = run(&["train", "--steps", "3", "-q", "--losses", "/dev/stdout"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(parse_losses(&String::from_utf8_lossy(&o.stdout)).len(), 3);
 }

@@ -204,17 +204,22 @@ fn reports_that_cannot_be_compared_exit_2() {
         (
             "zero",
             Box::new(|r| r.points[1].ms_per_step.samples[4] = 0.0),
-            "positive and finite",
+            "times must lie between",
         ),
         (
             "negative",
             Box::new(|r| r.points[0].ms_per_step.samples[0] = -1.0),
-            "positive and finite",
+            "times must lie between",
         ),
         (
             "gemm",
             Box::new(|r| r.points[0].gemm_ms_samples[2] = -3.0),
-            "positive and finite",
+            "times must lie between",
+        ),
+        (
+            "subnormal",
+            Box::new(|r| r.points[0].ms_per_step.samples[1] = 5e-324),
+            "times must lie between",
         ),
         (
             "twice",
@@ -254,6 +259,13 @@ fn reports_that_cannot_be_compared_exit_2() {
         assert!(err.contains(msg), "{name}: {err}");
         assert_eq!(err.lines().count(), 1, "{name}: {err}");
     }
+    // Two sides with no points at all (it panicked, exit 101).
+    let mut empty = five(1.0, 0.9);
+    empty.iter_mut().for_each(|r| r.points.clear());
+    let (e1, e2) = (runs(d, "empty1", &empty), runs(d, "empty2", &empty));
+    let (code, out, err) = compare(&e1, &e2, &[]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("no points"), "{err}");
     // Paired sides need as many runs each.
     let four = runs(d, "four", &five(1.0, 0.9)[..4]);
     let (code, _, err) = compare(&base, &four, &[]);

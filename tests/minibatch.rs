@@ -535,3 +535,237 @@ fn predict_and_eval_match_numpys_forward_pass() {
     assert!(rel_gap(got, sum_sq) < 1e-12, "{got} vs {sum_sq}");
     assert!(ours.contains("rows 1234"), "{ours}");
 }
+
+#[test]
+fn one_failing_output_does_not_cost_the_others() {
+    // `--metrics /dev/full` beside --save, --checkpoint and --losses: the
+    // run fails (exit 1, one line naming what failed and what was written),
+    // and every other output is there, whole.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (x, y) = teacher_data(40, 6, 2, 3);
+    let data = d.join("d.npz");
+    write_npz(&data, &[("x", &x), ("y", &y)]);
+    let (w, ck, l) = (d.join("w.npz"), d.join("r.ck"), d.join("l.txt"));
+    let out = common::run(&[
+        "train",
+        "--data",
+        s(&data),
+        "--batch",
+        "8",
+        "--epochs",
+        "2",
+        "--hidden",
+        "4",
+        "--val-fraction",
+        "0.2",
+        "-q",
+        "--metrics",
+        "/dev/full",
+        "--save",
+        s(&w),
+        "--checkpoint",
+        s(&ck),
+        "--losses",
+        s(&l),
+    ]);
+    let e = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    let errors: Vec<&str> = e.lines().filter(|l| l.contains("error:")).collect();
+    assert_eq!(errors.len(), 1, "{e}");
+    let e = errors[0];
+    assert_eq!(e.matches("cannot write /dev/full").count(), 1, "{e}");
+    assert!(e.contains("written all the same"), "{e}");
+    for (flag, p) in [("--save", &w), ("--checkpoint", &ck), ("--losses", &l)] {
+        assert!(e.contains(&format!("{flag} {}", p.display())), "{e}");
+        assert!(p.exists(), "{flag} was not written");
+    }
+    twolayer::checkpoint::AnyCheckpoint::read(&ck).expect("a whole checkpoint");
+    assert_eq!(
+        common::parse_losses(&std::fs::read_to_string(&l).unwrap()).len(),
+        8
+    );
+}
+
+/// The offset of the first `sig` (a zip record signature) in `bytes`.
+fn find(bytes: &[u8], sig: &[u8]) -> usize {
+    bytes
+        .windows(sig.len())
+        .position(|w| w == sig)
+        .expect("signature")
+}
+
+#[test]
+fn a_stored_entry_whose_crc_is_wrong_is_refused_as_numpy_refuses_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (x, y) = teacher_data(40, 6, 2, 3);
+    let data = d.join("d.npz");
+    write_npz(&data, &[("x", &x), ("y", &y)]);
+    // One byte of x's data changed, its recorded CRC-32 left as it was.
+    let mut bytes = std::fs::read(&data).unwrap();
+    let at = find(&bytes, b"\x93NUMPY") + 128 + 40;
+    bytes[at] ^= 0x01;
+    let bad = d.join("bad.npz");
+    std::fs::write(&bad, &bytes).unwrap();
+    for extra in [
+        &["--data", s(&bad)][..],
+        &["--data", s(&bad), "--reader", "ahead"][..],
+    ] {
+        let out = common::run(
+            &[
+                &[
+                    "train", "--batch", "8", "--epochs", "1", "--hidden", "4", "-q",
+                ][..],
+                extra,
+            ]
+            .concat(),
+        );
+        let e = common::stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{e}");
+        assert!(e.contains("CRC-32"), "{e}");
+        assert_eq!(e.trim_end().lines().count(), 1, "{e}");
+    }
+}
+
+#[test]
+fn a_deflate_stream_that_expands_past_its_declared_size_is_refused_at_once() {
+    use std::io::Write;
+    // x: a .npy of 40×6 f64 whose deflate stream goes on with 64 MB of
+    // zeros, its entry declaring only the .npy's own size.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (x, y) = teacher_data(40, 6, 2, 3);
+    let mut npy = Vec::new();
+    x.write_npy(&mut npy).unwrap();
+    let declared = npy.len() as u32;
+    let mut stream = npy.clone();
+    stream.extend(std::iter::repeat_n(0u8, 64 << 20));
+    let path = d.join("bomb.npz");
+    {
+        let mut z = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+        let deflated = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        z.start_file("x.npy", deflated).unwrap();
+        z.write_all(&stream).unwrap();
+        let mut ynpy = Vec::new();
+        y.write_npy(&mut ynpy).unwrap();
+        z.start_file("y.npy", deflated).unwrap();
+        z.write_all(&ynpy).unwrap();
+        z.finish().unwrap();
+    }
+    // Declare the .npy's size in x's local and central headers.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let local = find(&bytes, b"PK\x03\x04");
+    bytes[local + 22..local + 26].copy_from_slice(&declared.to_le_bytes());
+    let central = find(&bytes, b"PK\x01\x02");
+    bytes[central + 24..central + 28].copy_from_slice(&declared.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let out = common::run(&[
+        "train",
+        "--data",
+        s(&path),
+        "--batch",
+        "8",
+        "--hidden",
+        "4",
+        "-q",
+    ]);
+    let e = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("expands past the size its entry declares"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_resume_refuses_a_batch_size_that_contradicts_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (x, y) = teacher_data(40, 6, 2, 3);
+    let data = d.join("d.npz");
+    write_npz(&data, &[("x", &x), ("y", &y)]);
+    let ck = d.join("r.ck");
+    let out = common::run(&[
+        "train",
+        "--data",
+        s(&data),
+        "--batch",
+        "10",
+        "--epochs",
+        "1",
+        "--hidden",
+        "4",
+        "-q",
+        "--checkpoint",
+        s(&ck),
+    ]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    // `--batch 20` on a run of 10 trained on 10, silently.
+    let out = common::run(&[
+        "train",
+        "--resume",
+        s(&ck),
+        "--epochs",
+        "2",
+        "--batch",
+        "20",
+        "-q",
+    ]);
+    let e = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("--batch 20 disagrees with checkpoint") && e.contains("batches of 10"),
+        "{e}"
+    );
+    // The same size is fine; so is none.
+    let out = common::run(&[
+        "train",
+        "--resume",
+        s(&ck),
+        "--epochs",
+        "2",
+        "--batch",
+        "10",
+        "-q",
+    ]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+}
+
+#[test]
+fn a_data_file_whose_name_is_not_utf8_is_found_again_on_resume() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (x, y) = teacher_data(40, 6, 2, 3);
+    // "d\xe9.npz": é in Latin-1, not UTF-8.
+    let data = d.join(std::ffi::OsStr::from_bytes(b"d\xe9.npz"));
+    write_npz(&data, &[("x", &x), ("y", &y)]);
+    let ck = d.join("r.ck");
+    let out = common::bin()
+        .arg("train")
+        .arg("--data")
+        .arg(&data)
+        .args([
+            "--batch",
+            "10",
+            "--epochs",
+            "1",
+            "--hidden",
+            "4",
+            "-q",
+            "--checkpoint",
+        ])
+        .arg(&ck)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let c = twolayer::checkpoint::AnyCheckpoint::read(&ck).unwrap();
+    let twolayer::checkpoint::DataSource::Dataset { files } = &c.header().data else {
+        panic!("a dataset run")
+    };
+    assert_eq!(files[0].path_buf(), std::fs::canonicalize(&data).unwrap());
+    let out = common::run(&["train", "--resume", s(&ck), "--epochs", "2", "-q"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+}

@@ -403,7 +403,7 @@ fn sigterm_to_a_multi_process_sweep_ends_its_child_and_removes_its_temporary_fol
     let out = tmp.path().join("out");
     let scratch = tmp.path().join("scratch");
     std::fs::create_dir(&scratch).unwrap();
-    let child = common::bin()
+    let mut child = common::bin()
         .args([
             "sweep",
             "--processes",
@@ -423,10 +423,17 @@ fn sigterm_to_a_multi_process_sweep_ends_its_child_and_removes_its_temporary_fol
     std::thread::sleep(std::time::Duration::from_millis(2000));
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(pid, libc::SIGTERM) };
+    // A watchdog for a hang (a sweep deaf to SIGTERM), not a timing check.
     let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > std::time::Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("the sweep did not stop on SIGTERM");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let o = child.wait_with_output().unwrap();
     let e = common::stderr(&o);
-    assert!(start.elapsed() < std::time::Duration::from_secs(10), "{e}");
     assert_eq!(o.status.code(), Some(143), "{e}");
     assert!(
         e.contains("stopped by SIGTERM in sweep process 1 of 2"),
@@ -487,4 +494,25 @@ fn a_report_file_that_cannot_be_written_names_the_ones_that_were() {
         e.contains("written before it: report.json, report.csv"),
         "{e}"
     );
+}
+
+#[test]
+fn a_sweep_does_not_write_over_its_own_grid() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let grid = out.join("report.md");
+    std::fs::write(&grid, "n = [8]\nd_in = [12]\nhidden = [4]\nd_out = [3]\n").unwrap();
+    let before = std::fs::read(&grid).unwrap();
+    let o = run(&[
+        "sweep",
+        "--grid",
+        grid.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("--grid") && e.contains("report.md"), "{e}");
+    assert_eq!(std::fs::read(&grid).unwrap(), before);
 }

@@ -263,3 +263,52 @@ fn candidates_cover_every_split_and_block() {
     );
     assert_eq!(PlanChoice::candidates(2, 64).len(), 2);
 }
+
+#[test]
+fn a_wisdom_plan_over_the_thread_budget_is_not_run() {
+    // A hand-edited entry asking for a million OpenBLAS threads got 64
+    // (66 OS threads on 2 cores): the budget now holds over what a file says.
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("w.json");
+    let shape = [
+        "--n", "700", "--d-in", "40", "--hidden", "24", "--d-out", "3",
+    ];
+    let o = bin()
+        .args(["tune", "--wisdom", s(&w), "--threads", "2"])
+        .args(shape)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut wisdom = Wisdom::read(&w).unwrap();
+    wisdom.entries[0].plan.blas_threads = 1_000_000;
+    wisdom.write(&w).unwrap();
+    let json = dir.path().join("s.json");
+    let o = bin()
+        .args([
+            "train",
+            "-q",
+            "--steps",
+            "3",
+            "--threads",
+            "2",
+            "--form",
+            "primal",
+        ])
+        .args(shape)
+        .args(["--wisdom", s(&w), "--json", s(&json)])
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert!(o.status.success(), "{e}");
+    assert!(
+        e.contains("over the budget of 2 thread(s); using the built-in plan"),
+        "{e}"
+    );
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let (shards, blas) = (
+        j["shards"].as_u64().unwrap(),
+        j["blas_threads"].as_u64().unwrap(),
+    );
+    assert!(shards * blas <= 2, "{j}");
+    assert_eq!(j["plan_source"], "the built-in rule", "{j}");
+}

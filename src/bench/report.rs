@@ -659,6 +659,16 @@ impl Report {
         s
     }
 
+    /// The files [`Report::write_all`] writes into its folder.
+    pub const FILES: [&'static str; 6] = [
+        "report.json",
+        "report.csv",
+        "report.md",
+        "gflops.svg",
+        "phases.svg",
+        "scaling.svg",
+    ];
+
     /// Writes report.json, report.csv, report.md, gflops.svg, phases.svg
     /// and scaling.svg into `dir` (created if missing), each atomically.
     /// A failure names the files written before it (a full disk once

@@ -134,6 +134,9 @@ impl ArrayFile {
         let header = read_npy_header(&mut entry).map_err(&bad)?;
         let a = Self::from_header(path, name, &header, size)?;
         let storage = if stored {
+            // Read once to its end so its CRC-32 is checked (rows are then
+            // read in any order, straight from the file).
+            crate::npz::drain_checked(&mut entry, size - header.header_bytes).map_err(&bad)?;
             let f = crate::input::open_regular(path)?;
             Storage::File(f, data_start + header.header_bytes)
         } else {
@@ -145,12 +148,17 @@ impl ArrayFile {
                 )));
             }
             let mut buf = Vec::with_capacity(bytes as usize);
+            // At most the declared bytes: a stream that inflates past them
+            // is refused at the first byte beyond, not inflated to its end.
             entry
+                .by_ref()
+                .take(bytes)
                 .read_to_end(&mut buf)
                 .map_err(|e| bad(format!("cannot decompress it ({e})")))?;
             if buf.len() as u64 != bytes {
                 return Err(bad("it is shorter than its header says".into()));
             }
+            crate::npz::check_end(&mut entry).map_err(&bad)?;
             Storage::Memory(buf)
         };
         Ok(ArrayFile { storage, ..a })

@@ -229,16 +229,26 @@ impl Tuned {
         threads: usize,
         mode: StepMode,
     ) -> Option<(PlanChoice, PlanSource)> {
-        self.wisdom
-            .lookup(&Key::of(shape, dtype, threads, mode))
-            .map(|e| {
-                (
-                    e.plan,
-                    PlanSource::Wisdom {
-                        path: self.path.clone(),
-                        date: e.date.clone(),
-                    },
-                )
-            })
+        let e = self.wisdom.lookup(&Key::of(shape, dtype, threads, mode))?;
+        // The file says what the plan is; the run's budget says how many
+        // threads it may have. A plan over budget (a hand-edited or foreign
+        // file: a million OpenBLAS threads) is not run.
+        let asked = e.plan.shards.saturating_mul(e.plan.blas_threads);
+        if e.plan.shards == 0 || e.plan.blas_threads == 0 || asked > threads {
+            eprintln!(
+                "twolayer: warning: {}: the plan tuned for this run asks for {} shard(s) × {} OpenBLAS thread(s), over the budget of {threads} thread(s); using the built-in plan",
+                self.path.display(),
+                e.plan.shards,
+                e.plan.blas_threads
+            );
+            return None;
+        }
+        Some((
+            e.plan,
+            PlanSource::Wisdom {
+                path: self.path.clone(),
+                date: e.date.clone(),
+            },
+        ))
     }
 }

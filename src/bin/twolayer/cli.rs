@@ -18,6 +18,12 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// Let an output path that is a symbolic link write the file the link
+    /// points to (atomically, the link kept); without it such a path is
+    /// refused, since replacing it would replace the link (`/dev/stdout`
+    /// redirected to a file is one)
+    #[arg(long = "follow-links", global = true)]
+    pub follow_links: bool,
 }
 
 /// The subcommands.
@@ -216,6 +222,10 @@ pub struct TrainArgs {
     /// at the end, and when stopped by Ctrl-C or SIGTERM
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
+    /// Let a new run's --checkpoint replace a file already there (by
+    /// default a run refuses to overwrite another run's checkpoint)
+    #[arg(long = "replace-checkpoint", requires = "checkpoint")]
+    pub replace_checkpoint: bool,
     /// Steps between checkpoints
     #[arg(long = "checkpoint-every", default_value = "100", value_parser = positive, allow_negative_numbers = true)]
     pub checkpoint_every: usize,

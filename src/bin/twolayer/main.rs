@@ -13,12 +13,41 @@ macro_rules! say {
 }
 
 /// `print!` that never panics: a closed stdout (`| head`) ends the output,
-/// not the program with a panic.
+/// not the program with a panic. A failed write is remembered
+/// ([`stdout_result`]) so that the command exits non-zero when its output
+/// did not reach a full disk or device (`> /dev/full`).
 macro_rules! out {
     ($($t:tt)*) => {{
         use std::io::Write as _;
-        let _ = write!(std::io::stdout(), $($t)*);
+        if let Err(e) = write!(std::io::stdout(), $($t)*) {
+            $crate::stdout_failed(e);
+        }
     }};
+}
+
+/// The first error writing stdout, if any.
+static STDOUT_ERROR: std::sync::OnceLock<std::io::Error> = std::sync::OnceLock::new();
+
+/// Records a failed write to stdout (the first one is kept).
+fn stdout_failed(e: std::io::Error) {
+    let _ = STDOUT_ERROR.set(e);
+}
+
+/// Flushes stdout and says whether everything written to it arrived: a
+/// closed pipe (`| head`, whose reader had enough) counts as arrived, any
+/// other failure is an error.
+fn stdout_result() -> twolayer::Result<()> {
+    use std::io::Write as _;
+    if let Err(e) = std::io::stdout().flush() {
+        stdout_failed(e);
+    }
+    match STDOUT_ERROR.get() {
+        Some(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(twolayer::Error::write(
+            std::path::Path::new("<stdout>"),
+            e.to_string(),
+        )),
+        _ => Ok(()),
+    }
 }
 
 mod cli;
@@ -35,6 +64,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
+    twolayer::output::set_follow_links(cli.follow_links);
     // OpenBLAS reads its idle-spin setting only at load time: restart with
     // it set (a no-op when it already is). See `blas` for why it matters.
     if let Some(e) = blas::reexec_with_short_spin() {
@@ -65,7 +95,7 @@ fn main() -> ExitCode {
         Command::Compare(args) => {
             // 0: no regression; 1: a regression; 2: reports that cannot be
             // compared (a gate must not read those as "no regression").
-            return match commands::compare::run(args) {
+            return match commands::compare::run(args).and_then(|o| stdout_result().map(|()| o)) {
                 Ok(commands::compare::Outcome::Pass) => ExitCode::SUCCESS,
                 Ok(commands::compare::Outcome::Regression) => ExitCode::FAILURE,
                 Err(e) => {
@@ -75,7 +105,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    match result {
+    match result.and_then(|()| stdout_result()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(twolayer::Error::Interrupted { signal, msg }) => {
             // Empty when already said (an MPI rank says it before MPI ends).

@@ -17,8 +17,10 @@ use twolayer::{blas, threads};
 /// x alone: a `.npy`, or the `x` of a `.npz`.
 fn open_x(path: &Path) -> Result<ArrayFile> {
     let mut magic = [0u8; 4];
-    let is_zip = std::fs::File::open(path)
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+    // Opened as every input is (non-blocking, regular files only): a FIFO
+    // with no writer blocked this open for good.
+    let is_zip = twolayer::input::open_regular(path)?;
+    let is_zip = std::io::Read::read_exact(&mut { is_zip }, &mut magic)
         .map(|()| &magic == b"PK\x03\x04")
         .unwrap_or(false);
     if is_zip {

@@ -529,6 +529,24 @@ fn from_checkpoint(args: &TrainArgs, path: &Path, ranks: usize) -> Result<RunSpe
             ))
         }
     };
+    // --batch alone may come with --resume (--data and the flags that
+    // need it cannot): it must agree with the run, as --lr must.
+    if let Some(b) = args.batch {
+        match &minibatch {
+            Some(m) if m.header.batch != b => {
+                return Err(Error::invalid(format!(
+                    "--batch {b} disagrees with {what} (batches of {}); a resumed run keeps its settings",
+                    m.header.batch
+                )))
+            }
+            Some(_) => {}
+            None => {
+                return Err(Error::invalid(format!(
+                    "--batch needs a minibatch run, and {what} is not one"
+                )))
+            }
+        }
+    }
     let total_steps = match (&minibatch, args.epochs) {
         (Some(m), Some(e)) => {
             let t = e as u64 * m.schedule.batches_per_epoch();
@@ -565,11 +583,7 @@ fn resume_minibatch(m: &MinibatchHeader, files: &[FileRef], what: &str) -> Resul
     for f in m.val.iter().flatten() {
         f.check_unchanged()?;
     }
-    let paths = |fs: &[FileRef]| {
-        fs.iter()
-            .map(|f| PathBuf::from(&f.path))
-            .collect::<Vec<_>>()
-    };
+    let paths = |fs: &[FileRef]| fs.iter().map(FileRef::path_buf).collect::<Vec<_>>();
     let dataset = Dataset::open(&paths(files))?;
     if dataset.rows() != m.rows {
         return Err(Error::invalid(format!(
@@ -623,8 +637,13 @@ fn check_source_unchanged(src: &DataSource) -> Result<()> {
     match src {
         DataSource::Seeded { .. } => Ok(()),
         // An --init file was hashed whole: the same check as a dataset's.
-        DataSource::File { path, sha256 } => FileRef {
+        DataSource::File {
+            path,
+            path_hex,
+            sha256,
+        } => FileRef {
             path: path.clone(),
+            path_hex: path_hex.clone(),
             sha256: sha256.clone(),
             sampled: false,
         }

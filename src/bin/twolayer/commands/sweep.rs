@@ -118,7 +118,21 @@ fn check_out_dir(args: &SweepArgs) -> Result<()> {
         return Err(Error::write(dir, "it exists and is not a directory"));
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::write(dir, e))?;
-    output::check_writable(&dir.join("report.json"))
+    output::check_writable(&dir.join("report.json"))?;
+    // The files the sweep reads must not be among those it writes
+    // (`--grid out/report.md --out out` overwrote its own grid).
+    let mut inputs: Vec<(&str, &std::path::Path)> = Vec::new();
+    if let Some(g) = &args.points.grid {
+        inputs.push(("--grid", g));
+    }
+    let wisdom = super::tune::wisdom_path(&args.wisdom, args.no_wisdom);
+    if let Some(w) = &wisdom {
+        inputs.push(("the wisdom file", w));
+    }
+    let written: Vec<std::path::PathBuf> = Report::FILES.iter().map(|f| dir.join(f)).collect();
+    let outputs: Vec<(&str, &std::path::Path)> =
+        written.iter().map(|p| ("--out", p.as_path())).collect();
+    output::check_distinct(&inputs, &outputs)
 }
 
 /// Prints the report's Markdown and writes its files to `--out`.

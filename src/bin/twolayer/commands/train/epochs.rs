@@ -31,8 +31,11 @@ pub(super) fn minibatches<F: Real>(args: &TrainArgs, spec: RunSpec, mb: Minibatc
         Start::Init { .. } => unreachable!("--data conflicts with --init"),
     };
     let batch_buf = twolayer::minibatch::empty_batch::<F>(&mb.dataset, batch);
-    let mut trainer =
-        Trainer::resume(batch_buf, weights, spec.lr, spec.mode, losses)?.with_loss(spec.loss);
+    let mut trainer = super::bound_losses(
+        args,
+        Trainer::resume(batch_buf, weights, spec.lr, spec.mode, losses)?.with_loss(spec.loss),
+        mb.schedule.batches_per_epoch() as usize,
+    );
     let signals = Signals::get()?;
     signals.before_training()?;
     let mut rep = Reporter::new(args, &cfg, true, batch);
@@ -97,7 +100,9 @@ pub(super) fn end_of_epoch<F: Real>(
 ) -> Result<EpochRecord> {
     use twolayer::predict::{evaluate, Rows};
     let per_epoch = mb.schedule.batches_per_epoch() as usize;
-    let losses = &t.losses()[t.steps_done() - per_epoch..];
+    let losses = t
+        .losses_since(t.steps_done() - per_epoch)
+        .expect("a bounded history keeps at least an epoch's losses");
     let train_loss = losses.iter().sum::<f64>() / losses.len() as f64;
     let batch = mb.schedule.batch();
     let errors = match (&mb.val, mb.schedule.val_rows()) {

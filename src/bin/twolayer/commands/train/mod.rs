@@ -18,7 +18,7 @@ use crate::cli::TrainArgs;
 use crate::signals::Signals;
 use report::{Reporter, RunConfig};
 use std::path::Path;
-use twolayer::checkpoint::DataSource;
+use twolayer::checkpoint::{AnyCheckpoint, DataSource};
 use twolayer::error::{Error, Result};
 use twolayer::net::{Data, Weights};
 use twolayer::npz;
@@ -69,8 +69,9 @@ fn check_files_distinct(args: &TrainArgs, spec: &RunSpec) -> Result<()> {
     if let Some(p) = &args.resume {
         inputs.push(("--resume", p));
     }
-    if let DataSource::File { path, .. } = &spec.data {
-        inputs.push(("the run's data file", Path::new(path)));
+    let init_file = spec.data.file_path();
+    if let Some(path) = &init_file {
+        inputs.push(("the run's data file", path));
     }
     if let Some(m) = &spec.minibatch {
         for f in m.dataset.files() {
@@ -82,6 +83,12 @@ fn check_files_distinct(args: &TrainArgs, spec: &RunSpec) -> Result<()> {
     }
     if let Some(p) = &args.weights {
         inputs.push(("--weights", p));
+    }
+    // The tuned plans are read too (from --wisdom, TWOLAYER_WISDOM or the
+    // default file): an output onto them would destroy them.
+    let wisdom = super::tune::wisdom_path(&args.wisdom, args.no_wisdom);
+    if let Some(p) = &wisdom {
+        inputs.push(("the wisdom file", p));
     }
     let outputs: Vec<(&str, &Path)> = [
         ("--save", &args.save),
@@ -105,7 +112,28 @@ fn check_files_distinct(args: &TrainArgs, spec: &RunSpec) -> Result<()> {
             .collect(),
         None => outputs,
     };
-    output::check_distinct(&inputs, &outputs)
+    output::check_distinct(&inputs, &outputs)?;
+    // A checkpoint already at --checkpoint is another run's state (hours
+    // of it, perhaps): a new run does not replace it unless told to.
+    if let (Some(p), None) = (&args.checkpoint, &args.resume) {
+        let existing = std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file() && m.len() > 0);
+        if existing && !args.replace_checkpoint {
+            let what = match AnyCheckpoint::read(p) {
+                Ok(c) => format!(
+                    "a checkpoint of another run ({} of {} steps done)",
+                    c.header().steps_done,
+                    c.header().total_steps
+                ),
+                Err(_) => "a file that is not a checkpoint".to_string(),
+            };
+            return Err(Error::invalid(format!(
+                "--checkpoint {} already holds {what}: continue it with --resume {}, or pass --replace-checkpoint to start a new run over it",
+                p.display(),
+                p.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Seeded weights: standard normal, or scaled for their layers.
@@ -132,7 +160,21 @@ fn single<F: Real>(args: &TrainArgs, mut spec: RunSpec) -> Result<()> {
     // The primal step's plan: a checkpoint's, for the same bits; else a
     // tuned one from the wisdom file; else the built-in rule's.
     let from_checkpoint = match &spec.start {
-        Start::Resume(c) => c.header().plan,
+        Start::Resume(c) => c.header().plan.filter(|p| {
+            // The resume's thread budget holds over what the file says:
+            // OpenBLAS starts the threads a plan asks for, while shards
+            // beyond the budget only queue on rayon's threads (a resume on
+            // fewer threads runs the same shards, for the same bits).
+            let within = p.shards >= 1 && p.blas_threads >= 1 && p.blas_threads <= spec.threads;
+            if !within {
+                say!(
+                    "twolayer: warning: the checkpoint's plan asks for {} OpenBLAS thread(s) per GEMM, over the budget of {} thread(s); using the built-in plan, so the losses will match an unbroken run to rounding, not bit for bit",
+                    p.blas_threads,
+                    spec.threads
+                );
+            }
+            within
+        }),
         _ => None,
     };
     let tuned = match from_checkpoint {
@@ -193,18 +235,37 @@ fn data_from_source<F: Real>(
 ) -> Result<Data<F>> {
     match src {
         DataSource::Seeded { seed } => Ok(Data::random_rows(shape, *seed, rows.start, rows.len())),
-        DataSource::File { path, .. } => npz::load_rows::<F>(Path::new(path), rows),
+        DataSource::File { path, path_hex, .. } => npz::load_rows::<F>(
+            &twolayer::checkpoint::stored_path(path, path_hex.as_deref()),
+            rows,
+        ),
         DataSource::Dataset { .. } => Err(Error::invalid(
             "a minibatch run's data is read a batch at a time, not as one batch",
         )),
     }
 }
 
-fn train_and_report<F: Real>(
+/// Losses a run keeps at least when no output needs them all.
+const LOSS_WINDOW: usize = 1 << 16;
+
+/// A trainer whose loss history is bounded when nothing the run writes
+/// needs every loss (no `--losses`, no `--checkpoint`): the memory of a run
+/// then stays the same whatever its step count. `per_epoch`: the losses an
+/// epoch's summary averages (1 for a fixed batch).
+pub(super) fn bound_losses<F: Real>(
     args: &TrainArgs,
-    mut trainer: Trainer<F>,
-    cfg: RunConfig,
-) -> Result<()> {
+    trainer: Trainer<F>,
+    per_epoch: usize,
+) -> Trainer<F> {
+    if args.losses.is_some() || args.checkpoint.is_some() {
+        trainer
+    } else {
+        trainer.keep_latest_losses(LOSS_WINDOW.max(per_epoch))
+    }
+}
+
+fn train_and_report<F: Real>(args: &TrainArgs, trainer: Trainer<F>, cfg: RunConfig) -> Result<()> {
+    let mut trainer = bound_losses(args, trainer, 1);
     let signals = Signals::get()?;
     signals.before_training()?;
     let to_run = cfg.total_steps - trainer.steps_done();

@@ -353,11 +353,12 @@ impl<'a> Reporter<'a> {
             }
             (r, _) => r?,
         };
-        if let Some(e) = self.ckpt_err {
-            return Err(e);
-        }
+        // A checkpoint or metrics write that failed during the run stopped
+        // it (or not, for metrics); either way every other output is still
+        // written below, and the failures reported together after them.
+        let mut failed: Vec<Error> = self.ckpt_err.take().into_iter().collect();
         if !self.lead {
-            return Ok(());
+            return failed.into_iter().next().map_or(Ok(()), Err);
         }
         if stats.steps == 0 && signal.is_none() {
             // A resume of a finished run: nothing ran, nothing to report
@@ -371,18 +372,50 @@ impl<'a> Reporter<'a> {
         }
         // The files first, whatever happened to stdout: a full disk under
         // `> train.log` must not cost the weights.
+        // Each is written whatever happened to the others: one full disk
+        // or bad device must not cost the rest.
         let (args, cfg) = (self.args, self.cfg);
+        let mut written: Vec<String> = Vec::new();
+        let mut keep = |flag: &str, p: &Path, r: Result<()>| match r {
+            Ok(()) => written.push(format!("{flag} {}", p.display())),
+            Err(e) => failed.push(e),
+        };
         if let Some(p) = &args.checkpoint {
-            snapshot(trainer, cfg, self.n_total, &self.history).write(p)?;
+            keep(
+                "--checkpoint",
+                p,
+                snapshot(trainer, cfg, self.n_total, &self.history).write(p),
+            );
         }
         if let Some(p) = &args.metrics {
-            write_metrics(p, &self.history)?;
+            keep("--metrics", p, write_metrics(p, &self.history));
         }
         if let Some(p) = &args.losses {
-            output::write_losses(p, 0, trainer.losses())?;
+            keep("--losses", p, output::write_losses(p, 0, trainer.losses()));
         }
         if let Some(p) = &args.save {
-            npz::save_weights(p, trainer.weights())?;
+            keep("--save", p, npz::save_weights(p, trainer.weights()));
+        }
+        if let Some(first) = failed.first() {
+            // The same failure twice (a metrics file that failed at an
+            // epoch and again at the end) is said once.
+            let mut others: Vec<String> = Vec::new();
+            for e in failed[1..].iter().map(|e| e.to_string()) {
+                if e != first.to_string() && !others.contains(&e) {
+                    others.push(e);
+                }
+            }
+            let others = others.join("; ");
+            let mut msg = first.to_string();
+            if !others.is_empty() {
+                msg.push_str(&format!("; also {others}"));
+            }
+            msg.push_str(&if written.is_empty() {
+                "; no other output was asked for or written".to_string()
+            } else {
+                format!("; written all the same: {}", written.join(", "))
+            });
+            return Err(Error::invalid(msg));
         }
         // A closed pipe (`twolayer train | head`) means the reader has seen
         // enough: the run ends quietly, its files written. Any other
@@ -452,7 +485,7 @@ impl<'a> Reporter<'a> {
             twolayer::shape::peak_rss_bytes()
                 .map(|b| twolayer::error::human_bytes(b as f64))
                 .unwrap_or_else(|| "unknown".into()),
-            trainer.losses().last().copied().unwrap_or(f64::NAN),
+            trainer.last_loss().unwrap_or(f64::NAN),
         );
         if let Some(p) = &args.json {
             let summary = Summary {
@@ -478,7 +511,7 @@ impl<'a> Reporter<'a> {
                 blas_library: blas::Library::current(),
                 ranks: cfg.ranks,
                 loss: cfg.loss.name(),
-                final_loss: trainer.losses().last().copied(),
+                final_loss: trainer.last_loss(),
                 peak_rss_bytes: twolayer::shape::peak_rss_bytes(),
                 epochs: self.history.clone(),
                 stopped_by: signal.map(signal_name),
