@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Measures the regression gate on this machine, as docs/regression-gate.md
-# reports it: its false alarms on unchanged code and its power against four
+# reports it: its false alarms on unchanged code and its power against five
 # kinds of real slowdown, each built in by its own Cargo feature (see
-# src/step/selftest.rs; release builds never carry them):
+# src/step/selftest.rs and src/step/dual.rs; release builds never carry them):
 #   extra-work     selftest-slow-step      every step spins 15% of its time
 #   small-blocks   selftest-small-blocks   GEMMs in blocks of 16 rows
 #   more-shards    selftest-oversubscribe  twice as many shards as cores
 #   one-gemm       selftest-one-gemm       no shards: both cores share each GEMM
+#   no-dual        selftest-no-dual        the form rule never picks the dual form:
+#                                          `twolayer train`'s default run ~10x slower
 #
 # Each run is the CI gate's measurement, widened to six builds: K rounds
 # (K = --pairs, 8 as in CI) of fresh sweeps of benchmarks/gate.toml, each
-# round running the base, the same build again, and the four slow builds in
+# round running the base, the same build again, and the five slow builds in
 # rotated order; then `twolayer compare --paired` of the base against each.
 #
 # Usage: scripts/gate-selftest.sh [RUNS] [--pairs K]   (defaults: 20, 8)
@@ -33,8 +35,8 @@ mkdir -p "$out/bin"
 
 cargo build --release --quiet
 cp target/release/twolayer "$out/bin/base"
-kinds=(extra-work small-blocks more-shards one-gemm)
-features=(selftest-slow-step selftest-small-blocks selftest-oversubscribe selftest-one-gemm)
+kinds=(extra-work small-blocks more-shards one-gemm no-dual)
+features=(selftest-slow-step selftest-small-blocks selftest-oversubscribe selftest-one-gemm selftest-no-dual)
 for i in "${!kinds[@]}"; do
   cargo build --release --quiet --features "${features[$i]}" --target-dir target/selftest
   cp target/selftest/release/twolayer "$out/bin/${kinds[$i]}"

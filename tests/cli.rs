@@ -1283,3 +1283,57 @@ fn an_output_that_is_a_link_to_a_file_is_refused_unless_followed() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(parse_losses(&String::from_utf8_lossy(&o.stdout)).len(), 3);
 }
+
+#[test]
+fn info_and_sweep_say_when_other_processes_hold_the_cores() {
+    // Two spinning processes, as many as these machines have cores, for
+    // the length of an `info` and a small sweep: both name the load.
+    let mut spin: Vec<_> = (0..2)
+        .map(|_| {
+            std::process::Command::new("sh")
+                .args(["-c", "while :; do :; done"])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let o = run(&["info", "--json"]);
+    let dir = tempfile::tempdir().unwrap();
+    let s = run(&[
+        "sweep",
+        "--n",
+        "256",
+        "--d-in",
+        "200",
+        "--hidden",
+        "50",
+        "--d-out",
+        "3",
+        "--budget",
+        "0.5",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    for k in &mut spin {
+        let _ = k.kill();
+        let _ = k.wait();
+    }
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let share = j["load"]["others_share"].as_f64().unwrap();
+    let slowed = j["env"]["warnings"].to_string();
+    assert!(
+        share > 0.10 && slowed.contains("other processes used"),
+        "{j}"
+    );
+    assert!(s.status.success(), "{}", stderr(&s));
+    assert!(
+        stderr(&s).contains("twolayer: warning: other processes used"),
+        "{}",
+        stderr(&s)
+    );
+    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(
+        md.contains("Slowed by the environment: other processes used"),
+        "{md}"
+    );
+}

@@ -119,6 +119,7 @@ pub fn run_grid_mpi(grid: &Grid, cluster: &Cluster, how: AllreducePlan) -> Resul
         env,
         timing: grid.timing,
         points,
+        load: None,
     })
 }
 

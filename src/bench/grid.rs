@@ -5,7 +5,8 @@
 use crate::error::{Error, Result};
 use crate::scalar::Dtype;
 use crate::shape::Shape;
-use crate::step::{Plan, StepMode};
+use crate::step::dual::Dual;
+use crate::step::{Form, Plan, StepMode};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -51,6 +52,10 @@ pub struct Point {
     pub dtype: Dtype,
     /// Thread budget (rayon and OpenBLAS).
     pub threads: usize,
+    /// The step's form at this point: by default the one `twolayer train`
+    /// runs for the shape ([`Form::as_train_runs`]), so that a sweep, the
+    /// tuner and the regression gate time what users run.
+    pub form: Form,
 }
 
 /// A validated list of points and how to time them.
@@ -96,6 +101,9 @@ pub struct GridSpec {
     pub dtype: Option<Vec<String>>,
     /// Thread counts.
     pub threads: Option<Vec<usize>>,
+    /// The step's form: "auto" (the default: the form `twolayer train`
+    /// runs for each shape), "primal" or "dual".
+    pub form: Option<String>,
     /// Per-point timing.
     pub timing: Option<Timing>,
 }
@@ -270,16 +278,35 @@ impl GridSpec {
                 "timing needs min_steps ≥ 1, rounds ≥ 1 and a finite budget_s ≥ 0",
             ));
         }
+        let form_of = |shape: Shape| -> Result<Form> {
+            match self.form.as_deref().map(str::trim) {
+                None | Some("auto") if mode == StepMode::Explicit => Ok(Form::Primal),
+                None | Some("auto") => Ok(Form::as_train_runs(shape)),
+                Some("primal") => Ok(Form::Primal),
+                Some("dual") if mode == StepMode::Explicit => Err(Error::invalid(
+                    "form dual applies its update itself; it cannot run with --step-mode explicit",
+                )),
+                Some("dual") => Ok(Form::Dual),
+                Some(other) => Err(Error::invalid(format!(
+                    "unknown form '{other}' (auto, primal or dual)"
+                ))),
+            }
+        };
         let mut points = Vec::new();
         for &shape in &shapes {
+            let form = form_of(shape)?;
             for &dtype in &dtypes {
                 for &t in &threads {
                     let plan = Plan::new(shape, dtype, t, mode);
                     plan.check_fits_memory(shape, dtype, mode)?;
+                    if form == Form::Dual {
+                        shape.check_bytes_fit(Dual::<f64>::bytes(shape, dtype), dtype)?;
+                    }
                     points.push(Point {
                         shape,
                         dtype,
                         threads: t,
+                        form,
                     });
                 }
             }

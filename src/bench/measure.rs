@@ -10,8 +10,9 @@ use crate::blas;
 use crate::error::Result;
 use crate::net::{Data, Weights};
 use crate::scalar::{Dtype, Real};
+use crate::step::dual::Dual;
 use crate::step::{
-    self, Gradients, LearningRates, Phase, Plan, PlanChoice, Probe, StepMode, Workspace,
+    self, Form, Gradients, LearningRates, Phase, Plan, PlanChoice, Probe, StepMode, Workspace,
 };
 use crate::tune::wisdom::PlanSource;
 use ndarray::linalg::general_mat_mul;
@@ -151,7 +152,7 @@ impl Samples {
         let steps = Stats::from_samples(self.step_ms);
         let gemm = Stats::from_samples(self.gemm_ms);
         let gflops = shape.flops_per_step() / (steps.median * 1e-3) / 1e9;
-        PointReport {
+        let mut report = PointReport {
             n: shape.n,
             d_in: shape.d_in,
             hidden: shape.hidden,
@@ -163,6 +164,7 @@ impl Samples {
                 StepMode::Explicit => "explicit",
             }
             .to_string(),
+            form: self.point.form.name().to_string(),
             steps_timed: steps.samples.len(),
             samples_per_s: shape.n as f64 / (steps.median * 1e-3),
             gflops,
@@ -177,9 +179,14 @@ impl Samples {
             workspace_bytes: self.workspace_bytes,
             peak_rss_bytes: self.peak_rss_bytes,
             rss_growth_bytes: self.rss_growth_bytes,
-            plan: Some(PlanReport::of(self.plan.0, self.plan.1)),
+            // The dual form runs no plan of shards and blocks.
+            plan: (self.point.form == Form::Primal)
+                .then(|| PlanReport::of(self.plan.0, self.plan.1)),
             mpi: None,
-        }
+            warnings: Vec::new(),
+        };
+        report.warnings = super::quality::point_warnings(&report);
+        report
     }
 }
 
@@ -223,20 +230,23 @@ fn measure<F: Real>(
 
     let data = Data::<F>::random(shape, 0);
     let mut weights = Weights::<F>::random(shape, 0);
-    let mut ws = Workspace::<F>::with_plan(shape, plan);
-    let mut grads = explicit.then(|| Gradients::<F>::zeros(shape));
     let lr = LearningRates::uniform(BENCH_LR);
 
-    // One step in the requested form, as the Trainer runs it.
-    let mut one_step =
-        |ws: &mut Workspace<F>, w: &mut Weights<F>, probe: &mut (dyn FnMut(Phase) + Send)| {
-            step::update(ws, &data, w, grads.as_mut(), lr, &mut FnProbe(probe))
-        };
+    // The step in the point's form, as the Trainer runs it: the primal
+    // step through the plan's workspace (fused or with explicit
+    // gradients), or the dual form's step on C.
+    let mut stepper = match point.form {
+        Form::Primal => Stepper::Primal {
+            ws: Workspace::<F>::with_plan(shape, plan),
+            grads: explicit.then(|| Gradients::<F>::zeros(shape)),
+        },
+        Form::Dual => Stepper::Dual(Dual::new(&data, &weights.w1, None, point.threads)?),
+    };
     for _ in 0..timing.warmup {
-        one_step(&mut ws, &mut weights, &mut |_| {});
+        stepper.step(&data, &mut weights, lr, &mut |_| {});
     }
     for _ in 0..timing.warmup.max(1) {
-        step::gemms_only(&mut ws, &data, &mut weights, lr);
+        stepper.gemms_only(&data, &mut weights, lr);
     }
 
     // Step and GEMMs alone, interleaved sample by sample; after every
@@ -246,20 +256,20 @@ fn measure<F: Real>(
     let mut phases = PhaseSamples::default();
     while timed.wants_more(min_steps, budget_s) {
         let t0 = Instant::now();
-        let loss = one_step(&mut ws, &mut weights, &mut |_| {});
+        let loss = stepper.step(&data, &mut weights, lr, &mut |_| {});
         let t1 = Instant::now();
-        step::gemms_only(&mut ws, &data, &mut weights, lr);
+        stepper.gemms_only(&data, &mut weights, lr);
         std::hint::black_box(loss);
         timed.push(t0, t1, Instant::now());
         if timed.step_ms.len() % 3 == 0 && phases.len() < MAX_PHASE_SAMPLES {
             phases.take(|timer| {
-                one_step(&mut ws, &mut weights, &mut |p| timer.done(p));
+                stepper.step(&data, &mut weights, lr, &mut |p| timer.done(p));
             });
         }
     }
     while phases.len() < MIN_PHASE_SAMPLES {
         phases.take(|timer| {
-            one_step(&mut ws, &mut weights, &mut |p| timer.done(p));
+            stepper.step(&data, &mut weights, lr, &mut |p| timer.done(p));
         });
     }
     let Interleaved {
@@ -272,11 +282,55 @@ fn measure<F: Real>(
         step_ms,
         gemm_ms,
         phases,
-        workspace_bytes: plan.training_bytes(shape, F::DTYPE, mode) as u64,
+        workspace_bytes: match point.form {
+            Form::Primal => plan.training_bytes(shape, F::DTYPE, mode) as u64,
+            Form::Dual => {
+                ((shape.data_elems() + shape.weight_elems()) * F::DTYPE.size() as u128
+                    + Dual::<F>::bytes(shape, F::DTYPE)) as u64
+            }
+        },
         peak_rss_bytes,
         rss_growth_bytes,
         plan: (plan, source.to_string()),
     })
+}
+
+/// One step of a point in its form, with the buffers that form needs.
+enum Stepper<F> {
+    /// The primal step: the plan's workspace, and gradient buffers for
+    /// the explicit mode.
+    Primal {
+        ws: Workspace<F>,
+        grads: Option<Gradients<F>>,
+    },
+    /// The dual form's state (G, P, C and its buffers).
+    Dual(Dual<F>),
+}
+
+impl<F: Real> Stepper<F> {
+    /// One step, its phases reported to `probe`; returns the loss.
+    fn step(
+        &mut self,
+        data: &Data<F>,
+        w: &mut Weights<F>,
+        lr: LearningRates,
+        probe: &mut (dyn FnMut(Phase) + Send),
+    ) -> f64 {
+        match self {
+            Stepper::Primal { ws, grads } => {
+                step::update(ws, data, w, grads.as_mut(), lr, &mut FnProbe(probe))
+            }
+            Stepper::Dual(d) => d.step_probed(&data.y, &mut w.w2, lr, &mut FnProbe(probe)),
+        }
+    }
+
+    /// The same step's GEMMs alone.
+    fn gemms_only(&mut self, data: &Data<F>, w: &mut Weights<F>, lr: LearningRates) {
+        match self {
+            Stepper::Primal { ws, .. } => step::gemms_only(ws, data, w, lr),
+            Stepper::Dual(d) => d.gemms_only(&data.y, &mut w.w2, lr),
+        }
+    }
 }
 
 /// Fewest instrumented steps per point and round.

@@ -12,5 +12,6 @@ pub mod data_parallel;
 pub mod env;
 pub mod grid;
 pub mod measure;
+pub mod quality;
 pub mod report;
 pub mod run;

@@ -34,6 +34,10 @@ pub struct Report {
     pub timing: Timing,
     /// One entry per point, in the order they ran.
     pub points: Vec<PointReport>,
+    /// What the rest of the machine did while the sweep ran (absent from
+    /// older reports, and where /proc/stat cannot be read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<super::quality::MachineLoad>,
 }
 
 /// A set of samples (milliseconds, or GFLOP/s for a GEMM rate) in brief:
@@ -243,6 +247,10 @@ impl PhaseTimes {
     }
 }
 
+fn primal() -> String {
+    "primal".into()
+}
+
 /// One measured point.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PointReport {
@@ -260,6 +268,10 @@ pub struct PointReport {
     pub threads: usize,
     /// `fused` or `explicit`.
     pub step_mode: String,
+    /// The step's form: `primal` or `dual` (absent from older reports,
+    /// which timed the primal step only).
+    #[serde(default = "primal")]
+    pub form: String,
     /// Number of timed steps.
     pub steps_timed: usize,
     /// Milliseconds per step.
@@ -307,6 +319,11 @@ pub struct PointReport {
     /// a single process's report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mpi: Option<MpiPoint>,
+    /// What the point's own numbers say is off about them
+    /// ([`super::quality::point_warnings`]); empty when nothing is (and
+    /// in older reports).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// How a point's step divided its work ([`crate::Plan`]).
@@ -461,7 +478,7 @@ impl Report {
              workspace_bytes,peak_rss_bytes,ranks,allreduce,allreduce_pieces,allreduce_ms,\
              single_rank_ms,scaling_efficiency,join_ms,instrumented_step_ms,ms_mean,ms_sd,\
              ms_min,ms_max,outliers_low,outliers_high,rss_growth_bytes,machine_gemm_gflops_min,\
-             machine_gemm_gflops_max\n",
+             machine_gemm_gflops_max,form\n",
         );
         for p in &self.points {
             let ph = &p.phases;
@@ -521,7 +538,7 @@ impl Report {
                 });
             let _ = writeln!(
                 s,
-                ",{},{},{},{},{},{},{},{},{},{},{}",
+                ",{},{},{},{},{},{},{},{},{},{},{},{}",
                 ph.join,
                 ph.instrumented_step_ms,
                 st.mean,
@@ -532,7 +549,8 @@ impl Report {
                 st.outliers_high,
                 p.rss_growth_bytes,
                 rate_min,
-                rate_max
+                rate_max,
+                p.form
             );
         }
         s
@@ -573,7 +591,13 @@ impl Report {
                 s,
                 "| {} | {} | {} | {} [{}, {}] | {} ± {} | {} | {:.0} | {:.1} | {:.0}% | {} | {:.2} | {name} {} | {} / {} |",
                 p.shape_label(),
-                p.dtype,
+                // The dual form's GFLOP/s are primal-equivalent (the primal
+                // step's FLOP count over the dual step's time).
+                if p.form == "dual" {
+                    format!("{} dual", p.dtype)
+                } else {
+                    p.dtype.clone()
+                },
                 p.threads,
                 fmt_ms(p.ms_per_step.median),
                 fmt_ms(p.ms_per_step.p10),
@@ -590,6 +614,27 @@ impl Report {
                 human_bytes(p.workspace_bytes as f64),
                 human_bytes(p.rss_growth_bytes as f64),
             );
+        }
+        // Whether the figures can be taken as they stand.
+        let flagged: Vec<&PointReport> = self
+            .points
+            .iter()
+            .filter(|p| !p.warnings.is_empty())
+            .collect();
+        if flagged.is_empty() && self.env.warnings.is_empty() {
+            s.push_str("\nMeasurement: clean (no point with too many outliers, too wide a spread, an impossible ratio or phases that miss the step; no other load seen).\n");
+        } else if !flagged.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n**Measurement not clean** at {} of {} points; take these figures with care:\n",
+                flagged.len(),
+                self.points.len()
+            );
+            for p in flagged {
+                for w in &p.warnings {
+                    let _ = writeln!(s, "- {} {} ×{}: {w}", p.shape_label(), p.dtype, p.threads);
+                }
+            }
         }
         if self.points.iter().any(|p| p.mpi.is_some()) {
             s.push_str(

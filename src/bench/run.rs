@@ -16,7 +16,8 @@ use std::collections::BTreeMap;
 /// the plan `wisdom` (a wisdom file, when given and present) holds for it,
 /// else the built-in rule's.
 pub fn run_grid(grid: &Grid, mode: StepMode, wisdom: Option<&std::path::Path>) -> Result<Report> {
-    let env = Env::capture();
+    let mut env = Env::capture();
+    let watch = super::quality::LoadWatch::start();
     let pools = pools(grid)?;
     let bar = progress_bar(
         grid.points.len() * grid.timing.rounds.max(1),
@@ -55,11 +56,16 @@ pub fn run_grid(grid: &Grid, mode: StepMode, wisdom: Option<&std::path::Path>) -
         })
         .collect();
     bar.finish_and_clear();
+    // What the rest of the machine did meanwhile: its warnings join the
+    // environment's ("slowed by").
+    let load = watch.and_then(|w| w.finish());
+    env.warnings.extend(load.iter().flat_map(|l| l.warnings()));
     Ok(Report {
         schema_version: SCHEMA_VERSION,
         env,
         timing: grid.timing,
         points,
+        load,
     })
 }
 

@@ -30,6 +30,7 @@
 //! G and P cost 2·N²·D_in + 2·N·D_in·H once, and forming w1 2·N·D_in·H
 //! each time the weights are read. [`Form::auto`] weighs these.
 
+use super::probe::{NoProbe, Phase, Probe};
 use super::views::{flat, flat_mut};
 use super::LearningRates;
 use crate::error::{Error, Result};
@@ -40,8 +41,11 @@ use crate::shape::Shape;
 use ndarray::linalg::general_mat_mul;
 use ndarray::Array2;
 
+/// Steps of `twolayer train` when not told (the reference's 500).
+pub const TRAIN_DEFAULT_STEPS: usize = 500;
+
 /// How a step computes x·w1 and updates w1.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash, PartialOrd, Ord)]
 pub enum Form {
     /// On w1 itself: the step of docs/design.md §1.
     #[default]
@@ -60,6 +64,14 @@ impl Form {
         }
     }
 
+    /// The form `twolayer train` runs for `shape` when given no `--form`
+    /// and no `--steps` (its default of [`TRAIN_DEFAULT_STEPS`] steps on one
+    /// fixed batch): what sweeps, the tuner and the regression gate time
+    /// for a point unless told otherwise.
+    pub fn as_train_runs(shape: Shape) -> Form {
+        Form::auto(shape, TRAIN_DEFAULT_STEPS)
+    }
+
     /// The form with fewer FLOPs for `steps` steps on one fixed batch of
     /// `shape`: dual when N ≤ D_in and its whole run — G, P, every step's
     /// 2·N²·H, forming w1 at the end — costs at most half the primal's
@@ -67,6 +79,11 @@ impl Form {
     /// The margin covers what FLOPs do not count: a small N×N GEMM runs
     /// further from the machine's peak than the primal's.
     pub fn auto(shape: Shape, steps: usize) -> Form {
+        // The regression gate's self-test: a build whose rule never picks
+        // the dual form (scripts/gate-selftest.sh, kind no-dual).
+        if cfg!(feature = "selftest-no-dual") {
+            return Form::Primal;
+        }
         let (n, d, h) = (shape.n as f64, shape.d_in as f64, shape.hidden as f64);
         let s = steps as f64;
         let primal = 4.0 * n * d * h * s;
@@ -176,22 +193,64 @@ impl<F: Real> Dual<F> {
     /// loss of the weights before the update; when it is not finite, C and
     /// w2 are left as they were. Allocates nothing.
     pub fn step(&mut self, y: &Array2<F>, w2: &mut Array2<F>, lr: LearningRates) -> f64 {
+        self.run::<true>(y, w2, lr, &mut NoProbe)
+    }
+
+    /// [`Dual::step`], reporting its phases to `probe` (benchmarks).
+    pub fn step_probed(
+        &mut self,
+        y: &Array2<F>,
+        w2: &mut Array2<F>,
+        lr: LearningRates,
+        probe: &mut impl Probe,
+    ) -> f64 {
+        self.run::<true>(y, w2, lr, probe)
+    }
+
+    /// The dual step's GEMMs alone, as [`Dual::step`] calls them, with its
+    /// elementwise passes and the update of C switched off: what a step
+    /// would cost if those were free. Benchmarks time it beside the step;
+    /// it moves w2 by a fused update's worth.
+    pub fn gemms_only(&mut self, y: &Array2<F>, w2: &mut Array2<F>, lr: LearningRates) {
+        self.run::<false>(y, w2, lr, &mut NoProbe);
+    }
+
+    /// The step, its elementwise passes on when `PASSES` (else loss 0).
+    fn run<const PASSES: bool>(
+        &mut self,
+        y: &Array2<F>,
+        w2: &mut Array2<F>,
+        lr: LearningRates,
+        probe: &mut impl Probe,
+    ) -> f64 {
         let (one, zero) = (F::one(), F::zero());
         crate::blas::set_threads(self.blas_threads);
         // ---- forward ----
         // h = P + G · C
         //   h ← P, then (N×N)·(N×H) → N×H; no transposes; alpha = 1,
         //   beta = 1.
-        kernels::copy(flat_mut(&mut self.h), flat(&self.base));
+        if PASSES {
+            kernels::copy(flat_mut(&mut self.h), flat(&self.base));
+        }
         general_mat_mul(one, &self.gram, &self.coef, one, &mut self.h);
+        probe.done(Phase::ForwardGemms);
         // h_relu = max(h, 0), in place (−0.0 where h < 0: the mask).
-        kernels::relu_in_place(flat_mut(&mut self.h));
+        if PASSES {
+            kernels::relu_in_place(flat_mut(&mut self.h));
+        }
+        probe.done(Phase::Relu);
         let h_relu = &self.h;
         // y_pred = h_relu · w2
         //   (N×H)·(H×D_out) → N×D_out; no transposes; alpha = 1, beta = 0.
         general_mat_mul(one, h_relu, &*w2, zero, &mut self.y_pred);
+        probe.done(Phase::ForwardGemms);
         // loss = Σ (y_pred − y)²  and  g_y = 2 (y_pred − y), in place.
-        let loss = kernels::loss_and_grad(flat_mut(&mut self.y_pred), flat(y));
+        let loss = if PASSES {
+            kernels::loss_and_grad(flat_mut(&mut self.y_pred), flat(y))
+        } else {
+            0.0
+        };
+        probe.done(Phase::LossGrad);
         if !loss.is_finite() {
             return loss;
         }
@@ -201,8 +260,12 @@ impl<F: Real> Dual<F> {
         //   (N×D_out)·(D_out×H) → N×H; w2ᵀ is a transposed view (TransB);
         //   alpha = 1, beta = 0. Reads w2 before its update below.
         general_mat_mul(one, g_y, &w2.t(), zero, &mut self.g_hrelu);
+        probe.done(Phase::BackwardGemms);
         // g_h = g_hrelu, 0 where h < 0, in place.
-        kernels::relu_mask(flat_mut(&mut self.g_hrelu), flat(h_relu));
+        if PASSES {
+            kernels::relu_mask(flat_mut(&mut self.g_hrelu), flat(h_relu));
+        }
+        probe.done(Phase::Mask);
         let g_h = &self.g_hrelu;
         // w2 ← −lr·h_reluᵀ·g_y + 1·w2
         //   (H×N)·(N×D_out) → H×D_out; h_reluᵀ is a transposed view
@@ -210,10 +273,12 @@ impl<F: Real> Dual<F> {
         if lr.w2 != 0.0 {
             general_mat_mul(-F::from_f64(lr.w2), &h_relu.t(), g_y, one, w2);
         }
+        probe.done(Phase::BackwardGemms);
         // C ← C − lr·g_h: w1 − lr·xᵀ·g_h = w1_0 + xᵀ·(C − lr·g_h).
-        if lr.w1 != 0.0 {
+        if PASSES && lr.w1 != 0.0 {
             kernels::sgd_update(flat_mut(&mut self.coef), flat(g_h), F::from_f64(lr.w1));
         }
+        probe.done(Phase::Update);
         loss
     }
 

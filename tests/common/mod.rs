@@ -198,7 +198,9 @@ pub fn reference(args: &[&str]) -> Output {
 }
 
 /// A real sweep of tiny points (N 8 and 16, D_in 12, H `hidden`, D_out 3,
-/// f32 and f64, threads `threads`), written to `dir`; its report.
+/// f32 and f64, threads `threads`), of the primal step (the form `train`
+/// would take at N 8 is the dual; tests/sweep.rs covers that), written to
+/// `dir`; its report.
 pub fn tiny_sweep(dir: &Path, hidden: &str, threads: &str) -> twolayer::bench::report::Report {
     let out = run(&[
         "sweep",
@@ -220,6 +222,8 @@ pub fn tiny_sweep(dir: &Path, hidden: &str, threads: &str) -> twolayer::bench::r
         "3",
         "--warmup",
         "1",
+        "--form",
+        "primal",
         "--out",
         dir.to_str().unwrap(),
     ]);

@@ -407,6 +407,11 @@ pub struct SweepArgs {
     /// How the update is applied
     #[arg(long = "step-mode", value_enum, default_value = "fused")]
     pub step_mode: ModeArg,
+    /// The step's form at every point: auto times the form `twolayer train`
+    /// runs for the shape (the dual form where it saves FLOPs on one fixed
+    /// batch), as users run it [default: auto, or the grid file's `form`]
+    #[arg(long, value_enum)]
+    pub form: Option<FormArg>,
     /// Write report.json, report.csv, report.md, gflops.svg, phases.svg and scaling.svg here
     #[arg(long)]
     pub out: Option<PathBuf>,

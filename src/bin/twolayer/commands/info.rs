@@ -28,6 +28,8 @@ struct Info {
     kernels_forced_below_cpu: Option<String>,
     /// OpenBLAS's own choice, measured in a child process.
     own_choice: Option<OwnChoice>,
+    /// Other processes and the hypervisor on the cores while info measured.
+    load: Option<twolayer::bench::quality::MachineLoad>,
 }
 
 /// Runs `twolayer info`.
@@ -45,7 +47,10 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         return Ok(());
     }
     let forced = twolayer::kernel_set::forced_below_cpu();
-    let info = Info {
+    // The machine's load over info's own measurements: what else ran on
+    // the cores, and what the hypervisor took, joins "slowed by".
+    let watch = twolayer::bench::quality::LoadWatch::start();
+    let mut info = Info {
         env: Env::capture(),
         gemm_check_max_rel_error: twolayer::kernel_set::gemm_check(),
         gemm_size: MACHINE_GEMM_SIZE,
@@ -56,7 +61,12 @@ pub fn run(args: &InfoArgs) -> Result<()> {
             .as_ref()
             .map(|_| OwnChoice::measure(t, MACHINE_GEMM_SIZE)),
         kernels_forced_below_cpu: forced,
+        load: None,
     };
+    info.load = watch.and_then(|w| w.finish());
+    info.env
+        .warnings
+        .extend(info.load.iter().flat_map(|l| l.warnings()));
     if args.json {
         let text = serde_json::to_string_pretty(&info)
             .map_err(|e| Error::invalid(format!("cannot write JSON: {e}")))?;

@@ -18,7 +18,7 @@ use twolayer::Loss;
 
 /// Defaults of the reference experiment.
 const DEFAULT_LR: f64 = 1e-6;
-const DEFAULT_STEPS: usize = 500;
+const DEFAULT_STEPS: usize = twolayer::step::dual::TRAIN_DEFAULT_STEPS;
 
 /// Where the run's data and weights come from.
 pub enum Start {

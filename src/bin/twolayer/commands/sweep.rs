@@ -1,7 +1,7 @@
 //! `twolayer sweep`: build the grid from flags, a file or a preset, measure
 //! it, and write the reports.
 
-use crate::cli::{GridArgs, SweepArgs};
+use crate::cli::{FormArg, GridArgs, SweepArgs};
 use std::path::Path;
 use twolayer::bench::grid::{GridSpec, Timing};
 use twolayer::bench::report::Report;
@@ -58,6 +58,29 @@ pub fn run(args: &SweepArgs) -> Result<()> {
         timing.budget_s = b;
     }
     spec.timing = Some(timing);
+    if let Some(f) = args.form {
+        spec.form = Some(
+            match f {
+                FormArg::Auto => "auto",
+                FormArg::Primal => "primal",
+                FormArg::Dual => "dual",
+            }
+            .to_string(),
+        );
+    }
+    // Under mpirun each rank holds part of the batch: the primal step, as
+    // `twolayer train` runs there.
+    #[cfg(feature = "mpi")]
+    if twolayer::distributed::launched_by_mpi() {
+        match spec.form.as_deref() {
+            Some("dual") => {
+                return Err(Error::invalid(
+                    "the dual form needs the whole batch in one process; a sweep under mpirun times the primal step",
+                ))
+            }
+            _ => spec.form = Some("primal".into()),
+        }
+    }
     let mode = super::run_spec::step_mode(args.step_mode);
     let grid = spec.build(mode)?;
     #[cfg(feature = "mpi")]
@@ -135,9 +158,23 @@ fn check_out_dir(args: &SweepArgs) -> Result<()> {
     output::check_distinct(&inputs, &outputs)
 }
 
-/// Prints the report's Markdown and writes its files to `--out`.
+/// Prints the report's Markdown and writes its files to `--out`; says on
+/// stderr what makes the measurement not clean.
 fn publish(report: &Report, args: &SweepArgs) -> Result<()> {
     out!("{}", report.to_markdown());
+    for w in report.load.iter().flat_map(|l| l.warnings()) {
+        say!("twolayer: warning: {w}");
+    }
+    for p in &report.points {
+        for w in &p.warnings {
+            say!(
+                "twolayer: warning: {} {} ×{}: {w}",
+                p.shape_label(),
+                p.dtype,
+                p.threads
+            );
+        }
+    }
     if let Some(dir) = &args.out {
         report.write_all(dir)?;
         say!(
