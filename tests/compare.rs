@@ -307,3 +307,70 @@ fn reports_from_two_openblas_libraries_are_refused() {
     assert!(err.contains("openblas_library: baseline"), "{err}");
     assert!(err.contains("/elsewhere/libopenblas.so.0"), "{err}");
 }
+
+#[test]
+fn a_grid_that_gains_or_loses_points_is_compared_on_what_both_ran() {
+    // A new benchmark is not an error (it is "new", as in asv and
+    // criterion), nor is a dropped one; --strict-points makes them one.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let base = five(1.0, 0.9);
+    let n = base[0].points.len();
+    // Current: the baseline's points less the last, plus a new one.
+    let mut cur = five(1.0, 0.9);
+    for r in &mut cur {
+        let gone = r.points.pop().unwrap();
+        let mut extra = gone.clone();
+        extra.n = 4096;
+        r.points.push(extra);
+    }
+    let (base, cur) = (runs(d, "base", &base), runs(d, "cur", &cur));
+    let json = d.join("v.json");
+    let (code, out, err) = compare(&base, &cur, &["--json", json.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("New (the current side only; not judged): (4096,"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Removed (the baseline only; not judged):"),
+        "{out}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(v["points"].as_array().unwrap().len(), n - 1);
+    assert_eq!(v["new_points"][0]["n"], 4096);
+    assert_eq!(v["removed_points"].as_array().unwrap().len(), 1);
+    // Each point's parameters as fields, for machines.
+    let p = &v["points"][0];
+    for field in [
+        "n",
+        "d_in",
+        "hidden",
+        "d_out",
+        "dtype",
+        "threads",
+        "step_mode",
+        "ranks",
+        "form",
+    ] {
+        assert!(!p["point"][field].is_null(), "{field}: {p}");
+    }
+    let (code, _, err) = compare(&base, &cur, &["--strict-points"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("is missing from a current report"), "{err}");
+    // `--json -`: the verdicts on stdout (the table on stderr), no file
+    // named "-".
+    let out = common::bin()
+        .current_dir(d)
+        .args(["compare", "--paired"])
+        .arg(&base)
+        .arg(&base)
+        .args(["--json", "-"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["passed"], true);
+    assert!(stderr(&out).contains("| point |"));
+    assert!(!d.join("-").exists());
+}

@@ -543,9 +543,7 @@ fn one_failing_output_does_not_cost_the_others() {
     // and every other output is there, whole.
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (x, y) = teacher_data(40, 6, 2, 3);
-    let data = d.join("d.npz");
-    write_npz(&data, &[("x", &x), ("y", &y)]);
+    let data = small_dataset(d);
     let (w, ck, l) = (d.join("w.npz"), d.join("r.ck"), d.join("l.txt"));
     let out = common::run(&[
         "train",
@@ -587,6 +585,14 @@ fn one_failing_output_does_not_cost_the_others() {
     );
 }
 
+/// A 40-row dataset (6 inputs, 2 outputs) saved as `d.npz` in `d`.
+fn small_dataset(d: &Path) -> PathBuf {
+    let (x, y) = teacher_data(40, 6, 2, 3);
+    let data = d.join("d.npz");
+    write_npz(&data, &[("x", &x), ("y", &y)]);
+    data
+}
+
 /// The offset of the first `sig` (a zip record signature) in `bytes`.
 fn find(bytes: &[u8], sig: &[u8]) -> usize {
     bytes
@@ -599,9 +605,7 @@ fn find(bytes: &[u8], sig: &[u8]) -> usize {
 fn a_stored_entry_whose_crc_is_wrong_is_refused_as_numpy_refuses_it() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (x, y) = teacher_data(40, 6, 2, 3);
-    let data = d.join("d.npz");
-    write_npz(&data, &[("x", &x), ("y", &y)]);
+    let data = small_dataset(d);
     // One byte of x's data changed, its recorded CRC-32 left as it was.
     let mut bytes = std::fs::read(&data).unwrap();
     let at = find(&bytes, b"\x93NUMPY") + 128 + 40;
@@ -683,9 +687,7 @@ fn a_deflate_stream_that_expands_past_its_declared_size_is_refused_at_once() {
 fn a_resume_refuses_a_batch_size_that_contradicts_its_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (x, y) = teacher_data(40, 6, 2, 3);
-    let data = d.join("d.npz");
-    write_npz(&data, &[("x", &x), ("y", &y)]);
+    let data = small_dataset(d);
     let ck = d.join("r.ck");
     let out = common::run(&[
         "train",

@@ -149,6 +149,48 @@ pub struct Options {
     pub max_slowdown: f64,
     /// The two sides' processes ran alternately: pair them in order.
     pub paired: bool,
+    /// Points on one side only are an error (exit 2) instead of being
+    /// reported as new or removed.
+    pub strict_points: bool,
+}
+
+/// A point's parameters, as fields for machines.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PointId {
+    /// Batch size N.
+    pub n: usize,
+    /// D_in.
+    pub d_in: usize,
+    /// H.
+    pub hidden: usize,
+    /// D_out.
+    pub d_out: usize,
+    /// `f32` or `f64`.
+    pub dtype: String,
+    /// Thread budget.
+    pub threads: usize,
+    /// `fused` or `explicit`.
+    pub step_mode: String,
+    /// MPI ranks (1 for one process).
+    pub ranks: usize,
+    /// `primal` or `dual`, as the baseline ran it.
+    pub form: String,
+}
+
+impl PointId {
+    fn of(p: &PointReport) -> PointId {
+        PointId {
+            n: p.n,
+            d_in: p.d_in,
+            hidden: p.hidden,
+            d_out: p.d_out,
+            dtype: p.dtype.clone(),
+            threads: p.threads,
+            step_mode: p.step_mode.clone(),
+            ranks: p.ranks(),
+            form: p.form.clone(),
+        }
+    }
 }
 
 /// An environment field on which the reports differ.
@@ -167,6 +209,8 @@ pub struct EnvDifference {
 pub struct PointComparison {
     /// `(N, D_in, H, D_out) dtype ×threads`.
     pub label: String,
+    /// The same, as fields.
+    pub point: PointId,
     /// Median over the baseline's processes of their median ms per step.
     pub base_ms: f64,
     /// The same, now.
@@ -210,8 +254,13 @@ pub struct Comparison {
     pub commits: (Vec<String>, Vec<String>),
     /// Environment fields that differ between the reports.
     pub env_differences: Vec<EnvDifference>,
-    /// Point by point, in the baseline's order.
+    /// Point by point, in the baseline's order: the points both sides ran.
     pub points: Vec<PointComparison>,
+    /// Points only the current side ran (a grid that gained them): new,
+    /// not judged.
+    pub new_points: Vec<PointId>,
+    /// Points only the baseline ran: removed, not judged.
+    pub removed_points: Vec<PointId>,
     /// All points together.
     pub overall: Overall,
 }
@@ -556,30 +605,60 @@ pub fn compare(base: &Side, cur: &Side, opts: Options) -> Result<Comparison> {
     }
     let (bi, ci) = (index_side(base)?, index_side(cur)?);
 
-    // Every report of both sides must hold the same points as the
-    // baseline's first (looked up in a set: a list made this quadratic,
-    // 100,000 points ran past a minute).
-    let first = &base.reports[0];
-    let want: Vec<Key> = first.points.iter().map(|p| p.key()).collect();
-    if want.is_empty() {
-        return Err(Error::read(
-            &base.paths[0],
-            "the report has no points: nothing to compare",
-        ));
-    }
-    let wanted: std::collections::BTreeSet<Key> = want.iter().cloned().collect();
-    for (side, maps, reports) in [
-        ("baseline", &bi, &base.reports),
-        ("current", &ci, &cur.reports),
-    ] {
-        for (map, r) in maps.iter().zip(reports.iter()) {
+    // Every report of a side must hold the same points as that side's
+    // first (looked up in sets: a list made this quadratic, 100,000 points
+    // ran past a minute). Between the sides, points both ran are judged;
+    // a point one side alone ran is new or removed (a grid that grew),
+    // an error only under `strict_points`.
+    for (side, s, maps) in [("baseline", base, &bi), ("current", cur, &ci)] {
+        let first = &s.reports[0];
+        if first.points.is_empty() {
+            return Err(Error::read(
+                &s.paths[0],
+                "the report has no points: nothing to compare",
+            ));
+        }
+        let keys: std::collections::BTreeSet<Key> = first.points.iter().map(|p| p.key()).collect();
+        for (map, r) in maps.iter().zip(s.reports.iter()) {
             if let Some(p) = first.points.iter().find(|p| !map.contains_key(&p.key())) {
                 return Err(missing(p, side));
             }
-            if let Some(p) = r.points.iter().find(|p| !wanted.contains(&p.key())) {
-                return Err(missing(p, "baseline"));
+            if let Some(p) = r.points.iter().find(|p| !keys.contains(&p.key())) {
+                return Err(missing(p, side));
             }
         }
+    }
+    let (first, now) = (&base.reports[0], &cur.reports[0]);
+    let want: Vec<Key> = first
+        .points
+        .iter()
+        .map(|p| p.key())
+        .filter(|k| ci[0].contains_key(k))
+        .collect();
+    let removed_points: Vec<PointId> = first
+        .points
+        .iter()
+        .filter(|p| !ci[0].contains_key(&p.key()))
+        .map(PointId::of)
+        .collect();
+    let new_points: Vec<PointId> = now
+        .points
+        .iter()
+        .filter(|p| !bi[0].contains_key(&p.key()))
+        .map(PointId::of)
+        .collect();
+    if opts.strict_points {
+        if let Some(p) = first.points.iter().find(|p| !ci[0].contains_key(&p.key())) {
+            return Err(missing(p, "current"));
+        }
+        if let Some(p) = now.points.iter().find(|p| !bi[0].contains_key(&p.key())) {
+            return Err(missing(p, "baseline"));
+        }
+    }
+    if want.is_empty() {
+        return Err(Error::invalid(
+            "the two sides share no point: compare reports of the same grid",
+        ));
     }
 
     let samples: Vec<PointSamples> = want
@@ -607,6 +686,7 @@ pub fn compare(base: &Side, cur: &Side, opts: Options) -> Result<Comparison> {
             let p = bi[0][k];
             PointComparison {
                 label: format!("{} {} ×{}", p.shape_label(), p.dtype, p.threads),
+                point: PointId::of(p),
                 base_ms: diag(&bi, k, &|p| median_of(&p.ms_per_step.samples)),
                 current_ms: diag(&ci, k, &|p| median_of(&p.ms_per_step.samples)),
                 change,
@@ -633,6 +713,8 @@ pub fn compare(base: &Side, cur: &Side, opts: Options) -> Result<Comparison> {
         commits: (commits(base), commits(cur)),
         env_differences: env_differences(base, cur),
         points,
+        new_points,
+        removed_points,
         overall: Overall {
             change: g,
             ci: gci,
@@ -739,6 +821,24 @@ impl Comparison {
             self.points.len(),
             self.points.len() - slower - faster
         );
+        let label = |p: &PointId| {
+            format!(
+                "({}, {}, {}, {}) {} ×{}",
+                p.n, p.d_in, p.hidden, p.d_out, p.dtype, p.threads
+            )
+        };
+        for (what, list) in [
+            ("New (the current side only; not judged)", &self.new_points),
+            (
+                "Removed (the baseline only; not judged)",
+                &self.removed_points,
+            ),
+        ] {
+            if !list.is_empty() {
+                let names: Vec<String> = list.iter().map(label).collect();
+                let _ = writeln!(s, "{what}: {}.", names.join("; "));
+            }
+        }
         s
     }
 }

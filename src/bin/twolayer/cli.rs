@@ -504,9 +504,14 @@ pub struct CompareArgs {
     /// either way, and without this flag they end with exit status 2
     #[arg(long = "allow-env-change")]
     pub allow_env_change: bool,
-    /// Also write the verdicts as JSON to this file
+    /// Also write the verdicts as JSON to this file (`-`: to stdout, the
+    /// table then going to stderr)
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Points that one side ran and the other did not are an error (exit
+    /// 2); by default they are listed as new or removed and not judged
+    #[arg(long = "strict-points")]
+    pub strict_points: bool,
     /// Also draw the comparison as an SVG chart in this file: each point's
     /// change with its 95% interval against the threshold
     #[arg(long, value_name = "FILE.svg")]

@@ -21,10 +21,16 @@ pub enum Outcome {
 /// grids, bad samples, or (without `--allow-env-change`) different
 /// environments.
 pub fn run(args: &CompareArgs) -> Result<Outcome> {
-    let outputs: Vec<(&str, &std::path::Path)> = [("--json", &args.json), ("--chart", &args.chart)]
-        .into_iter()
-        .filter_map(|(f, p)| p.as_deref().map(|p| (f, p)))
-        .collect();
+    // `--json -` is standard output, not a file named "-".
+    let json_file = args
+        .json
+        .as_deref()
+        .filter(|p| *p != std::path::Path::new("-"));
+    let outputs: Vec<(&str, &std::path::Path)> =
+        [("--json", json_file), ("--chart", args.chart.as_deref())]
+            .into_iter()
+            .filter_map(|(f, p)| p.map(|p| (f, p)))
+            .collect();
     output::check_distinct(
         &[("BASELINE", &args.baseline), ("CURRENT", &args.current)],
         &outputs,
@@ -34,6 +40,7 @@ pub fn run(args: &CompareArgs) -> Result<Outcome> {
     let opts = Options {
         max_slowdown: args.max_slowdown,
         paired: args.paired,
+        strict_points: args.strict_points,
     };
     let c = compare(&base, &cur, opts)?;
     if !c.env_differences.is_empty() {
@@ -56,13 +63,19 @@ pub fn run(args: &CompareArgs) -> Result<Outcome> {
     } else {
         Outcome::Regression
     };
-    if let Some(path) = &args.json {
+    if let Some(path) = json_file {
         write_json(path, &c, outcome)?;
     }
     if let Some(path) = &args.chart {
         twolayer::bench::charts::write_compare_chart(&c, path)?;
     }
-    out!("{}", c.to_markdown());
+    if args.json.is_some() && json_file.is_none() {
+        // The verdicts alone on stdout, for a pipe; the table on stderr.
+        out!("{}\n", verdicts_json(&c, outcome)?);
+        say!("{}", c.to_markdown());
+    } else {
+        out!("{}", c.to_markdown());
+    }
     if outcome == Outcome::Regression {
         let slower = c.slower();
         say!(
@@ -89,6 +102,12 @@ pub fn run(args: &CompareArgs) -> Result<Outcome> {
 /// The verdicts as JSON, for machines: the [`Comparison`] and the exit
 /// status it leads to.
 fn write_json(path: &std::path::Path, c: &Comparison, outcome: Outcome) -> Result<()> {
+    let text = verdicts_json(c, outcome)?;
+    write_atomic(path, |w| writeln!(w, "{text}"))
+}
+
+/// The [`Comparison`] and the exit status it leads to, as pretty JSON.
+fn verdicts_json(c: &Comparison, outcome: Outcome) -> Result<String> {
     #[derive(serde::Serialize)]
     struct Verdicts<'a> {
         exit_status: u8,
@@ -101,8 +120,5 @@ fn write_json(path: &std::path::Path, c: &Comparison, outcome: Outcome) -> Resul
         passed: outcome == Outcome::Pass,
         comparison: c,
     };
-    write_atomic(path, |w| {
-        serde_json::to_writer_pretty(&mut *w, &v).map_err(std::io::Error::other)?;
-        writeln!(w)
-    })
+    serde_json::to_string_pretty(&v).map_err(|e| Error::invalid(format!("cannot write JSON: {e}")))
 }
