@@ -403,34 +403,26 @@ pub fn file_sha256(path: &Path) -> Result<String> {
     Ok(hex(&h.finalize()))
 }
 
+/// A checkpoint's losses, handed over in order and in chunks when it is
+/// written: called with a sink, it calls the sink with each chunk. (A long
+/// run's history need not be in memory at once: [`crate::Trainer`] keeps
+/// the older part on disk.)
+pub type LossFeed<'a> =
+    &'a mut dyn FnMut(&mut dyn FnMut(&[f64]) -> std::io::Result<()>) -> std::io::Result<()>;
+
 impl<F: Real> Checkpoint<F> {
     /// The checkpoint as bytes in the format above.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let header = serde_json::to_vec(&self.header).expect("a header always serialises");
-        let elems = self.weights.w1.len()
-            + self.weights.w2.len()
-            + self.dual.as_ref().map_or(0, |(a, c)| a.len() + c.len());
-        let mut out = Vec::with_capacity(
-            PREFIX + header.len() + 8 * self.losses.len() + elems * F::DTYPE.size() + DIGEST,
-        );
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&(header.len() as u64).to_le_bytes());
-        out.extend_from_slice(&header);
-        for l in &self.losses {
-            out.extend_from_slice(&l.to_le_bytes());
-        }
-        let dual = self.dual.as_ref().map(|(a, c)| [a, c]);
-        for a in [&self.weights.w1, &self.weights.w2]
-            .into_iter()
-            .chain(dual.into_iter().flatten())
-        {
-            for v in a.iter() {
-                push_le(&mut out, *v);
-            }
-        }
-        let digest = Sha256::digest(&out);
-        out.extend_from_slice(&digest);
+        let mut out = Vec::new();
+        let mut feed = |sink: &mut dyn FnMut(&[f64]) -> std::io::Result<()>| sink(&self.losses);
+        emit(
+            &mut out,
+            &self.header,
+            &mut feed,
+            &self.weights,
+            self.dual.as_ref().map(|(a, c)| (a, c)),
+        )
+        .expect("writing to memory does not fail");
         out
     }
 
@@ -438,8 +430,96 @@ impl<F: Real> Checkpoint<F> {
     /// rename, fsync of the folder): a crash at any moment leaves either
     /// the previous checkpoint or this one, never a mix.
     pub fn write(&self, path: &Path) -> Result<()> {
-        let bytes = self.to_bytes();
-        write_atomic(path, |w| w.write_all(&bytes))
+        let mut feed = |sink: &mut dyn FnMut(&[f64]) -> std::io::Result<()>| sink(&self.losses);
+        write_parts(
+            path,
+            &self.header,
+            &mut feed,
+            &self.weights,
+            self.dual.as_ref().map(|(a, c)| (a, c)),
+        )
+    }
+}
+
+/// Writes a checkpoint from its parts, streaming: the losses come from
+/// `losses` a chunk at a time and the SHA-256 is taken as the bytes go
+/// out, so the file is never held in memory whole. Atomic as
+/// [`Checkpoint::write`]. Fails when `losses` hands over other than
+/// `header.steps_done` losses.
+pub fn write_parts<F: Real>(
+    path: &Path,
+    header: &Header,
+    losses: LossFeed,
+    weights: &Weights<F>,
+    dual: Option<(&Array2<F>, &Array2<F>)>,
+) -> Result<()> {
+    write_atomic(path, |w| emit(w, header, losses, weights, dual))
+}
+
+/// Everything a [`Checkpoint`] holds, in the format above, then the
+/// SHA-256 of those bytes: [`Checkpoint::to_bytes`] and [`write_parts`]
+/// alike.
+fn emit<F: Real>(
+    w: &mut impl Write,
+    header: &Header,
+    losses: LossFeed,
+    weights: &Weights<F>,
+    dual: Option<(&Array2<F>, &Array2<F>)>,
+) -> std::io::Result<()> {
+    let mut hashed = Hashed {
+        inner: w,
+        sha: Sha256::new(),
+    };
+    let json = serde_json::to_vec(header).expect("a header always serialises");
+    hashed.write_all(MAGIC)?;
+    hashed.write_all(&VERSION.to_le_bytes())?;
+    hashed.write_all(&(json.len() as u64).to_le_bytes())?;
+    hashed.write_all(&json)?;
+    let mut count = 0usize;
+    let mut buf = Vec::new();
+    losses(&mut |chunk: &[f64]| {
+        buf.clear();
+        for l in chunk {
+            buf.extend_from_slice(&l.to_le_bytes());
+        }
+        count += chunk.len();
+        hashed.write_all(&buf)
+    })?;
+    if count != header.steps_done {
+        return Err(std::io::Error::other(format!(
+            "{count} losses for a checkpoint of {} steps",
+            header.steps_done
+        )));
+    }
+    let dual = dual.map(|(a, c)| [a, c]);
+    for a in [&weights.w1, &weights.w2]
+        .into_iter()
+        .chain(dual.into_iter().flatten())
+    {
+        buf.clear();
+        for v in a.iter() {
+            push_le(&mut buf, *v);
+        }
+        hashed.write_all(&buf)?;
+    }
+    let digest = hashed.sha.finalize();
+    hashed.inner.write_all(&digest)
+}
+
+/// A writer that takes the SHA-256 of what passes through it.
+struct Hashed<'a, W: Write> {
+    inner: &'a mut W,
+    sha: Sha256,
+}
+
+impl<W: Write> Write for Hashed<'_, W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(b)?;
+        self.sha.update(&b[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 

@@ -14,39 +14,129 @@ use std::cell::OnceCell;
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
-/// The losses of the steps run: every one, or the latest about `window`
-/// when a run bounds them (memory that does not grow with the steps: a
-/// run of 93 million steps kept 716 MiB of losses nobody asked for).
+/// The losses of the steps run, in memory that does not grow with the
+/// step count (a run of 93 million steps once held 716 MiB of them):
+/// every one — the older ones moved to an unnamed temporary file once
+/// [`SPILL_AT`] are in memory, for the outputs that need them all (a
+/// checkpoint, `--losses`) — or, when a run bounds them, only the latest
+/// `window` to 2·`window`.
 #[derive(Debug, Default)]
 struct LossHistory {
-    /// The losses kept, of steps `first..first + kept.len()`.
+    /// The losses in memory, of steps `first..first + kept.len()`.
     kept: Vec<f64>,
     /// The step of `kept[0]`.
     first: usize,
-    /// Keep at least this many, at most twice as many (the older half is
-    /// dropped in one move, so a push costs O(1) amortised and never
+    /// Keep only about this many (the older ones are dropped, not
+    /// spilled): at least this many, at most twice as many (the older half
+    /// goes in one move, so a push costs O(1) amortised and never
     /// allocates once the buffer has grown to 2·window).
     window: Option<usize>,
+    /// Losses of steps `0..first`, little-endian f64, when every loss is
+    /// kept and some have left memory. `None` until the first spill.
+    spill: Option<std::fs::File>,
+    /// Keep at least this many in memory when spilling (an epoch's, for
+    /// the epoch's mean).
+    keep_in_memory: usize,
+    /// Spill once this many are in memory ([`SPILL_AT`] unless a test
+    /// says otherwise; 0 means [`SPILL_AT`]).
+    spill_at: usize,
 }
+
+/// Losses in memory (8 MiB of them) before the older ones go to disk.
+pub const SPILL_AT: usize = 1 << 20;
 
 impl LossHistory {
     fn steps(&self) -> usize {
         self.first + self.kept.len()
     }
 
-    fn push(&mut self, loss: f64) {
-        if let Some(w) = self.window {
-            if self.kept.len() >= 2 * w {
-                let drop = self.kept.len() - w;
-                self.kept.drain(..drop);
-                self.first += drop;
+    fn push(&mut self, loss: f64) -> Result<()> {
+        match self.window {
+            Some(w) => {
+                if self.kept.len() >= 2 * w {
+                    let drop = self.kept.len() - w;
+                    self.kept.drain(..drop);
+                    self.first += drop;
+                }
+            }
+            None => {
+                let keep = self.keep_in_memory.max(1);
+                let at = if self.spill_at == 0 {
+                    SPILL_AT
+                } else {
+                    self.spill_at
+                };
+                if self.kept.len() >= at.max(2 * keep) {
+                    self.spill_older(keep)?;
+                }
             }
         }
         self.kept.push(loss);
+        Ok(())
+    }
+
+    /// Moves all but the latest `keep` losses to the spill file.
+    fn spill_older(&mut self, keep: usize) -> Result<()> {
+        use std::io::Write;
+        let n = self.kept.len().saturating_sub(keep);
+        if n == 0 {
+            return Ok(());
+        }
+        let spill_err = |e: std::io::Error| {
+            Error::invalid(format!(
+                "cannot move older losses to a temporary file ({e}); set TMPDIR to a folder with room"
+            ))
+        };
+        if self.spill.is_none() {
+            self.spill = Some(tempfile::tempfile().map_err(spill_err)?);
+        }
+        let f = self.spill.as_mut().expect("just made");
+        let mut bytes = Vec::with_capacity(8 * n.min(1 << 16));
+        for chunk in self.kept[..n].chunks(1 << 16) {
+            bytes.clear();
+            for l in chunk {
+                bytes.extend_from_slice(&l.to_le_bytes());
+            }
+            f.write_all(&bytes).map_err(spill_err)?;
+        }
+        self.kept.drain(..n);
+        self.first += n;
+        // A resumed run starts with its whole history in memory: give the
+        // room back once it is on disk.
+        let cap = SPILL_AT.max(2 * keep) + 1;
+        if self.kept.capacity() > 2 * cap {
+            self.kept.shrink_to(cap);
+        }
+        Ok(())
     }
 
     fn since(&self, from: usize) -> Option<&[f64]> {
         self.kept.get(from.checked_sub(self.first)?..)
+    }
+
+    /// Every loss kept, in order, in chunks: the spilled ones read back a
+    /// chunk at a time, then those in memory.
+    fn for_each(&self, f: &mut dyn FnMut(&[f64]) -> std::io::Result<()>) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        if let Some(file) = &self.spill {
+            let mut bytes = vec![0u8; 8 << 16];
+            let mut chunk = Vec::with_capacity(1 << 16);
+            let mut at = 0u64;
+            let total = 8 * self.first as u64;
+            while at < total {
+                let n = (total - at).min(bytes.len() as u64) as usize;
+                file.read_exact_at(&mut bytes[..n], at)?;
+                chunk.clear();
+                chunk.extend(
+                    bytes[..n]
+                        .chunks_exact(8)
+                        .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes"))),
+                );
+                f(&chunk)?;
+                at += n as u64;
+            }
+        }
+        f(&self.kept)
     }
 }
 
@@ -320,10 +410,11 @@ impl<F: Real> Trainer<F> {
         &self.data
     }
 
-    /// The losses kept: of every step run so far (entry t is the loss
-    /// before step t's update), unless [`Trainer::keep_latest_losses`]
-    /// bounded them; then the latest ones, the first of them step
-    /// `steps_done() - losses().len()`'s.
+    /// The losses in memory: of every step run so far (entry t is the
+    /// loss before step t's update) for a run of fewer than [`SPILL_AT`]
+    /// steps whose history is not bounded; else the latest ones, the first
+    /// of them step `steps_done() - losses().len()`'s (the rest are on
+    /// disk, or dropped: [`Trainer::for_each_loss`] reads them all).
     pub fn losses(&self) -> &[f64] {
         &self.losses.kept
     }
@@ -332,6 +423,31 @@ impl<F: Real> Trainer<F> {
     /// longer kept).
     pub fn losses_since(&self, from: usize) -> Option<&[f64]> {
         self.losses.since(from)
+    }
+
+    /// Every loss of the run that is kept — all of them unless
+    /// [`Trainer::keep_latest_losses`] bounded them — in order, in chunks,
+    /// to `f`: the form outputs that need the whole history read it in
+    /// (a long run's older losses are on disk, not in memory).
+    pub fn for_each_loss(
+        &self,
+        f: &mut dyn FnMut(&[f64]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        self.losses.for_each(f)
+    }
+
+    /// Moves the older losses to disk once `n` are in memory, instead of
+    /// [`SPILL_AT`] (for tests of long runs that are not long).
+    pub fn spill_losses_after(mut self, n: usize) -> Self {
+        self.losses.spill_at = n.max(1);
+        self
+    }
+
+    /// Keeps at least `n` of the latest losses in memory (an epoch's, for
+    /// its mean) when older ones move to disk.
+    pub fn keep_in_memory(mut self, n: usize) -> Self {
+        self.losses.keep_in_memory = n;
+        self
     }
 
     /// The last step's loss.
@@ -409,7 +525,7 @@ impl<F: Real> Trainer<F> {
         check_finite_loss(t, loss, self.lr)?;
         // 1.0 for the sum: the multiplication is exact.
         let loss = loss * self.loss_scale;
-        self.losses.push(loss);
+        self.losses.push(loss)?;
         Ok(loss)
     }
 

@@ -743,6 +743,39 @@ fn a_run_that_keeps_no_loss_file_holds_a_bounded_history() {
     let from = t.steps_done() - 1000;
     assert_eq!(t.losses_since(from).unwrap(), &all[from..]);
     assert!(t.losses_since(0).is_none());
+    // Every loss kept, for a checkpoint or a loss file: the older ones
+    // move to disk, memory holds at most twice the spill size, and reading
+    // them all gives every loss in order, bit for bit.
+    let mut t = Trainer::new(
+        Data::<f64>::random(shape, 1),
+        Weights::random(shape, 1),
+        LearningRates::uniform(1e-3),
+        StepMode::Fused,
+    )
+    .unwrap()
+    .spill_losses_after(1000)
+    .keep_in_memory(10);
+    let mut every = Vec::new();
+    let mut most = 0;
+    t.run(25_000, |t, _, loss| {
+        every.push(loss);
+        most = most.max(t.losses().len());
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
+    assert!(most <= 1000, "{most} losses in memory at once");
+    let mut read = Vec::new();
+    t.for_each_loss(&mut |c| {
+        read.extend_from_slice(c);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(read.len(), 25_000);
+    assert!(read
+        .iter()
+        .zip(&every)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
+    assert!(t.losses_since(t.steps_done() - 10).is_some());
     // The binary bounds it whenever no output needs every loss; with
     // --losses every loss is written.
     let dir = tempfile::tempdir().unwrap();
@@ -757,4 +790,41 @@ fn a_run_that_keeps_no_loss_file_holds_a_bounded_history() {
     .concat());
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(std::fs::read_to_string(&l).unwrap().lines().count(), 70000);
+}
+
+#[test]
+fn a_run_past_the_spill_size_writes_every_loss_and_resumes_bit_for_bit() {
+    // More steps than the history keeps in memory (2^20): the older
+    // losses go to disk, and the loss file and the checkpoint still hold
+    // every one; a resume from that checkpoint gives the unbroken run's
+    // file byte for byte.
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let small = [
+        "--n", "2", "--d-in", "3", "--hidden", "2", "--d-out", "1", "-q", "--lr", "1e-3",
+    ];
+    let steps = twolayer::train::SPILL_AT + 50_000;
+    let (ck, part, full) = (p("c.ck"), p("part.txt"), p("full.txt"));
+    let o = run(&[
+        &["train", "--steps", &steps.to_string(), "--checkpoint", &ck][..],
+        &["--checkpoint-every", "100000000"],
+        &small,
+    ]
+    .concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let c = AnyCheckpoint::read(Path::new(&ck)).unwrap();
+    assert_eq!(c.header().steps_done, steps);
+    let total = (steps + 1000).to_string();
+    let o = run(&[
+        "train", "--resume", &ck, "--steps", &total, "--losses", &part, "-q",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&[&["train", "--steps", &total, "--losses", &full][..], &small].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (a, b) = (std::fs::read(&part).unwrap(), std::fs::read(&full).unwrap());
+    assert_eq!(a.iter().filter(|&&c| c == b'\n').count(), steps + 1000);
+    assert!(
+        a == b,
+        "the resumed run's losses differ from the unbroken run's"
+    );
 }

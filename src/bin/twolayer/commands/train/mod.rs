@@ -249,14 +249,16 @@ fn data_from_source<F: Real>(
 const LOSS_WINDOW: usize = 1 << 16;
 
 /// A trainer whose loss history is bounded when nothing the run writes
-/// needs every loss (no `--losses`, no `--checkpoint`): the memory of a run
-/// then stays the same whatever its step count. `per_epoch`: the losses an
-/// epoch's summary averages (1 for a fixed batch).
+/// needs every loss (no `--losses`, no `--checkpoint`), and otherwise kept
+/// whole with the older losses on disk: either way the memory of a run
+/// stays the same whatever its step count. `per_epoch`: the losses an
+/// epoch's summary averages (1 for a fixed batch), kept in memory.
 pub(super) fn bound_losses<F: Real>(
     args: &TrainArgs,
     trainer: Trainer<F>,
     per_epoch: usize,
 ) -> Trainer<F> {
+    let trainer = trainer.keep_in_memory(per_epoch);
     if args.losses.is_some() || args.checkpoint.is_some() {
         trainer
     } else {

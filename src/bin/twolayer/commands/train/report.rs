@@ -10,9 +10,7 @@ use std::ops::ControlFlow;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use twolayer::blas;
-use twolayer::checkpoint::{
-    AnyCheckpoint, Checkpoint, DataSource, EpochRecord, Header, MinibatchHeader,
-};
+use twolayer::checkpoint::{AnyCheckpoint, DataSource, EpochRecord, Header, MinibatchHeader};
 use twolayer::error::{Error, Result};
 use twolayer::npz;
 use twolayer::output;
@@ -66,49 +64,62 @@ impl RunConfig {
     }
 }
 
-/// The checkpoint of a trainer's current state (`history`: a minibatch
-/// run's epochs so far).
-pub(super) fn snapshot<F: Real>(
+/// Writes the checkpoint of a trainer's current state (`history`: a
+/// minibatch run's epochs so far) to `path`, streaming its losses from the
+/// trainer (a long run's are mostly on disk).
+pub(super) fn write_checkpoint<F: Real>(
+    path: &Path,
     t: &Trainer<F>,
     cfg: &RunConfig,
     n_total: usize,
     history: &[EpochRecord],
-) -> Checkpoint<F> {
+) -> Result<()> {
+    twolayer::checkpoint::write_parts(
+        path,
+        &checkpoint_header(t, cfg, n_total, history),
+        &mut |sink| t.for_each_loss(sink),
+        t.weights(),
+        t.dual_parts(),
+    )
+}
+
+/// The header of a trainer's checkpoint now.
+fn checkpoint_header<F: Real>(
+    t: &Trainer<F>,
+    cfg: &RunConfig,
+    n_total: usize,
+    history: &[EpochRecord],
+) -> Header {
     let s = cfg.global_shape(t, n_total);
-    Checkpoint {
-        header: Header {
-            dtype: F::DTYPE.name().into(),
-            n: s.n,
-            d_in: s.d_in,
-            hidden: s.hidden,
-            d_out: s.d_out,
-            steps_done: t.steps_done(),
-            total_steps: cfg.total_steps,
-            lr_w1: cfg.lr.w1,
-            lr_w2: cfg.lr.w2,
-            step_mode: match cfg.mode {
-                StepMode::Fused => "fused",
-                StepMode::Explicit => "explicit",
-            }
-            .into(),
-            threads: cfg.threads,
-            ranks: cfg.ranks,
-            data: cfg.data.clone(),
-            loss: cfg.loss.name().into(),
-            minibatch: cfg.minibatch.clone().map(|m| MinibatchHeader {
-                history: history.to_vec(),
-                ..m
-            }),
-            blas_core: Some(blas::core_name()),
-            blas_library: Some(blas::Library::current().key()),
-            plan: (t.form() == Form::Primal && cfg.ranks == 1)
-                .then(|| PlanChoice::of(t.plan(), t.shape().n)),
-            form: (t.form() == Form::Dual).then(|| t.form().name().to_string()),
-            written_by: format!("twolayer {}", env!("CARGO_PKG_VERSION")),
-        },
-        losses: t.losses().to_vec(),
-        weights: t.weights().clone(),
-        dual: t.dual_parts().map(|(w1_0, c)| (w1_0.clone(), c.clone())),
+    Header {
+        dtype: F::DTYPE.name().into(),
+        n: s.n,
+        d_in: s.d_in,
+        hidden: s.hidden,
+        d_out: s.d_out,
+        steps_done: t.steps_done(),
+        total_steps: cfg.total_steps,
+        lr_w1: cfg.lr.w1,
+        lr_w2: cfg.lr.w2,
+        step_mode: match cfg.mode {
+            StepMode::Fused => "fused",
+            StepMode::Explicit => "explicit",
+        }
+        .into(),
+        threads: cfg.threads,
+        ranks: cfg.ranks,
+        data: cfg.data.clone(),
+        loss: cfg.loss.name().into(),
+        minibatch: cfg.minibatch.clone().map(|m| MinibatchHeader {
+            history: history.to_vec(),
+            ..m
+        }),
+        blas_core: Some(blas::core_name()),
+        blas_library: Some(blas::Library::current().key()),
+        plan: (t.form() == Form::Primal && cfg.ranks == 1)
+            .then(|| PlanChoice::of(t.plan(), t.shape().n)),
+        form: (t.form() == Form::Dual).then(|| t.form().name().to_string()),
+        written_by: format!("twolayer {}", env!("CARGO_PKG_VERSION")),
     }
 }
 
@@ -312,7 +323,7 @@ impl<'a> Reporter<'a> {
         }
         if let Some(p) = &a.checkpoint {
             if (step + 1).is_multiple_of(a.checkpoint_every) {
-                if let Err(e) = snapshot(t, self.cfg, self.n_total, &self.history).write(p) {
+                if let Err(e) = write_checkpoint(p, t, self.cfg, self.n_total, &self.history) {
                     self.ckpt_err = Some(e);
                     return ControlFlow::Break(());
                 }
@@ -384,14 +395,14 @@ impl<'a> Reporter<'a> {
             keep(
                 "--checkpoint",
                 p,
-                snapshot(trainer, cfg, self.n_total, &self.history).write(p),
+                write_checkpoint(p, trainer, cfg, self.n_total, &self.history),
             );
         }
         if let Some(p) = &args.metrics {
             keep("--metrics", p, write_metrics(p, &self.history));
         }
         if let Some(p) = &args.losses {
-            keep("--losses", p, output::write_losses(p, 0, trainer.losses()));
+            keep("--losses", p, write_all_losses(p, trainer));
         }
         if let Some(p) = &args.save {
             keep("--save", p, npz::save_weights(p, trainer.weights()));
@@ -561,6 +572,21 @@ impl<'a> Reporter<'a> {
         }
         Ok(())
     }
+}
+
+/// Every loss of the run as `t loss` lines (see [`output::write_losses`]),
+/// streamed from the trainer.
+fn write_all_losses<F: Real>(path: &Path, t: &Trainer<F>) -> Result<()> {
+    output::write_atomic(path, |w| {
+        let mut step = 0usize;
+        t.for_each_loss(&mut |chunk| {
+            for l in chunk {
+                writeln!(w, "{step} {l:?}")?;
+                step += 1;
+            }
+            Ok(())
+        })
+    })
 }
 
 /// The epoch records as CSV, with a header line.
