@@ -118,19 +118,19 @@ fn check_files_distinct(args: &TrainArgs, spec: &RunSpec) -> Result<()> {
     if let (Some(p), None) = (&args.checkpoint, &args.resume) {
         let existing = std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file() && m.len() > 0);
         if existing && !args.replace_checkpoint {
-            let what = match AnyCheckpoint::read(p) {
+            return Err(Error::invalid(match AnyCheckpoint::read(p) {
                 Ok(c) => format!(
-                    "a checkpoint of another run ({} of {} steps done)",
+                    "--checkpoint {} already holds a checkpoint of another run ({} of {} steps done): continue it with --resume {}, or pass --replace-checkpoint to start a new run over it",
+                    p.display(),
                     c.header().steps_done,
-                    c.header().total_steps
+                    c.header().total_steps,
+                    p.display()
                 ),
-                Err(_) => "a file that is not a checkpoint".to_string(),
-            };
-            return Err(Error::invalid(format!(
-                "--checkpoint {} already holds {what}: continue it with --resume {}, or pass --replace-checkpoint to start a new run over it",
-                p.display(),
-                p.display()
-            )));
+                Err(_) => format!(
+                    "--checkpoint {} already holds a file that is not a checkpoint: pass --replace-checkpoint to write over it",
+                    p.display()
+                ),
+            }));
         }
     }
     Ok(())
