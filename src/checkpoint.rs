@@ -14,8 +14,11 @@
 //! 20+H    8·steps     the loss of every step done (f64)
 //! ..      e·D_in·H    w1, row-major (e = 4 for f32, 8 for f64)
 //! ..      e·H·D_out   w2, row-major
+//! ..      e·H, e·D_out      with biases (header `biases`): b1, b2
 //! ..      e·D_in·H    dual form only (header `form` = "dual"): w1_0
 //! ..      e·N·H       dual form only: C, so that w1 = w1_0 + xᵀ·C
+//! ..      (as above)  with `best_weights`: the weights of the best
+//!                     validation epoch so far, w1, w2 (and b1, b2)
 //! end−32  32          SHA-256 of every byte before it
 //! ```
 //!
@@ -28,7 +31,7 @@
 //! checksum, before it believes a single weight.
 
 use crate::error::{Error, Result};
-use crate::net::Weights;
+use crate::net::{Biases, Weights};
 use crate::output::write_atomic;
 use crate::scalar::{Dtype, Real};
 use crate::shape::Shape;
@@ -229,6 +232,33 @@ pub struct MinibatchHeader {
     /// One record per epoch finished.
     #[serde(default)]
     pub history: Vec<EpochRecord>,
+    /// Early stopping: stop once this many epochs in a row have not
+    /// improved on the best validation loss (`--patience`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patience: Option<u64>,
+}
+
+impl MinibatchHeader {
+    /// The epoch with the lowest validation loss so far (the first of
+    /// equals), and that loss.
+    pub fn best_epoch(history: &[EpochRecord]) -> Option<(u64, f64)> {
+        history
+            .iter()
+            .filter_map(|r| r.val_loss.map(|l| (r.epoch, l)))
+            .fold(None, |best, (e, l)| match best {
+                Some((_, b)) if b <= l => best,
+                _ => Some((e, l)),
+            })
+    }
+
+    /// Whether early stopping ends the run after `history`: `patience`
+    /// epochs have passed since the best one.
+    pub fn patience_spent(&self, history: &[EpochRecord]) -> bool {
+        match (self.patience, Self::best_epoch(history), history.last()) {
+            (Some(p), Some((best, _)), Some(last)) => last.epoch - best >= p,
+            _ => false,
+        }
+    }
 }
 
 /// What the end of an epoch measured.
@@ -318,8 +348,19 @@ pub struct Header {
     /// w1 = w1_0 + xᵀ·C (absent: `primal`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub form: Option<String>,
+    /// Whether the model has biases (b1, b2 stored after w2).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub biases: bool,
+    /// Whether the weights of the best validation epoch so far follow
+    /// (`--save-best`, early stopping): the epoch is the history's best.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub best_weights: bool,
     /// twolayer's version that wrote it.
     pub written_by: String,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn one() -> usize {
@@ -380,6 +421,9 @@ pub struct Checkpoint<F> {
     /// In the dual form, w1_0 (D_in×H) and C (N×H): the state the run
     /// continues from (`weights.w1` = w1_0 + xᵀ·C).
     pub dual: Option<(Array2<F>, Array2<F>)>,
+    /// The weights of the best validation epoch so far, when the run
+    /// keeps them (header `best_weights`).
+    pub best: Option<Weights<F>>,
 }
 
 /// Hex form of a SHA-256 digest.
@@ -421,6 +465,7 @@ impl<F: Real> Checkpoint<F> {
             &mut feed,
             &self.weights,
             self.dual.as_ref().map(|(a, c)| (a, c)),
+            self.best.as_ref(),
         )
         .expect("writing to memory does not fail");
         out
@@ -437,6 +482,7 @@ impl<F: Real> Checkpoint<F> {
             &mut feed,
             &self.weights,
             self.dual.as_ref().map(|(a, c)| (a, c)),
+            self.best.as_ref(),
         )
     }
 }
@@ -452,8 +498,9 @@ pub fn write_parts<F: Real>(
     losses: LossFeed,
     weights: &Weights<F>,
     dual: Option<(&Array2<F>, &Array2<F>)>,
+    best: Option<&Weights<F>>,
 ) -> Result<()> {
-    write_atomic(path, |w| emit(w, header, losses, weights, dual))
+    write_atomic(path, |w| emit(w, header, losses, weights, dual, best))
 }
 
 /// Everything a [`Checkpoint`] holds, in the format above, then the
@@ -465,7 +512,16 @@ fn emit<F: Real>(
     losses: LossFeed,
     weights: &Weights<F>,
     dual: Option<(&Array2<F>, &Array2<F>)>,
+    best: Option<&Weights<F>>,
 ) -> std::io::Result<()> {
+    if weights.has_biases() != header.biases
+        || best.is_some() != header.best_weights
+        || best.is_some_and(|b| b.has_biases() != header.biases)
+    {
+        return Err(std::io::Error::other(
+            "a checkpoint's header disagrees with the arrays given to it",
+        ));
+    }
     let mut hashed = Hashed {
         inner: w,
         sha: Sha256::new(),
@@ -491,19 +547,43 @@ fn emit<F: Real>(
             header.steps_done
         )));
     }
-    let dual = dual.map(|(a, c)| [a, c]);
-    for a in [&weights.w1, &weights.w2]
-        .into_iter()
-        .chain(dual.into_iter().flatten())
-    {
-        buf.clear();
-        for v in a.iter() {
-            push_le(&mut buf, *v);
+    // In file order: w1, w2, [b1, b2], [w1_0, C], [best w1, w2, [b1, b2]].
+    fn weight_arrays<F>(w: &Weights<F>) -> Vec<&[F]> {
+        let mut v: Vec<&[F]> = vec![flat(&w.w1), flat(&w.w2)];
+        if let Some(b) = &w.biases {
+            v.extend([flat1(&b.b1), flat1(&b.b2)]);
         }
-        hashed.write_all(&buf)?;
+        v
+    }
+    let mut arrays = weight_arrays(weights);
+    if let Some((a, c)) = dual {
+        arrays.extend([flat(a), flat(c)]);
+    }
+    if let Some(b) = best {
+        arrays.extend(weight_arrays(b));
+    }
+    for a in arrays {
+        for chunk in a.chunks(1 << 16) {
+            buf.clear();
+            for v in chunk {
+                push_le(&mut buf, *v);
+            }
+            hashed.write_all(&buf)?;
+        }
     }
     let digest = hashed.sha.finalize();
     hashed.inner.write_all(&digest)
+}
+
+/// A row-major array's values (a checkpoint's arrays are standard layout:
+/// the trainer makes them so).
+fn flat<F>(a: &Array2<F>) -> &[F] {
+    a.as_slice().expect("a checkpoint's arrays are row-major")
+}
+
+/// A bias vector's values.
+fn flat1<F>(a: &ndarray::Array1<F>) -> &[F] {
+    a.as_slice().expect("bias vectors are contiguous")
 }
 
 /// A writer that takes the SHA-256 of what passes through it.
@@ -546,6 +626,15 @@ impl AnyCheckpoint {
         match self {
             AnyCheckpoint::F32(c) => (c.weights.into_dtype(), c.losses),
             AnyCheckpoint::F64(c) => (c.weights.into_dtype(), c.losses),
+        }
+    }
+
+    /// The best validation epoch's weights, when the checkpoint keeps them,
+    /// as `F` (taken out of the checkpoint).
+    pub fn take_best<F: Real + 'static>(&mut self) -> Option<Weights<F>> {
+        match self {
+            AnyCheckpoint::F32(c) => c.best.take().map(Weights::into_dtype),
+            AnyCheckpoint::F64(c) => c.best.take().map(Weights::into_dtype),
         }
     }
 
@@ -629,15 +718,32 @@ impl AnyCheckpoint {
             bytes: &[u8],
             shape: Shape,
         ) -> Checkpoint<F> {
-            let mut arrays = read_arrays::<F>(bytes, shape, header.form.as_deref() == Some("dual"));
-            let w1 = arrays.remove(0);
-            let w2 = arrays.remove(0);
-            let dual = (arrays.len() == 2).then(|| (arrays.remove(0), arrays.remove(0)));
+            let mut arrays = read_arrays::<F>(bytes, &array_dims(&header, shape)).into_iter();
+            let mut next = || arrays.next().expect("array_dims lists every array");
+            let mut weights = |biases: bool| {
+                let (w1, w2) = (next(), next());
+                let biases = biases.then(|| Biases {
+                    b1: next()
+                        .into_shape_with_order(shape.hidden)
+                        .expect("H values"),
+                    b2: next()
+                        .into_shape_with_order(shape.d_out)
+                        .expect("D_out values"),
+                });
+                Weights { w1, w2, biases }
+            };
+            let w = weights(header.biases);
+            let dual = (header.form.as_deref() == Some("dual")).then(|| {
+                let d = weights(false);
+                (d.w1, d.w2)
+            });
+            let best = header.best_weights.then(|| weights(header.biases));
             Checkpoint {
                 header,
                 losses,
-                weights: Weights { w1, w2 },
+                weights: w,
                 dual,
+                best,
             }
         }
         Ok(match header.dtype().map_err(|e| e.to_string())? {
@@ -683,28 +789,39 @@ fn expected_len(bytes: &[u8]) -> std::result::Result<u64, String> {
     let h = parse_header(bytes)?;
     let hlen = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes")) as u128;
     let e = h.dtype().map_err(|e| e.to_string())?.size() as u128;
-    let (n, d, hid, o) = (
-        h.n as u128,
-        h.d_in as u128,
-        h.hidden as u128,
-        h.d_out as u128,
-    );
-    let dual = if h.form.as_deref() == Some("dual") {
-        d * hid + n * hid
-    } else {
-        0
-    };
-    let total = PREFIX as u128
-        + hlen
-        + 8 * h.steps_done as u128
-        + e * (d * hid + hid * o + dual)
-        + DIGEST as u128;
+    let elems: u128 = array_dims(&h, h.shape().map_err(|e| e.to_string())?)
+        .iter()
+        .map(|&(r, c)| r as u128 * c as u128)
+        .sum();
+    let total = PREFIX as u128 + hlen + 8 * h.steps_done as u128 + e * elems + DIGEST as u128;
     u64::try_from(total).map_err(|_| "checkpoint header describes an impossible size".to_string())
 }
 
-/// The arrays after the losses, in file order: w1 (D_in×H), w2
-/// (H×D_out), and with `dual` w1_0 (D_in×H) and C (N×H).
-fn read_arrays<F: Real>(bytes: &[u8], shape: Shape, dual: bool) -> Vec<Array2<F>> {
+/// The (rows, columns) of the arrays after the losses, in file order: w1
+/// (D_in×H), w2 (H×D_out), with biases b1 (H×1) and b2 (D_out×1), in the
+/// dual form w1_0 (D_in×H) and C (N×H), and with `best_weights` the best
+/// epoch's w1, w2 (and b1, b2).
+fn array_dims(h: &Header, shape: Shape) -> Vec<(usize, usize)> {
+    let (n, d, hid, o) = (shape.n, shape.d_in, shape.hidden, shape.d_out);
+    let weights = |out: &mut Vec<(usize, usize)>| {
+        out.extend([(d, hid), (hid, o)]);
+        if h.biases {
+            out.extend([(hid, 1), (o, 1)]);
+        }
+    };
+    let mut dims = Vec::new();
+    weights(&mut dims);
+    if h.form.as_deref() == Some("dual") {
+        dims.extend([(d, hid), (n, hid)]);
+    }
+    if h.best_weights {
+        weights(&mut dims);
+    }
+    dims
+}
+
+/// The arrays after the losses, of `dims` (see [`array_dims`]).
+fn read_arrays<F: Real>(bytes: &[u8], dims: &[(usize, usize)]) -> Vec<Array2<F>> {
     let e = F::DTYPE.size();
     let read = |at: usize| -> F {
         match F::DTYPE {
@@ -716,13 +833,9 @@ fn read_arrays<F: Real>(bytes: &[u8], shape: Shape, dual: bool) -> Vec<Array2<F>
             )),
         }
     };
-    let (n, d, h, o) = (shape.n, shape.d_in, shape.hidden, shape.d_out);
-    let mut dims = vec![(d, h), (h, o)];
-    if dual {
-        dims.extend([(d, h), (n, h)]);
-    }
     let mut at = 0;
-    dims.into_iter()
+    dims.iter()
+        .copied()
         .map(|(r, c)| {
             let a = Array2::from_shape_fn((r, c), |(i, j)| read((at + i * c + j) * e));
             at += r * c;
@@ -810,12 +923,50 @@ mod tests {
                 blas_library: Some("0.3.34-COOPERLAKE".into()),
                 plan: None,
                 form: None,
+                biases: false,
+                best_weights: false,
                 written_by: "test".into(),
             },
             losses: vec![3.0, 2.0, 1.5],
             weights: Weights::random(shape, 1),
             dual: None,
+            best: None,
         }
+    }
+
+    #[test]
+    fn biases_and_the_best_weights_round_trip_in_a_dual_checkpoint() {
+        let shape = Shape::new(4, 3, 2, 5).unwrap();
+        let mut c = sample();
+        let with = |seed| {
+            let mut w = Weights::<f32>::random(shape, seed);
+            w.biases = Some(crate::net::Biases {
+                b1: ndarray::Array1::from_vec(vec![0.5, -1.5]),
+                b2: ndarray::Array1::from_shape_fn(5, |i| i as f32 + seed as f32),
+            });
+            w
+        };
+        c.weights = with(1);
+        c.best = Some(with(9));
+        c.header.biases = true;
+        c.header.best_weights = true;
+        c.header.form = Some("dual".into());
+        c.dual = Some((
+            with(3).w1,
+            Array2::from_shape_fn((4, 2), |(i, j)| (i + j) as f32),
+        ));
+        let back = AnyCheckpoint::from_bytes(&c.to_bytes()).unwrap();
+        assert_eq!(back, AnyCheckpoint::F32(c.clone()));
+        // A header that disagrees with the arrays is not written.
+        let mut bad = c.clone();
+        bad.header.best_weights = false;
+        assert!(std::panic::catch_unwind(|| bad.to_bytes()).is_err());
+        // Every added byte is in the length the header implies: one short
+        // is refused.
+        let bytes = c.to_bytes();
+        let mut cut = bytes[..bytes.len() - 33].to_vec();
+        cut.extend_from_slice(&bytes[bytes.len() - 32..]);
+        assert!(AnyCheckpoint::from_bytes(&cut).is_err());
     }
 
     #[test]

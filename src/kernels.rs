@@ -68,6 +68,77 @@ pub fn relu_mask<F: Real>(grad: &mut [F], h_relu: &[F]) {
     }
 }
 
+/// [`relu_in_place`] after adding the bias: `h ← max(h + b1, 0)` for h a
+/// block of rows × H (row-major) and b1 of H, in the same one pass over
+/// h, with the same sign-bit mask.
+pub fn bias_relu_in_place<F: Real>(h: &mut [F], b1: &[F]) {
+    assert!(
+        !b1.is_empty() && h.len().is_multiple_of(b1.len()),
+        "h is not rows of b1's width"
+    );
+    for row in h.chunks_exact_mut(b1.len()) {
+        for (v, &b) in row.iter_mut().zip(b1) {
+            let z = *v + b;
+            *v = if z < F::zero() {
+                F::neg_zero()
+            } else {
+                z + F::zero()
+            };
+        }
+    }
+}
+
+/// [`loss_and_grad`] with the bias b2 (D_out) added to every row of y_pred
+/// (rows × D_out): `g_y = 2·(y_pred + b2 − y)`, and the bias's gradient,
+/// the column sums of g_y, added into `g_b2` (D_out) — in the same pass.
+/// Returns Σ (y_pred + b2 − y)².
+pub fn loss_and_grad_bias<F: Real>(
+    pred_to_grad: &mut [F],
+    y: &[F],
+    b2: &[F],
+    g_b2: &mut [F],
+) -> f64 {
+    assert_eq!(pred_to_grad.len(), y.len(), "y_pred and y differ in size");
+    assert!(
+        !b2.is_empty() && b2.len() == g_b2.len() && y.len().is_multiple_of(b2.len()),
+        "y_pred is not rows of b2's width"
+    );
+    let two = F::one() + F::one();
+    let mut s = 0.0f64;
+    let w = b2.len();
+    for (row, y) in pred_to_grad.chunks_exact_mut(w).zip(y.chunks_exact(w)) {
+        for (((p, &y), &b), g) in row.iter_mut().zip(y).zip(b2).zip(g_b2.iter_mut()) {
+            let d = *p + b - y;
+            let d64 = d.to_f64();
+            s += d64 * d64;
+            *p = two * d;
+            *g = *g + *p;
+        }
+    }
+    s
+}
+
+/// [`relu_mask`] that also adds the bias's gradient, the column sums of
+/// g_h (rows × H), into `g_b1` (H), in the same pass.
+pub fn relu_mask_bias<F: Real>(grad: &mut [F], h_relu: &[F], g_b1: &mut [F]) {
+    assert_eq!(
+        grad.len(),
+        h_relu.len(),
+        "g_hrelu and h_relu differ in size"
+    );
+    assert!(
+        !g_b1.is_empty() && grad.len().is_multiple_of(g_b1.len()),
+        "g_h is not rows of g_b1's width"
+    );
+    let w = g_b1.len();
+    for (row, h) in grad.chunks_exact_mut(w).zip(h_relu.chunks_exact(w)) {
+        for ((g, h), acc) in row.iter_mut().zip(h).zip(g_b1.iter_mut()) {
+            *g = if h.is_sign_negative() { F::zero() } else { *g };
+            *acc = *acc + *g;
+        }
+    }
+}
+
 /// Runs `pass` over matching chunks of `out` and `a`, `b` (either may be
 /// empty, meaning unused), in parallel when large.
 fn zip3<F: Real>(out: &mut [F], a: &[F], b: &[F], pass: impl Fn(&mut [F], &[F], &[F]) + Sync) {
@@ -165,6 +236,27 @@ mod tests {
         let mut g = vec![5.0f32, 6.0, 7.0];
         relu_mask(&mut g, &h);
         assert_eq!(g, [0.0, 6.0, 7.0]);
+    }
+
+    #[test]
+    fn bias_passes_match_plain_loops() {
+        // 3 rows × 2 columns.
+        let mut h = vec![-1.0f64, 0.5, 2.0, -3.0, 0.25, 0.0];
+        bias_relu_in_place(&mut h, &[0.5, 1.0]);
+        assert_eq!(h, [0.0, 1.5, 2.5, 0.0, 0.75, 1.0]);
+        assert!(h[0].is_sign_negative() && h[3].is_sign_negative());
+        let mut g = vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let mut gb1 = vec![10.0, 20.0];
+        relu_mask_bias(&mut g, &h, &mut gb1);
+        assert_eq!(g, [0.0, 2.0, 3.0, 0.0, 5.0, 6.0]);
+        assert_eq!(gb1, [10.0 + 8.0, 20.0 + 8.0]);
+        let mut p = vec![1.0, 2.0, 3.0, 4.0];
+        let mut gb2 = vec![0.0, 0.0];
+        let loss = loss_and_grad_bias(&mut p, &[0.0, 0.0, 1.0, 1.0], &[1.0, -1.0], &mut gb2);
+        // d = [2, 1, 3, 2]
+        assert_eq!(loss, 4.0 + 1.0 + 9.0 + 4.0);
+        assert_eq!(p, [4.0, 2.0, 6.0, 4.0]);
+        assert_eq!(gb2, [10.0, 6.0]);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The network's state: the data it is trained on (x, y) and its weights
-//! (w1, w2), with seeded initialisation.
+//! (w1, w2, and the biases b1, b2 when the model has them), with seeded
+//! initialisation.
 //!
 //! Random arrays are drawn row by row, each row from its own ChaCha8 stream
 //! (stream id = array id and row index). So any subset of rows can be made
@@ -10,7 +11,7 @@
 use crate::error::{Error, Result};
 use crate::scalar::Real;
 use crate::shape::Shape;
-use ndarray::Array2;
+use ndarray::{Array1, Array2};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
@@ -26,13 +27,45 @@ pub struct Data<F> {
     pub y: Array2<F>,
 }
 
-/// The two weight matrices: w1 is D_in×H, w2 is H×D_out (no biases).
+/// The weights: w1 is D_in×H, w2 is H×D_out, and the biases, when the
+/// model has them (as every `nn.Linear` does by default):
+/// y_pred = max(x·w1 + b1, 0)·w2 + b2. The reference experiment has none.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Weights<F> {
     /// First layer, D_in×H.
     pub w1: Array2<F>,
     /// Second layer, H×D_out.
     pub w2: Array2<F>,
+    /// b1 and b2, or `None` for the model without biases.
+    pub biases: Option<Biases<F>>,
+}
+
+/// The two bias vectors, added to every row: b1 to x·w1 (before the
+/// ReLU), b2 to h_relu·w2.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Biases<F> {
+    /// First layer's, H.
+    pub b1: Array1<F>,
+    /// Second layer's, D_out.
+    pub b2: Array1<F>,
+}
+
+impl<F: Real> Biases<F> {
+    /// Zero biases for `shape` (the initialisation twolayer uses).
+    pub fn zeros(shape: Shape) -> Self {
+        Biases {
+            b1: Array1::zeros(shape.hidden),
+            b2: Array1::zeros(shape.d_out),
+        }
+    }
+
+    /// The same biases in another element type (rounded to nearest).
+    pub fn cast<G: Real>(&self) -> Biases<G> {
+        Biases {
+            b1: self.b1.mapv(|v| G::from_f64(v.to_f64())),
+            b2: self.b2.mapv(|v| G::from_f64(v.to_f64())),
+        }
+    }
 }
 
 /// Which array a random stream belongs to; part of every row's stream id.
@@ -128,6 +161,7 @@ impl<F: Real> Weights<F> {
         Weights {
             w1: self.w1.mapv(|v| G::from_f64(v.to_f64())),
             w2: self.w2.mapv(|v| G::from_f64(v.to_f64())),
+            biases: self.biases.as_ref().map(Biases::cast),
         }
     }
 }
@@ -139,7 +173,26 @@ impl<F: Real> Weights<F> {
         Weights {
             w1: normal_rows(seed, ArrayId::W1, 0, shape.d_in, shape.hidden),
             w2: normal_rows(seed, ArrayId::W2, 0, shape.hidden, shape.d_out),
+            biases: None,
         }
+    }
+
+    /// These weights with zero biases added (kept as they are when they
+    /// have biases already).
+    pub fn with_zero_biases(mut self) -> Self {
+        if self.biases.is_none() {
+            let (h, o) = self.w2.dim();
+            self.biases = Some(Biases {
+                b1: Array1::zeros(h),
+                b2: Array1::zeros(o),
+            });
+        }
+        self
+    }
+
+    /// Whether the model has biases.
+    pub fn has_biases(&self) -> bool {
+        self.biases.is_some()
     }
 }
 
@@ -161,7 +214,29 @@ pub fn checked_shape<F: Real>(data: &Data<F>, weights: &Weights<F>) -> Result<Sh
     ] {
         check_finite(name, a)?;
     }
+    if let Some(b) = &weights.biases {
+        check_biases(b, shape.hidden, shape.d_out)?;
+    }
     Ok(shape)
+}
+
+/// Fails, naming the vector, when b1 is not H long, b2 not D_out long, or
+/// either holds a value that is not finite.
+pub fn check_biases<F: Real>(b: &Biases<F>, hidden: usize, d_out: usize) -> Result<()> {
+    for (name, v, want, dim) in [("b1", &b.b1, hidden, "H"), ("b2", &b.b2, d_out, "D_out")] {
+        if v.len() != want {
+            return Err(Error::invalid(format!(
+                "shape mismatch: {name} has {} values but the layer has {dim} = {want}",
+                v.len()
+            )));
+        }
+        if let Some((i, x)) = v.indexed_iter().find(|(_, x)| !x.is_finite()) {
+            return Err(Error::invalid(format!(
+                "array '{name}' holds a non-finite value ({x}) at [{i}]; the weights must be finite"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The shape that arrays of these (rows, columns) describe, or an error

@@ -9,7 +9,7 @@
 //! Only then does ndarray-npy read the data.
 
 use crate::error::{Error, Result};
-use crate::net::{check_finite, checked_shape, shape_from_dims, Data, Weights};
+use crate::net::{check_finite, checked_shape, shape_from_dims, Biases, Data, Weights};
 use crate::output::write_atomic;
 use crate::scalar::{Dtype, Real};
 use crate::shape::Shape;
@@ -278,6 +278,33 @@ fn inspect_entry<R: Read + Seek>(
     name: &str,
 ) -> Result<Entry> {
     let index = find_array(path, zip, name, "it needs x, y, w1 and w2")?;
+    inspect_at(path, zip, name, index, false)
+}
+
+/// A bias vector's entry, 1-D (read as a column), when the file has it.
+fn inspect_vector<R: Read + Seek>(
+    path: &Path,
+    zip: &mut zip::ZipArchive<R>,
+    name: &str,
+) -> Result<Option<Entry>> {
+    match zip
+        .index_for_name(&format!("{name}.npy"))
+        .or_else(|| zip.index_for_name(name))
+    {
+        Some(index) => inspect_at(path, zip, name, index, true).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The checked header of entry `index`: 2-D, or 1-D when `vector` (as
+/// n×1).
+fn inspect_at<R: Read + Seek>(
+    path: &Path,
+    zip: &mut zip::ZipArchive<R>,
+    name: &str,
+    index: usize,
+    vector: bool,
+) -> Result<Entry> {
     let bad = |msg: String| Error::read(path, format!("array '{name}': {msg}"));
     let mut entry = zip.by_index(index).map_err(|e| bad(e.to_string()))?;
     let entry_size = entry.size();
@@ -289,6 +316,13 @@ fn inspect_entry<R: Read + Seek>(
         ))
     })?;
     let dims = match header.shape[..] {
+        [n] if vector => (n, 1),
+        _ if vector => {
+            return Err(bad(format!(
+                "must be 1-D (a bias vector), but its shape is {:?}",
+                header.shape
+            )))
+        }
         [r, c] => (r, c),
         _ => {
             return Err(bad(format!(
@@ -362,7 +396,14 @@ fn read_all<F: Real, R: Read + Seek>(
     let w1 = arrays.pop().expect("four arrays");
     let y = arrays.pop().expect("four arrays");
     let x = arrays.pop().expect("four arrays");
-    let (data, weights) = (Data { x, y }, Weights { w1, w2 });
+    let (data, weights) = (
+        Data { x, y },
+        Weights {
+            w1,
+            w2,
+            biases: None,
+        },
+    );
     checked_shape(&data, &weights).map_err(|e| Error::read(path, e))?;
     Ok((data, weights))
 }
@@ -403,7 +444,11 @@ pub fn load_weights<F: Real>(path: &Path) -> Result<Weights<F>> {
     let all = |e: &Entry| 0..e.dims.0;
     let w1 = read_entry_rows::<F, _>(path, &mut c.zip, &c.entries[2], "w1", all(&c.entries[2]))?;
     let w2 = read_entry_rows::<F, _>(path, &mut c.zip, &c.entries[3], "w2", all(&c.entries[3]))?;
-    Ok(Weights { w1, w2 })
+    Ok(Weights {
+        w1,
+        w2,
+        biases: None,
+    })
 }
 
 /// The two weight entries of a weights file (`--save`'s: w1 and w2, any
@@ -454,7 +499,40 @@ pub fn load_weights_file<F: Real>(path: &Path) -> Result<Weights<F>> {
     }
     let w1 = read_entry_rows::<F, _>(path, &mut zip, &e1, "w1", 0..e1.dims.0)?;
     let w2 = read_entry_rows::<F, _>(path, &mut zip, &e2, "w2", 0..e2.dims.0)?;
-    Ok(Weights { w1, w2 })
+    let biases = match (
+        inspect_vector(path, &mut zip, "b1")?,
+        inspect_vector(path, &mut zip, "b2")?,
+    ) {
+        (None, None) => None,
+        (Some(b1), Some(b2)) => {
+            let read = |zip: &mut zip::ZipArchive<_>, e: &Entry, name: &str| {
+                read_entry_rows::<F, _>(path, zip, e, name, 0..e.dims.0)
+                    .map(|a| a.into_shape_with_order(e.dims.0).expect("a column"))
+            };
+            let b = Biases {
+                b1: read(&mut zip, &b1, "b1")?,
+                b2: read(&mut zip, &b2, "b2")?,
+            };
+            crate::net::check_biases(&b, e1.dims.1, e2.dims.1).map_err(|e| Error::read(path, e))?;
+            Some(b)
+        }
+        _ => {
+            return Err(Error::read(
+                path,
+                "it holds one of the biases b1 and b2 without the other; a model with biases needs both",
+            ))
+        }
+    };
+    Ok(Weights { w1, w2, biases })
+}
+
+/// Whether a weights file holds biases (b1 and b2), from its entry names.
+pub fn weights_have_biases(path: &Path) -> Result<bool> {
+    let zip = open_zip(path)?;
+    let has = |n: &str| {
+        zip.index_for_name(&format!("{n}.npy")).is_some() || zip.index_for_name(n).is_some()
+    };
+    Ok(has("b1") && has("b2"))
 }
 
 /// A reader that can move forward without handing the bytes over.
@@ -585,11 +663,11 @@ pub fn write_npy_header(
 }
 
 /// Writes arrays under their names as an uncompressed `.npz`, atomically.
-fn write_npz<F: Real>(path: &Path, arrays: &[(&str, &Array2<F>)]) -> Result<()> {
+fn write_npz<F: Real>(path: &Path, arrays: &[(&str, ndarray::ArrayViewD<F>)]) -> Result<()> {
     write_atomic(path, |w| {
         let mut npz = NpzWriter::new(w);
         for (name, a) in arrays {
-            if let Err(e) = npz.add_array(*name, *a) {
+            if let Err(e) = npz.add_array(*name, a) {
                 // Dropping a failed archive makes the zip crate try to
                 // finish it again and print "ZipWriter drop failed" on
                 // stderr, a second line beside the error (the temporary
@@ -620,9 +698,18 @@ fn with_causes(e: &dyn std::error::Error) -> String {
     msg
 }
 
-/// Writes the weights as `w1` and `w2`, readable with `np.load`.
+/// Writes the weights as `w1` and `w2` (and the biases as the 1-D `b1`
+/// and `b2`), readable with `np.load`.
 pub fn save_weights<F: Real>(path: &Path, weights: &Weights<F>) -> Result<()> {
-    write_npz(path, &[("w1", &weights.w1), ("w2", &weights.w2)])
+    let mut arrays = vec![
+        ("w1", weights.w1.view().into_dyn()),
+        ("w2", weights.w2.view().into_dyn()),
+    ];
+    if let Some(b) = &weights.biases {
+        arrays.push(("b1", b.b1.view().into_dyn()));
+        arrays.push(("b2", b.b2.view().into_dyn()));
+    }
+    write_npz(path, &arrays)
 }
 
 /// Writes a whole initial state (x, y, w1, w2) in the layout
@@ -631,10 +718,10 @@ pub fn save_init<F: Real>(path: &Path, data: &Data<F>, weights: &Weights<F>) -> 
     write_npz(
         path,
         &[
-            ("x", &data.x),
-            ("y", &data.y),
-            ("w1", &weights.w1),
-            ("w2", &weights.w2),
+            ("x", data.x.view().into_dyn()),
+            ("y", data.y.view().into_dyn()),
+            ("w1", weights.w1.view().into_dyn()),
+            ("w2", weights.w2.view().into_dyn()),
         ],
     )
 }

@@ -1,5 +1,6 @@
 //! The forward pass on its own, for predictions and evaluation: y_pred =
-//! relu(x·w1)·w2 over any number of rows, a batch at a time, through the
+//! relu(x·w1 + b1)·w2 + b2 (without the biases when the model has none)
+//! over any number of rows, a batch at a time, through the
 //! same two GEMMs as the step's forward half, into buffers allocated once.
 
 use crate::dataset::batches::Schedule;
@@ -41,10 +42,21 @@ impl<F: Real> Forward<F> {
         // h[..r] (r×H) = x (r×D_in) · w1 (D_in×H): GEMM NN, alpha 1, beta 0.
         let mut h = self.h.slice_mut(s![..r, ..]);
         general_mat_mul(one, &x, &w.w1, zero, &mut h);
-        kernels::relu_in_place(h.as_slice_mut().expect("leading rows of a row-major array"));
-        // out[..r] (r×D_out) = relu(h) (r×H) · w2 (H×D_out): GEMM NN.
+        let h = h.as_slice_mut().expect("leading rows of a row-major array");
+        // h = relu(h + b1), b1 added to every row in the same pass.
+        match &w.biases {
+            Some(b) => kernels::bias_relu_in_place(h, b.b1.as_slice().expect("contiguous")),
+            None => kernels::relu_in_place(h),
+        }
+        // out[..r] (r×D_out) = relu(h) (r×H) · w2 (H×D_out): GEMM NN;
+        // then + b2 on every row.
         let mut out = self.out.slice_mut(s![..r, ..]);
         general_mat_mul(one, &self.h.slice(s![..r, ..]), &w.w2, zero, &mut out);
+        if let Some(b) = &w.biases {
+            for mut row in out.rows_mut() {
+                row.zip_mut_with(&b.b2, |o, &b| *o = *o + b);
+            }
+        }
         self.out.slice(s![..r, ..])
     }
 }

@@ -110,15 +110,32 @@ fn assert_agree(r: &[String; 6]) {
     }
     let load = |p: &str| {
         let mut z = ndarray_npy::NpzReader::new(std::fs::File::open(p).unwrap()).unwrap();
-        let w1: Array2<f64> = z.by_name("w1").unwrap();
-        let w2: Array2<f64> = z.by_name("w2").unwrap();
-        (w1, w2)
+        let names = z.names().unwrap();
+        let mut arrays: Vec<Array2<f64>> = vec![z.by_name("w1").unwrap(), z.by_name("w2").unwrap()];
+        for b in ["b1", "b2"] {
+            if names.iter().any(|n| n.trim_end_matches(".npy") == b) {
+                let v: ndarray::Array1<f64> = z.by_name(b).unwrap();
+                arrays.push(v.insert_axis(ndarray::Axis(0)));
+            }
+        }
+        arrays
     };
     let (u, v) = (load(&r[4]), load(&r[5]));
-    for (a, b) in [(&u.0, &v.0), (&u.1, &v.1)] {
+    assert_eq!(u.len(), v.len(), "one side has biases, the other not");
+    for (a, b) in u.iter().zip(&v) {
         let gap = common::max_rel_diff(a, b, 1e-3);
         assert!(gap < 1e-9, "weights differ by {gap:e}");
     }
+}
+
+/// The weight arrays a weights file holds, by name.
+fn npz_names(p: &Path) -> Vec<String> {
+    let mut z = ndarray_npy::NpzReader::new(std::fs::File::open(p).unwrap()).unwrap();
+    z.names()
+        .unwrap()
+        .into_iter()
+        .map(|n| n.trim_end_matches(".npy").to_string())
+        .collect()
 }
 
 #[test]
@@ -150,6 +167,26 @@ fn shuffled_minibatch_sgd_matches_numpy_with_a_held_out_split_and_the_mean_loss(
     );
     assert_agree(&r);
     assert_eq!(r[2].lines().count(), 4, "a header and 3 epochs:\n{}", r[2]);
+    // A --data run has biases unless told otherwise, saved as numpy's b1, b2.
+    assert_eq!(npz_names(Path::new(&r[4])), ["w1", "w2", "b1", "b2"]);
+}
+
+#[test]
+fn the_defaults_of_a_data_run_are_numpys_mean_loss_biases_batch_32_and_20_epochs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (x, y) = teacher_data(500, 8, 2, 4);
+    let data = dir.path().join("d.npz");
+    write_npz(&data, &[("x", &x), ("y", &y)]);
+    let w0 = start_weights(dir.path(), 8, 12, 2);
+    let r = both(
+        dir.path(),
+        &[s(&data)],
+        &["--weights", s(&w0), "--val-fraction", "0.2"],
+    );
+    assert_agree(&r);
+    // 400 training rows in batches of 32: 12 steps an epoch, 20 epochs.
+    assert_eq!(parse_losses(&r[0]).len(), 20 * 12);
+    assert_eq!(r[2].lines().count(), 21);
 }
 
 #[test]
@@ -177,6 +214,9 @@ fn two_npy_files_a_separate_validation_set_and_the_sum_loss_match_numpy() {
             "4",
             "--lr",
             "0.002",
+            "--loss",
+            "sum",
+            "--no-bias",
             "--val",
             s(&val),
             "--seed",
@@ -184,6 +224,7 @@ fn two_npy_files_a_separate_validation_set_and_the_sum_loss_match_numpy() {
         ],
     );
     assert_agree(&r);
+    assert_eq!(npz_names(Path::new(&r[4])), ["w1", "w2"]);
 }
 
 /// The losses and weights of a run, as the bytes it wrote.

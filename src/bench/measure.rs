@@ -320,7 +320,13 @@ impl<F: Real> Stepper<F> {
             Stepper::Primal { ws, grads } => {
                 step::update(ws, data, w, grads.as_mut(), lr, &mut FnProbe(probe))
             }
-            Stepper::Dual(d) => d.step_probed(&data.y, &mut w.w2, lr, &mut FnProbe(probe)),
+            Stepper::Dual(d) => d.step_probed(
+                &data.y,
+                &mut w.w2,
+                w.biases.as_mut(),
+                lr,
+                &mut FnProbe(probe),
+            ),
         }
     }
 

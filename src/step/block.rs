@@ -3,16 +3,22 @@
 //! is the only file needed to check the math.
 //!
 //! ```text
-//! h        = x · w1                 B×H
+//! h        = x · w1 [+ b1]          B×H
 //! h_relu   = max(h, 0)              B×H
-//! y_pred   = h_relu · w2            B×D_out
+//! y_pred   = h_relu · w2 [+ b2]     B×D_out
 //! loss     = Σ (y_pred − y)²
 //! g_y      = 2 (y_pred − y)         B×D_out
+//! g_b2     = Σ_rows g_y             D_out    (with biases)
 //! g_w2     = h_reluᵀ · g_y          H×D_out
 //! g_hrelu  = g_y · w2ᵀ              B×H      (w2 before this step's update)
 //! g_h      = g_hrelu, 0 where h < 0
+//! g_b1     = Σ_rows g_h             H        (with biases)
 //! g_w1     = xᵀ · g_h               D_in×H
 //! ```
+//!
+//! The biases cost no pass of their own: b1 is added in the ReLU pass, b2
+//! in the loss pass, and their gradients (column sums) are taken in the
+//! loss pass and the mask pass, which read g_y and g_h anyway.
 //!
 //! Three buffers hold a block's intermediates, each reused in place by the
 //! next line that needs it (h then h_relu; y_pred then g_y; g_hrelu then
@@ -23,7 +29,7 @@ use super::probe::{Phase, Probe};
 use super::views::{rows_of_mut, slice, slice_mut};
 use super::LearningRates;
 use crate::kernels;
-use crate::net::Weights;
+use crate::net::{Biases, Weights};
 use crate::scalar::Real;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
@@ -53,6 +59,16 @@ pub(super) enum Sink<'a, F> {
     },
 }
 
+/// Where a block adds its bias gradients (the column sums of g_y and
+/// g_h): g_b1 (H) and g_b2 (D_out). Zeroed first on a shard's first block
+/// (the sink's beta = 0) and in a fused step.
+pub(super) struct BiasSums<'a, F> {
+    /// H.
+    pub(super) g_b1: &'a mut [F],
+    /// D_out.
+    pub(super) g_b2: &'a mut [F],
+}
+
 /// One weight-gradient GEMM's destination: `out ← alpha·product + beta·out`.
 struct Target<'a, F> {
     alpha: F,
@@ -68,10 +84,27 @@ impl<'a, F: Real> Sink<'a, F> {
         }
     }
 
-    /// The targets of (g_w2, g_w1). `None` where the GEMM is not run now:
-    /// a deferred g_w1, or a fused layer whose rate is 0 (alpha = 0 with
-    /// beta = 1 would leave the weights as they are).
-    fn targets(self) -> (Option<Target<'a, F>>, Option<Target<'a, F>>) {
+    /// Whether this block's gradients start the sums (beta = 0; always
+    /// for a fused step, whose sums are this block's alone).
+    fn starts_sums(&self) -> bool {
+        match self {
+            Sink::Accumulate { beta, .. } => *beta == F::zero(),
+            Sink::Fused { .. } => true,
+        }
+    }
+
+    /// The targets of (g_w2, g_w1), and for a fused step with biases, the
+    /// biases to update with the rates. `None` where the GEMM is not run
+    /// now: a deferred g_w1, or a fused layer whose rate is 0 (alpha = 0
+    /// with beta = 1 would leave the weights as they are).
+    #[allow(clippy::type_complexity)]
+    fn targets(
+        self,
+    ) -> (
+        Option<Target<'a, F>>,
+        Option<Target<'a, F>>,
+        Option<(&'a mut Biases<F>, LearningRates)>,
+    ) {
         let (one, zero) = (F::one(), F::zero());
         match self {
             Sink::Accumulate {
@@ -87,6 +120,7 @@ impl<'a, F: Real> Sink<'a, F> {
                     beta,
                     out,
                 }),
+                None,
             ),
             Sink::Fused { weights, lr } => {
                 let fused = |lr: f64, out| {
@@ -97,7 +131,12 @@ impl<'a, F: Real> Sink<'a, F> {
                         out,
                     })
                 };
-                (fused(lr.w2, &mut weights.w2), fused(lr.w1, &mut weights.w1))
+                let Weights { w1, w2, biases } = weights;
+                (
+                    fused(lr.w2, w2),
+                    fused(lr.w1, w1),
+                    biases.as_mut().map(|b| (b, lr)),
+                )
             }
         }
     }
@@ -106,6 +145,7 @@ impl<'a, F: Real> Sink<'a, F> {
 /// Forward and backward for one block of rows: x is B×D_in, y is B×D_out.
 /// Returns the block's loss. With a [`Sink::Fused`] sink and a loss that is
 /// not finite, stops before the update and leaves the weights as they were.
+/// `bias_sums` is `Some` exactly when the weights have biases.
 ///
 /// With `PASSES = false` the elementwise passes (ReLU, loss and g_y, mask)
 /// are skipped and the loss is 0: the step's GEMMs alone, exactly as the
@@ -116,10 +156,17 @@ pub(super) fn block<F: Real, const PASSES: bool>(
     x: ArrayView2<F>,
     y: ArrayView2<F>,
     sink: Sink<F>,
+    bias_sums: Option<BiasSums<F>>,
     probe: &mut impl Probe,
 ) -> f64 {
     let (one, zero) = (F::one(), F::zero());
     let rows = x.nrows();
+    debug_assert_eq!(bias_sums.is_some(), sink.weights().has_biases());
+    let mut bias_sums = bias_sums;
+    if let (Some(s), true) = (&mut bias_sums, sink.starts_sums()) {
+        s.g_b1.fill(zero);
+        s.g_b2.fill(zero);
+    }
     let mut h = rows_of_mut(&mut bufs.h, 0..rows);
     let mut y_pred = rows_of_mut(&mut bufs.y_pred, 0..rows);
     let mut g_hrelu = rows_of_mut(&mut bufs.g_hrelu, 0..rows);
@@ -131,11 +178,15 @@ pub(super) fn block<F: Real, const PASSES: bool>(
     general_mat_mul(one, &x, &w.w1, zero, &mut h);
     probe.done(Phase::ForwardGemms);
 
-    // h_relu = max(h, 0), in place; where h < 0 it stores −0.0, so the
-    // sign bit is the mask the backward pass needs.
+    // h_relu = max(h + b1, 0), in place (b1 added to every row, when the
+    // model has biases); where the sum is < 0 it stores −0.0, so the sign
+    // bit is the mask the backward pass needs.
     let h_relu: ArrayViewMut2<F> = {
         if PASSES {
-            kernels::relu_in_place(slice_mut(&mut h));
+            match &w.biases {
+                Some(b) => kernels::bias_relu_in_place(slice_mut(&mut h), flat1(&b.b1)),
+                None => kernels::relu_in_place(slice_mut(&mut h)),
+            }
         }
         h
     };
@@ -146,12 +197,16 @@ pub(super) fn block<F: Real, const PASSES: bool>(
     general_mat_mul(one, &h_relu, &w.w2, zero, &mut y_pred);
     probe.done(Phase::ForwardGemms);
 
-    // loss = Σ (y_pred − y)²  and  g_y = 2 (y_pred − y), one pass, in place.
+    // loss = Σ (y_pred − y)²  and  g_y = 2 (y_pred − y), one pass, in
+    // place; with biases y_pred gains b2 in the same pass, and
+    // g_b2 (+)= Σ_rows g_y (D_out).
     let (loss, g_y) = {
-        let loss = if PASSES {
-            kernels::loss_and_grad(slice_mut(&mut y_pred), slice(&y))
-        } else {
-            0.0
+        let loss = match (PASSES, &w.biases, &mut bias_sums) {
+            (false, ..) => 0.0,
+            (true, Some(b), Some(s)) => {
+                kernels::loss_and_grad_bias(slice_mut(&mut y_pred), slice(&y), flat1(&b.b2), s.g_b2)
+            }
+            _ => kernels::loss_and_grad(slice_mut(&mut y_pred), slice(&y)),
         };
         (loss, y_pred)
     };
@@ -168,16 +223,21 @@ pub(super) fn block<F: Real, const PASSES: bool>(
     general_mat_mul(one, &g_y, &w.w2.t(), zero, &mut g_hrelu);
     probe.done(Phase::BackwardGemms);
 
-    // g_h = g_hrelu, with g_h = 0 where h < 0 (h == 0 passes), in place.
+    // g_h = g_hrelu, with g_h = 0 where h < 0 (h == 0 passes), in place;
+    // with biases, g_b1 (+)= Σ_rows g_h (H) in the same pass.
     let g_h = {
-        if PASSES {
-            kernels::relu_mask(slice_mut(&mut g_hrelu), slice(&h_relu.view()));
+        match (PASSES, &mut bias_sums) {
+            (false, _) => {}
+            (true, Some(s)) => {
+                kernels::relu_mask_bias(slice_mut(&mut g_hrelu), slice(&h_relu.view()), s.g_b1)
+            }
+            (true, None) => kernels::relu_mask(slice_mut(&mut g_hrelu), slice(&h_relu.view())),
         }
         g_hrelu
     };
     probe.done(Phase::Mask);
 
-    let (w2_target, w1_target) = sink.targets();
+    let (w2_target, w1_target, fused_biases) = sink.targets();
     // g_w2 (+)= h_reluᵀ · g_y
     //   (H×B)·(B×D_out) → H×D_out; h_reluᵀ is a transposed view (TransA).
     //   Accumulating: alpha = 1, beta = 0 on the shard's first block, else 1.
@@ -193,6 +253,16 @@ pub(super) fn block<F: Real, const PASSES: bool>(
     if let Some(t) = w1_target {
         general_mat_mul(t.alpha, &x.t(), &g_h, t.beta, t.out);
     }
+    // Fused, with biases: b1 −= lr·g_b1, b2 −= lr·g_b2 (H and D_out
+    // elements: the only update pass a fused step has).
+    if let (Some((b, lr)), Some(s), true) = (fused_biases, bias_sums, PASSES) {
+        super::update_biases(b, s.g_b1, s.g_b2, lr);
+    }
     probe.done(Phase::BackwardGemms);
     loss
+}
+
+/// A bias vector as a slice (biases are made contiguous).
+pub(super) fn flat1<F>(a: &ndarray::Array1<F>) -> &[F] {
+    a.as_slice().expect("bias vectors are contiguous")
 }

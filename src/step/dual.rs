@@ -9,15 +9,17 @@
 //! P        = x · w1_0               N×H
 //! C        = 0                      N×H      (so w1 = w1_0)
 //! each step:
-//! h        = P + G · C              N×H      (= x·w1_0 + x·xᵀ·C = x·w1)
+//! h        = P + G · C [+ b1]       N×H      (= x·w1_0 + x·xᵀ·C = x·w1)
 //! h_relu   = max(h, 0)              N×H
-//! y_pred   = h_relu · w2            N×D_out
+//! y_pred   = h_relu · w2 [+ b2]     N×D_out
 //! loss     = Σ (y_pred − y)²
 //! g_y      = 2 (y_pred − y)         N×D_out
 //! g_hrelu  = g_y · w2ᵀ              N×H      (w2 before this step's update)
 //! g_h      = g_hrelu, 0 where h < 0
 //! w2      -= lr · h_reluᵀ · g_y     H×D_out
 //! C       -= lr · g_h               N×H      (w1 -= lr·xᵀ·g_h  ⇔  C -= lr·g_h)
+//! b1      -= lr · Σ_rows g_h ;  b2 -= lr · Σ_rows g_y   (with biases: they
+//!                                    are not in w1, so the dual form keeps them as they are)
 //! when the weights are read:
 //! w1       = w1_0 + xᵀ · C          D_in×H
 //! ```
@@ -35,7 +37,7 @@ use super::views::{flat, flat_mut};
 use super::LearningRates;
 use crate::error::{Error, Result};
 use crate::kernels;
-use crate::net::Data;
+use crate::net::{Biases, Data};
 use crate::scalar::{Dtype, Real};
 use crate::shape::Shape;
 use ndarray::linalg::general_mat_mul;
@@ -122,11 +124,20 @@ pub struct Dual<F> {
     y_pred: Array2<F>,
     /// N×H: g_hrelu, then g_h in place.
     g_hrelu: Array2<F>,
+    /// H: Σ_rows g_h, b1's gradient (with biases).
+    g_b1: Vec<F>,
+    /// D_out: Σ_rows g_y, b2's gradient (with biases).
+    g_b2: Vec<F>,
     /// OpenBLAS threads of the step's GEMMs.
     blas_threads: usize,
     /// OpenBLAS threads of the set-up and forming GEMMs (the run's
     /// budget): the same every time, so formed weights are the same bits.
     threads: usize,
+}
+
+/// A bias vector's values.
+fn bias_values<F>(v: &ndarray::Array1<F>) -> &[F] {
+    v.as_slice().expect("bias vectors are contiguous")
 }
 
 /// Below this many FLOPs, the G·C product runs on one thread: handing
@@ -185,15 +196,24 @@ impl<F: Real> Dual<F> {
             h: Array2::zeros((n, h)),
             y_pred: Array2::zeros((n, d_out)),
             g_hrelu: Array2::zeros((n, h)),
+            g_b1: vec![zero; h],
+            g_b2: vec![zero; d_out],
             blas_threads: if flops < ONE_THREAD_BELOW { 1 } else { threads },
         })
     }
 
-    /// One SGD step on C and w2 (module docs); `y` is N×D_out. Returns the
-    /// loss of the weights before the update; when it is not finite, C and
-    /// w2 are left as they were. Allocates nothing.
-    pub fn step(&mut self, y: &Array2<F>, w2: &mut Array2<F>, lr: LearningRates) -> f64 {
-        self.run::<true>(y, w2, lr, &mut NoProbe)
+    /// One SGD step on C and w2, and the biases when the model has them
+    /// (module docs); `y` is N×D_out. Returns the loss of the weights
+    /// before the update; when it is not finite, C, w2 and the biases are
+    /// left as they were. Allocates nothing.
+    pub fn step(
+        &mut self,
+        y: &Array2<F>,
+        w2: &mut Array2<F>,
+        biases: Option<&mut Biases<F>>,
+        lr: LearningRates,
+    ) -> f64 {
+        self.run::<true>(y, w2, biases, lr, &mut NoProbe)
     }
 
     /// [`Dual::step`], reporting its phases to `probe` (benchmarks).
@@ -201,10 +221,11 @@ impl<F: Real> Dual<F> {
         &mut self,
         y: &Array2<F>,
         w2: &mut Array2<F>,
+        biases: Option<&mut Biases<F>>,
         lr: LearningRates,
         probe: &mut impl Probe,
     ) -> f64 {
-        self.run::<true>(y, w2, lr, probe)
+        self.run::<true>(y, w2, biases, lr, probe)
     }
 
     /// The dual step's GEMMs alone, as [`Dual::step`] calls them, with its
@@ -212,7 +233,7 @@ impl<F: Real> Dual<F> {
     /// would cost if those were free. Benchmarks time it beside the step;
     /// it moves w2 by a fused update's worth.
     pub fn gemms_only(&mut self, y: &Array2<F>, w2: &mut Array2<F>, lr: LearningRates) {
-        self.run::<false>(y, w2, lr, &mut NoProbe);
+        self.run::<false>(y, w2, None, lr, &mut NoProbe);
     }
 
     /// The step, its elementwise passes on when `PASSES` (else loss 0).
@@ -220,11 +241,18 @@ impl<F: Real> Dual<F> {
         &mut self,
         y: &Array2<F>,
         w2: &mut Array2<F>,
+        mut biases: Option<&mut Biases<F>>,
         lr: LearningRates,
         probe: &mut impl Probe,
     ) -> f64 {
         let (one, zero) = (F::one(), F::zero());
         crate::blas::set_threads(self.blas_threads);
+        // The biases' values, read by the passes below, before their
+        // update at the end.
+        let (b1, b2) = match biases.as_deref() {
+            Some(b) => (Some(bias_values(&b.b1)), Some(bias_values(&b.b2))),
+            None => (None, None),
+        };
         // ---- forward ----
         // h = P + G · C
         //   h ← P, then (N×N)·(N×H) → N×H; no transposes; alpha = 1,
@@ -234,9 +262,13 @@ impl<F: Real> Dual<F> {
         }
         general_mat_mul(one, &self.gram, &self.coef, one, &mut self.h);
         probe.done(Phase::ForwardGemms);
-        // h_relu = max(h, 0), in place (−0.0 where h < 0: the mask).
+        // h_relu = max(h + b1, 0), in place (b1 with biases; −0.0 where
+        // the sum is < 0: the mask).
         if PASSES {
-            kernels::relu_in_place(flat_mut(&mut self.h));
+            match b1 {
+                Some(b1) => kernels::bias_relu_in_place(flat_mut(&mut self.h), b1),
+                None => kernels::relu_in_place(flat_mut(&mut self.h)),
+            }
         }
         probe.done(Phase::Relu);
         let h_relu = &self.h;
@@ -244,11 +276,15 @@ impl<F: Real> Dual<F> {
         //   (N×H)·(H×D_out) → N×D_out; no transposes; alpha = 1, beta = 0.
         general_mat_mul(one, h_relu, &*w2, zero, &mut self.y_pred);
         probe.done(Phase::ForwardGemms);
-        // loss = Σ (y_pred − y)²  and  g_y = 2 (y_pred − y), in place.
-        let loss = if PASSES {
-            kernels::loss_and_grad(flat_mut(&mut self.y_pred), flat(y))
-        } else {
-            0.0
+        // loss = Σ (y_pred − y)²  and  g_y = 2 (y_pred − y), in place;
+        // with biases y_pred gains b2 and g_b2 = Σ_rows g_y, same pass.
+        let loss = match (PASSES, b2) {
+            (false, _) => 0.0,
+            (true, Some(b2)) => {
+                self.g_b2.fill(zero);
+                kernels::loss_and_grad_bias(flat_mut(&mut self.y_pred), flat(y), b2, &mut self.g_b2)
+            }
+            (true, None) => kernels::loss_and_grad(flat_mut(&mut self.y_pred), flat(y)),
         };
         probe.done(Phase::LossGrad);
         if !loss.is_finite() {
@@ -261,9 +297,15 @@ impl<F: Real> Dual<F> {
         //   alpha = 1, beta = 0. Reads w2 before its update below.
         general_mat_mul(one, g_y, &w2.t(), zero, &mut self.g_hrelu);
         probe.done(Phase::BackwardGemms);
-        // g_h = g_hrelu, 0 where h < 0, in place.
-        if PASSES {
-            kernels::relu_mask(flat_mut(&mut self.g_hrelu), flat(h_relu));
+        // g_h = g_hrelu, 0 where h < 0, in place; with biases
+        // g_b1 = Σ_rows g_h, same pass.
+        match (PASSES, b1.is_some()) {
+            (false, _) => {}
+            (true, true) => {
+                self.g_b1.fill(zero);
+                kernels::relu_mask_bias(flat_mut(&mut self.g_hrelu), flat(h_relu), &mut self.g_b1)
+            }
+            (true, false) => kernels::relu_mask(flat_mut(&mut self.g_hrelu), flat(h_relu)),
         }
         probe.done(Phase::Mask);
         let g_h = &self.g_hrelu;
@@ -277,6 +319,10 @@ impl<F: Real> Dual<F> {
         // C ← C − lr·g_h: w1 − lr·xᵀ·g_h = w1_0 + xᵀ·(C − lr·g_h).
         if PASSES && lr.w1 != 0.0 {
             kernels::sgd_update(flat_mut(&mut self.coef), flat(g_h), F::from_f64(lr.w1));
+        }
+        // b1 −= lr·g_b1, b2 −= lr·g_b2.
+        if let (true, Some(b)) = (PASSES, biases.as_mut()) {
+            super::update_biases(b, &self.g_b1, &self.g_b2, lr);
         }
         probe.done(Phase::Update);
         loss

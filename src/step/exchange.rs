@@ -96,14 +96,30 @@ pub fn gradients_exchanged<F: Real>(
     // 1. Forward and backward; each shard's last g_w1 GEMM deferred.
     let local_loss = all_shards::<F, true>(ws, data, weights, true, &mut NoProbe);
 
-    // 2. g_w2 (H×D_out) and the loss are final: start their sums.
+    // 2. g_w2 (H×D_out), the bias gradients g_b1 (H) and g_b2 (D_out),
+    //    and the loss are final: start their sums.
+    assert_eq!(
+        grads.biases.is_some(),
+        weights.has_biases(),
+        "bias gradients are needed exactly when the model has biases"
+    );
     let mut loss = 0.0;
     fold_into_first(&mut ws.shards, Layer::W2, 0..ws.shape.hidden);
-    // SAFETY: `local_loss`, `loss`, the first shard's g_w2 and grads.w2 are
-    // not touched again before `exchange.finish()` below.
+    if grads.biases.is_some() {
+        fold_into_first(&mut ws.shards, Layer::B1, 0..1);
+        fold_into_first(&mut ws.shards, Layer::B2, 0..1);
+    }
+    // SAFETY: `local_loss`, `loss`, the first shard's g_w2, g_b1, g_b2 and
+    // grads.w2 and grads.biases are not touched again before
+    // `exchange.finish()` below.
     unsafe {
         exchange.start_loss(&local_loss, &mut loss);
         exchange.start(flat(&ws.shards[0].g_w2), flat_mut(&mut grads.w2));
+        if let Some(g) = &mut grads.biases {
+            let first = &ws.shards[0];
+            exchange.start(flat(&first.g_b1), g.b1.as_slice_mut().expect("contiguous"));
+            exchange.start(flat(&first.g_b2), g.b2.as_slice_mut().expect("contiguous"));
+        }
     }
 
     // 3. g_w1 (D_in×H), range by range.

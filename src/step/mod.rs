@@ -5,16 +5,18 @@
 //! over whole weight matrices). Nothing here allocates.
 //!
 //! ```text
-//! h        = x · w1                 N×H
+//! h        = x · w1 [+ b1]          N×H
 //! h_relu   = max(h, 0)              N×H
-//! y_pred   = h_relu · w2            N×D_out
+//! y_pred   = h_relu · w2 [+ b2]     N×D_out
 //! loss     = Σ (y_pred − y)²
 //! g_y      = 2 (y_pred − y)         N×D_out
 //! g_w2     = h_reluᵀ · g_y          H×D_out
 //! g_hrelu  = g_y · w2ᵀ              N×H      (w2 before this step's update)
 //! g_h      = g_hrelu, 0 where h < 0
 //! g_w1     = xᵀ · g_h               D_in×H
+//! g_b1     = Σ_rows g_h ;  g_b2 = Σ_rows g_y          (with biases)
 //! w1      -= lr · g_w1 ;  w2 -= lr · g_w2
+//! b1      -= lr · g_b1 ;  b2 -= lr · g_b2             (w1's rate, w2's)
 //! ```
 //!
 //! Where the parts are:
@@ -58,10 +60,10 @@ pub use plan::{Plan, PlanChoice, Workspace, WIDE_LAYER};
 pub use probe::{NoProbe, Phase, Probe};
 
 use crate::kernels;
-use crate::net::{Data, Weights};
+use crate::net::{Biases, Data, Weights};
 use crate::scalar::Real;
 use crate::shape::Shape;
-use block::{block, Sink};
+use block::{block, BiasSums, Sink};
 use ndarray::Array2;
 use shards::{all_shards, sum_into, update_layer, Layer};
 use views::{flat, flat_mut};
@@ -85,14 +87,32 @@ pub struct Gradients<F> {
     pub w1: Array2<F>,
     /// ∂loss/∂w2, H×D_out.
     pub w2: Array2<F>,
+    /// ∂loss/∂b1 (H) and ∂loss/∂b2 (D_out), for a model with biases.
+    pub biases: Option<Biases<F>>,
 }
 
 impl<F: Real> Gradients<F> {
-    /// Zeroed gradient buffers for `shape`.
+    /// Zeroed gradient buffers for `shape`, without biases.
     pub fn zeros(shape: Shape) -> Self {
         Gradients {
             w1: Array2::zeros((shape.d_in, shape.hidden)),
             w2: Array2::zeros((shape.hidden, shape.d_out)),
+            biases: None,
+        }
+    }
+
+    /// Zeroed gradient buffers for the weights `w` (with bias gradients
+    /// when `w` has biases).
+    pub fn zeros_for(w: &Weights<F>) -> Self {
+        let (d_in, h) = w.w1.dim();
+        let d_out = w.w2.ncols();
+        Gradients {
+            w1: Array2::zeros((d_in, h)),
+            w2: Array2::zeros((h, d_out)),
+            biases: w.biases.as_ref().map(|b| Biases {
+                b1: ndarray::Array1::zeros(b.b1.len()),
+                b2: ndarray::Array1::zeros(b.b2.len()),
+            }),
         }
     }
 }
@@ -159,11 +179,30 @@ pub fn step_probed<F: Real>(
     let _step = start_step(&ws.plan);
     let loss = forward_backward::<F, true>(ws, data, weights, lr, probe);
     if !ws.plan.fused_gemm_update && loss.is_finite() {
-        update_layer(&mut weights.w1, &mut ws.shards, Layer::W1, lr.w1);
-        update_layer(&mut weights.w2, &mut ws.shards, Layer::W2, lr.w2);
+        update_layer(flat_mut(&mut weights.w1), &mut ws.shards, Layer::W1, lr.w1);
+        update_layer(flat_mut(&mut weights.w2), &mut ws.shards, Layer::W2, lr.w2);
+        if let Some(b) = &mut weights.biases {
+            update_layer(flat1_mut(&mut b.b1), &mut ws.shards, Layer::B1, lr.w1);
+            update_layer(flat1_mut(&mut b.b2), &mut ws.shards, Layer::B2, lr.w2);
+        }
     }
     probe.done(Phase::Update);
     loss
+}
+
+/// A bias vector as a mutable slice.
+fn flat1_mut<F>(a: &mut ndarray::Array1<F>) -> &mut [F] {
+    a.as_slice_mut().expect("bias vectors are contiguous")
+}
+
+/// Plain SGD on the biases from their gradients: `b1 −= lr_w1 · g_b1`,
+/// `b2 −= lr_w2 · g_b2` (each bias takes its layer's rate).
+pub(crate) fn update_biases<F: Real>(b: &mut Biases<F>, g_b1: &[F], g_b2: &[F], lr: LearningRates) {
+    for (v, g, lr) in [(&mut b.b1, g_b1, lr.w1), (&mut b.b2, g_b2, lr.w2)] {
+        if lr != 0.0 {
+            kernels::sgd_update(flat1_mut(v), g, F::from_f64(lr));
+        }
+    }
 }
 
 /// Forward and backward over the whole batch as the plan lays it out:
@@ -177,11 +216,18 @@ fn forward_backward<F: Real, const PASSES: bool>(
     probe: &mut impl Probe,
 ) -> f64 {
     if ws.plan.fused_gemm_update {
+        let biases = weights.has_biases();
+        let sh = &mut ws.shards[0];
+        let sums = biases.then(|| BiasSums {
+            g_b1: flat_mut(&mut sh.g_b1),
+            g_b2: flat_mut(&mut sh.g_b2),
+        });
         block::<F, PASSES>(
-            &mut ws.shards[0].bufs,
+            &mut sh.bufs,
             data.x.view(),
             data.y.view(),
             Sink::Fused { weights, lr },
+            sums,
             probe,
         )
     } else {
@@ -212,14 +258,24 @@ pub fn gradients_probed<F: Real>(
     probe: &mut impl Probe,
 ) -> f64 {
     let _step = start_explicit_step(&ws.plan);
+    assert_eq!(
+        grads.biases.is_some(),
+        weights.has_biases(),
+        "bias gradients are needed exactly when the model has biases"
+    );
     let loss = all_shards::<F, true>(ws, data, weights, false, probe);
-    sum_into(&mut grads.w1, &ws.shards, Layer::W1);
-    sum_into(&mut grads.w2, &ws.shards, Layer::W2);
+    sum_into(flat_mut(&mut grads.w1), &ws.shards, Layer::W1);
+    sum_into(flat_mut(&mut grads.w2), &ws.shards, Layer::W2);
+    if let Some(g) = &mut grads.biases {
+        sum_into(flat1_mut(&mut g.b1), &ws.shards, Layer::B1);
+        sum_into(flat1_mut(&mut g.b2), &ws.shards, Layer::B2);
+    }
     loss
 }
 
 /// Plain SGD from explicit gradients: `w1 -= lr_w1 · g_w1`,
-/// `w2 -= lr_w2 · g_w2`, as rayon passes.
+/// `w2 -= lr_w2 · g_w2`, as rayon passes; the biases with their layers'
+/// rates.
 pub fn apply_sgd<F: Real>(weights: &mut Weights<F>, grads: &Gradients<F>, lr: LearningRates) {
     for (w, g, lr) in [
         (&mut weights.w1, &grads.w1, lr.w1),
@@ -228,6 +284,9 @@ pub fn apply_sgd<F: Real>(weights: &mut Weights<F>, grads: &Gradients<F>, lr: Le
         if lr != 0.0 {
             kernels::sgd_update(flat_mut(w), flat(g), F::from_f64(lr));
         }
+    }
+    if let (Some(b), Some(g)) = (&mut weights.biases, &grads.biases) {
+        update_biases(b, block::flat1(&g.b1), block::flat1(&g.b2), lr);
     }
 }
 

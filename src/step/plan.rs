@@ -279,6 +279,8 @@ impl<F: Real> Workspace<F> {
                 },
                 g_w1: Array2::zeros((gd, gh)),
                 g_w2: Array2::zeros((gh, go)),
+                g_b1: Array2::zeros((1, h)),
+                g_b2: Array2::zeros((1, o)),
                 loss: 0.0,
             })
             .collect();

@@ -3,7 +3,7 @@
 //! then the reduction of those sums into the update (see [`super::plan`]
 //! for why the work is laid out this way).
 
-use super::block::{block, Sink};
+use super::block::{block, BiasSums, Sink};
 use super::plan::{BlockBufs, Workspace};
 use super::probe::{NoProbe, Phase, Probe};
 use super::views::{columns_of, flat, flat_mut, rows_of, rows_of_mut, slice, slice_mut};
@@ -25,6 +25,11 @@ pub(super) struct Shard<F> {
     pub(super) g_w1: Array2<F>,
     /// H×D_out: Σ over this shard's blocks of h_reluᵀ·g_y (empty when fused).
     pub(super) g_w2: Array2<F>,
+    /// 1×H: Σ over this shard's rows of g_h (b1's gradient; unused
+    /// without biases). In a fused step, the step's own.
+    pub(super) g_b1: Array2<F>,
+    /// 1×D_out: Σ over this shard's rows of g_y (b2's gradient).
+    pub(super) g_b2: Array2<F>,
     /// Σ over this shard's blocks of the loss.
     pub(super) loss: f64,
 }
@@ -36,6 +41,10 @@ pub(super) enum Layer {
     W1,
     /// H×D_out.
     W2,
+    /// b1's gradient, 1×H.
+    B1,
+    /// b2's gradient, 1×D_out.
+    B2,
 }
 
 impl<F> Shard<F> {
@@ -43,6 +52,8 @@ impl<F> Shard<F> {
         match l {
             Layer::W1 => &self.g_w1,
             Layer::W2 => &self.g_w2,
+            Layer::B1 => &self.g_b1,
+            Layer::B2 => &self.g_b2,
         }
     }
 
@@ -50,6 +61,8 @@ impl<F> Shard<F> {
         match l {
             Layer::W1 => &mut self.g_w1,
             Layer::W2 => &mut self.g_w2,
+            Layer::B1 => &mut self.g_b1,
+            Layer::B2 => &mut self.g_b2,
         }
     }
 }
@@ -66,18 +79,31 @@ fn run_shard<F: Real, const PASSES: bool>(
     probe: &mut impl Probe,
 ) {
     let mut loss = 0.0;
+    let biases = weights.has_biases();
     for (rows, beta) in plan.blocks::<F>(sh.rows.clone()) {
         let deferred = defer_last_w1 && rows.end == sh.rows.end;
+        let Shard {
+            bufs,
+            g_w1,
+            g_w2,
+            g_b1,
+            g_b2,
+            ..
+        } = &mut *sh;
         loss += block::<F, PASSES>(
-            &mut sh.bufs,
+            bufs,
             rows_of(&data.x, rows.clone()),
             rows_of(&data.y, rows),
             Sink::Accumulate {
                 weights,
-                g_w1: (!deferred).then_some(&mut sh.g_w1),
-                g_w2: &mut sh.g_w2,
+                g_w1: (!deferred).then_some(g_w1),
+                g_w2,
                 beta,
             },
+            biases.then(|| BiasSums {
+                g_b1: flat_mut(g_b1),
+                g_b2: flat_mut(g_b2),
+            }),
             probe,
         );
     }
@@ -141,8 +167,7 @@ pub(super) fn last_block_w1<F: Real>(
 }
 
 /// One layer's gradient summed over the shards: `out ← Σ shard sums`.
-pub(super) fn sum_into<F: Real>(out: &mut Array2<F>, shards: &[Shard<F>], l: Layer) {
-    let out = flat_mut(out);
+pub(super) fn sum_into<F: Real>(out: &mut [F], shards: &[Shard<F>], l: Layer) {
     match shards {
         [a] => kernels::copy(out, flat(a.grad(l))),
         [a, b, more @ ..] => {
@@ -158,7 +183,7 @@ pub(super) fn sum_into<F: Real>(out: &mut Array2<F>, shards: &[Shard<F>], l: Lay
 /// One layer's update from the shards' sums, `w ← w − lr·Σ g`: summing and
 /// updating in one pass for up to two shards (any more are first added
 /// into the first shard's buffer).
-pub(super) fn update_layer<F: Real>(w: &mut Array2<F>, shards: &mut [Shard<F>], l: Layer, lr: f64) {
+pub(super) fn update_layer<F: Real>(w: &mut [F], shards: &mut [Shard<F>], l: Layer, lr: f64) {
     if lr == 0.0 {
         return;
     }
@@ -166,12 +191,12 @@ pub(super) fn update_layer<F: Real>(w: &mut Array2<F>, shards: &mut [Shard<F>], 
     let (first, rest) = shards.split_at_mut(1);
     let g0 = first[0].grad_mut(l);
     match rest {
-        [] => kernels::sgd_update(flat_mut(w), flat(g0), lr),
+        [] => kernels::sgd_update(w, flat(g0), lr),
         [b, more @ ..] => {
             for m in more.iter() {
                 kernels::add_assign(flat_mut(g0), flat(m.grad(l)));
             }
-            kernels::sgd_update_sum2(flat_mut(w), flat(g0), flat(b.grad(l)), lr);
+            kernels::sgd_update_sum2(w, flat(g0), flat(b.grad(l)), lr);
         }
     }
 }

@@ -18,6 +18,27 @@ pub fn loop_step(
     lr1: f64,
     lr2: f64,
 ) -> f64 {
+    loop_step_biased(x, y, w1, w2, None, lr1, lr2)
+}
+
+/// [`loop_step`] of the model with biases, when `biases` is given:
+/// h = x·w1 + b1, y_pred = relu(h)·w2 + b2, g_b1 = Σ_rows g_h,
+/// g_b2 = Σ_rows g_y; b1 takes w1's rate, b2 w2's.
+pub fn loop_step_biased(
+    x: &Array2<f64>,
+    y: &Array2<f64>,
+    w1: &mut Array2<f64>,
+    w2: &mut Array2<f64>,
+    mut biases: Option<(&mut ndarray::Array1<f64>, &mut ndarray::Array1<f64>)>,
+    lr1: f64,
+    lr2: f64,
+) -> f64 {
+    let b1_of = |j: usize, b: &Option<(&mut ndarray::Array1<f64>, &mut ndarray::Array1<f64>)>| {
+        b.as_ref().map_or(0.0, |(b1, _)| b1[j])
+    };
+    let b2_of = |j: usize, b: &Option<(&mut ndarray::Array1<f64>, &mut ndarray::Array1<f64>)>| {
+        b.as_ref().map_or(0.0, |(_, b2)| b2[j])
+    };
     let (n, d_in) = x.dim();
     let hidden = w1.ncols();
     let d_out = w2.ncols();
@@ -28,7 +49,7 @@ pub fn loop_step(
             for k in 0..d_in {
                 s += x[[i, k]] * w1[[k, j]];
             }
-            h[[i, j]] = s;
+            h[[i, j]] = s + b1_of(j, &biases);
         }
     }
     let h_relu = h.mapv(|v| v.max(0.0));
@@ -40,7 +61,7 @@ pub fn loop_step(
             for k in 0..hidden {
                 s += h_relu[[i, k]] * w2[[k, j]];
             }
-            let d = s - y[[i, j]];
+            let d = s + b2_of(j, &biases) - y[[i, j]];
             loss += d * d;
             g_y[[i, j]] = 2.0 * d;
         }
@@ -74,6 +95,16 @@ pub fn loop_step(
     }
     w1.zip_mut_with(&g_w1, |w, g| *w -= lr1 * g);
     w2.zip_mut_with(&g_w2, |w, g| *w -= lr2 * g);
+    if let Some((b1, b2)) = &mut biases {
+        for a in 0..hidden {
+            let g: f64 = (0..n).map(|i| g_h[[i, a]]).sum();
+            b1[a] -= lr1 * g;
+        }
+        for b in 0..d_out {
+            let g: f64 = (0..n).map(|i| g_y[[i, b]]).sum();
+            b2[b] -= lr2 * g;
+        }
+    }
     loss
 }
 
@@ -101,6 +132,7 @@ pub fn as_f64<F: Real>(d: &Data<F>, w: &Weights<F>) -> (Data<f64>, Weights<f64>)
         Weights {
             w1: to_f64(&w.w1),
             w2: to_f64(&w.w2),
+            biases: w.biases.as_ref().map(|b| b.cast()),
         },
     )
 }
@@ -287,10 +319,13 @@ pub fn one_step_checkpoint(
             blas_library: None,
             plan: None,
             form: None,
+            biases: false,
+            best_weights: false,
             written_by: "test".into(),
         },
         losses: vec![1.0],
         weights: twolayer::Weights::random(weights_of, 0),
         dual: None,
+        best: None,
     }
 }

@@ -32,9 +32,9 @@ pub enum Command {
     /// Train the network; with no flags, the reference experiment
     /// (N=64, D_in=1000, H=100, D_out=10, lr 1e-6, 500 steps, f64).
     #[command(
-        after_help = "Examples:\n  twolayer train                       the reference experiment\n  twolayer train --data data.npz --batch 256 --epochs 20 --val-fraction 0.1 \\\n      --loss mean --lr 0.01 --weight-init scaled --save w.npz --checkpoint run.ck\n  twolayer train --resume run.ck       continue a stopped run"
+        after_help = "Examples:\n  twolayer train                       the reference experiment\n  twolayer train --data data.npz --val-fraction 0.2 --save w.npz \\\n      --save-best best.npz --patience 5 --checkpoint run.ck\n                                       your data: biases, mean loss, lr 0.01,\n                                       batches of 32, 20 epochs unless told\n  twolayer train --resume run.ck       continue a stopped run"
     )]
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Measure the training step over a grid of shapes, dtypes and thread
     /// counts, and write throughput reports.
     #[command(
@@ -264,14 +264,35 @@ pub struct TrainArgs {
     /// them) [default: seeded]
     #[arg(long, requires = "data")]
     pub weights: Option<PathBuf>,
-    /// With --data and no --weights: how the seeded weights are drawn
-    #[arg(long = "weight-init", value_enum, default_value = "normal")]
-    pub weight_init: WeightInitArg,
+    /// How the seeded weights are drawn [default: scaled with --data,
+    /// normal (the reference's) without]
+    #[arg(long = "weight-init", value_enum)]
+    pub weight_init: Option<WeightInitArg>,
+    /// Give both layers a bias, as every nn.Linear has: y_pred =
+    /// relu(x·w1 + b1)·w2 + b2, b1 and b2 starting at zero and trained
+    /// with their layer's rate [default: on with --data, off for the
+    /// reference experiment, or the checkpoint's]
+    #[arg(long, conflicts_with = "no_bias")]
+    pub bias: bool,
+    /// Train without biases (the reference's model)
+    #[arg(long = "no-bias")]
+    pub no_bias: bool,
     /// The loss minimised and reported: sum of squares over the batch (the
-    /// reference's), or its mean over every element (one lr then works
-    /// for every batch size) [default: sum, or the checkpoint's]
+    /// reference's), or its mean over every element, PyTorch's MSELoss
+    /// (one lr then works for every batch size) [default: mean with
+    /// --data, sum without, or the checkpoint's]
     #[arg(long, value_enum)]
     pub loss: Option<LossArg>,
+    /// With --data: also write the weights of the epoch with the lowest
+    /// validation loss to this .npz (kept in the checkpoint too, so a
+    /// resumed run still has them)
+    #[arg(long = "save-best")]
+    pub save_best: Option<PathBuf>,
+    /// With --data: stop early once this many epochs in a row have not
+    /// improved on the best validation loss (needs validation rows:
+    /// --val-fraction or --val)
+    #[arg(long, value_parser = positive, allow_negative_numbers = true)]
+    pub patience: Option<usize>,
     /// With --data: how batches are read: by every thread before each
     /// step (inline: fastest when the data is in the page cache), by a
     /// reader thread while the step runs (ahead: hides waits on the disk),

@@ -20,6 +20,17 @@ use twolayer::Loss;
 const DEFAULT_LR: f64 = 1e-6;
 const DEFAULT_STEPS: usize = twolayer::step::dual::TRAIN_DEFAULT_STEPS;
 
+/// Defaults of a run on `--data`, made to learn on data as people bring it
+/// (standardised or not far from it) without tuning: the mean loss (so the
+/// rate does not depend on the batch), scaled weights, biases, and a rate,
+/// batch and epoch count measured on the diabetes demo and the README's
+/// example (README.md, "Training on a dataset").
+pub const DATA_DEFAULT_LR: f64 = 0.01;
+/// Rows per batch on `--data` (fewer when the training rows are fewer).
+pub const DATA_DEFAULT_BATCH: u64 = 32;
+/// Epochs on `--data` when neither --epochs nor --steps is given.
+pub const DATA_DEFAULT_EPOCHS: u64 = 20;
+
 /// Where the run's data and weights come from.
 pub enum Start {
     /// Standard normal x, y, w1, w2 from a seed (with --data: w1 and w2
@@ -70,6 +81,8 @@ pub struct RunSpec {
     pub minibatch: Option<Minibatch>,
     /// How the step computes x·w1.
     pub form: Form,
+    /// Whether the model has biases b1, b2.
+    pub biases: bool,
 }
 
 /// A minibatch run's data, resolved.
@@ -123,6 +136,8 @@ pub fn resolve(args: &TrainArgs, launch: Launch) -> Result<RunSpec> {
         ("--batch", args.batch.is_some()),
         ("--epochs", args.epochs.is_some()),
         ("--metrics", args.metrics.is_some()),
+        ("--save-best", args.save_best.is_some()),
+        ("--patience", args.patience.is_some()),
     ] {
         if given && args.data.is_none() && args.resume.is_none() {
             return Err(Error::invalid(format!(
@@ -144,6 +159,18 @@ pub fn resolve(args: &TrainArgs, launch: Launch) -> Result<RunSpec> {
         }
     }
     let mut spec = spec;
+    if mpi {
+        for (flag, given) in [
+            ("--patience", args.patience.is_some()),
+            ("--save-best", args.save_best.is_some()),
+        ] {
+            if given {
+                return Err(Error::invalid(format!(
+                    "{flag} is not available under mpirun yet (only rank 0 validates); train in one process, or leave it out"
+                )));
+            }
+        }
+    }
     if mpi && spec.form == Form::Dual {
         if args.form == Some(FormArg::Dual) {
             say!("twolayer: note: the dual form needs the whole batch in one process; under mpirun each rank trains its rows in the primal form");
@@ -218,7 +245,7 @@ fn fresh(args: &TrainArgs, ranks: usize, mpi: bool) -> Result<RunSpec> {
                 DataSource::Seeded { seed },
                 Start::Seeded {
                     seed,
-                    scaled: args.weight_init == WeightInitArg::Scaled,
+                    scaled: args.weight_init == Some(WeightInitArg::Scaled),
                 },
             )
         }
@@ -237,6 +264,7 @@ fn fresh(args: &TrainArgs, ranks: usize, mpi: bool) -> Result<RunSpec> {
         loss: args.loss.map(loss_of).unwrap_or_default(),
         minibatch: None,
         form: fixed_batch_form(args.form, mode, mpi, shape, total_steps)?,
+        biases: args.bias,
     })
 }
 
@@ -301,21 +329,33 @@ fn with_data(args: &TrainArgs, files: &[PathBuf], ranks: usize, mpi: bool) -> Re
                     path.display()
                 )));
             }
+            let has = npz::weights_have_biases(path)?;
+            if has && args.no_bias {
+                return Err(Error::invalid(format!(
+                    "the weights in {} have biases (b1, b2) and --no-bias trains without: drop one",
+                    path.display()
+                )));
+            }
+            if !has && !args.no_bias {
+                say!(
+                    "twolayer: note: {} has no biases; b1 and b2 start at zero (--no-bias trains without them)",
+                    path.display()
+                );
+            }
             (hidden, Start::Weights { path: path.clone() })
         }
         None => (
             args.hidden.unwrap_or(Shape::REFERENCE.hidden),
             Start::Seeded {
                 seed: args.seed.unwrap_or(0),
-                scaled: args.weight_init == WeightInitArg::Scaled,
+                scaled: args.weight_init != Some(WeightInitArg::Normal),
             },
         ),
     };
     let seed = args.seed.unwrap_or(0);
     let val_rows_hint = twolayer::dataset::batches::held_out(dataset.rows(), args.val_fraction);
     let batch = args.batch.unwrap_or_else(|| {
-        (Shape::REFERENCE.n as u64).min(dataset.rows().saturating_sub(val_rows_hint).max(1))
-            as usize
+        DATA_DEFAULT_BATCH.min(dataset.rows().saturating_sub(val_rows_hint).max(1)) as usize
     });
     let schedule = Schedule::new(dataset.rows(), batch, seed, args.val_fraction)?;
     let val = match &args.val {
@@ -338,7 +378,7 @@ fn with_data(args: &TrainArgs, files: &[PathBuf], ranks: usize, mpi: bool) -> Re
     let total_steps = match (args.epochs, args.steps) {
         (Some(e), _) => (e as u64).checked_mul(per_epoch),
         (None, Some(s)) => Some(s as u64),
-        (None, None) => Some(per_epoch),
+        (None, None) => DATA_DEFAULT_EPOCHS.checked_mul(per_epoch),
     }
     .and_then(|t| usize::try_from(t).ok())
     .ok_or_else(|| Error::invalid("--epochs × batches per epoch is too many steps"))?;
@@ -355,7 +395,18 @@ fn with_data(args: &TrainArgs, files: &[PathBuf], ranks: usize, mpi: bool) -> Re
         val_fraction: args.val_fraction,
         val: args.val.as_deref().map(refs).transpose()?,
         history: Vec::new(),
+        patience: args.patience.map(|p| p as u64),
     };
+    if args.patience.is_some() && args.val.is_none() && schedule.val_rows() == 0 {
+        return Err(Error::invalid(
+            "--patience stops on the validation loss: hold rows out with --val-fraction, or give --val",
+        ));
+    }
+    if args.save_best.is_some() && args.val.is_none() && schedule.val_rows() == 0 {
+        return Err(Error::invalid(
+            "--save-best keeps the epoch with the best validation loss: hold rows out with --val-fraction, or give --val",
+        ));
+    }
     let dtype = args.dtype.unwrap_or(dataset.dtype());
     if dtype != dataset.dtype() {
         say!(
@@ -365,6 +416,12 @@ fn with_data(args: &TrainArgs, files: &[PathBuf], ranks: usize, mpi: bool) -> Re
     }
     let spec = fresh_common(args, mpi, shape, dtype);
     Ok(RunSpec {
+        lr: LearningRates {
+            w1: args.lr_w1.or(args.lr).unwrap_or(DATA_DEFAULT_LR),
+            w2: args.lr_w2.or(args.lr).unwrap_or(DATA_DEFAULT_LR),
+        },
+        loss: args.loss.map(loss_of).unwrap_or(Loss::Mean),
+        biases: !args.no_bias,
         total_steps,
         ranks,
         data: DataSource::Dataset {
@@ -406,6 +463,7 @@ fn fresh_common(args: &TrainArgs, mpi: bool, shape: Shape, dtype: Dtype) -> RunS
         loss: args.loss.map(loss_of).unwrap_or_default(),
         minibatch: None,
         form: Form::Primal,
+        biases: args.bias,
     }
 }
 
@@ -512,6 +570,34 @@ fn from_checkpoint(args: &TrainArgs, path: &Path, ranks: usize) -> Result<RunSpe
             loss.name()
         )));
     }
+    for (flag, given, want) in [
+        ("--bias", args.bias, true),
+        ("--no-bias", args.no_bias, false),
+    ] {
+        if given && h.biases != want {
+            return Err(Error::invalid(format!(
+                "{flag} disagrees with {what} (a model {} biases); a resumed run keeps its settings",
+                if h.biases { "with" } else { "without" }
+            )));
+        }
+    }
+    if let Some(p) = args.patience {
+        let had = h.minibatch.as_ref().and_then(|m| m.patience);
+        if had != Some(p as u64) {
+            return Err(Error::invalid(format!(
+                "--patience {p} disagrees with {what} ({}); a resumed run keeps its settings",
+                match had {
+                    Some(q) => format!("patience {q}"),
+                    None => "no early stopping".into(),
+                }
+            )));
+        }
+    }
+    if args.weight_init.is_some() {
+        return Err(Error::invalid(format!(
+            "--weight-init draws a new run's weights; {what} continues its own"
+        )));
+    }
     let minibatch = match (&h.minibatch, &h.data) {
         (Some(m), DataSource::Dataset { files }) => Some(resume_minibatch(m, files, &what)?),
         (None, _) => {
@@ -573,6 +659,7 @@ fn from_checkpoint(args: &TrainArgs, path: &Path, ranks: usize) -> Result<RunSpe
         loss,
         minibatch,
         form,
+        biases: h.biases,
     })
 }
 

@@ -22,14 +22,34 @@ pub(super) fn minibatches<F: Real>(args: &TrainArgs, spec: RunSpec, mb: Minibatc
         ..RunConfig::of(&spec)
     };
     let batch = mb.schedule.batch();
+    let mut best = None;
     let (weights, losses) = match spec.start {
         Start::Seeded { seed, scaled } => {
             (seeded_weights::<F>(spec.shape, seed, scaled), Vec::new())
         }
         Start::Weights { path } => (npz::load_weights_file::<F>(&path)?, Vec::new()),
-        Start::Resume(c) => c.into_typed::<F>(),
+        Start::Resume(mut c) => {
+            best = c.take_best::<F>();
+            c.into_typed::<F>()
+        }
         Start::Init { .. } => unreachable!("--data conflicts with --init"),
     };
+    let best_before = twolayer::checkpoint::MinibatchHeader::best_epoch(&mb.header.history);
+    if let (Some(p), None, Some((e, _))) = (&args.save_best, &best, best_before) {
+        return Err(Error::invalid(format!(
+            "--save-best {}: the checkpoint does not hold the weights of its best epoch so far ({e}): it was written by a run without --save-best",
+            p.display()
+        )));
+    }
+    if mb.header.patience_spent(&mb.header.history) {
+        say!(
+            "twolayer: nothing to do: the run stopped early after epoch {}, its validation loss no better for {} epochs",
+            mb.header.history.last().map_or(0, |r| r.epoch),
+            mb.header.patience.unwrap_or(0)
+        );
+        return Ok(());
+    }
+    let weights = super::with_biases(weights, spec.biases);
     let batch_buf = twolayer::minibatch::empty_batch::<F>(&mb.dataset, batch);
     let mut trainer = super::bound_losses(
         args,
@@ -39,7 +59,7 @@ pub(super) fn minibatches<F: Real>(args: &TrainArgs, spec: RunSpec, mb: Minibatc
     let signals = Signals::get()?;
     signals.before_training()?;
     let mut rep = Reporter::new(args, &cfg, true, batch);
-    rep.history = mb.header.history.clone();
+    rep.start_epochs(mb.header.history.clone(), best);
     let per_epoch = mb.schedule.batches_per_epoch() as usize;
     let epochs = cfg.total_steps.div_ceil(per_epoch);
     let to_run = cfg.total_steps - trainer.steps_done();
@@ -58,7 +78,17 @@ pub(super) fn minibatches<F: Real>(args: &TrainArgs, spec: RunSpec, mb: Minibatc
         |t, step, loss| {
             if (step + 1).is_multiple_of(per_epoch) {
                 match end_of_epoch(t, &mb, (step + 1) / per_epoch, epochs) {
-                    Ok(r) => rep.push_epoch(r),
+                    Ok(r) => {
+                        let epoch = r.epoch;
+                        rep.push_epoch(r, t);
+                        if mb.header.patience_spent(rep.history()) {
+                            // Early stopping: this step's checkpoint and
+                            // the outputs are still written.
+                            rep.stopped_early = Some(epoch);
+                            let _ = rep.on_step(t, step, loss, true);
+                            return ControlFlow::Break(());
+                        }
+                    }
                     Err(e) => {
                         val_err = Some(e);
                         return ControlFlow::Break(());

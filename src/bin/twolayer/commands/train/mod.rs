@@ -151,6 +151,16 @@ fn seeded_weights<F: Real>(shape: Shape, seed: u64, scaled: bool) -> Weights<F> 
     w
 }
 
+/// `w` with zero biases added when the run has biases (a checkpoint's or a
+/// weights file's own biases are kept).
+pub(super) fn with_biases<F: Real>(w: Weights<F>, biases: bool) -> Weights<F> {
+    if biases {
+        w.with_zero_biases()
+    } else {
+        w
+    }
+}
+
 /// One process on the whole batch.
 fn single<F: Real>(args: &TrainArgs, mut spec: RunSpec) -> Result<()> {
     if let Some(mb) = spec.minibatch.take() {
@@ -188,7 +198,7 @@ fn single<F: Real>(args: &TrainArgs, mut spec: RunSpec) -> Result<()> {
     let trainer = match spec.start {
         Start::Seeded { seed, scaled } => Trainer::new(
             Data::<F>::random(spec.shape, seed),
-            seeded_weights::<F>(spec.shape, seed, scaled),
+            with_biases(seeded_weights::<F>(spec.shape, seed, scaled), spec.biases),
             spec.lr,
             spec.mode,
         )?
@@ -196,7 +206,8 @@ fn single<F: Real>(args: &TrainArgs, mut spec: RunSpec) -> Result<()> {
         Start::Weights { .. } => unreachable!("--weights needs --data"),
         Start::Init { path } => {
             let (d, w) = npz::load_init(&path)?.into_typed::<F>();
-            Trainer::new(d, w, spec.lr, spec.mode)?.with_form(spec.form)?
+            Trainer::new(d, with_biases(w, spec.biases), spec.lr, spec.mode)?
+                .with_form(spec.form)?
         }
         Start::Resume(c) => {
             // A dual run continues from w1_0 and C, bit for bit.
@@ -206,7 +217,11 @@ fn single<F: Real>(args: &TrainArgs, mut spec: RunSpec) -> Result<()> {
             match dual {
                 Some((w1_0, coef)) => Trainer::resume(
                     data,
-                    Weights { w1: w1_0, w2: w.w2 },
+                    Weights {
+                        w1: w1_0,
+                        w2: w.w2,
+                        biases: w.biases,
+                    },
                     spec.lr,
                     spec.mode,
                     losses,

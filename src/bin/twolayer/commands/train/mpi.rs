@@ -158,6 +158,7 @@ fn run_typed<F: Real + mpi::traits::Equivalence>(
         Start::Weights { path } => (npz::load_weights_file::<F>(&path)?, Vec::new()),
         Start::Seeded { seed, scaled } => (seeded_weights::<F>(shape, seed, scaled), Vec::new()),
     };
+    let weights = super::with_biases(weights, spec.biases);
     // This rank's rows only: generated, cut from the file, or (a
     // minibatch run) its share of every batch, read as it comes.
     let data = match &mb {
@@ -169,6 +170,9 @@ fn run_typed<F: Real + mpi::traits::Equivalence>(
     let signals = Signals::get()?;
     let lead = cluster.rank() == 0;
     let mut rep = Reporter::new(args, &cfg, lead, shape.n);
+    if let Some(m) = &mb {
+        rep.start_epochs(m.header.history.clone(), None);
+    }
     let (overlap, pieces) = args.mpi.overlap_and_pieces();
     let to_run = total_steps - trainer.steps_done();
     let mut val_err: Option<Error> = None;
@@ -191,7 +195,7 @@ fn run_typed<F: Real + mpi::traits::Equivalence>(
                 if (step + 1).is_multiple_of(per_epoch) {
                     let epochs = total_steps.div_ceil(per_epoch);
                     match end_of_epoch(t, m, (step + 1) / per_epoch, epochs) {
-                        Ok(r) => rep.push_epoch(r),
+                        Ok(r) => rep.push_epoch(r, t),
                         // The other ranks wait in the next sum until
                         // the error aborts the job.
                         Err(e) => {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use twolayer::blas;
 use twolayer::checkpoint::{AnyCheckpoint, DataSource, EpochRecord, Header, MinibatchHeader};
 use twolayer::error::{Error, Result};
+use twolayer::net::Weights;
 use twolayer::npz;
 use twolayer::output;
 use twolayer::scalar::Real;
@@ -73,13 +74,17 @@ pub(super) fn write_checkpoint<F: Real>(
     cfg: &RunConfig,
     n_total: usize,
     history: &[EpochRecord],
+    best: Option<&Weights<F>>,
 ) -> Result<()> {
+    let mut header = checkpoint_header(t, cfg, n_total, history);
+    header.best_weights = best.is_some();
     twolayer::checkpoint::write_parts(
         path,
-        &checkpoint_header(t, cfg, n_total, history),
+        &header,
         &mut |sink| t.for_each_loss(sink),
         t.weights(),
         t.dual_parts(),
+        best,
     )
 }
 
@@ -119,6 +124,8 @@ fn checkpoint_header<F: Real>(
         plan: (t.form() == Form::Primal && cfg.ranks == 1)
             .then(|| PlanChoice::of(t.plan(), t.shape().n)),
         form: (t.form() == Form::Dual).then(|| t.form().name().to_string()),
+        biases: t.weights_have_biases(),
+        best_weights: false,
         written_by: format!("twolayer {}", env!("CARGO_PKG_VERSION")),
     }
 }
@@ -201,8 +208,11 @@ struct Summary {
     hidden: usize,
     d_out: usize,
     dtype: &'static str,
-    /// Wall time of the steps run (set-up excluded).
+    /// Wall time of the steps run (set-up and outputs excluded).
     seconds: f64,
+    /// Wall time of the run's outputs between steps: validation,
+    /// checkpoints, metrics, the `t loss` lines.
+    outputs_seconds: f64,
     ms_per_step: f64,
     /// From the analytic count 4·N·D_in·H + 6·N·H·D_out (the primal
     /// step's, whatever form ran).
@@ -230,14 +240,21 @@ struct Summary {
     epochs: Vec<EpochRecord>,
     /// The signal that stopped the run early, if one did.
     stopped_by: Option<&'static str>,
+    /// Early stopping: the epoch the run stopped after, when its patience
+    /// ran out.
+    stopped_early_after_epoch: Option<u64>,
+    /// The epoch with the lowest validation loss, and that loss.
+    best_epoch: Option<u64>,
+    best_val_loss: Option<f64>,
     /// What in the environment slowed the run (as a sweep report's
     /// `env.warnings`).
     environment_warnings: Vec<String>,
 }
 
 /// What happens after each step, on the lead process: the `t loss` line,
-/// periodic checkpoints; and whether to stop.
-pub(super) struct Reporter<'a> {
+/// periodic checkpoints; and whether to stop. At the end of each epoch of
+/// a minibatch run: the metrics line, and the best epoch's weights.
+pub(super) struct Reporter<'a, F> {
     args: &'a TrainArgs,
     cfg: &'a RunConfig,
     /// Rows of the whole batch (over all ranks).
@@ -250,10 +267,17 @@ pub(super) struct Reporter<'a> {
     ckpt_err: Option<Error>,
     last_flush: Instant,
     /// A minibatch run's epochs so far.
-    pub(super) history: Vec<EpochRecord>,
+    history: Vec<EpochRecord>,
+    /// The metrics file, open for appending (a line per epoch).
+    metrics: Option<MetricsFile>,
+    /// The weights of the best validation epoch so far, when kept
+    /// (`--save-best`, or a checkpoint that holds them).
+    best: Option<Weights<F>>,
+    /// The epoch early stopping ended the run after.
+    pub(super) stopped_early: Option<u64>,
 }
 
-impl<'a> Reporter<'a> {
+impl<'a, F: Real> Reporter<'a, F> {
     pub(super) fn new(args: &'a TrainArgs, cfg: &'a RunConfig, lead: bool, n_total: usize) -> Self {
         Reporter {
             args,
@@ -266,22 +290,73 @@ impl<'a> Reporter<'a> {
             ckpt_err: None,
             last_flush: Instant::now(),
             history: Vec::new(),
+            metrics: None,
+            best: None,
+            stopped_early: None,
         }
     }
 
-    /// Records a finished epoch, and rewrites the metrics file with it.
-    pub(super) fn push_epoch(&mut self, r: EpochRecord) {
-        self.history.push(r);
+    /// A minibatch run's start: the epochs done before (a resumed run's),
+    /// the best epoch's weights a checkpoint kept, and the metrics file
+    /// begun — its header and those epochs, written atomically; each
+    /// epoch from here on is appended as one line. A metrics file that
+    /// cannot be begun does not stop the run: it is tried again, whole, at
+    /// the end, and reported with the other outputs.
+    pub(super) fn start_epochs(&mut self, history: Vec<EpochRecord>, best: Option<Weights<F>>) {
+        self.history = history;
+        self.best = best;
         if let (Some(p), true) = (&self.args.metrics, self.lead) {
-            if let Err(e) = write_metrics(p, &self.history) {
+            match MetricsFile::begin(p, &self.history) {
+                Ok(m) => self.metrics = Some(m),
+                Err(e) => {
+                    self.ckpt_err.get_or_insert(e);
+                }
+            }
+        }
+    }
+
+    /// The epochs so far.
+    pub(super) fn history(&self) -> &[EpochRecord] {
+        &self.history
+    }
+
+    /// Records a finished epoch of trainer `t`: appends its metrics line,
+    /// and when it is the best so far and the best is kept, copies the
+    /// weights (`t`'s now, those the epoch validated).
+    pub(super) fn push_epoch(&mut self, r: EpochRecord, t: &Trainer<F>) {
+        let improved = match (r.val_loss, MinibatchHeader::best_epoch(&self.history)) {
+            (Some(v), Some((_, best))) => v < best,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if let Some(m) = &mut self.metrics {
+            if let Err(e) = m.append(&r) {
                 self.ckpt_err.get_or_insert(e);
+                self.metrics = None;
+            }
+        }
+        self.history.push(r);
+        let keep = self.best.is_some() || self.args.save_best.is_some();
+        if improved && keep && self.lead {
+            let w = t.weights();
+            match &mut self.best {
+                // Same shapes: copied in place, no allocation.
+                Some(b) => {
+                    b.w1.assign(&w.w1);
+                    b.w2.assign(&w.w2);
+                    if let (Some(bb), Some(wb)) = (&mut b.biases, &w.biases) {
+                        bb.b1.assign(&wb.b1);
+                        bb.b2.assign(&wb.b2);
+                    }
+                }
+                None => self.best = Some(w.clone()),
             }
         }
     }
 
     /// After step `step` with loss `loss`; `stop` says a signal arrived
     /// (on any process).
-    pub(super) fn on_step<F: Real>(
+    pub(super) fn on_step(
         &mut self,
         t: &Trainer<F>,
         step: usize,
@@ -323,7 +398,14 @@ impl<'a> Reporter<'a> {
         }
         if let Some(p) = &a.checkpoint {
             if (step + 1).is_multiple_of(a.checkpoint_every) {
-                if let Err(e) = write_checkpoint(p, t, self.cfg, self.n_total, &self.history) {
+                if let Err(e) = write_checkpoint(
+                    p,
+                    t,
+                    self.cfg,
+                    self.n_total,
+                    &self.history,
+                    self.best.as_ref(),
+                ) {
                     self.ckpt_err = Some(e);
                     return ControlFlow::Break(());
                 }
@@ -338,7 +420,7 @@ impl<'a> Reporter<'a> {
 
     /// After the loop: the run's result, then outputs, the summary line
     /// (with `extra` appended), and the interruption notice.
-    pub(super) fn finish<F: Real>(
+    pub(super) fn finish(
         mut self,
         trainer: &Trainer<F>,
         result: Result<twolayer::train::RunStats>,
@@ -371,7 +453,7 @@ impl<'a> Reporter<'a> {
         if !self.lead {
             return failed.into_iter().next().map_or(Ok(()), Err);
         }
-        if stats.steps == 0 && signal.is_none() {
+        if stats.steps == 0 && signal.is_none() && self.stopped_early.is_none() {
             // A resume of a finished run: nothing ran, nothing to report
             // (no "0 steps … GFLOP/s").
             say!(
@@ -395,11 +477,34 @@ impl<'a> Reporter<'a> {
             keep(
                 "--checkpoint",
                 p,
-                write_checkpoint(p, trainer, cfg, self.n_total, &self.history),
+                write_checkpoint(
+                    p,
+                    trainer,
+                    cfg,
+                    self.n_total,
+                    &self.history,
+                    self.best.as_ref(),
+                ),
             );
         }
         if let Some(p) = &args.metrics {
-            keep("--metrics", p, write_metrics(p, &self.history));
+            // Appended epoch by epoch; made durable now. A file that
+            // failed on the way is written whole.
+            let r = match self.metrics.take() {
+                Some(m) => m.finish(),
+                None => write_metrics(p, &self.history),
+            };
+            keep("--metrics", p, r);
+        }
+        if let Some(p) = &args.save_best {
+            let r = match &self.best {
+                Some(b) => npz::save_weights(p, b),
+                None => Err(Error::invalid(format!(
+                    "--save-best {}: no epoch was validated, so there is no best one to write",
+                    p.display()
+                ))),
+            };
+            keep("--save-best", p, r);
         }
         if let Some(p) = &args.losses {
             keep("--losses", p, write_all_losses(p, trainer));
@@ -474,12 +579,27 @@ impl<'a> Reporter<'a> {
                 "{gflops:.1} GFLOP/s primal-equivalent ({done_gflops:.1} GFLOP/s of the dual form's own products)"
             ),
         };
+        let best = MinibatchHeader::best_epoch(&self.history);
+        if let Some(e) = self.stopped_early {
+            let (b, l) = best.expect("early stopping needs a validated epoch");
+            say!(
+                "twolayer: stopped early after epoch {e}: the validation loss has not improved for {} epochs, since epoch {b} ({l:.6e}){}",
+                e - b,
+                if args.save_best.is_some() {
+                    format!("; --save-best holds epoch {b}'s weights")
+                } else {
+                    String::new()
+                }
+            );
+        }
         say!(
-            "twolayer: {} steps of {shape} {} in {:.3} s: {:.4} ms/step, {rate}; threads {} ({how}, OpenBLAS {} thread(s) per GEMM, {} kernels of OpenBLAS {}){extra}; peak RSS {}; final loss {:?}",
+            "twolayer: {} steps of {shape} {}{} in {:.3} s: {:.4} ms/step, {rate}; outputs between steps (validation, checkpoints, metrics, loss lines) {:.3} s more; threads {} ({how}, OpenBLAS {} thread(s) per GEMM, {} kernels of OpenBLAS {}){extra}; peak RSS {}; final loss {:?}",
             stats.steps,
             F::DTYPE,
+            if trainer.weights_have_biases() { " with biases" } else { "" },
             stats.elapsed.as_secs_f64(),
             stats.ms_per_step(),
+            stats.outputs.as_secs_f64(),
             cfg.threads,
             // What OpenBLAS uses (it caps a larger request at its build's
             // maximum), not what the plan asked for.
@@ -509,6 +629,7 @@ impl<'a> Reporter<'a> {
                 d_out: shape.d_out,
                 dtype: F::DTYPE.name(),
                 seconds: stats.elapsed.as_secs_f64(),
+                outputs_seconds: stats.outputs.as_secs_f64(),
                 ms_per_step: stats.ms_per_step(),
                 gflops,
                 form: form.name(),
@@ -526,6 +647,9 @@ impl<'a> Reporter<'a> {
                 peak_rss_bytes: twolayer::shape::peak_rss_bytes(),
                 epochs: self.history.clone(),
                 stopped_by: signal.map(signal_name),
+                stopped_early_after_epoch: self.stopped_early,
+                best_epoch: best.map(|b| b.0),
+                best_val_loss: best.map(|b| b.1),
                 environment_warnings: twolayer::kernel_set::environment_warnings(),
             };
             let text = serde_json::to_string_pretty(&summary)
@@ -589,19 +713,64 @@ fn write_all_losses<F: Real>(path: &Path, t: &Trainer<F>) -> Result<()> {
     })
 }
 
-/// The epoch records as CSV, with a header line.
-pub(super) fn write_metrics(path: &Path, history: &[EpochRecord]) -> Result<()> {
+/// The metrics CSV's header line.
+const METRICS_HEADER: &str = "epoch,step,train_loss,val_loss,val_mse\n";
+
+/// One epoch's metrics line.
+fn metrics_line(r: &EpochRecord) -> String {
     let opt = |v: Option<f64>| v.map(|v| format!("{v:?}")).unwrap_or_default();
-    let mut text = String::from("epoch,step,train_loss,val_loss,val_mse\n");
+    format!(
+        "{},{},{:?},{},{}\n",
+        r.epoch,
+        r.step,
+        r.train_loss,
+        opt(r.val_loss),
+        opt(r.val_mse)
+    )
+}
+
+/// The epoch records as CSV, with a header line, written whole and
+/// atomically.
+pub(super) fn write_metrics(path: &Path, history: &[EpochRecord]) -> Result<()> {
+    let mut text = String::from(METRICS_HEADER);
     for r in history {
-        text.push_str(&format!(
-            "{},{},{:?},{},{}\n",
-            r.epoch,
-            r.step,
-            r.train_loss,
-            opt(r.val_loss),
-            opt(r.val_mse)
-        ));
+        text.push_str(&metrics_line(r));
     }
     output::write_atomic(path, |w| w.write_all(text.as_bytes()))
+}
+
+/// The metrics file during a run: begun whole (header and the epochs
+/// before), then one line appended per epoch — one write(2) each, no
+/// rewrite and no fsync until the end, so an epoch costs a line, not the
+/// file (rewriting it every epoch was quadratic in the epochs and, with
+/// its fsync, cost more than small epochs' steps).
+struct MetricsFile {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+}
+
+impl MetricsFile {
+    fn begin(path: &Path, history: &[EpochRecord]) -> Result<Self> {
+        write_metrics(path, history)?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::write(path, e))?;
+        Ok(MetricsFile {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    fn append(&mut self, r: &EpochRecord) -> Result<()> {
+        self.file
+            .write_all(metrics_line(r).as_bytes())
+            .map_err(|e| Error::write(&self.path, e))
+    }
+
+    fn finish(self) -> Result<()> {
+        self.file
+            .sync_all()
+            .map_err(|e| Error::write(&self.path, e))
+    }
 }
