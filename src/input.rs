@@ -23,6 +23,87 @@ pub const GRID_LIMIT: u64 = 1 << 20;
 /// Largest report read (a 100k-sample report is ~10 MB).
 pub const REPORT_LIMIT: u64 = 1 << 30;
 
+/// The name that means standard input (for an input) or standard output
+/// (for an output), as `-` does for most Unix tools.
+pub const STDIO: &str = "-";
+
+/// Whether `path` is [`STDIO`].
+pub fn is_stdio(path: &Path) -> bool {
+    path.as_os_str() == STDIO
+}
+
+/// Standard input copied to a temporary file, for the readers that need a
+/// regular file (they seek: a `.npz`'s directory is at its end, and rows
+/// are read in any order). The file is removed when this is dropped.
+#[derive(Debug)]
+pub struct Spooled {
+    file: tempfile::NamedTempFile,
+}
+
+impl Spooled {
+    /// The temporary file's path, to open as the input.
+    pub fn path(&self) -> &Path {
+        self.file.path()
+    }
+}
+
+/// `path` itself, or — when it is `-` — the path of standard input copied
+/// to a temporary file (in `$TMPDIR`), with the guard that keeps it. The
+/// copy is bounded by the free space of that folder less 1 GiB: an endless
+/// stream ends in an error, not a full disk.
+pub fn resolve_stdin(path: &Path) -> Result<(std::path::PathBuf, Option<Spooled>)> {
+    use std::io::{Read, Write};
+    if !is_stdio(path) {
+        return Ok((path.to_path_buf(), None));
+    }
+    let name = Path::new("<standard input>");
+    let err = |e: std::io::Error| Error::read(name, e);
+    let mut file = tempfile::NamedTempFile::new().map_err(err)?;
+    let room = free_bytes(&std::env::temp_dir()).saturating_sub(1 << 30);
+    let mut stdin = std::io::stdin().lock();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = match stdin.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(err(e)),
+        };
+        total += n as u64;
+        if total > room {
+            return Err(Error::read(
+                name,
+                format!(
+                    "it is larger than the room in {} ({}) it is copied to; point TMPDIR at a folder with more",
+                    std::env::temp_dir().display(),
+                    crate::error::human_bytes(room as f64)
+                ),
+            ));
+        }
+        file.write_all(&buf[..n]).map_err(err)?;
+    }
+    file.flush().map_err(err)?;
+    let path = file.path().to_path_buf();
+    Ok((path, Some(Spooled { file })))
+}
+
+/// Free bytes of the filesystem holding `dir` (0 when unknown).
+fn free_bytes(dir: &Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return 0;
+    };
+    // SAFETY: a valid NUL-terminated path and a zeroed out-parameter.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
+            return 0;
+        }
+        st.f_bavail as u64 * st.f_frsize as u64
+    }
+}
+
 /// What a file that is not a regular file is, for messages.
 fn kind(t: std::fs::FileType) -> &'static str {
     if t.is_dir() {

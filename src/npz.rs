@@ -184,7 +184,7 @@ struct Checked<R: Read + Seek> {
 impl<R: Read + Seek> Checked<R> {
     fn open(reader: R, path: &Path) -> Result<Self> {
         let mut zip = zip::ZipArchive::new(reader)
-            .map_err(|e| Error::read(path, format!("not a valid .npz file ({e})")))?;
+            .map_err(|e| not_npz(path, &e, "an --init file holds x, y, w1 and w2: np.savez('init.npz', x=x, y=y, w1=w1, w2=w2)"))?;
         let mut entries = Vec::with_capacity(4);
         for name in NAMES {
             entries.push(inspect_entry(path, &mut zip, name)?);
@@ -476,8 +476,39 @@ fn weight_entries<R: Read + Seek>(
 
 fn open_zip(path: &Path) -> Result<zip::ZipArchive<std::io::BufReader<File>>> {
     let file = crate::input::open_regular(path)?;
-    zip::ZipArchive::new(std::io::BufReader::new(file))
-        .map_err(|e| Error::read(path, format!("not a valid .npz file ({e})")))
+    zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| {
+        not_npz(
+            path,
+            &e,
+            "a weights file is a .npz holding w1 and w2 (and b1, b2), as --save writes it",
+        )
+    })
+}
+
+/// The error for a file that is not a `.npz` archive, saying what it is
+/// when that can be told from its first bytes — a single `.npy` array,
+/// text such as a CSV — and `hint`, what the flag takes.
+pub fn not_npz(path: &Path, e: &dyn std::fmt::Display, hint: &str) -> Error {
+    use std::io::Read as _;
+    let mut head = [0u8; 512];
+    let n = File::open(path)
+        .and_then(|mut f| f.read(&mut head))
+        .unwrap_or(0);
+    let head = &head[..n];
+    let text = n > 0
+        && head
+            .iter()
+            .all(|&b| b == b'\n' || b == b'\r' || b == b'\t' || (0x20..0x7f).contains(&b));
+    let what = if head.starts_with(b"\x93NUMPY") {
+        "it is a single .npy array, not a .npz archive".to_string()
+    } else if text {
+        "it is text (a CSV?), not a .npz archive; load it with numpy (np.loadtxt) and save it with np.savez".to_string()
+    } else if n == 0 {
+        "it is empty".to_string()
+    } else {
+        format!("not a valid .npz file ({e})")
+    };
+    Error::read(path, format!("{what}; {hint}"))
 }
 
 /// (D_in, H, D_out) and the dtype of the weights in a weights file, from

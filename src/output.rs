@@ -22,6 +22,10 @@ fn parent_dir(path: &Path) -> &Path {
 /// its folder exists, and a file can be created there. Leaves nothing
 /// behind.
 pub fn check_writable(path: &Path) -> Result<()> {
+    // `-`: standard output, always there.
+    if crate::input::is_stdio(path) {
+        return Ok(());
+    }
     // A link refused at the end would be refused now.
     let resolved = link_target(path)?;
     let path = resolved.as_deref().unwrap_or(path);
@@ -59,6 +63,9 @@ pub fn write_atomic(
     path: &Path,
     write: impl FnOnce(&mut BufWriter<&mut File>) -> std::io::Result<()>,
 ) -> Result<()> {
+    if crate::input::is_stdio(path) {
+        return write_stdout(write);
+    }
     let resolved;
     let path = match link_target(path)? {
         Some(target) => {
@@ -119,6 +126,29 @@ pub fn write_atomic(
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// [`write_atomic`] to `-`, standard output: written whole to an unnamed
+/// temporary file first (a `.npz` writer seeks; a failed write then sends
+/// nothing), then copied to standard output.
+fn write_stdout(
+    write: impl FnOnce(&mut BufWriter<&mut File>) -> std::io::Result<()>,
+) -> Result<()> {
+    use std::io::{Seek, SeekFrom};
+    let name = Path::new("<standard output>");
+    let result = (|| -> std::io::Result<()> {
+        let mut tmp = tempfile::tempfile()?;
+        {
+            let mut w = BufWriter::new(&mut tmp);
+            write(&mut w)?;
+            w.flush()?;
+        }
+        tmp.seek(SeekFrom::Start(0))?;
+        let mut out = std::io::stdout().lock();
+        std::io::copy(&mut tmp, &mut out)?;
+        out.flush()
+    })();
+    result.map_err(|e| Error::write(name, e))
 }
 
 /// Whether outputs that are symbolic links may be written through
@@ -317,9 +347,21 @@ pub fn check_distinct(inputs: &[(&str, &Path)], outputs: &[(&str, &Path)]) -> Re
         .map(|&(f, p)| (f, p, false))
         .chain(outputs.iter().map(|&(f, p)| (f, p, true)))
         .collect();
+    let stdio = crate::input::is_stdio;
     for (i, &(fa, pa, out_a)) in all.iter().enumerate() {
         for &(fb, pb, out_b) in &all[i + 1..] {
             if !(out_a || out_b) {
+                continue;
+            }
+            // `-` is standard input for an input, standard output for an
+            // output: the same only for two outputs.
+            if stdio(pa) || stdio(pb) {
+                if out_a && out_b && stdio(pa) && stdio(pb) {
+                    return Err(Error::write(
+                        pb,
+                        format!("{fb} and {fa} both name standard output (-); give one a file"),
+                    ));
+                }
                 continue;
             }
             if let (Some(a), Some(b)) = (id(pa), id(pb)) {

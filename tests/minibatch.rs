@@ -812,3 +812,285 @@ fn a_data_file_whose_name_is_not_utf8_is_found_again_on_resume() {
     let out = common::run(&["train", "--resume", s(&ck), "--epochs", "2", "-q"]);
     assert!(out.status.success(), "{}", common::stderr(&out));
 }
+
+/// Pure-noise targets on few rows: a wide model learns the training rows
+/// and its validation loss turns up after a few epochs — a run that
+/// overfits.
+fn noise_dataset(d: &Path) -> PathBuf {
+    let shape = twolayer::Shape::new(80, 6, 1, 1).unwrap();
+    let data = twolayer::Data::<f64>::random(shape, 21);
+    let p = d.join("noise.npz");
+    write_npz(&p, &[("x", &data.x), ("y", &data.y)]);
+    p
+}
+
+/// The epoch records of a metrics CSV: (epoch, val_loss).
+fn val_losses(csv: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(csv)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[0].parse().unwrap(), f[3].parse().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn early_stopping_keeps_the_best_epoch_and_survives_a_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = noise_dataset(d);
+    let flags = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "train",
+            "--data",
+            s(&data),
+            "--val-fraction",
+            "0.5",
+            "--hidden",
+            "64",
+            "--batch",
+            "8",
+            "--lr",
+            "0.05",
+            "--seed",
+            "2",
+            "--threads",
+            "2",
+            "-q",
+        ]
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+        v.extend(extra.iter().map(|v| v.to_string()));
+        v
+    };
+    let go = |args: Vec<String>| {
+        let o = common::bin().args(&args).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        stderr(&o)
+    };
+    let (best, csv) = (d.join("best.npz"), d.join("m.csv"));
+    let e = go(flags(&[
+        "--epochs",
+        "200",
+        "--patience",
+        "4",
+        "--save-best",
+        s(&best),
+        "--metrics",
+        s(&csv),
+    ]));
+    let v = val_losses(&csv);
+    let (last, _) = *v.last().unwrap();
+    let (best_epoch, best_loss) =
+        v.iter().copied().fold(
+            (0, f64::INFINITY),
+            |b, (e, l)| if l < b.1 { (e, l) } else { b },
+        );
+    // It overfits: stopped long before 200 epochs, 4 epochs after its best,
+    // and says so.
+    assert!(last < 100 && last == best_epoch + 4, "{v:?}");
+    assert!(v.iter().all(|&(e, l)| e == best_epoch || l > best_loss));
+    assert!(
+        e.contains(&format!("stopped early after epoch {last}"))
+            && e.contains(&format!("since epoch {best_epoch}")),
+        "{e}"
+    );
+    // --save-best holds the best epoch's weights: the same bytes as a run
+    // stopped there.
+    let at_best = d.join("at_best.npz");
+    go(flags(&[
+        "--epochs",
+        &best_epoch.to_string(),
+        "--save",
+        s(&at_best),
+    ]));
+    assert_eq!(
+        std::fs::read(&best).unwrap(),
+        std::fs::read(&at_best).unwrap()
+    );
+
+    // Stopped after the best epoch, before the patience ran out, then
+    // resumed: the same best weights and metrics as the unbroken run.
+    let per_epoch = 5; // 40 training rows in batches of 8
+    let stop_at = ((best_epoch + 2) * per_epoch).to_string();
+    let (ck, best2, csv2) = (d.join("r.ck"), d.join("best2.npz"), d.join("m2.csv"));
+    go(flags(&[
+        "--steps",
+        &stop_at,
+        "--patience",
+        "4",
+        "--save-best",
+        s(&best2),
+        "--metrics",
+        s(&csv2),
+        "--checkpoint",
+        s(&ck),
+    ]));
+    std::fs::remove_file(&best2).unwrap();
+    let e = go(vec![
+        "train".into(),
+        "--resume".into(),
+        s(&ck).into(),
+        "--epochs".into(),
+        "200".into(),
+        "--save-best".into(),
+        s(&best2).into(),
+        "--metrics".into(),
+        s(&csv2).into(),
+        "--checkpoint".into(),
+        s(&ck).into(),
+        "-q".into(),
+    ]);
+    assert!(e.contains("stopped early"), "{e}");
+    assert_eq!(
+        std::fs::read(&best).unwrap(),
+        std::fs::read(&best2).unwrap()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&csv).unwrap(),
+        std::fs::read_to_string(&csv2).unwrap()
+    );
+    // The finished run resumed again has nothing to do, and says why.
+    let e = go(vec!["train".into(), "--resume".into(), s(&ck).into()]);
+    assert!(
+        e.contains("nothing to do") && e.contains("stopped early"),
+        "{e}"
+    );
+}
+
+/// Runs the binary with `args`, `input` on its standard input.
+fn run_piped(args: &[&str], input: &[u8]) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = common::bin()
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let feeder = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    out
+}
+
+#[test]
+fn a_dash_reads_standard_input_and_writes_standard_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = small_dataset(d);
+    let bytes = std::fs::read(&data).unwrap();
+    let flags = [
+        "--batch",
+        "8",
+        "--epochs",
+        "2",
+        "--hidden",
+        "4",
+        "--val-fraction",
+        "0.2",
+    ];
+    // The same run from the file and from standard input, its weights to
+    // a file and to standard output: the same bytes.
+    let w = d.join("w.npz");
+    let mut a = vec!["train", "--data", s(&data), "--save", s(&w), "-q"];
+    a.extend(flags);
+    let o = run(&a);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut a = vec!["train", "--data", "-", "--save", "-"];
+    a.extend(flags);
+    let o = run_piped(&a, &bytes);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        o.stdout,
+        std::fs::read(&w).unwrap(),
+        "--save - wrote other bytes"
+    );
+    // --metrics - prints the CSV, and only it, on standard output.
+    let m = d.join("m.csv");
+    let mut a = vec!["train", "--data", s(&data), "--metrics", s(&m), "-q"];
+    a.extend(flags);
+    assert!(run(&a).status.success());
+    let mut a = vec!["train", "--data", s(&data), "--metrics", "-"];
+    a.extend(flags);
+    let o = run(&a);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        String::from_utf8(o.stdout).unwrap(),
+        std::fs::read_to_string(&m).unwrap()
+    );
+    // predict reads x from standard input and writes the .npy to standard
+    // output; eval reads the data from standard input.
+    let p = d.join("p.npy");
+    let o = run(&[
+        "predict",
+        "--weights",
+        s(&w),
+        "--x",
+        s(&data),
+        "--out",
+        s(&p),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run_piped(
+        &["predict", "--weights", s(&w), "--x", "-", "--out", "-"],
+        &bytes,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(o.stdout, std::fs::read(&p).unwrap());
+    let e1 = run(&["eval", "--weights", s(&w), "--data", s(&data)]);
+    let e2 = run_piped(&["eval", "--weights", s(&w), "--data", "-"], &bytes);
+    assert!(e2.status.success(), "{}", stderr(&e2));
+    assert_eq!(e1.stdout, e2.stdout);
+    // Refused, one line each: two outputs on standard output, and a
+    // checkpoint of data that cannot be read again.
+    let mut a = vec!["train", "--data", s(&data), "--save", "-", "--metrics", "-"];
+    a.extend(flags);
+    let o = run(&a);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("both name standard output"),
+        "{}",
+        stderr(&o)
+    );
+    let ck = d.join("c.ck");
+    let mut a = vec!["train", "--data", "-", "--checkpoint", s(&ck)];
+    a.extend(flags);
+    let o = run_piped(&a, &bytes);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("cannot be; save the data to a file"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn a_single_npy_or_a_csv_given_to_data_is_named_for_what_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let npy = d.join("x.npy");
+    Array2::<f64>::zeros((3, 2))
+        .write_npy(std::fs::File::create(&npy).unwrap())
+        .unwrap();
+    let csv = d.join("d.csv");
+    std::fs::write(&csv, "a,b,y\n1,2,3\n4,5,6\n").unwrap();
+    for (f, says) in [
+        (&npy, "it is a single .npy array, not a .npz archive"),
+        (&csv, "it is text (a CSV?)"),
+    ] {
+        let o = run(&["train", "--data", s(f)]);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+        assert!(e.contains(says) && e.contains("--data x.npy y.npy"), "{e}");
+    }
+}

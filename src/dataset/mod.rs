@@ -119,7 +119,13 @@ impl ArrayFile {
     pub fn open_npz(path: &Path, name: &'static str) -> Result<ArrayFile> {
         let file = crate::input::open_regular(path)?;
         let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
-            .map_err(|e| Error::read(path, format!("not a valid .npz file ({e})")))?;
+            .map_err(|e| {
+                crate::npz::not_npz(
+                    path,
+                    &e,
+                    "--data takes one .npz holding x and y (np.savez('data.npz', x=x, y=y)), or two .npy files, x's then y's (--data x.npy y.npy)",
+                )
+            })?;
         let index = crate::npz::find_array(path, &zip, name, "a dataset needs x and y")?;
         let bad = |msg: String| Error::read(path, format!("array '{name}': {msg}"));
         let (stored, data_start) = {

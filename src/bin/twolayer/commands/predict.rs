@@ -47,7 +47,10 @@ pub fn run_predict(args: &PredictArgs) -> Result<()> {
     )?;
     set_threads(args.pass.threads)?;
     let (d_in, _, _, dtype) = npz::peek_weights(&args.weights)?;
-    let x = open_x(&args.x)?;
+    // `--x -`: standard input, copied to a temporary file (kept until the
+    // end: the reader seeks).
+    let (x_path, _stdin) = twolayer::input::resolve_stdin(&args.x)?;
+    let x = open_x(&x_path)?;
     if x.cols() != d_in {
         return Err(Error::invalid(format!(
             "x has {} columns but the weights take {d_in} inputs",
@@ -100,12 +103,17 @@ fn predict<F: Real>(args: &PredictArgs, x: &ArrayFile) -> Result<()> {
     }
     written?;
     say!(
-        "twolayer: predicted {rows} rows ({}→{}, {}) in {:.3} s, batches of {batch}; wrote {}",
+        "twolayer: predicted {rows} rows ({}→{}, {}{}) in {:.3} s, batches of {batch}; wrote {}",
         x.cols(),
         w.w2.ncols(),
         F::DTYPE,
+        if w.has_biases() { ", with biases" } else { "" },
         start.elapsed().as_secs_f64(),
-        args.out.display()
+        if twolayer::input::is_stdio(&args.out) {
+            "standard output".to_string()
+        } else {
+            args.out.display().to_string()
+        }
     );
     Ok(())
 }
@@ -115,7 +123,20 @@ fn predict<F: Real>(args: &PredictArgs, x: &ArrayFile) -> Result<()> {
 pub fn run_eval(args: &EvalArgs) -> Result<()> {
     set_threads(args.pass.threads)?;
     let (d_in, _, d_out, dtype) = npz::peek_weights(&args.weights)?;
-    let data = Dataset::open(&args.data)?;
+    // `--data -`: standard input, copied to a temporary file.
+    let mut stdin = None;
+    let mut files = Vec::new();
+    for f in &args.data {
+        let (p, s) = twolayer::input::resolve_stdin(f)?;
+        if s.is_some() && stdin.is_some() {
+            return Err(Error::invalid(
+                "standard input can be read once: give one - at most",
+            ));
+        }
+        stdin = stdin.or(s);
+        files.push(p);
+    }
+    let data = Dataset::open(&files)?;
     if (data.d_in(), data.d_out()) != (d_in, d_out) {
         return Err(Error::invalid(format!(
             "the data is {}→{} but the weights are {d_in}→{d_out}",

@@ -95,6 +95,8 @@ pub struct Minibatch {
     pub schedule: Schedule,
     /// What the checkpoint records of it.
     pub header: MinibatchHeader,
+    /// Standard input's copy, when the data came from `--data -`.
+    pub _stdin: Option<twolayer::input::Spooled>,
 }
 
 /// The library's loss for the command line's.
@@ -296,6 +298,28 @@ fn with_data(args: &TrainArgs, files: &[PathBuf], ranks: usize, mpi: bool) -> Re
             "--form dual needs one fixed batch; --data trains on a new batch every step",
         ));
     }
+    // `--data -`: standard input, copied to a temporary file (the readers
+    // seek). It cannot be read again, so such a run cannot be resumed.
+    let mut stdin = None;
+    let mut resolved = Vec::with_capacity(files.len());
+    for f in files {
+        let (p, spooled) = twolayer::input::resolve_stdin(f)?;
+        if spooled.is_some() {
+            if stdin.is_some() {
+                return Err(Error::invalid(
+                    "standard input can be read once: give one - at most",
+                ));
+            }
+            if args.checkpoint.is_some() {
+                return Err(Error::invalid(
+                    "--checkpoint with --data -: a resumed run reads its data again, and standard input cannot be; save the data to a file",
+                ));
+            }
+            stdin = spooled;
+        }
+        resolved.push(p);
+    }
+    let files = &resolved[..];
     let dataset = Dataset::open(files)?;
     let what = files
         .iter()
@@ -433,6 +457,7 @@ fn with_data(args: &TrainArgs, files: &[PathBuf], ranks: usize, mpi: bool) -> Re
             val,
             schedule,
             header,
+            _stdin: stdin,
         }),
         ..spec
     })
@@ -690,6 +715,7 @@ fn resume_minibatch(m: &MinibatchHeader, files: &[FileRef], what: &str) -> Resul
         val,
         schedule,
         header: m.clone(),
+        _stdin: None,
     })
 }
 

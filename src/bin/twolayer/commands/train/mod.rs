@@ -34,6 +34,15 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     // Ctrl-C, SIGTERM and SIGHUP from here on stop the run cleanly, set-up
     // included.
     Signals::get()?;
+    if args
+        .checkpoint
+        .as_deref()
+        .is_some_and(twolayer::input::is_stdio)
+    {
+        return Err(Error::invalid(
+            "--checkpoint -: a checkpoint is the file a run resumes from; give it a path",
+        ));
+    }
     // Refuse unwritable outputs now, not after hours of training.
     for path in [
         &args.save,
@@ -41,6 +50,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         &args.checkpoint,
         &args.metrics,
         &args.json,
+        &args.save_best,
     ]
     .into_iter()
     .flatten()
@@ -96,6 +106,7 @@ fn check_files_distinct(args: &TrainArgs, spec: &RunSpec) -> Result<()> {
         ("--checkpoint", &args.checkpoint),
         ("--metrics", &args.metrics),
         ("--json", &args.json),
+        ("--save-best", &args.save_best),
     ]
     .into_iter()
     .filter_map(|(f, p)| p.as_deref().map(|p| (f, p)))

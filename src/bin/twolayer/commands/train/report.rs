@@ -372,6 +372,7 @@ impl<'a, F: Real> Reporter<'a, F> {
         }
         let a = self.args;
         if !(a.quiet
+            || stdout_taken(a)
             || self.write_err.is_some()
             || !(step.is_multiple_of(a.log_every) || step == self.last))
         {
@@ -713,6 +714,15 @@ fn write_all_losses<F: Real>(path: &Path, t: &Trainer<F>) -> Result<()> {
     })
 }
 
+/// Whether an output of the run goes to standard output (`-`): the `t loss`
+/// lines then stay off it.
+pub(super) fn stdout_taken(a: &TrainArgs) -> bool {
+    [&a.save, &a.losses, &a.metrics, &a.json, &a.save_best]
+        .into_iter()
+        .flatten()
+        .any(|p| twolayer::input::is_stdio(p))
+}
+
 /// The metrics CSV's header line.
 const METRICS_HEADER: &str = "epoch,step,train_loss,val_loss,val_mse\n";
 
@@ -744,18 +754,26 @@ pub(super) fn write_metrics(path: &Path, history: &[EpochRecord]) -> Result<()> 
 /// rewrite and no fsync until the end, so an epoch costs a line, not the
 /// file (rewriting it every epoch was quadratic in the epochs and, with
 /// its fsync, cost more than small epochs' steps).
+/// With `--metrics -` the lines go to standard output as they come.
 struct MetricsFile {
     path: std::path::PathBuf,
-    file: std::fs::File,
+    /// `None`: standard output.
+    file: Option<std::fs::File>,
 }
 
 impl MetricsFile {
     fn begin(path: &Path, history: &[EpochRecord]) -> Result<Self> {
         write_metrics(path, history)?;
-        let file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(path)
-            .map_err(|e| Error::write(path, e))?;
+        let file = if twolayer::input::is_stdio(path) {
+            None
+        } else {
+            Some(
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| Error::write(path, e))?,
+            )
+        };
         Ok(MetricsFile {
             path: path.to_path_buf(),
             file,
@@ -763,14 +781,21 @@ impl MetricsFile {
     }
 
     fn append(&mut self, r: &EpochRecord) -> Result<()> {
-        self.file
-            .write_all(metrics_line(r).as_bytes())
-            .map_err(|e| Error::write(&self.path, e))
+        let line = metrics_line(r);
+        match &mut self.file {
+            Some(f) => f.write_all(line.as_bytes()),
+            None => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(line.as_bytes()).and_then(|()| out.flush())
+            }
+        }
+        .map_err(|e| Error::write(&self.path, e))
     }
 
     fn finish(self) -> Result<()> {
-        self.file
-            .sync_all()
-            .map_err(|e| Error::write(&self.path, e))
+        match self.file {
+            Some(f) => f.sync_all().map_err(|e| Error::write(&self.path, e)),
+            None => Ok(()),
+        }
     }
 }
