@@ -5,6 +5,7 @@
 # with a validation split, and prints the validation error beside the
 # error of predicting the training mean.
 #   scripts/demo-diabetes.sh [OUT_DIR]   (default target/demo-diabetes)
+# (the demo script itself, scripts/demo_diabetes.py, takes --torch)
 # Installs scikit-learn into the venv under target/pyenv (numpy's) the
 # first time.
 set -euo pipefail
@@ -20,4 +21,4 @@ if ! "$venv/bin/python" -c 'import sklearn' >/dev/null 2>&1; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check scikit-learn
 fi
 [ -x target/release/twolayer ] || cargo build --release --quiet
-exec "$venv/bin/python" scripts/demo_diabetes.py --twolayer target/release/twolayer --out "$out"
+exec "$venv/bin/python" scripts/demo_diabetes.py --twolayer target/release/twolayer --out "$out" "${@:2}"

@@ -6,6 +6,14 @@ predicts the mean of the training targets.
 
 The targets are standardised (zero mean, unit variance, with the training
 rows' statistics), so an MSE of 1.0 is "no better than the mean".
+twolayer runs with its defaults for --data (biases, the mean loss, scaled
+weights, lr 0.01, batches of 32, 20 epochs), keeping the best epoch.
+
+--torch also trains PyTorch on the same split as its users write it
+(nn.Linear with its own initialisation and biases, MSELoss, SGD at the same
+rate, batch size and epochs, a shuffling DataLoader) for five seeds, and
+prints its validation MSE beside twolayer's (needs a Python with torch:
+run this script with it).
 """
 import argparse
 import os
@@ -25,6 +33,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--twolayer", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--torch", action="store_true")
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
 
@@ -44,10 +53,10 @@ def main():
 
     metrics = os.path.join(a.out, "metrics.csv")
     weights = os.path.join(a.out, "weights.npz")
+    best_weights = os.path.join(a.out, "best.npz")
     cmd = [a.twolayer, "train", "--data", data, "--val-fraction", str(VAL_FRACTION),
-           "--seed", str(SEED), "--batch", "32", "--epochs", "300", "--hidden", "16",
-           "--loss", "mean", "--lr", "0.01", "--weight-init", "scaled",
-           "--metrics", metrics, "--save", weights, "--quiet"]
+           "--seed", str(SEED), "--metrics", metrics, "--save", weights,
+           "--save-best", best_weights, "--quiet"]
     print("$ " + " ".join(cmd), file=sys.stderr)
     run = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
     # One line per epoch goes to stderr; show the summary (or the error).
@@ -64,6 +73,38 @@ def main():
     print(f"validation MSE, best epoch {int(best[0])}:               {best[4]:.4f}")
     print(f"baseline (predict the training mean):       {baseline:.4f}")
     print(f"explained variance on held-out rows:        {1 - last[4] / baseline:.1%}")
+    if a.torch:
+        finals, bests = torch_runs(xs[train], ys[train], xs[val], ys[val])
+        print(f"PyTorch (nn.Linear defaults, same lr/batch/epochs), 5 seeds: last epoch "
+              f"{min(finals):.4f}-{max(finals):.4f} (median {np.median(finals):.4f}), "
+              f"best epoch {min(bests):.4f}-{max(bests):.4f}")
+
+
+def torch_runs(xt, yt, xv, yv, lr=0.01, batch=32, epochs=20, hidden=100):
+    """The same model trained as a PyTorch user would, for seeds 0-4: the
+    validation MSE of the last epoch and of the best one, per seed."""
+    import torch
+
+    finals, bests = [], []
+    xt, yt, xv, yv = (torch.tensor(v, dtype=torch.float64) for v in (xt, yt, xv, yv))
+    for seed in range(5):
+        torch.manual_seed(seed)
+        model = torch.nn.Sequential(torch.nn.Linear(xt.shape[1], hidden), torch.nn.ReLU(),
+                                    torch.nn.Linear(hidden, 1)).double()
+        opt = torch.optim.SGD(model.parameters(), lr=lr)
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(xt, yt),
+                                             batch_size=batch, shuffle=True, drop_last=True)
+        history = []
+        for _ in range(epochs):
+            for xb, yb in loader:
+                opt.zero_grad()
+                torch.nn.functional.mse_loss(model(xb), yb).backward()
+                opt.step()
+            with torch.no_grad():
+                history.append(float(torch.nn.functional.mse_loss(model(xv), yv)))
+        finals.append(history[-1])
+        bests.append(min(history))
+    return finals, bests
 
 
 if __name__ == "__main__":

@@ -118,7 +118,7 @@ def main():
     scale = 1.0 / (a.batch * y.shape[1]) if a.loss == "mean" else 1.0
 
     if a.engine == "torch":
-        step, forward, weights = torch_model(a, dt, w1, w2, b1, b2, bias)
+        torch_step, weights = torch_model(a, dt, w1, w2, b1, b2, bias)
     losses, metrics = [], []
     for e in range(a.epochs):
         order = Permutation(n_train, mix(mix(a.seed ^ EPOCH) ^ e))
@@ -126,7 +126,7 @@ def main():
             rows = sorted(train_row(order.apply(q)) for q in range(b * a.batch, (b + 1) * a.batch))
             xb, yb = x[rows], y[rows]
             if a.engine == "torch":
-                losses.append(step(xb, yb))
+                losses.append(torch_step(xb, yb))
                 continue
             # The warm-up's step, with the loss scaled for --loss mean,
             # and nn.Linear's biases unless --no-bias.
@@ -186,7 +186,7 @@ def main():
 
 def torch_model(a, dt, w1, w2, b1, b2, bias):
     """The model, loss and optimiser as a PyTorch user writes them, from
-    these weights: returns step(x, y) -> loss, and weights() -> numpy
+    these weights: returns step(x, y) -> loss and weights() -> numpy
     copies (w1 D_in×H, w2 H×D_out, as twolayer stores them)."""
     import torch
 
@@ -210,7 +210,7 @@ def torch_model(a, dt, w1, w2, b1, b2, bias):
         loss = loss_fn(model(torch.from_numpy(xb)), torch.from_numpy(yb))
         loss.backward()
         opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     def weights():
         t = lambda p: p.detach().numpy().copy()
@@ -219,7 +219,7 @@ def torch_model(a, dt, w1, w2, b1, b2, bias):
             return w1, w2, t(model[0].bias), t(model[2].bias)
         return w1, w2, np.zeros(h, dt), np.zeros(d_out, dt)
 
-    return step, None, weights
+    return step, weights
 
 
 if __name__ == "__main__":

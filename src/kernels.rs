@@ -25,6 +25,7 @@ pub const CHUNK: usize = 1 << 12;
 /// pass, "the sign bit is set" means exactly "h was < 0", and h == 0 (either
 /// sign) still lets the gradient through, as the reference does. A −0.0 is
 /// zero to every product and sum that follows.
+#[inline(never)]
 pub fn relu_in_place<F: Real>(h: &mut [F]) {
     // Branch-free so it vectorises (signs are random: branches mispredict):
     // v + 0.0 turns −0.0 into +0.0 and leaves every other value as it is.
@@ -40,6 +41,7 @@ pub fn relu_in_place<F: Real>(h: &mut [F]) {
 /// One pass over a block of y_pred: on entry `pred_to_grad` holds y_pred; on
 /// exit it holds g_y = 2·(y_pred − y). Returns Σ (y_pred − y)², accumulated
 /// in f64 whatever the element type.
+#[inline(never)]
 pub fn loss_and_grad<F: Real>(pred_to_grad: &mut [F], y: &[F]) -> f64 {
     assert_eq!(pred_to_grad.len(), y.len(), "y_pred and y differ in size");
     let two = F::one() + F::one();
@@ -56,15 +58,20 @@ pub fn loss_and_grad<F: Real>(pred_to_grad: &mut [F], y: &[F]) -> f64 {
 /// The ReLU backward mask, `g_h = g_hrelu` with `g_h[i,j] = 0` where
 /// `h[i,j] < 0`, in place on `grad`. Reads the sign bit that
 /// [`relu_in_place`] left in `h_relu`.
+#[inline(never)]
 pub fn relu_mask<F: Real>(grad: &mut [F], h_relu: &[F]) {
     assert_eq!(
         grad.len(),
         h_relu.len(),
         "g_hrelu and h_relu differ in size"
     );
-    // A select, not a conditional store, so it vectorises.
+    // Bit operations, not a select: written `*g = if h.is_sign_negative()
+    // { 0 } else { *g }`, LLVM compiled it to a scalar loop of compares and
+    // branches — 50/50 branches on random signs: 6.1% of a step's time at
+    // (4096, 1000, 100, 10) f64 on one thread, against 0.8% for the
+    // bias form, whose accumulation made LLVM vectorise it.
     for (g, h) in grad.iter_mut().zip(h_relu) {
-        *g = if h.is_sign_negative() { F::zero() } else { *g };
+        *g = g.masked_by_sign_of(*h);
     }
 }
 
@@ -133,7 +140,7 @@ pub fn relu_mask_bias<F: Real>(grad: &mut [F], h_relu: &[F], g_b1: &mut [F]) {
     let w = g_b1.len();
     for (row, h) in grad.chunks_exact_mut(w).zip(h_relu.chunks_exact(w)) {
         for ((g, h), acc) in row.iter_mut().zip(h).zip(g_b1.iter_mut()) {
-            *g = if h.is_sign_negative() { F::zero() } else { *g };
+            *g = g.masked_by_sign_of(*h);
             *acc = *acc + *g;
         }
     }

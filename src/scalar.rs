@@ -68,6 +68,11 @@ pub trait Real:
     fn from_f64(v: f64) -> Self;
     /// Converts to f64 exactly.
     fn to_f64(self) -> f64;
+    /// `self` where `h`'s sign bit is clear, +0.0 where it is set — the
+    /// ReLU mask, as bit operations (an arithmetic shift of h's sign into
+    /// a mask, and-ed with self's bits), so a loop of it vectorises with
+    /// no branch.
+    fn masked_by_sign_of(self, h: Self) -> Self;
 }
 
 impl Real for f32 {
@@ -78,6 +83,10 @@ impl Real for f32 {
     fn to_f64(self) -> f64 {
         self as f64
     }
+    fn masked_by_sign_of(self, h: Self) -> Self {
+        let clear = !((h.to_bits() as i32 >> 31) as u32);
+        f32::from_bits(self.to_bits() & clear)
+    }
 }
 
 impl Real for f64 {
@@ -87,5 +96,9 @@ impl Real for f64 {
     }
     fn to_f64(self) -> f64 {
         self
+    }
+    fn masked_by_sign_of(self, h: Self) -> Self {
+        let clear = !((h.to_bits() as i64 >> 63) as u64);
+        f64::from_bits(self.to_bits() & clear)
     }
 }
