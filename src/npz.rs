@@ -500,11 +500,11 @@ pub fn not_npz(path: &Path, e: &dyn std::fmt::Display, hint: &str) -> Error {
             .iter()
             .all(|&b| b == b'\n' || b == b'\r' || b == b'\t' || (0x20..0x7f).contains(&b));
     let what = if head.starts_with(b"\x93NUMPY") {
-        "it is a single .npy array, not a .npz archive".to_string()
+        "not a valid .npz file: it is a single .npy array".to_string()
     } else if text {
-        "it is text (a CSV?), not a .npz archive; load it with numpy (np.loadtxt) and save it with np.savez".to_string()
+        "not a valid .npz file: it is text (a CSV?); load it with numpy (np.loadtxt) and save it with np.savez".to_string()
     } else if n == 0 {
-        "it is empty".to_string()
+        "not a valid .npz file: it is empty".to_string()
     } else {
         format!("not a valid .npz file ({e})")
     };

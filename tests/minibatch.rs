@@ -1084,8 +1084,8 @@ fn a_single_npy_or_a_csv_given_to_data_is_named_for_what_it_is() {
     let csv = d.join("d.csv");
     std::fs::write(&csv, "a,b,y\n1,2,3\n4,5,6\n").unwrap();
     for (f, says) in [
-        (&npy, "it is a single .npy array, not a .npz archive"),
-        (&csv, "it is text (a CSV?)"),
+        (&npy, "not a valid .npz file: it is a single .npy array"),
+        (&csv, "not a valid .npz file: it is text (a CSV?)"),
     ] {
         let o = run(&["train", "--data", s(f)]);
         let e = stderr(&o);

@@ -41,14 +41,18 @@ fn steps_after_the_first_do_not_allocate() {
         Shape::new(512, 256, 128, 64).unwrap(),
     ];
     for shape in shapes {
-        for (mode, form) in [
-            (StepMode::Fused, Form::Primal),
-            (StepMode::Explicit, Form::Primal),
-            (StepMode::Fused, Form::Dual),
+        for (mode, form, biases) in [
+            (StepMode::Fused, Form::Primal, false),
+            (StepMode::Explicit, Form::Primal, false),
+            (StepMode::Fused, Form::Dual, false),
+            (StepMode::Fused, Form::Primal, true),
+            (StepMode::Explicit, Form::Primal, true),
+            (StepMode::Fused, Form::Dual, true),
         ] {
+            let w = Weights::random(shape, 2);
             let mut t = Trainer::new(
                 Data::<f64>::random(shape, 1),
-                Weights::random(shape, 2),
+                if biases { w.with_zero_biases() } else { w },
                 LearningRates::uniform(1e-9),
                 mode,
             )
@@ -64,7 +68,7 @@ fn steps_after_the_first_do_not_allocate() {
             let during = ALLOCS.load(Ordering::SeqCst) - before;
             assert_eq!(
                 during, 0,
-                "{during} allocations in 20 steps at {shape} {mode:?} {form:?}"
+                "{during} allocations in 20 steps at {shape} {mode:?} {form:?}, biases {biases}"
             );
         }
     }

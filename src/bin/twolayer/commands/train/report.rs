@@ -594,7 +594,7 @@ impl<'a, F: Real> Reporter<'a, F> {
             );
         }
         say!(
-            "twolayer: {} steps of {shape} {}{} in {:.3} s: {:.4} ms/step, {rate}; outputs between steps (validation, checkpoints, metrics, loss lines) {:.3} s more; threads {} ({how}, OpenBLAS {} thread(s) per GEMM, {} kernels of OpenBLAS {}){extra}; peak RSS {}; final loss {:?}",
+            "twolayer: {} steps of {shape} {}{} in {:.3} s: {:.4} ms/step, {rate}; outputs between steps {:.3} s; threads {} ({how}, OpenBLAS {} thread(s) per GEMM, {} kernels of OpenBLAS {}){extra}; peak RSS {}; final loss {:?}",
             stats.steps,
             F::DTYPE,
             if trainer.weights_have_biases() { " with biases" } else { "" },
