@@ -15,6 +15,18 @@ pub fn available_cores() -> usize {
         .unwrap_or(1)
 }
 
+/// The warning for a budget of more threads than the cores this process
+/// may run on: the threads then take turns on the cores, and every step's
+/// shards wait for the ones that are not running. `None` when it fits.
+pub fn oversubscribed(threads: usize) -> Option<String> {
+    let cores = available_cores();
+    (threads > cores).then(|| {
+        format!(
+            "{threads} threads on {cores} core(s): the threads beyond the cores take turns with the others, so steps are slower and timings noisier, not faster"
+        )
+    })
+}
+
 /// Largest budget accepted; more threads than this is a typo, not a plan.
 pub const MAX_THREADS: usize = 1024;
 

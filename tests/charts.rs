@@ -124,6 +124,11 @@ fn the_sweep_charts_draw_every_series_inside_the_canvas() {
     assert!(t.iter().any(|x| x.2 == "against N"));
     assert!(t.iter().any(|x| x.2 == "against threads"));
     assert!(t.iter().any(|x| x.2.starts_with("threads: (8, 12, 9, 3)")));
+    // The axes label the values the grid ran: N 8 and 16 on the log axis
+    // (left to itself it labelled only 10), threads 1 and 2.
+    for v in ["8", "16", "1", "2"] {
+        assert!(t.iter().any(|x| x.2 == v), "scaling.svg has no tick {v}");
+    }
 }
 
 #[test]

@@ -1337,3 +1337,101 @@ fn info_and_sweep_say_when_other_processes_hold_the_cores() {
         "{md}"
     );
 }
+
+#[test]
+fn more_threads_than_cores_is_said_once() {
+    let cores = twolayer::threads::available_cores();
+    let over = (cores + 1).to_string();
+    let o = common::run(&["train", "--threads", &over, "--steps", "3", "-q"]);
+    let e = common::stderr(&o);
+    assert!(o.status.success(), "{e}");
+    assert_eq!(e.matches("take turns").count(), 1, "{e}");
+    let o = common::run(&["train", "--threads", "1", "--steps", "3", "-q"]);
+    assert!(!common::stderr(&o).contains("take turns"));
+}
+
+#[test]
+fn every_subcommand_takes_quiet_and_json_alike() {
+    for sub in [
+        "train", "sweep", "tune", "compare", "info", "predict", "eval",
+    ] {
+        let o = common::run(&[sub, "--help"]);
+        let help = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(
+            help.contains("-q, --quiet") && help.contains("--json [<FILE>]"),
+            "`twolayer {sub}` lacks -q or --json [FILE]:\n{help}"
+        );
+    }
+    // eval: --json alone is stdout, one JSON document; -q then leaves only it.
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let shape = Shape::new(20, 4, 3, 2).unwrap();
+    let d = dir.path().join("d.npz");
+    save_init(
+        &d,
+        &Data::<f64>::random(shape, 1),
+        &Weights::random(shape, 2),
+    )
+    .unwrap();
+    let w = dir.path().join("w.npz");
+    let o = run(&[
+        "train",
+        "--init",
+        &s(&d),
+        "--steps",
+        "2",
+        "--save",
+        &s(&w),
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&[
+        "eval",
+        "--weights",
+        &s(&w),
+        "--data",
+        &s(&d),
+        "--json",
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("stdout is JSON");
+    assert_eq!(v["rows"], 20);
+    let j = dir.path().join("e.json");
+    let o = run(&[
+        "eval",
+        "--weights",
+        &s(&w),
+        "--data",
+        &s(&d),
+        "--json",
+        &s(&j),
+    ]);
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("rows 20"));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&j).unwrap()).unwrap();
+    assert!(v["mse"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn a_run_shows_progress_on_a_terminal_only() {
+    // `script` gives the run a terminal (util-linux, on every Debian).
+    let bin = env!("CARGO_BIN_EXE_twolayer");
+    let o = std::process::Command::new("script")
+        .args([
+            "-qec",
+            &format!("{bin} train -q --steps 300 --form primal"),
+            "/dev/null",
+        ])
+        .env("TWOLAYER_WISDOM", "")
+        .output()
+        .expect("script runs");
+    let tty = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{tty}");
+    assert!(
+        tty.contains("/300 ("),
+        "no progress bar on a terminal:\n{tty}"
+    );
+    // Not on a pipe, and not when the loss lines go to the terminal.
+    let o = common::run(&["train", "-q", "--steps", "300", "--form", "primal"]);
+    assert!(!stderr(&o).contains("/300 ("), "{}", stderr(&o));
+}

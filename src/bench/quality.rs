@@ -54,6 +54,9 @@ pub fn point_warnings(p: &PointReport) -> Vec<String> {
             p.peak_fraction * 100.0
         ));
     }
+    if let Some(o) = crate::threads::oversubscribed(p.threads) {
+        w.push(o);
+    }
     let step = s.median;
     let sum = p.phases.sum();
     if step > 0.0 && sum > 0.0 && (sum / step - 1.0).abs() > PHASES_OFF {

@@ -42,13 +42,19 @@ pub fn write_scaling_chart(report: &Report, dir: &Path) -> Result<()> {
         s.points.iter().any(|&i| report.points[i].threads != first)
     })
     .collect();
+    // Each panel has its own colours, every series of a panel its own
+    // (the legend's "N:" and "threads:" say which panel an entry is of).
+    let (n_colors, t_colors) = (palette(by_n.len()), palette(by_threads.len()));
     let mut legend = Vec::new();
     for (i, s) in by_n.iter().enumerate() {
-        legend.push((Mark::Line(color(i), triangle(i)), format!("N: {}", s.label)));
+        legend.push((
+            Mark::Line(n_colors[i], triangle(i)),
+            format!("N: {}", s.label),
+        ));
     }
     for (i, s) in by_threads.iter().enumerate() {
         legend.push((
-            Mark::Line(color(by_n.len() + i), triangle(by_n.len() + i)),
+            Mark::Line(t_colors[i], triangle(i)),
             format!("threads: {}", s.label),
         ));
     }
@@ -62,24 +68,79 @@ pub fn write_scaling_chart(report: &Report, dir: &Path) -> Result<()> {
             &legend,
             |area| {
                 if by_threads.is_empty() {
-                    panel(report, &by_n, 0, Axis::N, area)
+                    panel(report, &by_n, &n_colors, Axis::N, area)
                 } else {
                     let (l, r) = area.split_horizontally(width / 2);
-                    panel(report, &by_n, 0, Axis::N, &l)?;
-                    panel(report, &by_threads, by_n.len(), Axis::Threads, &r)
+                    panel(report, &by_n, &n_colors, Axis::N, &l)?;
+                    panel(report, &by_threads, &t_colors, Axis::Threads, &r)
                 }
             },
         ),
     )
 }
 
-fn color(i: usize) -> RGBColor {
-    SERIES_COLORS[i % SERIES_COLORS.len()]
+/// `n` colours, all different: the ten of [`SERIES_COLORS`] when they
+/// suffice, else hues evenly spaced round the wheel, alternately darker
+/// and lighter so that neighbours differ in two ways.
+fn palette(n: usize) -> Vec<RGBColor> {
+    if n <= SERIES_COLORS.len() {
+        return SERIES_COLORS[..n].to_vec();
+    }
+    (0..n)
+        .map(|i| {
+            let hue = i as f64 / n as f64;
+            let light = if i % 2 == 0 { 0.38 } else { 0.55 };
+            hsl(hue, 0.75, light)
+        })
+        .collect()
 }
 
-/// Series past the first ten repeat the colours with triangles.
+/// An HSL colour (each in 0–1) as RGB.
+fn hsl(h: f64, s: f64, l: f64) -> RGBColor {
+    let c = (1.0 - (2.0 * l - 1.0).abs()) * s;
+    let hp = h * 6.0;
+    let x = c * (1.0 - (hp % 2.0 - 1.0).abs());
+    let (r, g, b) = match hp as u32 {
+        0 => (c, x, 0.0),
+        1 => (x, c, 0.0),
+        2 => (0.0, c, x),
+        3 => (0.0, x, c),
+        4 => (x, 0.0, c),
+        _ => (c, 0.0, x),
+    };
+    let m = l - c / 2.0;
+    let to = |v: f64| ((v + m) * 255.0).round().clamp(0.0, 255.0) as u8;
+    RGBColor(to(r), to(g), to(b))
+}
+
+/// Every other series marks its points with triangles, the rest with
+/// dots: a second cue beside the colour.
 fn triangle(i: usize) -> bool {
-    (i / SERIES_COLORS.len()) % 2 == 1
+    i % 2 == 1
+}
+
+/// The distinct values of `x` over the points of `series`, ascending: the
+/// axis's ticks (a log axis left to itself labels only powers of ten, and
+/// a thread axis 0.5 steps, printed "0 1 2 2 2").
+fn ticks(report: &Report, series: &[Series], x: impl Fn(&PointReport) -> f64) -> Vec<f64> {
+    let mut v: Vec<f64> = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|&i| x(&report.points[i])))
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v.dedup();
+    v
+}
+
+/// A rate for the y axis: 950, 12k, 3.4M.
+fn rate_label(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.1}M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.0}k", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
 }
 
 fn threads(p: &PointReport) -> String {
@@ -128,7 +189,7 @@ enum Axis {
 fn panel(
     report: &Report,
     series: &[Series],
-    first_color: usize,
+    colors: &[RGBColor],
     axis: Axis,
     area: &Area,
 ) -> DrawResult {
@@ -157,6 +218,8 @@ fn panel(
         Axis::Threads => ("threads", "against threads"),
     };
     b.caption(caption, (FONT, 15));
+    let keys = ticks(report, series, x_of);
+    let key_set = keys.clone();
     macro_rules! draw_in {
         ($chart:expr) => {{
             let mut chart = $chart;
@@ -165,13 +228,20 @@ fn panel(
                 .x_desc(desc)
                 .y_desc("samples/s")
                 .light_line_style(WHITE)
-                .x_labels(8)
-                .x_label_formatter(&|v| format!("{v:.0}"))
-                .y_label_formatter(&|v| format!("{:.0}k", v / 1e3))
+                .x_labels(key_set.len() + 2)
+                // Only the values the grid ran are labelled.
+                .x_label_formatter(&|v| {
+                    if key_set.iter().any(|k| (k - v).abs() <= 1e-9 * k.max(1.0)) {
+                        format!("{v:.0}")
+                    } else {
+                        String::new()
+                    }
+                })
+                .y_label_formatter(&|v| rate_label(*v))
                 .label_style((FONT, 13))
                 .draw()?;
             for (j, s) in series.iter().enumerate() {
-                let c = color(first_color + j);
+                let c = colors[j];
                 let xy: Vec<(f64, f64)> = s
                     .points
                     .iter()
@@ -182,7 +252,7 @@ fn panel(
                     xy.clone(),
                     c.stroke_width(2),
                 )))?;
-                if triangle(first_color + j) {
+                if triangle(j) {
                     chart
                         .draw_series(xy.iter().map(|&pt| TriangleMarker::new(pt, 6, c.filled())))?;
                 } else {
@@ -211,11 +281,38 @@ fn panel(
         ))?;
     }
     match axis {
-        Axis::N => draw_in!(
-            b.build_cartesian_2d(((xmin / 1.5).max(1.0)..xmax * 1.5).log_scale(), 0f64..ymax)?
-        ),
+        Axis::N => draw_in!(b.build_cartesian_2d(
+            ((xmin / 1.5).max(1.0)..xmax * 1.5)
+                .log_scale()
+                .with_key_points(keys),
+            0f64..ymax
+        )?),
         Axis::Threads => {
             draw_in!(b.build_cartesian_2d((xmin - 0.5).max(0.0)..xmax + 0.5, 0f64..ymax)?)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_series_of_a_panel_gets_its_own_colour() {
+        assert_eq!(palette(10), SERIES_COLORS.to_vec());
+        for n in [11, 14, 24, 40] {
+            let p = palette(n);
+            let mut seen = std::collections::HashSet::new();
+            for c in &p {
+                assert!(seen.insert((c.0, c.1, c.2)), "{n} series: {c:?} twice");
+            }
+        }
+    }
+
+    #[test]
+    fn rates_read_as_people_write_them() {
+        assert_eq!(rate_label(950.0), "950");
+        assert_eq!(rate_label(12_300.0), "12k");
+        assert_eq!(rate_label(3_400_000.0), "3.4M");
     }
 }

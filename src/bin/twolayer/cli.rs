@@ -187,9 +187,9 @@ pub struct TrainArgs {
     /// Print the loss of every K-th step (and of the last)
     #[arg(long = "log-every", default_value = "1", value_parser = positive, allow_negative_numbers = true)]
     pub log_every: usize,
-    /// Print no per-step losses (the summary still goes to stderr)
-    #[arg(long, short)]
-    pub quiet: bool,
+    /// -q and --json (the summary as JSON).
+    #[command(flatten)]
+    pub output: OutputArgs,
     /// Start from x, y, w1, w2 in this .npz (as np.savez writes them)
     #[arg(long, conflicts_with = "seed")]
     pub init: Option<PathBuf>,
@@ -299,9 +299,6 @@ pub struct TrainArgs {
     /// or inline when the data fits in half the memory available (auto)
     #[arg(long, value_enum, default_value = "auto")]
     pub reader: ReaderArg,
-    /// Also write the summary as JSON to this file
-    #[arg(long)]
-    pub json: Option<PathBuf>,
     /// With --data: write one CSV line per epoch here (epoch, step, mean
     /// training loss of its steps, validation loss and mean squared error)
     #[arg(long)]
@@ -352,6 +349,20 @@ pub enum LossArg {
     Mean,
 }
 
+/// What a subcommand prints: the same two flags on every one
+/// (commands/result.rs).
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Quiet: none of the command's human-readable text (for train, no
+    /// per-step losses); errors and warnings still go to stderr
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Also write the command's result as JSON to this file; `-` or no
+    /// FILE: to stdout, the human-readable text then going to stderr
+    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
+    pub json: Option<PathBuf>,
+}
+
 /// Flags of `twolayer predict`.
 #[derive(Debug, Args)]
 pub struct PredictArgs {
@@ -367,6 +378,9 @@ pub struct PredictArgs {
     /// How the forward pass runs.
     #[command(flatten)]
     pub pass: ForwardArgs,
+    /// -q (no summary line) and --json (the summary).
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// Flags of a forward pass (`predict`, `eval`).
@@ -396,6 +410,9 @@ pub struct EvalArgs {
     /// How the forward pass runs.
     #[command(flatten)]
     pub pass: ForwardArgs,
+    /// -q and --json (rows, loss_sum, mse).
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// Flags of `twolayer sweep`.
@@ -448,6 +465,10 @@ pub struct SweepArgs {
     /// Summing gradients across MPI ranks.
     #[command(flatten)]
     pub mpi: AllreduceArgs,
+    /// -q (no Markdown report on stdout) and --json (the report, as
+    /// report.json holds it).
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// Which points a sweep or a tuning covers: flags, a grid file or a
@@ -502,6 +523,10 @@ pub struct TuneArgs {
     /// Interleaved rounds of the exhaustive search
     #[arg(long = "exhaustive-rounds", default_value = "5", value_parser = positive)]
     pub exhaustive_rounds: usize,
+    /// -q (no line per point) and --json (the plans chosen, as the wisdom
+    /// file's entries).
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// Flags of `twolayer compare`.
@@ -525,10 +550,9 @@ pub struct CompareArgs {
     /// either way, and without this flag they end with exit status 2
     #[arg(long = "allow-env-change")]
     pub allow_env_change: bool,
-    /// Also write the verdicts as JSON to this file (`-`: to stdout, the
-    /// table then going to stderr)
-    #[arg(long)]
-    pub json: Option<PathBuf>,
+    /// -q (no table) and --json (the verdicts).
+    #[command(flatten)]
+    pub output: OutputArgs,
     /// Points that one side ran and the other did not are an error (exit
     /// 2); by default they are listed as new or removed and not judged
     #[arg(long = "strict-points")]
@@ -545,9 +569,9 @@ pub struct InfoArgs {
     /// Threads for the GEMM-rate measurement [default: the cores available]
     #[arg(long, value_parser = positive)]
     pub threads: Option<usize>,
-    /// Print everything as one JSON object
-    #[arg(long)]
-    pub json: bool,
+    /// -q and --json (everything as one JSON object).
+    #[command(flatten)]
+    pub output: OutputArgs,
     /// (Internal: the child that measures OpenBLAS's own kernel choice.)
     #[arg(long = "probe-own-kernels", hide = true)]
     pub probe_own_kernels: bool,

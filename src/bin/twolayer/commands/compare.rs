@@ -2,10 +2,9 @@
 //! [`twolayer::bench::compare`] for the statistics).
 
 use crate::cli::CompareArgs;
-use std::io::Write as _;
 use twolayer::bench::compare::{compare, Comparison, Options, Side};
 use twolayer::error::{Error, Result};
-use twolayer::output::{self, write_atomic};
+use twolayer::output;
 
 /// What `twolayer compare` concluded, for its exit status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,10 +21,7 @@ pub enum Outcome {
 /// environments.
 pub fn run(args: &CompareArgs) -> Result<Outcome> {
     // `--json -` is standard output, not a file named "-".
-    let json_file = args
-        .json
-        .as_deref()
-        .filter(|p| *p != std::path::Path::new("-"));
+    let json_file = args.output.json_file();
     let outputs: Vec<(&str, &std::path::Path)> =
         [("--json", json_file), ("--chart", args.chart.as_deref())]
             .into_iter()
@@ -63,19 +59,17 @@ pub fn run(args: &CompareArgs) -> Result<Outcome> {
     } else {
         Outcome::Regression
     };
-    if let Some(path) = json_file {
-        write_json(path, &c, outcome)?;
-    }
     if let Some(path) = &args.chart {
         twolayer::bench::charts::write_compare_chart(&c, path)?;
     }
-    if args.json.is_some() && json_file.is_none() {
-        // The verdicts alone on stdout, for a pipe; the table on stderr.
-        out!("{}\n", verdicts_json(&c, outcome)?);
-        say!("{}", c.to_markdown());
-    } else {
-        out!("{}", c.to_markdown());
-    }
+    // The verdicts to --json (stdout: alone, for a pipe; the table then
+    // on stderr), the table as text unless -q.
+    args.output.write_json(&Verdicts {
+        exit_status: if outcome == Outcome::Pass { 0 } else { 1 },
+        passed: outcome == Outcome::Pass,
+        comparison: &c,
+    })?;
+    args.output.text(&c.to_markdown());
     if outcome == Outcome::Regression {
         let slower = c.slower();
         say!(
@@ -101,24 +95,10 @@ pub fn run(args: &CompareArgs) -> Result<Outcome> {
 
 /// The verdicts as JSON, for machines: the [`Comparison`] and the exit
 /// status it leads to.
-fn write_json(path: &std::path::Path, c: &Comparison, outcome: Outcome) -> Result<()> {
-    let text = verdicts_json(c, outcome)?;
-    write_atomic(path, |w| writeln!(w, "{text}"))
-}
-
-/// The [`Comparison`] and the exit status it leads to, as pretty JSON.
-fn verdicts_json(c: &Comparison, outcome: Outcome) -> Result<String> {
-    #[derive(serde::Serialize)]
-    struct Verdicts<'a> {
-        exit_status: u8,
-        passed: bool,
-        #[serde(flatten)]
-        comparison: &'a Comparison,
-    }
-    let v = Verdicts {
-        exit_status: if outcome == Outcome::Pass { 0 } else { 1 },
-        passed: outcome == Outcome::Pass,
-        comparison: c,
-    };
-    serde_json::to_string_pretty(&v).map_err(|e| Error::invalid(format!("cannot write JSON: {e}")))
+#[derive(serde::Serialize)]
+struct Verdicts<'a> {
+    exit_status: u8,
+    passed: bool,
+    #[serde(flatten)]
+    comparison: &'a Comparison,
 }

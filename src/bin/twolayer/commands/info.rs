@@ -7,7 +7,7 @@ use crate::cli::InfoArgs;
 use serde::Serialize;
 use twolayer::bench::env::Env;
 use twolayer::bench::measure::{machine_gemm_gflops, square_gemm_gflops, MACHINE_GEMM_SIZE};
-use twolayer::error::{Error, Result};
+use twolayer::error::Result;
 use twolayer::scalar::Dtype;
 use twolayer::threads;
 
@@ -36,6 +36,9 @@ struct Info {
 pub fn run(args: &InfoArgs) -> Result<()> {
     let t = args.threads.unwrap_or_else(threads::available_cores);
     threads::set_budget(t)?;
+    if let Some(w) = threads::oversubscribed(t) {
+        say!("twolayer: warning: {w}");
+    }
     if args.probe_own_kernels {
         // The child: OpenBLAS's own choice, its rate and its results.
         out!(
@@ -67,36 +70,36 @@ pub fn run(args: &InfoArgs) -> Result<()> {
     info.env
         .warnings
         .extend(info.load.iter().flat_map(|l| l.warnings()));
-    if args.json {
-        let text = serde_json::to_string_pretty(&info)
-            .map_err(|e| Error::invalid(format!("cannot write JSON: {e}")))?;
-        out!("{text}\n");
+    args.output.write_json(&info)?;
+    if args.output.json_to_stdout() {
+        // stdout is the JSON alone.
         return Ok(());
     }
+    let mut text = String::new();
     for (k, v) in info.env.lines() {
-        out!("{k:<22} {v}\n");
+        text.push_str(&format!("{k:<22} {v}\n"));
     }
-    out!(
+    text.push_str(&format!(
         "{:<22} max relative error {:.1e} against plain loops (the step's five GEMMs, f64)\n",
-        "GEMM check",
-        info.gemm_check_max_rel_error
-    );
+        "GEMM check", info.gemm_check_max_rel_error
+    ));
     for (dtype, rate) in [
         (Dtype::F64, info.gemm_gflops_f64),
         (Dtype::F32, info.gemm_gflops_f32),
     ] {
-        out!(
+        text.push_str(&format!(
             "{:<22} {rate:.1} GFLOP/s ({MACHINE_GEMM_SIZE}×{MACHINE_GEMM_SIZE} GEMM, {t} threads)\n",
             format!("GEMM rate {dtype}")
-        );
+        ));
     }
     if let (Some(forced), Some(own)) = (&info.kernels_forced_below_cpu, &info.own_choice) {
-        out!(
+        text.push_str(&format!(
             "{:<22} {forced}, below this CPU (AVX-512)\n",
             "kernels forced"
-        );
+        ));
         let line = own.describe(info.gemm_gflops_f64);
-        out!("{:<22} {line}\n", "own choice");
+        text.push_str(&format!("{:<22} {line}\n", "own choice"));
     }
+    args.output.text(&text);
     Ok(())
 }

@@ -34,6 +34,9 @@ fn open_x(path: &Path) -> Result<ArrayFile> {
 fn set_threads(t: Option<usize>) -> Result<()> {
     let t = t.unwrap_or_else(threads::available_cores);
     threads::set_budget(t)?;
+    if let Some(w) = threads::oversubscribed(t) {
+        say!("twolayer: warning: {w}");
+    }
     blas::set_threads(t);
     Ok(())
 }
@@ -41,10 +44,12 @@ fn set_threads(t: Option<usize>) -> Result<()> {
 /// Runs `twolayer predict`.
 pub fn run_predict(args: &PredictArgs) -> Result<()> {
     output::check_writable(&args.out)?;
-    output::check_distinct(
-        &[("--weights", &args.weights), ("--x", &args.x)],
-        &[("--out", &args.out)],
-    )?;
+    let mut outputs: Vec<(&str, &Path)> = vec![("--out", &args.out)];
+    if let Some(j) = &args.output.json {
+        output::check_writable(j)?;
+        outputs.push(("--json", j));
+    }
+    output::check_distinct(&[("--weights", &args.weights), ("--x", &args.x)], &outputs)?;
     set_threads(args.pass.threads)?;
     let (d_in, _, _, dtype) = npz::peek_weights(&args.weights)?;
     // `--x -`: standard input, copied to a temporary file (kept until the
@@ -102,25 +107,50 @@ fn predict<F: Real>(args: &PredictArgs, x: &ArrayFile) -> Result<()> {
         return Err(e);
     }
     written?;
-    say!(
-        "twolayer: predicted {rows} rows ({}→{}, {}{}) in {:.3} s, batches of {batch}; wrote {}",
-        x.cols(),
-        w.w2.ncols(),
-        F::DTYPE,
-        if w.has_biases() { ", with biases" } else { "" },
-        start.elapsed().as_secs_f64(),
-        if twolayer::input::is_stdio(&args.out) {
-            "standard output".to_string()
-        } else {
-            args.out.display().to_string()
-        }
-    );
-    Ok(())
+    let seconds = start.elapsed().as_secs_f64();
+    let out = if twolayer::input::is_stdio(&args.out) {
+        "standard output".to_string()
+    } else {
+        args.out.display().to_string()
+    };
+    if !args.output.quiet {
+        say!(
+            "twolayer: predicted {rows} rows ({}→{}, {}{}) in {seconds:.3} s, batches of {batch}; wrote {out}",
+            x.cols(),
+            w.w2.ncols(),
+            F::DTYPE,
+            if w.has_biases() { ", with biases" } else { "" },
+        );
+    }
+    #[derive(serde::Serialize)]
+    struct Summary {
+        rows: u64,
+        d_in: usize,
+        d_out: usize,
+        dtype: &'static str,
+        biases: bool,
+        batch: usize,
+        seconds: f64,
+        out: String,
+    }
+    args.output.write_json(&Summary {
+        rows,
+        d_in: x.cols(),
+        d_out: w.w2.ncols(),
+        dtype: F::DTYPE.name(),
+        biases: w.has_biases(),
+        batch,
+        seconds,
+        out,
+    })
 }
 
 /// Runs `twolayer eval`: prints `rows`, `loss_sum` (Σ (y_pred − y)²) and
 /// `mse` (that over rows × D_out), one `name value` line each.
 pub fn run_eval(args: &EvalArgs) -> Result<()> {
+    if let Some(j) = args.output.json_file() {
+        output::check_writable(j)?;
+    }
     set_threads(args.pass.threads)?;
     let (d_in, _, d_out, dtype) = npz::peek_weights(&args.weights)?;
     // `--data -`: standard input, copied to a temporary file.
@@ -158,11 +188,22 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
             args.pass.batch,
         )?,
     };
-    out!(
+    #[derive(serde::Serialize)]
+    struct Evaluated {
+        rows: u64,
+        loss_sum: f64,
+        mse: f64,
+    }
+    args.output.write_json(&Evaluated {
+        rows: e.rows,
+        loss_sum: e.sum_sq,
+        mse: e.mse(),
+    })?;
+    args.output.text(&format!(
         "rows {}\nloss_sum {:?}\nmse {:?}\n",
         e.rows,
         e.sum_sq,
         e.mse()
-    );
+    ));
     Ok(())
 }

@@ -88,6 +88,9 @@ pub fn run(args: &SweepArgs) -> Result<()> {
         return run_mpi(args, &grid);
     }
     check_out_dir(args)?;
+    if let Some(j) = args.output.json_file() {
+        output::check_writable(j)?;
+    }
     if let Some(w) = twolayer::kernel_set::warning() {
         say!("twolayer: {w}");
     }
@@ -161,7 +164,8 @@ fn check_out_dir(args: &SweepArgs) -> Result<()> {
 /// Prints the report's Markdown and writes its files to `--out`; says on
 /// stderr what makes the measurement not clean.
 fn publish(report: &Report, args: &SweepArgs) -> Result<()> {
-    out!("{}", report.to_markdown());
+    args.output.write_json(report)?;
+    args.output.text(&report.to_markdown());
     for w in report.load.iter().flat_map(|l| l.warnings()) {
         say!("twolayer: warning: {w}");
     }
@@ -177,10 +181,12 @@ fn publish(report: &Report, args: &SweepArgs) -> Result<()> {
     }
     if let Some(dir) = &args.out {
         report.write_all(dir)?;
-        say!(
-            "twolayer: wrote report.json, report.csv, report.md, gflops.svg, phases.svg and scaling.svg to {}",
-            dir.display()
-        );
+        if !args.output.quiet {
+            say!(
+                "twolayer: wrote report.json, report.csv, report.md, gflops.svg, phases.svg and scaling.svg to {}",
+                dir.display()
+            );
+        }
     }
     Ok(())
 }

@@ -36,7 +36,13 @@ pub fn run(args: &TuneArgs) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::write(dir, e))?;
     }
     twolayer::output::check_writable(&path)?;
+    if let Some(j) = args.output.json_file() {
+        twolayer::output::check_writable(j)?;
+        twolayer::output::check_distinct(&[("--wisdom", &path)], &[("--json", j)])?;
+    }
     let pools = twolayer::bench::run::pools(&grid)?;
+    // The entries tuned now, for --json.
+    let mut tuned: Vec<Entry> = Vec::new();
     for p in &grid.points {
         let pool = &pools[&p.threads];
         let t: Tuning = pool.install(|| match p.dtype {
@@ -53,7 +59,7 @@ pub fn run(args: &TuneArgs) -> Result<()> {
             Some(ms) => format!("the rule's ({rule}) {} ms", fmt_ms(ms)),
             None => format!("the rule's: {rule}"),
         };
-        out!(
+        args.output.text(&format!(
             "{} {} ×{}: {} — {} ms/step on {} rows against {rule_line}; {} plans in {:.1} s\n",
             p.shape,
             p.dtype,
@@ -63,8 +69,8 @@ pub fn run(args: &TuneArgs) -> Result<()> {
             t.rows,
             t.timings.len(),
             t.seconds
-        );
-        wisdom.insert(Entry {
+        ));
+        let entry = Entry {
             key: Key::of(p.shape, p.dtype, p.threads, mode),
             plan: t.best,
             shape: [p.shape.n, p.shape.d_in, p.shape.hidden, p.shape.d_out],
@@ -76,7 +82,9 @@ pub fn run(args: &TuneArgs) -> Result<()> {
                 env!("CARGO_PKG_VERSION"),
                 env!("TWOLAYER_GIT_COMMIT")
             ),
-        });
+        };
+        tuned.push(entry.clone());
+        wisdom.insert(entry);
         // Written after every point: an interrupted tuning keeps the rest.
         wisdom.write(&path)?;
         if args.exhaustive {
@@ -84,15 +92,24 @@ pub fn run(args: &TuneArgs) -> Result<()> {
                 Dtype::F32 => tune::exhaustive::<f32>(p.shape, mode, args.exhaustive_rounds),
                 Dtype::F64 => tune::exhaustive::<f64>(p.shape, mode, args.exhaustive_rounds),
             })?;
-            report_exhaustive(&all, t.best, rule, p.shape.n, args.exhaustive_rounds);
+            args.output.text(&report_exhaustive(
+                &all,
+                t.best,
+                rule,
+                p.shape.n,
+                args.exhaustive_rounds,
+            ));
         }
     }
-    say!(
-        "twolayer: wrote {} tuned point(s) to {} ({} in all)",
-        grid.points.len(),
-        path.display(),
-        wisdom.entries.len()
-    );
+    args.output.write_json(&tuned)?;
+    if !args.output.quiet {
+        say!(
+            "twolayer: wrote {} tuned point(s) to {} ({} in all)",
+            grid.points.len(),
+            path.display(),
+            wisdom.entries.len()
+        );
+    }
     Ok(())
 }
 
@@ -108,9 +125,9 @@ fn report_exhaustive(
     rule: PlanChoice,
     n: usize,
     rounds: usize,
-) {
+) -> String {
     let Some(&(best, best_ms)) = all.iter().min_by(|a, b| a.1.total_cmp(&b.1)) else {
-        return;
+        return String::new();
     };
     // The same plan on the whole batch may be a different choice on the
     // sub-batch (a block as large as the shard): compare plans, not names.
@@ -125,13 +142,13 @@ fn report_exhaustive(
             format!("{} ms ({:+.1}%)", fmt_ms(ms), (ms / best_ms - 1.0) * 100.0)
         })
     };
-    out!(
+    format!(
         "  exhaustive, {} plans on all {n} rows, {rounds} interleaved rounds: best {best} {} ms; tuned {}; rule {}\n",
         all.len(),
         fmt_ms(best_ms),
         pct(find(tuned)),
         pct(find(rule)),
-    );
+    )
 }
 
 /// A shape of `n` rows, for comparing plans (only N matters to them).

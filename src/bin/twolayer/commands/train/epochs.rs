@@ -77,10 +77,10 @@ pub(super) fn minibatches<F: Real>(args: &TrainArgs, spec: RunSpec, mb: Minibatc
         to_run,
         |t, step, loss| {
             if (step + 1).is_multiple_of(per_epoch) {
-                match end_of_epoch(t, &mb, (step + 1) / per_epoch, epochs) {
+                match end_of_epoch(t, &mb, (step + 1) / per_epoch) {
                     Ok(r) => {
                         let epoch = r.epoch;
-                        rep.push_epoch(r, t);
+                        rep.push_epoch(r, epochs, t);
                         if mb.header.patience_spent(rep.history()) {
                             // Early stopping: this step's checkpoint and
                             // the outputs are still written.
@@ -120,13 +120,12 @@ pub(super) fn minibatches<F: Real>(args: &TrainArgs, spec: RunSpec, mb: Minibatc
 }
 
 /// The record of epoch `epoch` (from 1), just finished: the mean of its
-/// losses and, when there is validation data, the validation error;
-/// printed to stderr.
+/// losses and, when there is validation data, the validation error (the
+/// reporter prints it: [`Reporter::push_epoch`]).
 pub(super) fn end_of_epoch<F: Real>(
     t: &Trainer<F>,
     mb: &Minibatch,
     epoch: usize,
-    epochs: usize,
 ) -> Result<EpochRecord> {
     use twolayer::predict::{evaluate, Rows};
     let per_epoch = mb.schedule.batches_per_epoch() as usize;
@@ -156,11 +155,5 @@ pub(super) fn end_of_epoch<F: Real>(
         val_loss,
         val_mse: errors.map(|e| e.mse()),
     };
-    match (r.val_loss, r.val_mse) {
-        (Some(l), Some(m)) => say!(
-            "twolayer: epoch {epoch}/{epochs}: train loss {train_loss:.6e}, val loss {l:.6e}, val mse {m:.6e}"
-        ),
-        _ => say!("twolayer: epoch {epoch}/{epochs}: train loss {train_loss:.6e}"),
-    }
     Ok(r)
 }

@@ -49,7 +49,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         &args.losses,
         &args.checkpoint,
         &args.metrics,
-        &args.json,
+        &args.output.json,
         &args.save_best,
     ]
     .into_iter()
@@ -64,6 +64,9 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let spec = run_spec::resolve(args, Launch::Single)?;
     check_files_distinct(args, &spec)?;
     threads::set_budget(spec.threads)?;
+    if let Some(w) = threads::oversubscribed(spec.threads) {
+        say!("twolayer: warning: {w}");
+    }
     match spec.dtype {
         Dtype::F32 => single::<f32>(args, spec),
         Dtype::F64 => single::<f64>(args, spec),
@@ -105,7 +108,7 @@ fn check_files_distinct(args: &TrainArgs, spec: &RunSpec) -> Result<()> {
         ("--losses", &args.losses),
         ("--checkpoint", &args.checkpoint),
         ("--metrics", &args.metrics),
-        ("--json", &args.json),
+        ("--json", &args.output.json),
         ("--save-best", &args.save_best),
     ]
     .into_iter()

@@ -50,6 +50,9 @@ fn run_rank(args: &TrainArgs, cluster: &Cluster) -> Result<()> {
     agree(args, cluster, &spec)?;
     check_files_distinct(args, &spec)?;
     threads::set_budget(spec.threads)?;
+    if let Some(w) = threads::oversubscribed(spec.threads) {
+        say!("twolayer: warning: {w}");
+    }
     match spec.dtype {
         Dtype::F32 => run_typed::<f32>(args, cluster, spec, panic_at),
         Dtype::F64 => run_typed::<f64>(args, cluster, spec, panic_at),
@@ -194,8 +197,8 @@ fn run_typed<F: Real + mpi::traits::Equivalence>(
                 let per_epoch = m.schedule.batches_per_epoch() as usize;
                 if (step + 1).is_multiple_of(per_epoch) {
                     let epochs = total_steps.div_ceil(per_epoch);
-                    match end_of_epoch(t, m, (step + 1) / per_epoch, epochs) {
-                        Ok(r) => rep.push_epoch(r, t),
+                    match end_of_epoch(t, m, (step + 1) / per_epoch) {
+                        Ok(r) => rep.push_epoch(r, epochs, t),
                         // The other ranks wait in the next sum until
                         // the error aborts the job.
                         Err(e) => {

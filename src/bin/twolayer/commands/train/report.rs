@@ -275,6 +275,8 @@ pub(super) struct Reporter<'a, F> {
     best: Option<Weights<F>>,
     /// The epoch early stopping ended the run after.
     pub(super) stopped_early: Option<u64>,
+    /// Progress on a terminal (see [`Reporter::new`]).
+    bar: Option<indicatif::ProgressBar>,
 }
 
 impl<'a, F: Real> Reporter<'a, F> {
@@ -293,6 +295,15 @@ impl<'a, F: Real> Reporter<'a, F> {
             metrics: None,
             best: None,
             stopped_early: None,
+            bar: progress_bar(args, cfg, lead),
+        }
+    }
+
+    /// A line on stderr, above the progress bar when there is one.
+    fn say(&self, line: &str) {
+        match &self.bar {
+            Some(b) => b.suspend(|| say!("{line}")),
+            None => say!("{line}"),
         }
     }
 
@@ -320,10 +331,20 @@ impl<'a, F: Real> Reporter<'a, F> {
         &self.history
     }
 
-    /// Records a finished epoch of trainer `t`: appends its metrics line,
+    /// Records a finished epoch (of `epochs`) of trainer `t`: prints it,
+    /// appends its metrics line,
     /// and when it is the best so far and the best is kept, copies the
     /// weights (`t`'s now, those the epoch validated).
-    pub(super) fn push_epoch(&mut self, r: EpochRecord, t: &Trainer<F>) {
+    pub(super) fn push_epoch(&mut self, r: EpochRecord, epochs: usize, t: &Trainer<F>) {
+        if self.lead {
+            let (e, l) = (r.epoch, r.train_loss);
+            self.say(&match (r.val_loss, r.val_mse) {
+                (Some(v), Some(m)) => format!(
+                    "twolayer: epoch {e}/{epochs}: train loss {l:.6e}, val loss {v:.6e}, val mse {m:.6e}"
+                ),
+                _ => format!("twolayer: epoch {e}/{epochs}: train loss {l:.6e}"),
+            });
+        }
         let improved = match (r.val_loss, MinibatchHeader::best_epoch(&self.history)) {
             (Some(v), Some((_, best))) => v < best,
             (Some(_), None) => true,
@@ -370,8 +391,11 @@ impl<'a, F: Real> Reporter<'a, F> {
                 ControlFlow::Continue(())
             };
         }
+        if let Some(b) = &self.bar {
+            b.set_position(step as u64 + 1);
+        }
         let a = self.args;
-        if !(a.quiet
+        if !(a.output.quiet
             || stdout_taken(a)
             || self.write_err.is_some()
             || !(step.is_multiple_of(a.log_every) || step == self.last))
@@ -428,6 +452,9 @@ impl<'a, F: Real> Reporter<'a, F> {
         signal: Option<i32>,
         extra: &str,
     ) -> Result<()> {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
         if let Err(e) = self.out.drain() {
             self.write_err.get_or_insert(e);
         }
@@ -619,7 +646,7 @@ impl<'a, F: Real> Reporter<'a, F> {
                 .unwrap_or_else(|| "unknown".into()),
             trainer.last_loss().unwrap_or(f64::NAN),
         );
-        if let Some(p) = &args.json {
+        if let Some(p) = &args.output.json {
             let summary = Summary {
                 steps: stats.steps,
                 steps_done: trainer.steps_done(),
@@ -714,10 +741,33 @@ fn write_all_losses<F: Real>(path: &Path, t: &Trainer<F>) -> Result<()> {
     })
 }
 
+/// A progress bar of the run's steps on stderr, for the lead process, when
+/// stderr is a terminal and the `t loss` lines are not scrolling past on
+/// one (`-q`, stdout redirected or taken by an output): a long run then
+/// shows where it is and when it will end. (indicatif draws at most 20
+/// times a second; setting the position is an atomic store.)
+fn progress_bar(args: &TrainArgs, cfg: &RunConfig, lead: bool) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    let lines_on_terminal =
+        !args.output.quiet && !stdout_taken(args) && std::io::stdout().is_terminal();
+    if !lead || lines_on_terminal || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(cfg.total_steps as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "twolayer: [{bar:30}] step {pos}/{len} ({per_sec}, ETA {eta})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    Some(bar)
+}
+
 /// Whether an output of the run goes to standard output (`-`): the `t loss`
 /// lines then stay off it.
 pub(super) fn stdout_taken(a: &TrainArgs) -> bool {
-    [&a.save, &a.losses, &a.metrics, &a.json, &a.save_best]
+    [&a.save, &a.losses, &a.metrics, &a.output.json, &a.save_best]
         .into_iter()
         .flatten()
         .any(|p| twolayer::input::is_stdio(p))
