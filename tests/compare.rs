@@ -374,3 +374,58 @@ fn a_grid_that_gains_or_loses_points_is_compared_on_what_both_ran() {
     assert!(stderr(&out).contains("| point |"));
     assert!(!d.join("-").exists());
 }
+
+#[test]
+fn a_grid_file_sets_thresholds_point_by_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let base = runs(d, "base", &five(1.0, 0.9));
+    // Every point 20% slower: past the default 10%.
+    let slow = runs(d, "slow", &five(1.2, 0.9));
+    let (code, out, _) = compare(&base, &slow, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("4 points: 4 slower"), "{out}");
+    // The grid gives the N = 8 points (two of four) 30% and the whole
+    // comparison 25%: those two pass, the N = 16 ones still fail.
+    let grid = d.join("grid.toml");
+    std::fs::write(
+        &grid,
+        "n = [8, 16]\n[gate]\nmax_slowdown = 0.25\n[[gate.point]]\nhidden = 9\nmax_slowdown = 0.15\n[[gate.point]]\nn = 8\nmax_slowdown = 0.30\n",
+    )
+    .unwrap();
+    let j = d.join("v.json");
+    let (code, out, err) = compare(
+        &base,
+        &slow,
+        &[
+            "--grid",
+            grid.to_str().unwrap(),
+            "--json",
+            j.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("4 points: 2 slower"), "{out}");
+    assert!(
+        out.contains("(at 30%)") && out.contains("(at 15%)"),
+        "{out}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&j).unwrap()).unwrap();
+    assert_eq!(v["max_slowdown"], 0.25);
+    for p in v["points"].as_array().unwrap() {
+        let want = if p["point"]["n"] == 8 { 0.30 } else { 0.15 };
+        assert_eq!(p["max_slowdown"], want, "{p}");
+    }
+    // --max-slowdown on the command line wins over the grid's [gate] one.
+    let (_, out, _) = compare(
+        &base,
+        &slow,
+        &["--grid", grid.to_str().unwrap(), "--max-slowdown", "0.05"],
+    );
+    assert!(out.contains("5%"), "{out}");
+    // A threshold that is not a fraction is refused, naming where it is.
+    std::fs::write(&grid, "[gate]\n[[gate.point]]\nn = 8\nmax_slowdown = 3\n").unwrap();
+    let (code, _, err) = compare(&base, &slow, &["--grid", grid.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("[[gate.point]]"), "{err}");
+}

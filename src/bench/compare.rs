@@ -143,15 +143,72 @@ impl Side {
 }
 
 /// How to compare.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Options {
-    /// The slowdown that fails the gate, as a fraction (0.1 = 10%).
+    /// The slowdown that fails the gate, as a fraction (0.1 = 10%): every
+    /// point's unless a rule of `thresholds` sets its own, and the overall
+    /// mean's.
     pub max_slowdown: f64,
+    /// Per-point thresholds (a grid file's `[[gate.point]]` tables): a
+    /// point takes the last rule that matches it.
+    pub thresholds: Vec<ThresholdRule>,
     /// The two sides' processes ran alternately: pair them in order.
     pub paired: bool,
     /// Points on one side only are an error (exit 2) instead of being
     /// reported as new or removed.
     pub strict_points: bool,
+}
+
+/// A threshold of its own for the points it matches: every field given
+/// must agree with the point (fields left out match anything).
+///
+/// ```toml
+/// [[gate.point]]
+/// n = 64
+/// dtype = "f64"
+/// max_slowdown = 0.15
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdRule {
+    /// Batch size N.
+    pub n: Option<usize>,
+    /// D_in.
+    pub d_in: Option<usize>,
+    /// H.
+    pub hidden: Option<usize>,
+    /// D_out.
+    pub d_out: Option<usize>,
+    /// `f32` or `f64`.
+    pub dtype: Option<String>,
+    /// Thread budget.
+    pub threads: Option<usize>,
+    /// The slowdown that fails these points (0.15 = 15%).
+    pub max_slowdown: f64,
+}
+
+impl ThresholdRule {
+    /// Whether the rule applies to `p`.
+    pub fn matches(&self, p: &PointId) -> bool {
+        self.n.is_none_or(|v| v == p.n)
+            && self.d_in.is_none_or(|v| v == p.d_in)
+            && self.hidden.is_none_or(|v| v == p.hidden)
+            && self.d_out.is_none_or(|v| v == p.d_out)
+            && self.dtype.as_ref().is_none_or(|v| *v == p.dtype)
+            && self.threads.is_none_or(|v| v == p.threads)
+    }
+}
+
+/// A threshold as a fraction strictly between 0 and 1, or the error that
+/// says what `what` should be.
+fn check_threshold(t: f64, what: &str) -> Result<()> {
+    if t.is_finite() && t > 0.0 && t < 1.0 {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "{what} must be a fraction between 0 and 1 (0.1 = 10%), got {t}"
+        )))
+    }
 }
 
 /// A point's parameters, as fields for machines.
@@ -221,6 +278,9 @@ pub struct PointComparison {
     pub ci: (f64, f64),
     /// The conclusion.
     pub verdict: Verdict,
+    /// The threshold this point was judged at (the comparison's, or its
+    /// own from a rule).
+    pub max_slowdown: f64,
     /// Diagnostic: step time / its GEMMs' time, baseline and now.
     pub step_per_gemm: (f64, f64),
     /// Diagnostic: the GEMMs' rate as a fraction of the machine's square
@@ -596,10 +656,9 @@ fn bootstrap(points: &[PointSamples], paired: bool) -> (Vec<Estimate>, Estimate)
 /// environment differences are returned, not judged: the caller decides.
 pub fn compare(base: &Side, cur: &Side, opts: Options) -> Result<Comparison> {
     let t = opts.max_slowdown;
-    if !(t.is_finite() && t > 0.0 && t < 1.0) {
-        return Err(Error::invalid(format!(
-            "--max-slowdown must be a fraction between 0 and 1 (0.1 = 10%), got {t}"
-        )));
+    check_threshold(t, "--max-slowdown")?;
+    for r in &opts.thresholds {
+        check_threshold(r.max_slowdown, "a [[gate.point]]'s max_slowdown")?;
     }
     if opts.paired && base.reports.len() != cur.reports.len() {
         return Err(Error::invalid(format!(
@@ -689,14 +748,22 @@ pub fn compare(base: &Side, cur: &Side, opts: Options) -> Result<Comparison> {
         .zip(&stats)
         .map(|(k, &(change, ci_))| {
             let p = bi[0][k];
+            let id = PointId::of(p);
+            let own = opts
+                .thresholds
+                .iter()
+                .rev()
+                .find(|r| r.matches(&id))
+                .map_or(t, |r| r.max_slowdown);
             PointComparison {
                 label: format!("{} {} ×{}", p.shape_label(), p.dtype, p.threads),
-                point: PointId::of(p),
+                point: id,
                 base_ms: diag(&bi, k, &|p| median_of(&p.ms_per_step.samples)),
                 current_ms: diag(&ci, k, &|p| median_of(&p.ms_per_step.samples)),
                 change,
                 ci: ci_,
-                verdict: Verdict::of(change, ci_, t),
+                verdict: Verdict::of(change, ci_, own),
+                max_slowdown: own,
                 step_per_gemm: (
                     diag(&bi, k, &PointReport::median_step_per_gemm),
                     diag(&ci, k, &PointReport::median_step_per_gemm),
@@ -802,7 +869,11 @@ impl Comparison {
                 pct(r.change),
                 pct(r.ci.0),
                 pct(r.ci.1),
-                r.verdict.name(),
+                if r.max_slowdown == self.max_slowdown {
+                    r.verdict.name().to_string()
+                } else {
+                    format!("{} (at {:.0}%)", r.verdict.name(), r.max_slowdown * 100.0)
+                },
                 r.step_per_gemm.0,
                 r.step_per_gemm.1,
                 r.gemm_share.0 * 100.0,

@@ -106,6 +106,29 @@ pub struct GridSpec {
     pub form: Option<String>,
     /// Per-point timing.
     pub timing: Option<Timing>,
+    /// The regression gate's thresholds (read by `twolayer compare
+    /// --grid`; a sweep leaves them alone).
+    pub gate: Option<GateSpec>,
+}
+
+/// A grid file's `[gate]` table: the threshold of `twolayer compare
+/// --grid FILE`, and thresholds of their own for some points.
+///
+/// ```toml
+/// [gate]
+/// max_slowdown = 0.10
+/// [[gate.point]]
+/// n = 64
+/// max_slowdown = 0.15
+/// ```
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GateSpec {
+    /// Every point's threshold unless a rule sets its own (a fraction).
+    pub max_slowdown: Option<f64>,
+    /// Per-point thresholds; a point takes the last that matches.
+    #[serde(default)]
+    pub point: Vec<crate::bench::compare::ThresholdRule>,
 }
 
 /// The built-in grids.

@@ -538,9 +538,14 @@ pub struct CompareArgs {
     /// The current build: a report.json, or a folder of runs
     pub current: PathBuf,
     /// Slowdown of wall time per step that fails the gate, as a fraction
-    /// (0.1 = 10%)
-    #[arg(long = "max-slowdown", default_value = "0.1")]
-    pub max_slowdown: f64,
+    /// (0.1 = 10%) [default: the --grid file's [gate] max_slowdown, else
+    /// 0.1]
+    #[arg(long = "max-slowdown")]
+    pub max_slowdown: Option<f64>,
+    /// The grid file the reports were swept from: its [gate] table's
+    /// threshold and per-point thresholds ([[gate.point]]) apply
+    #[arg(long, value_name = "FILE.toml")]
+    pub grid: Option<PathBuf>,
     /// The two folders' runs were taken alternately in one job (as
     /// scripts/bench-gate.sh does): pair them in name order
     #[arg(long)]

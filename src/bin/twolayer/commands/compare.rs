@@ -33,8 +33,16 @@ pub fn run(args: &CompareArgs) -> Result<Outcome> {
     )?;
     let base = Side::read(&args.baseline)?;
     let cur = Side::read(&args.current)?;
+    let gate = match &args.grid {
+        Some(g) => twolayer::bench::grid::GridSpec::from_file(g)?
+            .gate
+            .unwrap_or_default(),
+        None => Default::default(),
+    };
+    let max_slowdown = args.max_slowdown.or(gate.max_slowdown).unwrap_or(0.1);
     let opts = Options {
-        max_slowdown: args.max_slowdown,
+        max_slowdown,
+        thresholds: gate.point,
         paired: args.paired,
         strict_points: args.strict_points,
     };
@@ -73,9 +81,9 @@ pub fn run(args: &CompareArgs) -> Result<Outcome> {
     if outcome == Outcome::Regression {
         let slower = c.slower();
         say!(
-            "twolayer: regression: {} point(s) slower than the baseline by more than {:.0}%{}{}",
+            "twolayer: regression: {} point(s) slower than the baseline beyond their threshold ({:.0}% unless the grid sets one){}{}",
             slower.len(),
-            args.max_slowdown * 100.0,
+            max_slowdown * 100.0,
             if slower.is_empty() { "" } else { ": " },
             slower
                 .iter()
