@@ -240,9 +240,10 @@ fn minibatches_over_two_ranks_match_one_process_and_resume_under_mpirun() {
         String::from_utf8_lossy(&out.stderr)
     );
     let (rl, rw) = (d.join("resumed.txt"), d.join("resumed.npz"));
+    let rm = d.join("resumed.csv");
     let a = train_args(
         &["--resume", ck.to_str().unwrap(), "--epochs", "4", "--quiet"],
-        &[],
+        &["--metrics", rm.to_str().unwrap()],
         &rl,
         &rw,
     );
@@ -254,6 +255,9 @@ fn minibatches_over_two_ranks_match_one_process_and_resume_under_mpirun() {
     );
     assert_eq!(std::fs::read(&rl).unwrap(), std::fs::read(&ml).unwrap());
     assert_eq!(std::fs::read(&rw).unwrap(), std::fs::read(&mw).unwrap());
+    // The epochs before the stop are kept too (a resume under mpirun
+    // once started its metrics, and its checkpoints' history, empty).
+    assert_eq!(csv(&rm), csv(&mm));
 }
 
 #[test]
