@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # The performance regression gate (docs/regression-gate.md).
 #
-#   scripts/bench-gate.sh [--pairs K] [BASE_REF]
+#   scripts/bench-gate.sh [--pairs K] [--anchor REF] [BASE_REF]
 #       A/B mode, for CI on shared machines: builds BASE_REF (a git worktree)
 #       and the current tree, runs their sweeps of benchmarks/gate.toml
 #       alternately in 2K fresh processes (A B, B A, ...; K = 8), and gates on wall
 #       time per step, the processes paired in time. BASE_REF defaults to
 #       HEAD when the tree has uncommitted changes, else the merge base with
 #       origin/main when that is behind HEAD, else HEAD^.
+#       --anchor REF also builds an older main (CI names it in
+#       .ci/gate-anchor), sweeps it in the same rounds, and gates the current
+#       tree against it too, at the same threshold: a slowdown that creeps
+#       in a few percent a merge passes every merge's gate and fails this.
+#       Both verdicts are appended to the gate's history,
+#       $TWOLAYER_GATE_HISTORY (default target/gate-history.jsonl), which
+#       `twolayer history` prints and draws.
 #   scripts/bench-gate.sh [--pairs K] --baseline DIR
 #       Committed-baseline mode, for a pinned, dedicated runner: K processes
 #       of the current tree against the runs in DIR (made by
@@ -23,11 +30,13 @@ cd "$(dirname "$0")/.."
 pairs=8
 baseline=""
 base_ref=""
+anchor_ref=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --pairs) pairs=$2; shift 2 ;;
+    --anchor) anchor_ref=$2; shift 2 ;;
     --baseline) baseline=$2; shift 2 ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     -*) echo "bench-gate: unknown option $1" >&2; exit 2 ;;
     *) base_ref=$1; shift ;;
   esac
@@ -81,23 +90,52 @@ else
   echo "bench-gate: base $(git rev-parse --short=12 "$base") ($base_ref) against the current tree ($(git rev-parse --short=12 HEAD)$([ -n "$(git status --porcelain --untracked-files=no)" ] && echo ', with uncommitted changes')), $pairs pairs" >&2
   # The base builds in a worktree but into the same target folder, so the
   # dependencies already built are reused: only twolayer itself compiles.
-  wt="$out/base-src"
-  git worktree prune
-  git worktree add --detach --quiet "$wt" "$base"
-  trap 'git worktree remove --force "$wt" 2>/dev/null || true' EXIT
-  cargo build --release --quiet --manifest-path "$wt/Cargo.toml" --target-dir target
-  cp target/release/twolayer "$out/bin/base"
-  git worktree remove --force "$wt"
-  trap - EXIT
+  build_rev() { # REV NAME: builds REV into $out/bin/NAME
+    local wt="$out/$2-src"
+    git worktree prune
+    git worktree add --detach --quiet "$wt" "$1"
+    trap 'git worktree remove --force "$wt" 2>/dev/null || true' EXIT
+    cargo build --release --quiet --manifest-path "$wt/Cargo.toml" --target-dir target
+    cp target/release/twolayer "$out/bin/$2"
+    git worktree remove --force "$wt"
+    trap - EXIT
+  }
+  build_rev "$base" base
+  sides=(base="$out/bin/base")
+  if [ -n "$anchor_ref" ]; then
+    anchor=$(git rev-parse -q --verify "$anchor_ref^{commit}") ||
+      { echo "bench-gate: no anchor commit $anchor_ref in this repository" >&2; exit 2; }
+    echo "bench-gate: also against the anchor $(git rev-parse --short=12 "$anchor") ($anchor_ref), in the same rounds" >&2
+    build_rev "$anchor" anchor
+    sides+=(anchor="$out/bin/anchor")
+  fi
   build_head
-  scripts/ab-sweeps.sh "$out" "$pairs" "$grid" base="$out/bin/base" head="$out/bin/head"
+  scripts/ab-sweeps.sh "$out" "$pairs" "$grid" "${sides[@]}" head="$out/bin/head"
   compare=(--paired "$out/base" "$out/head")
 fi
 
+history=${TWOLAYER_GATE_HISTORY:-target/gate-history.jsonl}
 # No pipe: compare's exit status is the gate's.
 set +e
-"$out/bin/head" compare "${compare[@]}" --grid "$gate_grid" --json "$out/verdict.json" >"$out/compare.md"
+"$out/bin/head" compare "${compare[@]}" --grid "$gate_grid" --json "$out/verdict.json" \
+  --history "$history" >"$out/compare.md"
 rc=$?
 set -e
 cat "$out/compare.md"
+if [ -n "$anchor_ref" ] && [ -z "$baseline" ]; then
+  set +e
+  "$out/bin/head" compare --paired "$out/anchor" "$out/head" --grid "$gate_grid" \
+    --json "$out/verdict-anchor.json" --history "$history" --history-as anchor \
+    >"$out/compare-anchor.md"
+  rc_anchor=$?
+  set -e
+  echo
+  echo "Against the anchor ($anchor_ref): the change since then, all merges together."
+  cat "$out/compare-anchor.md"
+  # The worse of the two: 2 (cannot compare) over 1 (a regression) over 0.
+  if [ "$rc_anchor" -eq 2 ] || { [ "$rc_anchor" -eq 1 ] && [ "$rc" -eq 0 ]; }; then
+    rc=$rc_anchor
+  fi
+fi
+echo "bench-gate: history in $history (twolayer history $history --chart trend.svg)" >&2
 exit "$rc"

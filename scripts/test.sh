@@ -6,7 +6,8 @@
 # features' tests again on Debian's generic OpenBLAS (the same binaries,
 # through LD_LIBRARY_PATH), then the performance regression gate: this tree
 # against a base revision, measured side by side (scripts/bench-gate.sh;
-# the base is $TWOLAYER_GATE_BASE when set, else the script's default).
+# the base is $TWOLAYER_GATE_BASE when set, else the script's default), and
+# against an older anchor, $TWOLAYER_GATE_ANCHOR, when set (the creep check).
 #
 # OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are left as the environment sets
 # them: some machines set them because older OpenBLAS builds compute wrong
@@ -35,4 +36,5 @@ if [ "$linked" = native ]; then
     cargo test --release
 fi
 
-scripts/bench-gate.sh ${TWOLAYER_GATE_BASE:+"$TWOLAYER_GATE_BASE"}
+scripts/bench-gate.sh ${TWOLAYER_GATE_ANCHOR:+--anchor "$TWOLAYER_GATE_ANCHOR"} \
+  ${TWOLAYER_GATE_BASE:+"$TWOLAYER_GATE_BASE"}

@@ -429,3 +429,51 @@ fn a_grid_file_sets_thresholds_point_by_point() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("[[gate.point]]"), "{err}");
 }
+
+#[test]
+fn five_merges_three_percent_slower_each_pass_their_gates_and_fail_the_anchor() {
+    // A creep: every merge 3% slower than its base. The per-merge gate
+    // (10%) passes each one; the comparison against the anchor (the main
+    // before the first) fails by the fifth; the history adds them up.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let history = d.join("h.jsonl");
+    let h = history.to_str().unwrap();
+    let side = |k: i32| runs(d, &format!("v{k}"), &five(1.03f64.powi(k), 0.9));
+    let anchor = side(0);
+    let mut prev = anchor.clone();
+    let mut caught = None;
+    for k in 1..=5 {
+        let cur = side(k);
+        let (code, out, err) = compare(&prev, &cur, &["--history", h]);
+        assert_eq!(code, 0, "merge {k} against its base: {out}{err}");
+        let (code, out, err) = compare(&anchor, &cur, &["--history", h, "--history-as", "anchor"]);
+        assert_ne!(code, 2, "{err}");
+        if code == 1 && caught.is_none() {
+            caught = Some(k);
+        }
+        if k < 4 {
+            assert_eq!(code, 0, "merge {k} against the anchor: {out}");
+        }
+        prev = cur;
+    }
+    assert!(matches!(caught, Some(4) | Some(5)), "caught at {caught:?}");
+    // The history: ten entries, the base ones compounding to +15.9%.
+    let chart = d.join("trend.svg");
+    let out = run(&["history", h, "--chart", chart.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        table.lines().filter(|l| l.starts_with("| ")).count(),
+        11,
+        "{table}"
+    );
+    assert!(table.contains("+15.9%"), "{table}");
+    let svg = std::fs::read_to_string(&chart).unwrap();
+    assert!(svg.contains("against anchor") && svg.contains("compounded"));
+    // --json: the entries.
+    let out = run(&["history", h, "--json", "-q"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 10);
+    assert_eq!(v[9]["against"], "anchor");
+}

@@ -1,8 +1,8 @@
 //! The benchmark harness behind `twolayer sweep` and `twolayer info`:
 //! grids of points ([`grid`]), their measurement ([`measure`]), the
 //! environment block ([`env`](mod@env)), reports in JSON, CSV and Markdown
-//! ([`report`]), SVG charts ([`charts`]) and the regression gate
-//! ([`compare`]), and the same measurements across MPI ranks
+//! ([`report`]), SVG charts ([`charts`]), the regression gate
+//! ([`compare`]) and its history ([`history`]), and the same measurements across MPI ranks
 //! (`data_parallel`, feature `mpi`).
 
 pub mod charts;
@@ -11,6 +11,7 @@ pub mod compare;
 pub mod data_parallel;
 pub mod env;
 pub mod grid;
+pub mod history;
 pub mod measure;
 pub mod quality;
 pub mod report;

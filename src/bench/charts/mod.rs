@@ -8,7 +8,9 @@
 //! - `scaling.rs` → scaling.svg: samples/s against N, and against threads
 //!   when the grid varies them;
 //! - `gate.rs` → compare's chart: each point's change with its interval
-//!   against the gate's threshold.
+//!   against the gate's threshold;
+//! - `trend.rs` → history's chart: the gate's overall change over its
+//!   history, against the merge's base and an older anchor.
 //!
 //! Every chart draws its legend in a strip of its own (it never covers a
 //! mark), writes its labels horizontally, and names every mark it draws.
@@ -17,11 +19,13 @@ mod gate;
 mod phases;
 mod scaling;
 mod throughput;
+mod trend;
 
 pub use gate::write_compare_chart;
 pub use phases::write_phases_chart;
 pub use scaling::write_scaling_chart;
 pub use throughput::write_gflops_chart;
+pub use trend::write_trend_chart;
 
 use super::report::PointReport;
 use crate::error::{Error, Result};
@@ -66,6 +70,11 @@ const SERIES_COLORS: [RGBColor; 10] = [
     RGBColor(188, 189, 34),
     RGBColor(23, 190, 207),
 ];
+
+/// `n` colours for `n` series of one chart, all different.
+fn palette_of(n: usize) -> Vec<RGBColor> {
+    scaling::palette(n)
+}
 
 /// How a legend entry shows its mark.
 #[derive(Clone, Copy)]

@@ -82,7 +82,7 @@ pub fn write_scaling_chart(report: &Report, dir: &Path) -> Result<()> {
 /// `n` colours, all different: the ten of [`SERIES_COLORS`] when they
 /// suffice, else hues evenly spaced round the wheel, alternately darker
 /// and lighter so that neighbours differ in two ways.
-fn palette(n: usize) -> Vec<RGBColor> {
+pub(super) fn palette(n: usize) -> Vec<RGBColor> {
     if n <= SERIES_COLORS.len() {
         return SERIES_COLORS[..n].to_vec();
     }

@@ -56,6 +56,14 @@ pub enum Command {
         after_help = "Example:\n  twolayer compare base/report.json new/report.json --max-slowdown 0.1 --chart change.svg"
     )]
     Compare(CompareArgs),
+    /// Print the regression gate's history (`compare --history`) and draw
+    /// its trend: the overall change at every comparison, against the
+    /// merge's base and against an older anchor, and what the merges
+    /// added up to.
+    #[command(
+        after_help = "Example:\n  twolayer history target/gate-history.jsonl --chart trend.svg"
+    )]
+    History(HistoryArgs),
     /// Predict y for every row of x with trained weights, in batches.
     #[command(
         after_help = "Example:\n  twolayer predict --weights w.npz --x new_x.npy --out y_pred.npy"
@@ -555,6 +563,14 @@ pub struct CompareArgs {
     /// either way, and without this flag they end with exit status 2
     #[arg(long = "allow-env-change")]
     pub allow_env_change: bool,
+    /// Append the overall verdict to this history file (one JSON line;
+    /// `twolayer history` prints and draws it)
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub history: Option<PathBuf>,
+    /// What the baseline is, as the history records it: `base` (the main a
+    /// change was built on) or `anchor` (an older main, for creep)
+    #[arg(long = "history-as", default_value = "base", requires = "history")]
+    pub history_as: String,
     /// -q (no table) and --json (the verdicts).
     #[command(flatten)]
     pub output: OutputArgs,
@@ -566,6 +582,19 @@ pub struct CompareArgs {
     /// change with its 95% interval against the threshold
     #[arg(long, value_name = "FILE.svg")]
     pub chart: Option<PathBuf>,
+}
+
+/// Flags of `twolayer history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// The history file, one JSON line per comparison
+    pub file: PathBuf,
+    /// Also draw the trend as an SVG chart in this file
+    #[arg(long, value_name = "FILE.svg")]
+    pub chart: Option<PathBuf>,
+    /// -q (no table) and --json (the entries).
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// Flags of `twolayer info`.

@@ -92,6 +92,7 @@ fn main() -> ExitCode {
             out!("{}", String::from_utf8_lossy(&text));
             Ok(())
         }
+        Command::History(args) => commands::history::run(args),
         Command::Compare(args) => {
             // 0: no regression; 1: a regression; 2: reports that cannot be
             // compared (a gate must not read those as "no regression").

@@ -22,11 +22,14 @@ pub enum Outcome {
 pub fn run(args: &CompareArgs) -> Result<Outcome> {
     // `--json -` is standard output, not a file named "-".
     let json_file = args.output.json_file();
-    let outputs: Vec<(&str, &std::path::Path)> =
-        [("--json", json_file), ("--chart", args.chart.as_deref())]
-            .into_iter()
-            .filter_map(|(f, p)| p.map(|p| (f, p)))
-            .collect();
+    let outputs: Vec<(&str, &std::path::Path)> = [
+        ("--json", json_file),
+        ("--chart", args.chart.as_deref()),
+        ("--history", args.history.as_deref()),
+    ]
+    .into_iter()
+    .filter_map(|(f, p)| p.map(|p| (f, p)))
+    .collect();
     output::check_distinct(
         &[("BASELINE", &args.baseline), ("CURRENT", &args.current)],
         &outputs,
@@ -69,6 +72,10 @@ pub fn run(args: &CompareArgs) -> Result<Outcome> {
     };
     if let Some(path) = &args.chart {
         twolayer::bench::charts::write_compare_chart(&c, path)?;
+    }
+    if let Some(path) = &args.history {
+        use twolayer::bench::history;
+        history::append(path, &history::Entry::of(&c, &args.history_as))?;
     }
     // The verdicts to --json (stdout: alone, for a pipe; the table then
     // on stderr), the table as text unless -q.

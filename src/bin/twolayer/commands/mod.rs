@@ -2,6 +2,7 @@
 //! returning an [`Error`](twolayer::Error) the binary prints on one line.
 
 pub mod compare;
+pub mod history;
 pub mod info;
 pub mod own_kernels;
 pub mod predict;

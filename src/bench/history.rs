@@ -1,0 +1,176 @@
+//! The regression gate's history: one JSON line per comparison, appended
+//! by `twolayer compare --history FILE`, so that a slowdown too small for
+//! one merge's gate (3% a merge passes a 10% gate forever) shows as a
+//! trend, and the gate's comparison against an older anchor
+//! (`scripts/bench-gate.sh --anchor`) is kept beside the per-merge one.
+//! `twolayer history FILE` prints it and draws it (charts/trend.rs).
+
+use super::compare::{Comparison, Verdict};
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::Path;
+
+/// Largest history file read (a line is ~2 KB: half a million gate runs).
+pub const HISTORY_LIMIT: u64 = 1 << 30;
+
+/// One comparison, as the history keeps it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    /// When it was appended (UTC, RFC 3339).
+    pub date: String,
+    /// What the baseline was: `base` (the main a change was built on),
+    /// `anchor` (an older main, for creep), or any name the caller gives.
+    pub against: String,
+    /// The baseline's commits.
+    pub baseline: Vec<String>,
+    /// The current side's commits.
+    pub current: Vec<String>,
+    /// The threshold of the overall verdict.
+    pub max_slowdown: f64,
+    /// Geometric mean of the points' changes (1.0 = unchanged).
+    pub change: f64,
+    /// Its 95% interval.
+    pub ci: (f64, f64),
+    /// `slower`, `faster` or `within noise`.
+    pub verdict: String,
+    /// Points judged slower, faster.
+    pub slower: usize,
+    /// Points judged faster.
+    pub faster: usize,
+    /// Points compared.
+    pub points: usize,
+}
+
+impl Entry {
+    /// The entry for `c`, compared against `against`, dated now.
+    pub fn of(c: &Comparison, against: &str) -> Entry {
+        let count = |v: Verdict| c.points.iter().filter(|p| p.verdict == v).count();
+        Entry {
+            date: crate::bench::env::utc_now(),
+            against: against.to_string(),
+            baseline: c.commits.0.clone(),
+            current: c.commits.1.clone(),
+            max_slowdown: c.max_slowdown,
+            change: c.overall.change,
+            ci: c.overall.ci,
+            verdict: c.overall.verdict.name().trim_matches('*').to_string(),
+            slower: count(Verdict::Slower),
+            faster: count(Verdict::Faster),
+            points: c.points.len(),
+        }
+    }
+}
+
+/// Appends `e` to the history at `path` (created when missing) as one
+/// line, in one write: a reader never sees half of it, and two gates
+/// appending at once do not interleave their lines.
+pub fn append(path: &Path, e: &Entry) -> Result<()> {
+    let mut line = serde_json::to_string(e)
+        .map_err(|err| Error::write(path, format!("cannot write JSON: {err}")))?;
+    line.push('\n');
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|err| Error::write(path, err))?;
+    f.write_all(line.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|err| Error::write(path, err))
+}
+
+/// Every entry of the history at `path`, oldest first. A line that is not
+/// an entry is refused, naming its number.
+pub fn read(path: &Path) -> Result<Vec<Entry>> {
+    let text = crate::input::read_text(path, HISTORY_LIMIT)?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| {
+                Error::read(
+                    path,
+                    format!("line {} is not a gate history entry ({e})", i + 1),
+                )
+            })
+        })
+        .collect()
+}
+
+/// The history as a Markdown table, oldest first, with the compounded
+/// change of the `base` comparisons since the first (what the per-merge
+/// gate let through, one merge at a time).
+pub fn to_markdown(entries: &[Entry]) -> String {
+    let pct = |r: f64| format!("{:+.1}%", (r - 1.0) * 100.0);
+    let mut s = String::from(
+        "| # | date | against | baseline → current | change [95% CI] | verdict | points slower / faster | compounded (base) |\n|---:|---|---|---|---:|---|---:|---:|\n",
+    );
+    let mut compounded = 1.0;
+    for (i, e) in entries.iter().enumerate() {
+        if e.against == "base" {
+            compounded *= e.change;
+        }
+        let short = |v: &[String]| {
+            v.iter()
+                .map(|c| c.chars().take(12).collect::<String>())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        s.push_str(&format!(
+            "| {} | {} | {} | {} → {} | {} [{}, {}] | {} | {} / {} of {} | {} |\n",
+            i + 1,
+            e.date,
+            e.against,
+            short(&e.baseline),
+            short(&e.current),
+            pct(e.change),
+            pct(e.ci.0),
+            pct(e.ci.1),
+            e.verdict,
+            e.slower,
+            e.faster,
+            e.points,
+            pct(compounded),
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(against: &str, change: f64) -> Entry {
+        Entry {
+            date: "2026-12-01T00:00:00Z".into(),
+            against: against.into(),
+            baseline: vec!["aaaa".into()],
+            current: vec!["bbbb".into()],
+            max_slowdown: 0.1,
+            change,
+            ci: (change - 0.01, change + 0.01),
+            verdict: "within noise".into(),
+            slower: 0,
+            faster: 0,
+            points: 8,
+        }
+    }
+
+    #[test]
+    fn appended_entries_read_back_in_order_and_compound() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("h.jsonl");
+        for c in [1.03, 1.03, 1.03] {
+            append(&p, &entry("base", c)).unwrap();
+        }
+        append(&p, &entry("anchor", 1.0927)).unwrap();
+        let back = read(&p).unwrap();
+        assert_eq!(back.len(), 4);
+        assert_eq!(back[3].against, "anchor");
+        let md = to_markdown(&back);
+        // 1.03³ = 1.0927: three passing merges add up to +9.3%.
+        assert!(md.contains("+9.3%"), "{md}");
+        std::fs::write(&p, "{\"not\": 1}\n").unwrap();
+        assert!(read(&p).unwrap_err().to_string().contains("line 1"));
+    }
+}
