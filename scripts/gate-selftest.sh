@@ -18,16 +18,78 @@
 # Usage: scripts/gate-selftest.sh [RUNS] [--pairs K]   (defaults: 20, 8)
 # Prints one line per run and the counts; exits non-zero when a target is
 # missed (no false alarm; at least RUNS-1 detections of each kind).
+#
+#   scripts/gate-selftest.sh --creep [RUNS] [--pairs K]
+# The creep check instead: five builds, each 3% slower than the one before
+# (selftest-creep: the step spins 1.03^k - 1 of its time, k = 1..5), and
+# the unchanged build, swept in the same rounds as the base. Each build is
+# gated against the one before (a merge's gate: should pass) and against
+# the base (the anchor: should fail by the fifth); unchanged code against
+# the base should pass. Exits non-zero when a target is missed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=20
 pairs=8
+creep=false
 while [ $# -gt 0 ]; do
   case "$1" in
     --pairs) pairs=$2; shift 2 ;;
+    --creep) creep=true; shift ;;
     *) runs=$1; shift ;;
   esac
 done
+if $creep; then
+  grid=benchmarks/gate.toml
+  out=target/gate-selftest-creep
+  rm -rf "$out"
+  mkdir -p "$out/bin"
+  cargo build --release --quiet
+  cp target/release/twolayer "$out/bin/base"
+  for k in 1 2 3 4 5; do
+    f=$(awk -v k="$k" 'BEGIN { printf "%.6f", 1.03 ^ k - 1 }')
+    TWOLAYER_SELFTEST_CREEP=$f cargo build --release --quiet --features selftest-creep --target-dir target/selftest-creep
+    cp target/selftest-creep/release/twolayer "$out/bin/c$k"
+  done
+  echo "gate creep self-test: $runs runs, $pairs pairs each, $(date -u +%FT%TZ), $(nproc) cores, OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}"
+  merge_alarms=0 same_alarms=0 missed=0
+  for r in $(seq 1 "$runs"); do
+    dir="$out/run-$(printf %02d "$r")"
+    scripts/ab-sweeps.sh "$dir" "$pairs" "$grid" base="$out/bin/base" same="$out/bin/base" \
+      c1="$out/bin/c1" c2="$out/bin/c2" c3="$out/bin/c3" c4="$out/bin/c4" c5="$out/bin/c5"
+    gate() { # BASE CUR: the exit status of compare, its overall change
+      set +e
+      "$out/bin/base" compare --paired "$dir/$1" "$dir/$2" >"$dir/$2-vs-$1.md" 2>&1
+      local rc=$?
+      set -e
+      [ "$rc" -eq 2 ] && cat "$dir/$2-vs-$1.md" >&2
+      echo "$rc $(grep -o 'geometric mean): [^ ]*' "$dir/$2-vs-$1.md" | cut -d' ' -f3)"
+    }
+    cannot() { echo "gate-selftest: a comparison could not be made" >&2; exit 2; }
+    line="run $r ($(date -u +%TZ)):"
+    read -r rc chg < <(gate base same)
+    [ "$rc" -eq 2 ] && cannot
+    [ "$rc" -eq 1 ] && same_alarms=$((same_alarms + 1))
+    line+=" same=$rc ($chg);"
+    caught=""
+    prev=base
+    for k in 1 2 3 4 5; do
+      read -r m mchg < <(gate "$prev" "c$k")
+      read -r a achg < <(gate base "c$k")
+      [ "$m" -eq 2 ] || [ "$a" -eq 2 ] && cannot
+      [ "$m" -eq 1 ] && merge_alarms=$((merge_alarms + 1))
+      [ "$a" -eq 1 ] && [ -z "$caught" ] && caught=$k
+      line+=" c$k merge=$m ($mchg) anchor=$a ($achg);"
+      prev=c$k
+    done
+    [ -z "$caught" ] && missed=$((missed + 1))
+    echo "$line caught at ${caught:-never}"
+  done
+  echo "unchanged code against the anchor: $same_alarms false alarm(s) in $runs runs (target 0)"
+  echo "merges of 3% against their base: $merge_alarms alarm(s) in $((5 * runs)) (reported: each is a real 3% slowdown, below the 10% threshold)"
+  echo "creeps not caught against the anchor by the fifth merge: $missed of $runs (target 0)"
+  [ "$same_alarms" -eq 0 ] && [ "$missed" -eq 0 ]
+  exit
+fi
 grid=benchmarks/gate.toml
 out=target/gate-selftest
 rm -rf "$out"

@@ -10,6 +10,7 @@
 //! | `selftest-small-blocks` | sharded plans walk their rows in blocks of [`SMALL_BLOCK_ROWS`] | the GEMMs' shapes |
 //! | `selftest-oversubscribe` | twice as many shards as threads | the shards' sizes and their reduction |
 //! | `selftest-one-gemm` | every plan is a wide one: no shards, both cores share each GEMM call | the split of the GEMMs over the cores |
+//! | `selftest-creep` | every step spins for the fraction of its time set at build time in `TWOLAYER_SELFTEST_CREEP` | work outside the GEMMs, a little per merge |
 
 /// Block rows under `selftest-small-blocks`: in place of max(H, 128) rows
 /// (f64) or max(H, 256) (f32), or 32 for a batch of 64 on two threads,
@@ -57,9 +58,10 @@ pub(super) fn worsen_wide(wide: bool) -> bool {
 }
 
 /// Lives for the length of a step. Under `selftest-slow-step` its drop
-/// spins for 15% of the step's time; otherwise it holds nothing.
+/// spins for 15% of the step's time, under `selftest-creep` for the
+/// fraction [`creep`] gives; otherwise it holds nothing.
 pub(super) struct StepGuard {
-    #[cfg(feature = "selftest-slow-step")]
+    #[cfg(any(feature = "selftest-slow-step", feature = "selftest-creep"))]
     started: std::time::Instant,
 }
 
@@ -68,16 +70,32 @@ impl StepGuard {
     #[inline(always)]
     pub(super) fn start() -> StepGuard {
         StepGuard {
-            #[cfg(feature = "selftest-slow-step")]
+            #[cfg(any(feature = "selftest-slow-step", feature = "selftest-creep"))]
             started: std::time::Instant::now(),
         }
     }
 }
 
-#[cfg(feature = "selftest-slow-step")]
+/// The fraction of a step's time a `selftest-creep` build spins for: the
+/// value of `TWOLAYER_SELFTEST_CREEP` when it was built (0 without it).
+#[cfg(feature = "selftest-creep")]
+fn creep() -> f64 {
+    static F: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *F.get_or_init(|| {
+        option_env!("TWOLAYER_SELFTEST_CREEP")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    })
+}
+
+#[cfg(any(feature = "selftest-slow-step", feature = "selftest-creep"))]
 impl Drop for StepGuard {
     fn drop(&mut self) {
-        let extra = self.started.elapsed().mul_f64(0.15);
+        #[cfg(feature = "selftest-slow-step")]
+        let fraction = 0.15;
+        #[cfg(all(feature = "selftest-creep", not(feature = "selftest-slow-step")))]
+        let fraction = creep();
+        let extra = self.started.elapsed().mul_f64(fraction);
         let t = std::time::Instant::now();
         while t.elapsed() < extra {
             std::hint::spin_loop();
