@@ -247,6 +247,9 @@ impl<F: Real> Dual<F> {
     ) -> f64 {
         let (one, zero) = (F::one(), F::zero());
         crate::blas::set_threads(self.blas_threads);
+        // The regression gate's injected slowdowns act on this form too
+        // (a no-op in every other build; see selftest.rs).
+        let _step = super::selftest::StepGuard::start();
         // The biases' values, read by the passes below, before their
         // update at the end.
         let (b1, b2) = match biases.as_deref() {

@@ -57,7 +57,7 @@ pub(super) fn worsen_wide(wide: bool) -> bool {
     cfg!(feature = "selftest-one-gemm") || wide
 }
 
-/// Lives for the length of a step. Under `selftest-slow-step` its drop
+/// Lives for the length of a step, primal or dual. Under `selftest-slow-step` its drop
 /// spins for 15% of the step's time, under `selftest-creep` for the
 /// fraction [`creep`] gives; otherwise it holds nothing.
 pub(super) struct StepGuard {
