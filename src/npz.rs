@@ -242,6 +242,13 @@ pub fn load_init_from<R: Read + Seek>(reader: R, path: &Path) -> Result<Init> {
     })
 }
 
+/// The index of array `name` in an archive, stored as `name.npy` (as numpy
+/// writes it) or `name`, when it is there.
+fn array_index<R: Read + Seek>(zip: &zip::ZipArchive<R>, name: &str) -> Option<usize> {
+    zip.index_for_name(&format!("{name}.npy"))
+        .or_else(|| zip.index_for_name(name))
+}
+
 /// The index of array `name` (stored as `name.npy` or `name`) in an
 /// archive, or an error listing what the file holds and `needs` (what the
 /// caller needs of it).
@@ -251,25 +258,23 @@ pub fn find_array<R: Read + Seek>(
     name: &str,
     needs: &str,
 ) -> Result<usize> {
-    zip.index_for_name(&format!("{name}.npy"))
-        .or_else(|| zip.index_for_name(name))
-        .ok_or_else(|| {
-            let found: Vec<&str> = zip
-                .file_names()
-                .map(|n| n.strip_suffix(".npy").unwrap_or(n))
-                .collect();
-            Error::read(
-                path,
-                format!(
-                    "missing array '{name}' (the file holds: {}); {needs}",
-                    if found.is_empty() {
-                        "nothing".to_string()
-                    } else {
-                        found.join(", ")
-                    }
-                ),
-            )
-        })
+    array_index(zip, name).ok_or_else(|| {
+        let found: Vec<&str> = zip
+            .file_names()
+            .map(|n| n.strip_suffix(".npy").unwrap_or(n))
+            .collect();
+        Error::read(
+            path,
+            format!(
+                "missing array '{name}' (the file holds: {}); {needs}",
+                if found.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    found.join(", ")
+                }
+            ),
+        )
+    })
 }
 
 fn inspect_entry<R: Read + Seek>(
@@ -287,10 +292,7 @@ fn inspect_vector<R: Read + Seek>(
     zip: &mut zip::ZipArchive<R>,
     name: &str,
 ) -> Result<Option<Entry>> {
-    match zip
-        .index_for_name(&format!("{name}.npy"))
-        .or_else(|| zip.index_for_name(name))
-    {
+    match array_index(zip, name) {
         Some(index) => inspect_at(path, zip, name, index, true).map(Some),
         None => Ok(None),
     }
@@ -560,10 +562,7 @@ pub fn load_weights_file<F: Real>(path: &Path) -> Result<Weights<F>> {
 /// Whether a weights file holds biases (b1 and b2), from its entry names.
 pub fn weights_have_biases(path: &Path) -> Result<bool> {
     let zip = open_zip(path)?;
-    let has = |n: &str| {
-        zip.index_for_name(&format!("{n}.npy")).is_some() || zip.index_for_name(n).is_some()
-    };
-    Ok(has("b1") && has("b2"))
+    Ok(array_index(&zip, "b1").is_some() && array_index(&zip, "b2").is_some())
 }
 
 /// A reader that can move forward without handing the bytes over.

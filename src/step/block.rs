@@ -26,7 +26,7 @@
 
 use super::plan::BlockBufs;
 use super::probe::{Phase, Probe};
-use super::views::{rows_of_mut, slice, slice_mut};
+use super::views::{flat1, rows_of_mut, slice, slice_mut};
 use super::LearningRates;
 use crate::kernels;
 use crate::net::{Biases, Weights};
@@ -260,9 +260,4 @@ pub(super) fn block<F: Real, const PASSES: bool>(
     }
     probe.done(Phase::BackwardGemms);
     loss
-}
-
-/// A bias vector as a slice (biases are made contiguous).
-pub(super) fn flat1<F>(a: &ndarray::Array1<F>) -> &[F] {
-    a.as_slice().expect("bias vectors are contiguous")
 }

@@ -33,7 +33,7 @@
 //! each time the weights are read. [`Form::auto`] weighs these.
 
 use super::probe::{NoProbe, Phase, Probe};
-use super::views::{flat, flat_mut};
+use super::views::{flat, flat1, flat_mut};
 use super::LearningRates;
 use crate::error::{Error, Result};
 use crate::kernels;
@@ -133,11 +133,6 @@ pub struct Dual<F> {
     /// OpenBLAS threads of the set-up and forming GEMMs (the run's
     /// budget): the same every time, so formed weights are the same bits.
     threads: usize,
-}
-
-/// A bias vector's values.
-fn bias_values<F>(v: &ndarray::Array1<F>) -> &[F] {
-    v.as_slice().expect("bias vectors are contiguous")
 }
 
 /// Below this many FLOPs, the G·C product runs on one thread: handing
@@ -253,7 +248,7 @@ impl<F: Real> Dual<F> {
         // The biases' values, read by the passes below, before their
         // update at the end.
         let (b1, b2) = match biases.as_deref() {
-            Some(b) => (Some(bias_values(&b.b1)), Some(bias_values(&b.b2))),
+            Some(b) => (Some(flat1(&b.b1)), Some(flat1(&b.b2))),
             None => (None, None),
         };
         // ---- forward ----

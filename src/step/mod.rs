@@ -66,7 +66,7 @@ use crate::shape::Shape;
 use block::{block, BiasSums, Sink};
 use ndarray::Array2;
 use shards::{all_shards, sum_into, update_layer, Layer};
-use views::{flat, flat_mut};
+use views::{flat, flat1, flat1_mut, flat_mut};
 
 /// How a step applies its update.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -190,11 +190,6 @@ pub fn step_probed<F: Real>(
     loss
 }
 
-/// A bias vector as a mutable slice.
-fn flat1_mut<F>(a: &mut ndarray::Array1<F>) -> &mut [F] {
-    a.as_slice_mut().expect("bias vectors are contiguous")
-}
-
 /// Plain SGD on the biases from their gradients: `b1 −= lr_w1 · g_b1`,
 /// `b2 −= lr_w2 · g_b2` (each bias takes its layer's rate).
 pub(crate) fn update_biases<F: Real>(b: &mut Biases<F>, g_b1: &[F], g_b2: &[F], lr: LearningRates) {
@@ -286,7 +281,7 @@ pub fn apply_sgd<F: Real>(weights: &mut Weights<F>, grads: &Gradients<F>, lr: Le
         }
     }
     if let (Some(b), Some(g)) = (&mut weights.biases, &grads.biases) {
-        update_biases(b, block::flat1(&g.b1), block::flat1(&g.b2), lr);
+        update_biases(b, flat1(&g.b1), flat1(&g.b2), lr);
     }
 }
 

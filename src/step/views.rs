@@ -58,6 +58,16 @@ pub(super) fn columns_of<F>(a: &Array2<F>, r: Range<usize>, c: Range<usize>) -> 
     .expect("a column range of a row-major matrix")
 }
 
+/// A bias vector's values (bias vectors are made contiguous).
+pub(super) fn flat1<F>(a: &ndarray::Array1<F>) -> &[F] {
+    a.as_slice().expect("bias vectors are contiguous")
+}
+
+/// [`flat1`], mutable.
+pub(super) fn flat1_mut<F>(a: &mut ndarray::Array1<F>) -> &mut [F] {
+    a.as_slice_mut().expect("bias vectors are contiguous")
+}
+
 pub(super) fn flat<F>(a: &Array2<F>) -> &[F] {
     a.as_slice().expect("buffers are contiguous and row-major")
 }

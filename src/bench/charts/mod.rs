@@ -71,9 +71,38 @@ const SERIES_COLORS: [RGBColor; 10] = [
     RGBColor(23, 190, 207),
 ];
 
-/// `n` colours for `n` series of one chart, all different.
-fn palette_of(n: usize) -> Vec<RGBColor> {
-    scaling::palette(n)
+/// `n` colours, all different: the ten of [`SERIES_COLORS`] when they
+/// suffice, else hues evenly spaced round the wheel, alternately darker
+/// and lighter so that neighbours differ in two ways.
+fn palette(n: usize) -> Vec<RGBColor> {
+    if n <= SERIES_COLORS.len() {
+        return SERIES_COLORS[..n].to_vec();
+    }
+    (0..n)
+        .map(|i| {
+            let hue = i as f64 / n as f64;
+            let light = if i % 2 == 0 { 0.38 } else { 0.55 };
+            hsl(hue, 0.75, light)
+        })
+        .collect()
+}
+
+/// An HSL colour (each in 0–1) as RGB.
+fn hsl(h: f64, s: f64, l: f64) -> RGBColor {
+    let c = (1.0 - (2.0 * l - 1.0).abs()) * s;
+    let hp = h * 6.0;
+    let x = c * (1.0 - (hp % 2.0 - 1.0).abs());
+    let (r, g, b) = match hp as u32 {
+        0 => (c, x, 0.0),
+        1 => (x, c, 0.0),
+        2 => (0.0, c, x),
+        3 => (0.0, x, c),
+        4 => (x, 0.0, c),
+        _ => (c, 0.0, x),
+    };
+    let m = l - c / 2.0;
+    let to = |v: f64| ((v + m) * 255.0).round().clamp(0.0, 255.0) as u8;
+    RGBColor(to(r), to(g), to(b))
 }
 
 /// How a legend entry shows its mark.

@@ -3,7 +3,7 @@
 //! a shape at several thread counts, against threads, one line per (shape,
 //! dtype). Whiskers span the p10–p90 step times.
 
-use super::{render, write_svg, Area, DrawResult, Mark, FONT, SERIES_COLORS};
+use super::{palette, render, write_svg, Area, DrawResult, Mark, FONT};
 use crate::bench::report::{PointReport, Report};
 use crate::error::Result;
 use plotters::prelude::*;
@@ -77,40 +77,6 @@ pub fn write_scaling_chart(report: &Report, dir: &Path) -> Result<()> {
             },
         ),
     )
-}
-
-/// `n` colours, all different: the ten of [`SERIES_COLORS`] when they
-/// suffice, else hues evenly spaced round the wheel, alternately darker
-/// and lighter so that neighbours differ in two ways.
-pub(super) fn palette(n: usize) -> Vec<RGBColor> {
-    if n <= SERIES_COLORS.len() {
-        return SERIES_COLORS[..n].to_vec();
-    }
-    (0..n)
-        .map(|i| {
-            let hue = i as f64 / n as f64;
-            let light = if i % 2 == 0 { 0.38 } else { 0.55 };
-            hsl(hue, 0.75, light)
-        })
-        .collect()
-}
-
-/// An HSL colour (each in 0–1) as RGB.
-fn hsl(h: f64, s: f64, l: f64) -> RGBColor {
-    let c = (1.0 - (2.0 * l - 1.0).abs()) * s;
-    let hp = h * 6.0;
-    let x = c * (1.0 - (hp % 2.0 - 1.0).abs());
-    let (r, g, b) = match hp as u32 {
-        0 => (c, x, 0.0),
-        1 => (x, c, 0.0),
-        2 => (0.0, c, x),
-        3 => (0.0, x, c),
-        4 => (x, 0.0, c),
-        _ => (c, 0.0, x),
-    };
-    let m = l - c / 2.0;
-    let to = |v: f64| ((v + m) * 255.0).round().clamp(0.0, 255.0) as u8;
-    RGBColor(to(r), to(g), to(b))
 }
 
 /// Every other series marks its points with triangles, the rest with
@@ -299,7 +265,7 @@ mod tests {
 
     #[test]
     fn every_series_of_a_panel_gets_its_own_colour() {
-        assert_eq!(palette(10), SERIES_COLORS.to_vec());
+        assert_eq!(palette(10), super::super::SERIES_COLORS.to_vec());
         for n in [11, 14, 24, 40] {
             let p = palette(n);
             let mut seen = std::collections::HashSet::new();

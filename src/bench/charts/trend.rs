@@ -5,7 +5,7 @@
 //! change of the `base` comparisons, and the thresholds as dashed lines.
 //! A creep shows as the compounded line rising while every merge passes.
 
-use super::{palette_of, render, write_svg, Area, DrawResult, Mark, FONT};
+use super::{palette, render, write_svg, Area, DrawResult, Mark, FONT};
 use crate::bench::history::Entry;
 use crate::error::Result;
 use plotters::element::DashedPathElement;
@@ -18,7 +18,7 @@ const COMPOUNDED: RGBColor = RGBColor(90, 90, 90);
 /// Writes the history's trend chart to `path` (SVG).
 pub fn write_trend_chart(entries: &[Entry], path: &Path) -> Result<()> {
     let kinds = kinds(entries);
-    let colors = palette_of(kinds.len());
+    let colors = palette(kinds.len());
     let mut legend: Vec<(Mark, String)> = kinds
         .iter()
         .zip(&colors)

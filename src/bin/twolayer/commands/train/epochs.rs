@@ -81,7 +81,7 @@ pub(super) fn minibatches<F: Real>(args: &TrainArgs, spec: RunSpec, mb: Minibatc
                     Ok(r) => {
                         let epoch = r.epoch;
                         rep.push_epoch(r, epochs, t);
-                        if mb.header.patience_spent(rep.history()) {
+                        if rep.patience_spent(mb.header.patience) {
                             // Early stopping: this step's checkpoint and
                             // the outputs are still written.
                             rep.stopped_early = Some(epoch);

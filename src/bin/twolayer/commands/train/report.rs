@@ -273,6 +273,9 @@ pub(super) struct Reporter<'a, F> {
     /// The weights of the best validation epoch so far, when kept
     /// (`--save-best`, or a checkpoint that holds them).
     best: Option<Weights<F>>,
+    /// The epoch with the lowest validation loss so far, and that loss
+    /// (kept as epochs come, not searched for in the history each time).
+    best_epoch: Option<(u64, f64)>,
     /// The epoch early stopping ended the run after.
     pub(super) stopped_early: Option<u64>,
     /// Progress on a terminal (see [`Reporter::new`]).
@@ -294,6 +297,7 @@ impl<'a, F: Real> Reporter<'a, F> {
             history: Vec::new(),
             metrics: None,
             best: None,
+            best_epoch: None,
             stopped_early: None,
             bar: progress_bar(args, cfg, lead),
         }
@@ -314,6 +318,7 @@ impl<'a, F: Real> Reporter<'a, F> {
     /// cannot be begun does not stop the run: it is tried again, whole, at
     /// the end, and reported with the other outputs.
     pub(super) fn start_epochs(&mut self, history: Vec<EpochRecord>, best: Option<Weights<F>>) {
+        self.best_epoch = MinibatchHeader::best_epoch(&history);
         self.history = history;
         self.best = best;
         if let (Some(p), true) = (&self.args.metrics, self.lead) {
@@ -326,9 +331,13 @@ impl<'a, F: Real> Reporter<'a, F> {
         }
     }
 
-    /// The epochs so far.
-    pub(super) fn history(&self) -> &[EpochRecord] {
-        &self.history
+    /// Whether early stopping with `patience` ends the run now: that many
+    /// epochs have passed since the best one.
+    pub(super) fn patience_spent(&self, patience: Option<u64>) -> bool {
+        match (patience, self.best_epoch, self.history.last()) {
+            (Some(p), Some((best, _)), Some(last)) => last.epoch - best >= p,
+            _ => false,
+        }
     }
 
     /// Records a finished epoch (of `epochs`) of trainer `t`: prints it,
@@ -345,11 +354,14 @@ impl<'a, F: Real> Reporter<'a, F> {
                 _ => format!("twolayer: epoch {e}/{epochs}: train loss {l:.6e}"),
             });
         }
-        let improved = match (r.val_loss, MinibatchHeader::best_epoch(&self.history)) {
+        let improved = match (r.val_loss, self.best_epoch) {
             (Some(v), Some((_, best))) => v < best,
             (Some(_), None) => true,
             (None, _) => false,
         };
+        if let (true, Some(v)) = (improved, r.val_loss) {
+            self.best_epoch = Some((r.epoch, v));
+        }
         if let Some(m) = &mut self.metrics {
             if let Err(e) = m.append(&r) {
                 self.ckpt_err.get_or_insert(e);
@@ -607,7 +619,7 @@ impl<'a, F: Real> Reporter<'a, F> {
                 "{gflops:.1} GFLOP/s primal-equivalent ({done_gflops:.1} GFLOP/s of the dual form's own products)"
             ),
         };
-        let best = MinibatchHeader::best_epoch(&self.history);
+        let best = self.best_epoch;
         if let Some(e) = self.stopped_early {
             let (b, l) = best.expect("early stopping needs a validated epoch");
             say!(
