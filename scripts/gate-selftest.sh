@@ -9,13 +9,19 @@
 #   one-gemm       selftest-one-gemm       no shards: both cores share each GEMM
 #   no-dual        selftest-no-dual        the form rule never picks the dual form:
 #                                          `twolayer train`'s default run ~10x slower
+#   creep5         selftest-creep          five merges of 3% compounded: every step
+#                                          spins 1.03^5 - 1 (15.9%) of its time
+# (creep5 runs only when --kinds names it: the creep check below covers it.)
 #
 # Each run is the CI gate's measurement, widened to six builds: K rounds
 # (K = --pairs, 8 as in CI) of fresh sweeps of benchmarks/gate.toml, each
 # round running the base, the same build again, and the five slow builds in
 # rotated order; then `twolayer compare --paired` of the base against each.
 #
-# Usage: scripts/gate-selftest.sh [RUNS] [--pairs K]   (defaults: 20, 8)
+# Usage: scripts/gate-selftest.sh [RUNS] [--pairs K] [--kinds A,B,...]
+#   (defaults: 20, 8, the first five kinds). --kinds runs only the kinds it
+#   names (with the base and the unchanged build): fewer builds per round,
+#   so 20 runs of one or two kinds fit in half an hour.
 # Prints one line per run and the counts; exits non-zero when a target is
 # missed (no false alarm; at least RUNS-1 detections of each kind).
 #
@@ -31,9 +37,11 @@ cd "$(dirname "$0")/.."
 runs=20
 pairs=8
 creep=false
+only=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --pairs) pairs=$2; shift 2 ;;
+    --kinds) only=$2; shift 2 ;;
     --creep) creep=true; shift ;;
     *) runs=$1; shift ;;
   esac
@@ -97,12 +105,26 @@ mkdir -p "$out/bin"
 
 cargo build --release --quiet
 cp target/release/twolayer "$out/bin/base"
-kinds=(extra-work small-blocks more-shards one-gemm no-dual)
-features=(selftest-slow-step selftest-small-blocks selftest-oversubscribe selftest-one-gemm selftest-no-dual)
-for i in "${!kinds[@]}"; do
-  cargo build --release --quiet --features "${features[$i]}" --target-dir target/selftest
-  cp target/selftest/release/twolayer "$out/bin/${kinds[$i]}"
+all_kinds=(extra-work small-blocks more-shards one-gemm no-dual creep5)
+features=(selftest-slow-step selftest-small-blocks selftest-oversubscribe selftest-one-gemm selftest-no-dual selftest-creep)
+kinds=()
+for i in "${!all_kinds[@]}"; do
+  k=${all_kinds[$i]}
+  if [ -z "$only" ]; then
+    [ "$k" = creep5 ] && continue
+  else
+    case ",$only," in *",$k,"*) ;; *) continue ;; esac
+  fi
+  kinds+=("$k")
+  # creep5's fraction is read at build time (src/step/selftest.rs).
+  TWOLAYER_SELFTEST_CREEP=$(awk 'BEGIN { printf "%.6f", 1.03 ^ 5 - 1 }') \
+    cargo build --release --quiet --features "${features[$i]}" --target-dir target/selftest
+  cp target/selftest/release/twolayer "$out/bin/$k"
 done
+if [ "${#kinds[@]}" -eq 0 ]; then
+  echo "gate-selftest: --kinds names none of: ${all_kinds[*]}" >&2
+  exit 2
+fi
 
 heads=(same "${kinds[@]}")
 declare -A failed
