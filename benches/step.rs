@@ -6,14 +6,17 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::time::Duration;
-use twolayer::step::{self, LearningRates, StepMode, Workspace};
+use twolayer::step::{Form, LearningRates, NoProbe, Plan, Step, StepMode, Update};
 use twolayer::{Data, Real, Shape, Weights};
 
 fn bench_shape<F: Real>(c: &mut Criterion, shape: Shape) {
     let data = Data::<F>::random(shape, 0);
     let mut w = Weights::<F>::random(shape, 0);
     let threads = twolayer::threads::available_cores();
-    let mut ws = Workspace::<F>::new(shape, threads, StepMode::Fused);
+    // The step in the form `twolayer train` runs for the shape.
+    let plan = Plan::new(shape, F::DTYPE, threads, StepMode::Fused);
+    let form = Form::as_train_runs(shape);
+    let mut step = Step::new(form, &data, &w, plan, StepMode::Fused).unwrap();
     let lr = LearningRates::uniform(1e-12);
     let mut group = c.benchmark_group(format!("step/{}", F::DTYPE));
     group.throughput(Throughput::Elements(shape.n as u64));
@@ -21,8 +24,11 @@ fn bench_shape<F: Real>(c: &mut Criterion, shape: Shape) {
         group.sample_size(10);
         group.measurement_time(Duration::from_secs(20));
     }
-    group.bench_function(BenchmarkId::from_parameter(shape), |b| {
-        b.iter(|| step::step(&mut ws, &data, &mut w, lr))
+    group.bench_function(BenchmarkId::new(form.name(), shape), |b| {
+        b.iter(|| {
+            step.run(&data, &mut w, lr, Update::Sgd, &mut NoProbe)
+                .unwrap()
+        })
     });
     group.finish();
 }

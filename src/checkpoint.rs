@@ -36,6 +36,7 @@ use crate::output::write_atomic;
 use crate::scalar::{Dtype, Real};
 use crate::shape::Shape;
 use crate::step::{Form, LearningRates, PlanChoice, StepMode};
+use crate::train::Loss;
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -297,7 +298,7 @@ impl DataSource {
 #[serde(deny_unknown_fields)]
 pub struct Header {
     /// `f32` or `f64`.
-    pub dtype: String,
+    pub dtype: Dtype,
     /// N.
     pub n: usize,
     /// D_in.
@@ -315,7 +316,7 @@ pub struct Header {
     /// Learning rate of w2.
     pub lr_w2: f64,
     /// `fused` or `explicit`.
-    pub step_mode: String,
+    pub step_mode: StepMode,
     /// Thread budget of the run (needed for bit-identical continuation).
     pub threads: usize,
     /// MPI ranks the batch was split over (1 for a single process).
@@ -323,9 +324,9 @@ pub struct Header {
     pub ranks: usize,
     /// Where x and y come from.
     pub data: DataSource,
-    /// The loss minimised: `sum` or `mean`.
-    #[serde(default = "sum")]
-    pub loss: String,
+    /// The loss minimised: `sum` or `mean` (absent: `sum`).
+    #[serde(default)]
+    pub loss: Loss,
     /// The batches of a minibatch run (`--data`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub minibatch: Option<MinibatchHeader>,
@@ -347,7 +348,7 @@ pub struct Header {
     /// The step's form, `dual` when the run trains C with
     /// w1 = w1_0 + xᵀ·C (absent: `primal`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub form: Option<String>,
+    pub form: Option<Form>,
     /// Whether the model has biases (b1, b2 stored after w2).
     #[serde(default, skip_serializing_if = "is_false")]
     pub biases: bool,
@@ -367,19 +368,10 @@ fn one() -> usize {
     1
 }
 
-fn sum() -> String {
-    "sum".into()
-}
-
 impl Header {
     /// The shape it describes, validated.
     pub fn shape(&self) -> Result<Shape> {
         Shape::new(self.n, self.d_in, self.hidden, self.d_out)
-    }
-
-    /// The dtype it describes.
-    pub fn dtype(&self) -> Result<Dtype> {
-        self.dtype.parse().map_err(Error::invalid)
     }
 
     /// The learning rates.
@@ -390,22 +382,9 @@ impl Header {
         }
     }
 
-    /// The step's form.
-    pub fn form(&self) -> Result<Form> {
-        self.form
-            .as_deref()
-            .unwrap_or("primal")
-            .parse()
-            .map_err(Error::invalid)
-    }
-
-    /// The step mode.
-    pub fn step_mode(&self) -> Result<StepMode> {
-        match self.step_mode.as_str() {
-            "fused" => Ok(StepMode::Fused),
-            "explicit" => Ok(StepMode::Explicit),
-            m => Err(Error::invalid(format!("unknown step mode '{m}'"))),
-        }
+    /// The step's form (absent: primal).
+    pub fn form(&self) -> Form {
+        self.form.unwrap_or_default()
     }
 }
 
@@ -674,7 +653,7 @@ impl AnyCheckpoint {
                 ),
             ));
         }
-        crate::shape::available_memory_bytes()
+        crate::machine::available_memory_bytes()
             .checked_sub(len)
             .ok_or_else(|| {
                 Error::read(
@@ -733,7 +712,7 @@ impl AnyCheckpoint {
                 Weights { w1, w2, biases }
             };
             let w = weights(header.biases);
-            let dual = (header.form.as_deref() == Some("dual")).then(|| {
+            let dual = (header.form() == Form::Dual).then(|| {
                 let d = weights(false);
                 (d.w1, d.w2)
             });
@@ -746,7 +725,7 @@ impl AnyCheckpoint {
                 best,
             }
         }
-        Ok(match header.dtype().map_err(|e| e.to_string())? {
+        Ok(match header.dtype {
             Dtype::F32 => AnyCheckpoint::F32(typed(header, losses, &bytes[at..], shape)),
             Dtype::F64 => AnyCheckpoint::F64(typed(header, losses, &bytes[at..], shape)),
         })
@@ -770,9 +749,6 @@ fn parse_header(bytes: &[u8]) -> std::result::Result<Header, String> {
     let header: Header = serde_json::from_slice(&bytes[PREFIX..PREFIX + hlen as usize])
         .map_err(|e| format!("checkpoint header is not valid ({e})"))?;
     header.shape().map_err(|e| e.to_string())?;
-    header.dtype().map_err(|e| e.to_string())?;
-    header.step_mode().map_err(|e| e.to_string())?;
-    header.form().map_err(|e| e.to_string())?;
     if header.steps_done > header.total_steps {
         return Err("checkpoint header has more steps done than asked for".into());
     }
@@ -788,7 +764,7 @@ fn parse_header(bytes: &[u8]) -> std::result::Result<Header, String> {
 fn expected_len(bytes: &[u8]) -> std::result::Result<u64, String> {
     let h = parse_header(bytes)?;
     let hlen = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes")) as u128;
-    let e = h.dtype().map_err(|e| e.to_string())?.size() as u128;
+    let e = h.dtype.size() as u128;
     let elems: u128 = array_dims(&h, h.shape().map_err(|e| e.to_string())?)
         .iter()
         .map(|&(r, c)| r as u128 * c as u128)
@@ -811,7 +787,7 @@ fn array_dims(h: &Header, shape: Shape) -> Vec<(usize, usize)> {
     };
     let mut dims = Vec::new();
     weights(&mut dims);
-    if h.form.as_deref() == Some("dual") {
+    if h.form() == Form::Dual {
         dims.extend([(d, hid), (n, hid)]);
     }
     if h.best_weights {
@@ -904,7 +880,7 @@ mod tests {
         let shape = Shape::new(4, 3, 2, 5).unwrap();
         Checkpoint {
             header: Header {
-                dtype: "f32".into(),
+                dtype: Dtype::F32,
                 n: 4,
                 d_in: 3,
                 hidden: 2,
@@ -913,11 +889,11 @@ mod tests {
                 total_steps: 10,
                 lr_w1: 1e-6,
                 lr_w2: 0.0,
-                step_mode: "fused".into(),
+                step_mode: StepMode::Fused,
                 threads: 2,
                 ranks: 1,
                 data: DataSource::Seeded { seed: 7 },
-                loss: "sum".into(),
+                loss: Loss::Sum,
                 minibatch: None,
                 blas_core: Some("Haswell".into()),
                 blas_library: Some("0.3.34-COOPERLAKE".into()),
@@ -950,7 +926,7 @@ mod tests {
         c.best = Some(with(9));
         c.header.biases = true;
         c.header.best_weights = true;
-        c.header.form = Some("dual".into());
+        c.header.form = Some(Form::Dual);
         c.dual = Some((
             with(3).w1,
             Array2::from_shape_fn((4, 2), |(i, j)| (i + j) as f32),
@@ -981,7 +957,7 @@ mod tests {
     #[test]
     fn a_dual_checkpoint_keeps_w1_0_and_c() {
         let mut c = sample();
-        c.header.form = Some("dual".into());
+        c.header.form = Some(Form::Dual);
         let w = Weights::<f32>::random(Shape::new(4, 3, 2, 5).unwrap(), 2);
         c.dual = Some((
             w.w1,
@@ -998,7 +974,7 @@ mod tests {
         );
         // A header that says dual over a file without the arrays is refused.
         let mut short = sample();
-        short.header.form = Some("dual".into());
+        short.header.form = Some(Form::Dual);
         assert!(AnyCheckpoint::from_bytes(&short.to_bytes())
             .unwrap_err()
             .contains("truncated or garbled"));

@@ -34,7 +34,7 @@
 //! [`checkpoint`] and [`output`] long runs and safe writes; [`bench`](mod@bench) the
 //! sweep harness and regression gate; `distributed` (feature `mpi`)
 //! data-parallel training, whose gradients are summed through the step's
-//! [`Exchange`] seam ([`step::gradients_exchanged`]). The `twolayer`
+//! [`Exchange`] seam ([`Update::Exchanged`]). The `twolayer`
 //! command line is a thin binary over this library (`src/bin/twolayer/`).
 //!
 //! ## One call before the first GEMM
@@ -78,6 +78,7 @@ pub mod input;
 pub mod kernel_set;
 pub mod kernels;
 pub mod launch;
+pub mod machine;
 pub mod minibatch;
 pub mod net;
 pub mod npz;
@@ -85,6 +86,7 @@ pub mod output;
 pub mod predict;
 pub mod scalar;
 pub mod shape;
+pub mod stats;
 pub mod step;
 pub mod threads;
 pub mod train;
@@ -94,5 +96,5 @@ pub use error::{Error, Result};
 pub use net::{Data, Weights};
 pub use scalar::{Dtype, Real};
 pub use shape::Shape;
-pub use step::{Exchange, Gradients, LearningRates, NoExchange, Plan, StepMode, Workspace};
+pub use step::{Exchange, Gradients, LearningRates, NoExchange, Plan, Step, StepMode, Update};
 pub use train::{Loss, RunStats, Trainer};

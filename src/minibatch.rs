@@ -43,6 +43,30 @@ pub enum Reader {
     Ahead,
 }
 
+/// How a run asks for its batches to be read: what `--reader` takes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReaderChoice {
+    /// Inline when the data fits in half the memory available, else ahead
+    /// ([`Reader::auto`]).
+    #[default]
+    Auto,
+    /// By every thread, before each step.
+    Inline,
+    /// By a reader thread, while the steps before run.
+    Ahead,
+}
+
+impl ReaderChoice {
+    /// The reader for `data`.
+    pub fn resolve(self, data: &Dataset) -> Reader {
+        match self {
+            ReaderChoice::Auto => Reader::auto(data),
+            ReaderChoice::Inline => Reader::Inline,
+            ReaderChoice::Ahead => Reader::Ahead,
+        }
+    }
+}
+
 impl Reader {
     /// Inline when the dataset's files take at most half the memory
     /// available (they stay in the page cache), ahead otherwise.
@@ -53,7 +77,7 @@ impl Reader {
             .filter_map(|f| std::fs::metadata(f).ok())
             .map(|m| m.len())
             .sum();
-        if bytes <= crate::shape::available_memory_bytes() / 2 {
+        if bytes <= crate::machine::available_memory_bytes() / 2 {
             Reader::Inline
         } else {
             Reader::Ahead

@@ -526,7 +526,7 @@ pub fn load_weights_file<F: Real>(path: &Path) -> Result<Weights<F>> {
     let mut zip = open_zip(path)?;
     let (e1, e2) = weight_entries(path, &mut zip)?;
     let elems = (e1.dims.0 * e1.dims.1 + e2.dims.0 * e2.dims.1) as u128;
-    let available = crate::shape::available_memory_bytes() as u128;
+    let available = crate::machine::available_memory_bytes() as u128;
     if elems * F::DTYPE.size() as u128 > available {
         return Err(Error::read(path, "the weights do not fit in memory"));
     }

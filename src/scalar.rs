@@ -2,8 +2,13 @@
 
 use std::fmt;
 
-/// The element type of a run, as chosen on the command line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// The element type of a run, as chosen on the command line. Its names
+/// (`f32`, `f64`) are the command line's, the checkpoint header's and the
+/// reports'.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Dtype {
     /// IEEE single precision.
     F32,

@@ -109,7 +109,7 @@ impl Shape {
     /// shape in `dtype` would not fit in the memory available now. Call
     /// before allocating.
     pub fn check_bytes_fit(&self, needed: u128, dtype: Dtype) -> Result<()> {
-        let available = available_memory_bytes();
+        let available = crate::machine::available_memory_bytes();
         if needed > available as u128 {
             return Err(Error::OutOfMemory {
                 what: format!("training shape {self} in {dtype}"),
@@ -129,58 +129,6 @@ impl fmt::Display for Shape {
             self.n, self.d_in, self.hidden, self.d_out
         )
     }
-}
-
-/// Bytes of memory this process may still allocate: the smaller of the
-/// kernel's `MemAvailable` and the cgroup's remaining limit. Where neither
-/// can be read, `u64::MAX` (no check).
-pub fn available_memory_bytes() -> u64 {
-    let mut avail = u64::MAX;
-    if let Ok(meminfo) = std::fs::read_to_string("/proc/meminfo") {
-        for line in meminfo.lines() {
-            if let Some(rest) = line.strip_prefix("MemAvailable:") {
-                let kb = rest.trim().trim_end_matches("kB").trim();
-                if let Ok(kb) = kb.parse::<u64>() {
-                    avail = avail.min(kb.saturating_mul(1024));
-                }
-            }
-        }
-    }
-    let limit = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok());
-    let used = std::fs::read_to_string("/sys/fs/cgroup/memory.current")
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok());
-    if let (Some(limit), Some(used)) = (limit, used) {
-        avail = avail.min(limit.saturating_sub(used));
-    }
-    avail
-}
-
-/// The most resident memory this process has held so far (Linux's
-/// `VmHWM`), when the system reports it.
-pub fn peak_rss_bytes() -> Option<u64> {
-    status_bytes("VmHWM:")
-}
-
-/// The memory this process holds now (Linux's `VmRSS`), when the system
-/// reports it.
-pub fn resident_bytes() -> Option<u64> {
-    status_bytes("VmRSS:")
-}
-
-/// A `kB` line of /proc/self/status, in bytes.
-fn status_bytes(key: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with(key))?;
-    let kb: u64 = line[key.len()..]
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
 }
 
 #[cfg(test)]

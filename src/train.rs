@@ -6,9 +6,7 @@ use crate::error::{Error, Result};
 use crate::net::{checked_shape, Data, Weights};
 use crate::scalar::Real;
 use crate::shape::Shape;
-use crate::step::{
-    self, Dual, Exchange, Form, Gradients, LearningRates, Plan, StepMode, Workspace,
-};
+use crate::step::{self, Exchange, Form, LearningRates, Plan, Step, StepMode, Update};
 use ndarray::Array2;
 use std::cell::OnceCell;
 use std::ops::ControlFlow;
@@ -144,9 +142,11 @@ impl LossHistory {
 pub struct Trainer<F> {
     shape: Shape,
     data: Data<F>,
+    /// The weights; in the dual form w1 holds w1_0 and stays as it is,
+    /// and the current w1 = w1_0 + xᵀ·C is formed when read.
     weights: Weights<F>,
-    ws: Workspace<F>,
-    grads: Option<Gradients<F>>,
+    /// The step, in the run's form, with all its buffers.
+    step: Step<F>,
     /// The learning rates as given, in the units of `loss`.
     lr: LearningRates,
     /// What the step applies: `lr` for the sum, `lr / (N·D_out)` for the
@@ -156,17 +156,25 @@ pub struct Trainer<F> {
     /// What a step's sum of squares is multiplied by to give `loss`.
     loss_scale: f64,
     losses: LossHistory,
-    /// The dual form's state, when the trainer runs it
-    /// ([`step::dual`]): then `weights.w1` holds w1_0 and stays as it is,
-    /// and the current w1 = w1_0 + xᵀ·C is formed when read.
-    dual: Option<Dual<F>>,
     /// The current weights formed from the dual state, when they have
     /// been read since the last step.
     formed: OnceCell<Weights<F>>,
 }
 
-/// The loss a run minimises and reports.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// The loss a run minimises and reports. Its names (`sum`, `mean`) are
+/// the command line's and the checkpoint header's.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Loss {
     /// Σ (y_pred − y)² over the batch: the reference's loss, and the
     /// default. Its gradient grows with the batch, so the learning rate
@@ -195,6 +203,12 @@ impl Loss {
             Loss::Sum => 1.0,
             Loss::Mean => 1.0 / (rows as f64 * d_out as f64),
         }
+    }
+}
+
+impl std::fmt::Display for Loss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -294,7 +308,6 @@ impl<F: Real> Trainer<F> {
         }
         let shape = checked_shape(&data, &weights)?;
         let plan = Plan::new(shape, F::DTYPE, rayon::current_num_threads(), mode);
-        plan.check_fits_memory(shape, F::DTYPE, mode)?;
         let standard = |a: ndarray::Array2<F>| {
             if a.is_standard_layout() {
                 a
@@ -314,19 +327,16 @@ impl<F: Real> Trainer<F> {
                 b2: b.b2.as_standard_layout().into_owned(),
             }),
         };
-        let grads = (mode == StepMode::Explicit).then(|| Gradients::zeros_for(&weights));
         Ok(Trainer {
             shape,
             data,
             weights,
-            ws: Workspace::with_plan(shape, plan),
-            grads,
+            step: Step::primal(shape, plan, mode)?,
             lr,
             step_lr: lr,
             loss: Loss::Sum,
             loss_scale: 1.0,
             losses: LossHistory::default(),
-            dual: None,
             formed: OnceCell::new(),
         })
     }
@@ -336,13 +346,7 @@ impl<F: Real> Trainer<F> {
     /// Fails when they would not fit in memory.
     pub fn with_plan(mut self, plan: Plan) -> Result<Self> {
         let mode = self.mode();
-        if plan.fused_gemm_update && mode == StepMode::Explicit {
-            return Err(Error::invalid(
-                "a plan with the update in the GEMMs needs the fused mode",
-            ));
-        }
-        plan.check_fits_memory(self.shape, F::DTYPE, mode)?;
-        self.ws = Workspace::with_plan(self.shape, plan);
+        self.step = Step::primal(self.shape, plan, mode)?;
         Ok(self)
     }
 
@@ -361,30 +365,29 @@ impl<F: Real> Trainer<F> {
     /// coefficients C (N×H) of a checkpoint: the weights given to the
     /// trainer must then be w1_0 and w2, so that w1 = w1_0 + xᵀ·C.
     pub fn with_dual_coef(mut self, coef: Option<Array2<F>>) -> Result<Self> {
-        if self.grads.is_some() {
+        if self.mode() == StepMode::Explicit {
             return Err(Error::invalid(
                 "the dual form applies its update itself: explicit gradients need the primal form",
             ));
         }
         let threads = rayon::current_num_threads();
-        self.dual = Some(Dual::new(&self.data, &self.weights.w1, coef, threads)?);
+        let plan = self.step.plan();
+        // The primal buffers are not needed in the dual form: freed here.
+        self.step = Step::dual(&self.data, &self.weights.w1, coef, threads)?;
+        debug_assert_eq!(self.step.plan(), plan);
         self.formed = OnceCell::new();
         Ok(self)
     }
 
     /// The form the step runs in.
     pub fn form(&self) -> Form {
-        if self.dual.is_some() {
-            Form::Dual
-        } else {
-            Form::Primal
-        }
+        self.step.form()
     }
 
     /// In the dual form, w1_0 and C (w1 = w1_0 + xᵀ·C): what a checkpoint
     /// keeps to continue the run bit for bit.
     pub fn dual_parts(&self) -> Option<(&Array2<F>, &Array2<F>)> {
-        self.dual.as_ref().map(|d| (&self.weights.w1, d.coef()))
+        self.step.dual_coef().map(|c| (&self.weights.w1, c))
     }
 
     /// Minimises and reports `loss` instead of the sum: with
@@ -424,11 +427,11 @@ impl<F: Real> Trainer<F> {
     /// The weights as they are now. In the dual form w1 is formed (and
     /// allocated) at the first read after a step.
     pub fn weights(&self) -> &Weights<F> {
-        match &self.dual {
-            None => &self.weights,
-            Some(d) => self.formed.get_or_init(|| {
+        match self.step.form() {
+            Form::Primal => &self.weights,
+            Form::Dual => self.formed.get_or_init(|| {
                 let mut w1 = Array2::zeros(self.weights.w1.dim());
-                d.w1_into(&self.data.x, &self.weights.w1, &mut w1);
+                self.step.w1_into(&self.data.x, &self.weights.w1, &mut w1);
                 Weights {
                     w1,
                     w2: self.weights.w2.clone(),
@@ -445,7 +448,7 @@ impl<F: Real> Trainer<F> {
 
     /// Takes the weights out, ending the trainer.
     pub fn into_weights(mut self) -> Weights<F> {
-        if self.dual.is_some() {
+        if self.step.form() == Form::Dual {
             self.weights();
             return self.formed.take().expect("formed just now");
         }
@@ -521,54 +524,34 @@ impl<F: Real> Trainer<F> {
     /// weights stay the last finite ones, and the error names the step.
     pub fn step(&mut self) -> Result<f64> {
         let t = self.losses.steps();
-        if let Some(d) = &mut self.dual {
-            // The weights formed before this step are stale (dropping
-            // them frees; nothing is allocated).
-            self.formed.take();
-            let loss = d.step(
-                &self.data.y,
-                &mut self.weights.w2,
-                self.weights.biases.as_mut(),
-                self.step_lr,
-            );
-            return self.finish_step(t, loss);
-        }
+        // In the dual form, the weights formed before this step are stale
+        // (dropping them frees; nothing is allocated).
+        self.formed.take();
         // The step leaves the weights alone when its loss is not finite.
-        let loss = step::update(
-            &mut self.ws,
+        let loss = self.step.run(
             &self.data,
             &mut self.weights,
-            self.grads.as_mut(),
             self.step_lr,
+            Update::Sgd,
             &mut step::NoProbe,
-        );
+        )?;
         self.finish_step(t, loss)
     }
 
     /// [`Trainer::step`] whose gradients and loss are summed through
-    /// `exchange` while they are computed ([`step::gradients_exchanged`],
-    /// g_w1's sum started in `pieces` parts): data-parallel training sums
-    /// them over every process there, and every process then applies the
-    /// same update. Needs [`StepMode::Explicit`].
+    /// `exchange` while they are computed ([`Update::Exchanged`], g_w1's
+    /// sum started in `pieces` parts): data-parallel training sums them
+    /// over every process there, and every process then applies the same
+    /// update. Needs [`StepMode::Explicit`] and the primal form.
     pub fn step_exchanged(&mut self, exchange: &mut dyn Exchange<F>, pieces: usize) -> Result<f64> {
         let t = self.losses.steps();
-        if self.dual.is_some() {
-            return Err(Error::invalid(
-                "a step summed across processes needs the primal form",
-            ));
-        }
-        let g = self.grads.as_mut().ok_or_else(|| {
-            Error::invalid("a step summed across processes needs explicit gradients")
-        })?;
-        let loss = step::update_exchanged(
-            &mut self.ws,
+        let loss = self.step.run(
             &self.data,
             &mut self.weights,
-            g,
-            exchange,
-            pieces,
             self.step_lr,
-        );
+            Update::Exchanged { exchange, pieces },
+            &mut step::NoProbe,
+        )?;
         self.finish_step(t, loss)
     }
 
@@ -583,7 +566,7 @@ impl<F: Real> Trainer<F> {
 
     /// How the step divides its work.
     pub fn plan(&self) -> Plan {
-        self.ws.plan()
+        self.step.plan()
     }
 
     /// Reserves room in the loss history for `steps` more steps, so that
@@ -625,23 +608,34 @@ impl<F: Real> Trainer<F> {
         mut next_batch: impl FnMut(&mut Data<F>, usize) -> Result<()> + Send,
         mut on_step: impl FnMut(&Self, usize, f64) -> ControlFlow<()> + Send,
     ) -> Result<RunStats> {
+        // On a thread of rayon's pool (see `run`).
+        rayon::scope(|_| self.run_loop(steps, &mut next_batch, &mut on_step, &mut |t| t.step()))
+    }
+
+    /// The loop every run goes through: `next_batch`, then `step`, then
+    /// `on_step` (timed apart, as outputs), until `steps` steps have run or
+    /// `on_step` breaks.
+    fn run_loop(
+        &mut self,
+        steps: usize,
+        next_batch: &mut dyn FnMut(&mut Data<F>, usize) -> Result<()>,
+        on_step: &mut dyn FnMut(&Self, usize, f64) -> ControlFlow<()>,
+        step: &mut dyn FnMut(&mut Self) -> Result<f64>,
+    ) -> Result<RunStats> {
         self.reserve(steps);
         let mut clock = LoopClock::start();
         let mut done = 0;
         let dims = (self.data.x.dim(), self.data.y.dim());
-        rayon::scope(|_| {
-            while done < steps {
-                let t = self.losses.steps();
-                next_batch(&mut self.data, t)?;
-                self.check_batch(dims)?;
-                let loss = self.step()?;
-                done += 1;
-                if clock.outputs(|| on_step(self, t, loss)).is_break() {
-                    break;
-                }
+        while done < steps {
+            let t = self.losses.steps();
+            next_batch(&mut self.data, t)?;
+            self.check_batch(dims)?;
+            let loss = step(self)?;
+            done += 1;
+            if clock.outputs(|| on_step(self, t, loss)).is_break() {
+                break;
             }
-            Ok::<(), Error>(())
-        })?;
+        }
         Ok(clock.stats(done))
     }
 
@@ -669,21 +663,9 @@ impl<F: Real> Trainer<F> {
         mut next_batch: impl FnMut(&mut Data<F>, usize) -> Result<()>,
         mut on_step: impl FnMut(&Self, usize, f64) -> ControlFlow<()>,
     ) -> Result<RunStats> {
-        self.reserve(steps);
-        let mut clock = LoopClock::start();
-        let mut done = 0;
-        let dims = (self.data.x.dim(), self.data.y.dim());
-        while done < steps {
-            let t = self.losses.steps();
-            next_batch(&mut self.data, t)?;
-            self.check_batch(dims)?;
-            let loss = self.step_exchanged(exchange, pieces)?;
-            done += 1;
-            if clock.outputs(|| on_step(self, t, loss)).is_break() {
-                break;
-            }
-        }
-        Ok(clock.stats(done))
+        self.run_loop(steps, &mut next_batch, &mut on_step, &mut |t| {
+            t.step_exchanged(exchange, pieces)
+        })
     }
 
     /// Fails when a batch swapped in changed the shape or layout.
@@ -721,11 +703,7 @@ impl<F: Real> Trainer<F> {
 
     /// How the update is applied.
     pub fn mode(&self) -> StepMode {
-        if self.grads.is_some() {
-            StepMode::Explicit
-        } else {
-            StepMode::Fused
-        }
+        self.step.mode()
     }
 }
 

@@ -9,7 +9,7 @@ mod common;
 use common::{as_f64, loop_step_biased, max_rel_diff, to_f64};
 use ndarray::Array1;
 use twolayer::net::Biases;
-use twolayer::step::{self, Form, Gradients, LearningRates, NoExchange, Plan, Workspace};
+use twolayer::step::{Form, Gradients, LearningRates, NoExchange, NoProbe, Plan, Step, Update};
 use twolayer::{Data, Real, Shape, StepMode, Trainer, Weights};
 
 /// See step_correctness.rs: bit-level checks need the same OpenBLAS
@@ -36,8 +36,19 @@ fn biased<F: Real>(shape: Shape, seed: u64) -> Weights<F> {
 
 fn loss_of(data: &Data<f64>, w: &Weights<f64>) -> f64 {
     let shape = twolayer::net::checked_shape(data, w).unwrap();
-    let mut ws = Workspace::new(shape, 1, StepMode::Explicit);
-    step::gradients(&mut ws, data, w, &mut Gradients::zeros_for(w))
+    let mut step = Step::planned(shape, 1, StepMode::Explicit).unwrap();
+    grads_of(&mut step, data, w).0
+}
+
+/// The gradients at `w` through `step`, handed back, and the loss.
+fn grads_of<F: Real>(step: &mut Step<F>, data: &Data<F>, w: &Weights<F>) -> (f64, Gradients<F>) {
+    let mut g = Gradients::zeros_for(w);
+    let mut w = w.clone();
+    let lr = LearningRates::uniform(0.0);
+    let loss = step
+        .run(data, &mut w, lr, Update::Gradients(&mut g), &mut NoProbe)
+        .unwrap();
+    (loss, g)
 }
 
 #[test]
@@ -55,9 +66,8 @@ fn bias_gradients_match_finite_differences() {
             blas_threads: 1,
             fused_gemm_update: false,
         };
-        let mut ws = Workspace::with_plan(shape, plan);
-        let mut g = Gradients::zeros_for(&w);
-        step::gradients(&mut ws, &data, &w, &mut g);
+        let mut step = Step::primal(shape, plan, StepMode::Explicit).unwrap();
+        let (_, g) = grads_of(&mut step, &data, &w);
         let gb = g.biases.as_ref().expect("bias gradients");
         for (which, analytic) in [(1, &gb.b1), (2, &gb.b2)] {
             let mut worst = 0.0f64;
@@ -110,19 +120,14 @@ fn against_loops<F: Real>(shape: Shape, steps: usize, how: How, lr: LearningRate
             })
         }
         How::Exchanged { pieces } => {
-            let mut ws = Workspace::<F>::new(shape, 2, StepMode::Explicit);
-            let mut g = Gradients::zeros_for(&w);
+            let mut step = Step::<F>::planned(shape, 2, StepMode::Explicit).unwrap();
             let mut w = w.clone();
             Box::new(move || {
-                let l = step::update_exchanged(
-                    &mut ws,
-                    &data,
-                    &mut w,
-                    &mut g,
-                    &mut NoExchange,
+                let update = Update::Exchanged {
+                    exchange: &mut NoExchange,
                     pieces,
-                    lr,
-                );
+                };
+                let l = step.run(&data, &mut w, lr, update, &mut NoProbe).unwrap();
                 (l, w.clone())
             })
         }

@@ -9,6 +9,7 @@
 
 use std::ffi::{c_int, c_void};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use twolayer::step::{NoProbe, Step, Update};
 use twolayer::{Data, LearningRates, Real, Shape, StepMode, Trainer, Weights};
 
 static DGEMM: AtomicUsize = AtomicUsize::new(0);
@@ -142,20 +143,23 @@ fn all_five_products_go_to_cblas() {
         let blocks: usize = (0..shards)
             .map(|i| plan.shard_rows(shape.n, i).len().div_ceil(128))
             .sum();
-        let mut ws = twolayer::Workspace::with_plan(shape, plan);
+        let mut step = Step::primal(shape, plan, StepMode::Explicit).unwrap();
         let data = Data::<f64>::random(shape, 1);
-        let w = Weights::random(shape, 2);
-        let mut g = twolayer::Gradients::zeros(shape);
+        let mut w = Weights::random(shape, 2);
         for pieces in [1, 4, 8] {
             let before = DGEMM.load(Ordering::SeqCst);
-            twolayer::step::gradients_exchanged(
-                &mut ws,
-                &data,
-                &w,
-                &mut g,
-                &mut twolayer::NoExchange,
+            let update = Update::Exchanged {
+                exchange: &mut twolayer::NoExchange,
                 pieces,
-            );
+            };
+            step.run(
+                &data,
+                &mut w,
+                LearningRates::uniform(0.0),
+                update,
+                &mut NoProbe,
+            )
+            .unwrap();
             let pieces = pieces.min(shape.d_in);
             assert_eq!(
                 DGEMM.load(Ordering::SeqCst) - before,
@@ -173,11 +177,13 @@ fn all_five_products_go_to_cblas() {
         blas_threads: 1,
         fused_gemm_update: true,
     };
-    let mut ws = twolayer::Workspace::with_plan(shape, plan);
+    let mut step = Step::primal(shape, plan, StepMode::Fused).unwrap();
     let data = Data::<f64>::random(shape, 1);
     let mut w = Weights::random(shape, 2);
     let before = DGEMM.load(Ordering::SeqCst);
-    twolayer::step::step(&mut ws, &data, &mut w, LearningRates { w1: 0.0, w2: 1e-6 });
+    let lr = LearningRates { w1: 0.0, w2: 1e-6 };
+    step.run(&data, &mut w, lr, Update::Sgd, &mut NoProbe)
+        .unwrap();
     assert_eq!(DGEMM.load(Ordering::SeqCst) - before, 4);
 
     // The benchmarks' "GEMMs alone" are the step's own calls: the same
@@ -188,7 +194,7 @@ fn all_five_products_go_to_cblas() {
         Shape::new(64, 600, 512, 10).unwrap(),
     ] {
         for mode in [StepMode::Fused, StepMode::Explicit] {
-            let mut ws = twolayer::Workspace::<f64>::new(shape, 2, mode);
+            let mut step = Step::<f64>::planned(shape, 2, mode).unwrap();
             let data = Data::<f64>::random(shape, 1);
             let mut w = Weights::random(shape, 2);
             let lr = LearningRates::uniform(1e-9);
@@ -201,18 +207,15 @@ fn all_five_products_go_to_cblas() {
                 log.sort();
                 log
             };
-            let step_calls = match mode {
-                StepMode::Fused => calls(&mut || {
-                    twolayer::step::step(&mut ws, &data, &mut w, lr);
-                }),
-                StepMode::Explicit => {
-                    let mut g = twolayer::Gradients::zeros(shape);
-                    calls(&mut || {
-                        twolayer::step::gradients(&mut ws, &data, &w, &mut g);
-                    })
-                }
-            };
-            let gemm_calls = calls(&mut || twolayer::step::gemms_only(&mut ws, &data, &mut w, lr));
+            // In either mode (explicit: gradients, then the update pass).
+            let step_calls = calls(&mut || {
+                step.run(&data, &mut w, lr, Update::Sgd, &mut NoProbe)
+                    .unwrap();
+            });
+            let gemm_calls = calls(&mut || {
+                step.run(&data, &mut w, lr, Update::GemmsOnly, &mut NoProbe)
+                    .unwrap();
+            });
             assert!(!step_calls.is_empty());
             assert_eq!(step_calls, gemm_calls, "{shape} {mode:?}");
         }

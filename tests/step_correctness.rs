@@ -5,7 +5,7 @@ mod common;
 
 use common::{as_f64, loop_step, max_rel_diff, to_f64};
 use ndarray::Array2;
-use twolayer::step::{self, Gradients, LearningRates, NoExchange, Plan, Workspace};
+use twolayer::step::{Gradients, LearningRates, NoExchange, NoProbe, Plan, Step, Update};
 use twolayer::{Data, Real, Shape, StepMode, Trainer, Weights};
 
 /// OpenBLAS keeps one thread count for the whole process, and each step
@@ -22,8 +22,28 @@ fn blas_lock() -> std::sync::MutexGuard<'static, ()> {
 /// loss(w1, w2) alone, through the library's step.
 fn loss_of(data: &Data<f64>, w: &Weights<f64>) -> f64 {
     let shape = twolayer::net::checked_shape(data, w).unwrap();
-    let mut ws = Workspace::new(shape, 1, StepMode::Explicit);
-    step::gradients(&mut ws, data, w, &mut Gradients::zeros(shape))
+    let mut step = Step::planned(shape, 1, StepMode::Explicit).unwrap();
+    let mut w = w.clone();
+    let mut g = Gradients::zeros(shape);
+    step.run(
+        data,
+        &mut w,
+        LearningRates::uniform(0.0),
+        Update::Gradients(&mut g),
+        &mut NoProbe,
+    )
+    .unwrap()
+}
+
+/// The gradients at `w` through `step`, and the loss.
+fn grads_of<F: Real>(step: &mut Step<F>, data: &Data<F>, w: &Weights<F>) -> (f64, Gradients<F>) {
+    let mut g = Gradients::zeros(step.shape());
+    let mut w = w.clone();
+    let lr = LearningRates::uniform(0.0);
+    let loss = step
+        .run(data, &mut w, lr, Update::Gradients(&mut g), &mut NoProbe)
+        .unwrap();
+    (loss, g)
 }
 
 #[test]
@@ -44,9 +64,8 @@ fn gradients_match_finite_differences() {
             blas_threads: 1,
             fused_gemm_update: false,
         };
-        let mut ws = Workspace::with_plan(shape, plan);
-        let mut g = Gradients::zeros(shape);
-        step::gradients(&mut ws, &data, &w, &mut g);
+        let mut step = Step::primal(shape, plan, StepMode::Explicit).unwrap();
+        let (_, g) = grads_of(&mut step, &data, &w);
 
         // Central differences, relative step; the loss is piecewise
         // quadratic, so away from ReLU kinks this is exact up to rounding.
@@ -105,16 +124,25 @@ fn blas_vs_loops<F: Real>(shape: Shape, steps: usize, plan: Plan, explicit: bool
     let mut w = Weights::<F>::random(shape, 8);
     let (d64, mut w64) = as_f64(&data, &w);
     let lr = LearningRates { w1: 1e-5, w2: 2e-5 };
-    let mut ws = Workspace::<F>::with_plan(shape, plan);
+    let mode = if explicit {
+        StepMode::Explicit
+    } else {
+        StepMode::Fused
+    };
+    let mut step = Step::<F>::primal(shape, plan, mode).unwrap();
     let mut g = Gradients::<F>::zeros(shape);
     let mut worst_loss = 0.0f64;
     for _ in 0..steps {
         let ours = if explicit {
-            let loss = step::gradients(&mut ws, &data, &w, &mut g);
-            step::apply_sgd(&mut w, &g, lr);
+            // Gradients handed back, then the one SGD update.
+            let loss = step
+                .run(&data, &mut w, lr, Update::Gradients(&mut g), &mut NoProbe)
+                .unwrap();
+            twolayer::step::apply_sgd(&mut w, &g, lr);
             loss
         } else {
-            step::step(&mut ws, &data, &mut w, lr)
+            step.run(&data, &mut w, lr, Update::Sgd, &mut NoProbe)
+                .unwrap()
         };
         let theirs = loop_step(&d64.x, &d64.y, &mut w64.w1, &mut w64.w2, lr.w1, lr.w2);
         worst_loss = worst_loss.max((ours - theirs).abs() / theirs.abs());
@@ -243,16 +271,27 @@ fn exchanged_gradients_equal_plain_ones_for_any_pieces() {
     fn check<F: Real>(shape: Shape, plan: Plan) {
         let data = Data::<F>::random(shape, 31);
         let w = Weights::<F>::random(shape, 32);
-        let mut ws = Workspace::with_plan(shape, plan);
-        let mut want = Gradients::zeros(shape);
-        let want_loss = step::gradients(&mut ws, &data, &w, &mut want);
+        let mut step = Step::primal(shape, plan, StepMode::Explicit).unwrap();
+        let (want_loss, want) = grads_of(&mut step, &data, &w);
+        let lr0 = LearningRates::uniform(0.0);
         for pieces in [1, 2, 3, 7, shape.d_in, shape.d_in + 5] {
-            let mut got = Gradients::zeros(shape);
-            // Stale values must not leak into the result.
-            got.w1.fill(F::from_f64(7.0));
-            got.w2.fill(F::from_f64(7.0));
-            let loss =
-                step::gradients_exchanged(&mut ws, &data, &w, &mut got, &mut NoExchange, pieces);
+            // Stale values must not leak into the result: the step's
+            // buffers first hold another point's gradients.
+            let mut other = Weights::<F>::random(shape, 33 + pieces as u64);
+            let exchange = &mut NoExchange;
+            let update = Update::Exchanged { exchange, pieces };
+            step.run(&data, &mut other, lr0, update, &mut NoProbe)
+                .unwrap();
+            let mut same = w.clone();
+            let update = Update::Exchanged { exchange, pieces };
+            let loss = step
+                .run(&data, &mut same, lr0, update, &mut NoProbe)
+                .unwrap();
+            // A rate of 0 leaves the weights as they were.
+            assert!(same == w);
+            let got = step
+                .gradients()
+                .expect("an explicit step keeps its gradients");
             // The loss and g_w2 come from the very same calls in both forms.
             assert_eq!(loss, want_loss, "{shape} {plan:?} pieces {pieces}");
             assert!(got.w2 == want.w2, "{shape} {plan:?} pieces {pieces}");

@@ -234,7 +234,7 @@ fn noisy_figures_are_flagged_and_clean_ones_are_not() {
     }
     // The dual form's rate is primal-equivalent: past 100% is no flag.
     let mut dual = p.clone();
-    dual.form = "dual".into();
+    dual.form = twolayer::step::Form::Dual;
     dual.peak_fraction = 12.0;
     assert!(point_warnings(&dual).is_empty());
 }
@@ -615,7 +615,7 @@ fn a_sweep_times_the_form_train_runs_unless_told() {
         let r = Report::read(&out.join("report.json")).unwrap();
         r.points
             .iter()
-            .map(|p| (p.n, p.form.clone(), p.plan.is_some()))
+            .map(|p| (p.n, p.form.name().to_string(), p.plan.is_some()))
             .collect::<Vec<_>>()
     };
     let auto = sweep(None, &dir.path().join("auto"));

@@ -312,3 +312,42 @@ fn a_wisdom_plan_over_the_thread_budget_is_not_run() {
     assert!(shards * blas <= 2, "{j}");
     assert_eq!(j["plan_source"], "the built-in rule", "{j}");
 }
+
+#[test]
+fn tune_plans_the_form_train_runs() {
+    // At (64, 1000, 20, 3) `twolayer train` runs the dual form, which has
+    // no shards or blocks: tune says so and writes no primal plan that
+    // train would never read; asked for the primal form, it plans it.
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("w.json");
+    let shape = [
+        "--n", "64", "--d-in", "1000", "--hidden", "20", "--d-out", "3",
+    ];
+    let o = bin()
+        .args(["tune", "--wisdom", s(&w), "--threads", "2"])
+        .args(shape)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        text.contains("not tuned") && text.contains("dual form"),
+        "{text}"
+    );
+    assert!(Wisdom::read_or_empty(&w).unwrap().entries.is_empty());
+    let o = bin()
+        .args([
+            "tune",
+            "--wisdom",
+            s(&w),
+            "--threads",
+            "2",
+            "--form",
+            "primal",
+        ])
+        .args(shape)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(Wisdom::read(&w).unwrap().entries.len(), 1);
+}

@@ -43,17 +43,17 @@
 //! not positive and finite, too few samples, and (unless allowed) reports
 //! from different environments, whose differences are listed.
 
+pub use super::grid::ThresholdRule;
+pub use super::report::PointId;
 use super::report::{PointReport, Report};
 use crate::error::{Error, Result};
-use rand::{RngExt, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use crate::scalar::Dtype;
+use crate::stats::{bootstrap, median, PointSamples};
+use crate::step::StepMode;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-
-/// Bootstrap resamples.
-pub const RESAMPLES: usize = 2000;
 
 /// What the gate concluded about one point (or about all of them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -159,46 +159,6 @@ pub struct Options {
     pub strict_points: bool,
 }
 
-/// A threshold of its own for the points it matches: every field given
-/// must agree with the point (fields left out match anything).
-///
-/// ```toml
-/// [[gate.point]]
-/// n = 64
-/// dtype = "f64"
-/// max_slowdown = 0.15
-/// ```
-#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ThresholdRule {
-    /// Batch size N.
-    pub n: Option<usize>,
-    /// D_in.
-    pub d_in: Option<usize>,
-    /// H.
-    pub hidden: Option<usize>,
-    /// D_out.
-    pub d_out: Option<usize>,
-    /// `f32` or `f64`.
-    pub dtype: Option<String>,
-    /// Thread budget.
-    pub threads: Option<usize>,
-    /// The slowdown that fails these points (0.15 = 15%).
-    pub max_slowdown: f64,
-}
-
-impl ThresholdRule {
-    /// Whether the rule applies to `p`.
-    pub fn matches(&self, p: &PointId) -> bool {
-        self.n.is_none_or(|v| v == p.n)
-            && self.d_in.is_none_or(|v| v == p.d_in)
-            && self.hidden.is_none_or(|v| v == p.hidden)
-            && self.d_out.is_none_or(|v| v == p.d_out)
-            && self.dtype.as_ref().is_none_or(|v| *v == p.dtype)
-            && self.threads.is_none_or(|v| v == p.threads)
-    }
-}
-
 /// A threshold as a fraction strictly between 0 and 1, or the error that
 /// says what `what` should be.
 fn check_threshold(t: f64, what: &str) -> Result<()> {
@@ -208,45 +168,6 @@ fn check_threshold(t: f64, what: &str) -> Result<()> {
         Err(Error::invalid(format!(
             "{what} must be a fraction between 0 and 1 (0.1 = 10%), got {t}"
         )))
-    }
-}
-
-/// A point's parameters, as fields for machines.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct PointId {
-    /// Batch size N.
-    pub n: usize,
-    /// D_in.
-    pub d_in: usize,
-    /// H.
-    pub hidden: usize,
-    /// D_out.
-    pub d_out: usize,
-    /// `f32` or `f64`.
-    pub dtype: String,
-    /// Thread budget.
-    pub threads: usize,
-    /// `fused` or `explicit`.
-    pub step_mode: String,
-    /// MPI ranks (1 for one process).
-    pub ranks: usize,
-    /// `primal` or `dual`, as the baseline ran it.
-    pub form: String,
-}
-
-impl PointId {
-    fn of(p: &PointReport) -> PointId {
-        PointId {
-            n: p.n,
-            d_in: p.d_in,
-            hidden: p.hidden,
-            d_out: p.d_out,
-            dtype: p.dtype.clone(),
-            threads: p.threads,
-            step_mode: p.step_mode.clone(),
-            ranks: p.ranks(),
-            form: p.form.clone(),
-        }
     }
 }
 
@@ -342,7 +263,7 @@ impl Comparison {
 
 /// A point's key in one report, with the check that no report lists a
 /// point twice.
-type Key = (usize, usize, usize, usize, String, usize, String, usize);
+type Key = (usize, usize, usize, usize, Dtype, usize, StepMode, usize);
 
 fn index_points<'a>(r: &'a Report, path: &Path) -> Result<BTreeMap<Key, &'a PointReport>> {
     let mut map = BTreeMap::new();
@@ -487,168 +408,6 @@ pub fn env_differences(base: &Side, cur: &Side) -> Vec<EnvDifference> {
     out
 }
 
-/// The median of `v` (reordered), in time linear in its length.
-fn median_in_place(v: &mut [f64]) -> f64 {
-    let n = v.len();
-    assert!(n > 0, "median of nothing");
-    let (_, &mut hi, _) = v.select_nth_unstable_by(n / 2, f64::total_cmp);
-    if n % 2 == 1 {
-        hi
-    } else {
-        let lo = v[..n / 2].iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        0.5 * (lo + hi)
-    }
-}
-
-fn median_of(v: &[f64]) -> f64 {
-    median_in_place(&mut v.to_vec())
-}
-
-/// The statistic R from per-process medians.
-fn statistic(base: &[f64], cur: &[f64], paired: bool, scratch: &mut Vec<f64>) -> f64 {
-    scratch.clear();
-    if paired {
-        scratch.extend(base.iter().zip(cur).map(|(b, c)| c / b));
-        median_in_place(scratch)
-    } else {
-        scratch.extend_from_slice(cur);
-        let c = median_in_place(scratch);
-        scratch.clear();
-        scratch.extend_from_slice(base);
-        c / median_in_place(scratch)
-    }
-}
-
-/// The 2.5th and 97.5th percentiles of `v` (sorted in place).
-fn interval(v: &mut [f64]) -> (f64, f64) {
-    v.sort_by(f64::total_cmp);
-    (
-        super::report::percentile(v, 0.025),
-        super::report::percentile(v, 0.975),
-    )
-}
-
-/// One point's samples on both sides: `[side][process] → step samples`.
-struct PointSamples<'a> {
-    base: Vec<&'a [f64]>,
-    cur: Vec<&'a [f64]>,
-}
-
-/// Processes with more steps than this resample their median in its
-/// large-sample form (see [`Steps::resampled_median`]), so a comparison
-/// takes time linear in the samples however many there are.
-pub const EXACT_RESAMPLE_MAX: usize = 1000;
-
-/// One process's step times, ready to be resampled.
-struct Steps<'a> {
-    raw: &'a [f64],
-    /// Sorted copy, for processes above [`EXACT_RESAMPLE_MAX`] steps.
-    sorted: Vec<f64>,
-}
-
-impl<'a> Steps<'a> {
-    fn new(raw: &'a [f64]) -> Steps<'a> {
-        let mut sorted = Vec::new();
-        if raw.len() > EXACT_RESAMPLE_MAX {
-            sorted = raw.to_vec();
-            sorted.sort_by(f64::total_cmp);
-        }
-        Steps { raw, sorted }
-    }
-
-    /// The median of n steps drawn with replacement from these n. Up to
-    /// [`EXACT_RESAMPLE_MAX`] steps, drawn exactly (O(n)). Above, the
-    /// median of such a draw is the order statistic at the rank where the
-    /// count of draws at or below it reaches n/2; that count is binomial,
-    /// and for large n the rank is n/2 + (√n / 2)·Z with Z standard normal:
-    /// one normal draw and a look-up (O(1)).
-    fn resampled_median(&self, rng: &mut ChaCha8Rng, draw: &mut Vec<f64>) -> f64 {
-        let n = self.raw.len();
-        if self.sorted.is_empty() {
-            draw.clear();
-            draw.extend((0..n).map(|_| self.raw[rng.random_range(0..n)]));
-            median_in_place(draw)
-        } else {
-            let z: f64 = rng.sample(rand_distr::StandardNormal);
-            let rank = (0.5 * n as f64 + 0.5 * (n as f64).sqrt() * z).round();
-            self.sorted[(rank.max(0.0) as usize).min(n - 1)]
-        }
-    }
-}
-
-/// A statistic and its 95% interval.
-type Estimate = (f64, (f64, f64));
-
-/// The point estimates and hierarchical-bootstrap intervals of R for
-/// every point, and of their geometric mean.
-fn bootstrap(points: &[PointSamples], paired: bool) -> (Vec<Estimate>, Estimate) {
-    let mut scratch = Vec::new();
-    let estimate: Vec<f64> = points
-        .iter()
-        .map(|p| {
-            let b: Vec<f64> = p.base.iter().map(|s| median_of(s)).collect();
-            let c: Vec<f64> = p.cur.iter().map(|s| median_of(s)).collect();
-            statistic(&b, &c, paired, &mut scratch)
-        })
-        .collect();
-    let geo = |rs: &[f64]| (rs.iter().map(|r| r.ln()).sum::<f64>() / rs.len() as f64).exp();
-
-    let (kb, kc) = (points[0].base.len(), points[0].cur.len());
-    let prepared: Vec<(Vec<Steps>, Vec<Steps>)> = points
-        .iter()
-        .map(|p| {
-            (
-                p.base.iter().map(|s| Steps::new(s)).collect(),
-                p.cur.iter().map(|s| Steps::new(s)).collect(),
-            )
-        })
-        .collect();
-    let mut rng = ChaCha8Rng::seed_from_u64(0x0077_766c_6179_6572);
-    // Processes (pairs, when paired) drawn once per resample for all
-    // points: a slow process slows all of its points together.
-    let draws: Vec<(Vec<usize>, Vec<usize>)> = (0..RESAMPLES)
-        .map(|_| {
-            let ib: Vec<usize> = (0..kb).map(|_| rng.random_range(0..kb)).collect();
-            let ic = if paired {
-                ib.clone()
-            } else {
-                (0..kc).map(|_| rng.random_range(0..kc)).collect()
-            };
-            (ib, ic)
-        })
-        .collect();
-    // Point by point, every resample of it, its interval taken at once:
-    // memory O(RESAMPLES), not O(points × RESAMPLES) (1.6 GB at 100,000
-    // points, scattered writes that made the whole superlinear). The
-    // overall geometric mean of each resample is built up as a sum of
-    // logarithms over the points.
-    let (mut mb, mut mc) = (vec![0.0; kb], vec![0.0; kc]);
-    let mut draw = Vec::new();
-    let mut log_sum = vec![0.0; RESAMPLES];
-    let mut rs = Vec::with_capacity(RESAMPLES);
-    let points = prepared
-        .iter()
-        .zip(&estimate)
-        .map(|(p, &e)| {
-            rs.clear();
-            for ((ib, ic), acc) in draws.iter().zip(log_sum.iter_mut()) {
-                for (procs, idx, m) in [(&p.0, ib, &mut mb), (&p.1, ic, &mut mc)] {
-                    for (&i, m) in idx.iter().zip(m.iter_mut()) {
-                        *m = procs[i].resampled_median(&mut rng, &mut draw);
-                    }
-                }
-                let r = statistic(&mb, &mc, paired, &mut scratch);
-                *acc += r.ln();
-                rs.push(r);
-            }
-            (e, interval(&mut rs))
-        })
-        .collect();
-    let n = prepared.len() as f64;
-    let mut overall: Vec<f64> = log_sum.iter().map(|s| (s / n).exp()).collect();
-    (points, (geo(&estimate), interval(&mut overall)))
-}
-
 /// Compares two sides point by point. Fails (for exit status 2) when they
 /// cannot be compared: points on one side only or listed twice, different
 /// dtypes for the same shape, samples that are too few, not positive or
@@ -741,7 +500,7 @@ pub fn compare(base: &Side, cur: &Side, opts: Options) -> Result<Comparison> {
     let (stats, (g, gci)) = bootstrap(&samples, opts.paired);
 
     let diag = |maps: &[BTreeMap<Key, &PointReport>], k: &Key, f: &dyn Fn(&PointReport) -> f64| {
-        median_of(&maps.iter().map(|m| f(m[k])).collect::<Vec<_>>())
+        median(&maps.iter().map(|m| f(m[k])).collect::<Vec<_>>())
     };
     let points = want
         .iter()
@@ -758,8 +517,8 @@ pub fn compare(base: &Side, cur: &Side, opts: Options) -> Result<Comparison> {
             PointComparison {
                 label: format!("{} {} ×{}", p.shape_label(), p.dtype, p.threads),
                 point: id,
-                base_ms: diag(&bi, k, &|p| median_of(&p.ms_per_step.samples)),
-                current_ms: diag(&ci, k, &|p| median_of(&p.ms_per_step.samples)),
+                base_ms: diag(&bi, k, &|p| median(&p.ms_per_step.samples)),
+                current_ms: diag(&ci, k, &|p| median(&p.ms_per_step.samples)),
                 change,
                 ci: ci_,
                 verdict: Verdict::of(change, ci_, own),
@@ -808,8 +567,7 @@ fn missing(p: &PointReport, side: &str) -> Error {
 
 /// The GEMMs' rate as a fraction of the machine's square-GEMM rate.
 fn gemm_share(p: &PointReport) -> f64 {
-    let flops = 4.0 * (p.n * p.d_in * p.hidden) as f64 + 6.0 * (p.n * p.hidden * p.d_out) as f64;
-    flops / (p.gemm_ms * 1e-3) / 1e9 / p.machine_gemm_gflops
+    p.shape().flops_per_step() / (p.gemm_ms * 1e-3) / 1e9 / p.machine_gemm_gflops
 }
 
 fn pct(x: f64) -> String {
@@ -930,16 +688,6 @@ mod tests {
     }
 
     #[test]
-    fn median_in_linear_time_matches_sorting() {
-        for n in 1..40 {
-            let v: Vec<f64> = (0..n).map(|i| ((i * 7919) % 23) as f64).collect();
-            let mut s = v.clone();
-            s.sort_by(f64::total_cmp);
-            assert_eq!(median_of(&v), super::super::report::percentile(&s, 0.5));
-        }
-    }
-
-    #[test]
     fn a_clear_shift_is_found_and_no_shift_is_not() {
         for paired in [true, false] {
             let base: Vec<Vec<f64>> = (0..5).map(|k| noisy(1.0, 40, k)).collect();
@@ -966,40 +714,6 @@ mod tests {
             );
             assert_eq!(Verdict::of(e, ci, 0.1), Verdict::WithinNoise);
         }
-    }
-
-    #[test]
-    fn the_large_sample_median_resamples_like_the_exact_ones() {
-        // 4,000 steps, uniform in [1, 2): the spread of the bootstrap
-        // median, drawn exactly and in the large-sample form, agrees.
-        let raw: Vec<f64> = (0..4000u64)
-            .map(|i| 1.0 + ((i * 2_654_435_761) % 4000) as f64 / 4000.0)
-            .collect();
-        let mut rng = ChaCha8Rng::seed_from_u64(1);
-        let mut draw = Vec::new();
-        let spread = |steps: &Steps, rng: &mut ChaCha8Rng, draw: &mut Vec<f64>| {
-            let mut m: Vec<f64> = (0..2000)
-                .map(|_| steps.resampled_median(rng, draw))
-                .collect();
-            let (lo, hi) = interval(&mut m);
-            (median_of(&m), hi - lo)
-        };
-        let exact = Steps {
-            raw: &raw,
-            sorted: Vec::new(),
-        };
-        let fast = Steps::new(&raw);
-        assert!(!fast.sorted.is_empty());
-        let (c1, w1) = spread(&exact, &mut rng, &mut draw);
-        let (c2, w2) = spread(&fast, &mut rng, &mut draw);
-        assert!(
-            (c1 - 1.5).abs() < 0.01 && (c2 - 1.5).abs() < 0.01,
-            "{c1} {c2}"
-        );
-        assert!(
-            (w2 / w1 - 1.0).abs() < 0.2,
-            "exact width {w1}, large-sample {w2}"
-        );
     }
 
     #[test]

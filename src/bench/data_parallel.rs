@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::net::{Data, Weights};
 use crate::scalar::{Dtype, Real};
 use crate::shape::Shape;
-use crate::step::{self, Gradients, LearningRates, Plan, StepMode, Workspace};
+use crate::step::{Exchange, LearningRates, NoProbe, Plan, Step, StepMode, Update};
 use std::time::Instant;
 
 /// How the ranks sum their gradients.
@@ -175,32 +175,37 @@ fn measure<F: Real + mpi::traits::Equivalence>(
     };
     let mode = StepMode::Explicit;
     let plan = Plan::new(local, F::DTYPE, point.threads, mode);
-    plan.check_fits_memory(local, F::DTYPE, mode)?;
     let memory = MemoryWatch::start();
 
     // This rank's rows of the single-process data, and the same weights
     // everywhere.
     let data = Data::<F>::random_rows(shape, 0, rows.start, rows.len());
     let mut weights = Weights::<F>::random(shape, 0);
-    let mut ws = Workspace::<F>::with_plan(local, plan);
-    let mut grads = Gradients::<F>::zeros(shape);
+    let mut step = Step::<F>::primal(local, plan, mode)?;
     let lr = LearningRates::uniform(BENCH_LR);
     let mut exchange = cluster.exchange(how.overlap);
     let pieces = if how.overlap { how.pieces } else { 1 };
-    // The data-parallel step, as `mpirun … twolayer train` runs it.
-    let dp_step = |ws: &mut Workspace<F>,
-                   weights: &mut Weights<F>,
-                   grads: &mut Gradients<F>,
-                   exchange: &mut dyn step::Exchange<F>| {
-        step::update_exchanged(ws, &data, weights, grads, exchange, pieces, lr)
+    // The data-parallel step, as `mpirun … twolayer train` runs it, and
+    // the same step's GEMMs alone.
+    let dp_step = |step: &mut Step<F>, weights: &mut Weights<F>, exchange: &mut dyn Exchange<F>| {
+        step.run(
+            &data,
+            weights,
+            lr,
+            Update::Exchanged { exchange, pieces },
+            &mut NoProbe,
+        )
+    };
+    let gemms_only = |step: &mut Step<F>, weights: &mut Weights<F>| {
+        step.run(&data, weights, lr, Update::GemmsOnly, &mut NoProbe)
     };
 
     // Untimed steps: the data-parallel step, then the GEMMs alone.
     for _ in 0..timing.warmup {
-        dp_step(&mut ws, &mut weights, &mut grads, &mut exchange);
+        dp_step(&mut step, &mut weights, &mut exchange)?;
     }
     for _ in 0..timing.warmup.max(1) {
-        step::gemms_only(&mut ws, &data, &mut weights, lr);
+        gemms_only(&mut step, &mut weights)?;
     }
     exchange.reset_time();
 
@@ -211,9 +216,9 @@ fn measure<F: Real + mpi::traits::Equivalence>(
     while cluster.lead_decides(timed.wants_more(min_steps, budget_s)) {
         let before = exchange.busy_ms();
         let t0 = Instant::now();
-        let loss = dp_step(&mut ws, &mut weights, &mut grads, &mut exchange);
+        let loss = dp_step(&mut step, &mut weights, &mut exchange)?;
         let t1 = Instant::now();
-        step::gemms_only(&mut ws, &data, &mut weights, lr);
+        gemms_only(&mut step, &mut weights)?;
         std::hint::black_box(loss);
         timed.push(t0, t1, Instant::now());
         mpi_ms.push(exchange.busy_ms() - before);
@@ -229,13 +234,14 @@ fn measure<F: Real + mpi::traits::Equivalence>(
 
     // Phases of this rank's own rows (no exchange), every rank at once.
     let phases = phase_samples(step_ms.len(), |timer| {
-        step::update(&mut ws, &data, &mut weights, Some(&mut grads), lr, timer);
-    });
+        step.run(&data, &mut weights, lr, Update::Sgd, timer)
+            .map(drop)
+    })?;
     let (peak_rss, rss_growth) = memory.peak_and_growth();
     let peak_rss = cluster.sum(peak_rss as f64) as u64;
     let rss_growth = cluster.sum(rss_growth as f64) as u64;
     let workspace = cluster.sum(plan.training_bytes(local, F::DTYPE, mode) as f64) as u64;
-    drop((ws, data, grads));
+    drop((step, data));
 
     // Rank 0 alone on the whole batch, as one process would train it.
     let count = step_ms.len();
@@ -280,20 +286,20 @@ fn single_rank<F: Real>(
     budget_s: f64,
 ) -> Result<Vec<f64>> {
     let shape = point.shape;
-    let plan = Plan::new(shape, F::DTYPE, point.threads, StepMode::Fused);
-    plan.check_fits_memory(shape, F::DTYPE, StepMode::Fused)?;
+    let mut step = Step::<F>::planned(shape, point.threads, StepMode::Fused)?;
     let data = Data::<F>::random(shape, 0);
     let mut weights = Weights::<F>::random(shape, 0);
-    let mut ws = Workspace::<F>::with_plan(shape, plan);
     let lr = LearningRates::uniform(BENCH_LR);
+    let mut sgd =
+        |weights: &mut Weights<F>| step.run(&data, weights, lr, Update::Sgd, &mut NoProbe);
     for _ in 0..warmup {
-        step::step(&mut ws, &data, &mut weights, lr);
+        sgd(&mut weights)?;
     }
     let mut out = Vec::with_capacity(count);
     let mut spent = 0.0;
     while out.len() < count.max(1) && (spent < budget_s || out.len() < count.div_ceil(10).max(3)) {
         let t = Instant::now();
-        std::hint::black_box(step::step(&mut ws, &data, &mut weights, lr));
+        std::hint::black_box(sgd(&mut weights)?);
         let dt = t.elapsed().as_secs_f64();
         spent += dt;
         out.push(dt * 1e3);

@@ -51,7 +51,7 @@ impl Env {
     /// Reads the environment now.
     pub fn capture() -> Env {
         Env {
-            cpu_model: cpu_model(),
+            cpu_model: crate::machine::cpu_model(),
             cores: crate::threads::available_cores(),
             openblas_version: blas::version(),
             openblas_config: blas::config(),
@@ -134,19 +134,6 @@ impl Env {
             ),
         ]
     }
-}
-
-/// The CPU model name from /proc/cpuinfo (`unknown` where it is not there).
-pub fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into())
 }
 
 /// The current time, UTC, as `YYYY-MM-DDTHH:MM:SSZ`.

@@ -6,42 +6,13 @@ use crate::error::{Error, Result};
 use crate::scalar::Dtype;
 use crate::shape::Shape;
 use crate::step::dual::Dual;
-use crate::step::{Form, Plan, StepMode};
+use crate::step::dual::TRAIN_DEFAULT_STEPS;
+use crate::step::{Form, FormChoice, Plan, StepMode};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-/// How long each point is measured.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Timing {
-    /// Untimed steps first (and as many GEMM-only rounds).
-    pub warmup: usize,
-    /// At least this many timed steps...
-    pub min_steps: usize,
-    /// ...and at least this many seconds of timed steps.
-    pub budget_s: f64,
-    /// Passes over the whole grid, each measuring every point for a share
-    /// of its steps and budget; the samples are pooled. Several rounds
-    /// spread a point's samples over the sweep, so a burst of noise on a
-    /// shared machine hits a fraction of every point instead of all of one.
-    #[serde(default = "one")]
-    pub rounds: usize,
-}
-
-fn one() -> usize {
-    1
-}
-
-impl Default for Timing {
-    fn default() -> Self {
-        Timing {
-            warmup: 3,
-            min_steps: 10,
-            budget_s: 1.0,
-            rounds: 1,
-        }
-    }
-}
+use super::report::PointId;
+pub use super::report::Timing;
 
 /// One point of a sweep.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -101,9 +72,9 @@ pub struct GridSpec {
     pub dtype: Option<Vec<String>>,
     /// Thread counts.
     pub threads: Option<Vec<usize>>,
-    /// The step's form: "auto" (the default: the form `twolayer train`
-    /// runs for each shape), "primal" or "dual".
-    pub form: Option<String>,
+    /// The step's form: auto (the default: the form `twolayer train`
+    /// runs for each shape), primal or dual.
+    pub form: Option<FormChoice>,
     /// Per-point timing.
     pub timing: Option<Timing>,
     /// The regression gate's thresholds (read by `twolayer compare
@@ -128,7 +99,7 @@ pub struct GateSpec {
     pub max_slowdown: Option<f64>,
     /// Per-point thresholds; a point takes the last that matches.
     #[serde(default)]
-    pub point: Vec<crate::bench::compare::ThresholdRule>,
+    pub point: Vec<ThresholdRule>,
 }
 
 /// The built-in grids.
@@ -301,19 +272,11 @@ impl GridSpec {
                 "timing needs min_steps ≥ 1, rounds ≥ 1 and a finite budget_s ≥ 0",
             ));
         }
-        let form_of = |shape: Shape| -> Result<Form> {
-            match self.form.as_deref().map(str::trim) {
-                None | Some("auto") if mode == StepMode::Explicit => Ok(Form::Primal),
-                None | Some("auto") => Ok(Form::as_train_runs(shape)),
-                Some("primal") => Ok(Form::Primal),
-                Some("dual") if mode == StepMode::Explicit => Err(Error::invalid(
-                    "form dual applies its update itself; it cannot run with --step-mode explicit",
-                )),
-                Some("dual") => Ok(Form::Dual),
-                Some(other) => Err(Error::invalid(format!(
-                    "unknown form '{other}' (auto, primal or dual)"
-                ))),
-            }
+        // As `twolayer train` runs the shape for its default steps.
+        let form_of = |shape: Shape| {
+            self.form
+                .unwrap_or_default()
+                .resolve(shape, TRAIN_DEFAULT_STEPS, mode)
         };
         let mut points = Vec::new();
         for &shape in &shapes {
@@ -335,6 +298,46 @@ impl GridSpec {
             }
         }
         Ok(Grid { points, timing })
+    }
+}
+
+/// A threshold of its own for the points it matches: every field given
+/// must agree with the point (fields left out match anything).
+///
+/// ```toml
+/// [[gate.point]]
+/// n = 64
+/// dtype = "f64"
+/// max_slowdown = 0.15
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdRule {
+    /// Batch size N.
+    pub n: Option<usize>,
+    /// D_in.
+    pub d_in: Option<usize>,
+    /// H.
+    pub hidden: Option<usize>,
+    /// D_out.
+    pub d_out: Option<usize>,
+    /// `f32` or `f64`.
+    pub dtype: Option<Dtype>,
+    /// Thread budget.
+    pub threads: Option<usize>,
+    /// The slowdown that fails these points (0.15 = 15%).
+    pub max_slowdown: f64,
+}
+
+impl ThresholdRule {
+    /// Whether the rule applies to `p`.
+    pub fn matches(&self, p: &PointId) -> bool {
+        self.n.is_none_or(|v| v == p.n)
+            && self.d_in.is_none_or(|v| v == p.d_in)
+            && self.hidden.is_none_or(|v| v == p.hidden)
+            && self.d_out.is_none_or(|v| v == p.d_out)
+            && self.dtype.is_none_or(|v| v == p.dtype)
+            && self.threads.is_none_or(|v| v == p.threads)
     }
 }
 
@@ -415,7 +418,7 @@ mod tests {
         // One thread and a small batch: the fused step keeps no gradient
         // buffers, the explicit one two sets of D_in×H. Weights of about
         // half the memory available fit fused and not explicit.
-        let avail = crate::shape::available_memory_bytes();
+        let avail = crate::machine::available_memory_bytes();
         if avail == u64::MAX {
             return; // no limit to check against on this system
         }

@@ -11,9 +11,7 @@ use crate::error::Result;
 use crate::net::{Data, Weights};
 use crate::scalar::{Dtype, Real};
 use crate::step::dual::Dual;
-use crate::step::{
-    self, Form, Gradients, LearningRates, Phase, Plan, PlanChoice, Probe, StepMode, Workspace,
-};
+use crate::step::{Form, LearningRates, Phase, Plan, PlanChoice, Probe, Step, StepMode, Update};
 use crate::tune::wisdom::PlanSource;
 use ndarray::linalg::general_mat_mul;
 use ndarray::Array2;
@@ -58,14 +56,15 @@ pub struct PhaseSamples {
 
 impl PhaseSamples {
     /// Times one instrumented step, which `step` runs with the timer.
-    pub(super) fn take(&mut self, step: impl FnOnce(&mut PhaseTimer)) {
+    pub(super) fn take<T>(&mut self, step: impl FnOnce(&mut PhaseTimer) -> T) -> T {
         let mut timer = PhaseTimer::start();
-        step(&mut timer);
+        let out = step(&mut timer);
         for (acc, v) in self.per_phase.iter_mut().zip(timer.ms) {
             acc.push(v);
         }
         self.total
             .push((timer.last - timer.start).as_secs_f64() * 1e3);
+        out
     }
 
     fn merge(&mut self, other: PhaseSamples) {
@@ -157,14 +156,10 @@ impl Samples {
             d_in: shape.d_in,
             hidden: shape.hidden,
             d_out: shape.d_out,
-            dtype: self.point.dtype.name().to_string(),
+            dtype: self.point.dtype,
             threads: self.point.threads,
-            step_mode: match self.mode {
-                StepMode::Fused => "fused",
-                StepMode::Explicit => "explicit",
-            }
-            .to_string(),
-            form: self.point.form.name().to_string(),
+            step_mode: self.mode,
+            form: self.point.form,
             steps_timed: steps.samples.len(),
             samples_per_s: shape.n as f64 / (steps.median * 1e-3),
             gflops,
@@ -217,7 +212,6 @@ fn measure<F: Real>(
     let min_steps = timing.min_steps.div_ceil(rounds);
     let budget_s = timing.budget_s / rounds as f64;
     let shape = point.shape;
-    let explicit = mode == StepMode::Explicit;
     let (plan, source) = match tuned {
         Some((choice, source)) => (choice.plan(shape, mode), source),
         None => (
@@ -232,21 +226,19 @@ fn measure<F: Real>(
     let mut weights = Weights::<F>::random(shape, 0);
     let lr = LearningRates::uniform(BENCH_LR);
 
-    // The step in the point's form, as the Trainer runs it: the primal
-    // step through the plan's workspace (fused or with explicit
-    // gradients), or the dual form's step on C.
-    let mut stepper = match point.form {
-        Form::Primal => Stepper::Primal {
-            ws: Workspace::<F>::with_plan(shape, plan),
-            grads: explicit.then(|| Gradients::<F>::zeros(shape)),
-        },
-        Form::Dual => Stepper::Dual(Dual::new(&data, &weights.w1, None, point.threads)?),
-    };
+    // The step in the point's form, built as the Trainer builds it (the
+    // primal step on the plan, fused or with explicit gradients, or the
+    // dual form's step on C), run through the same call.
+    let mut step = Step::<F>::new(point.form, &data, &weights, plan, mode)?;
+    let mut run =
+        |update: Update<'_, F>, w: &mut Weights<F>, probe: &mut (dyn FnMut(Phase) + Send)| {
+            step.run(&data, w, lr, update, &mut FnProbe(probe))
+        };
     for _ in 0..timing.warmup {
-        stepper.step(&data, &mut weights, lr, &mut |_| {});
+        run(Update::Sgd, &mut weights, &mut |_| {})?;
     }
     for _ in 0..timing.warmup.max(1) {
-        stepper.gemms_only(&data, &mut weights, lr);
+        run(Update::GemmsOnly, &mut weights, &mut |_| {})?;
     }
 
     // Step and GEMMs alone, interleaved sample by sample; after every
@@ -256,21 +248,17 @@ fn measure<F: Real>(
     let mut phases = PhaseSamples::default();
     while timed.wants_more(min_steps, budget_s) {
         let t0 = Instant::now();
-        let loss = stepper.step(&data, &mut weights, lr, &mut |_| {});
+        let loss = run(Update::Sgd, &mut weights, &mut |_| {})?;
         let t1 = Instant::now();
-        stepper.gemms_only(&data, &mut weights, lr);
+        run(Update::GemmsOnly, &mut weights, &mut |_| {})?;
         std::hint::black_box(loss);
         timed.push(t0, t1, Instant::now());
         if timed.step_ms.len() % 3 == 0 && phases.len() < MAX_PHASE_SAMPLES {
-            phases.take(|timer| {
-                stepper.step(&data, &mut weights, lr, &mut |p| timer.done(p));
-            });
+            phases.take(|timer| run(Update::Sgd, &mut weights, &mut |p| timer.done(p)))?;
         }
     }
     while phases.len() < MIN_PHASE_SAMPLES {
-        phases.take(|timer| {
-            stepper.step(&data, &mut weights, lr, &mut |p| timer.done(p));
-        });
+        phases.take(|timer| run(Update::Sgd, &mut weights, &mut |p| timer.done(p)))?;
     }
     let Interleaved {
         step_ms, gemm_ms, ..
@@ -293,50 +281,6 @@ fn measure<F: Real>(
         rss_growth_bytes,
         plan: (plan, source.to_string()),
     })
-}
-
-/// One step of a point in its form, with the buffers that form needs.
-enum Stepper<F> {
-    /// The primal step: the plan's workspace, and gradient buffers for
-    /// the explicit mode.
-    Primal {
-        ws: Workspace<F>,
-        grads: Option<Gradients<F>>,
-    },
-    /// The dual form's state (G, P, C and its buffers).
-    Dual(Dual<F>),
-}
-
-impl<F: Real> Stepper<F> {
-    /// One step, its phases reported to `probe`; returns the loss.
-    fn step(
-        &mut self,
-        data: &Data<F>,
-        w: &mut Weights<F>,
-        lr: LearningRates,
-        probe: &mut (dyn FnMut(Phase) + Send),
-    ) -> f64 {
-        match self {
-            Stepper::Primal { ws, grads } => {
-                step::update(ws, data, w, grads.as_mut(), lr, &mut FnProbe(probe))
-            }
-            Stepper::Dual(d) => d.step_probed(
-                &data.y,
-                &mut w.w2,
-                w.biases.as_mut(),
-                lr,
-                &mut FnProbe(probe),
-            ),
-        }
-    }
-
-    /// The same step's GEMMs alone.
-    fn gemms_only(&mut self, data: &Data<F>, w: &mut Weights<F>, lr: LearningRates) {
-        match self {
-            Stepper::Primal { ws, .. } => step::gemms_only(ws, data, w, lr),
-            Stepper::Dual(d) => d.gemms_only(&data.y, &mut w.w2, lr),
-        }
-    }
 }
 
 /// Fewest instrumented steps per point and round.
@@ -379,12 +323,15 @@ impl Interleaved {
 /// timer it is given. (The data-parallel sweep, whose timed steps
 /// exchange gradients, times its phases this way on each rank's own rows.)
 #[cfg(feature = "mpi")]
-pub(super) fn phase_samples(timed: usize, mut step: impl FnMut(&mut PhaseTimer)) -> PhaseSamples {
+pub(super) fn phase_samples(
+    timed: usize,
+    mut step: impl FnMut(&mut PhaseTimer) -> Result<()>,
+) -> Result<PhaseSamples> {
     let mut phases = PhaseSamples::default();
     for _ in 0..(timed / 3).clamp(MIN_PHASE_SAMPLES, MAX_PHASE_SAMPLES) {
-        phases.take(&mut step);
+        phases.take(&mut step)?;
     }
-    phases
+    Ok(phases)
 }
 
 /// Side of the square GEMM that measures the machine's GEMM rate.
@@ -446,7 +393,7 @@ impl MemoryWatch {
         unsafe {
             libc::malloc_trim(0);
         }
-        let resting = crate::shape::resident_bytes().unwrap_or(0);
+        let resting = crate::machine::resident_bytes().unwrap_or(0);
         let _ = std::fs::write("/proc/self/clear_refs", "5");
         MemoryWatch { resting }
     }
@@ -454,7 +401,7 @@ impl MemoryWatch {
     /// The peak RSS since [`MemoryWatch::start`], and how much it exceeds
     /// the resting RSS then (0 where the system does not say).
     pub(super) fn peak_and_growth(&self) -> (u64, u64) {
-        let peak = crate::shape::peak_rss_bytes().unwrap_or(0);
+        let peak = crate::machine::peak_rss_bytes().unwrap_or(0);
         (peak, peak.saturating_sub(self.resting))
     }
 }

@@ -14,5 +14,6 @@ pub mod grid;
 pub mod history;
 pub mod measure;
 pub mod quality;
+pub mod render;
 pub mod report;
 pub mod run;

@@ -1,6 +1,6 @@
-//! The sweep report: its versioned JSON schema (documented in
-//! docs/report-schema.md, machine-readable in docs/report-schema.json)
-//! and its CSV and Markdown renderings.
+//! The sweep report: its types and versioned JSON schema (documented in
+//! docs/report-schema.md, machine-readable in docs/report-schema.json).
+//! Its CSV, Markdown and chart renderings are in `render.rs`.
 //!
 //! Readers accept fields they do not know, so a newer writer's added
 //! metric never breaks an older reader or a committed baseline; fields
@@ -8,11 +8,12 @@
 //! version changes only for a change an older reader would misread.
 
 use super::env::Env;
-use super::grid::Timing;
-use crate::error::{human_bytes, Error, Result};
+use crate::error::{Error, Result};
 use crate::output::write_atomic;
+use crate::scalar::Dtype;
+use crate::stats::percentile;
+use crate::step::{Form, StepMode};
 use serde::{Deserialize, Serialize};
-use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::Path;
 
@@ -20,6 +21,79 @@ use std::path::Path;
 /// change an older reader would misread (a field removed, renamed or given
 /// another meaning); adding a field is not one.
 pub const SCHEMA_VERSION: u32 = 1;
+
+/// How long each point is measured.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timing {
+    /// Untimed steps first (and as many GEMM-only rounds).
+    pub warmup: usize,
+    /// At least this many timed steps...
+    pub min_steps: usize,
+    /// ...and at least this many seconds of timed steps.
+    pub budget_s: f64,
+    /// Passes over the whole grid, each measuring every point for a share
+    /// of its steps and budget; the samples are pooled. Several rounds
+    /// spread a point's samples over the sweep, so a burst of noise on a
+    /// shared machine hits a fraction of every point instead of all of one.
+    #[serde(default = "one_round")]
+    pub rounds: usize,
+}
+
+fn one_round() -> usize {
+    1
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            warmup: 3,
+            min_steps: 10,
+            budget_s: 1.0,
+            rounds: 1,
+        }
+    }
+}
+
+/// A point's parameters, as fields for machines.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PointId {
+    /// Batch size N.
+    pub n: usize,
+    /// D_in.
+    pub d_in: usize,
+    /// H.
+    pub hidden: usize,
+    /// D_out.
+    pub d_out: usize,
+    /// `f32` or `f64`.
+    pub dtype: Dtype,
+    /// Thread budget.
+    pub threads: usize,
+    /// `fused` or `explicit`.
+    pub step_mode: StepMode,
+    /// MPI ranks (1 for one process).
+    pub ranks: usize,
+    /// `primal` or `dual`, as the baseline ran it.
+    pub form: Form,
+}
+
+impl PointId {
+    /// The identity of `p`.
+    pub fn of(p: &PointReport) -> PointId {
+        PointId {
+            n: p.n,
+            d_in: p.d_in,
+            hidden: p.hidden,
+            d_out: p.d_out,
+            dtype: p.dtype,
+            threads: p.threads,
+            step_mode: p.step_mode,
+            ranks: p.ranks(),
+            form: p.form,
+        }
+    }
+}
 
 /// A whole sweep report.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -37,7 +111,7 @@ pub struct Report {
     /// What the rest of the machine did while the sweep ran (absent from
     /// older reports, and where /proc/stat cannot be read).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub load: Option<super::quality::MachineLoad>,
+    pub load: Option<crate::machine::MachineLoad>,
 }
 
 /// A set of samples (milliseconds, or GFLOP/s for a GEMM rate) in brief:
@@ -183,20 +257,6 @@ fn lenient_timing<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result
     })
 }
 
-/// The q-quantile of sorted values, interpolating linearly.
-pub fn percentile(sorted: &[f64], q: f64) -> f64 {
-    match sorted.len() {
-        0 => f64::NAN,
-        1 => sorted[0],
-        n => {
-            let pos = q.clamp(0.0, 1.0) * (n - 1) as f64;
-            let (lo, frac) = (pos.floor() as usize, pos.fract());
-            let hi = (lo + 1).min(n - 1);
-            sorted[lo] + (sorted[hi] - sorted[lo]) * frac
-        }
-    }
-}
-
 /// Median milliseconds per step spent in each phase, from instrumented
 /// steps interleaved with the timed ones (every third sample). The phases
 /// of one instrumented step add up to its time; `instrumented_step_ms` is
@@ -247,10 +307,6 @@ impl PhaseTimes {
     }
 }
 
-fn primal() -> String {
-    "primal".into()
-}
-
 /// One measured point.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PointReport {
@@ -263,15 +319,15 @@ pub struct PointReport {
     /// Output width D_out.
     pub d_out: usize,
     /// `f32` or `f64`.
-    pub dtype: String,
+    pub dtype: Dtype,
     /// Thread budget (rayon and OpenBLAS).
     pub threads: usize,
     /// `fused` or `explicit`.
-    pub step_mode: String,
+    pub step_mode: StepMode,
     /// The step's form: `primal` or `dual` (absent from older reports,
     /// which timed the primal step only).
-    #[serde(default = "primal")]
-    pub form: String,
+    #[serde(default)]
+    pub form: Form,
     /// Number of timed steps.
     pub steps_timed: usize,
     /// Milliseconds per step.
@@ -389,17 +445,28 @@ impl PointReport {
         )
     }
 
+    /// The point's shape (as the report gives it, not checked: the FLOP
+    /// count of a shape in f64 does not overflow).
+    pub fn shape(&self) -> crate::shape::Shape {
+        crate::shape::Shape {
+            n: self.n,
+            d_in: self.d_in,
+            hidden: self.hidden,
+            d_out: self.d_out,
+        }
+    }
+
     /// What identifies a point across two reports (the last field is the
     /// number of MPI ranks, 1 for a single process).
-    pub fn key(&self) -> (usize, usize, usize, usize, String, usize, String, usize) {
+    pub fn key(&self) -> (usize, usize, usize, usize, Dtype, usize, StepMode, usize) {
         (
             self.n,
             self.d_in,
             self.hidden,
             self.d_out,
-            self.dtype.clone(),
+            self.dtype,
             self.threads,
-            self.step_mode.clone(),
+            self.step_mode,
             self.ranks(),
         )
     }
@@ -407,15 +474,14 @@ impl PointReport {
     /// Median of the per-step ratios step time / its GEMMs' time (NaN
     /// without samples).
     pub fn median_step_per_gemm(&self) -> f64 {
-        let mut r: Vec<f64> = self
+        let r: Vec<f64> = self
             .ms_per_step
             .samples
             .iter()
             .zip(&self.gemm_ms_samples)
             .map(|(s, g)| s / g)
             .collect();
-        r.sort_by(f64::total_cmp);
-        percentile(&r, 0.5)
+        crate::stats::median(&r)
     }
 
     /// MPI ranks that measured the point (1 for a single process).
@@ -467,294 +533,6 @@ impl Report {
             serde_json::to_writer_pretty(&mut *w, self).map_err(std::io::Error::other)?;
             writeln!(w)
         })
-    }
-
-    /// The points as CSV, one row each, with a header row.
-    pub fn to_csv(&self) -> String {
-        let mut s = String::from(
-            "n,d_in,hidden,d_out,dtype,threads,step_mode,steps_timed,ms_median,ms_p10,ms_p90,\
-             samples_per_s,gflops,gemm_ms,efficiency,peak_fraction,machine_gemm_gflops,\
-             forward_gemms_ms,relu_ms,loss_grad_ms,backward_gemms_ms,mask_ms,update_ms,\
-             workspace_bytes,peak_rss_bytes,ranks,allreduce,allreduce_pieces,allreduce_ms,\
-             single_rank_ms,scaling_efficiency,join_ms,instrumented_step_ms,ms_mean,ms_sd,\
-             ms_min,ms_max,outliers_low,outliers_high,rss_growth_bytes,machine_gemm_gflops_min,\
-             machine_gemm_gflops_max,form\n",
-        );
-        for p in &self.points {
-            let ph = &p.phases;
-            let _ = writeln!(
-                s,
-                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
-                p.n,
-                p.d_in,
-                p.hidden,
-                p.d_out,
-                p.dtype,
-                p.threads,
-                p.step_mode,
-                p.steps_timed,
-                p.ms_per_step.median,
-                p.ms_per_step.p10,
-                p.ms_per_step.p90,
-                p.samples_per_s,
-                p.gflops,
-                p.gemm_ms,
-                p.efficiency,
-                p.peak_fraction,
-                p.machine_gemm_gflops,
-                ph.forward_gemms,
-                ph.relu,
-                ph.loss_grad,
-                ph.backward_gemms,
-                ph.mask,
-                ph.update,
-                p.workspace_bytes,
-                p.peak_rss_bytes
-            );
-            s.pop(); // the newline: the MPI columns follow
-            match &p.mpi {
-                Some(m) => {
-                    let _ = write!(
-                        s,
-                        ",{},{},{},{},{},{}",
-                        m.ranks,
-                        m.allreduce,
-                        m.allreduce_pieces,
-                        m.allreduce_ms.median,
-                        m.single_rank_ms.median,
-                        m.scaling_efficiency
-                    );
-                }
-                None => s.push_str(",1,,,,,"),
-            }
-            // Columns added after the first schema: at the end, so that
-            // readers of the older columns by position still work.
-            let st = &p.ms_per_step;
-            let (rate_min, rate_max) = p
-                .machine_gemm
-                .as_ref()
-                .map_or((p.machine_gemm_gflops, p.machine_gemm_gflops), |r| {
-                    (r.min, r.max)
-                });
-            let _ = writeln!(
-                s,
-                ",{},{},{},{},{},{},{},{},{},{},{},{}",
-                ph.join,
-                ph.instrumented_step_ms,
-                st.mean,
-                st.sd,
-                st.min,
-                st.max,
-                st.outliers_low,
-                st.outliers_high,
-                p.rss_growth_bytes,
-                rate_min,
-                rate_max,
-                p.form
-            );
-        }
-        s
-    }
-
-    /// A Markdown table of the points, fit to paste into a pull request,
-    /// preceded by the environment in brief.
-    pub fn to_markdown(&self) -> String {
-        let e = &self.env;
-        let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "twolayer {} ({}) on {}, {} cores; OpenBLAS {} ({}); {}; {}\n",
-            e.crate_version,
-            e.git_commit,
-            e.cpu_model,
-            e.cores,
-            e.openblas_version,
-            e.openblas_core,
-            e.rustc,
-            e.date
-        );
-        for w in &e.warnings {
-            let _ = writeln!(s, "Slowed by the environment: {w}.\n");
-        }
-        s.push_str(
-            "| shape (N, D_in, H, D_out) | dtype | thr | ms/step median [p10, p90] | mean ± sd | outliers | samples/s | GFLOP/s | % of GEMM rate | GEMMs alone ms | efficiency | biggest non-GEMM phase | workspace / RSS growth |\n\
-             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|\n",
-        );
-        for p in &self.points {
-            let (name, ms) = p
-                .phases
-                .named()
-                .into_iter()
-                .filter(|(n, _)| !n.ends_with("gemms"))
-                .fold(("none", 0.0), |best, x| if x.1 > best.1 { x } else { best });
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} [{}, {}] | {} ± {} | {} | {:.0} | {:.1} | {:.0}% | {} | {:.2} | {name} {} | {} / {} |",
-                p.shape_label(),
-                // The dual form's GFLOP/s are primal-equivalent (the primal
-                // step's FLOP count over the dual step's time).
-                if p.form == "dual" {
-                    format!("{} dual", p.dtype)
-                } else {
-                    p.dtype.clone()
-                },
-                p.threads,
-                fmt_ms(p.ms_per_step.median),
-                fmt_ms(p.ms_per_step.p10),
-                fmt_ms(p.ms_per_step.p90),
-                fmt_ms(p.ms_per_step.mean),
-                fmt_ms(p.ms_per_step.sd),
-                p.ms_per_step.outliers_low + p.ms_per_step.outliers_high,
-                p.samples_per_s,
-                p.gflops,
-                p.peak_fraction * 100.0,
-                fmt_ms(p.gemm_ms),
-                p.efficiency,
-                fmt_ms(ms),
-                human_bytes(p.workspace_bytes as f64),
-                human_bytes(p.rss_growth_bytes as f64),
-            );
-        }
-        // Whether the figures can be taken as they stand.
-        let flagged: Vec<&PointReport> = self
-            .points
-            .iter()
-            .filter(|p| !p.warnings.is_empty())
-            .collect();
-        if flagged.is_empty() && self.env.warnings.is_empty() {
-            s.push_str("\nMeasurement: clean (no point with too many outliers, too wide a spread, an impossible ratio or phases that miss the step; no other load seen).\n");
-        } else if !flagged.is_empty() {
-            let _ = writeln!(
-                s,
-                "\n**Measurement not clean** at {} of {} points; take these figures with care:\n",
-                flagged.len(),
-                self.points.len()
-            );
-            for p in flagged {
-                for w in &p.warnings {
-                    let _ = writeln!(s, "- {} {} ×{}: {w}", p.shape_label(), p.dtype, p.threads);
-                }
-            }
-        }
-        if self.points.iter().any(|p| p.mpi.is_some()) {
-            s.push_str(
-                "\nData-parallel (MPI): thr is per rank; scaling efficiency = one rank alone on the whole batch / (K × step).\n\n\
-                 | shape (N, D_in, H, D_out) | dtype | ranks × thr | allreduce | ms/step median | in MPI calls ms | 1 rank alone ms | scaling efficiency |\n\
-                 |---|---|---:|---|---:|---:|---:|---:|\n",
-            );
-            for p in &self.points {
-                let Some(m) = &p.mpi else { continue };
-                let how = if m.allreduce == "overlap" {
-                    format!("overlap, {} pieces", m.allreduce_pieces)
-                } else {
-                    m.allreduce.clone()
-                };
-                let _ = writeln!(
-                    s,
-                    "| {} | {} | {} × {} | {how} | {} | {} | {} | {:.2} |",
-                    p.shape_label(),
-                    p.dtype,
-                    m.ranks,
-                    p.threads,
-                    fmt_ms(p.ms_per_step.median),
-                    fmt_ms(m.allreduce_ms.median),
-                    fmt_ms(m.single_rank_ms.median),
-                    m.scaling_efficiency
-                );
-            }
-        }
-        // One line per dtype and thread count: the median of the rate's
-        // samples with their range (a report merged from several
-        // processes holds each process's samples: all are pooled).
-        let mut by_kind: std::collections::BTreeMap<(String, usize), Vec<f64>> = Default::default();
-        let mut seen = std::collections::BTreeSet::new();
-        for p in &self.points {
-            let samples = p
-                .machine_gemm
-                .as_ref()
-                .map_or(vec![p.machine_gemm_gflops], |r| r.samples.clone());
-            // Every point of a kind carries its process's same samples.
-            let key = (p.dtype.clone(), p.threads);
-            if seen.insert((
-                key.clone(),
-                samples.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-            )) {
-                by_kind.entry(key).or_default().extend(samples);
-            }
-        }
-        let rates: Vec<String> = by_kind
-            .into_iter()
-            .map(|((dtype, threads), v)| {
-                let st = Stats::from_samples(v);
-                format!(
-                    "{dtype} × {threads} threads: {:.1} GFLOP/s [{:.1}, {:.1}] over {} samples",
-                    st.median,
-                    st.min,
-                    st.max,
-                    st.samples.len()
-                )
-            })
-            .collect();
-        let _ = writeln!(
-            s,
-            "\nGEMM rate (square {n}×{n} GEMM, sampled through the same run; median [min, max]): {}.",
-            rates.join("; "),
-            n = super::measure::MACHINE_GEMM_SIZE
-        );
-        s
-    }
-
-    /// The files [`Report::write_all`] writes into its folder.
-    pub const FILES: [&'static str; 6] = [
-        "report.json",
-        "report.csv",
-        "report.md",
-        "gflops.svg",
-        "phases.svg",
-        "scaling.svg",
-    ];
-
-    /// Writes report.json, report.csv, report.md, gflops.svg, phases.svg
-    /// and scaling.svg into `dir` (created if missing), each atomically.
-    /// A failure names the files written before it (a full disk once
-    /// left three of five with no word of which).
-    pub fn write_all(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::write(dir, e))?;
-        let csv = self.to_csv();
-        let md = self.to_markdown();
-        let steps: [(&str, &dyn Fn() -> Result<()>); 6] = [
-            ("report.json", &|| self.write_json(&dir.join("report.json"))),
-            ("report.csv", &|| {
-                write_atomic(&dir.join("report.csv"), |w| w.write_all(csv.as_bytes()))
-            }),
-            ("report.md", &|| {
-                write_atomic(&dir.join("report.md"), |w| w.write_all(md.as_bytes()))
-            }),
-            ("gflops.svg", &|| {
-                super::charts::write_gflops_chart(self, dir)
-            }),
-            ("phases.svg", &|| {
-                super::charts::write_phases_chart(self, dir)
-            }),
-            ("scaling.svg", &|| {
-                super::charts::write_scaling_chart(self, dir)
-            }),
-        ];
-        let mut done: Vec<&str> = Vec::new();
-        for (name, write) in steps {
-            if let Err(e) = write() {
-                return Err(Error::invalid(format!(
-                    "{e}; written before it: {}",
-                    if done.is_empty() {
-                        "nothing".to_string()
-                    } else {
-                        done.join(", ")
-                    }
-                )));
-            }
-            done.push(name);
-        }
-        Ok(())
     }
 }
 

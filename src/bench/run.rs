@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 /// else the built-in rule's.
 pub fn run_grid(grid: &Grid, mode: StepMode, wisdom: Option<&std::path::Path>) -> Result<Report> {
     let mut env = Env::capture();
-    let watch = super::quality::LoadWatch::start();
+    let watch = crate::machine::LoadWatch::start();
     let pools = pools(grid)?;
     let bar = progress_bar(
         grid.points.len() * grid.timing.rounds.max(1),

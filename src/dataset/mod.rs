@@ -20,9 +20,9 @@ pub mod batches;
 pub mod shuffle;
 
 use crate::error::{Error, Result};
+use crate::machine::available_memory_bytes;
 use crate::npz::{read_npy_header, NpyHeader};
 use crate::scalar::{Dtype, Real};
-use crate::shape::available_memory_bytes;
 use ndarray::{ArrayViewMut2, Axis};
 use std::fs::File;
 use std::io::Read;

@@ -24,8 +24,8 @@
 //! next line that needs it (h then h_relu; y_pred then g_y; g_hrelu then
 //! g_h); the code rebinds each view under the name of what it now holds.
 
-use super::plan::BlockBufs;
 use super::probe::{Phase, Probe};
+use super::sgd::{self, Grad, Param};
 use super::views::{flat1, rows_of_mut, slice, slice_mut};
 use super::LearningRates;
 use crate::kernels;
@@ -33,6 +33,18 @@ use crate::net::{Biases, Weights};
 use crate::scalar::Real;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
+
+/// A block's worth of intermediates.
+#[derive(Debug)]
+pub(super) struct BlockBufs<F> {
+    /// B×H: h = x_b·w1 of the current block, then h_relu in place
+    /// (negatives stored as −0.0, so the sign bit is the ReLU mask).
+    pub(super) h: Array2<F>,
+    /// B×D_out: y_pred = h_relu·w2, then g_y = 2(y_pred − y) in place.
+    pub(super) y_pred: Array2<F>,
+    /// B×H: g_hrelu = g_y·w2ᵀ, then g_h in place after the mask.
+    pub(super) g_hrelu: Array2<F>,
+}
 
 /// Where a block's weight gradients go, with the weights the block reads.
 pub(super) enum Sink<'a, F> {
@@ -133,8 +145,8 @@ impl<'a, F: Real> Sink<'a, F> {
                 };
                 let Weights { w1, w2, biases } = weights;
                 (
-                    fused(lr.w2, w2),
-                    fused(lr.w1, w1),
+                    fused(Param::W2.rate(lr), w2),
+                    fused(Param::W1.rate(lr), w1),
                     biases.as_mut().map(|b| (b, lr)),
                 )
             }
@@ -150,7 +162,7 @@ impl<'a, F: Real> Sink<'a, F> {
 /// With `PASSES = false` the elementwise passes (ReLU, loss and g_y, mask)
 /// are skipped and the loss is 0: the step's GEMMs alone, exactly as the
 /// step calls them, which benchmarks time beside the step
-/// ([`super::gemms_only`]).
+/// ([`super::Update::GemmsOnly`]).
 pub(super) fn block<F: Real, const PASSES: bool>(
     bufs: &mut BlockBufs<F>,
     x: ArrayView2<F>,
@@ -256,7 +268,11 @@ pub(super) fn block<F: Real, const PASSES: bool>(
     // Fused, with biases: b1 −= lr·g_b1, b2 −= lr·g_b2 (H and D_out
     // elements: the only update pass a fused step has).
     if let (Some((b, lr)), Some(s), true) = (fused_biases, bias_sums, PASSES) {
-        super::update_biases(b, s.g_b1, s.g_b2, lr);
+        let (g_b1, g_b2) = (&*s.g_b1, &*s.g_b2);
+        sgd::update_biases(b, lr, |p| match p {
+            Param::B1 => Grad::One(g_b1),
+            _ => Grad::One(g_b2),
+        });
     }
     probe.done(Phase::BackwardGemms);
     loss

@@ -32,7 +32,8 @@
 //! G and P cost 2·N²·D_in + 2·N·D_in·H once, and forming w1 2·N·D_in·H
 //! each time the weights are read. [`Form::auto`] weighs these.
 
-use super::probe::{NoProbe, Phase, Probe};
+use super::probe::{Phase, Probe};
+use super::sgd::{self, Grad, Param};
 use super::views::{flat, flat1, flat_mut};
 use super::LearningRates;
 use crate::error::{Error, Result};
@@ -46,8 +47,23 @@ use ndarray::Array2;
 /// Steps of `twolayer train` when not told (the reference's 500).
 pub const TRAIN_DEFAULT_STEPS: usize = 500;
 
-/// How a step computes x·w1 and updates w1.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash, PartialOrd, Ord)]
+/// How a step computes x·w1 and updates w1. Its names (`primal`, `dual`)
+/// are the command line's, the checkpoint header's and the reports'.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Default,
+    Hash,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Form {
     /// On w1 itself: the step of docs/design.md §1.
     #[default]
@@ -74,6 +90,20 @@ impl Form {
         Form::auto(shape, TRAIN_DEFAULT_STEPS)
     }
 
+    /// One step's FLOPs in this form (a multiply-add as two): the primal's
+    /// [`Shape::flops_per_step`]; the dual form's h = P + G·C is 2·N²·H
+    /// where the primal's x·w1 and xᵀ·g_h are 4·N·D_in·H, and the three
+    /// products with w2 are the same.
+    pub fn flops_per_step(self, shape: Shape) -> f64 {
+        match self {
+            Form::Primal => shape.flops_per_step(),
+            Form::Dual => {
+                let (n, h, o) = (shape.n as f64, shape.hidden as f64, shape.d_out as f64);
+                2.0 * n * n * h + 6.0 * n * h * o
+            }
+        }
+    }
+
     /// The form with fewer FLOPs for `steps` steps on one fixed batch of
     /// `shape`: dual when N ≤ D_in and its whole run — G, P, every step's
     /// 2·N²·H, forming w1 at the end — costs at most half the primal's
@@ -98,6 +128,57 @@ impl Form {
     }
 }
 
+/// The form a run asks for: one of the two, or the rule's choice. What
+/// `--form` and a grid's `form` take.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Default,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum FormChoice {
+    /// Dual when it saves at least half the FLOPs ([`Form::auto`]), else
+    /// primal.
+    #[default]
+    Auto,
+    /// On w1: the step of docs/design.md §1.
+    Primal,
+    /// On C, with w1 = w1_0 + xᵀ·C.
+    Dual,
+}
+
+impl FormChoice {
+    /// The form a run on one fixed batch of `shape` takes for `steps`
+    /// steps in `mode`: as asked, or by [`Form::auto`] — primal with
+    /// explicit gradients, which the dual form does not make. Asking for
+    /// the dual form with explicit gradients is an error.
+    pub fn resolve(self, shape: Shape, steps: usize, mode: super::StepMode) -> Result<Form> {
+        let explicit = mode == super::StepMode::Explicit;
+        match self {
+            FormChoice::Primal => Ok(Form::Primal),
+            FormChoice::Dual if explicit => Err(Error::invalid(
+                "form dual applies its update itself; it cannot run with step mode explicit",
+            )),
+            FormChoice::Dual => Ok(Form::Dual),
+            FormChoice::Auto if explicit => Ok(Form::Primal),
+            FormChoice::Auto => Ok(Form::auto(shape, steps)),
+        }
+    }
+}
+
+impl std::fmt::Display for Form {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl std::str::FromStr for Form {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
@@ -112,6 +193,8 @@ impl std::str::FromStr for Form {
 /// The dual step's state and buffers, all allocated once.
 #[derive(Debug)]
 pub struct Dual<F> {
+    /// The problem's shape.
+    shape: Shape,
     /// G = x·xᵀ, N×N.
     gram: Array2<F>,
     /// P = x·w1_0, N×H.
@@ -184,6 +267,7 @@ impl<F: Real> Dual<F> {
         general_mat_mul(one, &data.x, w1_0, zero, &mut base);
         let flops = 2.0 * (n * n * h) as f64;
         Ok(Dual {
+            shape,
             threads,
             gram,
             base,
@@ -198,41 +282,14 @@ impl<F: Real> Dual<F> {
     }
 
     /// One SGD step on C and w2, and the biases when the model has them
-    /// (module docs); `y` is N×D_out. Returns the loss of the weights
-    /// before the update; when it is not finite, C, w2 and the biases are
-    /// left as they were. Allocates nothing.
-    pub fn step(
-        &mut self,
-        y: &Array2<F>,
-        w2: &mut Array2<F>,
-        biases: Option<&mut Biases<F>>,
-        lr: LearningRates,
-    ) -> f64 {
-        self.run::<true>(y, w2, biases, lr, &mut NoProbe)
-    }
-
-    /// [`Dual::step`], reporting its phases to `probe` (benchmarks).
-    pub fn step_probed(
-        &mut self,
-        y: &Array2<F>,
-        w2: &mut Array2<F>,
-        biases: Option<&mut Biases<F>>,
-        lr: LearningRates,
-        probe: &mut impl Probe,
-    ) -> f64 {
-        self.run::<true>(y, w2, biases, lr, probe)
-    }
-
-    /// The dual step's GEMMs alone, as [`Dual::step`] calls them, with its
-    /// elementwise passes and the update of C switched off: what a step
-    /// would cost if those were free. Benchmarks time it beside the step;
-    /// it moves w2 by a fused update's worth.
-    pub fn gemms_only(&mut self, y: &Array2<F>, w2: &mut Array2<F>, lr: LearningRates) {
-        self.run::<false>(y, w2, None, lr, &mut NoProbe);
-    }
-
-    /// The step, its elementwise passes on when `PASSES` (else loss 0).
-    fn run<const PASSES: bool>(
+    /// (module docs), reporting its phases to `probe`; `y` is N×D_out.
+    /// Returns the loss of the weights before the update; when it is not
+    /// finite, C, w2 and the biases are left as they were. Allocates
+    /// nothing. With `PASSES = false`, the step's GEMMs alone, as the step
+    /// calls them, with its elementwise passes and the update of C switched
+    /// off (loss 0): what a step would cost if those were free; it moves w2
+    /// by a fused update's worth.
+    pub(super) fn run<const PASSES: bool>(
         &mut self,
         y: &Array2<F>,
         w2: &mut Array2<F>,
@@ -310,17 +367,27 @@ impl<F: Real> Dual<F> {
         // w2 ← −lr·h_reluᵀ·g_y + 1·w2
         //   (H×N)·(N×D_out) → H×D_out; h_reluᵀ is a transposed view
         //   (TransA); alpha = −lr, beta = 1.
-        if lr.w2 != 0.0 {
-            general_mat_mul(-F::from_f64(lr.w2), &h_relu.t(), g_y, one, w2);
+        let rate_w2 = Param::W2.rate(lr);
+        if rate_w2 != 0.0 {
+            general_mat_mul(-F::from_f64(rate_w2), &h_relu.t(), g_y, one, w2);
         }
         probe.done(Phase::BackwardGemms);
         // C ← C − lr·g_h: w1 − lr·xᵀ·g_h = w1_0 + xᵀ·(C − lr·g_h).
-        if PASSES && lr.w1 != 0.0 {
-            kernels::sgd_update(flat_mut(&mut self.coef), flat(g_h), F::from_f64(lr.w1));
+        //   (C stands for w1: it moves at w1's rate.)
+        if PASSES {
+            sgd::apply(
+                flat_mut(&mut self.coef),
+                Grad::One(flat(g_h)),
+                Param::W1.rate(lr),
+            );
         }
         // b1 −= lr·g_b1, b2 −= lr·g_b2.
         if let (true, Some(b)) = (PASSES, biases.as_mut()) {
-            super::update_biases(b, &self.g_b1, &self.g_b2, lr);
+            let (g_b1, g_b2) = (&self.g_b1[..], &self.g_b2[..]);
+            sgd::update_biases(b, lr, |p| match p {
+                Param::B1 => Grad::One(g_b1),
+                _ => Grad::One(g_b2),
+            });
         }
         probe.done(Phase::Update);
         loss
@@ -339,5 +406,10 @@ impl<F: Real> Dual<F> {
     /// C, N×H.
     pub fn coef(&self) -> &Array2<F> {
         &self.coef
+    }
+
+    /// The problem's shape.
+    pub fn shape(&self) -> Shape {
+        self.shape
     }
 }

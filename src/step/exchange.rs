@@ -3,9 +3,11 @@
 //! part is final, so the sums overlap the rest of the work.
 
 use super::probe::NoProbe;
-use super::shards::{all_shards, fold_into_first, last_block_w1, Layer};
+use super::sgd::Param;
+use super::shards::Workspace;
+use super::shards::{all_shards, fold_into_first, last_block_w1};
 use super::views::{flat, flat_mut};
-use super::{start_explicit_step, Gradients, Workspace};
+use super::{start_step, Gradients};
 use crate::net::{Data, Weights};
 use crate::scalar::Real;
 use std::ops::Range;
@@ -62,7 +64,7 @@ fn piece(n: usize, pieces: usize, p: usize) -> Range<usize> {
     p * n / pieces..(p + 1) * n / pieces
 }
 
-/// [`super::gradients`] with the sum across processes overlapped with the work:
+/// The explicit-gradient step with the sum across processes overlapped with the work:
 /// `grads` ends up holding g_w1 and g_w2 summed over every process of
 /// `exchange`, and the returned loss is the total loss.
 ///
@@ -78,8 +80,8 @@ fn piece(n: usize, pieces: usize, p: usize) -> Range<usize> {
 ///
 /// Each process's sums are folded into its first shard's buffers, which
 /// are the exchange's send buffers. With [`NoExchange`] the result equals
-/// [`super::gradients`]' (the same GEMMs, split by rows of their output).
-pub fn gradients_exchanged<F: Real>(
+/// [`super::Update::Gradients`]' (the same GEMMs, split by rows of their output).
+pub(super) fn gradients_exchanged<F: Real>(
     ws: &mut Workspace<F>,
     data: &Data<F>,
     weights: &Weights<F>,
@@ -88,7 +90,7 @@ pub fn gradients_exchanged<F: Real>(
     pieces: usize,
 ) -> f64 {
     use rayon::prelude::*;
-    let _step = start_explicit_step(&ws.plan);
+    let _step = start_step(&ws.plan);
     let (d_in, h) = (ws.shape.d_in, ws.shape.hidden);
     let pieces = pieces.clamp(1, d_in.max(1));
     let plan = ws.plan;
@@ -98,16 +100,16 @@ pub fn gradients_exchanged<F: Real>(
 
     // 2. g_w2 (H×D_out), the bias gradients g_b1 (H) and g_b2 (D_out),
     //    and the loss are final: start their sums.
-    assert_eq!(
-        grads.biases.is_some(),
-        weights.has_biases(),
-        "bias gradients are needed exactly when the model has biases"
+    let biases = weights.has_biases();
+    assert!(
+        !biases || grads.biases.is_some(),
+        "bias gradients are needed when the model has biases"
     );
     let mut loss = 0.0;
-    fold_into_first(&mut ws.shards, Layer::W2, 0..ws.shape.hidden);
-    if grads.biases.is_some() {
-        fold_into_first(&mut ws.shards, Layer::B1, 0..1);
-        fold_into_first(&mut ws.shards, Layer::B2, 0..1);
+    fold_into_first(&mut ws.shards, Param::W2, 0..ws.shape.hidden);
+    if biases {
+        fold_into_first(&mut ws.shards, Param::B1, 0..1);
+        fold_into_first(&mut ws.shards, Param::B2, 0..1);
     }
     // SAFETY: `local_loss`, `loss`, the first shard's g_w2, g_b1, g_b2 and
     // grads.w2 and grads.biases are not touched again before
@@ -115,7 +117,7 @@ pub fn gradients_exchanged<F: Real>(
     unsafe {
         exchange.start_loss(&local_loss, &mut loss);
         exchange.start(flat(&ws.shards[0].g_w2), flat_mut(&mut grads.w2));
-        if let Some(g) = &mut grads.biases {
+        if let (true, Some(g)) = (biases, &mut grads.biases) {
             let first = &ws.shards[0];
             exchange.start(flat(&first.g_b1), g.b1.as_slice_mut().expect("contiguous"));
             exchange.start(flat(&first.g_b2), g.b2.as_slice_mut().expect("contiguous"));
@@ -129,7 +131,7 @@ pub fn gradients_exchanged<F: Real>(
         ws.shards
             .par_iter_mut()
             .for_each(|sh| last_block_w1(sh, data, &plan, rows.clone()));
-        fold_into_first(&mut ws.shards, Layer::W1, rows.clone());
+        fold_into_first(&mut ws.shards, Param::W1, rows.clone());
         let elems = rows.start * h..rows.end * h;
         // SAFETY: rows `rows` of the first shard's g_w1 and of grads.w1;
         // the pieces are disjoint, later pieces form views of their own

@@ -19,6 +19,22 @@
 //! b1      -= lr · g_b1 ;  b2 -= lr · g_b2             (w1's rate, w2's)
 //! ```
 //!
+//! One object runs it: a [`Step`] is built once for a run's shape, plan
+//! and form (primal or dual) and holds every buffer the step needs;
+//! [`Step::run`] runs one step and is told by an [`Update`] what to do
+//! with the gradients (apply them as SGD, hand them back, or sum them
+//! across processes first) and by a [`Probe`] whether to time its phases.
+//! The Trainer, minibatch runs, sweeps, the tuner, the data-parallel
+//! benchmark and the MPI driver all call it.
+//!
+//! ```text
+//!                      ┌ Primal, fused plan ─ block (update in the GEMMs)
+//! Step::run(Update) ───┤ Primal, sharded ──── all_shards ─┬ update_from_shards ─┐
+//!                      │                                  ├ sum_into grads ─────┤
+//!                      │                                  └ exchange (MPI) ─────┼─ sgd::apply
+//!                      └ Dual ─────────────── Dual::run (C and w2) ─────────────┘
+//! ```
+//!
 //! Where the parts are:
 //!
 //! - `block.rs`: one block of rows forward and backward — the math above,
@@ -31,6 +47,7 @@
 //!   overlapped with the work.
 //! - [`dual`]: the dual form, for one fixed batch with N small against
 //!   D_in: the step on C with w1 = w1_0 + xᵀ·C, N² in place of N·D_in.
+//! - `sgd.rs`: the SGD update, the one pass that moves parameters.
 //! - [`probe`]: phase timing for benchmarks; `views.rs`: strided views that
 //!   keep every GEMM on cblas; `selftest.rs`: the regression gate's
 //!   injected slowdowns (off unless their features are on).
@@ -51,25 +68,45 @@ pub mod exchange;
 pub mod plan;
 pub mod probe;
 mod selftest;
+pub(crate) mod sgd;
 mod shards;
 mod views;
 
-pub use dual::{Dual, Form};
-pub use exchange::{gradients_exchanged, Exchange, NoExchange};
-pub use plan::{Plan, PlanChoice, Workspace, WIDE_LAYER};
+pub use dual::{Dual, Form, FormChoice};
+pub use exchange::{Exchange, NoExchange};
+pub use plan::{Plan, PlanChoice, WIDE_LAYER};
 pub use probe::{NoProbe, Phase, Probe};
 
-use crate::kernels;
+use crate::error::{Error, Result};
 use crate::net::{Biases, Data, Weights};
 use crate::scalar::Real;
 use crate::shape::Shape;
 use block::{block, BiasSums, Sink};
+use exchange::gradients_exchanged;
 use ndarray::Array2;
-use shards::{all_shards, sum_into, update_layer, Layer};
+use sgd::{Grad, Param};
+use shards::Workspace;
+use shards::{all_shards, sum_into, update_from_shards};
 use views::{flat, flat1, flat1_mut, flat_mut};
 
-/// How a step applies its update.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+/// How a step applies its update. Its names (`fused`, `explicit`) are the
+/// command line's, the checkpoint header's, the wisdom file's and the
+/// reports'.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Default,
+    Hash,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum StepMode {
     /// Plain SGD applied by the step itself: inside the gradient GEMMs when
     /// the plan allows it, else in the pass that sums the shards.
@@ -78,6 +115,22 @@ pub enum StepMode {
     /// Gradients into [`Gradients`] buffers, then a separate update: the
     /// form that data-parallel training and optimizers with state build on.
     Explicit,
+}
+
+impl StepMode {
+    /// Its name: `fused` or `explicit`.
+    pub fn name(self) -> &'static str {
+        match self {
+            StepMode::Fused => "fused",
+            StepMode::Explicit => "explicit",
+        }
+    }
+}
+
+impl std::fmt::Display for StepMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// The gradients of the loss with respect to the weights.
@@ -138,66 +191,371 @@ impl LearningRates {
     }
 }
 
+/// What [`Step::run`] does with the gradients it computes.
+pub enum Update<'a, F> {
+    /// Plain SGD, applied by the step: inside the gradient GEMMs when the
+    /// plan fuses it, else in the pass that sums the shards (or from the
+    /// step's own gradient buffers, in [`StepMode::Explicit`]); in the dual
+    /// form on C and w2. The weights are left as they were when the loss is
+    /// not finite.
+    Sgd,
+    /// The gradients into `grads` (summed over the whole batch); the
+    /// weights are not touched. Primal form, on a plan that does not fuse
+    /// the update into the GEMMs (built for [`StepMode::Explicit`], or
+    /// sharded). [`apply_sgd`] completes a plain SGD step.
+    Gradients(&'a mut Gradients<F>),
+    /// The gradients and the loss summed over every process of `exchange`
+    /// while they are computed (g_w1's sum started in `pieces` parts; see
+    /// [`exchange`]), into the step's own buffers, then SGD on every
+    /// process alike. Needs a step built for [`StepMode::Explicit`].
+    Exchanged {
+        /// The other processes.
+        exchange: &'a mut dyn Exchange<F>,
+        /// Parts g_w1's sum is started in.
+        pieces: usize,
+    },
+    /// The step's GEMMs alone: the very block code of the step, with its
+    /// elementwise passes switched off and no reduction or update pass —
+    /// what a step would cost if those were free. Benchmarks time it beside
+    /// the step. The values it leaves are not a valid step: the loss is 0,
+    /// and where the update lives in the GEMMs it moves the weights by a
+    /// fused update's worth.
+    GemmsOnly,
+}
+
+/// One training step, built once for a run and run once per step: the
+/// form it computes in, the plan of its work and every buffer it needs,
+/// allocated here and never again.
+///
+/// ```
+/// use twolayer::step::{apply_sgd, Gradients, LearningRates, NoProbe, Step, Update};
+/// use twolayer::{Data, Shape, StepMode, Weights};
+/// let shape = Shape::new(8, 5, 4, 2)?;
+/// let data = Data::<f64>::random(shape, 0);
+/// let mut w = Weights::random(shape, 1);
+/// // The primal step on one thread, with gradient buffers.
+/// let mut step = Step::planned(shape, 1, StepMode::Explicit)?;
+/// // Gradients handed back (the rate is not used), then one SGD update:
+/// let mut g = Gradients::zeros(shape);
+/// let lr = LearningRates::uniform(1e-3);
+/// let loss = step.run(&data, &mut w, lr, Update::Gradients(&mut g), &mut NoProbe)?;
+/// apply_sgd(&mut w, &g, lr);
+/// // ... the same as the step applying it itself:
+/// let mut w2 = Weights::random(shape, 1);
+/// assert_eq!(step.run(&data, &mut w2, lr, Update::Sgd, &mut NoProbe)?, loss);
+/// assert_eq!(w2, w);
+/// # Ok::<(), twolayer::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Step<F> {
+    /// The plan the primal step runs (for the dual form: the plan the
+    /// run's shape would have, which reports name; its threads are the
+    /// dual step's budget).
+    plan: Plan,
+    /// The form and its state.
+    form: FormState<F>,
+}
+
+/// A step's form with the buffers it works in.
+#[derive(Debug)]
+enum FormState<F> {
+    /// Shards and blocks of rows ([`plan`]); `grads` holds the summed
+    /// gradients in [`StepMode::Explicit`].
+    Primal {
+        ws: Workspace<F>,
+        grads: Option<Gradients<F>>,
+    },
+    /// G, P, C and the dual step's buffers ([`dual`]).
+    Dual(Dual<F>),
+}
+
+impl<F: Real> Step<F> {
+    /// The primal step for `shape`, its work laid out by `plan` (for
+    /// [`Plan::new`]'s rule with the same `mode`, or a tuned plan), with
+    /// gradient buffers when `mode` is [`StepMode::Explicit`]. Fails when
+    /// the buffers would not fit in memory, or when an explicit step is
+    /// given a plan that fuses the update into the GEMMs.
+    pub fn primal(shape: Shape, plan: Plan, mode: StepMode) -> Result<Self> {
+        if plan.fused_gemm_update && mode == StepMode::Explicit {
+            return Err(Error::invalid(
+                "a plan with the update in the GEMMs needs the fused mode",
+            ));
+        }
+        plan.check_fits_memory(shape, F::DTYPE, mode)?;
+        Ok(Step {
+            plan,
+            form: FormState::Primal {
+                ws: Workspace::with_plan(shape, plan),
+                // With bias gradients, used when the weights have biases.
+                grads: (mode == StepMode::Explicit).then(|| Gradients {
+                    biases: Some(Biases {
+                        b1: ndarray::Array1::zeros(shape.hidden),
+                        b2: ndarray::Array1::zeros(shape.d_out),
+                    }),
+                    ..Gradients::zeros(shape)
+                }),
+            },
+        })
+    }
+
+    /// [`Step::primal`] with the built-in rule's plan for `threads`.
+    pub fn planned(shape: Shape, threads: usize, mode: StepMode) -> Result<Self> {
+        Self::primal(shape, Plan::new(shape, F::DTYPE, threads, mode), mode)
+    }
+
+    /// The dual step on the fixed batch `data`, at weights
+    /// w1 = `w1_0` + xᵀ·`coef` (C = 0 when `coef` is `None`), G and P
+    /// computed with `threads` OpenBLAS threads. Every [`Step::run`] must
+    /// then be given the same batch, and weights whose w1 is `w1_0`: the
+    /// step moves C in its place ([`Step::w1_into`] forms w1). Fails when
+    /// the buffers would not fit in memory or `coef` is not N×H.
+    pub fn dual(
+        data: &Data<F>,
+        w1_0: &Array2<F>,
+        coef: Option<Array2<F>>,
+        threads: usize,
+    ) -> Result<Self> {
+        let (n, d_in) = data.x.dim();
+        let shape = Shape::new(n, d_in, w1_0.ncols(), data.y.ncols())?;
+        Ok(Step {
+            plan: Plan::new(shape, F::DTYPE, threads, StepMode::Fused),
+            form: FormState::Dual(Dual::new(data, w1_0, coef, threads)?),
+        })
+    }
+
+    /// The step in `form`: [`Step::primal`] with `plan`, or [`Step::dual`]
+    /// on `data` at `weights`' w1 (C = 0) with the threads of the rayon
+    /// pool it is built in, as [`Plan::new`]'s rule is given them.
+    pub fn new(
+        form: Form,
+        data: &Data<F>,
+        weights: &Weights<F>,
+        plan: Plan,
+        mode: StepMode,
+    ) -> Result<Self> {
+        match form {
+            Form::Primal => {
+                let (n, d_in) = data.x.dim();
+                let shape = Shape::new(n, d_in, weights.w1.ncols(), data.y.ncols())?;
+                Self::primal(shape, plan, mode)
+            }
+            Form::Dual if mode == StepMode::Explicit => Err(Error::invalid(
+                "the dual form applies its update itself: explicit gradients need the primal form",
+            )),
+            Form::Dual => {
+                let mut step = Self::dual(data, &weights.w1, None, rayon::current_num_threads())?;
+                step.plan = plan;
+                Ok(step)
+            }
+        }
+    }
+
+    /// One step on `data` from `weights` at rates `lr`, the gradients used
+    /// as `update` says; `probe` sees the first shard's phases and the
+    /// update ([`NoProbe`] to time nothing). Returns the loss of the
+    /// weights before the update. Allocates nothing.
+    ///
+    /// Fails, before touching anything, when `data` or `weights` do not
+    /// have the step's shape (or are not row-major), or when the form or
+    /// mode cannot do what `update` asks: the dual form only applies its
+    /// own update ([`Update::Sgd`], [`Update::GemmsOnly`]); handing
+    /// gradients back needs a plan that does not fuse them into the GEMMs;
+    /// an exchange needs [`StepMode::Explicit`].
+    pub fn run(
+        &mut self,
+        data: &Data<F>,
+        weights: &mut Weights<F>,
+        lr: LearningRates,
+        update: Update<'_, F>,
+        probe: &mut impl Probe,
+    ) -> Result<f64> {
+        self.check(data, weights)?;
+        let plan = self.plan;
+        match (&mut self.form, update) {
+            (FormState::Primal { ws, grads: None }, Update::Sgd) => {
+                let _step = start_step(&plan);
+                let loss = forward_backward::<F, true>(ws, data, weights, lr, probe);
+                if !plan.fused_gemm_update && loss.is_finite() {
+                    update_from_shards(weights, &mut ws.shards, lr);
+                }
+                probe.done(Phase::Update);
+                Ok(loss)
+            }
+            (FormState::Primal { ws, grads: Some(g) }, Update::Sgd) => {
+                let loss = gradients(ws, data, weights, g, probe);
+                if loss.is_finite() {
+                    apply_sgd(weights, g, lr);
+                }
+                probe.done(Phase::Update);
+                Ok(loss)
+            }
+            (FormState::Primal { ws, .. }, Update::Gradients(g)) => {
+                if plan.fused_gemm_update {
+                    return Err(Error::invalid(
+                        "gradients handed back need a step built for StepMode::Explicit",
+                    ));
+                }
+                check_gradients(g, weights)?;
+                Ok(gradients(ws, data, weights, g, probe))
+            }
+            (FormState::Primal { ws, grads: Some(g) }, Update::Exchanged { exchange, pieces }) => {
+                let loss = gradients_exchanged(ws, data, weights, g, exchange, pieces);
+                if loss.is_finite() {
+                    apply_sgd(weights, g, lr);
+                }
+                probe.done(Phase::Update);
+                Ok(loss)
+            }
+            (FormState::Primal { grads: None, .. }, Update::Exchanged { .. }) => Err(
+                Error::invalid("a step summed across processes needs explicit gradients"),
+            ),
+            (FormState::Primal { ws, .. }, Update::GemmsOnly) => {
+                crate::blas::set_threads(plan.blas_threads);
+                forward_backward::<F, false>(ws, data, weights, lr, &mut NoProbe);
+                Ok(0.0)
+            }
+            (FormState::Dual(d), Update::Sgd) => {
+                Ok(d.run::<true>(&data.y, &mut weights.w2, weights.biases.as_mut(), lr, probe))
+            }
+            (FormState::Dual(d), Update::GemmsOnly) => {
+                d.run::<false>(&data.y, &mut weights.w2, None, lr, &mut NoProbe);
+                Ok(0.0)
+            }
+            (FormState::Dual(_), Update::Gradients(_)) => Err(Error::invalid(
+                "the dual form applies its update itself: explicit gradients need the primal form",
+            )),
+            (FormState::Dual(_), Update::Exchanged { .. }) => Err(Error::invalid(
+                "a step summed across processes needs the primal form",
+            )),
+        }
+    }
+
+    /// Fails when `data` and `weights` are not of the step's shape or not
+    /// row-major (the step's views need contiguous rows).
+    fn check(&self, data: &Data<F>, weights: &Weights<F>) -> Result<()> {
+        let s = self.shape();
+        let dims_ok = data.x.dim() == (s.n, s.d_in)
+            && data.y.dim() == (s.n, s.d_out)
+            && weights.w1.dim() == (s.d_in, s.hidden)
+            && weights.w2.dim() == (s.hidden, s.d_out)
+            && weights
+                .biases
+                .as_ref()
+                .is_none_or(|b| b.b1.len() == s.hidden && b.b2.len() == s.d_out);
+        let standard = data.x.is_standard_layout()
+            && data.y.is_standard_layout()
+            && weights.w1.is_standard_layout()
+            && weights.w2.is_standard_layout();
+        if !dims_ok || !standard {
+            return Err(Error::invalid(format!(
+                "the step is built for {s}: its data and weights must have that shape and be row-major"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The problem's shape.
+    pub fn shape(&self) -> Shape {
+        match &self.form {
+            FormState::Primal { ws, .. } => ws.shape,
+            FormState::Dual(d) => d.shape(),
+        }
+    }
+
+    /// How the primal step divides its work (for the dual form, the plan
+    /// the shape would have; see [`Step`]).
+    pub fn plan(&self) -> Plan {
+        self.plan
+    }
+
+    /// The form the step computes in.
+    pub fn form(&self) -> Form {
+        match self.form {
+            FormState::Primal { .. } => Form::Primal,
+            FormState::Dual(_) => Form::Dual,
+        }
+    }
+
+    /// How the update is applied: [`StepMode::Explicit`] when the step
+    /// keeps gradient buffers of its own.
+    pub fn mode(&self) -> StepMode {
+        match self.form {
+            FormState::Primal { grads: Some(_), .. } => StepMode::Explicit,
+            _ => StepMode::Fused,
+        }
+    }
+
+    /// In [`StepMode::Explicit`], the gradients of the last step run (in
+    /// an [`Update::Exchanged`] step, summed over every process; bias
+    /// gradients meaningful when the model has biases); `None` otherwise.
+    pub fn gradients(&self) -> Option<&Gradients<F>> {
+        match &self.form {
+            FormState::Primal { grads, .. } => grads.as_ref(),
+            FormState::Dual(_) => None,
+        }
+    }
+
+    /// In the dual form, C (N×H): w1 = w1_0 + xᵀ·C.
+    pub fn dual_coef(&self) -> Option<&Array2<F>> {
+        match &self.form {
+            FormState::Dual(d) => Some(d.coef()),
+            FormState::Primal { .. } => None,
+        }
+    }
+
+    /// In the dual form, w1 = w1_0 + xᵀ·C into `out` (D_in×H), for `x`
+    /// the batch (N×D_in); `None` in the primal form (w1 is the weights').
+    pub fn w1_into(&self, x: &Array2<F>, w1_0: &Array2<F>, out: &mut Array2<F>) -> Option<()> {
+        match &self.form {
+            FormState::Dual(d) => {
+                d.w1_into(x, w1_0, out);
+                Some(())
+            }
+            FormState::Primal { .. } => None,
+        }
+    }
+}
+
+/// Fails when `g` does not have the weights' shapes (bias gradients
+/// exactly when the model has biases).
+fn check_gradients<F: Real>(g: &Gradients<F>, w: &Weights<F>) -> Result<()> {
+    let biases_ok = match (&g.biases, &w.biases) {
+        (None, None) => true,
+        (Some(gb), Some(b)) => gb.b1.len() == b.b1.len() && gb.b2.len() == b.b2.len(),
+        _ => false,
+    };
+    if g.w1.dim() != w.w1.dim() || g.w2.dim() != w.w2.dim() || !biases_ok {
+        return Err(Error::invalid(
+            "the gradient buffers must have the weights' shapes (and bias gradients exactly when the model has biases)",
+        ));
+    }
+    if !g.w1.is_standard_layout() || !g.w2.is_standard_layout() {
+        return Err(Error::invalid("the gradient buffers must be row-major"));
+    }
+    Ok(())
+}
+
 /// Every step's start: OpenBLAS gets the plan's threads per call (the one
-/// place a step sets them).
+/// place a primal step sets them).
 fn start_step(plan: &Plan) -> selftest::StepGuard {
     crate::blas::set_threads(plan.blas_threads);
     selftest::StepGuard::start()
 }
 
-/// [`start_step`] for the explicit-gradient forms, whose workspace must
-/// hold gradient sums.
-fn start_explicit_step(plan: &Plan) -> selftest::StepGuard {
-    assert!(
-        !plan.fused_gemm_update,
-        "explicit gradients need a workspace made for StepMode::Explicit"
-    );
-    start_step(plan)
-}
-
-/// One SGD step: forward, backward, update. Returns the loss of the weights
-/// before the update; when that loss is not finite the weights are left as
-/// they were.
-pub fn step<F: Real>(
-    ws: &mut Workspace<F>,
-    data: &Data<F>,
-    weights: &mut Weights<F>,
-    lr: LearningRates,
-) -> f64 {
-    step_probed(ws, data, weights, lr, &mut NoProbe)
-}
-
-/// [`step`], reporting the first shard's phases (and the update) to
-/// `probe`.
-pub fn step_probed<F: Real>(
-    ws: &mut Workspace<F>,
-    data: &Data<F>,
-    weights: &mut Weights<F>,
-    lr: LearningRates,
-    probe: &mut impl Probe,
-) -> f64 {
-    let _step = start_step(&ws.plan);
-    let loss = forward_backward::<F, true>(ws, data, weights, lr, probe);
-    if !ws.plan.fused_gemm_update && loss.is_finite() {
-        update_layer(flat_mut(&mut weights.w1), &mut ws.shards, Layer::W1, lr.w1);
-        update_layer(flat_mut(&mut weights.w2), &mut ws.shards, Layer::W2, lr.w2);
-        if let Some(b) = &mut weights.biases {
-            update_layer(flat1_mut(&mut b.b1), &mut ws.shards, Layer::B1, lr.w1);
-            update_layer(flat1_mut(&mut b.b2), &mut ws.shards, Layer::B2, lr.w2);
-        }
-    }
-    probe.done(Phase::Update);
-    loss
-}
-
-/// Plain SGD on the biases from their gradients: `b1 −= lr_w1 · g_b1`,
-/// `b2 −= lr_w2 · g_b2` (each bias takes its layer's rate).
-pub(crate) fn update_biases<F: Real>(b: &mut Biases<F>, g_b1: &[F], g_b2: &[F], lr: LearningRates) {
-    for (v, g, lr) in [(&mut b.b1, g_b1, lr.w1), (&mut b.b2, g_b2, lr.w2)] {
-        if lr != 0.0 {
-            kernels::sgd_update(flat1_mut(v), g, F::from_f64(lr));
-        }
-    }
+/// Plain SGD from explicit gradients, `p −= rate·g` for every parameter
+/// with its layer's rate ([`sgd`]): what completes an
+/// [`Update::Gradients`] step.
+pub fn apply_sgd<F: Real>(weights: &mut Weights<F>, grads: &Gradients<F>, lr: LearningRates) {
+    sgd::update(weights, lr, |p| {
+        Grad::One(match (p, &grads.biases) {
+            (Param::W1, _) => flat(&grads.w1),
+            (Param::W2, _) => flat(&grads.w2),
+            (Param::B1, Some(b)) => flat1(&b.b1),
+            (Param::B2, Some(b)) => flat1(&b.b2),
+            // Asked for only when the model has biases.
+            (_, None) => panic!("the model has biases and the gradients have none"),
+        })
+    });
 }
 
 /// Forward and backward over the whole batch as the plan lays it out:
@@ -231,118 +589,28 @@ fn forward_backward<F: Real, const PASSES: bool>(
 }
 
 /// Forward and backward with explicit gradients: fills `grads` with
-/// g_w1 = Σ xᵀ·g_h and g_w2 = Σ h_reluᵀ·g_y over the whole batch and returns
-/// the loss. The weights are not touched. This is the form that
-/// data-parallel training (sum `grads` across processes) and optimizers
-/// with state build on; [`apply_sgd`] completes a plain SGD step.
-pub fn gradients<F: Real>(
-    ws: &mut Workspace<F>,
-    data: &Data<F>,
-    weights: &Weights<F>,
-    grads: &mut Gradients<F>,
-) -> f64 {
-    gradients_probed(ws, data, weights, grads, &mut NoProbe)
-}
-
-/// [`gradients`], reporting the first shard's phases to `probe`.
-pub fn gradients_probed<F: Real>(
+/// g_w1 = Σ xᵀ·g_h and g_w2 = Σ h_reluᵀ·g_y (and, when the model has
+/// biases, g_b1 and g_b2: `grads` then has room for them) over the whole
+/// batch and returns the loss. The weights are not touched.
+fn gradients<F: Real>(
     ws: &mut Workspace<F>,
     data: &Data<F>,
     weights: &Weights<F>,
     grads: &mut Gradients<F>,
     probe: &mut impl Probe,
 ) -> f64 {
-    let _step = start_explicit_step(&ws.plan);
-    assert_eq!(
-        grads.biases.is_some(),
-        weights.has_biases(),
-        "bias gradients are needed exactly when the model has biases"
-    );
+    debug_assert!(!ws.plan.fused_gemm_update);
+    let _step = start_step(&ws.plan);
     let loss = all_shards::<F, true>(ws, data, weights, false, probe);
-    sum_into(flat_mut(&mut grads.w1), &ws.shards, Layer::W1);
-    sum_into(flat_mut(&mut grads.w2), &ws.shards, Layer::W2);
-    if let Some(g) = &mut grads.biases {
-        sum_into(flat1_mut(&mut g.b1), &ws.shards, Layer::B1);
-        sum_into(flat1_mut(&mut g.b2), &ws.shards, Layer::B2);
+    sum_into(flat_mut(&mut grads.w1), &ws.shards, Param::W1);
+    sum_into(flat_mut(&mut grads.w2), &ws.shards, Param::W2);
+    if weights.has_biases() {
+        let g = grads
+            .biases
+            .as_mut()
+            .expect("bias gradients for a model with biases");
+        sum_into(flat1_mut(&mut g.b1), &ws.shards, Param::B1);
+        sum_into(flat1_mut(&mut g.b2), &ws.shards, Param::B2);
     }
     loss
-}
-
-/// Plain SGD from explicit gradients: `w1 -= lr_w1 · g_w1`,
-/// `w2 -= lr_w2 · g_w2`, as rayon passes; the biases with their layers'
-/// rates.
-pub fn apply_sgd<F: Real>(weights: &mut Weights<F>, grads: &Gradients<F>, lr: LearningRates) {
-    for (w, g, lr) in [
-        (&mut weights.w1, &grads.w1, lr.w1),
-        (&mut weights.w2, &grads.w2, lr.w2),
-    ] {
-        if lr != 0.0 {
-            kernels::sgd_update(flat_mut(w), flat(g), F::from_f64(lr));
-        }
-    }
-    if let (Some(b), Some(g)) = (&mut weights.biases, &grads.biases) {
-        update_biases(b, flat1(&g.b1), flat1(&g.b2), lr);
-    }
-}
-
-/// One SGD step in either mode, the one entry point callers use: with
-/// `grads` `None`, the fused [`step`]; with `Some`, [`gradients`] into
-/// them, then [`apply_sgd`]. Either way the weights are left alone when
-/// the loss is not finite. Returns the loss (of the weights before the
-/// update); `probe` sees the first shard's phases and the update.
-pub fn update<F: Real>(
-    ws: &mut Workspace<F>,
-    data: &Data<F>,
-    weights: &mut Weights<F>,
-    grads: Option<&mut Gradients<F>>,
-    lr: LearningRates,
-    probe: &mut impl Probe,
-) -> f64 {
-    match grads {
-        None => step_probed(ws, data, weights, lr, probe),
-        Some(g) => {
-            let loss = gradients_probed(ws, data, weights, g, probe);
-            if loss.is_finite() {
-                apply_sgd(weights, g, lr);
-            }
-            probe.done(Phase::Update);
-            loss
-        }
-    }
-}
-
-/// [`update`] with explicit gradients summed through `exchange` while
-/// they are computed ([`gradients_exchanged`], g_w1's sum started in
-/// `pieces` parts): data-parallel training's step. Every process applies
-/// the same summed update.
-pub fn update_exchanged<F: Real>(
-    ws: &mut Workspace<F>,
-    data: &Data<F>,
-    weights: &mut Weights<F>,
-    grads: &mut Gradients<F>,
-    exchange: &mut dyn Exchange<F>,
-    pieces: usize,
-    lr: LearningRates,
-) -> f64 {
-    let loss = gradients_exchanged(ws, data, weights, grads, exchange, pieces);
-    if loss.is_finite() {
-        apply_sgd(weights, grads, lr);
-    }
-    loss
-}
-
-/// The step's GEMMs alone: the very block code of [`step`], block by block
-/// and shard by shard, with its elementwise passes switched off and no
-/// reduction or update pass — what a step would cost if those were free.
-/// Benchmarks time it beside the step. The values it leaves in the
-/// workspace are not a valid step, and when the plan fuses the update it
-/// moves the weights by a fused update's worth.
-pub fn gemms_only<F: Real>(
-    ws: &mut Workspace<F>,
-    data: &Data<F>,
-    weights: &mut Weights<F>,
-    lr: LearningRates,
-) {
-    crate::blas::set_threads(ws.plan.blas_threads);
-    forward_backward::<F, false>(ws, data, weights, lr, &mut NoProbe);
 }

@@ -1,5 +1,6 @@
-//! How a step divides its work ([`Plan`]) and the buffers it works in
-//! ([`Workspace`]), allocated once.
+//! How a step divides its work ([`Plan`]): shards, blocks, threads, and
+//! the bytes its buffers take (the buffers themselves are the shards' and
+//! the blocks', `shards.rs` and `block.rs`).
 //!
 //! Every line of the step's math but the weight gradients is a function of
 //! each row of x alone; only g_w1 and g_w2 sum over rows. So the batch is
@@ -17,12 +18,10 @@
 //! call; two cores each on their own blocks make ~90. It also removes the
 //! N×H buffers: the workspace holds a block, not the batch.
 
-use super::shards::Shard;
 use super::{selftest, StepMode};
 use crate::error::Result;
 use crate::scalar::{Dtype, Real};
 use crate::shape::Shape;
-use ndarray::Array2;
 use std::ops::Range;
 
 /// How a step divides its work: `shards` groups of consecutive rows, one
@@ -232,72 +231,5 @@ impl Plan {
     /// in the memory available now. Call before allocating.
     pub fn check_fits_memory(&self, shape: Shape, dtype: Dtype, mode: StepMode) -> Result<()> {
         shape.check_bytes_fit(self.training_bytes(shape, dtype, mode), dtype)
-    }
-}
-
-/// A block's worth of intermediates.
-#[derive(Debug)]
-pub(super) struct BlockBufs<F> {
-    /// B×H: h = x_b·w1 of the current block, then h_relu in place
-    /// (negatives stored as −0.0, so the sign bit is the ReLU mask).
-    pub(super) h: Array2<F>,
-    /// B×D_out: y_pred = h_relu·w2, then g_y = 2(y_pred − y) in place.
-    pub(super) y_pred: Array2<F>,
-    /// B×H: g_hrelu = g_y·w2ᵀ, then g_h in place after the mask.
-    pub(super) g_hrelu: Array2<F>,
-}
-
-/// The step's preallocated buffers, laid out by a [`Plan`].
-#[derive(Debug)]
-pub struct Workspace<F> {
-    pub(super) shape: Shape,
-    pub(super) plan: Plan,
-    pub(super) shards: Vec<Shard<F>>,
-}
-
-impl<F: Real> Workspace<F> {
-    /// Buffers for `shape` on `threads` threads (see [`Plan::new`]).
-    pub fn new(shape: Shape, threads: usize, mode: StepMode) -> Self {
-        Self::with_plan(shape, Plan::new(shape, F::DTYPE, threads, mode))
-    }
-
-    /// Buffers for `shape` laid out by `plan`.
-    pub fn with_plan(shape: Shape, plan: Plan) -> Self {
-        let (b, d, h, o) = (plan.block_rows, shape.d_in, shape.hidden, shape.d_out);
-        let (gd, gh, go) = if plan.fused_gemm_update {
-            (0, 0, 0)
-        } else {
-            (d, h, o)
-        };
-        let shards = (0..plan.shards)
-            .map(|i| Shard {
-                rows: plan.shard_rows(shape.n, i),
-                bufs: BlockBufs {
-                    h: Array2::zeros((b, h)),
-                    y_pred: Array2::zeros((b, o)),
-                    g_hrelu: Array2::zeros((b, h)),
-                },
-                g_w1: Array2::zeros((gd, gh)),
-                g_w2: Array2::zeros((gh, go)),
-                g_b1: Array2::zeros((1, h)),
-                g_b2: Array2::zeros((1, o)),
-                loss: 0.0,
-            })
-            .collect();
-        Workspace {
-            shape,
-            plan,
-            shards,
-        }
-    }
-
-    /// The shape the buffers were made for.
-    pub fn shape(&self) -> Shape {
-        self.shape
-    }
-
-    /// How the work is divided.
-    pub fn plan(&self) -> Plan {
-        self.plan
     }
 }

@@ -3,13 +3,16 @@
 //! then the reduction of those sums into the update (see [`super::plan`]
 //! for why the work is laid out this way).
 
-use super::block::{block, BiasSums, Sink};
-use super::plan::{BlockBufs, Workspace};
+use super::block::{block, BiasSums, BlockBufs, Sink};
+use super::plan::Plan;
 use super::probe::{NoProbe, Phase, Probe};
+use super::sgd::{self, Grad, Param};
 use super::views::{columns_of, flat, flat_mut, rows_of, rows_of_mut, slice, slice_mut};
+use super::LearningRates;
 use crate::kernels;
 use crate::net::{Data, Weights};
 use crate::scalar::Real;
+use crate::shape::Shape;
 use ndarray::linalg::general_mat_mul;
 use ndarray::Array2;
 use std::ops::Range;
@@ -34,35 +37,64 @@ pub(super) struct Shard<F> {
     pub(super) loss: f64,
 }
 
-/// One of the two weight matrices.
-#[derive(Clone, Copy, Debug)]
-pub(super) enum Layer {
-    /// D_in×H.
-    W1,
-    /// H×D_out.
-    W2,
-    /// b1's gradient, 1×H.
-    B1,
-    /// b2's gradient, 1×D_out.
-    B2,
-}
-
 impl<F> Shard<F> {
-    pub(super) fn grad(&self, l: Layer) -> &Array2<F> {
+    /// This shard's sum of `l`'s gradient (1×H and 1×D_out for the biases).
+    pub(super) fn grad(&self, l: Param) -> &Array2<F> {
         match l {
-            Layer::W1 => &self.g_w1,
-            Layer::W2 => &self.g_w2,
-            Layer::B1 => &self.g_b1,
-            Layer::B2 => &self.g_b2,
+            Param::W1 => &self.g_w1,
+            Param::W2 => &self.g_w2,
+            Param::B1 => &self.g_b1,
+            Param::B2 => &self.g_b2,
         }
     }
 
-    pub(super) fn grad_mut(&mut self, l: Layer) -> &mut Array2<F> {
+    /// [`Shard::grad`], to add into.
+    pub(super) fn grad_mut(&mut self, l: Param) -> &mut Array2<F> {
         match l {
-            Layer::W1 => &mut self.g_w1,
-            Layer::W2 => &mut self.g_w2,
-            Layer::B1 => &mut self.g_b1,
-            Layer::B2 => &mut self.g_b2,
+            Param::W1 => &mut self.g_w1,
+            Param::W2 => &mut self.g_w2,
+            Param::B1 => &mut self.g_b1,
+            Param::B2 => &mut self.g_b2,
+        }
+    }
+}
+
+/// The step's preallocated buffers, laid out by a [`Plan`].
+#[derive(Debug)]
+pub(crate) struct Workspace<F> {
+    pub(super) shape: Shape,
+    pub(super) plan: Plan,
+    pub(super) shards: Vec<Shard<F>>,
+}
+
+impl<F: Real> Workspace<F> {
+    /// Buffers for `shape` laid out by `plan`.
+    pub fn with_plan(shape: Shape, plan: Plan) -> Self {
+        let (b, d, h, o) = (plan.block_rows, shape.d_in, shape.hidden, shape.d_out);
+        let (gd, gh, go) = if plan.fused_gemm_update {
+            (0, 0, 0)
+        } else {
+            (d, h, o)
+        };
+        let shards = (0..plan.shards)
+            .map(|i| Shard {
+                rows: plan.shard_rows(shape.n, i),
+                bufs: BlockBufs {
+                    h: Array2::zeros((b, h)),
+                    y_pred: Array2::zeros((b, o)),
+                    g_hrelu: Array2::zeros((b, h)),
+                },
+                g_w1: Array2::zeros((gd, gh)),
+                g_w2: Array2::zeros((gh, go)),
+                g_b1: Array2::zeros((1, h)),
+                g_b2: Array2::zeros((1, o)),
+                loss: 0.0,
+            })
+            .collect();
+        Workspace {
+            shape,
+            plan,
+            shards,
         }
     }
 }
@@ -167,7 +199,7 @@ pub(super) fn last_block_w1<F: Real>(
 }
 
 /// One layer's gradient summed over the shards: `out ← Σ shard sums`.
-pub(super) fn sum_into<F: Real>(out: &mut [F], shards: &[Shard<F>], l: Layer) {
+pub(super) fn sum_into<F: Real>(out: &mut [F], shards: &[Shard<F>], l: Param) {
     match shards {
         [a] => kernels::copy(out, flat(a.grad(l))),
         [a, b, more @ ..] => {
@@ -180,30 +212,38 @@ pub(super) fn sum_into<F: Real>(out: &mut [F], shards: &[Shard<F>], l: Layer) {
     }
 }
 
-/// One layer's update from the shards' sums, `w ← w − lr·Σ g`: summing and
-/// updating in one pass for up to two shards (any more are first added
-/// into the first shard's buffer).
-pub(super) fn update_layer<F: Real>(w: &mut [F], shards: &mut [Shard<F>], l: Layer, lr: f64) {
-    if lr == 0.0 {
-        return;
-    }
-    let lr = F::from_f64(lr);
-    let (first, rest) = shards.split_at_mut(1);
-    let g0 = first[0].grad_mut(l);
-    match rest {
-        [] => kernels::sgd_update(w, flat(g0), lr),
-        [b, more @ ..] => {
-            for m in more.iter() {
-                kernels::add_assign(flat_mut(g0), flat(m.grad(l)));
+/// SGD from the shards' sums: each parameter moves by the sum over the
+/// shards of its gradient, the first two shards' sums added in the
+/// update's own pass (any more are first added into the first shard's
+/// buffer, in shard order).
+pub(super) fn update_from_shards<F: Real>(
+    weights: &mut Weights<F>,
+    shards: &mut [Shard<F>],
+    lr: LearningRates,
+) {
+    if shards.len() > 2 {
+        let (first, rest) = shards.split_at_mut(1);
+        for p in [Param::W1, Param::W2, Param::B1, Param::B2] {
+            let bias = matches!(p, Param::B1 | Param::B2);
+            if p.rate(lr) == 0.0 || (bias && !weights.has_biases()) {
+                continue;
             }
-            kernels::sgd_update_sum2(w, flat(g0), flat(b.grad(l)), lr);
+            for m in &rest[1..] {
+                kernels::add_assign(flat_mut(first[0].grad_mut(p)), flat(m.grad(p)));
+            }
         }
     }
+    let shards = &*shards;
+    sgd::update(weights, lr, |p| match shards {
+        [a] => Grad::One(flat(a.grad(p))),
+        [a, b, ..] => Grad::Sum2(flat(a.grad(p)), flat(b.grad(p))),
+        [] => unreachable!("a plan has at least one shard"),
+    });
 }
 
 /// Adds rows `r` of every other shard's sum of `l` into the first shard's,
 /// leaving the process's whole sum of those rows there.
-pub(super) fn fold_into_first<F: Real>(shards: &mut [Shard<F>], l: Layer, r: Range<usize>) {
+pub(super) fn fold_into_first<F: Real>(shards: &mut [Shard<F>], l: Param, r: Range<usize>) {
     let (first, rest) = shards.split_at_mut(1);
     let mut acc = rows_of_mut(first[0].grad_mut(l), r.clone());
     for sh in rest.iter() {

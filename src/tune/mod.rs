@@ -21,7 +21,8 @@ use crate::error::Result;
 use crate::net::{Data, Weights};
 use crate::scalar::Real;
 use crate::shape::Shape;
-use crate::step::{self, Gradients, LearningRates, PlanChoice, StepMode, Workspace};
+use crate::stats::median;
+use crate::step::{LearningRates, NoProbe, PlanChoice, Step, StepMode, Update};
 use std::time::Instant;
 
 /// FLOPs of one step of the sub-batch the tuner times on (about 30 ms in
@@ -127,23 +128,20 @@ pub fn exhaustive<F: Real>(
 struct Bench<F> {
     data: Data<F>,
     weights: Weights<F>,
-    grads: Option<Gradients<F>>,
-    workspaces: Vec<Workspace<F>>,
+    /// One step per candidate plan.
+    steps: Vec<Step<F>>,
 }
 
 impl<F: Real> Bench<F> {
     fn new(shape: Shape, mode: StepMode, candidates: &[PlanChoice]) -> Result<Self> {
-        let mut workspaces = Vec::with_capacity(candidates.len());
+        let mut steps = Vec::with_capacity(candidates.len());
         for c in candidates {
-            let plan = c.plan(shape, mode);
-            plan.check_fits_memory(shape, F::DTYPE, mode)?;
-            workspaces.push(Workspace::with_plan(shape, plan));
+            steps.push(Step::primal(shape, c.plan(shape, mode), mode)?);
         }
         Ok(Bench {
             data: Data::random(shape, 0),
             weights: Weights::random(shape, 0),
-            grads: (mode == StepMode::Explicit).then(|| Gradients::zeros(shape)),
-            workspaces,
+            steps,
         })
     }
 
@@ -159,9 +157,9 @@ impl<F: Real> Bench<F> {
 
     /// `steps` passes over the candidates `which`, one timed step of each
     /// per pass (after one untimed step each): their times in ms, indexed
-    /// like the workspaces (empty for the others).
+    /// like the steps (empty for the others).
     fn rounds(&mut self, which: &[usize], steps: usize) -> Vec<Vec<f64>> {
-        let mut out = vec![Vec::new(); self.workspaces.len()];
+        let mut out = vec![Vec::new(); self.steps.len()];
         self.warm(which);
         for _ in 0..steps {
             for &i in which {
@@ -174,23 +172,17 @@ impl<F: Real> Bench<F> {
     }
 
     fn step(&mut self, i: usize) {
-        std::hint::black_box(step::update(
-            &mut self.workspaces[i],
+        let loss = self.steps[i].run(
             &self.data,
             &mut self.weights,
-            self.grads.as_mut(),
             LearningRates::uniform(TUNE_LR),
-            &mut step::NoProbe,
-        ));
+            Update::Sgd,
+            &mut NoProbe,
+        );
+        std::hint::black_box(loss.expect("a step built for this batch and these weights"));
     }
 }
 
 fn min(v: &[f64]) -> f64 {
     v.iter().copied().fold(f64::INFINITY, f64::min)
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    crate::bench::report::percentile(&s, 0.5)
 }

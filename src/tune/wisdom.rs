@@ -41,11 +41,11 @@ pub struct Key {
     #[serde(default)]
     pub openblas_library: String,
     /// `f32` or `f64`.
-    pub dtype: String,
+    pub dtype: Dtype,
     /// The run's thread budget.
     pub threads: usize,
     /// `fused` or `explicit`.
-    pub step_mode: String,
+    pub step_mode: StepMode,
     /// (N, D_in, H, D_out), each rounded up to a power of two.
     pub shape_class: [usize; 4],
 }
@@ -54,18 +54,14 @@ impl Key {
     /// The key of a run of `shape` here and now.
     pub fn of(shape: Shape, dtype: Dtype, threads: usize, mode: StepMode) -> Key {
         Key {
-            cpu_model: crate::bench::env::cpu_model(),
+            cpu_model: crate::machine::cpu_model(),
             cores: crate::threads::available_cores(),
             openblas_version: crate::blas::version(),
             openblas_core: crate::blas::core_name(),
             openblas_library: crate::blas::Library::current().key(),
-            dtype: dtype.name().into(),
+            dtype,
             threads,
-            step_mode: match mode {
-                StepMode::Fused => "fused",
-                StepMode::Explicit => "explicit",
-            }
-            .into(),
+            step_mode: mode,
             shape_class: [shape.n, shape.d_in, shape.hidden, shape.d_out]
                 .map(|d| d.next_power_of_two()),
         }

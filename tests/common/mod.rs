@@ -300,7 +300,7 @@ pub fn one_step_checkpoint(
 ) -> twolayer::checkpoint::Checkpoint<f64> {
     twolayer::checkpoint::Checkpoint {
         header: twolayer::checkpoint::Header {
-            dtype: "f64".into(),
+            dtype: twolayer::scalar::Dtype::F64,
             n,
             d_in: weights_of.d_in,
             hidden: weights_of.hidden,
@@ -309,11 +309,11 @@ pub fn one_step_checkpoint(
             total_steps: 5,
             lr_w1: lr,
             lr_w2: lr,
-            step_mode: "fused".into(),
+            step_mode: twolayer::StepMode::Fused,
             threads: 1,
             ranks: 1,
             data,
-            loss: "sum".into(),
+            loss: twolayer::Loss::Sum,
             minibatch: None,
             blas_core: None,
             blas_library: None,

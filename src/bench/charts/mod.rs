@@ -44,8 +44,8 @@ type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
 const FONT: &str = "sans-serif";
 
 /// A colour per dtype: f64 blue, f32 orange (matplotlib's first two).
-fn dtype_color(dtype: &str) -> RGBColor {
-    if dtype == "f32" {
+fn dtype_color(dtype: crate::scalar::Dtype) -> RGBColor {
+    if dtype == crate::scalar::Dtype::F32 {
         RGBColor(255, 127, 14)
     } else {
         RGBColor(31, 119, 180)
@@ -231,7 +231,7 @@ fn group_label(p: &PointReport) -> (String, String) {
         ),
         k => format!("{k} ranks × {} threads", p.threads),
     };
-    let mode = if p.step_mode == "fused" {
+    let mode = if p.step_mode == crate::step::StepMode::Fused {
         String::new()
     } else {
         format!(", {}", p.step_mode)

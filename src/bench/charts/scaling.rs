@@ -117,7 +117,7 @@ fn threads(p: &PointReport) -> String {
 }
 
 fn mode(p: &PointReport) -> &'static str {
-    if p.step_mode == "fused" {
+    if p.step_mode == crate::step::StepMode::Fused {
         ""
     } else {
         " · explicit"

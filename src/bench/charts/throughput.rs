@@ -10,6 +10,7 @@ use super::{
 };
 use crate::bench::report::{PointReport, Report};
 use crate::error::Result;
+use crate::scalar::Dtype;
 use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -24,7 +25,7 @@ pub fn write_gflops_chart(report: &Report, dir: &Path) -> Result<()> {
         .iter()
         .map(|d| {
             (
-                Mark::Box(dtype_color(d)),
+                Mark::Box(dtype_color(*d)),
                 format!("{d}: step GFLOP/s (median)"),
             )
         })
@@ -32,7 +33,7 @@ pub fn write_gflops_chart(report: &Report, dir: &Path) -> Result<()> {
     legend.push((Mark::Whisker(BLACK), "p10–p90 of the step time".into()));
     for d in &dtypes {
         legend.push((
-            Mark::Dashed(darker(dtype_color(d))),
+            Mark::Dashed(darker(dtype_color(*d))),
             format!("{d}: 2048² GEMM rate, same threads (band: min–max)"),
         ));
     }
@@ -66,15 +67,14 @@ fn groups(report: &Report) -> Vec<Vec<usize>> {
 }
 
 /// The dtypes present, f64 first.
-fn dtypes(report: &Report) -> Vec<String> {
-    ["f64", "f32"]
+fn dtypes(report: &Report) -> Vec<Dtype> {
+    [Dtype::F64, Dtype::F32]
         .into_iter()
         .filter(|d| report.points.iter().any(|p| p.dtype == *d))
-        .map(String::from)
         .collect()
 }
 
-fn draw(report: &Report, groups: &[Vec<usize>], dtypes: &[String], area: &Area) -> DrawResult {
+fn draw(report: &Report, groups: &[Vec<usize>], dtypes: &[Dtype], area: &Area) -> DrawResult {
     let high = |p: &PointReport| {
         let rate = p
             .machine_gemm
@@ -105,7 +105,7 @@ fn draw(report: &Report, groups: &[Vec<usize>], dtypes: &[String], area: &Area) 
             let s = dtypes.iter().position(|d| *d == p.dtype).unwrap_or(0) as f64;
             let x0 = g as f64 + 0.1 + s * slot_w;
             let (x1, xm) = (x0 + slot_w * 0.9, x0 + slot_w * 0.45);
-            let c = dtype_color(&p.dtype);
+            let c = dtype_color(p.dtype);
             // The GEMM rate's band and level, behind the bar.
             if let Some(r) = &p.machine_gemm {
                 chart.draw_series(std::iter::once(Rectangle::new(

@@ -3,7 +3,10 @@
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
+use twolayer::minibatch::ReaderChoice;
 use twolayer::scalar::Dtype;
+use twolayer::step::{FormChoice, StepMode};
+use twolayer::train::Loss;
 
 /// Trains a two-layer network (Linear → ReLU → Linear, sum-of-squares loss,
 /// SGD) through OpenBLAS GEMM, and measures how fast it goes.
@@ -110,15 +113,6 @@ fn learning_rate(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
-/// How the update is applied; both give the same numbers up to rounding.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum ModeArg {
-    /// SGD folded into the gradient GEMMs (alpha = −lr, beta = 1).
-    Fused,
-    /// Gradients into buffers, then an update pass.
-    Explicit,
-}
-
 /// How an MPI job sums each step's gradients over its ranks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum AllreduceMode {
@@ -209,7 +203,7 @@ pub struct TrainArgs {
     pub losses: Option<PathBuf>,
     /// How the update is applied [default: fused, or the checkpoint's]
     #[arg(long = "step-mode", value_enum)]
-    pub step_mode: Option<ModeArg>,
+    pub step_mode: Option<StepMode>,
     /// Run with the plan `twolayer tune` stored for this point in this
     /// wisdom file, where it has one [default: $TWOLAYER_WISDOM, else
     /// $XDG_CACHE_HOME/twolayer/wisdom.json, else
@@ -225,7 +219,7 @@ pub struct TrainArgs {
     /// half the primal's (docs/design.md) [default: auto, or the
     /// checkpoint's]
     #[arg(long, value_enum)]
-    pub form: Option<FormArg>,
+    pub form: Option<FormChoice>,
     /// Write a checkpoint here (atomically) every --checkpoint-every steps,
     /// at the end, and when stopped by Ctrl-C or SIGTERM
     #[arg(long)]
@@ -290,7 +284,7 @@ pub struct TrainArgs {
     /// (one lr then works for every batch size) [default: mean with
     /// --data, sum without, or the checkpoint's]
     #[arg(long, value_enum)]
-    pub loss: Option<LossArg>,
+    pub loss: Option<Loss>,
     /// With --data: also write the weights of the epoch with the lowest
     /// validation loss to this .npz (kept in the checkpoint too, so a
     /// resumed run still has them)
@@ -306,7 +300,7 @@ pub struct TrainArgs {
     /// reader thread while the step runs (ahead: hides waits on the disk),
     /// or inline when the data fits in half the memory available (auto)
     #[arg(long, value_enum, default_value = "auto")]
-    pub reader: ReaderArg,
+    pub reader: ReaderChoice,
     /// With --data: write one CSV line per epoch here (epoch, step, mean
     /// training loss of its steps, validation loss and mean squared error)
     #[arg(long)]
@@ -324,37 +318,6 @@ pub enum WeightInitArg {
     /// Standard normal scaled for the layer: w1 by sqrt(2/D_in) (He, for
     /// the ReLU), w2 by sqrt(1/H) (LeCun, for the linear output).
     Scaled,
-}
-
-/// How minibatches are read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum ReaderArg {
-    /// Inline when the data fits in half the memory available, else ahead.
-    Auto,
-    /// By every thread, before each step.
-    Inline,
-    /// By a reader thread, while the steps before run.
-    Ahead,
-}
-
-/// The step's form.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum FormArg {
-    /// Dual when it saves at least half the FLOPs, else primal.
-    Auto,
-    /// On w1: the step of docs/design.md §1.
-    Primal,
-    /// On C, with w1 = w1_0 + xᵀ·C.
-    Dual,
-}
-
-/// The loss.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum LossArg {
-    /// Σ (y_pred − y)² over the batch.
-    Sum,
-    /// The sum divided by rows × D_out (PyTorch's MSELoss).
-    Mean,
 }
 
 /// What a subcommand prints: the same two flags on every one
@@ -452,12 +415,12 @@ pub struct SweepArgs {
     pub processes: usize,
     /// How the update is applied
     #[arg(long = "step-mode", value_enum, default_value = "fused")]
-    pub step_mode: ModeArg,
+    pub step_mode: StepMode,
     /// The step's form at every point: auto times the form `twolayer train`
     /// runs for the shape (the dual form where it saves FLOPs on one fixed
     /// batch), as users run it [default: auto, or the grid file's `form`]
     #[arg(long, value_enum)]
-    pub form: Option<FormArg>,
+    pub form: Option<FormChoice>,
     /// Write report.json, report.csv, report.md, gflops.svg, phases.svg and scaling.svg here
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -517,7 +480,12 @@ pub struct TuneArgs {
     pub points: GridArgs,
     /// How the update is applied
     #[arg(long = "step-mode", value_enum, default_value = "fused")]
-    pub step_mode: ModeArg,
+    pub step_mode: StepMode,
+    /// The form to plan [default: auto, the form `twolayer train` runs for
+    /// each shape; a point that runs the dual form has no shards or blocks
+    /// to plan and is skipped, with a note]
+    #[arg(long, value_enum)]
+    pub form: Option<FormChoice>,
     /// The wisdom file to fill [default: $TWOLAYER_WISDOM, else
     /// $XDG_CACHE_HOME/twolayer/wisdom.json, else
     /// ~/.cache/twolayer/wisdom.json]
@@ -612,6 +580,48 @@ pub struct InfoArgs {
     /// (Internal: the side of the probe's square GEMM.)
     #[arg(long = "probe-size", hide = true, default_value = "2048")]
     pub probe_size: usize,
+}
+
+impl GridArgs {
+    /// The grid spec the point flags, grid file or preset describe.
+    pub fn spec(&self) -> twolayer::error::Result<twolayer::bench::grid::GridSpec> {
+        let points = self;
+        let mut spec = if let Some(path) = &points.grid {
+            twolayer::bench::grid::GridSpec::from_file(path)?
+        } else if let Some(preset) = points.preset {
+            preset.spec(twolayer::threads::available_cores())
+        } else {
+            let list = |v: &Option<Vec<usize>>, default: usize| v.clone().unwrap_or(vec![default]);
+            twolayer::bench::grid::GridSpec {
+                n: Some(list(&points.n, 64)),
+                d_in: Some(list(&points.d_in, 1000)),
+                hidden: Some(list(&points.hidden, 100)),
+                d_out: Some(list(&points.d_out, 10)),
+                dtype: points
+                    .dtype
+                    .as_ref()
+                    .map(|v| v.iter().map(|d| d.name().to_string()).collect()),
+                ..twolayer::bench::grid::GridSpec::default()
+            }
+        };
+        if let Some(t) = &points.threads {
+            spec.threads = Some(t.clone());
+        }
+        Ok(spec)
+    }
+}
+
+/// The wisdom file a run reads: the flag's, else the default location;
+/// none with `--no-wisdom`.
+pub fn wisdom_path(
+    flag: &Option<std::path::PathBuf>,
+    no_wisdom: bool,
+) -> Option<std::path::PathBuf> {
+    if no_wisdom {
+        return None;
+    }
+    flag.clone()
+        .or_else(twolayer::tune::wisdom::Wisdom::default_path)
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ struct Info {
     /// OpenBLAS's own choice, measured in a child process.
     own_choice: Option<OwnChoice>,
     /// Other processes and the hypervisor on the cores while info measured.
-    load: Option<twolayer::bench::quality::MachineLoad>,
+    load: Option<twolayer::machine::MachineLoad>,
 }
 
 /// Runs `twolayer info`.
@@ -52,7 +52,7 @@ pub fn run(args: &InfoArgs) -> Result<()> {
     let forced = twolayer::kernel_set::forced_below_cpu();
     // The machine's load over info's own measurements: what else ran on
     // the cores, and what the hypervisor took, joins "slowed by".
-    let watch = twolayer::bench::quality::LoadWatch::start();
+    let watch = twolayer::machine::LoadWatch::start();
     let mut info = Info {
         env: Env::capture(),
         gemm_check_max_rel_error: twolayer::kernel_set::gemm_check(),

@@ -3,7 +3,7 @@
 //! process, or K ranks under mpirun). Fresh, resumed and MPI runs take the
 //! same checks; nothing after this reads a flag that could contradict it.
 
-use crate::cli::{FormArg, LossArg, ModeArg, TrainArgs, WeightInitArg};
+use crate::cli::{TrainArgs, WeightInitArg};
 use std::path::{Path, PathBuf};
 use twolayer::checkpoint::{AnyCheckpoint, DataSource, FileRef, MinibatchHeader};
 use twolayer::dataset::batches::Schedule;
@@ -12,7 +12,7 @@ use twolayer::error::{Error, Result};
 use twolayer::npz;
 use twolayer::scalar::Dtype;
 use twolayer::shape::Shape;
-use twolayer::step::{Form, LearningRates, Plan, StepMode};
+use twolayer::step::{Form, FormChoice, LearningRates, Plan, StepMode};
 use twolayer::threads;
 use twolayer::Loss;
 
@@ -99,22 +99,6 @@ pub struct Minibatch {
     pub _stdin: Option<twolayer::input::Spooled>,
 }
 
-/// The library's loss for the command line's.
-fn loss_of(l: LossArg) -> Loss {
-    match l {
-        LossArg::Sum => Loss::Sum,
-        LossArg::Mean => Loss::Mean,
-    }
-}
-
-/// The library's step mode for the command line's.
-pub fn step_mode(m: ModeArg) -> StepMode {
-    match m {
-        ModeArg::Fused => StepMode::Fused,
-        ModeArg::Explicit => StepMode::Explicit,
-    }
-}
-
 /// How the run was launched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Launch {
@@ -174,7 +158,7 @@ pub fn resolve(args: &TrainArgs, launch: Launch) -> Result<RunSpec> {
         }
     }
     if mpi && spec.form == Form::Dual {
-        if args.form == Some(FormArg::Dual) {
+        if args.form == Some(FormChoice::Dual) {
             say!("twolayer: note: the dual form needs the whole batch in one process; under mpirun each rank trains its rows in the primal form");
         }
         spec.form = Form::Primal;
@@ -207,7 +191,7 @@ fn fresh(args: &TrainArgs, ranks: usize, mpi: bool) -> Result<RunSpec> {
         w1: args.lr_w1.or(args.lr).unwrap_or(DEFAULT_LR),
         w2: args.lr_w2.or(args.lr).unwrap_or(DEFAULT_LR),
     };
-    let mode = match (args.step_mode.map(step_mode), mpi) {
+    let mode = match (args.step_mode, mpi) {
         (Some(m), _) => m,
         (None, false) => StepMode::Fused,
         (None, true) => StepMode::Explicit,
@@ -263,7 +247,7 @@ fn fresh(args: &TrainArgs, ranks: usize, mpi: bool) -> Result<RunSpec> {
         ranks,
         data,
         start,
-        loss: args.loss.map(loss_of).unwrap_or_default(),
+        loss: args.loss.unwrap_or_default(),
         minibatch: None,
         form: fixed_batch_form(args.form, mode, mpi, shape, total_steps)?,
         biases: args.bias,
@@ -274,26 +258,28 @@ fn fresh(args: &TrainArgs, ranks: usize, mpi: bool) -> Result<RunSpec> {
 /// (primal under mpirun, where each rank has part of the batch, and with
 /// explicit gradients, which the dual form does not make).
 fn fixed_batch_form(
-    asked: Option<FormArg>,
+    asked: Option<FormChoice>,
     mode: StepMode,
     mpi: bool,
     shape: Shape,
     steps: usize,
 ) -> Result<Form> {
-    match asked.unwrap_or(FormArg::Auto) {
-        FormArg::Primal => Ok(Form::Primal),
-        FormArg::Dual if mode == StepMode::Explicit && !mpi => Err(Error::invalid(
-            "--form dual applies its update itself; it cannot run with --step-mode explicit",
-        )),
-        FormArg::Dual => Ok(Form::Dual),
-        FormArg::Auto if mpi || mode == StepMode::Explicit => Ok(Form::Primal),
-        FormArg::Auto => Ok(Form::auto(shape, steps)),
+    match asked.unwrap_or_default() {
+        // Under mpirun each rank has part of the batch: primal (a note
+        // says so when dual was asked for).
+        FormChoice::Auto if mpi => Ok(Form::Primal),
+        FormChoice::Dual if mpi => Ok(Form::Dual),
+        asked => asked.resolve(shape, steps, mode).map_err(|_| {
+            Error::invalid(
+                "--form dual applies its update itself; it cannot run with --step-mode explicit",
+            )
+        }),
     }
 }
 
 /// A fresh minibatch run on `--data`.
 fn with_data(args: &TrainArgs, files: &[PathBuf], ranks: usize, mpi: bool) -> Result<RunSpec> {
-    if args.form == Some(FormArg::Dual) {
+    if args.form == Some(FormChoice::Dual) {
         return Err(Error::invalid(
             "--form dual needs one fixed batch; --data trains on a new batch every step",
         ));
@@ -444,7 +430,7 @@ fn with_data(args: &TrainArgs, files: &[PathBuf], ranks: usize, mpi: bool) -> Re
             w1: args.lr_w1.or(args.lr).unwrap_or(DATA_DEFAULT_LR),
             w2: args.lr_w2.or(args.lr).unwrap_or(DATA_DEFAULT_LR),
         },
-        loss: args.loss.map(loss_of).unwrap_or(Loss::Mean),
+        loss: args.loss.unwrap_or(Loss::Mean),
         biases: !args.no_bias,
         total_steps,
         ranks,
@@ -473,7 +459,7 @@ fn fresh_common(args: &TrainArgs, mpi: bool, shape: Shape, dtype: Dtype) -> RunS
             w1: args.lr_w1.or(args.lr).unwrap_or(DEFAULT_LR),
             w2: args.lr_w2.or(args.lr).unwrap_or(DEFAULT_LR),
         },
-        mode: match (args.step_mode.map(step_mode), mpi) {
+        mode: match (args.step_mode, mpi) {
             (Some(m), _) => m,
             (None, false) => StepMode::Fused,
             (None, true) => StepMode::Explicit,
@@ -485,7 +471,7 @@ fn fresh_common(args: &TrainArgs, mpi: bool, shape: Shape, dtype: Dtype) -> RunS
             seed: 0,
             scaled: false,
         },
-        loss: args.loss.map(loss_of).unwrap_or_default(),
+        loss: args.loss.unwrap_or_default(),
         minibatch: None,
         form: Form::Primal,
         biases: args.bias,
@@ -510,7 +496,7 @@ fn from_checkpoint(args: &TrainArgs, path: &Path, ranks: usize) -> Result<RunSpe
         }));
     }
     let shape = h.shape()?;
-    let dtype = h.dtype()?;
+    let dtype = h.dtype;
     check_flags_match(args, shape, dtype, &what)?;
     let mut lr = h.lr();
     let given = (args.lr_w1.or(args.lr), args.lr_w2.or(args.lr));
@@ -534,17 +520,17 @@ fn from_checkpoint(args: &TrainArgs, path: &Path, ranks: usize) -> Result<RunSpe
             )));
         }
     }
-    let mode = h.step_mode()?;
-    if let Some(m) = args.step_mode.map(step_mode).filter(|&m| m != mode) {
+    let mode = h.step_mode;
+    if let Some(m) = args.step_mode.filter(|&m| m != mode) {
         return Err(Error::invalid(format!(
-            "--step-mode {m:?} disagrees with {what} ({mode:?}); a resumed run keeps its settings"
+            "--step-mode {m} disagrees with {what} ({mode}); a resumed run keeps its settings"
         )));
     }
-    let form = h.form()?;
+    let form = h.form();
     let asked = match args.form {
-        Some(FormArg::Primal) => Some(Form::Primal),
-        Some(FormArg::Dual) => Some(Form::Dual),
-        Some(FormArg::Auto) | None => None,
+        Some(FormChoice::Primal) => Some(Form::Primal),
+        Some(FormChoice::Dual) => Some(Form::Dual),
+        Some(FormChoice::Auto) | None => None,
     };
     if let Some(f) = asked.filter(|&f| f != form) {
         return Err(Error::invalid(format!(
@@ -584,11 +570,8 @@ fn from_checkpoint(args: &TrainArgs, path: &Path, ranks: usize) -> Result<RunSpe
         }
     }
     check_source_unchanged(&h.data)?;
-    let loss: Loss = h
-        .loss
-        .parse()
-        .map_err(|e| Error::read(path, format!("bad checkpoint header: {e}")))?;
-    if let Some(l) = args.loss.map(loss_of).filter(|&l| l != loss) {
+    let loss = h.loss;
+    if let Some(l) = args.loss.filter(|&l| l != loss) {
         return Err(Error::invalid(format!(
             "--loss {} disagrees with {what} ({}); a resumed run keeps its settings",
             l.name(),

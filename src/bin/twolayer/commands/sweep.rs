@@ -1,44 +1,18 @@
 //! `twolayer sweep`: build the grid from flags, a file or a preset, measure
 //! it, and write the reports.
 
-use crate::cli::{FormArg, GridArgs, SweepArgs};
+use crate::cli::SweepArgs;
 use std::path::Path;
-use twolayer::bench::grid::{GridSpec, Timing};
+use twolayer::bench::grid::Timing;
 use twolayer::bench::report::Report;
 use twolayer::bench::run::run_grid;
 use twolayer::error::{Error, Result};
 use twolayer::output;
 use twolayer::threads;
 
-/// The grid spec the point flags, grid file or preset describe.
-pub fn grid_spec(points: &GridArgs) -> Result<GridSpec> {
-    let mut spec = if let Some(path) = &points.grid {
-        GridSpec::from_file(path)?
-    } else if let Some(preset) = points.preset {
-        preset.spec(threads::available_cores())
-    } else {
-        let list = |v: &Option<Vec<usize>>, default: usize| v.clone().unwrap_or(vec![default]);
-        GridSpec {
-            n: Some(list(&points.n, 64)),
-            d_in: Some(list(&points.d_in, 1000)),
-            hidden: Some(list(&points.hidden, 100)),
-            d_out: Some(list(&points.d_out, 10)),
-            dtype: points
-                .dtype
-                .as_ref()
-                .map(|v| v.iter().map(|d| d.name().to_string()).collect()),
-            ..GridSpec::default()
-        }
-    };
-    if let Some(t) = &points.threads {
-        spec.threads = Some(t.clone());
-    }
-    Ok(spec)
-}
-
 /// Runs `twolayer sweep` with these flags.
 pub fn run(args: &SweepArgs) -> Result<()> {
-    let mut spec = grid_spec(&args.points)?;
+    let mut spec = args.points.spec()?;
     let mut timing: Timing = spec.timing.unwrap_or_default();
     if let Some(w) = args.warmup {
         timing.warmup = w;
@@ -59,29 +33,22 @@ pub fn run(args: &SweepArgs) -> Result<()> {
     }
     spec.timing = Some(timing);
     if let Some(f) = args.form {
-        spec.form = Some(
-            match f {
-                FormArg::Auto => "auto",
-                FormArg::Primal => "primal",
-                FormArg::Dual => "dual",
-            }
-            .to_string(),
-        );
+        spec.form = Some(f);
     }
     // Under mpirun each rank holds part of the batch: the primal step, as
     // `twolayer train` runs there.
     #[cfg(feature = "mpi")]
     if twolayer::distributed::launched_by_mpi() {
-        match spec.form.as_deref() {
-            Some("dual") => {
+        match spec.form {
+            Some(twolayer::step::FormChoice::Dual) => {
                 return Err(Error::invalid(
                     "the dual form needs the whole batch in one process; a sweep under mpirun times the primal step",
                 ))
             }
-            _ => spec.form = Some("primal".into()),
+            _ => spec.form = Some(twolayer::step::FormChoice::Primal),
         }
     }
-    let mode = super::run_spec::step_mode(args.step_mode);
+    let mode = args.step_mode;
     let grid = spec.build(mode)?;
     #[cfg(feature = "mpi")]
     if twolayer::distributed::launched_by_mpi() {
@@ -97,7 +64,7 @@ pub fn run(args: &SweepArgs) -> Result<()> {
     let mut report = if args.processes > 1 {
         run_in_processes(args.processes)?
     } else {
-        let wisdom = super::tune::wisdom_path(&args.wisdom, args.no_wisdom);
+        let wisdom = crate::cli::wisdom_path(&args.wisdom, args.no_wisdom);
         run_grid(&grid, mode, wisdom.as_deref())?
     };
     record_kernel_cost(&mut report);
@@ -121,7 +88,7 @@ fn record_kernel_cost(report: &mut Report) {
     let forced = report
         .points
         .iter()
-        .find(|p| p.dtype == "f64" && p.threads == t)
+        .find(|p| p.dtype == twolayer::scalar::Dtype::F64 && p.threads == t)
         .map(|p| p.machine_gemm_gflops)
         .unwrap_or_else(|| {
             twolayer::blas::with_threads(t, || {
@@ -151,7 +118,7 @@ fn check_out_dir(args: &SweepArgs) -> Result<()> {
     if let Some(g) = &args.points.grid {
         inputs.push(("--grid", g));
     }
-    let wisdom = super::tune::wisdom_path(&args.wisdom, args.no_wisdom);
+    let wisdom = crate::cli::wisdom_path(&args.wisdom, args.no_wisdom);
     if let Some(w) = &wisdom {
         inputs.push(("the wisdom file", w));
     }
@@ -203,7 +170,7 @@ fn run_mpi(args: &SweepArgs, grid: &twolayer::bench::grid::Grid) -> Result<()> {
             "--processes cannot be used under mpirun (the ranks are the processes)",
         ));
     }
-    if args.step_mode != crate::cli::ModeArg::Fused {
+    if args.step_mode != twolayer::step::StepMode::Fused {
         return Err(Error::invalid(
             "--step-mode does not apply under mpirun: ranks always compute explicit gradients and sum them",
         ));

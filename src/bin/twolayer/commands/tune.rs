@@ -5,7 +5,6 @@
 //! built-in rule stand against the best.
 
 use crate::cli::TuneArgs;
-use std::path::PathBuf;
 use twolayer::bench::env::utc_now;
 use twolayer::bench::report::fmt_ms;
 use twolayer::error::{Error, Result};
@@ -14,19 +13,14 @@ use twolayer::step::{Plan, PlanChoice, StepMode};
 use twolayer::tune::wisdom::{Entry, Key, Wisdom};
 use twolayer::tune::{self, Tuning};
 
-/// The wisdom file a run reads: the flag's, else the default location;
-/// none with `--no-wisdom`.
-pub fn wisdom_path(flag: &Option<PathBuf>, no_wisdom: bool) -> Option<PathBuf> {
-    if no_wisdom {
-        return None;
-    }
-    flag.clone().or_else(Wisdom::default_path)
-}
-
 /// Runs `twolayer tune`.
 pub fn run(args: &TuneArgs) -> Result<()> {
-    let mode = super::run_spec::step_mode(args.step_mode);
-    let grid = super::sweep::grid_spec(&args.points)?.build(mode)?;
+    let mode = args.step_mode;
+    let mut spec = args.points.spec()?;
+    if args.form.is_some() {
+        spec.form = args.form;
+    }
+    let grid = spec.build(mode)?;
     let path = args.wisdom.clone().or_else(Wisdom::default_path).ok_or_else(|| {
         Error::invalid("no wisdom file: give --wisdom FILE (TWOLAYER_WISDOM is empty and there is no HOME)")
     })?;
@@ -44,6 +38,14 @@ pub fn run(args: &TuneArgs) -> Result<()> {
     // The entries tuned now, for --json.
     let mut tuned: Vec<Entry> = Vec::new();
     for p in &grid.points {
+        if p.form == twolayer::step::Form::Dual {
+            // The form `twolayer train` runs here has nothing to plan.
+            args.output.text(&format!(
+                "{} {} ×{}: not tuned: `twolayer train` runs the dual form at this shape, which has no shards or blocks to plan (--form primal tunes the primal step's plan)\n",
+                p.shape, p.dtype, p.threads
+            ));
+            continue;
+        }
         let pool = &pools[&p.threads];
         let t: Tuning = pool.install(|| match p.dtype {
             Dtype::F32 => tune::tune::<f32>(p.shape, mode),

@@ -4,7 +4,7 @@
 use super::super::run_spec::{Minibatch, RunSpec, Start};
 use super::report::{Reporter, RunConfig};
 use super::seeded_weights;
-use crate::cli::{ReaderArg, TrainArgs};
+use crate::cli::TrainArgs;
 use crate::signals::Signals;
 use std::ops::ControlFlow;
 use twolayer::checkpoint::EpochRecord;
@@ -64,11 +64,7 @@ pub(super) fn minibatches<F: Real>(args: &TrainArgs, spec: RunSpec, mb: Minibatc
     let epochs = cfg.total_steps.div_ceil(per_epoch);
     let to_run = cfg.total_steps - trainer.steps_done();
     let mut val_err: Option<Error> = None;
-    let reader = match args.reader {
-        ReaderArg::Auto => twolayer::minibatch::Reader::auto(&mb.dataset),
-        ReaderArg::Inline => twolayer::minibatch::Reader::Inline,
-        ReaderArg::Ahead => twolayer::minibatch::Reader::Ahead,
-    };
+    let reader = args.reader.resolve(&mb.dataset);
     let result = twolayer::minibatch::run(
         &mut trainer,
         &mb.dataset,

@@ -99,7 +99,7 @@ fn check_files_distinct(args: &TrainArgs, spec: &RunSpec) -> Result<()> {
     }
     // The tuned plans are read too (from --wisdom, TWOLAYER_WISDOM or the
     // default file): an output onto them would destroy them.
-    let wisdom = super::tune::wisdom_path(&args.wisdom, args.no_wisdom);
+    let wisdom = crate::cli::wisdom_path(&args.wisdom, args.no_wisdom);
     if let Some(p) = &wisdom {
         inputs.push(("the wisdom file", p));
     }
@@ -204,7 +204,7 @@ fn single<F: Real>(args: &TrainArgs, mut spec: RunSpec) -> Result<()> {
     let tuned = match from_checkpoint {
         Some(p) => Some((p, "the checkpoint".to_string())),
         None => twolayer::tune::wisdom::Tuned::open(
-            super::tune::wisdom_path(&args.wisdom, args.no_wisdom).as_deref(),
+            crate::cli::wisdom_path(&args.wisdom, args.no_wisdom).as_deref(),
         )
         .and_then(|w| w.lookup(spec.shape, spec.dtype, spec.threads, spec.mode))
         .map(|(p, src)| (p, src.to_string())),

@@ -97,7 +97,7 @@ fn checkpoint_header<F: Real>(
 ) -> Header {
     let s = cfg.global_shape(t, n_total);
     Header {
-        dtype: F::DTYPE.name().into(),
+        dtype: F::DTYPE,
         n: s.n,
         d_in: s.d_in,
         hidden: s.hidden,
@@ -106,15 +106,11 @@ fn checkpoint_header<F: Real>(
         total_steps: cfg.total_steps,
         lr_w1: cfg.lr.w1,
         lr_w2: cfg.lr.w2,
-        step_mode: match cfg.mode {
-            StepMode::Fused => "fused",
-            StepMode::Explicit => "explicit",
-        }
-        .into(),
+        step_mode: cfg.mode,
         threads: cfg.threads,
         ranks: cfg.ranks,
         data: cfg.data.clone(),
-        loss: cfg.loss.name().into(),
+        loss: cfg.loss,
         minibatch: cfg.minibatch.clone().map(|m| MinibatchHeader {
             history: history.to_vec(),
             ..m
@@ -123,7 +119,7 @@ fn checkpoint_header<F: Real>(
         blas_library: Some(blas::Library::current().key()),
         plan: (t.form() == Form::Primal && cfg.ranks == 1)
             .then(|| PlanChoice::of(t.plan(), t.shape().n)),
-        form: (t.form() == Form::Dual).then(|| t.form().name().to_string()),
+        form: (t.form() == Form::Dual).then_some(Form::Dual),
         biases: t.weights_have_biases(),
         best_weights: false,
         written_by: format!("twolayer {}", env!("CARGO_PKG_VERSION")),
@@ -592,16 +588,8 @@ impl<'a, F: Real> Reporter<'a, F> {
         let gflops = shape.flops_per_step() / (stats.ms_per_step() * 1e-3) / 1e9;
         let plan = trainer.plan();
         let form = trainer.form();
-        // What the step's products cost in the form that ran: the dual
-        // form's h = P + G·C is 2·N²·H where the primal's x·w1 and xᵀ·g_h
-        // are 4·N·D_in·H; the three products with w2 are the same.
-        let done_flops = match form {
-            Form::Primal => shape.flops_per_step(),
-            Form::Dual => {
-                let (n, h, o) = (shape.n as f64, shape.hidden as f64, shape.d_out as f64);
-                2.0 * n * n * h + 6.0 * n * h * o
-            }
-        };
+        // What the step's products cost in the form that ran.
+        let done_flops = form.flops_per_step(shape);
         let done_gflops = done_flops / (stats.ms_per_step() * 1e-3) / 1e9;
         let how = match form {
             Form::Primal => format!(
@@ -653,7 +641,7 @@ impl<'a, F: Real> Reporter<'a, F> {
                     format!("{} generic", lib.version)
                 }
             },
-            twolayer::shape::peak_rss_bytes()
+            twolayer::machine::peak_rss_bytes()
                 .map(|b| twolayer::error::human_bytes(b as f64))
                 .unwrap_or_else(|| "unknown".into()),
             trainer.last_loss().unwrap_or(f64::NAN),
@@ -684,7 +672,7 @@ impl<'a, F: Real> Reporter<'a, F> {
                 ranks: cfg.ranks,
                 loss: cfg.loss.name(),
                 final_loss: trainer.last_loss(),
-                peak_rss_bytes: twolayer::shape::peak_rss_bytes(),
+                peak_rss_bytes: twolayer::machine::peak_rss_bytes(),
                 epochs: self.history.clone(),
                 stopped_by: signal.map(signal_name),
                 stopped_early_after_epoch: self.stopped_early,
