@@ -210,10 +210,36 @@ fn reference_experiment_in(form: &str) {
     r.extend(theirs_only);
     reference(&r);
     let numpy_self = loss_gap(&theirs, &read_losses(&one), |_| true);
-    eprintln!("losses above the floor {above:e}; all steps {all_gap:e}; numpy 1 vs 2 threads {numpy_self:e}");
+    // ... and across kernel sets: our library is built for this CPU and
+    // runs its own kernels whatever OPENBLAS_CORETYPE says, numpy's obeys
+    // it. With OPENBLAS_CORETYPE=Haswell numpy gives the same bits on 1
+    // and 2 threads (its gap above is 0) while ours and numpy's then differ
+    // by a kernel set's rounding (1.4e-9 near the floor, seen): numpy run
+    // on its own kernels measures that. With the variable unset both runs
+    // are the same and this adds nothing.
+    let native = d.join("np_native.txt");
+    let mut r = vec![
+        "--init",
+        init.to_str().unwrap(),
+        "--quiet",
+        "--threads",
+        "2",
+    ];
+    r.extend(["--losses", native.to_str().unwrap()]);
+    r.extend(theirs_only);
+    let out = std::process::Command::new(common::python())
+        .arg(common::root().join("scripts/reference.py"))
+        .args(&r)
+        .env_remove("OPENBLAS_CORETYPE")
+        .env_remove("OPENBLAS_L2_SIZE")
+        .output()
+        .expect("reference.py runs");
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let numpy_kernels = loss_gap(&theirs, &read_losses(&native), |_| true);
+    eprintln!("losses above the floor {above:e}; all steps {all_gap:e}; numpy 1 vs 2 threads {numpy_self:e}; numpy across kernel sets {numpy_kernels:e}");
     assert!(
-        all_gap < 1e-9_f64.max(3.0 * numpy_self),
-        "losses differ by {all_gap:e}; numpy differs from itself by {numpy_self:e}"
+        all_gap < 1e-9_f64.max(3.0 * numpy_self).max(3.0 * numpy_kernels),
+        "losses differ by {all_gap:e}; numpy differs from itself by {numpy_self:e} across threads, {numpy_kernels:e} across kernel sets"
     );
 }
 
