@@ -371,10 +371,8 @@ impl<F: Real> Trainer<F> {
             ));
         }
         let threads = rayon::current_num_threads();
-        let plan = self.step.plan();
         // The primal buffers are not needed in the dual form: freed here.
         self.step = Step::dual(&self.data, &self.weights.w1, coef, threads)?;
-        debug_assert_eq!(self.step.plan(), plan);
         self.formed = OnceCell::new();
         Ok(self)
     }

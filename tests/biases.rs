@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{as_f64, loop_step_biased, max_rel_diff, to_f64};
+use common::{as_f64, grads_of, loop_step_biased, max_rel_diff, to_f64};
 use ndarray::Array1;
 use twolayer::net::Biases;
 use twolayer::step::{Form, Gradients, LearningRates, NoExchange, NoProbe, Plan, Step, Update};
@@ -38,17 +38,6 @@ fn loss_of(data: &Data<f64>, w: &Weights<f64>) -> f64 {
     let shape = twolayer::net::checked_shape(data, w).unwrap();
     let mut step = Step::planned(shape, 1, StepMode::Explicit).unwrap();
     grads_of(&mut step, data, w).0
-}
-
-/// The gradients at `w` through `step`, handed back, and the loss.
-fn grads_of<F: Real>(step: &mut Step<F>, data: &Data<F>, w: &Weights<F>) -> (f64, Gradients<F>) {
-    let mut g = Gradients::zeros_for(w);
-    let mut w = w.clone();
-    let lr = LearningRates::uniform(0.0);
-    let loss = step
-        .run(data, &mut w, lr, Update::Gradients(&mut g), &mut NoProbe)
-        .unwrap();
-    (loss, g)
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{as_f64, loop_step, max_rel_diff, to_f64};
+use common::{as_f64, grads_of, loop_step, max_rel_diff, to_f64};
 use ndarray::Array2;
 use twolayer::step::{Gradients, LearningRates, NoExchange, NoProbe, Plan, Step, Update};
 use twolayer::{Data, Real, Shape, StepMode, Trainer, Weights};
@@ -33,17 +33,6 @@ fn loss_of(data: &Data<f64>, w: &Weights<f64>) -> f64 {
         &mut NoProbe,
     )
     .unwrap()
-}
-
-/// The gradients at `w` through `step`, and the loss.
-fn grads_of<F: Real>(step: &mut Step<F>, data: &Data<F>, w: &Weights<F>) -> (f64, Gradients<F>) {
-    let mut g = Gradients::zeros(step.shape());
-    let mut w = w.clone();
-    let lr = LearningRates::uniform(0.0);
-    let loss = step
-        .run(data, &mut w, lr, Update::Gradients(&mut g), &mut NoProbe)
-        .unwrap();
-    (loss, g)
 }
 
 #[test]

@@ -315,11 +315,10 @@ impl<F: Real> Step<F> {
         coef: Option<Array2<F>>,
         threads: usize,
     ) -> Result<Self> {
-        let (n, d_in) = data.x.dim();
-        let shape = Shape::new(n, d_in, w1_0.ncols(), data.y.ncols())?;
+        let dual = Dual::new(data, w1_0, coef, threads)?;
         Ok(Step {
-            plan: Plan::new(shape, F::DTYPE, threads, StepMode::Fused),
-            form: FormState::Dual(Dual::new(data, w1_0, coef, threads)?),
+            plan: Plan::new(dual.shape(), F::DTYPE, threads, StepMode::Fused),
+            form: FormState::Dual(dual),
         })
     }
 
@@ -335,8 +334,8 @@ impl<F: Real> Step<F> {
     ) -> Result<Self> {
         match form {
             Form::Primal => {
-                let (n, d_in) = data.x.dim();
-                let shape = Shape::new(n, d_in, weights.w1.ncols(), data.y.ncols())?;
+                let (x, y) = (data.x.dim(), data.y.dim());
+                let shape = crate::net::shape_from_dims(x, y, weights.w1.dim(), weights.w2.dim())?;
                 Self::primal(shape, plan, mode)
             }
             Form::Dual if mode == StepMode::Explicit => Err(Error::invalid(

@@ -329,3 +329,21 @@ pub fn one_step_checkpoint(
         best: None,
     }
 }
+
+/// The gradients at `w` through `step`, handed back (`Update::Gradients`,
+/// with bias gradients when `w` has biases), and the loss; `w` is not
+/// changed.
+pub fn grads_of<F: Real>(
+    step: &mut twolayer::step::Step<F>,
+    data: &Data<F>,
+    w: &Weights<F>,
+) -> (f64, twolayer::Gradients<F>) {
+    use twolayer::step::{NoProbe, Update};
+    let mut g = twolayer::Gradients::zeros_for(w);
+    let mut w = w.clone();
+    let lr = twolayer::LearningRates::uniform(0.0);
+    let loss = step
+        .run(data, &mut w, lr, Update::Gradients(&mut g), &mut NoProbe)
+        .unwrap();
+    (loss, g)
+}
