@@ -9,7 +9,7 @@ mod common;
 use common::{as_f64, grads_of, loop_step_biased, max_rel_diff, to_f64};
 use ndarray::Array1;
 use twolayer::net::Biases;
-use twolayer::step::{Form, Gradients, LearningRates, NoExchange, NoProbe, Plan, Step, Update};
+use twolayer::step::{Form, LearningRates, NoExchange, NoProbe, Plan, Step, Update};
 use twolayer::{Data, Real, Shape, StepMode, Trainer, Weights};
 
 /// See step_correctness.rs: bit-level checks need the same OpenBLAS
