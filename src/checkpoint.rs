@@ -33,9 +33,10 @@
 use crate::error::{Error, Result};
 use crate::net::{Biases, Weights};
 use crate::output::write_atomic;
+use crate::run::RunDescription;
 use crate::scalar::{Dtype, Real};
 use crate::shape::Shape;
-use crate::step::{Form, LearningRates, PlanChoice, StepMode};
+use crate::step::{Form, LearningRates, PlanChoice};
 use crate::train::Loss;
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
@@ -297,16 +298,10 @@ impl DataSource {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Header {
-    /// `f32` or `f64`.
-    pub dtype: Dtype,
-    /// N.
-    pub n: usize,
-    /// D_in.
-    pub d_in: usize,
-    /// H.
-    pub hidden: usize,
-    /// D_out.
-    pub d_out: usize,
+    /// The run: dtype, the whole batch's shape, threads, step mode, form
+    /// (its fields sit at the top level of the JSON, as they always did).
+    #[serde(flatten)]
+    pub run: RunDescription,
     /// Steps done (and losses stored).
     pub steps_done: usize,
     /// Steps the run was asked for in all.
@@ -315,10 +310,6 @@ pub struct Header {
     pub lr_w1: f64,
     /// Learning rate of w2.
     pub lr_w2: f64,
-    /// `fused` or `explicit`.
-    pub step_mode: StepMode,
-    /// Thread budget of the run (needed for bit-identical continuation).
-    pub threads: usize,
     /// MPI ranks the batch was split over (1 for a single process).
     #[serde(default = "one")]
     pub ranks: usize,
@@ -345,10 +336,6 @@ pub struct Header {
     /// (absent: the built-in rule's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<PlanChoice>,
-    /// The step's form, `dual` when the run trains C with
-    /// w1 = w1_0 + xᵀ·C (absent: `primal`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub form: Option<Form>,
     /// Whether the model has biases (b1, b2 stored after w2).
     #[serde(default, skip_serializing_if = "is_false")]
     pub biases: bool,
@@ -371,7 +358,8 @@ fn one() -> usize {
 impl Header {
     /// The shape it describes, validated.
     pub fn shape(&self) -> Result<Shape> {
-        Shape::new(self.n, self.d_in, self.hidden, self.d_out)
+        let s = self.run.shape();
+        Shape::new(s.n, s.d_in, s.hidden, s.d_out)
     }
 
     /// The learning rates.
@@ -382,9 +370,10 @@ impl Header {
         }
     }
 
-    /// The step's form (absent: primal).
+    /// The step's form (`dual` when the run trains C with
+    /// w1 = w1_0 + xᵀ·C).
     pub fn form(&self) -> Form {
-        self.form.unwrap_or_default()
+        self.run.form
     }
 }
 
@@ -725,7 +714,7 @@ impl AnyCheckpoint {
                 best,
             }
         }
-        Ok(match header.dtype {
+        Ok(match header.run.dtype {
             Dtype::F32 => AnyCheckpoint::F32(typed(header, losses, &bytes[at..], shape)),
             Dtype::F64 => AnyCheckpoint::F64(typed(header, losses, &bytes[at..], shape)),
         })
@@ -764,7 +753,7 @@ fn parse_header(bytes: &[u8]) -> std::result::Result<Header, String> {
 fn expected_len(bytes: &[u8]) -> std::result::Result<u64, String> {
     let h = parse_header(bytes)?;
     let hlen = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes")) as u128;
-    let e = h.dtype.size() as u128;
+    let e = h.run.dtype.size() as u128;
     let elems: u128 = array_dims(&h, h.shape().map_err(|e| e.to_string())?)
         .iter()
         .map(|&(r, c)| r as u128 * c as u128)
@@ -823,6 +812,7 @@ fn read_arrays<F: Real>(bytes: &[u8], dims: &[(usize, usize)]) -> Vec<Array2<F>>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::step::StepMode;
 
     #[test]
     fn a_sampled_fingerprint_sees_rewrites_truncations_and_edits_at_samples() {
@@ -880,17 +870,11 @@ mod tests {
         let shape = Shape::new(4, 3, 2, 5).unwrap();
         Checkpoint {
             header: Header {
-                dtype: Dtype::F32,
-                n: 4,
-                d_in: 3,
-                hidden: 2,
-                d_out: 5,
+                run: RunDescription::new(shape, Dtype::F32, 2, StepMode::Fused, Form::Primal),
                 steps_done: 3,
                 total_steps: 10,
                 lr_w1: 1e-6,
                 lr_w2: 0.0,
-                step_mode: StepMode::Fused,
-                threads: 2,
                 ranks: 1,
                 data: DataSource::Seeded { seed: 7 },
                 loss: Loss::Sum,
@@ -898,7 +882,6 @@ mod tests {
                 blas_core: Some("Haswell".into()),
                 blas_library: Some("0.3.34-COOPERLAKE".into()),
                 plan: None,
-                form: None,
                 biases: false,
                 best_weights: false,
                 written_by: "test".into(),
@@ -926,7 +909,7 @@ mod tests {
         c.best = Some(with(9));
         c.header.biases = true;
         c.header.best_weights = true;
-        c.header.form = Some(Form::Dual);
+        c.header.run.form = Form::Dual;
         c.dual = Some((
             with(3).w1,
             Array2::from_shape_fn((4, 2), |(i, j)| (i + j) as f32),
@@ -946,6 +929,29 @@ mod tests {
     }
 
     #[test]
+    fn the_header_reads_its_older_flat_form_and_refuses_unknown_fields() {
+        // A header as twolayer wrote it before the run description was one
+        // type: the run's fields among the others, no `form` (primal).
+        let old = r#"{"dtype":"f32","n":4,"d_in":3,"hidden":2,"d_out":5,"steps_done":3,"total_steps":10,"lr_w1":1e-6,"lr_w2":0.0,"step_mode":"fused","threads":2,"ranks":1,"data":{"seeded":{"seed":7}},"loss":"sum","blas_core":"Haswell","blas_library":"0.3.34-COOPERLAKE","written_by":"test"}"#;
+        let h: Header = serde_json::from_str(old).unwrap();
+        assert_eq!(h, sample().header);
+        let dual = old.replace(r#""threads":2,"#, r#""threads":2,"form":"dual","#);
+        let h: Header = serde_json::from_str(&dual).unwrap();
+        assert_eq!(h.form(), Form::Dual);
+        // Flattening the run into the header keeps unknown fields refused,
+        // at the top level as before.
+        let extra = old.replace(r#""ranks":1,"#, r#""ranks":1,"shards":4,"#);
+        let e = serde_json::from_str::<Header>(&extra)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `shards`"), "{e}");
+        // And the JSON stays flat: no `run` object.
+        let text = serde_json::to_string(&sample().header).unwrap();
+        assert!(text.starts_with(r#"{"dtype":"f32","n":4,"#), "{text}");
+        assert!(!text.contains("\"run\""), "{text}");
+    }
+
+    #[test]
     fn round_trip() {
         let c = sample();
         assert_eq!(
@@ -957,7 +963,7 @@ mod tests {
     #[test]
     fn a_dual_checkpoint_keeps_w1_0_and_c() {
         let mut c = sample();
-        c.header.form = Some(Form::Dual);
+        c.header.run.form = Form::Dual;
         let w = Weights::<f32>::random(Shape::new(4, 3, 2, 5).unwrap(), 2);
         c.dual = Some((
             w.w1,
@@ -974,7 +980,7 @@ mod tests {
         );
         // A header that says dual over a file without the arrays is refused.
         let mut short = sample();
-        short.header.form = Some(Form::Dual);
+        short.header.run.form = Form::Dual;
         assert!(AnyCheckpoint::from_bytes(&short.to_bytes())
             .unwrap_err()
             .contains("truncated or garbled"));

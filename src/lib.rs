@@ -84,6 +84,7 @@ pub mod net;
 pub mod npz;
 pub mod output;
 pub mod predict;
+pub mod run;
 pub mod scalar;
 pub mod shape;
 pub mod stats;

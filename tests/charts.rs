@@ -152,7 +152,7 @@ fn compare_draws_each_points_change_and_interval() {
     render(&chart);
     let (_, _, t) = texts(&chart);
     for p in &base.points {
-        let label = format!("{} {} ×{}", p.shape_label(), p.dtype, p.threads);
+        let label = format!("{} {} ×{}", p.shape_label(), p.run.dtype, p.run.threads);
         assert!(t.iter().any(|x| x.2 == label), "the chart lacks {label}");
     }
     assert!(t.iter().any(|x| x.2 == "all points (geometric mean)"));

@@ -1086,7 +1086,7 @@ fn the_form_is_chosen_by_flops_refused_where_it_cannot_run_and_kept_on_resume() 
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let c = twolayer::checkpoint::AnyCheckpoint::read(&ck).unwrap();
-    assert_eq!(c.header().form, Some(twolayer::step::Form::Dual));
+    assert_eq!(c.header().run.form, twolayer::step::Form::Dual);
     let o = run(&[
         "train",
         "-q",

@@ -321,7 +321,7 @@ fn a_grid_that_gains_or_loses_points_is_compared_on_what_both_ran() {
     for r in &mut cur {
         let gone = r.points.pop().unwrap();
         let mut extra = gone.clone();
-        extra.n = 4096;
+        extra.run.n = 4096;
         r.points.push(extra);
     }
     let (base, cur) = (runs(d, "base", &base), runs(d, "cur", &cur));

@@ -39,8 +39,8 @@ fn reports_hold_every_point_and_round_trip() {
         );
         assert!((p.efficiency - p.gemm_ms / p.ms_per_step.median).abs() < 1e-12);
         assert!(p.gflops > 0.0 && p.machine_gemm_gflops > 0.0 && p.peak_fraction > 0.0);
-        let flops =
-            4.0 * (p.n * p.d_in * p.hidden) as f64 + 6.0 * (p.n * p.hidden * p.d_out) as f64;
+        let flops = 4.0 * (p.run.n * p.run.d_in * p.run.hidden) as f64
+            + 6.0 * (p.run.n * p.run.hidden * p.run.d_out) as f64;
         assert!((p.gflops - flops / p.ms_per_step.median / 1e6).abs() < 1e-9 * p.gflops);
         assert!(p.phases.forward_gemms > 0.0 && p.phases.backward_gemms > 0.0);
         assert!(p.phases.named().iter().all(|(_, ms)| *ms >= 0.0));
@@ -61,7 +61,12 @@ fn reports_hold_every_point_and_round_trip() {
     // Markdown: a row per point.
     let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
     for p in &report.points {
-        let row = format!("| {} | {} | {} |", p.shape_label(), p.dtype, p.threads);
+        let row = format!(
+            "| {} | {} | {} |",
+            p.shape_label(),
+            p.run.dtype,
+            p.run.threads
+        );
         assert_eq!(md.matches(&row).count(), 1, "{row} in {md}");
     }
 
@@ -82,13 +87,13 @@ fn reports_hold_every_point_and_round_trip() {
         texts("scaling.svg"),
     );
     for p in &report.points {
-        let threads = format!("{} thread", p.threads);
+        let threads = format!("{} thread", p.run.threads);
         assert!(gflops.contains(&p.shape_label()) && gflops.contains(&threads));
-        let label = format!("{} {} · {threads}", p.shape_label(), p.dtype);
+        let label = format!("{} {} · {threads}", p.shape_label(), p.run.dtype);
         assert!(phases.contains(&label), "phases.svg lacks {label}");
         let series = format!(
             "N: D_in {}, H {}, D_out {} · {}",
-            p.d_in, p.hidden, p.d_out, p.dtype
+            p.run.d_in, p.run.hidden, p.run.d_out, p.run.dtype
         );
         assert!(scaling.contains(&series), "scaling.svg lacks {series}");
     }
@@ -172,14 +177,14 @@ fn the_report_says_when_its_phases_miss_the_step() {
             flagged,
             (ratio - 1.0).abs() > twolayer::bench::quality::PHASES_OFF,
             "{} threads: ratio {ratio:.3}, warnings {:?}",
-            p.threads,
+            p.run.threads,
             p.warnings
         );
         assert_eq!(p.warnings, twolayer::bench::quality::point_warnings(p));
         for w in &p.warnings {
             assert!(md.contains(w.as_str()), "{w} not in report.md");
         }
-        if p.threads == 1 {
+        if p.run.threads == 1 {
             // One shard: nothing to wait for at the join, whatever the load.
             assert_eq!(p.phases.join, 0.0, "{:?}", p.phases);
         }
@@ -247,7 +252,7 @@ fn noisy_figures_are_flagged_and_clean_ones_are_not() {
     }
     // The dual form's rate is primal-equivalent: past 100% is no flag.
     let mut dual = p.clone();
-    dual.form = twolayer::step::Form::Dual;
+    dual.run.form = twolayer::step::Form::Dual;
     dual.peak_fraction = 12.0;
     assert!(point_warnings(&dual).is_empty());
 }
@@ -269,7 +274,10 @@ fn a_points_memory_is_its_own_not_the_process_peak() {
     let [small_before, large, small_after] = &report.points[..] else {
         panic!("{} points", report.points.len())
     };
-    assert_eq!((small_before.n, large.n, small_after.n), (64, 16384, 64));
+    assert_eq!(
+        (small_before.run.n, large.run.n, small_after.run.n),
+        (64, 16384, 64)
+    );
     let ws = large.workspace_bytes;
     assert!(
         large.rss_growth_bytes >= ws * 8 / 10 && large.rss_growth_bytes <= ws * 2,
@@ -628,7 +636,7 @@ fn a_sweep_times_the_form_train_runs_unless_told() {
         let r = Report::read(&out.join("report.json")).unwrap();
         r.points
             .iter()
-            .map(|p| (p.n, p.form.name().to_string(), p.plan.is_some()))
+            .map(|p| (p.run.n, p.run.form.name().to_string(), p.plan.is_some()))
             .collect::<Vec<_>>()
     };
     let auto = sweep(None, &dir.path().join("auto"));

@@ -41,8 +41,11 @@ fn tuned_plans_are_stored_then_used_and_named_by_train_and_sweep() {
         .iter()
         .find(|e| e.shape == [700, 40, 24, 3])
         .unwrap();
-    assert_eq!(e.key.shape_class, [1024, 64, 32, 4]);
-    assert_eq!(e.key.threads, 2);
+    assert_eq!(
+        e.key.run.shape(),
+        twolayer::Shape::new(1024, 64, 32, 4).unwrap()
+    );
+    assert_eq!(e.key.run.threads, 2);
     assert!(
         PlanChoice::candidates(2, 700).contains(&e.plan),
         "{:?}",
@@ -111,7 +114,7 @@ fn tuned_plans_are_stored_then_used_and_named_by_train_and_sweep() {
     let by_n = |n| {
         r.points
             .iter()
-            .find(|p| p.n == n)
+            .find(|p| p.run.n == n)
             .unwrap()
             .plan
             .clone()

@@ -274,8 +274,8 @@ fn index_points<'a>(r: &'a Report, path: &Path) -> Result<BTreeMap<Key, &'a Poin
                 format!(
                     "point {} {} ×{} is listed twice",
                     p.shape_label(),
-                    p.dtype,
-                    p.threads
+                    p.run.dtype,
+                    p.run.threads
                 ),
             ));
         }
@@ -301,7 +301,7 @@ const SAMPLE_MS_MAX: f64 = 1e9;
 /// Every step and GEMM sample positive and finite, as many GEMM samples as
 /// step samples, and at least 3 of them.
 fn check_samples(p: &PointReport, path: &Path) -> Result<()> {
-    let label = format!("{} {} ×{}", p.shape_label(), p.dtype, p.threads);
+    let label = format!("{} {} ×{}", p.shape_label(), p.run.dtype, p.run.threads);
     let s = &p.ms_per_step.samples;
     if s.len() < 3 {
         return Err(Error::read(
@@ -515,7 +515,7 @@ pub fn compare(base: &Side, cur: &Side, opts: Options) -> Result<Comparison> {
                 .find(|r| r.matches(&id))
                 .map_or(t, |r| r.max_slowdown);
             PointComparison {
-                label: format!("{} {} ×{}", p.shape_label(), p.dtype, p.threads),
+                label: format!("{} {} ×{}", p.shape_label(), p.run.dtype, p.run.threads),
                 point: id,
                 base_ms: diag(&bi, k, &|p| median(&p.ms_per_step.samples)),
                 current_ms: diag(&ci, k, &|p| median(&p.ms_per_step.samples)),
@@ -559,9 +559,9 @@ fn missing(p: &PointReport, side: &str) -> Error {
     Error::invalid(format!(
         "point {} {} ×{} ({}) is missing from a {side} report; compare reports of the same grid and dtypes",
         p.shape_label(),
-        p.dtype,
-        p.threads,
-        p.step_mode
+        p.run.dtype,
+        p.run.threads,
+        p.run.step_mode
     ))
 }
 

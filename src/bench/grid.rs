@@ -3,6 +3,7 @@
 //! is measured. Everything is validated before anything runs.
 
 use crate::error::{Error, Result};
+use crate::run::RunDescription;
 use crate::scalar::Dtype;
 use crate::shape::Shape;
 use crate::step::dual::Dual;
@@ -27,6 +28,13 @@ pub struct Point {
     /// runs for the shape ([`Form::as_train_runs`]), so that a sweep, the
     /// tuner and the regression gate time what users run.
     pub form: Form,
+}
+
+impl Point {
+    /// The run this point times with the step in `mode`.
+    pub fn run(&self, mode: StepMode) -> RunDescription {
+        RunDescription::new(self.shape, self.dtype, self.threads, mode, self.form)
+    }
 }
 
 /// A validated list of points and how to time them.

@@ -152,14 +152,7 @@ impl Samples {
         let gemm = Stats::from_samples(self.gemm_ms);
         let gflops = shape.flops_per_step() / (steps.median * 1e-3) / 1e9;
         let mut report = PointReport {
-            n: shape.n,
-            d_in: shape.d_in,
-            hidden: shape.hidden,
-            d_out: shape.d_out,
-            dtype: self.point.dtype,
-            threads: self.point.threads,
-            step_mode: self.mode,
-            form: self.point.form,
+            run: self.point.run(self.mode),
             steps_timed: steps.samples.len(),
             samples_per_s: shape.n as f64 / (steps.median * 1e-3),
             gflops,

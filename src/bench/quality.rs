@@ -55,13 +55,13 @@ pub fn point_warnings(p: &PointReport) -> Vec<String> {
         ));
     }
     // The dual form's rate is primal-equivalent: it may pass the GEMM rate.
-    if p.form != crate::step::Form::Dual && p.peak_fraction > IMPOSSIBLE {
+    if p.run.form != crate::step::Form::Dual && p.peak_fraction > IMPOSSIBLE {
         w.push(format!(
             "{:.0}% of the square GEMM's rate, above what the machine can do: the rate was measured under another load",
             p.peak_fraction * 100.0
         ));
     }
-    if let Some(o) = crate::threads::oversubscribed(p.threads) {
+    if let Some(o) = crate::threads::oversubscribed(p.run.threads) {
         w.push(o);
     }
     let step = s.median;

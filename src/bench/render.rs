@@ -28,13 +28,13 @@ impl Report {
             let _ = writeln!(
                 s,
                 "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
-                p.n,
-                p.d_in,
-                p.hidden,
-                p.d_out,
-                p.dtype,
-                p.threads,
-                p.step_mode,
+                p.run.n,
+                p.run.d_in,
+                p.run.hidden,
+                p.run.d_out,
+                p.run.dtype,
+                p.run.threads,
+                p.run.step_mode,
                 p.steps_timed,
                 p.ms_per_step.median,
                 p.ms_per_step.p10,
@@ -93,7 +93,7 @@ impl Report {
                 p.rss_growth_bytes,
                 rate_min,
                 rate_max,
-                p.form
+                p.run.form
             );
         }
         s
@@ -136,12 +136,12 @@ impl Report {
                 p.shape_label(),
                 // The dual form's GFLOP/s are primal-equivalent (the primal
                 // step's FLOP count over the dual step's time).
-                if p.form == Form::Dual {
-                    format!("{} dual", p.dtype)
+                if p.run.form == Form::Dual {
+                    format!("{} dual", p.run.dtype)
                 } else {
-                    p.dtype.to_string()
+                    p.run.dtype.to_string()
                 },
-                p.threads,
+                p.run.threads,
                 fmt_ms(p.ms_per_step.median),
                 fmt_ms(p.ms_per_step.p10),
                 fmt_ms(p.ms_per_step.p90),
@@ -175,7 +175,13 @@ impl Report {
             );
             for p in flagged {
                 for w in &p.warnings {
-                    let _ = writeln!(s, "- {} {} ×{}: {w}", p.shape_label(), p.dtype, p.threads);
+                    let _ = writeln!(
+                        s,
+                        "- {} {} ×{}: {w}",
+                        p.shape_label(),
+                        p.run.dtype,
+                        p.run.threads
+                    );
                 }
             }
         }
@@ -196,9 +202,9 @@ impl Report {
                     s,
                     "| {} | {} | {} × {} | {how} | {} | {} | {} | {:.2} |",
                     p.shape_label(),
-                    p.dtype,
+                    p.run.dtype,
                     m.ranks,
-                    p.threads,
+                    p.run.threads,
                     fmt_ms(p.ms_per_step.median),
                     fmt_ms(m.allreduce_ms.median),
                     fmt_ms(m.single_rank_ms.median),
@@ -217,7 +223,7 @@ impl Report {
                 .as_ref()
                 .map_or(vec![p.machine_gemm_gflops], |r| r.samples.clone());
             // Every point of a kind carries its process's same samples.
-            let key = (p.dtype, p.threads);
+            let key = (p.run.dtype, p.run.threads);
             if seen.insert((key, samples.iter().map(|v| v.to_bits()).collect::<Vec<_>>())) {
                 by_kind.entry(key).or_default().extend(samples);
             }

@@ -10,6 +10,7 @@
 use super::env::Env;
 use crate::error::{Error, Result};
 use crate::output::write_atomic;
+use crate::run::RunDescription;
 use crate::scalar::Dtype;
 use crate::stats::percentile;
 use crate::step::{Form, StepMode};
@@ -82,15 +83,15 @@ impl PointId {
     /// The identity of `p`.
     pub fn of(p: &PointReport) -> PointId {
         PointId {
-            n: p.n,
-            d_in: p.d_in,
-            hidden: p.hidden,
-            d_out: p.d_out,
-            dtype: p.dtype,
-            threads: p.threads,
-            step_mode: p.step_mode,
+            n: p.run.n,
+            d_in: p.run.d_in,
+            hidden: p.run.hidden,
+            d_out: p.run.d_out,
+            dtype: p.run.dtype,
+            threads: p.run.threads,
+            step_mode: p.run.step_mode,
             ranks: p.ranks(),
-            form: p.form,
+            form: p.run.form,
         }
     }
 }
@@ -310,24 +311,11 @@ impl PhaseTimes {
 /// One measured point.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PointReport {
-    /// Batch size N.
-    pub n: usize,
-    /// Input width D_in.
-    pub d_in: usize,
-    /// Hidden width H.
-    pub hidden: usize,
-    /// Output width D_out.
-    pub d_out: usize,
-    /// `f32` or `f64`.
-    pub dtype: Dtype,
-    /// Thread budget (rayon and OpenBLAS).
-    pub threads: usize,
-    /// `fused` or `explicit`.
-    pub step_mode: StepMode,
-    /// The step's form: `primal` or `dual` (absent from older reports,
-    /// which timed the primal step only).
-    #[serde(default)]
-    pub form: Form,
+    /// The run timed: dtype, shape, threads, step mode and form (flat in
+    /// the JSON, as before; `form` absent from older reports, which timed
+    /// the primal step only).
+    #[serde(flatten)]
+    pub run: RunDescription,
     /// Number of timed steps.
     pub steps_timed: usize,
     /// Milliseconds per step.
@@ -439,34 +427,28 @@ pub struct MpiPoint {
 impl PointReport {
     /// `(N, D_in, H, D_out)`.
     pub fn shape_label(&self) -> String {
-        format!(
-            "({}, {}, {}, {})",
-            self.n, self.d_in, self.hidden, self.d_out
-        )
+        let r = &self.run;
+        format!("({}, {}, {}, {})", r.n, r.d_in, r.hidden, r.d_out)
     }
 
     /// The point's shape (as the report gives it, not checked: the FLOP
     /// count of a shape in f64 does not overflow).
     pub fn shape(&self) -> crate::shape::Shape {
-        crate::shape::Shape {
-            n: self.n,
-            d_in: self.d_in,
-            hidden: self.hidden,
-            d_out: self.d_out,
-        }
+        self.run.shape()
     }
 
     /// What identifies a point across two reports (the last field is the
     /// number of MPI ranks, 1 for a single process).
     pub fn key(&self) -> (usize, usize, usize, usize, Dtype, usize, StepMode, usize) {
+        let r = &self.run;
         (
-            self.n,
-            self.d_in,
-            self.hidden,
-            self.d_out,
-            self.dtype,
-            self.threads,
-            self.step_mode,
+            r.n,
+            r.d_in,
+            r.hidden,
+            r.d_out,
+            r.dtype,
+            r.threads,
+            r.step_mode,
             self.ranks(),
         )
     }

@@ -35,9 +35,7 @@ pub fn run_grid(grid: &Grid, mode: StepMode, wisdom: Option<&std::path::Path>) -
             bar.set_message(progress_message(p, round, rounds));
             let pool = &pools[&p.threads];
             rates.sample_if_due(round, p, || rate(p.dtype, p.threads));
-            let tuned = wisdom
-                .as_ref()
-                .and_then(|w| w.lookup(p.shape, p.dtype, p.threads, mode));
+            let tuned = wisdom.as_ref().and_then(|w| w.lookup(p.run(mode)));
             let s = pool.install(|| measure_point(*p, grid.timing, mode, tuned))?;
             match acc {
                 Some(a) => a.merge(s),

@@ -7,15 +7,18 @@
 
 use crate::error::{Error, Result};
 use crate::output::write_atomic;
-use crate::scalar::Dtype;
-use crate::shape::Shape;
-use crate::step::{PlanChoice, StepMode};
+use crate::run::RunDescription;
+use crate::step::PlanChoice;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// The format version this build reads and writes.
-pub const VERSION: u32 = 1;
+/// The format version this build reads and writes. Version 1 keyed an
+/// entry by loose fields (`dtype`, `threads`, `step_mode`, `shape_class`);
+/// version 2 by the run's [`RunDescription`], whose class includes the
+/// form. A version-1 file is read as empty, with a warning (its entries
+/// could match no run of this build), and rewritten by the next tuning.
+pub const VERSION: u32 = 2;
 
 /// Largest wisdom file read.
 const LIMIT: u64 = 16 << 20;
@@ -40,30 +43,22 @@ pub struct Key {
     /// from older files, whose entries then match no run).
     #[serde(default)]
     pub openblas_library: String,
-    /// `f32` or `f64`.
-    pub dtype: Dtype,
-    /// The run's thread budget.
-    pub threads: usize,
-    /// `fused` or `explicit`.
-    pub step_mode: StepMode,
-    /// (N, D_in, H, D_out), each rounded up to a power of two.
-    pub shape_class: [usize; 4],
+    /// The run's class: its dtype, threads, step mode and form, and its
+    /// shape with each dimension rounded up to a power of two
+    /// ([`RunDescription::class`]).
+    pub run: RunDescription,
 }
 
 impl Key {
-    /// The key of a run of `shape` here and now.
-    pub fn of(shape: Shape, dtype: Dtype, threads: usize, mode: StepMode) -> Key {
+    /// The key of `run` here and now.
+    pub fn of(run: RunDescription) -> Key {
         Key {
             cpu_model: crate::machine::cpu_model(),
             cores: crate::threads::available_cores(),
             openblas_version: crate::blas::version(),
             openblas_core: crate::blas::core_name(),
             openblas_library: crate::blas::Library::current().key(),
-            dtype,
-            threads,
-            step_mode: mode,
-            shape_class: [shape.n, shape.d_in, shape.hidden, shape.d_out]
-                .map(|d| d.next_power_of_two()),
+            run: run.class(),
         }
     }
 }
@@ -114,6 +109,25 @@ impl Wisdom {
     /// Reads a wisdom file, refusing other versions.
     pub fn read(path: &Path) -> Result<Wisdom> {
         let text = crate::input::read_text(path, LIMIT)?;
+        /// The version alone, read first: an older file's entries do not
+        /// parse as this build's.
+        #[derive(Deserialize)]
+        struct Versioned {
+            version: u32,
+        }
+        let v: Versioned = serde_json::from_str(&text)
+            .map_err(|e| Error::read(path, format!("not a twolayer wisdom file ({e})")))?;
+        if v.version < VERSION {
+            eprintln!(
+                "twolayer: warning: {}: wisdom version {} from an older twolayer, whose entries match no run of this one (version {VERSION}); read as empty, `twolayer tune` rewrites it",
+                path.display(),
+                v.version
+            );
+            return Ok(Wisdom {
+                version: VERSION,
+                entries: Vec::new(),
+            });
+        }
         let w: Wisdom = serde_json::from_str(&text)
             .map_err(|e| Error::read(path, format!("not a twolayer wisdom file ({e})")))?;
         if w.version != VERSION {
@@ -216,16 +230,11 @@ impl Tuned {
         }
     }
 
-    /// The stored plan for a run of `shape` here, with where it came
-    /// from; `None` where the file has none (the caller uses the rule).
-    pub fn lookup(
-        &self,
-        shape: Shape,
-        dtype: Dtype,
-        threads: usize,
-        mode: StepMode,
-    ) -> Option<(PlanChoice, PlanSource)> {
-        let e = self.wisdom.lookup(&Key::of(shape, dtype, threads, mode))?;
+    /// The stored plan for `run` here, with where it came from; `None`
+    /// where the file has none (the caller uses the rule).
+    pub fn lookup(&self, run: RunDescription) -> Option<(PlanChoice, PlanSource)> {
+        let threads = run.threads;
+        let e = self.wisdom.lookup(&Key::of(run))?;
         // The file says what the plan is; the run's budget says how many
         // threads it may have. A plan over budget (a hand-edited or foreign
         // file: a million OpenBLAS threads) is not run.
@@ -246,5 +255,56 @@ impl Tuned {
                 date: e.date.clone(),
             },
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scalar::Dtype;
+    use crate::shape::Shape;
+    use crate::step::{Form, StepMode};
+
+    #[test]
+    fn a_version_1_file_reads_as_empty_and_a_newer_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("w.json");
+        std::fs::write(
+            &p,
+            r#"{"version":1,"entries":[{"key":{"cpu_model":"x","cores":2,"openblas_version":"0.3.21","openblas_core":"Haswell","dtype":"f64","threads":2,"step_mode":"fused","shape_class":[1024,64,32,4]},"plan":{"shards":1,"blas_threads":2,"block_rows":700},"shape":[700,40,24,3],"ms_per_step":1.0,"rows":700,"date":"d","written_by":"t"}]}"#,
+        )
+        .unwrap();
+        let w = Wisdom::read(&p).unwrap();
+        assert_eq!(w.version, VERSION);
+        assert!(w.entries.is_empty());
+        std::fs::write(&p, r#"{"version":3,"entries":[]}"#).unwrap();
+        let e = Wisdom::read(&p).unwrap_err().to_string();
+        assert!(e.contains("wisdom version 3"), "{e}");
+    }
+
+    #[test]
+    fn a_key_holds_the_runs_class_and_tells_forms_apart() {
+        let run = RunDescription::new(
+            Shape::new(700, 40, 24, 3).unwrap(),
+            Dtype::F64,
+            2,
+            StepMode::Fused,
+            Form::Primal,
+        );
+        let k = Key::of(run);
+        assert_eq!(k.run.shape(), Shape::new(1024, 64, 32, 4).unwrap());
+        // A neighbour of the same class shares the key; the dual form not.
+        let near = run.with_shape(Shape::new(1000, 64, 17, 4).unwrap());
+        assert_eq!(Key::of(near), k);
+        assert_ne!(
+            Key::of(RunDescription {
+                form: Form::Dual,
+                ..run
+            }),
+            k
+        );
+        let text = serde_json::to_string(&k).unwrap();
+        let back: Key = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, k);
     }
 }

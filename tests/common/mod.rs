@@ -300,17 +300,17 @@ pub fn one_step_checkpoint(
 ) -> twolayer::checkpoint::Checkpoint<f64> {
     twolayer::checkpoint::Checkpoint {
         header: twolayer::checkpoint::Header {
-            dtype: twolayer::scalar::Dtype::F64,
-            n,
-            d_in: weights_of.d_in,
-            hidden: weights_of.hidden,
-            d_out: weights_of.d_out,
+            run: twolayer::run::RunDescription::new(
+                twolayer::Shape { n, ..weights_of },
+                twolayer::scalar::Dtype::F64,
+                1,
+                twolayer::StepMode::Fused,
+                twolayer::step::Form::Primal,
+            ),
             steps_done: 1,
             total_steps: 5,
             lr_w1: lr,
             lr_w2: lr,
-            step_mode: twolayer::StepMode::Fused,
-            threads: 1,
             ranks: 1,
             data,
             loss: twolayer::Loss::Sum,
@@ -318,7 +318,6 @@ pub fn one_step_checkpoint(
             blas_core: None,
             blas_library: None,
             plan: None,
-            form: None,
             biases: false,
             best_weights: false,
             written_by: "test".into(),

@@ -226,15 +226,15 @@ fn group_label(p: &PointReport) -> (String, String) {
     let who = match p.ranks() {
         1 => format!(
             "{} thread{}",
-            p.threads,
-            if p.threads == 1 { "" } else { "s" }
+            p.run.threads,
+            if p.run.threads == 1 { "" } else { "s" }
         ),
-        k => format!("{k} ranks × {} threads", p.threads),
+        k => format!("{k} ranks × {} threads", p.run.threads),
     };
-    let mode = if p.step_mode == crate::step::StepMode::Fused {
+    let mode = if p.run.step_mode == crate::step::StepMode::Fused {
         String::new()
     } else {
-        format!(", {}", p.step_mode)
+        format!(", {}", p.run.step_mode)
     };
     (p.shape_label(), format!("{who}{mode}"))
 }
@@ -242,7 +242,7 @@ fn group_label(p: &PointReport) -> (String, String) {
 /// A short label of one point: shape, dtype, threads.
 fn point_label(p: &PointReport) -> String {
     let (shape, who) = group_label(p);
-    format!("{shape} {} · {who}", p.dtype)
+    format!("{shape} {} · {who}", p.run.dtype)
 }
 
 /// A chart's pixel position (`ChartContext::backend_coord`, counted from

@@ -20,26 +20,28 @@ pub fn write_scaling_chart(report: &Report, dir: &Path) -> Result<()> {
     let by_n = series(report, |p| {
         format!(
             "D_in {}, H {}, D_out {} · {} · {}{}",
-            p.d_in,
-            p.hidden,
-            p.d_out,
-            p.dtype,
+            p.run.d_in,
+            p.run.hidden,
+            p.run.d_out,
+            p.run.dtype,
             threads(p),
             mode(p)
         )
     });
     let by_n: Vec<Series> = by_n
         .into_iter()
-        .map(|s| sorted(s, report, |p| p.n as f64))
+        .map(|s| sorted(s, report, |p| p.run.n as f64))
         .collect();
     let by_threads: Vec<Series> = series(report, |p| {
-        format!("{} · {}{}", p.shape_label(), p.dtype, mode(p))
+        format!("{} · {}{}", p.shape_label(), p.run.dtype, mode(p))
     })
     .into_iter()
-    .map(|s| sorted(s, report, |p| p.threads as f64))
+    .map(|s| sorted(s, report, |p| p.run.threads as f64))
     .filter(|s| {
-        let first = report.points[s.points[0]].threads;
-        s.points.iter().any(|&i| report.points[i].threads != first)
+        let first = report.points[s.points[0]].run.threads;
+        s.points
+            .iter()
+            .any(|&i| report.points[i].run.threads != first)
     })
     .collect();
     // Each panel has its own colours, every series of a panel its own
@@ -111,13 +113,13 @@ fn rate_label(v: f64) -> String {
 
 fn threads(p: &PointReport) -> String {
     match p.ranks() {
-        1 => format!("{} thr", p.threads),
-        k => format!("{k} ranks × {} thr", p.threads),
+        1 => format!("{} thr", p.run.threads),
+        k => format!("{k} ranks × {} thr", p.run.threads),
     }
 }
 
 fn mode(p: &PointReport) -> &'static str {
-    if p.step_mode == crate::step::StepMode::Fused {
+    if p.run.step_mode == crate::step::StepMode::Fused {
         ""
     } else {
         " · explicit"
@@ -160,10 +162,10 @@ fn panel(
     area: &Area,
 ) -> DrawResult {
     let x_of = |p: &PointReport| match axis {
-        Axis::N => p.n as f64,
-        Axis::Threads => p.threads as f64,
+        Axis::N => p.run.n as f64,
+        Axis::Threads => p.run.threads as f64,
     };
-    let rate = |p: &PointReport, ms: f64| p.n as f64 / (ms * 1e-3);
+    let rate = |p: &PointReport, ms: f64| p.run.n as f64 / (ms * 1e-3);
     let pts = series
         .iter()
         .flat_map(|s| s.points.iter().map(|&i| &report.points[i]));

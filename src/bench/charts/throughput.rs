@@ -70,7 +70,7 @@ fn groups(report: &Report) -> Vec<Vec<usize>> {
 fn dtypes(report: &Report) -> Vec<Dtype> {
     [Dtype::F64, Dtype::F32]
         .into_iter()
-        .filter(|d| report.points.iter().any(|p| p.dtype == *d))
+        .filter(|d| report.points.iter().any(|p| p.run.dtype == *d))
         .collect()
 }
 
@@ -102,10 +102,10 @@ fn draw(report: &Report, groups: &[Vec<usize>], dtypes: &[Dtype], area: &Area) -
     for (g, members) in groups.iter().enumerate() {
         for &i in members {
             let p = &report.points[i];
-            let s = dtypes.iter().position(|d| *d == p.dtype).unwrap_or(0) as f64;
+            let s = dtypes.iter().position(|d| *d == p.run.dtype).unwrap_or(0) as f64;
             let x0 = g as f64 + 0.1 + s * slot_w;
             let (x1, xm) = (x0 + slot_w * 0.9, x0 + slot_w * 0.45);
-            let c = dtype_color(p.dtype);
+            let c = dtype_color(p.run.dtype);
             // The GEMM rate's band and level, behind the bar.
             if let Some(r) = &p.machine_gemm {
                 chart.draw_series(std::iter::once(Rectangle::new(

@@ -10,6 +10,7 @@ use twolayer::dataset::batches::Schedule;
 use twolayer::dataset::Dataset;
 use twolayer::error::{Error, Result};
 use twolayer::npz;
+use twolayer::run::RunDescription;
 use twolayer::scalar::Dtype;
 use twolayer::shape::Shape;
 use twolayer::step::{Form, FormChoice, LearningRates, Plan, StepMode};
@@ -57,18 +58,15 @@ pub enum Start {
 
 /// A run, resolved and checked.
 pub struct RunSpec {
-    /// The whole batch's shape (under MPI, every rank's rows together).
-    pub shape: Shape,
-    /// Element type.
-    pub dtype: Dtype,
+    /// The run: dtype, the whole batch's shape (under MPI, every rank's
+    /// rows together), this process's thread budget, how the update is
+    /// applied and how the step computes x·w1 — as the checkpoint header,
+    /// the wisdom key and a report's point record it.
+    pub run: RunDescription,
     /// Steps to have done at the end (a resumed run counts its past ones).
     pub total_steps: usize,
     /// Learning rates.
     pub lr: LearningRates,
-    /// How the update is applied.
-    pub mode: StepMode,
-    /// This process's thread budget.
-    pub threads: usize,
     /// MPI ranks (1: one process).
     pub ranks: usize,
     /// The data's source, as a checkpoint records it.
@@ -79,8 +77,6 @@ pub struct RunSpec {
     pub loss: Loss,
     /// With --data: the dataset and its batches.
     pub minibatch: Option<Minibatch>,
-    /// How the step computes x·w1.
-    pub form: Form,
     /// Whether the model has biases b1, b2.
     pub biases: bool,
 }
@@ -157,31 +153,34 @@ pub fn resolve(args: &TrainArgs, launch: Launch) -> Result<RunSpec> {
             }
         }
     }
-    if mpi && spec.form == Form::Dual {
+    if mpi && spec.run.form == Form::Dual {
         if args.form == Some(FormChoice::Dual) {
             say!("twolayer: note: the dual form needs the whole batch in one process; under mpirun each rank trains its rows in the primal form");
         }
-        spec.form = Form::Primal;
+        spec.run.form = Form::Primal;
     }
-    if mpi && spec.mode == StepMode::Fused {
+    if mpi && spec.run.step_mode == StepMode::Fused {
         return Err(Error::invalid(
             "data-parallel training sums explicit gradients across ranks; drop --step-mode fused (or resume a fused run without mpirun)",
         ));
     }
-    if spec.shape.n < ranks {
+    if spec.run.shape().n < ranks {
         return Err(Error::invalid(format!(
             "{ranks} ranks need at least {ranks} rows; the batch has {}",
-            spec.shape.n
+            spec.run.shape().n
         )));
     }
     // Each process holds its rows (the largest share), the weights and its
     // workspace: refuse before anything is allocated or read.
     let local = Shape {
-        n: spec.shape.n.div_ceil(ranks),
-        ..spec.shape
+        n: spec.run.shape().n.div_ceil(ranks),
+        ..spec.run.shape()
     };
-    Plan::new(local, spec.dtype, spec.threads, spec.mode)
-        .check_fits_memory(local, spec.dtype, spec.mode)?;
+    Plan::new(local, spec.run.dtype, spec.run.threads, spec.run.step_mode).check_fits_memory(
+        local,
+        spec.run.dtype,
+        spec.run.step_mode,
+    )?;
     Ok(spec)
 }
 
@@ -238,18 +237,20 @@ fn fresh(args: &TrainArgs, ranks: usize, mpi: bool) -> Result<RunSpec> {
     };
     let total_steps = args.steps.unwrap_or(DEFAULT_STEPS);
     Ok(RunSpec {
-        shape,
-        dtype,
+        run: RunDescription::new(
+            shape,
+            dtype,
+            args.threads.unwrap_or_else(threads::available_cores),
+            mode,
+            fixed_batch_form(args.form, mode, mpi, shape, total_steps)?,
+        ),
         total_steps,
         lr,
-        mode,
-        threads: args.threads.unwrap_or_else(threads::available_cores),
         ranks,
         data,
         start,
         loss: args.loss.unwrap_or_default(),
         minibatch: None,
-        form: fixed_batch_form(args.form, mode, mpi, shape, total_steps)?,
         biases: args.bias,
     })
 }
@@ -451,20 +452,19 @@ fn with_data(args: &TrainArgs, files: &[PathBuf], ranks: usize, mpi: bool) -> Re
 
 /// The settings a fresh run takes from flags alone.
 fn fresh_common(args: &TrainArgs, mpi: bool, shape: Shape, dtype: Dtype) -> RunSpec {
+    let mode = match (args.step_mode, mpi) {
+        (Some(m), _) => m,
+        (None, false) => StepMode::Fused,
+        (None, true) => StepMode::Explicit,
+    };
+    let threads = args.threads.unwrap_or_else(threads::available_cores);
     RunSpec {
-        shape,
-        dtype,
+        run: RunDescription::new(shape, dtype, threads, mode, Form::Primal),
         total_steps: args.steps.unwrap_or(DEFAULT_STEPS),
         lr: LearningRates {
             w1: args.lr_w1.or(args.lr).unwrap_or(DEFAULT_LR),
             w2: args.lr_w2.or(args.lr).unwrap_or(DEFAULT_LR),
         },
-        mode: match (args.step_mode, mpi) {
-            (Some(m), _) => m,
-            (None, false) => StepMode::Fused,
-            (None, true) => StepMode::Explicit,
-        },
-        threads: args.threads.unwrap_or_else(threads::available_cores),
         ranks: 1,
         data: DataSource::Seeded { seed: 0 },
         start: Start::Seeded {
@@ -473,7 +473,6 @@ fn fresh_common(args: &TrainArgs, mpi: bool, shape: Shape, dtype: Dtype) -> RunS
         },
         loss: args.loss.unwrap_or_default(),
         minibatch: None,
-        form: Form::Primal,
         biases: args.bias,
     }
 }
@@ -496,7 +495,7 @@ fn from_checkpoint(args: &TrainArgs, path: &Path, ranks: usize) -> Result<RunSpe
         }));
     }
     let shape = h.shape()?;
-    let dtype = h.dtype;
+    let dtype = h.run.dtype;
     check_flags_match(args, shape, dtype, &what)?;
     let mut lr = h.lr();
     let given = (args.lr_w1.or(args.lr), args.lr_w2.or(args.lr));
@@ -520,7 +519,7 @@ fn from_checkpoint(args: &TrainArgs, path: &Path, ranks: usize) -> Result<RunSpe
             )));
         }
     }
-    let mode = h.step_mode;
+    let mode = h.run.step_mode;
     if let Some(m) = args.step_mode.filter(|&m| m != mode) {
         return Err(Error::invalid(format!(
             "--step-mode {m} disagrees with {what} ({mode}); a resumed run keeps its settings"
@@ -546,11 +545,11 @@ fn from_checkpoint(args: &TrainArgs, path: &Path, ranks: usize) -> Result<RunSpe
             h.steps_done
         )));
     }
-    let threads = args.threads.unwrap_or(h.threads);
-    if threads != h.threads {
+    let threads = args.threads.unwrap_or(h.run.threads);
+    if threads != h.run.threads {
         say!(
             "twolayer: warning: resuming on {threads} threads, the run used {}; the losses will match an unbroken run to rounding, not bit for bit",
-            h.threads
+            h.run.threads
         );
     }
     if let Some(core) = h.blas_core.as_deref() {
@@ -655,18 +654,14 @@ fn from_checkpoint(args: &TrainArgs, path: &Path, ranks: usize) -> Result<RunSpe
         _ => total_steps,
     };
     Ok(RunSpec {
-        shape,
-        dtype,
+        run: RunDescription::new(shape, dtype, threads, mode, form),
         total_steps,
         lr,
-        mode,
-        threads,
         ranks,
         data: h.data.clone(),
         start: Start::Resume(Box::new(ckpt)),
         loss,
         minibatch,
-        form,
         biases: h.biases,
     })
 }

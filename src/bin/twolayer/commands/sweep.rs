@@ -82,13 +82,13 @@ fn record_kernel_cost(report: &mut Report) {
     let t = report
         .points
         .iter()
-        .map(|p| p.threads)
+        .map(|p| p.run.threads)
         .max()
         .unwrap_or_else(threads::available_cores);
     let forced = report
         .points
         .iter()
-        .find(|p| p.dtype == twolayer::scalar::Dtype::F64 && p.threads == t)
+        .find(|p| p.run.dtype == twolayer::scalar::Dtype::F64 && p.run.threads == t)
         .map(|p| p.machine_gemm_gflops)
         .unwrap_or_else(|| {
             twolayer::blas::with_threads(t, || {
@@ -141,8 +141,8 @@ fn publish(report: &Report, args: &SweepArgs) -> Result<()> {
             say!(
                 "twolayer: warning: {} {} ×{}: {w}",
                 p.shape_label(),
-                p.dtype,
-                p.threads
+                p.run.dtype,
+                p.run.threads
             );
         }
     }

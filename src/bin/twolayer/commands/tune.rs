@@ -73,7 +73,7 @@ pub fn run(args: &TuneArgs) -> Result<()> {
             t.seconds
         ));
         let entry = Entry {
-            key: Key::of(p.shape, p.dtype, p.threads, mode),
+            key: Key::of(p.run(mode)),
             plan: t.best,
             shape: [p.shape.n, p.shape.d_in, p.shape.hidden, p.shape.d_out],
             ms_per_step: best_ms,

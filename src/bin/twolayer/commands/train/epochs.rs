@@ -2,7 +2,7 @@
 //! validated at the end of every epoch.
 
 use super::super::run_spec::{Minibatch, RunSpec, Start};
-use super::report::{Reporter, RunConfig};
+use super::report::{run_header, Reporter};
 use super::seeded_weights;
 use crate::cli::TrainArgs;
 use crate::signals::Signals;
@@ -17,16 +17,14 @@ use twolayer::Loss;
 /// One process on minibatches of a dataset, validating at the end of
 /// every epoch.
 pub(super) fn minibatches<F: Real>(args: &TrainArgs, spec: RunSpec, mb: Minibatch) -> Result<()> {
-    let cfg = RunConfig {
-        minibatch: Some(mb.header.clone()),
-        ..RunConfig::of(&spec)
-    };
+    let run = run_header(&spec, Some(&mb.header));
     let batch = mb.schedule.batch();
     let mut best = None;
     let (weights, losses) = match spec.start {
-        Start::Seeded { seed, scaled } => {
-            (seeded_weights::<F>(spec.shape, seed, scaled), Vec::new())
-        }
+        Start::Seeded { seed, scaled } => (
+            seeded_weights::<F>(spec.run.shape(), seed, scaled),
+            Vec::new(),
+        ),
         Start::Weights { path } => (npz::load_weights_file::<F>(&path)?, Vec::new()),
         Start::Resume(mut c) => {
             best = c.take_best::<F>();
@@ -53,16 +51,17 @@ pub(super) fn minibatches<F: Real>(args: &TrainArgs, spec: RunSpec, mb: Minibatc
     let batch_buf = twolayer::minibatch::empty_batch::<F>(&mb.dataset, batch);
     let mut trainer = super::bound_losses(
         args,
-        Trainer::resume(batch_buf, weights, spec.lr, spec.mode, losses)?.with_loss(spec.loss),
+        Trainer::resume(batch_buf, weights, spec.lr, spec.run.step_mode, losses)?
+            .with_loss(spec.loss),
         mb.schedule.batches_per_epoch() as usize,
     );
     let signals = Signals::get()?;
     signals.before_training()?;
-    let mut rep = Reporter::new(args, &cfg, true, batch);
+    let mut rep = Reporter::new(args, &run, "the built-in rule".into(), true, batch);
     rep.start_epochs(mb.header.history.clone(), best);
     let per_epoch = mb.schedule.batches_per_epoch() as usize;
-    let epochs = cfg.total_steps.div_ceil(per_epoch);
-    let to_run = cfg.total_steps - trainer.steps_done();
+    let epochs = run.total_steps.div_ceil(per_epoch);
+    let to_run = run.total_steps - trainer.steps_done();
     let mut val_err: Option<Error> = None;
     let reader = args.reader.resolve(&mb.dataset);
     let result = twolayer::minibatch::run(

@@ -16,9 +16,9 @@ mod report;
 use super::run_spec::{self, Launch, RunSpec, Start};
 use crate::cli::TrainArgs;
 use crate::signals::Signals;
-use report::{Reporter, RunConfig};
+use report::{run_header, Reporter};
 use std::path::Path;
-use twolayer::checkpoint::{AnyCheckpoint, DataSource};
+use twolayer::checkpoint::{AnyCheckpoint, DataSource, Header};
 use twolayer::error::{Error, Result};
 use twolayer::net::{Data, Weights};
 use twolayer::npz;
@@ -63,11 +63,11 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     }
     let spec = run_spec::resolve(args, Launch::Single)?;
     check_files_distinct(args, &spec)?;
-    threads::set_budget(spec.threads)?;
-    if let Some(w) = threads::oversubscribed(spec.threads) {
+    threads::set_budget(spec.run.threads)?;
+    if let Some(w) = threads::oversubscribed(spec.run.threads) {
         say!("twolayer: warning: {w}");
     }
-    match spec.dtype {
+    match spec.run.dtype {
         Dtype::F32 => single::<f32>(args, spec),
         Dtype::F64 => single::<f64>(args, spec),
     }
@@ -180,7 +180,8 @@ fn single<F: Real>(args: &TrainArgs, mut spec: RunSpec) -> Result<()> {
     if let Some(mb) = spec.minibatch.take() {
         return epochs::minibatches::<F>(args, spec, mb);
     }
-    let mut cfg = RunConfig::of(&spec);
+    let run = run_header(&spec, None);
+    let mut plan_source = "the built-in rule".to_string();
     // The primal step's plan: a checkpoint's, for the same bits; else a
     // tuned one from the wisdom file; else the built-in rule's.
     let from_checkpoint = match &spec.start {
@@ -189,12 +190,12 @@ fn single<F: Real>(args: &TrainArgs, mut spec: RunSpec) -> Result<()> {
             // OpenBLAS starts the threads a plan asks for, while shards
             // beyond the budget only queue on rayon's threads (a resume on
             // fewer threads runs the same shards, for the same bits).
-            let within = p.shards >= 1 && p.blas_threads >= 1 && p.blas_threads <= spec.threads;
+            let within = p.shards >= 1 && p.blas_threads >= 1 && p.blas_threads <= spec.run.threads;
             if !within {
                 say!(
                     "twolayer: warning: the checkpoint's plan asks for {} OpenBLAS thread(s) per GEMM, over the budget of {} thread(s); using the built-in plan, so the losses will match an unbroken run to rounding, not bit for bit",
                     p.blas_threads,
-                    spec.threads
+                    spec.run.threads
                 );
             }
             within
@@ -206,28 +207,31 @@ fn single<F: Real>(args: &TrainArgs, mut spec: RunSpec) -> Result<()> {
         None => twolayer::tune::wisdom::Tuned::open(
             crate::cli::wisdom_path(&args.wisdom, args.no_wisdom).as_deref(),
         )
-        .and_then(|w| w.lookup(spec.shape, spec.dtype, spec.threads, spec.mode))
+        .and_then(|w| w.lookup(spec.run))
         .map(|(p, src)| (p, src.to_string())),
     };
     let trainer = match spec.start {
         Start::Seeded { seed, scaled } => Trainer::new(
-            Data::<F>::random(spec.shape, seed),
-            with_biases(seeded_weights::<F>(spec.shape, seed, scaled), spec.biases),
+            Data::<F>::random(spec.run.shape(), seed),
+            with_biases(
+                seeded_weights::<F>(spec.run.shape(), seed, scaled),
+                spec.biases,
+            ),
             spec.lr,
-            spec.mode,
+            spec.run.step_mode,
         )?
-        .with_form(spec.form)?,
+        .with_form(spec.run.form)?,
         Start::Weights { .. } => unreachable!("--weights needs --data"),
         Start::Init { path } => {
             let (d, w) = npz::load_init(&path)?.into_typed::<F>();
-            Trainer::new(d, with_biases(w, spec.biases), spec.lr, spec.mode)?
-                .with_form(spec.form)?
+            Trainer::new(d, with_biases(w, spec.biases), spec.lr, spec.run.step_mode)?
+                .with_form(spec.run.form)?
         }
         Start::Resume(c) => {
             // A dual run continues from w1_0 and C, bit for bit.
             let dual = c.dual_typed::<F>();
             let (w, losses) = c.into_typed::<F>();
-            let data = data_from_source::<F>(&spec.data, spec.shape, 0..spec.shape.n)?;
+            let data = data_from_source::<F>(&spec.data, spec.run.shape(), 0..spec.run.shape().n)?;
             match dual {
                 Some((w1_0, coef)) => Trainer::resume(
                     data,
@@ -237,22 +241,22 @@ fn single<F: Real>(args: &TrainArgs, mut spec: RunSpec) -> Result<()> {
                         biases: w.biases,
                     },
                     spec.lr,
-                    spec.mode,
+                    spec.run.step_mode,
                     losses,
                 )?
                 .with_dual_coef(Some(coef))?,
-                None => Trainer::resume(data, w, spec.lr, spec.mode, losses)?,
+                None => Trainer::resume(data, w, spec.lr, spec.run.step_mode, losses)?,
             }
         }
     };
     let trainer = match tuned {
         Some((choice, source)) if trainer.form() == Form::Primal => {
-            cfg.plan_source = source;
-            trainer.with_plan(choice.plan(spec.shape, spec.mode))?
+            plan_source = source;
+            trainer.with_plan(choice.plan(spec.run.shape(), spec.run.step_mode))?
         }
         _ => trainer,
     };
-    train_and_report(args, trainer.with_loss(spec.loss), cfg)
+    train_and_report(args, trainer.with_loss(spec.loss), &run, plan_source)
 }
 
 /// Rows `rows` of a run's data: regenerated from its seed, or read (those
@@ -295,13 +299,18 @@ pub(super) fn bound_losses<F: Real>(
     }
 }
 
-fn train_and_report<F: Real>(args: &TrainArgs, trainer: Trainer<F>, cfg: RunConfig) -> Result<()> {
+fn train_and_report<F: Real>(
+    args: &TrainArgs,
+    trainer: Trainer<F>,
+    run: &Header,
+    plan_source: String,
+) -> Result<()> {
     let mut trainer = bound_losses(args, trainer, 1);
     let signals = Signals::get()?;
     signals.before_training()?;
-    let to_run = cfg.total_steps - trainer.steps_done();
+    let to_run = run.total_steps - trainer.steps_done();
     let n = trainer.shape().n;
-    let mut rep = Reporter::new(args, &cfg, true, n);
+    let mut rep = Reporter::new(args, run, plan_source, true, n);
     let result = trainer.run(to_run, |t, step, loss| {
         rep.on_step(t, step, loss, signals.caught().is_some())
     });

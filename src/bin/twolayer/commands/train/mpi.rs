@@ -4,7 +4,7 @@
 
 use super::super::run_spec::{self, Launch, RunSpec, Start};
 use super::epochs::end_of_epoch;
-use super::report::{Reporter, RunConfig};
+use super::report::{run_header, Reporter};
 use super::{check_files_distinct, data_from_source, seeded_weights};
 use crate::cli::TrainArgs;
 use crate::signals::Signals;
@@ -49,11 +49,11 @@ fn run_rank(args: &TrainArgs, cluster: &Cluster) -> Result<()> {
     let spec = run_spec::resolve(args, Launch::Mpi { ranks: k })?;
     agree(args, cluster, &spec)?;
     check_files_distinct(args, &spec)?;
-    threads::set_budget(spec.threads)?;
-    if let Some(w) = threads::oversubscribed(spec.threads) {
+    threads::set_budget(spec.run.threads)?;
+    if let Some(w) = threads::oversubscribed(spec.run.threads) {
         say!("twolayer: warning: {w}");
     }
-    match spec.dtype {
+    match spec.run.dtype {
         Dtype::F32 => run_typed::<f32>(args, cluster, spec, panic_at),
         Dtype::F64 => run_typed::<f64>(args, cluster, spec, panic_at),
     }
@@ -78,7 +78,10 @@ fn agree(args: &TrainArgs, cluster: &Cluster, spec: &RunSpec) -> Result<()> {
     };
     let (overlap, pieces) = args.mpi.overlap_and_pieces();
     let fields = [
-        ("shape and dtype", format!("{} {}", spec.shape, spec.dtype)),
+        (
+            "shape and dtype",
+            format!("{} {}", spec.run.shape(), spec.run.dtype),
+        ),
         ("number of steps", spec.total_steps.to_string()),
         (
             "learning rates",
@@ -86,7 +89,7 @@ fn agree(args: &TrainArgs, cluster: &Cluster, spec: &RunSpec) -> Result<()> {
         ),
         (
             "step mode and loss",
-            format!("{:?} {:?}", spec.mode, spec.loss),
+            format!("{:?} {:?}", spec.run.step_mode, spec.loss),
         ),
         (
             "--allreduce and --allreduce-pieces",
@@ -146,15 +149,12 @@ fn run_typed<F: Real + mpi::traits::Equivalence>(
     mut spec: RunSpec,
     panic_at: Option<usize>,
 ) -> Result<()> {
-    let shape = spec.shape;
+    let shape = spec.run.shape();
     let rows = cluster.rows(shape.n);
     let k = cluster.size();
     let mb = spec.minibatch.take();
-    let cfg = RunConfig {
-        minibatch: mb.as_ref().map(|m| m.header.clone()),
-        ..RunConfig::of(&spec)
-    };
-    let (lr, mode, total_steps) = (spec.lr, spec.mode, spec.total_steps);
+    let run = run_header(&spec, mb.as_ref().map(|m| &m.header));
+    let (lr, mode, total_steps) = (spec.lr, spec.run.step_mode, spec.total_steps);
     let (weights, losses) = match spec.start {
         Start::Resume(c) => c.into_typed::<F>(),
         Start::Init { path } => (npz::load_weights::<F>(&path)?, Vec::new()),
@@ -172,7 +172,7 @@ fn run_typed<F: Real + mpi::traits::Equivalence>(
         Trainer::resume(data, weights, lr, mode, losses)?.with_loss_over(spec.loss, shape.n);
     let signals = Signals::get()?;
     let lead = cluster.rank() == 0;
-    let mut rep = Reporter::new(args, &cfg, lead, shape.n);
+    let mut rep = Reporter::new(args, &run, "the built-in rule".into(), lead, shape.n);
     if let Some(m) = &mb {
         rep.start_epochs(m.header.history.clone(), None);
     }

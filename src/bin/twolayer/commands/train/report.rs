@@ -10,58 +10,47 @@ use std::ops::ControlFlow;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use twolayer::blas;
-use twolayer::checkpoint::{AnyCheckpoint, DataSource, EpochRecord, Header, MinibatchHeader};
+use twolayer::checkpoint::{AnyCheckpoint, EpochRecord, Header, MinibatchHeader};
 use twolayer::error::{Error, Result};
 use twolayer::net::Weights;
 use twolayer::npz;
 use twolayer::output;
+use twolayer::run::RunDescription;
 use twolayer::scalar::Real;
 use twolayer::shape::Shape;
-use twolayer::step::{Form, LearningRates, PlanChoice, StepMode};
+use twolayer::step::{Form, PlanChoice};
 use twolayer::train::Trainer;
-use twolayer::Loss;
 
-/// Everything about a run that a checkpoint must carry besides weights and
-/// losses.
-pub(super) struct RunConfig {
-    pub(super) total_steps: usize,
-    pub(super) lr: LearningRates,
-    pub(super) mode: StepMode,
-    pub(super) threads: usize,
-    pub(super) data: DataSource,
-    /// MPI ranks the batch is split over (1: a single process).
-    pub(super) ranks: usize,
-    /// The loss.
-    pub(super) loss: Loss,
-    /// A minibatch run's settings (its history is the reporter's).
-    pub(super) minibatch: Option<MinibatchHeader>,
-    /// Where the step's plan came from, for the summary.
-    pub(super) plan_source: String,
+/// The run's checkpoint header before its first step: what every
+/// checkpoint of it records besides the trainer's state, which
+/// [`checkpoint_header`] fills in. (`minibatch`: a minibatch run's
+/// settings, taken out of the spec with its data.)
+pub(super) fn run_header(spec: &RunSpec, minibatch: Option<&MinibatchHeader>) -> Header {
+    Header {
+        run: spec.run,
+        steps_done: 0,
+        total_steps: spec.total_steps,
+        lr_w1: spec.lr.w1,
+        lr_w2: spec.lr.w2,
+        ranks: spec.ranks,
+        data: spec.data.clone(),
+        loss: spec.loss,
+        minibatch: minibatch.cloned(),
+        blas_core: Some(blas::core_name()),
+        blas_library: Some(blas::Library::current().key()),
+        plan: None,
+        biases: spec.biases,
+        best_weights: false,
+        written_by: format!("twolayer {}", env!("CARGO_PKG_VERSION")),
+    }
 }
 
-impl RunConfig {
-    /// What a checkpoint of `spec` records.
-    pub(super) fn of(spec: &RunSpec) -> RunConfig {
-        RunConfig {
-            total_steps: spec.total_steps,
-            lr: spec.lr,
-            mode: spec.mode,
-            threads: spec.threads,
-            data: spec.data.clone(),
-            ranks: spec.ranks,
-            loss: spec.loss,
-            minibatch: spec.minibatch.as_ref().map(|m| m.header.clone()),
-            plan_source: "the built-in rule".into(),
-        }
-    }
-
-    /// The whole problem's shape, from one process's trainer (whose batch
-    /// is its own rows only, under MPI).
-    pub(super) fn global_shape<F: Real>(&self, t: &Trainer<F>, n_total: usize) -> Shape {
-        Shape {
-            n: n_total,
-            ..t.shape()
-        }
+/// The whole problem's shape, from one process's trainer (whose batch is
+/// its own rows only, under MPI).
+fn global_shape<F: Real>(t: &Trainer<F>, n_total: usize) -> Shape {
+    Shape {
+        n: n_total,
+        ..t.shape()
     }
 }
 
@@ -71,12 +60,12 @@ impl RunConfig {
 pub(super) fn write_checkpoint<F: Real>(
     path: &Path,
     t: &Trainer<F>,
-    cfg: &RunConfig,
+    run: &Header,
     n_total: usize,
     history: &[EpochRecord],
     best: Option<&Weights<F>>,
 ) -> Result<()> {
-    let mut header = checkpoint_header(t, cfg, n_total, history);
+    let mut header = checkpoint_header(t, run, n_total, history);
     header.best_weights = best.is_some();
     twolayer::checkpoint::write_parts(
         path,
@@ -88,41 +77,30 @@ pub(super) fn write_checkpoint<F: Real>(
     )
 }
 
-/// The header of a trainer's checkpoint now.
+/// The header of a trainer's checkpoint now: the run's, with the steps
+/// done, the form and plan the step runs, the biases and the epochs so far.
 fn checkpoint_header<F: Real>(
     t: &Trainer<F>,
-    cfg: &RunConfig,
+    run: &Header,
     n_total: usize,
     history: &[EpochRecord],
 ) -> Header {
-    let s = cfg.global_shape(t, n_total);
+    let form = t.form();
     Header {
-        dtype: F::DTYPE,
-        n: s.n,
-        d_in: s.d_in,
-        hidden: s.hidden,
-        d_out: s.d_out,
+        run: RunDescription {
+            form,
+            ..run.run.with_shape(global_shape(t, n_total))
+        },
         steps_done: t.steps_done(),
-        total_steps: cfg.total_steps,
-        lr_w1: cfg.lr.w1,
-        lr_w2: cfg.lr.w2,
-        step_mode: cfg.mode,
-        threads: cfg.threads,
-        ranks: cfg.ranks,
-        data: cfg.data.clone(),
-        loss: cfg.loss,
-        minibatch: cfg.minibatch.clone().map(|m| MinibatchHeader {
+        minibatch: run.minibatch.clone().map(|m| MinibatchHeader {
             history: history.to_vec(),
             ..m
         }),
-        blas_core: Some(blas::core_name()),
-        blas_library: Some(blas::Library::current().key()),
-        plan: (t.form() == Form::Primal && cfg.ranks == 1)
+        plan: (form == Form::Primal && run.ranks == 1)
             .then(|| PlanChoice::of(t.plan(), t.shape().n)),
-        form: (t.form() == Form::Dual).then_some(Form::Dual),
         biases: t.weights_have_biases(),
         best_weights: false,
-        written_by: format!("twolayer {}", env!("CARGO_PKG_VERSION")),
+        ..run.clone()
     }
 }
 
@@ -252,7 +230,10 @@ struct Summary {
 /// a minibatch run: the metrics line, and the best epoch's weights.
 pub(super) struct Reporter<'a, F> {
     args: &'a TrainArgs,
-    cfg: &'a RunConfig,
+    /// The run's checkpoint header before its first step ([`run_header`]).
+    run: &'a Header,
+    /// Where the primal step's plan came from, for the summary.
+    plan_source: String,
     /// Rows of the whole batch (over all ranks).
     n_total: usize,
     /// Prints and writes files: the single process, or rank 0.
@@ -279,13 +260,20 @@ pub(super) struct Reporter<'a, F> {
 }
 
 impl<'a, F: Real> Reporter<'a, F> {
-    pub(super) fn new(args: &'a TrainArgs, cfg: &'a RunConfig, lead: bool, n_total: usize) -> Self {
+    pub(super) fn new(
+        args: &'a TrainArgs,
+        run: &'a Header,
+        plan_source: String,
+        lead: bool,
+        n_total: usize,
+    ) -> Self {
         Reporter {
             args,
-            cfg,
+            run,
+            plan_source,
             n_total,
             lead,
-            last: cfg.total_steps.saturating_sub(1),
+            last: run.total_steps.saturating_sub(1),
             out: StdoutLines::new(),
             write_err: None,
             ckpt_err: None,
@@ -295,7 +283,7 @@ impl<'a, F: Real> Reporter<'a, F> {
             best: None,
             best_epoch: None,
             stopped_early: None,
-            bar: progress_bar(args, cfg, lead),
+            bar: progress_bar(args, run.total_steps, lead),
         }
     }
 
@@ -434,7 +422,7 @@ impl<'a, F: Real> Reporter<'a, F> {
                 if let Err(e) = write_checkpoint(
                     p,
                     t,
-                    self.cfg,
+                    self.run,
                     self.n_total,
                     &self.history,
                     self.best.as_ref(),
@@ -495,7 +483,7 @@ impl<'a, F: Real> Reporter<'a, F> {
             say!(
                 "twolayer: nothing to do: {} of {} steps were already done (raise --steps or --epochs to go on)",
                 trainer.steps_done(),
-                self.cfg.total_steps
+                self.run.total_steps
             );
             return Ok(());
         }
@@ -503,7 +491,7 @@ impl<'a, F: Real> Reporter<'a, F> {
         // `> train.log` must not cost the weights.
         // Each is written whatever happened to the others: one full disk
         // or bad device must not cost the rest.
-        let (args, cfg) = (self.args, self.cfg);
+        let (args, run) = (self.args, self.run);
         let mut written: Vec<String> = Vec::new();
         let mut keep = |flag: &str, p: &Path, r: Result<()>| match r {
             Ok(()) => written.push(format!("{flag} {}", p.display())),
@@ -516,7 +504,7 @@ impl<'a, F: Real> Reporter<'a, F> {
                 write_checkpoint(
                     p,
                     trainer,
-                    cfg,
+                    run,
                     self.n_total,
                     &self.history,
                     self.best.as_ref(),
@@ -584,7 +572,7 @@ impl<'a, F: Real> Reporter<'a, F> {
                 ),
             ));
         }
-        let shape = cfg.global_shape(trainer, self.n_total);
+        let shape = global_shape(trainer, self.n_total);
         let gflops = shape.flops_per_step() / (stats.ms_per_step() * 1e-3) / 1e9;
         let plan = trainer.plan();
         let form = trainer.form();
@@ -597,7 +585,7 @@ impl<'a, F: Real> Reporter<'a, F> {
                 plan.shards,
                 trainer.data().x.nrows().div_ceil(plan.shards),
                 plan.block_rows,
-                cfg.plan_source
+                self.plan_source
             ),
             Form::Dual => "dual form: w1 = w1_0 + xᵀ·C, one N×N by N×H product for x·w1".into(),
         };
@@ -628,7 +616,7 @@ impl<'a, F: Real> Reporter<'a, F> {
             stats.elapsed.as_secs_f64(),
             stats.ms_per_step(),
             stats.outputs.as_secs_f64(),
-            cfg.threads,
+            run.run.threads,
             // What OpenBLAS uses (it caps a larger request at its build's
             // maximum), not what the plan asked for.
             blas::threads(),
@@ -650,7 +638,7 @@ impl<'a, F: Real> Reporter<'a, F> {
             let summary = Summary {
                 steps: stats.steps,
                 steps_done: trainer.steps_done(),
-                total_steps: cfg.total_steps,
+                total_steps: run.total_steps,
                 n: shape.n,
                 d_in: shape.d_in,
                 hidden: shape.hidden,
@@ -662,15 +650,15 @@ impl<'a, F: Real> Reporter<'a, F> {
                 gflops,
                 form: form.name(),
                 gflops_done: done_gflops,
-                plan_source: cfg.plan_source.clone(),
-                threads: cfg.threads,
+                plan_source: self.plan_source.clone(),
+                threads: run.run.threads,
                 shards: plan.shards,
                 block_rows: plan.block_rows,
                 blas_threads: blas::threads(),
                 blas_core: blas::core_name(),
                 blas_library: blas::Library::current(),
-                ranks: cfg.ranks,
-                loss: cfg.loss.name(),
+                ranks: run.ranks,
+                loss: run.loss.name(),
                 final_loss: trainer.last_loss(),
                 peak_rss_bytes: twolayer::machine::peak_rss_bytes(),
                 epochs: self.history.clone(),
@@ -694,7 +682,7 @@ impl<'a, F: Real> Reporter<'a, F> {
             // What the forced set costs here: a quick 1024² f64 GEMM in
             // this process and in a child with OpenBLAS's own choice
             // (about 0.2 s; only on a machine that forces a set).
-            let t = cfg.threads;
+            let t = run.run.threads;
             let size = 1024;
             let forced =
                 twolayer::bench::measure::square_gemm_gflops(twolayer::scalar::Dtype::F64, t, size);
@@ -702,7 +690,7 @@ impl<'a, F: Real> Reporter<'a, F> {
             say!("twolayer: measured: {}", own.describe(forced));
         }
         if let Some(signal) = signal {
-            if trainer.steps_done() < cfg.total_steps {
+            if trainer.steps_done() < run.total_steps {
                 let name = signal_name(signal);
                 let how = match &args.checkpoint {
                     Some(p) => format!(
@@ -717,7 +705,7 @@ impl<'a, F: Real> Reporter<'a, F> {
                     msg: format!(
                         "stopped by {name} after step {} of {}; {how}",
                         trainer.steps_done(),
-                        cfg.total_steps
+                        run.total_steps
                     ),
                 });
             }
@@ -746,14 +734,18 @@ fn write_all_losses<F: Real>(path: &Path, t: &Trainer<F>) -> Result<()> {
 /// one (`-q`, stdout redirected or taken by an output): a long run then
 /// shows where it is and when it will end. (indicatif draws at most 20
 /// times a second; setting the position is an atomic store.)
-fn progress_bar(args: &TrainArgs, cfg: &RunConfig, lead: bool) -> Option<indicatif::ProgressBar> {
+fn progress_bar(
+    args: &TrainArgs,
+    total_steps: usize,
+    lead: bool,
+) -> Option<indicatif::ProgressBar> {
     use std::io::IsTerminal;
     let lines_on_terminal =
         !args.output.quiet && !stdout_taken(args) && std::io::stdout().is_terminal();
     if !lead || lines_on_terminal || !std::io::stderr().is_terminal() {
         return None;
     }
-    let bar = indicatif::ProgressBar::new(cfg.total_steps as u64);
+    let bar = indicatif::ProgressBar::new(total_steps as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
             "twolayer: [{bar:30}] step {pos}/{len} ({per_sec}, ETA {eta})",
