@@ -152,6 +152,43 @@ fn verdicts_are_written_as_json() {
     assert_eq!(v["overall"]["verdict"], "slower");
 }
 
+/// A point whose form changed between the sides (the anchor's sweeps timed
+/// the primal step where the current build times the dual form) is judged,
+/// but named as a change of form: before, the table said "faster" at -90%
+/// with nothing to tell the reader the two sides ran different steps.
+#[test]
+fn a_change_of_form_between_the_sides_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let base = runs(d, "base", &five(1.0, 0.9));
+    let mut dual = five(0.1, 0.09);
+    for r in &mut dual {
+        r.points[0].run.form = twolayer::step::Form::Dual;
+    }
+    let cur = runs(d, "dual", &dual);
+    let json = d.join("verdict.json");
+    let (code, out, err) = compare(&base, &cur, &["--json", json.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let points = v["points"].as_array().unwrap();
+    assert_eq!(points[0]["form_change"], serde_json::json!(["primal", "dual"]));
+    assert!(points[0]["label"].as_str().unwrap().ends_with("(primal → dual)"));
+    for p in &points[1..] {
+        assert!(p.get("form_change").is_none(), "{p}");
+    }
+    let text = format!("{out}{err}");
+    assert!(
+        text.contains("Form changed at 1 point(s)") && text.contains("(primal → dual)"),
+        "{text}"
+    );
+    // Unchanged forms: no such line.
+    let same = runs(d, "same", &five(1.0, 0.9));
+    let (code, out, err) = compare(&base, &same, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!format!("{out}{err}").contains("Form changed"), "{out}");
+}
+
 #[test]
 fn different_environments_are_named_and_refused_unless_allowed() {
     let dir = tempfile::tempdir().unwrap();

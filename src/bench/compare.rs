@@ -49,7 +49,7 @@ use super::report::{PointReport, Report};
 use crate::error::{Error, Result};
 use crate::scalar::Dtype;
 use crate::stats::{bootstrap, median, PointSamples};
-use crate::step::StepMode;
+use crate::step::{Form, StepMode};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -207,6 +207,14 @@ pub struct PointComparison {
     /// Diagnostic: the GEMMs' rate as a fraction of the machine's square
     /// GEMM rate, baseline and now.
     pub gemm_share: (f64, f64),
+    /// The step's form on each side, when they differ (the baseline timed
+    /// the primal step where the current build times the dual form, say):
+    /// the change then measures the form as well as the code. Points are
+    /// paired by shape, dtype, threads, mode and ranks, not by form, since
+    /// a sweep times the form `twolayer train` runs and a change of that
+    /// form is a change users see.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub form_change: Option<(Form, Form)>,
 }
 
 /// The geometric mean of the points' changes.
@@ -508,6 +516,7 @@ pub fn compare(base: &Side, cur: &Side, opts: Options) -> Result<Comparison> {
         .map(|(k, &(change, ci_))| {
             let p = bi[0][k];
             let id = PointId::of(p);
+            let forms = (p.run.form, ci[0][k].run.form);
             let own = opts
                 .thresholds
                 .iter()
@@ -515,7 +524,17 @@ pub fn compare(base: &Side, cur: &Side, opts: Options) -> Result<Comparison> {
                 .find(|r| r.matches(&id))
                 .map_or(t, |r| r.max_slowdown);
             PointComparison {
-                label: format!("{} {} ×{}", p.shape_label(), p.run.dtype, p.run.threads),
+                label: match forms {
+                    (b, c) if b != c => format!(
+                        "{} {} ×{} ({} → {})",
+                        p.shape_label(),
+                        p.run.dtype,
+                        p.run.threads,
+                        b.name(),
+                        c.name()
+                    ),
+                    _ => format!("{} {} ×{}", p.shape_label(), p.run.dtype, p.run.threads),
+                },
                 point: id,
                 base_ms: diag(&bi, k, &|p| median(&p.ms_per_step.samples)),
                 current_ms: diag(&ci, k, &|p| median(&p.ms_per_step.samples)),
@@ -528,6 +547,7 @@ pub fn compare(base: &Side, cur: &Side, opts: Options) -> Result<Comparison> {
                     diag(&ci, k, &PointReport::median_step_per_gemm),
                 ),
                 gemm_share: (diag(&bi, k, &gemm_share), diag(&ci, k, &gemm_share)),
+                form_change: (forms.0 != forms.1).then_some(forms),
             }
         })
         .collect();
@@ -655,6 +675,20 @@ impl Comparison {
             self.points.len(),
             self.points.len() - slower - faster
         );
+        let changed: Vec<&str> = self
+            .points
+            .iter()
+            .filter(|r| r.form_change.is_some())
+            .map(|r| r.label.as_str())
+            .collect();
+        if !changed.is_empty() {
+            let _ = writeln!(
+                s,
+                "Form changed at {} point(s): {}. The two sides timed different steps there (each the form `twolayer train` runs, or the grid's `form`): the change is the form's as well as the code's.",
+                changed.len(),
+                changed.join("; ")
+            );
+        }
         let label = |p: &PointId| {
             format!(
                 "({}, {}, {}, {}) {} ×{}",
