@@ -131,6 +131,39 @@ fn the_sweep_charts_draw_every_series_inside_the_canvas() {
     }
 }
 
+/// A dual-form point (the seed shape, where `twolayer train` runs the dual
+/// form) is its own series, named so: before, it sat on the primal points'
+/// line over N, which then read as the primal step scaling.
+#[test]
+fn the_scaling_chart_keeps_a_dual_point_off_the_primal_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut report = common::tiny_sweep(dir.path(), "9", "1");
+    let n_lines = |d: &Path| {
+        let (_, _, t) = texts(&d.join("scaling.svg"));
+        t.into_iter()
+            .filter(|x| x.2.starts_with("N: "))
+            .map(|x| x.2)
+            .collect::<Vec<_>>()
+    };
+    let before = n_lines(dir.path());
+    assert!(before.iter().all(|l| !l.contains("dual")), "{before:?}");
+    let smallest = (0..report.points.len())
+        .min_by_key(|&i| report.points[i].run.n)
+        .unwrap();
+    report.points[smallest].run.form = twolayer::step::Form::Dual;
+    let out = dir.path().join("dual");
+    std::fs::create_dir_all(&out).unwrap();
+    twolayer::bench::charts::write_scaling_chart(&report, &out).unwrap();
+    labels_inside_and_apart(&out.join("scaling.svg"));
+    let after = n_lines(&out);
+    assert_eq!(after.len(), before.len() + 1, "{after:?}");
+    assert_eq!(
+        after.iter().filter(|l| l.ends_with("· dual form")).count(),
+        1,
+        "{after:?}"
+    );
+}
+
 #[test]
 fn compare_draws_each_points_change_and_interval() {
     let dir = tempfile::tempdir().unwrap();

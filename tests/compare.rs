@@ -172,8 +172,14 @@ fn a_change_of_form_between_the_sides_is_named() {
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let points = v["points"].as_array().unwrap();
-    assert_eq!(points[0]["form_change"], serde_json::json!(["primal", "dual"]));
-    assert!(points[0]["label"].as_str().unwrap().ends_with("(primal → dual)"));
+    assert_eq!(
+        points[0]["form_change"],
+        serde_json::json!(["primal", "dual"])
+    );
+    assert!(points[0]["label"]
+        .as_str()
+        .unwrap()
+        .ends_with("(primal → dual)"));
     for p in &points[1..] {
         assert!(p.get("form_change").is_none(), "{p}");
     }

@@ -236,7 +236,12 @@ fn group_label(p: &PointReport) -> (String, String) {
     } else {
         format!(", {}", p.run.step_mode)
     };
-    (p.shape_label(), format!("{who}{mode}"))
+    let form = if p.run.form == crate::step::Form::Dual {
+        ", dual form"
+    } else {
+        ""
+    };
+    (p.shape_label(), format!("{who}{mode}{form}"))
 }
 
 /// A short label of one point: shape, dtype, threads.

@@ -118,12 +118,19 @@ fn threads(p: &PointReport) -> String {
     }
 }
 
-fn mode(p: &PointReport) -> &'static str {
-    if p.run.step_mode == crate::step::StepMode::Fused {
-        ""
-    } else {
-        " · explicit"
+/// What sets a point's step apart besides its shape, dtype and threads:
+/// the explicit mode, the dual form. A series holds one kind of step: a
+/// dual point (the seed shape, where `twolayer train` runs the dual form)
+/// on the primal points' line would read as the primal step scaling.
+fn mode(p: &PointReport) -> String {
+    let mut s = String::new();
+    if p.run.step_mode != crate::step::StepMode::Fused {
+        s.push_str(" · explicit");
     }
+    if p.run.form == crate::step::Form::Dual {
+        s.push_str(" · dual form");
+    }
+    s
 }
 
 /// The points grouped by `key`, in order of first appearance.
