@@ -179,6 +179,114 @@ pub(crate) fn sbgemm_symbol() -> Option<*mut std::ffi::c_void> {
     (!p.is_null()).then_some(p)
 }
 
+/// `cblas_sbgemm`'s C signature (OpenBLAS's cblas.h): row or column
+/// order, the two transposes, M, N, K, alpha, A (bf16), lda, B (bf16),
+/// ldb, beta, C (f32), ldc; `blasint` is a C int in these builds.
+type SbgemmFn = unsafe extern "C" fn(
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    f32,
+    *const u16,
+    c_int,
+    *const u16,
+    c_int,
+    f32,
+    *mut f32,
+    c_int,
+);
+
+/// The bf16 GEMM of the loaded library: `C ← alpha·op(A)·op(B) + beta·C`
+/// with bf16 A and B and f32 C, row-major.
+#[derive(Clone, Copy, Debug)]
+pub struct Sbgemm(SbgemmFn);
+
+/// A GEMM operand's transpose, as cblas names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trans {
+    /// op(A) = A.
+    No,
+    /// op(A) = Aᵀ.
+    Yes,
+}
+
+impl Sbgemm {
+    /// The library's `cblas_sbgemm`, or `None` when it has none (Debian's
+    /// 0.3.21).
+    pub fn get() -> Option<Sbgemm> {
+        // SAFETY: the symbol is OpenBLAS's cblas_sbgemm, whose C signature
+        // is `SbgemmFn`.
+        sbgemm_symbol()
+            .map(|p| Sbgemm(unsafe { std::mem::transmute::<*mut std::ffi::c_void, SbgemmFn>(p) }))
+    }
+
+    /// `c (m×n) ← alpha·op(a)·op(b) + beta·c`, all row-major and dense:
+    /// op(a) is m×k (a stored m×k, or k×m when transposed), op(b) k×n.
+    ///
+    /// # Panics
+    /// When a slice's length is not its matrix's, or a dimension exceeds
+    /// a C int (callers check shapes against [`crate::shape::MAX_DIM`]
+    /// before allocating, so neither happens from a checked run).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm(
+        &self,
+        ta: Trans,
+        tb: Trans,
+        (m, n, k): (usize, usize, usize),
+        alpha: f32,
+        a: &[u16],
+        b: &[u16],
+        beta: f32,
+        c: &mut [f32],
+    ) {
+        assert_eq!(a.len(), m * k, "A is not {m}×{k}");
+        assert_eq!(b.len(), k * n, "B is not {k}×{n}");
+        assert_eq!(c.len(), m * n, "C is not {m}×{n}");
+        let int = |v: usize| c_int::try_from(v).expect("a GEMM dimension fits a C int");
+        // Row-major leading dimensions: the stored row's length.
+        let lda = match ta {
+            Trans::No => k,
+            Trans::Yes => m,
+        };
+        let ldb = match tb {
+            Trans::No => n,
+            Trans::Yes => k,
+        };
+        let t = |t: Trans| match t {
+            Trans::No => CBLAS_NO_TRANS,
+            Trans::Yes => CBLAS_TRANS,
+        };
+        // SAFETY: the lengths are checked above against the dimensions the
+        // call reads and writes; A and B are only read.
+        unsafe {
+            (self.0)(
+                CBLAS_ROW_MAJOR,
+                t(ta),
+                t(tb),
+                int(m),
+                int(n),
+                int(k),
+                alpha,
+                a.as_ptr(),
+                int(lda.max(1)),
+                b.as_ptr(),
+                int(ldb.max(1)),
+                beta,
+                c.as_mut_ptr(),
+                int(n.max(1)),
+            )
+        }
+    }
+}
+
+/// cblas's enum values.
+const CBLAS_ROW_MAJOR: c_int = 101;
+const CBLAS_NO_TRANS: c_int = 111;
+const CBLAS_TRANS: c_int = 112;
+
 /// The path of the shared object that holds OpenBLAS in this process.
 fn loaded_from() -> String {
     let mut info = std::mem::MaybeUninit::<libc::Dl_info>::zeroed();

@@ -573,7 +573,7 @@ impl<W: Write> Write for Hashed<'_, W> {
 
 fn push_le<F: Real>(out: &mut Vec<u8>, v: F) {
     match F::DTYPE {
-        Dtype::F32 => out.extend_from_slice(&(v.to_f64() as f32).to_le_bytes()),
+        Dtype::F32 | Dtype::Bf16 => out.extend_from_slice(&(v.to_f64() as f32).to_le_bytes()),
         Dtype::F64 => out.extend_from_slice(&v.to_f64().to_le_bytes()),
     }
 }
@@ -715,7 +715,9 @@ impl AnyCheckpoint {
             }
         }
         Ok(match header.run.dtype {
-            Dtype::F32 => AnyCheckpoint::F32(typed(header, losses, &bytes[at..], shape)),
+            Dtype::F32 | Dtype::Bf16 => {
+                AnyCheckpoint::F32(typed(header, losses, &bytes[at..], shape))
+            }
             Dtype::F64 => AnyCheckpoint::F64(typed(header, losses, &bytes[at..], shape)),
         })
     }
@@ -790,7 +792,7 @@ fn read_arrays<F: Real>(bytes: &[u8], dims: &[(usize, usize)]) -> Vec<Array2<F>>
     let e = F::DTYPE.size();
     let read = |at: usize| -> F {
         match F::DTYPE {
-            Dtype::F32 => F::from_f64(f32::from_le_bytes(
+            Dtype::F32 | Dtype::Bf16 => F::from_f64(f32::from_le_bytes(
                 bytes[at..at + 4].try_into().expect("4 bytes"),
             ) as f64),
             Dtype::F64 => F::from_f64(f64::from_le_bytes(

@@ -23,6 +23,20 @@ pub fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// The CPU's feature flags from /proc/cpuinfo (`avx512_bf16`, `amx_bf16`,
+/// …); empty where it is not there.
+pub fn cpu_flags() -> Vec<String> {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("flags"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|f| f.split_whitespace().map(str::to_string).collect())
+        })
+        .unwrap_or_default()
+}
+
 /// Bytes of memory this process may still allocate: the smaller of the
 /// kernel's `MemAvailable` and the cgroup's remaining limit. Where neither
 /// can be read, `u64::MAX` (no check).

@@ -231,7 +231,7 @@ pub fn load_init_from<R: Read + Seek>(reader: R, path: &Path) -> Result<Init> {
         c.dtype,
     )?;
     Ok(match c.dtype {
-        Dtype::F32 => {
+        Dtype::F32 | Dtype::Bf16 => {
             let (d, w) = read_all::<f32, R>(path, &mut c.zip, &c.entries)?;
             Init::F32(d, w)
         }
@@ -634,8 +634,12 @@ fn read_rows_from<F: Real>(
     let decode = |bytes: &[u8], dst: &mut dyn FnMut(usize, F)| {
         for (i, b) in bytes.chunks_exact(size).enumerate() {
             let v = match (dtype, big_endian) {
-                (Dtype::F32, false) => f32::from_le_bytes(b.try_into().unwrap()) as f64,
-                (Dtype::F32, true) => f32::from_be_bytes(b.try_into().unwrap()) as f64,
+                (Dtype::F32 | Dtype::Bf16, false) => {
+                    f32::from_le_bytes(b.try_into().unwrap()) as f64
+                }
+                (Dtype::F32 | Dtype::Bf16, true) => {
+                    f32::from_be_bytes(b.try_into().unwrap()) as f64
+                }
                 (Dtype::F64, false) => f64::from_le_bytes(b.try_into().unwrap()),
                 (Dtype::F64, true) => f64::from_be_bytes(b.try_into().unwrap()),
             };
@@ -677,7 +681,7 @@ pub fn write_npy_header(
     cols: usize,
 ) -> std::io::Result<()> {
     let descr = match dtype {
-        Dtype::F32 => "<f4",
+        Dtype::F32 | Dtype::Bf16 => "<f4",
         Dtype::F64 => "<f8",
     };
     let mut dict =

@@ -1,10 +1,11 @@
-//! The two element types the trainer runs in, f32 and f64, behind one trait.
+//! The element types the trainer runs in, f32 and f64, behind one trait;
+//! and bf16 mixed precision, which stores f32 and multiplies in bf16.
 
 use std::fmt;
 
 /// The element type of a run, as chosen on the command line. Its names
-/// (`f32`, `f64`) are the command line's, the checkpoint header's and the
-/// reports'.
+/// (`f32`, `f64`, `bf16`) are the command line's, the checkpoint header's
+/// and the reports'.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
@@ -14,22 +15,39 @@ pub enum Dtype {
     F32,
     /// IEEE double precision (the reference's dtype).
     F64,
+    /// Mixed precision, as PyTorch's autocast runs a linear layer: the
+    /// GEMMs take bf16 operands (rounded to nearest even) and give f32
+    /// results; the data, the master weights, the gradients, the loss and
+    /// the update are f32 (its storage: [`Dtype::storage`]).
+    Bf16,
 }
 
 impl Dtype {
     /// Bytes per element.
+    /// Bytes per stored element (bf16 runs store f32).
     pub fn size(self) -> usize {
-        match self {
-            Dtype::F32 => 4,
+        match self.storage() {
             Dtype::F64 => 8,
+            _ => 4,
         }
     }
 
-    /// The name used on the command line and in reports: `f32` or `f64`.
+    /// The type data, weights and gradients are stored in: itself, or f32
+    /// for bf16 mixed precision.
+    pub fn storage(self) -> Dtype {
+        match self {
+            Dtype::Bf16 => Dtype::F32,
+            d => d,
+        }
+    }
+
+    /// The name used on the command line and in reports: `f32`, `f64` or
+    /// `bf16`.
     pub fn name(self) -> &'static str {
         match self {
             Dtype::F32 => "f32",
             Dtype::F64 => "f64",
+            Dtype::Bf16 => "bf16",
         }
     }
 }
@@ -46,7 +64,10 @@ impl std::str::FromStr for Dtype {
         match s {
             "f32" | "float32" => Ok(Dtype::F32),
             "f64" | "float64" => Ok(Dtype::F64),
-            _ => Err(format!("unsupported dtype '{s}' (expected f32 or f64)")),
+            "bf16" | "bfloat16" => Ok(Dtype::Bf16),
+            _ => Err(format!(
+                "unsupported dtype '{s}' (expected f32, f64 or bf16)"
+            )),
         }
     }
 }

@@ -288,6 +288,10 @@ impl LoopClock {
     }
 }
 
+/// What a run calls before each step to replace the batch in place
+/// (`batch`, step index); none for one fixed batch.
+type NextBatch<'a, F> = dyn FnMut(&mut Data<F>, usize) -> Result<()> + 'a;
+
 impl<F: Real> Trainer<F> {
     /// A trainer for this data and these weights, its work planned for the
     /// threads of the rayon pool it is created in (see [`Plan`]). Checks
@@ -375,6 +379,26 @@ impl<F: Real> Trainer<F> {
         self.step = Step::dual(&self.data, &self.weights.w1, coef, threads)?;
         self.formed = OnceCell::new();
         Ok(self)
+    }
+
+    /// Runs the step in bf16 mixed precision from now on ([`Step::bf16`]):
+    /// the GEMMs on bf16 copies of the batch and the weights, everything
+    /// else in f32. Needs a `Trainer<f32>` in the primal form and a library
+    /// with `cblas_sbgemm`; its threads are the rayon pool's, as the plan's.
+    pub fn with_bf16(mut self) -> Result<Self> {
+        if self.form() == Form::Dual {
+            return Err(Error::invalid(
+                "bf16 mixed precision runs the primal step: drop --form dual",
+            ));
+        }
+        let threads = rayon::current_num_threads();
+        self.step = Step::bf16(self.shape, threads, self.mode())?;
+        Ok(self)
+    }
+
+    /// The run's element type: `F`'s, or bf16 after [`Trainer::with_bf16`].
+    pub fn dtype(&self) -> crate::scalar::Dtype {
+        self.step.dtype()
     }
 
     /// The form the step runs in.
@@ -593,7 +617,7 @@ impl<F: Real> Trainer<F> {
         steps: usize,
         on_step: impl FnMut(&Self, usize, f64) -> ControlFlow<()> + Send,
     ) -> Result<RunStats> {
-        self.run_with(steps, |_, _| Ok(()), on_step)
+        rayon::scope(|_| self.run_loop(steps, None, &mut { on_step }, &mut |t| t.step()))
     }
 
     /// [`Trainer::run`] with `next_batch(batch, t)` called before step `t`:
@@ -607,7 +631,11 @@ impl<F: Real> Trainer<F> {
         mut on_step: impl FnMut(&Self, usize, f64) -> ControlFlow<()> + Send,
     ) -> Result<RunStats> {
         // On a thread of rayon's pool (see `run`).
-        rayon::scope(|_| self.run_loop(steps, &mut next_batch, &mut on_step, &mut |t| t.step()))
+        rayon::scope(|_| {
+            self.run_loop(steps, Some(&mut next_batch), &mut on_step, &mut |t| {
+                t.step()
+            })
+        })
     }
 
     /// The loop every run goes through: `next_batch`, then `step`, then
@@ -616,7 +644,7 @@ impl<F: Real> Trainer<F> {
     fn run_loop(
         &mut self,
         steps: usize,
-        next_batch: &mut dyn FnMut(&mut Data<F>, usize) -> Result<()>,
+        mut next_batch: Option<&mut NextBatch<'_, F>>,
         on_step: &mut dyn FnMut(&Self, usize, f64) -> ControlFlow<()>,
         step: &mut dyn FnMut(&mut Self) -> Result<f64>,
     ) -> Result<RunStats> {
@@ -626,8 +654,12 @@ impl<F: Real> Trainer<F> {
         let dims = (self.data.x.dim(), self.data.y.dim());
         while done < steps {
             let t = self.losses.steps();
-            next_batch(&mut self.data, t)?;
-            self.check_batch(dims)?;
+            if let Some(next_batch) = next_batch.as_mut() {
+                next_batch(&mut self.data, t)?;
+                self.check_batch(dims)?;
+                // The bf16 step's copy of x is of the rows before.
+                self.step.batch_replaced();
+            }
             let loss = step(self)?;
             done += 1;
             if clock.outputs(|| on_step(self, t, loss)).is_break() {
@@ -648,7 +680,9 @@ impl<F: Real> Trainer<F> {
         pieces: usize,
         on_step: impl FnMut(&Self, usize, f64) -> ControlFlow<()>,
     ) -> Result<RunStats> {
-        self.run_exchanged_with(steps, exchange, pieces, |_, _| Ok(()), on_step)
+        self.run_loop(steps, None, &mut { on_step }, &mut |t| {
+            t.step_exchanged(exchange, pieces)
+        })
     }
 
     /// [`Trainer::run_exchanged`] with `next_batch(batch, t)` called before
@@ -661,7 +695,7 @@ impl<F: Real> Trainer<F> {
         mut next_batch: impl FnMut(&mut Data<F>, usize) -> Result<()>,
         mut on_step: impl FnMut(&Self, usize, f64) -> ControlFlow<()>,
     ) -> Result<RunStats> {
-        self.run_loop(steps, &mut next_batch, &mut on_step, &mut |t| {
+        self.run_loop(steps, Some(&mut next_batch), &mut on_step, &mut |t| {
             t.step_exchanged(exchange, pieces)
         })
     }

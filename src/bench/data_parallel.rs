@@ -146,6 +146,9 @@ fn measure_point_mpi(
     how: AllreducePlan,
 ) -> Result<(Samples, MpiSamples)> {
     match point.dtype {
+        Dtype::Bf16 => Err(crate::error::Error::invalid(
+            "bf16 steps are not summed across processes yet: sweep bf16 in one process",
+        )),
         Dtype::F32 => measure::<f32>(point, timing, cluster, how),
         Dtype::F64 => measure::<f64>(point, timing, cluster, how),
     }

@@ -281,18 +281,22 @@ impl GridSpec {
             ));
         }
         // As `twolayer train` runs the shape for its default steps.
-        let form_of = |shape: Shape| {
+        let form_of = |shape: Shape, dtype: Dtype| {
             self.form
                 .unwrap_or_default()
-                .resolve(shape, TRAIN_DEFAULT_STEPS, mode)
+                .resolve(shape, TRAIN_DEFAULT_STEPS, mode, dtype)
         };
         let mut points = Vec::new();
         for &shape in &shapes {
-            let form = form_of(shape)?;
             for &dtype in &dtypes {
+                let form = form_of(shape, dtype)?;
                 for &t in &threads {
                     let plan = Plan::new(shape, dtype, t, mode);
-                    plan.check_fits_memory(shape, dtype, mode)?;
+                    if dtype == Dtype::Bf16 {
+                        shape.check_bytes_fit(crate::step::bf16::training_bytes(shape), dtype)?;
+                    } else {
+                        plan.check_fits_memory(shape, dtype, mode)?;
+                    }
                     if form == Form::Dual {
                         shape.check_bytes_fit(Dual::<f64>::bytes(shape, dtype), dtype)?;
                     }

@@ -190,7 +190,8 @@ pub fn measure_point(
     tuned: Option<(PlanChoice, PlanSource)>,
 ) -> Result<Samples> {
     match point.dtype {
-        Dtype::F32 => measure::<f32>(point, timing, mode, tuned),
+        // bf16 runs store f32: the f32 arrays, with the bf16 step.
+        Dtype::F32 | Dtype::Bf16 => measure::<f32>(point, timing, mode, tuned),
         Dtype::F64 => measure::<f64>(point, timing, mode, tuned),
     }
 }
@@ -212,7 +213,10 @@ fn measure<F: Real>(
             PlanSource::Rule,
         ),
     };
-    plan.check_fits_memory(shape, F::DTYPE, mode)?;
+    let bf16 = point.dtype == Dtype::Bf16;
+    if !bf16 {
+        plan.check_fits_memory(shape, F::DTYPE, mode)?;
+    }
     let memory = MemoryWatch::start();
 
     let data = Data::<F>::random(shape, 0);
@@ -222,7 +226,11 @@ fn measure<F: Real>(
     // The step in the point's form, built as the Trainer builds it (the
     // primal step on the plan, fused or with explicit gradients, or the
     // dual form's step on C), run through the same call.
-    let mut step = Step::<F>::new(point.form, &data, &weights, plan, mode)?;
+    let mut step = if bf16 {
+        Step::<F>::bf16(shape, point.threads, mode)?
+    } else {
+        Step::<F>::new(point.form, &data, &weights, plan, mode)?
+    };
     let mut run =
         |update: Update<'_, F>, w: &mut Weights<F>, probe: &mut (dyn FnMut(Phase) + Send)| {
             step.run(&data, w, lr, update, &mut FnProbe(probe))
@@ -264,6 +272,7 @@ fn measure<F: Real>(
         gemm_ms,
         phases,
         workspace_bytes: match point.form {
+            _ if bf16 => crate::step::bf16::training_bytes(shape) as u64,
             Form::Primal => plan.training_bytes(shape, F::DTYPE, mode) as u64,
             Form::Dual => {
                 ((shape.data_elems() + shape.weight_elems()) * F::DTYPE.size() as u128
@@ -347,6 +356,7 @@ pub fn square_gemm_gflops(dtype: Dtype, threads: usize, size: usize) -> f64 {
     blas::with_threads(threads, || match dtype {
         Dtype::F32 => square_gemm::<f32>(size),
         Dtype::F64 => square_gemm::<f64>(size),
+        Dtype::Bf16 => square_sbgemm(size),
     })
 }
 
@@ -361,6 +371,38 @@ fn square_gemm<F: Real>(s: usize) -> f64 {
         let t = Instant::now();
         // C = A·B: (s×s)·(s×s); alpha = 1, beta = 0.
         general_mat_mul(F::one(), &a, &b, F::zero(), &mut c);
+        if rep > 0 {
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+    }
+    std::hint::black_box(&c);
+    2.0 * (s as f64).powi(3) / best / 1e9
+}
+
+/// [`square_gemm`] with bf16 operands and an f32 result (`cblas_sbgemm`);
+/// NaN without it.
+fn square_sbgemm(s: usize) -> f64 {
+    let Some(gemm) = blas::Sbgemm::get() else {
+        return f64::NAN;
+    };
+    let a: Vec<u16> = (0..s * s)
+        .map(|k| half::bf16::from_f32(((k * 7) % 13) as f32 * 0.1).to_bits())
+        .collect();
+    let mut c = vec![0f32; s * s];
+    let mut best = f64::INFINITY;
+    for rep in 0..4 {
+        let t = Instant::now();
+        // C = A·Aᵀ: (s×s)·(s×s); alpha = 1, beta = 0.
+        gemm.gemm(
+            blas::Trans::No,
+            blas::Trans::Yes,
+            (s, s, s),
+            1.0,
+            &a,
+            &a,
+            0.0,
+            &mut c,
+        );
         if rep > 0 {
             best = best.min(t.elapsed().as_secs_f64());
         }

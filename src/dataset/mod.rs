@@ -200,8 +200,8 @@ impl ArrayFile {
     /// Decodes one stored value.
     fn decode(&self, b: &[u8]) -> f64 {
         match (self.dtype, self.big_endian) {
-            (Dtype::F32, false) => f32::from_le_bytes(b.try_into().unwrap()) as f64,
-            (Dtype::F32, true) => f32::from_be_bytes(b.try_into().unwrap()) as f64,
+            (Dtype::F32 | Dtype::Bf16, false) => f32::from_le_bytes(b.try_into().unwrap()) as f64,
+            (Dtype::F32 | Dtype::Bf16, true) => f32::from_be_bytes(b.try_into().unwrap()) as f64,
             (Dtype::F64, false) => f64::from_le_bytes(b.try_into().unwrap()),
             (Dtype::F64, true) => f64::from_be_bytes(b.try_into().unwrap()),
         }

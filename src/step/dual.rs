@@ -156,13 +156,25 @@ pub enum FormChoice {
 
 impl FormChoice {
     /// The form a run on one fixed batch of `shape` takes for `steps`
-    /// steps in `mode`: as asked, or by [`Form::auto`] — primal with
-    /// explicit gradients, which the dual form does not make. Asking for
-    /// the dual form with explicit gradients is an error.
-    pub fn resolve(self, shape: Shape, steps: usize, mode: super::StepMode) -> Result<Form> {
+    /// steps in `mode` and `dtype`: as asked, or by [`Form::auto`] —
+    /// primal with explicit gradients, which the dual form does not make,
+    /// and in bf16, whose step is the primal one with bf16 GEMMs. Asking
+    /// for the dual form with explicit gradients or in bf16 is an error.
+    pub fn resolve(
+        self,
+        shape: Shape,
+        steps: usize,
+        mode: super::StepMode,
+        dtype: crate::scalar::Dtype,
+    ) -> Result<Form> {
         let explicit = mode == super::StepMode::Explicit;
+        let bf16 = dtype == crate::scalar::Dtype::Bf16;
         match self {
             FormChoice::Primal => Ok(Form::Primal),
+            FormChoice::Dual if bf16 => Err(Error::invalid(
+                "form dual runs in f32 or f64; bf16 runs the primal step with bf16 GEMMs",
+            )),
+            FormChoice::Auto if bf16 => Ok(Form::Primal),
             FormChoice::Dual if explicit => Err(Error::invalid(
                 "form dual applies its update itself; it cannot run with step mode explicit",
             )),

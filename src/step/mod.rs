@@ -62,6 +62,7 @@
 //! and contiguous, so ndarray never falls back to its own matmul (a test
 //! counts the cblas calls).
 
+pub mod bf16;
 mod block;
 pub mod dual;
 pub mod exchange;
@@ -267,6 +268,25 @@ enum FormState<F> {
     },
     /// G, P, C and the dual step's buffers ([`dual`]).
     Dual(Dual<F>),
+    /// bf16 mixed precision ([`bf16`]): built only as a `Step<f32>`.
+    Bf16(Box<bf16::Bf16Step>),
+}
+
+/// `data` and `weights` as the f32 arrays they are, for the bf16 step,
+/// which [`Step::bf16`] builds only when `F` is f32.
+fn as_f32<'a, F: Real>(
+    data: &'a Data<F>,
+    weights: &'a mut Weights<F>,
+) -> (&'a Data<f32>, &'a mut Weights<f32>) {
+    use std::any::Any;
+    (
+        (data as &dyn Any)
+            .downcast_ref::<Data<f32>>()
+            .expect("a bf16 step is a Step<f32>"),
+        (weights as &mut dyn Any)
+            .downcast_mut::<Weights<f32>>()
+            .expect("a bf16 step is a Step<f32>"),
+    )
 }
 
 impl<F: Real> Step<F> {
@@ -320,6 +340,58 @@ impl<F: Real> Step<F> {
             plan: Plan::new(dual.shape(), F::DTYPE, threads, StepMode::Fused),
             form: FormState::Dual(dual),
         })
+    }
+
+    /// The bf16 mixed-precision step for `shape` ([`bf16`]), its GEMMs on
+    /// `threads` OpenBLAS threads. Needs `F` = f32 (bf16 runs store f32)
+    /// and a library with `cblas_sbgemm`; fails otherwise, or when its
+    /// buffers would not fit in memory. Every [`Step::run`] must be given
+    /// the weights the previous one updated and the batch it was given,
+    /// unless [`Step::inputs_changed`] says they changed in place.
+    ///
+    /// Both modes run the same arithmetic: the gradients into buffers,
+    /// then one update pass that also makes the weights' bf16 copies (a
+    /// GEMM cannot fuse the update, since the copies must follow the f32
+    /// weights); `mode` is what the run records and whether
+    /// [`Step::gradients`] shows them.
+    pub fn bf16(shape: Shape, threads: usize, mode: StepMode) -> Result<Self> {
+        if F::DTYPE != crate::scalar::Dtype::F32 {
+            return Err(Error::invalid(format!(
+                "bf16 mixed precision stores f32: its step is a Step<f32>, not a Step<{}>",
+                F::DTYPE
+            )));
+        }
+        Ok(Step {
+            plan: Plan::new(shape, F::DTYPE, threads, StepMode::Fused),
+            form: FormState::Bf16(Box::new(bf16::Bf16Step::new(shape, threads, mode)?)),
+        })
+    }
+
+    /// The run's element type: `F`'s, or [`Dtype::Bf16`](crate::scalar::Dtype::Bf16)
+    /// for the bf16 step.
+    pub fn dtype(&self) -> crate::scalar::Dtype {
+        match self.form {
+            FormState::Bf16(_) => crate::scalar::Dtype::Bf16,
+            _ => F::DTYPE,
+        }
+    }
+
+    /// Tells the step that the batch was replaced in place (a minibatch
+    /// run's next rows): the bf16 step converts x again. Nothing for the
+    /// other forms, which read x as it is (the dual form needs one fixed
+    /// batch).
+    pub fn batch_replaced(&mut self) {
+        if let FormState::Bf16(b) = &mut self.form {
+            b.batch_replaced();
+        }
+    }
+
+    /// Tells the step that the batch or the weights were changed in place
+    /// (not by its own update): the bf16 step converts both again.
+    pub fn inputs_changed(&mut self) {
+        if let FormState::Bf16(b) = &mut self.form {
+            b.inputs_changed();
+        }
     }
 
     /// The step in `form`: [`Step::primal`] with `plan`, or [`Step::dual`]
@@ -426,6 +498,26 @@ impl<F: Real> Step<F> {
             (FormState::Dual(_), Update::Exchanged { .. }) => Err(Error::invalid(
                 "a step summed across processes needs the primal form",
             )),
+            (FormState::Bf16(b), Update::Sgd) => {
+                let (data, weights) = as_f32(data, weights);
+                Ok(b.run(data, weights, lr, None, probe))
+            }
+            (FormState::Bf16(b), Update::Gradients(g)) => {
+                check_gradients(g, weights)?;
+                let g = (g as &mut dyn std::any::Any)
+                    .downcast_mut::<Gradients<f32>>()
+                    .expect("a bf16 step is a Step<f32>");
+                let (data, weights) = as_f32(data, weights);
+                Ok(b.run(data, weights, lr, Some(g), probe))
+            }
+            (FormState::Bf16(b), Update::GemmsOnly) => {
+                let (data, weights) = as_f32(data, weights);
+                b.gemms_only(data, weights);
+                Ok(0.0)
+            }
+            (FormState::Bf16(_), Update::Exchanged { .. }) => Err(Error::invalid(
+                "bf16 steps are not summed across processes yet: train in f32 under mpirun",
+            )),
         }
     }
 
@@ -458,6 +550,7 @@ impl<F: Real> Step<F> {
         match &self.form {
             FormState::Primal { ws, .. } => ws.shape,
             FormState::Dual(d) => d.shape(),
+            FormState::Bf16(b) => b.shape(),
         }
     }
 
@@ -470,7 +563,7 @@ impl<F: Real> Step<F> {
     /// The form the step computes in.
     pub fn form(&self) -> Form {
         match self.form {
-            FormState::Primal { .. } => Form::Primal,
+            FormState::Primal { .. } | FormState::Bf16(_) => Form::Primal,
             FormState::Dual(_) => Form::Dual,
         }
     }
@@ -478,8 +571,9 @@ impl<F: Real> Step<F> {
     /// How the update is applied: [`StepMode::Explicit`] when the step
     /// keeps gradient buffers of its own.
     pub fn mode(&self) -> StepMode {
-        match self.form {
+        match &self.form {
             FormState::Primal { grads: Some(_), .. } => StepMode::Explicit,
+            FormState::Bf16(b) => b.mode(),
             _ => StepMode::Fused,
         }
     }
@@ -491,6 +585,9 @@ impl<F: Real> Step<F> {
         match &self.form {
             FormState::Primal { grads, .. } => grads.as_ref(),
             FormState::Dual(_) => None,
+            FormState::Bf16(b) => (b.mode() == StepMode::Explicit)
+                .then(|| (b.gradients() as &dyn std::any::Any).downcast_ref::<Gradients<F>>())
+                .flatten(),
         }
     }
 
@@ -498,7 +595,7 @@ impl<F: Real> Step<F> {
     pub fn dual_coef(&self) -> Option<&Array2<F>> {
         match &self.form {
             FormState::Dual(d) => Some(d.coef()),
-            FormState::Primal { .. } => None,
+            FormState::Primal { .. } | FormState::Bf16(_) => None,
         }
     }
 
@@ -510,7 +607,7 @@ impl<F: Real> Step<F> {
                 d.w1_into(x, w1_0, out);
                 Some(())
             }
-            FormState::Primal { .. } => None,
+            FormState::Primal { .. } | FormState::Bf16(_) => None,
         }
     }
 }

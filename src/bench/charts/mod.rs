@@ -43,12 +43,13 @@ type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
 /// Font of every label.
 const FONT: &str = "sans-serif";
 
-/// A colour per dtype: f64 blue, f32 orange (matplotlib's first two).
+/// A colour per dtype: f64 blue, f32 orange, bf16 green (matplotlib's
+/// first three).
 fn dtype_color(dtype: crate::scalar::Dtype) -> RGBColor {
-    if dtype == crate::scalar::Dtype::F32 {
-        RGBColor(255, 127, 14)
-    } else {
-        RGBColor(31, 119, 180)
+    match dtype {
+        crate::scalar::Dtype::F32 => RGBColor(255, 127, 14),
+        crate::scalar::Dtype::Bf16 => RGBColor(44, 160, 44),
+        crate::scalar::Dtype::F64 => RGBColor(31, 119, 180),
     }
 }
 

@@ -68,7 +68,7 @@ fn groups(report: &Report) -> Vec<Vec<usize>> {
 
 /// The dtypes present, f64 first.
 fn dtypes(report: &Report) -> Vec<Dtype> {
-    [Dtype::F64, Dtype::F32]
+    [Dtype::F64, Dtype::F32, Dtype::Bf16]
         .into_iter()
         .filter(|d| report.points.iter().any(|p| p.run.dtype == *d))
         .collect()

@@ -175,8 +175,10 @@ pub struct TrainArgs {
     /// Training steps [default: 500, or the checkpoint's total]
     #[arg(long, value_parser = positive, allow_negative_numbers = true)]
     pub steps: Option<usize>,
-    /// Element type: f64 or f32 [default: f64, or the file's with --init
-    /// or --data; one that differs from the file's casts it, with a note]
+    /// Element type: f64, f32, or bf16 (mixed precision: bf16 GEMMs, f32
+    /// everything else; needs OpenBLAS's cblas_sbgemm) [default: f64, or
+    /// the file's with --init or --data; one that differs from the file's
+    /// casts it, with a note]
     #[arg(long)]
     pub dtype: Option<Dtype>,
     /// Seed of the random x, y, w1 and w2; with --data, of the seeded
@@ -458,7 +460,7 @@ pub struct GridArgs {
     /// Output widths, comma-separated [default: 10]
     #[arg(long = "d-out", value_delimiter = ',', value_parser = positive, conflicts_with_all = ["grid", "preset"])]
     pub d_out: Option<Vec<usize>>,
-    /// Element types, comma-separated: f32,f64 [default: f64]
+    /// Element types, comma-separated: f32,f64,bf16 [default: f64]
     #[arg(long, value_delimiter = ',', conflicts_with_all = ["grid", "preset"])]
     pub dtype: Option<Vec<Dtype>>,
     /// Thread counts, comma-separated [default: the cores available]

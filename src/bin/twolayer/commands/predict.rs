@@ -62,8 +62,12 @@ pub fn run_predict(args: &PredictArgs) -> Result<()> {
             x.cols()
         )));
     }
-    match args.pass.dtype.unwrap_or(dtype) {
-        Dtype::F32 => predict::<f32>(args, &x),
+    let dtype = args.pass.dtype.unwrap_or(dtype);
+    if dtype == Dtype::Bf16 {
+        say!("twolayer: note: predicting in f32: a bf16 run's weights are f32, and the forward pass alone gains nothing from bf16 GEMMs worth its rounding");
+    }
+    match dtype {
+        Dtype::F32 | Dtype::Bf16 => predict::<f32>(args, &x),
         Dtype::F64 => predict::<f64>(args, &x),
     }
 }
@@ -94,7 +98,9 @@ fn predict<F: Real>(args: &PredictArgs, x: &ArrayFile) -> Result<()> {
             bytes.clear();
             for &v in pred.iter() {
                 match F::DTYPE {
-                    Dtype::F32 => bytes.extend_from_slice(&(Real::to_f64(v) as f32).to_le_bytes()),
+                    Dtype::F32 | Dtype::Bf16 => {
+                        bytes.extend_from_slice(&(Real::to_f64(v) as f32).to_le_bytes())
+                    }
                     Dtype::F64 => bytes.extend_from_slice(&Real::to_f64(v).to_le_bytes()),
                 }
             }
@@ -175,7 +181,7 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
         )));
     }
     let e = match args.pass.dtype.unwrap_or(dtype) {
-        Dtype::F32 => evaluate(
+        Dtype::F32 | Dtype::Bf16 => evaluate(
             &data,
             Rows::All,
             &npz::load_weights_file::<f32>(&args.weights)?,

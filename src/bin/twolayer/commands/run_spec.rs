@@ -176,11 +176,21 @@ pub fn resolve(args: &TrainArgs, launch: Launch) -> Result<RunSpec> {
         n: spec.run.shape().n.div_ceil(ranks),
         ..spec.run.shape()
     };
-    Plan::new(local, spec.run.dtype, spec.run.threads, spec.run.step_mode).check_fits_memory(
-        local,
-        spec.run.dtype,
-        spec.run.step_mode,
-    )?;
+    if spec.run.dtype == Dtype::Bf16 {
+        if mpi {
+            return Err(Error::invalid(
+                "--dtype bf16 is not available under mpirun yet (its gradients are not summed across ranks): train in f32 under mpirun, or in bf16 in one process",
+            ));
+        }
+        twolayer::step::bf16::require_sbgemm()?;
+        local.check_bytes_fit(twolayer::step::bf16::training_bytes(local), Dtype::Bf16)?;
+    } else {
+        Plan::new(local, spec.run.dtype, spec.run.threads, spec.run.step_mode).check_fits_memory(
+            local,
+            spec.run.dtype,
+            spec.run.step_mode,
+        )?;
+    }
     Ok(spec)
 }
 
@@ -202,10 +212,11 @@ fn fresh(args: &TrainArgs, ranks: usize, mpi: bool) -> Result<RunSpec> {
             // An explicit --dtype other than the file's casts its arrays
             // (f64 → f32 rounds to nearest), and says so.
             let dtype = args.dtype.unwrap_or(stored);
-            if dtype != stored {
+            if dtype.storage() != stored {
                 say!(
-                    "twolayer: note: {} holds {stored} arrays; training in {dtype} as --dtype asks (each value rounded to {dtype})",
-                    path.display()
+                    "twolayer: note: {} holds {stored} arrays; training in {dtype} as --dtype asks (each value rounded to {})",
+                    path.display(),
+                    dtype.storage()
                 );
             }
             (
@@ -242,7 +253,7 @@ fn fresh(args: &TrainArgs, ranks: usize, mpi: bool) -> Result<RunSpec> {
             dtype,
             args.threads.unwrap_or_else(threads::available_cores),
             mode,
-            fixed_batch_form(args.form, mode, mpi, shape, total_steps)?,
+            fixed_batch_form(args.form, mode, mpi, shape, total_steps, dtype)?,
         ),
         total_steps,
         lr,
@@ -264,13 +275,17 @@ fn fixed_batch_form(
     mpi: bool,
     shape: Shape,
     steps: usize,
+    dtype: Dtype,
 ) -> Result<Form> {
     match asked.unwrap_or_default() {
+        FormChoice::Dual if dtype == Dtype::Bf16 => Err(Error::invalid(
+            "--form dual runs in f32 or f64; --dtype bf16 runs the primal step with bf16 GEMMs",
+        )),
         // Under mpirun each rank has part of the batch: primal (a note
         // says so when dual was asked for).
         FormChoice::Auto if mpi => Ok(Form::Primal),
         FormChoice::Dual if mpi => Ok(Form::Dual),
-        asked => asked.resolve(shape, steps, mode).map_err(|_| {
+        asked => asked.resolve(shape, steps, mode, dtype).map_err(|_| {
             Error::invalid(
                 "--form dual applies its update itself; it cannot run with --step-mode explicit",
             )
@@ -419,7 +434,7 @@ fn with_data(args: &TrainArgs, files: &[PathBuf], ranks: usize, mpi: bool) -> Re
         ));
     }
     let dtype = args.dtype.unwrap_or(dataset.dtype());
-    if dtype != dataset.dtype() {
+    if dtype.storage() != dataset.dtype() {
         say!(
             "twolayer: note: the data holds {} values; training in {dtype} as --dtype asks (each value converted as it is read)",
             dataset.dtype()

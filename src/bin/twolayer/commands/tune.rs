@@ -46,9 +46,16 @@ pub fn run(args: &TuneArgs) -> Result<()> {
             ));
             continue;
         }
+        if p.dtype == Dtype::Bf16 {
+            args.output.text(&format!(
+                "{} {} ×{}: not tuned: the bf16 step runs the whole batch through each GEMM, with no shards or blocks to plan\n",
+                p.shape, p.dtype, p.threads
+            ));
+            continue;
+        }
         let pool = &pools[&p.threads];
         let t: Tuning = pool.install(|| match p.dtype {
-            Dtype::F32 => tune::tune::<f32>(p.shape, mode),
+            Dtype::F32 | Dtype::Bf16 => tune::tune::<f32>(p.shape, mode),
             Dtype::F64 => tune::tune::<f64>(p.shape, mode),
         })?;
         let rule = PlanChoice::of(Plan::new(p.shape, p.dtype, p.threads, mode), p.shape.n);
@@ -91,7 +98,9 @@ pub fn run(args: &TuneArgs) -> Result<()> {
         wisdom.write(&path)?;
         if args.exhaustive {
             let all = pool.install(|| match p.dtype {
-                Dtype::F32 => tune::exhaustive::<f32>(p.shape, mode, args.exhaustive_rounds),
+                Dtype::F32 | Dtype::Bf16 => {
+                    tune::exhaustive::<f32>(p.shape, mode, args.exhaustive_rounds)
+                }
                 Dtype::F64 => tune::exhaustive::<f64>(p.shape, mode, args.exhaustive_rounds),
             })?;
             args.output.text(&report_exhaustive(

@@ -51,8 +51,11 @@ pub(super) fn minibatches<F: Real>(args: &TrainArgs, spec: RunSpec, mb: Minibatc
     let batch_buf = twolayer::minibatch::empty_batch::<F>(&mb.dataset, batch);
     let mut trainer = super::bound_losses(
         args,
-        Trainer::resume(batch_buf, weights, spec.lr, spec.run.step_mode, losses)?
-            .with_loss(spec.loss),
+        super::bf16_if_asked(
+            Trainer::resume(batch_buf, weights, spec.lr, spec.run.step_mode, losses)?,
+            spec.run.dtype,
+        )?
+        .with_loss(spec.loss),
         mb.schedule.batches_per_epoch() as usize,
     );
     let signals = Signals::get()?;

@@ -68,7 +68,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         say!("twolayer: warning: {w}");
     }
     match spec.run.dtype {
-        Dtype::F32 => single::<f32>(args, spec),
+        Dtype::F32 | Dtype::Bf16 => single::<f32>(args, spec),
         Dtype::F64 => single::<f64>(args, spec),
     }
 }
@@ -256,7 +256,38 @@ fn single<F: Real>(args: &TrainArgs, mut spec: RunSpec) -> Result<()> {
         }
         _ => trainer,
     };
+    let trainer = bf16_if_asked(trainer, spec.run.dtype)?;
     train_and_report(args, trainer.with_loss(spec.loss), &run, plan_source)
+}
+
+/// The trainer in bf16 mixed precision when the run asks for it
+/// ([`Trainer::with_bf16`]), with a warning when the bf16 GEMM is slower
+/// than f32's here (no AMX: OpenBLAS's bf16 kernels, or its generic ones
+/// on a CPU without bf16 instructions), stating the two rates measured.
+pub(super) fn bf16_if_asked<F: Real>(trainer: Trainer<F>, dtype: Dtype) -> Result<Trainer<F>> {
+    if dtype != Dtype::Bf16 {
+        return Ok(trainer);
+    }
+    let trainer = trainer.with_bf16()?;
+    let threads = rayon::current_num_threads();
+    // 512² takes a few milliseconds each; the best of three reps.
+    let bf = twolayer::bench::measure::square_gemm_gflops(Dtype::Bf16, threads, 512);
+    let f = twolayer::bench::measure::square_gemm_gflops(Dtype::F32, threads, 512);
+    if bf < f {
+        let flags = twolayer::machine::cpu_flags();
+        let what = if flags.iter().any(|f| f == "amx_bf16") {
+            "AMX is present but this OpenBLAS build does not use it"
+        } else if flags.iter().any(|f| f == "avx512_bf16") {
+            "this CPU has AVX512_BF16 dot products but no AMX"
+        } else {
+            "this CPU has no bf16 instructions: OpenBLAS runs generic kernels"
+        };
+        say!(
+            "twolayer: warning: --dtype bf16 runs slower than f32 here: the bf16 GEMM measured {bf:.0} GFLOP/s against f32's {f:.0} at 512² on {threads} thread(s) ({:.2}x; {what}); bf16 pays where the CPU has AMX",
+            bf / f
+        );
+    }
+    Ok(trainer)
 }
 
 /// Rows `rows` of a run's data: regenerated from its seed, or read (those

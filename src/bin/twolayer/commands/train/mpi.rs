@@ -54,7 +54,7 @@ fn run_rank(args: &TrainArgs, cluster: &Cluster) -> Result<()> {
         say!("twolayer: warning: {w}");
     }
     match spec.run.dtype {
-        Dtype::F32 => run_typed::<f32>(args, cluster, spec, panic_at),
+        Dtype::F32 | Dtype::Bf16 => run_typed::<f32>(args, cluster, spec, panic_at),
         Dtype::F64 => run_typed::<f64>(args, cluster, spec, panic_at),
     }
 }

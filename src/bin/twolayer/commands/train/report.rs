@@ -96,7 +96,8 @@ fn checkpoint_header<F: Real>(
             history: history.to_vec(),
             ..m
         }),
-        plan: (form == Form::Primal && run.ranks == 1)
+        // The bf16 step has no plan of shards and blocks.
+        plan: (form == Form::Primal && run.ranks == 1 && t.dtype() != twolayer::Dtype::Bf16)
             .then(|| PlanChoice::of(t.plan(), t.shape().n)),
         biases: t.weights_have_biases(),
         best_weights: false,
@@ -580,6 +581,9 @@ impl<'a, F: Real> Reporter<'a, F> {
         let done_flops = form.flops_per_step(shape);
         let done_gflops = done_flops / (stats.ms_per_step() * 1e-3) / 1e9;
         let how = match form {
+            Form::Primal if trainer.dtype() == twolayer::Dtype::Bf16 => {
+                "bf16 mixed precision: the whole batch through each GEMM, bf16 operands and f32 results (cblas_sbgemm), the passes and the update in f32".into()
+            }
             Form::Primal => format!(
                 "{} shard(s) of {} rows in blocks of {}, plan from {}",
                 plan.shards,
@@ -611,7 +615,7 @@ impl<'a, F: Real> Reporter<'a, F> {
         say!(
             "twolayer: {} steps of {shape} {}{} in {:.3} s: {:.4} ms/step, {rate}; outputs between steps {:.3} s; threads {} ({how}, OpenBLAS {} thread(s) per GEMM, {} kernels of OpenBLAS {}){extra}; peak RSS {}; final loss {:?}",
             stats.steps,
-            F::DTYPE,
+            trainer.dtype(),
             if trainer.weights_have_biases() { " with biases" } else { "" },
             stats.elapsed.as_secs_f64(),
             stats.ms_per_step(),
@@ -643,7 +647,7 @@ impl<'a, F: Real> Reporter<'a, F> {
                 d_in: shape.d_in,
                 hidden: shape.hidden,
                 d_out: shape.d_out,
-                dtype: F::DTYPE.name(),
+                dtype: trainer.dtype().name(),
                 seconds: stats.elapsed.as_secs_f64(),
                 outputs_seconds: stats.outputs.as_secs_f64(),
                 ms_per_step: stats.ms_per_step(),
