@@ -32,6 +32,12 @@ and PyTorch's manual and autograd steps (scripts/reference_torch.py, run by
 the faster PyTorch variant's time over twolayer's, numpy's over twolayer's,
 and Debian's library's over the native one's; the table gives their medians.
 
+With --bf16, the bf16 table: in every round, rotating, twolayer's f32
+step and its bf16 step (`sweep --dtype f32` and `--dtype bf16`), PyTorch's
+f32 autograd step and its autocast bf16 step (scripts/reference_torch.py
+--variant autocast: bf16 matmuls through oneDNN, f32 weights); per-round
+ratios of twolayer bf16 against its own f32 and against autocast.
+
 With --train, the twolayer side is `twolayer train` as a user runs it (its
 default --form auto: the dual form where it saves FLOPs, docs/design.md
 §2), timed by its own --json summary over the same steps, and the table
@@ -224,6 +230,8 @@ def main():
     ap.add_argument("--dtypes", default="f64,f32", help="for --peers")
     ap.add_argument("--skip", help="with --peers: sides left out, e.g. debian")
     ap.add_argument("--shapes", help="with --peers: indices into the shape list, e.g. 2,3")
+    ap.add_argument("--bf16", action="store_true",
+                    help="bf16 against f32 and PyTorch autocast (with --torch-python)")
     ap.add_argument("--peak-f64", type=float, default=115.0)
     ap.add_argument("--peak-f32", type=float, default=230.0)
     args = ap.parse_args()
@@ -236,6 +244,8 @@ def main():
         return train_table(args, shapes)
     if args.peers:
         return peers_table(args, shapes)
+    if args.bf16:
+        return bf16_table(args, [s for s in shapes if s[0][0] > 64])
     print(f"twolayer vs numpy {numpy.__version__}, {args.threads} threads, {args.rounds} interleaved "
           f"rounds, lr 1e-12, OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE removed on both sides; "
           f"plans: {args.wisdom or 'built-in'}; medians in ms/step\n")
@@ -260,6 +270,36 @@ def main():
             print(f"| {shape} | {dtype} | {statistics.median(theirs):.4g} | {t:.4g} | "
                   f"{statistics.median(ratios):.2f}x | {g:.1f} | {100 * g / peak:.0f}% | "
                   f"{rate:.1f} | {100 * g / rate:.0f}% | {core} / {numpy_core} |", flush=True)
+
+
+def bf16_table(args, shapes):
+    info = json.loads(subprocess.run([args.binary, "info", "--json"], check=True,
+                                     capture_output=True, text=True, env=ENV).stdout)
+    lib = info["env"].get("openblas_library") or {}
+    print(f"twolayer bf16 ({lib.get('version')} {lib.get('target')}) against its f32 step and "
+          f"PyTorch's f32 autograd and autocast bf16 steps; {args.threads} threads, {args.rounds} "
+          f"rotating rounds, lr 1e-12, OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE removed on every "
+          f"side; CPU: {info['env']['cpu_model']}; medians in ms/step\n")
+    print("| shape (N, D_in, H, D_out) | twolayer f32 | twolayer bf16 | PyTorch f32 autograd "
+          "| PyTorch autocast bf16 | bf16 vs own f32 | bf16 vs autocast | bf16 GEMM rate / f32's |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for shape, steps in shapes:
+        sides = {
+            "f32": lambda: run_twolayer(args.binary, shape, "f32", args.threads, steps, args.warmup),
+            "bf16": lambda: run_twolayer(args.binary, shape, "bf16", args.threads, steps, args.warmup),
+            "torch_f32": lambda: run_torch(args.torch_python, shape, "f32", args.threads, steps,
+                                           args.warmup, "autograd"),
+            "autocast": lambda: run_torch(args.torch_python, shape, "bf16", args.threads, steps,
+                                          args.warmup, "autocast"),
+        }
+        r = rotate(args.rounds, sides)
+        med = statistics.median
+        f32 = [x[0] for x in r["f32"]]
+        bf = [x[0] for x in r["bf16"]]
+        rate = med([b[1] / f[1] for b, f in zip(r["bf16"], r["f32"])])
+        print(f"| {shape} | {med(f32):.4g} | {med(bf):.4g} | {med(r['torch_f32']):.4g} | "
+              f"{med(r['autocast']):.4g} | {med([f / b for f, b in zip(f32, bf)]):.2f}x | "
+              f"{med([a / b for a, b in zip(r['autocast'], bf)]):.2f}x | {rate:.2f} |", flush=True)
 
 
 def train_table(args, shapes):

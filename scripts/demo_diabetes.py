@@ -34,6 +34,9 @@ def main():
     p.add_argument("--twolayer", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--torch", action="store_true")
+    p.add_argument("--dtype", choices=["f64", "f32", "bf16"], default="f64",
+                   help="twolayer's --dtype; PyTorch's beside it runs in f64, f32, or f32 "
+                        "under torch.autocast(bfloat16) for bf16")
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
 
@@ -56,7 +59,7 @@ def main():
     best_weights = os.path.join(a.out, "best.npz")
     cmd = [a.twolayer, "train", "--data", data, "--val-fraction", str(VAL_FRACTION),
            "--seed", str(SEED), "--metrics", metrics, "--save", weights,
-           "--save-best", best_weights, "--quiet"]
+           "--save-best", best_weights, "--quiet", "--dtype", a.dtype]
     print("$ " + " ".join(cmd), file=sys.stderr)
     run = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
     # One line per epoch goes to stderr; show the summary (or the error).
@@ -74,23 +77,28 @@ def main():
     print(f"baseline (predict the training mean):       {baseline:.4f}")
     print(f"explained variance on held-out rows:        {1 - last[4] / baseline:.1%}")
     if a.torch:
-        finals, bests = torch_runs(xs[train], ys[train], xs[val], ys[val])
-        print(f"PyTorch (nn.Linear defaults, same lr/batch/epochs), 5 seeds: last epoch "
+        finals, bests = torch_runs(xs[train], ys[train], xs[val], ys[val], dtype=a.dtype)
+        print(f"PyTorch ({a.dtype}{', autocast' if a.dtype == 'bf16' else ''}; nn.Linear defaults, same lr/batch/epochs), 5 seeds: last epoch "
               f"{min(finals):.4f}-{max(finals):.4f} (median {np.median(finals):.4f}), "
               f"best epoch {min(bests):.4f}-{max(bests):.4f}")
 
 
-def torch_runs(xt, yt, xv, yv, lr=0.01, batch=32, epochs=20, hidden=100):
+def torch_runs(xt, yt, xv, yv, lr=0.01, batch=32, epochs=20, hidden=100, dtype="f64"):
     """The same model trained as a PyTorch user would, for seeds 0-4: the
-    validation MSE of the last epoch and of the best one, per seed."""
+    validation MSE of the last epoch and of the best one, per seed. bf16
+    is f32 weights under torch.autocast("cpu", dtype=torch.bfloat16)."""
+    import contextlib
     import torch
 
     finals, bests = [], []
-    xt, yt, xv, yv = (torch.tensor(v, dtype=torch.float64) for v in (xt, yt, xv, yv))
+    dt = torch.float64 if dtype == "f64" else torch.float32
+    cast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bf16" else \
+        contextlib.nullcontext
+    xt, yt, xv, yv = (torch.tensor(v, dtype=dt) for v in (xt, yt, xv, yv))
     for seed in range(5):
         torch.manual_seed(seed)
         model = torch.nn.Sequential(torch.nn.Linear(xt.shape[1], hidden), torch.nn.ReLU(),
-                                    torch.nn.Linear(hidden, 1)).double()
+                                    torch.nn.Linear(hidden, 1)).to(dt)
         opt = torch.optim.SGD(model.parameters(), lr=lr)
         loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(xt, yt),
                                              batch_size=batch, shuffle=True, drop_last=True)
@@ -98,10 +106,12 @@ def torch_runs(xt, yt, xv, yv, lr=0.01, batch=32, epochs=20, hidden=100):
         for _ in range(epochs):
             for xb, yb in loader:
                 opt.zero_grad()
-                torch.nn.functional.mse_loss(model(xb), yb).backward()
+                with cast():
+                    pred = model(xb)
+                torch.nn.functional.mse_loss(pred.to(dt), yb).backward()
                 opt.step()
-            with torch.no_grad():
-                history.append(float(torch.nn.functional.mse_loss(model(xv), yv)))
+            with torch.no_grad():  # evaluated in f32, as twolayer validates a bf16 run
+                history.append(float(torch.nn.functional.mse_loss(model(xv).to(dt), yv)))
         finals.append(history[-1])
         bests.append(min(history))
     return finals, bests
