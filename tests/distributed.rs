@@ -100,6 +100,20 @@ fn max_rel_gap(got: &[f64], want: &[f64]) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// The run of `flags` in one process as each rank runs it (explicit
+/// gradients, one thread): its losses file and saved weights, in `d`.
+fn one_process(d: &Path, flags: &[&str]) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (sl, sw) = (d.join("one.txt"), d.join("one.npz"));
+    let out = common::run(&train_args(
+        flags,
+        &["--threads", "1", "--step-mode", "explicit"],
+        &sl,
+        &sw,
+    ));
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    (sl, sw)
+}
+
 #[test]
 fn two_ranks_match_one_process_and_each_other() {
     let dir = tempfile::tempdir().unwrap();
@@ -120,14 +134,7 @@ fn two_ranks_match_one_process_and_each_other() {
         "{err}"
     );
 
-    let (sl, sw) = (d.join("one.txt"), d.join("one.npz"));
-    let out = common::run(&train_args(
-        &shape,
-        &["--threads", "1", "--step-mode", "explicit"],
-        &sl,
-        &sw,
-    ));
-    assert!(out.status.success(), "{}", common::stderr(&out));
+    let (sl, sw) = one_process(d, &shape);
 
     let (lm, ls) = (losses(&ml), losses(&sl));
     assert_eq!(lm.len(), 100);
@@ -754,4 +761,77 @@ fn ctrl_c_to_mpirun_keeps_the_continue_with_line() {
         "{err}"
     );
     assert!(twolayer::checkpoint::AnyCheckpoint::read(&ck).is_ok());
+}
+
+/// `--dtype bf16` under mpirun: each rank's f32 gradients of its rows,
+/// summed across ranks, then the update with the bf16 copies — the
+/// one-process bf16 run's losses to f32 rounding (the sums over rows are
+/// split between the ranks, and bf16 roundings of the intermediates
+/// follow from them), and every rank's weights the same. Without
+/// `cblas_sbgemm`: the one-line error, from rank 0 and the job ending.
+#[test]
+fn bf16_over_two_ranks_follows_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let shape = [
+        "--n", "130", "--d-in", "60", "--hidden", "24", "--d-out", "3", "--steps", "40", "--lr",
+        "1e-5", "--dtype", "bf16", "--bias", "--quiet",
+    ];
+    let (ml, mw) = (d.join("mpi.txt"), d.join("mpi.npz"));
+    let out = run_mpi(2, &train_args(&shape, &[], &ml, &mw));
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !twolayer::blas::Library::current().bf16_gemm {
+        assert!(!out.status.success());
+        assert!(err.contains("cblas_sbgemm"), "{err}");
+        return;
+    }
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("bf16")
+            && err.contains("2 MPI ranks")
+            && err.contains("weights identical on all ranks"),
+        "{err}"
+    );
+    let (sl, _) = one_process(d, &shape);
+    let (lm, ls) = (losses(&ml), losses(&sl));
+    assert_eq!(lm.len(), 40);
+    let gap = max_rel_gap(&lm, &ls);
+    assert!(gap < 1e-5, "bf16 losses differ from one process by {gap:e}");
+    assert!(lm[39] < 0.9 * lm[0], "{} → {}", lm[0], lm[39]);
+
+    // The data-parallel sweep times the same bf16 step.
+    let out_dir = d.join("sweep");
+    let out = run_mpi(
+        2,
+        &[
+            "sweep",
+            "--n",
+            "64",
+            "--d-in",
+            "50",
+            "--hidden",
+            "20",
+            "--d-out",
+            "3",
+            "--dtype",
+            "bf16",
+            "--warmup",
+            "1",
+            "--min-steps",
+            "4",
+            "--budget",
+            "0",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = twolayer::bench::report::Report::read(&out_dir.join("report.json")).unwrap();
+    assert_eq!(r.points.len(), 1);
+    assert_eq!(r.points[0].run.dtype, twolayer::Dtype::Bf16);
+    assert_eq!(r.points[0].ranks(), 2);
 }

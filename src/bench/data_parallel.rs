@@ -146,10 +146,8 @@ fn measure_point_mpi(
     how: AllreducePlan,
 ) -> Result<(Samples, MpiSamples)> {
     match point.dtype {
-        Dtype::Bf16 => Err(crate::error::Error::invalid(
-            "bf16 steps are not summed across processes yet: sweep bf16 in one process",
-        )),
-        Dtype::F32 => measure::<f32>(point, timing, cluster, how),
+        // bf16 runs store f32: the f32 arrays, with the bf16 step.
+        Dtype::F32 | Dtype::Bf16 => measure::<f32>(point, timing, cluster, how),
         Dtype::F64 => measure::<f64>(point, timing, cluster, how),
     }
 }
@@ -184,7 +182,12 @@ fn measure<F: Real + mpi::traits::Equivalence>(
     // everywhere.
     let data = Data::<F>::random_rows(shape, 0, rows.start, rows.len());
     let mut weights = Weights::<F>::random(shape, 0);
-    let mut step = Step::<F>::primal(local, plan, mode)?;
+    let bf16 = point.dtype == Dtype::Bf16;
+    let mut step = if bf16 {
+        Step::<F>::bf16(local, point.threads, mode)?
+    } else {
+        Step::<F>::primal(local, plan, mode)?
+    };
     let lr = LearningRates::uniform(BENCH_LR);
     let mut exchange = cluster.exchange(how.overlap);
     let pieces = if how.overlap { how.pieces } else { 1 };
@@ -243,7 +246,12 @@ fn measure<F: Real + mpi::traits::Equivalence>(
     let (peak_rss, rss_growth) = memory.peak_and_growth();
     let peak_rss = cluster.sum(peak_rss as f64) as u64;
     let rss_growth = cluster.sum(rss_growth as f64) as u64;
-    let workspace = cluster.sum(plan.training_bytes(local, F::DTYPE, mode) as f64) as u64;
+    let bytes = if bf16 {
+        crate::step::bf16::training_bytes(local)
+    } else {
+        plan.training_bytes(local, F::DTYPE, mode)
+    };
+    let workspace = cluster.sum(bytes as f64) as u64;
     drop((step, data));
 
     // Rank 0 alone on the whole batch, as one process would train it.

@@ -103,8 +103,11 @@ pub(super) struct Bf16Step {
     /// N×H: bf16(g_h).
     g_h_bf: Vec<bf16>,
     /// The gradients the update reads (with bias buffers, used when the
-    /// weights have biases).
+    /// weights have biases); in a step summed across processes, the sums.
     grads: Gradients<f32>,
+    /// In a step summed across processes, this process's own gradients
+    /// (explicit mode only, as the MPI driver runs: `None` otherwise).
+    local: Option<Gradients<f32>>,
     /// Per chunk of rows: the loss's partial sum, and the bias gradients'
     /// (chunks × H and chunks × D_out), added in chunk order.
     part_loss: Vec<f64>,
@@ -150,6 +153,13 @@ impl Bf16Step {
                 }),
                 ..Gradients::zeros(shape)
             },
+            local: (mode == StepMode::Explicit).then(|| Gradients {
+                biases: Some(Biases {
+                    b1: ndarray::Array1::zeros(hidden),
+                    b2: ndarray::Array1::zeros(d_out),
+                }),
+                ..Gradients::zeros(shape)
+            }),
             part_loss: vec![0.0; chunks],
             part_b1: vec![0.0; chunks * hidden],
             part_b2: vec![0.0; chunks * d_out],
@@ -168,7 +178,10 @@ impl Bf16Step {
         );
         let bf = n * d_in + d_in * h + h * d_out + 2 * n * h + n * d_out;
         let data_and_weights = n * d_in + n * d_out + d_in * h + h * d_out;
-        let f32s = data_and_weights + 2 * n * h + n * d_out + d_in * h + h * d_out + h + d_out;
+        // The intermediates, and two sets of gradients (the local ones of
+        // a step summed across processes).
+        let f32s =
+            data_and_weights + 2 * n * h + n * d_out + 2 * (d_in * h + h * d_out + h + d_out);
         2 * bf + 4 * f32s
     }
 
@@ -391,28 +404,43 @@ impl Bf16Step {
 
         // ---- update ----
         if !handed_back && loss.is_finite() {
-            let g = &self.grads;
-            update_with_copy(
-                weights.w1.as_slice_mut().expect("row-major"),
-                &mut self.w1_bf,
-                g.w1.as_slice().expect("row-major"),
-                Param::W1.rate(lr),
-            );
-            update_with_copy(
-                weights.w2.as_slice_mut().expect("row-major"),
-                &mut self.w2_bf,
-                g.w2.as_slice().expect("row-major"),
-                Param::W2.rate(lr),
-            );
-            if let (Some(b), Some(gb)) = (weights.biases.as_mut(), g.biases.as_ref()) {
-                super::sgd::update_biases(b, lr, |p| match p {
-                    Param::B1 => super::sgd::Grad::One(gb.b1.as_slice().expect("contiguous")),
-                    _ => super::sgd::Grad::One(gb.b2.as_slice().expect("contiguous")),
-                });
-            }
+            update(weights, &self.grads, &mut self.w1_bf, &mut self.w2_bf, lr);
             probe.done(Phase::Update);
         }
         loss
+    }
+
+    /// The gradients of this process's rows into its local buffers (for a
+    /// step summed across processes), nothing updated; returns this
+    /// process's loss. `None` outside the explicit mode, which alone keeps
+    /// local buffers.
+    pub(super) fn local_gradients(
+        &mut self,
+        data: &Data<f32>,
+        weights: &mut Weights<f32>,
+        probe: &mut impl Probe,
+    ) -> Option<f64> {
+        let mut local = self.local.take()?;
+        let loss = self.run(
+            data,
+            weights,
+            LearningRates::uniform(0.0),
+            Some(&mut local),
+            probe,
+        );
+        self.local = Some(local);
+        Some(loss)
+    }
+
+    /// This process's gradients and the buffers their sums go to.
+    pub(super) fn exchange_buffers(&mut self) -> Option<(&Gradients<f32>, &mut Gradients<f32>)> {
+        Some((self.local.as_ref()?, &mut self.grads))
+    }
+
+    /// The update from the summed gradients, the bf16 copies made in the
+    /// same pass (as at the end of [`Bf16Step::run`]).
+    pub(super) fn update_from_sums(&mut self, weights: &mut Weights<f32>, lr: LearningRates) {
+        update(weights, &self.grads, &mut self.w1_bf, &mut self.w2_bf, lr);
     }
 
     /// The five GEMMs alone, exactly as [`Bf16Step::run`] calls them (on
@@ -509,6 +537,35 @@ fn sum_chunks(out: &mut [f32], parts: &[f32], chunks: usize) {
         for (o, &p) in out.iter_mut().zip(&parts[c * w..(c + 1) * w]) {
             *o += p;
         }
+    }
+}
+
+/// `w ← w − lr·g` for every parameter (each at its layer's rate), the bf16
+/// copies of w1 and w2 made in the same passes.
+fn update(
+    weights: &mut Weights<f32>,
+    g: &Gradients<f32>,
+    w1_bf: &mut [bf16],
+    w2_bf: &mut [bf16],
+    lr: LearningRates,
+) {
+    update_with_copy(
+        weights.w1.as_slice_mut().expect("row-major"),
+        w1_bf,
+        g.w1.as_slice().expect("row-major"),
+        Param::W1.rate(lr),
+    );
+    update_with_copy(
+        weights.w2.as_slice_mut().expect("row-major"),
+        w2_bf,
+        g.w2.as_slice().expect("row-major"),
+        Param::W2.rate(lr),
+    );
+    if let (Some(b), Some(gb)) = (weights.biases.as_mut(), g.biases.as_ref()) {
+        super::sgd::update_biases(b, lr, |p| match p {
+            Param::B1 => super::sgd::Grad::One(gb.b1.as_slice().expect("contiguous")),
+            _ => super::sgd::Grad::One(gb.b2.as_slice().expect("contiguous")),
+        });
     }
 }
 

@@ -515,9 +515,48 @@ impl<F: Real> Step<F> {
                 b.gemms_only(data, weights);
                 Ok(0.0)
             }
-            (FormState::Bf16(_), Update::Exchanged { .. }) => Err(Error::invalid(
-                "bf16 steps are not summed across processes yet: train in f32 under mpirun",
-            )),
+            (FormState::Bf16(b), Update::Exchanged { exchange, .. }) => {
+                // This process's gradients in f32, then their sums (f32
+                // over the wire, as the primal step's), then the update
+                // with the bf16 copies. One sum per buffer, after the
+                // GEMMs: not overlapped with them as the primal step's.
+                let has_biases = weights.biases.is_some();
+                let (d, w) = as_f32(data, weights);
+                let local_loss = b.local_gradients(d, w, probe).ok_or_else(|| {
+                    Error::invalid("a step summed across processes needs explicit gradients")
+                })?;
+                let (local, total) = b.exchange_buffers().expect("explicit mode");
+                let local = (local as &dyn std::any::Any)
+                    .downcast_ref::<Gradients<F>>()
+                    .expect("a bf16 step is a Step<f32>");
+                let total = (total as &mut dyn std::any::Any)
+                    .downcast_mut::<Gradients<F>>()
+                    .expect("a bf16 step is a Step<f32>");
+                let mut loss = 0.0;
+                // SAFETY: every buffer lives in the step, which is borrowed
+                // here until `finish` returns; `local` is not written and
+                // `total` not touched until then.
+                unsafe {
+                    exchange.start(flat(&local.w2), flat_mut(&mut total.w2));
+                    exchange.start(flat(&local.w1), flat_mut(&mut total.w1));
+                    if has_biases {
+                        let (lb, tb) = (
+                            local.biases.as_ref().expect("allocated"),
+                            total.biases.as_mut().expect("allocated"),
+                        );
+                        exchange.start(flat1(&lb.b1), flat1_mut(&mut tb.b1));
+                        exchange.start(flat1(&lb.b2), flat1_mut(&mut tb.b2));
+                    }
+                    exchange.start_loss(&local_loss, &mut loss);
+                }
+                exchange.finish();
+                if loss.is_finite() {
+                    let (_, w) = as_f32(data, weights);
+                    b.update_from_sums(w, lr);
+                }
+                probe.done(Phase::Update);
+                Ok(loss)
+            }
         }
     }
 

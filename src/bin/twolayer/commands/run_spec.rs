@@ -177,11 +177,6 @@ pub fn resolve(args: &TrainArgs, launch: Launch) -> Result<RunSpec> {
         ..spec.run.shape()
     };
     if spec.run.dtype == Dtype::Bf16 {
-        if mpi {
-            return Err(Error::invalid(
-                "--dtype bf16 is not available under mpirun yet (its gradients are not summed across ranks): train in f32 under mpirun, or in bf16 in one process",
-            ));
-        }
         twolayer::step::bf16::require_sbgemm()?;
         local.check_bytes_fit(twolayer::step::bf16::training_bytes(local), Dtype::Bf16)?;
     } else {

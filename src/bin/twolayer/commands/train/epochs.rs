@@ -54,6 +54,7 @@ pub(super) fn minibatches<F: Real>(args: &TrainArgs, spec: RunSpec, mb: Minibatc
         super::bf16_if_asked(
             Trainer::resume(batch_buf, weights, spec.lr, spec.run.step_mode, losses)?,
             spec.run.dtype,
+            true,
         )?
         .with_loss(spec.loss),
         mb.schedule.batches_per_epoch() as usize,

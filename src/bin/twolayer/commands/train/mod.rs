@@ -256,7 +256,7 @@ fn single<F: Real>(args: &TrainArgs, mut spec: RunSpec) -> Result<()> {
         }
         _ => trainer,
     };
-    let trainer = bf16_if_asked(trainer, spec.run.dtype)?;
+    let trainer = bf16_if_asked(trainer, spec.run.dtype, true)?;
     train_and_report(args, trainer.with_loss(spec.loss), &run, plan_source)
 }
 
@@ -264,11 +264,19 @@ fn single<F: Real>(args: &TrainArgs, mut spec: RunSpec) -> Result<()> {
 /// ([`Trainer::with_bf16`]), with a warning when the bf16 GEMM is slower
 /// than f32's here (no AMX: OpenBLAS's bf16 kernels, or its generic ones
 /// on a CPU without bf16 instructions), stating the two rates measured.
-pub(super) fn bf16_if_asked<F: Real>(trainer: Trainer<F>, dtype: Dtype) -> Result<Trainer<F>> {
+/// (`warn`: whether this process says so; under mpirun, rank 0 alone.)
+pub(super) fn bf16_if_asked<F: Real>(
+    trainer: Trainer<F>,
+    dtype: Dtype,
+    warn: bool,
+) -> Result<Trainer<F>> {
     if dtype != Dtype::Bf16 {
         return Ok(trainer);
     }
     let trainer = trainer.with_bf16()?;
+    if !warn {
+        return Ok(trainer);
+    }
     let threads = rayon::current_num_threads();
     // 512² takes a few milliseconds each; the best of three reps.
     let bf = twolayer::bench::measure::square_gemm_gflops(Dtype::Bf16, threads, 512);

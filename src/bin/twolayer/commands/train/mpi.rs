@@ -168,10 +168,14 @@ fn run_typed<F: Real + mpi::traits::Equivalence>(
         Some(m) => twolayer::minibatch::empty_batch::<F>(&m.dataset, rows.len()),
         None => data_from_source::<F>(&spec.data, shape, rows.clone())?,
     };
-    let mut trainer =
-        Trainer::resume(data, weights, lr, mode, losses)?.with_loss_over(spec.loss, shape.n);
-    let signals = Signals::get()?;
     let lead = cluster.rank() == 0;
+    let mut trainer = super::bf16_if_asked(
+        Trainer::resume(data, weights, lr, mode, losses)?,
+        spec.run.dtype,
+        lead,
+    )?
+    .with_loss_over(spec.loss, shape.n);
+    let signals = Signals::get()?;
     let mut rep = Reporter::new(args, &run, "the built-in rule".into(), lead, shape.n);
     if let Some(m) = &mb {
         rep.start_epochs(m.header.history.clone(), None);
