@@ -127,6 +127,10 @@ pub fn resolve(args: &TrainArgs, launch: Launch) -> Result<RunSpec> {
             )));
         }
     }
+    // Before any file is read: bf16 needs the library's bf16 GEMM.
+    if args.dtype == Some(Dtype::Bf16) {
+        twolayer::step::bf16::require_sbgemm()?;
+    }
     let spec = match (&args.resume, &args.data) {
         (Some(path), _) => from_checkpoint(args, path, ranks)?,
         (None, Some(files)) => with_data(args, files, ranks, mpi)?,
