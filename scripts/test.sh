@@ -23,6 +23,8 @@ features=mpi,fault-injection
 cargo fmt --all -- --check
 cargo clippy --release --all-targets --quiet --features "$features" -- -D warnings
 cargo clippy --release --all-targets --quiet -- -D warnings
+# The library's documentation: no link to a private or missing item.
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --lib --quiet
 # Which library the build links: the native one unless setup fell back.
 if grep -q '^PKG_CONFIG_PATH' .cargo/config.toml 2>/dev/null; then linked=native; else linked=generic; fi
 TWOLAYER_EXPECT_BLAS=$linked cargo test --release

@@ -25,12 +25,14 @@
 //! # Ok::<(), twolayer::Error>(())
 //! ```
 //!
-//! Where things are: [`step`] is the training step (read it first);
+//! Where things are: [`step`] is the training step (read it first;
+//! [`step::bf16`] its bf16 mixed precision);
 //! [`kernels`] the elementwise passes; [`net`] the data and weights;
 //! [`npz`] numpy's file format; [`train`] the loop; [`dataset`] and
 //! [`minibatch`] training on users' data a batch at a time; [`predict`]
 //! the forward pass alone; [`blas`] and
-//! [`threads`] the thread budget; [`shape`] sizes and checks;
+//! [`threads`] the thread budget; [`shape`] sizes and checks; [`run`]
+//! the run's description that checkpoints, wisdom and reports share;
 //! [`checkpoint`] and [`output`] long runs and safe writes; [`bench`](mod@bench) the
 //! sweep harness and regression gate; `distributed` (feature `mpi`)
 //! data-parallel training, whose gradients are summed through the step's

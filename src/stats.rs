@@ -82,7 +82,7 @@ pub(crate) struct PointSamples<'a> {
 }
 
 /// Processes with more steps than this resample their median in its
-/// large-sample form (see [`Steps::resampled_median`]), so a comparison
+/// large-sample form (see `Steps::resampled_median`), so a comparison
 /// takes time linear in the samples however many there are.
 pub const EXACT_RESAMPLE_MAX: usize = 1000;
 

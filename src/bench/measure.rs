@@ -114,7 +114,7 @@ pub struct Samples {
     /// Peak RSS seen while measuring.
     pub peak_rss_bytes: u64,
     /// Peak RSS while measuring less the RSS just before (see
-    /// [`MemoryWatch`]).
+    /// `MemoryWatch`).
     pub rss_growth_bytes: u64,
     /// The plan the step ran, and where it came from.
     pub plan: (Plan, String),

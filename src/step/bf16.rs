@@ -34,7 +34,7 @@
 //! count). There is nothing to plan; `twolayer tune` skips bf16 points.
 //!
 //! The bf16 copies of x and of the weights are made once and kept: x again
-//! only when the batch is replaced ([`Bf16Step::batch_replaced`], which
+//! only when the batch is replaced ([`super::Step::batch_replaced`], which
 //! the trainer calls after a minibatch run swaps rows in) or another array
 //! is given, the weights in the update's own pass. A caller that changes
 //! the weights or the batch in place between steps says so with

@@ -14,7 +14,7 @@ use std::ops::Range;
 
 /// Sums a step's gradients and loss across processes while the step is
 /// still computing: data-parallel training's allreduce, behind a seam the
-/// step can call at the moment each part is final ([`gradients_exchanged`]).
+/// step can call at the moment each part is final (`gradients_exchanged`).
 /// [`NoExchange`] is the single-process case; the MPI one lives in
 /// `distributed`.
 pub trait Exchange<F> {

@@ -1,6 +1,6 @@
 //! One training step: forward, backward, update, mirroring the math of
 //! docs/design.md §1 line by line. Every product is a GEMM into a buffer
-//! allocated once, in the [`Workspace`]; every elementwise pass is a
+//! allocated once, in the `Workspace`; every elementwise pass is a
 //! [`kernels`](crate::kernels) call (sequential inside a shard, on rayon
 //! over whole weight matrices). Nothing here allocates.
 //!
@@ -40,7 +40,7 @@
 //! - `block.rs`: one block of rows forward and backward — the math above,
 //!   with every buffer's shape and every GEMM's transposes, alpha and beta.
 //! - [`plan`]: how the batch is split into shards of rows (one per thread)
-//!   and blocks, and the [`Workspace`] of buffers.
+//!   and blocks, and the `Workspace` of buffers.
 //! - `shards.rs`: the shards run side by side; their gradient sums are
 //!   reduced into the update.
 //! - [`exchange`]: the same step with the sums across MPI processes
@@ -678,7 +678,7 @@ fn start_step(plan: &Plan) -> selftest::StepGuard {
 }
 
 /// Plain SGD from explicit gradients, `p −= rate·g` for every parameter
-/// with its layer's rate ([`sgd`]): what completes an
+/// with its layer's rate (`sgd.rs`): what completes an
 /// [`Update::Gradients`] step.
 pub fn apply_sgd<F: Real>(weights: &mut Weights<F>, grads: &Gradients<F>, lr: LearningRates) {
     sgd::update(weights, lr, |p| {

@@ -216,7 +216,7 @@ impl Plan {
     }
 
     /// Bytes a training run holds at once: x, y, the weights, this plan's
-    /// workspace, and the explicit [`Gradients`] in explicit mode.
+    /// workspace, and the explicit [`Gradients`](super::Gradients) in explicit mode.
     pub fn training_bytes(&self, shape: Shape, dtype: Dtype, mode: StepMode) -> u128 {
         let grads = if mode == StepMode::Explicit {
             shape.weight_elems()
