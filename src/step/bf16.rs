@@ -237,7 +237,12 @@ impl Bf16Step {
     /// buffers and then the update `w ← w − lr·g` with the bf16 copies
     /// made in the same pass (skipped, weights untouched, when the loss is
     /// not finite). Returns the loss of the weights before the update.
-    pub(super) fn run(
+    ///
+    /// With `PASSES = false` the elementwise passes, the bias sums and the
+    /// update are skipped and the loss is 0: the five GEMMs alone, exactly
+    /// as the step calls them (on whatever the buffers hold), for
+    /// benchmarks to time beside the step (as block.rs's `PASSES`).
+    pub(super) fn run<const PASSES: bool>(
         &mut self,
         data: &Data<f32>,
         weights: &mut Weights<f32>,
@@ -282,17 +287,19 @@ impl Bf16Step {
         probe.done(Phase::ForwardGemms);
         // h_relu = max(h + b1, 0) in place; h_bf = bf16(h_relu): one pass
         // over each chunk of rows.
-        let b1 = biases.map(|b| b.b1.as_slice().expect("contiguous"));
-        self.h
-            .par_chunks_mut(ROWS * hidden)
-            .zip(self.h_bf.par_chunks_mut(ROWS * hidden))
-            .for_each(|(h, h_bf)| {
-                match b1 {
-                    Some(b1) => kernels::bias_relu_in_place(h, b1),
-                    None => kernels::relu_in_place(h),
-                }
-                h_bf.convert_from_f32_slice(h);
-            });
+        if PASSES {
+            let b1 = biases.map(|b| b.b1.as_slice().expect("contiguous"));
+            self.h
+                .par_chunks_mut(ROWS * hidden)
+                .zip(self.h_bf.par_chunks_mut(ROWS * hidden))
+                .for_each(|(h, h_bf)| {
+                    match b1 {
+                        Some(b1) => kernels::bias_relu_in_place(h, b1),
+                        None => kernels::relu_in_place(h),
+                    }
+                    h_bf.convert_from_f32_slice(h);
+                });
+        }
         probe.done(Phase::Relu);
         // y_pred = h_bf · w2_bf: (N×H)·(H×D_out) → N×D_out; alpha 1, beta 0.
         gemm.gemm(
@@ -310,24 +317,30 @@ impl Bf16Step {
         // ---- loss and its gradient ----
         // g_y = 2(y_pred + b2 − y) in place, g_y_bf = bf16(g_y), the loss's
         // and g_b2's partial sums per chunk: one pass.
-        let b2 = biases.map(|b| b.b2.as_slice().expect("contiguous"));
-        self.y_pred
-            .par_chunks_mut(ROWS * d_out)
-            .zip(self.g_y_bf.par_chunks_mut(ROWS * d_out))
-            .zip(y.par_chunks(ROWS * d_out))
-            .zip(self.part_loss.par_iter_mut())
-            .zip(self.part_b2.par_chunks_mut(d_out))
-            .for_each(|((((p, p_bf), y), loss), g_b2)| {
-                *loss = match b2 {
-                    Some(b2) => {
-                        g_b2.fill(0.0);
-                        kernels::loss_and_grad_bias(p, y, b2, g_b2)
-                    }
-                    None => kernels::loss_and_grad(p, y),
-                };
-                p_bf.convert_from_f32_slice(p);
-            });
-        let loss: f64 = self.part_loss.iter().sum();
+        if PASSES {
+            let b2 = biases.map(|b| b.b2.as_slice().expect("contiguous"));
+            self.y_pred
+                .par_chunks_mut(ROWS * d_out)
+                .zip(self.g_y_bf.par_chunks_mut(ROWS * d_out))
+                .zip(y.par_chunks(ROWS * d_out))
+                .zip(self.part_loss.par_iter_mut())
+                .zip(self.part_b2.par_chunks_mut(d_out))
+                .for_each(|((((p, p_bf), y), loss), g_b2)| {
+                    *loss = match b2 {
+                        Some(b2) => {
+                            g_b2.fill(0.0);
+                            kernels::loss_and_grad_bias(p, y, b2, g_b2)
+                        }
+                        None => kernels::loss_and_grad(p, y),
+                    };
+                    p_bf.convert_from_f32_slice(p);
+                });
+        }
+        let loss: f64 = if PASSES {
+            self.part_loss.iter().sum()
+        } else {
+            0.0
+        };
         probe.done(Phase::LossGrad);
 
         // ---- backward ----
@@ -358,21 +371,23 @@ impl Bf16Step {
         probe.done(Phase::BackwardGemms);
         // g_h = g_hrelu where h_relu's sign bit is clear, 0 elsewhere, in
         // place; g_h_bf = bf16(g_h); g_b1's partial sums: one pass.
-        let with_b1 = biases.is_some();
-        self.g_hrelu
-            .par_chunks_mut(ROWS * hidden)
-            .zip(self.h.par_chunks(ROWS * hidden))
-            .zip(self.g_h_bf.par_chunks_mut(ROWS * hidden))
-            .zip(self.part_b1.par_chunks_mut(hidden))
-            .for_each(|(((g, h), g_bf), g_b1)| {
-                if with_b1 {
-                    g_b1.fill(0.0);
-                    kernels::relu_mask_bias(g, h, g_b1);
-                } else {
-                    kernels::relu_mask(g, h);
-                }
-                g_bf.convert_from_f32_slice(g);
-            });
+        let with_b1 = PASSES && biases.is_some();
+        if PASSES {
+            self.g_hrelu
+                .par_chunks_mut(ROWS * hidden)
+                .zip(self.h.par_chunks(ROWS * hidden))
+                .zip(self.g_h_bf.par_chunks_mut(ROWS * hidden))
+                .zip(self.part_b1.par_chunks_mut(hidden))
+                .for_each(|(((g, h), g_bf), g_b1)| {
+                    if with_b1 {
+                        g_b1.fill(0.0);
+                        kernels::relu_mask_bias(g, h, g_b1);
+                    } else {
+                        kernels::relu_mask(g, h);
+                    }
+                    g_bf.convert_from_f32_slice(g);
+                });
+        }
         probe.done(Phase::Mask);
         // g_w1 = x_bfᵀ · g_h_bf: (D_in×N)·(N×H) → D_in×H; A transposed (x
         // is stored N×D_in), alpha 1, beta 0.
@@ -403,7 +418,7 @@ impl Bf16Step {
         }
 
         // ---- update ----
-        if !handed_back && loss.is_finite() {
+        if PASSES && !handed_back && loss.is_finite() {
             update(weights, &self.grads, &mut self.w1_bf, &mut self.w2_bf, lr);
             probe.done(Phase::Update);
         }
@@ -421,7 +436,7 @@ impl Bf16Step {
         probe: &mut impl Probe,
     ) -> Option<f64> {
         let mut local = self.local.take()?;
-        let loss = self.run(
+        let loss = self.run::<true>(
             data,
             weights,
             LearningRates::uniform(0.0),
@@ -438,74 +453,9 @@ impl Bf16Step {
     }
 
     /// The update from the summed gradients, the bf16 copies made in the
-    /// same pass (as at the end of [`Bf16Step::run`]).
+    /// same pass (as at the end of `Bf16Step::run`).
     pub(super) fn update_from_sums(&mut self, weights: &mut Weights<f32>, lr: LearningRates) {
         update(weights, &self.grads, &mut self.w1_bf, &mut self.w2_bf, lr);
-    }
-
-    /// The five GEMMs alone, exactly as [`Bf16Step::run`] calls them (on
-    /// whatever the buffers hold), for benchmarks to time beside the step.
-    pub(super) fn gemms_only(&mut self, data: &Data<f32>, weights: &Weights<f32>) {
-        crate::blas::set_threads(self.threads);
-        self.convert_inputs(data, weights);
-        let Shape {
-            n,
-            d_in,
-            hidden,
-            d_out,
-        } = self.shape;
-        let gemm = self.gemm;
-        let g = &mut self.grads;
-        gemm.gemm(
-            Trans::No,
-            Trans::No,
-            (n, hidden, d_in),
-            1.0,
-            bits(&self.x_bf),
-            bits(&self.w1_bf),
-            0.0,
-            &mut self.h,
-        );
-        gemm.gemm(
-            Trans::No,
-            Trans::No,
-            (n, d_out, hidden),
-            1.0,
-            bits(&self.h_bf),
-            bits(&self.w2_bf),
-            0.0,
-            &mut self.y_pred,
-        );
-        gemm.gemm(
-            Trans::Yes,
-            Trans::No,
-            (hidden, d_out, n),
-            1.0,
-            bits(&self.h_bf),
-            bits(&self.g_y_bf),
-            0.0,
-            g.w2.as_slice_mut().expect("row-major"),
-        );
-        gemm.gemm(
-            Trans::No,
-            Trans::Yes,
-            (n, hidden, d_out),
-            1.0,
-            bits(&self.g_y_bf),
-            bits(&self.w2_bf),
-            0.0,
-            &mut self.g_hrelu,
-        );
-        gemm.gemm(
-            Trans::Yes,
-            Trans::No,
-            (d_in, hidden, n),
-            1.0,
-            bits(&self.x_bf),
-            bits(&self.g_h_bf),
-            0.0,
-            g.w1.as_slice_mut().expect("row-major"),
-        );
     }
 }
 

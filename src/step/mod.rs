@@ -500,7 +500,7 @@ impl<F: Real> Step<F> {
             )),
             (FormState::Bf16(b), Update::Sgd) => {
                 let (data, weights) = as_f32(data, weights);
-                Ok(b.run(data, weights, lr, None, probe))
+                Ok(b.run::<true>(data, weights, lr, None, probe))
             }
             (FormState::Bf16(b), Update::Gradients(g)) => {
                 check_gradients(g, weights)?;
@@ -508,11 +508,11 @@ impl<F: Real> Step<F> {
                     .downcast_mut::<Gradients<f32>>()
                     .expect("a bf16 step is a Step<f32>");
                 let (data, weights) = as_f32(data, weights);
-                Ok(b.run(data, weights, lr, Some(g), probe))
+                Ok(b.run::<true>(data, weights, lr, Some(g), probe))
             }
             (FormState::Bf16(b), Update::GemmsOnly) => {
                 let (data, weights) = as_f32(data, weights);
-                b.gemms_only(data, weights);
+                b.run::<false>(data, weights, lr, None, &mut NoProbe);
                 Ok(0.0)
             }
             (FormState::Bf16(b), Update::Exchanged { exchange, .. }) => {
