@@ -143,6 +143,14 @@ fn killed_runs_resume_bit_identically_in(form: &str) {
             s(&w),
         ]);
         assert!(out.status.success(), "{}", stderr(&out));
+        if done == 400 {
+            // Killed after its last checkpoint (a fast step can finish all
+            // 400 before the kill lands): the resume has nothing to do and
+            // says so, writing no files.
+            assert!(stderr(&out).contains("nothing to do"), "{}", stderr(&out));
+            assert!(!l.exists() && !w.exists());
+            continue;
+        }
         assert_eq!(
             std::fs::read(&l).unwrap(),
             want_l,
