@@ -79,6 +79,21 @@ pub fn core_name() -> String {
     unsafe { cstr(openblas_get_corename()) }
 }
 
+/// The height of the f64 GEMM micro-kernel of the kernel set that runs,
+/// where it is known: 16 for OpenBLAS's AVX-512 sets (SkylakeX, Cooperlake,
+/// Sapphire Rapids all run `dgemm_kernel_16x2_skylakex`: 16 rows of the
+/// column-major result by 2 columns per tile), `None` for any other set.
+/// [`crate::Plan::new`] reads it to pick the block layout.
+pub fn dgemm_kernel_rows() -> Option<usize> {
+    static ROWS: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *ROWS.get_or_init(|| {
+        let core = core_name().to_ascii_lowercase();
+        ["skylakex", "cooperlake", "sapphirerapids"]
+            .contains(&core.as_str())
+            .then_some(16)
+    })
+}
+
 /// The OpenBLAS library this process runs: which build, where it was
 /// loaded from, and whether it has the bf16 GEMM. Reports, the train
 /// summary, checkpoints and wisdom keys carry it, so that two figures from

@@ -95,6 +95,59 @@ pub fn bias_relu_in_place<F: Real>(h: &mut [F], b1: &[F]) {
     }
 }
 
+/// [`bias_relu_in_place`] for activations laid out a row per hidden unit
+/// (hᵀ, H × columns, row-major): `hᵀ[j, :] ← max(hᵀ[j, :] + b1[j], 0)`.
+pub fn bias_relu_in_place_by_unit<F: Real>(h_t: &mut [F], b1: &[F]) {
+    assert!(
+        !b1.is_empty() && h_t.len().is_multiple_of(b1.len()),
+        "hᵀ is not b1's length of rows"
+    );
+    let cols = h_t.len() / b1.len();
+    if cols == 0 {
+        return;
+    }
+    for (row, &b) in h_t.chunks_exact_mut(cols).zip(b1) {
+        for v in row {
+            let z = *v + b;
+            *v = if z < F::zero() {
+                F::neg_zero()
+            } else {
+                z + F::zero()
+            };
+        }
+    }
+}
+
+/// [`relu_mask_bias`] for a row per hidden unit (g_hᵀ and h_reluᵀ, H ×
+/// columns): the mask, and the row sums of g_hᵀ added into `g_b1` (H).
+pub fn relu_mask_bias_by_unit<F: Real>(grad_t: &mut [F], h_relu_t: &[F], g_b1: &mut [F]) {
+    assert_eq!(
+        grad_t.len(),
+        h_relu_t.len(),
+        "g_hreluᵀ and h_reluᵀ differ in size"
+    );
+    assert!(
+        !g_b1.is_empty() && grad_t.len().is_multiple_of(g_b1.len()),
+        "g_hᵀ is not g_b1's length of rows"
+    );
+    let cols = grad_t.len() / g_b1.len();
+    if cols == 0 {
+        return;
+    }
+    for ((row, h), acc) in grad_t
+        .chunks_exact_mut(cols)
+        .zip(h_relu_t.chunks_exact(cols))
+        .zip(g_b1.iter_mut())
+    {
+        let mut s = F::zero();
+        for (g, h) in row.iter_mut().zip(h) {
+            *g = g.masked_by_sign_of(*h);
+            s = s + *g;
+        }
+        *acc = *acc + s;
+    }
+}
+
 /// [`loss_and_grad`] with the bias b2 (D_out) added to every row of y_pred
 /// (rows × D_out): `g_y = 2·(y_pred + b2 − y)`, and the bias's gradient,
 /// the column sums of g_y, added into `g_b2` (D_out) — in the same pass.
@@ -190,6 +243,109 @@ pub fn sgd_update_sum2<F: Real>(w: &mut [F], g0: &[F], g1: &[F], lr: F) {
     });
 }
 
+/// Rows of `w` per tile of the transposed passes (one rayon task each):
+/// each row of a transposed gradient is read in runs of this many
+/// elements, long enough for the prefetcher.
+const TILE_ROWS: usize = 64;
+
+/// The side of the squares a transposed pass turns in L1.
+const SQUARE: usize = 16;
+
+/// Runs `pass(first_row, tile)` over tiles of [`TILE_ROWS`] rows of `w`
+/// (rows of `width`), in parallel when `w` is large.
+fn row_tiles<F: Real>(w: &mut [F], width: usize, pass: impl Fn(usize, &mut [F]) + Sync) {
+    let tile = TILE_ROWS * width;
+    if w.len() >= PAR_THRESHOLD {
+        w.par_chunks_mut(tile)
+            .enumerate()
+            .for_each(|(t, w)| pass(t * TILE_ROWS, w));
+    } else {
+        for (t, w) in w.chunks_mut(tile).enumerate() {
+            pass(t * TILE_ROWS, w);
+        }
+    }
+}
+
+/// SGD from a gradient stored transposed, in two partial sums:
+/// `w ← w − lr·(a + b)ᵀ` for w of rows × `width` and a, b `width` × rows
+/// (row-major), each element as [`sgd_update_sum2`] computes it — the
+/// update of w1 (D_in×H) from the shards' g_w1ᵀ sums (H×D_in) in the
+/// [`Layout::Units`](crate::step::Layout::Units) layout. In tiles of w's
+/// rows, on rayon above [`PAR_THRESHOLD`]: the same result on any number
+/// of threads.
+pub fn sgd_update_transposed<F: Real>(w: &mut [F], a: &[F], b: Option<&[F]>, width: usize, lr: F) {
+    update_transposed(w, a, b, width, |w, g| w - lr * g);
+}
+
+/// `out ← (a + b)ᵀ` (out rows × `width`, a and b `width` × rows): two
+/// shards' g_w1ᵀ sums handed back as g_w1.
+pub fn sum_transposed<F: Real>(out: &mut [F], a: &[F], b: Option<&[F]>, width: usize) {
+    update_transposed(out, a, b, width, |_, g| g);
+}
+
+/// `acc ← acc + partᵀ` (acc rows × `width`, part `width` × rows): a
+/// further shard's g_w1ᵀ added into g_w1.
+pub fn add_transposed<F: Real>(acc: &mut [F], part: &[F], width: usize) {
+    update_transposed(acc, part, None, width, |v, g| v + g);
+}
+
+/// `w ← combine(w, (a + b)ᵀ)` elementwise (`aᵀ` without `b`).
+fn update_transposed<F: Real>(
+    w: &mut [F],
+    a: &[F],
+    b: Option<&[F]>,
+    width: usize,
+    combine: impl Fn(F, F) -> F + Sync,
+) {
+    assert!(
+        width > 0 && w.len().is_multiple_of(width),
+        "w is not rows of width"
+    );
+    assert!(
+        a.len() == w.len() && b.is_none_or(|b| b.len() == w.len()),
+        "a transposed gradient differs from w in size"
+    );
+    let rows = w.len() / width;
+    row_tiles(w, width, |first, tile| {
+        // Squares of the gradient, summed and transposed in L1: g[i][k]
+        // for w's rows r0 + i and columns j0 + k, read from the parts'
+        // rows (runs of up to SQUARE elements) and written back along w's
+        // rows (runs of up to SQUARE), so neither side strides through
+        // memory element by element.
+        let mut g = [[F::zero(); SQUARE]; SQUARE];
+        let tile_rows = tile.len() / width;
+        for i0 in (0..tile_rows).step_by(SQUARE) {
+            let n = SQUARE.min(tile_rows - i0);
+            for j0 in (0..width).step_by(SQUARE) {
+                let m = SQUARE.min(width - j0);
+                for k in 0..m {
+                    let at = (j0 + k) * rows + first + i0;
+                    match b {
+                        None => {
+                            for (gi, &p) in g.iter_mut().zip(&a[at..at + n]) {
+                                gi[k] = p;
+                            }
+                        }
+                        Some(b) => {
+                            for ((gi, &p), &q) in
+                                g.iter_mut().zip(&a[at..at + n]).zip(&b[at..at + n])
+                            {
+                                gi[k] = p + q;
+                            }
+                        }
+                    }
+                }
+                for (i, g) in g.iter().enumerate().take(n) {
+                    let at = (i0 + i) * width + j0;
+                    for (v, &g) in tile[at..at + m].iter_mut().zip(g) {
+                        *v = combine(*v, g);
+                    }
+                }
+            }
+        }
+    });
+}
+
 /// `out ← a + b`, in one pass.
 pub fn sum2<F: Real>(out: &mut [F], a: &[F], b: &[F]) {
     assert!(out.len() == a.len() && out.len() == b.len(), "sizes differ");
@@ -219,6 +375,83 @@ pub fn copy<F: Real>(out: &mut [F], a: &[F]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The transpose of `g` (rows × cols, row-major).
+    fn transpose(g: &[f64], rows: usize, cols: usize) -> Vec<f64> {
+        let mut t = vec![0.0; g.len()];
+        for r in 0..rows {
+            for c in 0..cols {
+                t[c * rows + r] = g[r * cols + c];
+            }
+        }
+        t
+    }
+
+    #[test]
+    fn the_transposed_update_is_the_plain_one_on_the_transpose() {
+        // Sizes off the 16-square and 64-row tiles, and one above the
+        // parallel threshold; one, two and three parts.
+        for (rows, width) in [(1, 1), (7, 5), (33, 17), (100, 65), (1000, 100)] {
+            let val =
+                |seed: usize, i: usize| ((i * 7919 + seed * 104_729) % 1013) as f64 / 97.0 - 5.0;
+            let w0: Vec<f64> = (0..rows * width).map(|i| val(1, i)).collect();
+            let parts_t: Vec<Vec<f64>> = (2..5)
+                .map(|s| (0..rows * width).map(|i| val(s, i)).collect())
+                .collect();
+            let parts: Vec<Vec<f64>> = parts_t.iter().map(|p| transpose(p, rows, width)).collect();
+            let lr = 0.375;
+            for k in 1..=3 {
+                let mut got = w0.clone();
+                let mut sum = vec![0.0; rows * width];
+                let b = (k >= 2).then(|| parts[1].as_slice());
+                sum_transposed(&mut sum, &parts[0], b, width);
+                if k == 3 {
+                    // A third shard: added into the first's, as the step does.
+                    let mut first = parts[0].clone();
+                    for (a, c) in first.iter_mut().zip(&parts[2]) {
+                        *a += c;
+                    }
+                    sgd_update_transposed(&mut got, &first, b, width, lr);
+                    add_transposed(&mut sum, &parts[2], width);
+                } else {
+                    sgd_update_transposed(&mut got, &parts[0], b, width, lr);
+                }
+                // The same sums in the same order, untransposed: the
+                // update (a + c) + b, the handed-back sum (a + b) + c.
+                let add = |x: &[f64], y: &[f64]| -> Vec<f64> {
+                    x.iter().zip(y).map(|(a, b)| a + b).collect()
+                };
+                let (a, b, c) = (&parts_t[0], &parts_t[1], &parts_t[2]);
+                let (upd, want_sum) = match k {
+                    1 => (a.clone(), a.clone()),
+                    2 => (add(a, b), add(a, b)),
+                    _ => (add(&add(a, c), b), add(&add(a, b), c)),
+                };
+                let want: Vec<f64> = w0.iter().zip(&upd).map(|(w, g)| w - lr * g).collect();
+                assert_eq!(got, want, "{rows}×{width}, {k} part(s)");
+                assert_eq!(sum, want_sum, "{rows}×{width}, {k} part(s)");
+            }
+        }
+    }
+
+    #[test]
+    fn the_by_unit_passes_are_the_by_row_ones_transposed() {
+        let (rows, h) = (5, 3);
+        let x: Vec<f64> = (0..rows * h).map(|i| (i as f64) - 7.0).collect();
+        let b1 = [0.5, -2.0, 3.0];
+        let mut by_row = x.clone();
+        bias_relu_in_place(&mut by_row, &b1);
+        let mut by_unit = transpose(&x, rows, h);
+        bias_relu_in_place_by_unit(&mut by_unit, &b1);
+        assert_eq!(transpose(&by_unit, h, rows), by_row);
+        let g: Vec<f64> = (0..rows * h).map(|i| 1.0 + i as f64).collect();
+        let (mut g_row, mut sums_row) = (g.clone(), [1.0; 3]);
+        relu_mask_bias(&mut g_row, &by_row, &mut sums_row);
+        let (mut g_unit, mut sums_unit) = (transpose(&g, rows, h), [1.0; 3]);
+        relu_mask_bias_by_unit(&mut g_unit, &by_unit, &mut sums_unit);
+        assert_eq!(transpose(&g_unit, h, rows), g_row);
+        assert_eq!(sums_unit, sums_row);
+    }
 
     #[test]
     fn relu_marks_negatives_with_the_sign_bit_only() {

@@ -9,7 +9,7 @@ mod common;
 use common::{as_f64, grads_of, loop_step_biased, max_rel_diff, to_f64};
 use ndarray::Array1;
 use twolayer::net::Biases;
-use twolayer::step::{Form, LearningRates, NoExchange, NoProbe, Plan, Step, Update};
+use twolayer::step::{Form, Layout, LearningRates, NoExchange, NoProbe, Plan, Step, Update};
 use twolayer::{Data, Real, Shape, StepMode, Trainer, Weights};
 
 /// See step_correctness.rs: bit-level checks need the same OpenBLAS
@@ -54,6 +54,7 @@ fn bias_gradients_match_finite_differences() {
             block_rows: 2,
             blas_threads: 1,
             fused_gemm_update: false,
+            layout: Layout::Rows,
         };
         let mut step = Step::primal(shape, plan, StepMode::Explicit).unwrap();
         let (_, g) = grads_of(&mut step, &data, &w);
@@ -171,17 +172,26 @@ fn the_step_with_biases_is_the_plain_loop_step_in_every_layout_mode_and_form() {
         Shape::new(7, 13, 5, 3).unwrap(),
         Shape::new(12, 9, 6, 1).unwrap(),
     ] {
-        let p = |shards: usize, block_rows: usize, fused: bool| Plan {
+        let p = |shards: usize, block_rows: usize, fused: bool, layout| Plan {
             shards,
             block_rows,
             blas_threads: 1,
             fused_gemm_update: fused,
+            layout,
         };
         let mut cases: Vec<(String, How)> = Vec::new();
         for (name, plan) in [
-            ("fused in the GEMMs", p(1, shape.n, true)),
-            ("one shard in blocks of 3", p(1, 3, false)),
-            ("two shards in blocks of 4", p(2, 4, false)),
+            ("fused in the GEMMs", p(1, shape.n, true, Layout::Rows)),
+            ("one shard in blocks of 3", p(1, 3, false, Layout::Rows)),
+            ("two shards in blocks of 4", p(2, 4, false, Layout::Rows)),
+            (
+                "two shards in blocks of 4, a row per unit",
+                p(2, 4, false, Layout::Units),
+            ),
+            (
+                "one shard in one block, a row per unit",
+                p(1, shape.n, false, Layout::Units),
+            ),
         ] {
             cases.push((
                 name.into(),

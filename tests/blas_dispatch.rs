@@ -139,6 +139,7 @@ fn all_five_products_go_to_cblas() {
             block_rows: 128,
             blas_threads: 1,
             fused_gemm_update: false,
+            layout: twolayer::step::Layout::Rows,
         };
         let blocks: usize = (0..shards)
             .map(|i| plan.shard_rows(shape.n, i).len().div_ceil(128))
@@ -176,6 +177,7 @@ fn all_five_products_go_to_cblas() {
         block_rows: shape.n,
         blas_threads: 1,
         fused_gemm_update: true,
+        layout: twolayer::step::Layout::Rows,
     };
     let mut step = Step::primal(shape, plan, StepMode::Fused).unwrap();
     let data = Data::<f64>::random(shape, 1);

@@ -5,7 +5,7 @@ mod common;
 
 use common::{as_f64, grads_of, loop_step, max_rel_diff, to_f64};
 use ndarray::Array2;
-use twolayer::step::{Gradients, LearningRates, NoExchange, NoProbe, Plan, Step, Update};
+use twolayer::step::{Gradients, Layout, LearningRates, NoExchange, NoProbe, Plan, Step, Update};
 use twolayer::{Data, Real, Shape, StepMode, Trainer, Weights};
 
 /// OpenBLAS keeps one thread count for the whole process, and each step
@@ -46,62 +46,76 @@ fn gradients_match_finite_differences() {
         let data = Data::<f64>::random(shape, 100 + i as u64);
         let w = Weights::<f64>::random(shape, 200 + i as u64);
         // Two shards with blocks of 2 rows: the gradient sums over blocks
-        // and shards are part of what is checked.
-        let plan = Plan {
-            shards: 2,
-            block_rows: 2,
-            blas_threads: 1,
-            fused_gemm_update: false,
-        };
-        let mut step = Step::primal(shape, plan, StepMode::Explicit).unwrap();
-        let (_, g) = grads_of(&mut step, &data, &w);
+        // and shards are part of what is checked; in both layouts (the
+        // units layout hands g_w1 back transposed from its g_w1ᵀ sums).
+        for (layout, mode) in [
+            (Layout::Rows, StepMode::Explicit),
+            (Layout::Units, StepMode::Fused),
+        ] {
+            let plan = Plan {
+                shards: 2,
+                block_rows: 2,
+                blas_threads: 1,
+                fused_gemm_update: false,
+                layout,
+            };
+            let mut step = Step::primal(shape, plan, mode).unwrap();
+            let (_, g) = grads_of(&mut step, &data, &w);
 
-        // Central differences, relative step; the loss is piecewise
-        // quadratic, so away from ReLU kinks this is exact up to rounding.
-        let check = |which: usize, analytic: &Array2<f64>| {
-            let target = if which == 1 { &w.w1 } else { &w.w2 };
-            let mut worst = 0.0f64;
-            for idx in ndarray::indices(target.dim()) {
-                let eps = 1e-6 * target[idx].abs().max(1.0);
-                let mut plus = w.clone();
-                let mut minus = w.clone();
-                let (p, m) = if which == 1 {
-                    (&mut plus.w1, &mut minus.w1)
-                } else {
-                    (&mut plus.w2, &mut minus.w2)
-                };
-                p[idx] += eps;
-                m[idx] -= eps;
-                let numeric = (loss_of(&data, &plus) - loss_of(&data, &minus)) / (2.0 * eps);
-                let scale = analytic[idx].abs().max(1.0);
-                worst = worst.max((numeric - analytic[idx]).abs() / scale);
-            }
-            assert!(
-                worst < 1e-5,
-                "w{which} gradient off by {worst:e} relative at shape {shape}"
-            );
-        };
-        check(1, &g.w1);
-        check(2, &g.w2);
+            // Central differences, relative step; the loss is piecewise
+            // quadratic, so away from ReLU kinks this is exact up to rounding.
+            let check = |which: usize, analytic: &Array2<f64>| {
+                let target = if which == 1 { &w.w1 } else { &w.w2 };
+                let mut worst = 0.0f64;
+                for idx in ndarray::indices(target.dim()) {
+                    let eps = 1e-6 * target[idx].abs().max(1.0);
+                    let mut plus = w.clone();
+                    let mut minus = w.clone();
+                    let (p, m) = if which == 1 {
+                        (&mut plus.w1, &mut minus.w1)
+                    } else {
+                        (&mut plus.w2, &mut minus.w2)
+                    };
+                    p[idx] += eps;
+                    m[idx] -= eps;
+                    let numeric = (loss_of(&data, &plus) - loss_of(&data, &minus)) / (2.0 * eps);
+                    let scale = analytic[idx].abs().max(1.0);
+                    worst = worst.max((numeric - analytic[idx]).abs() / scale);
+                }
+                assert!(
+                    worst < 1e-5,
+                    "w{which} gradient off by {worst:e} relative at shape {shape}, {layout:?}"
+                );
+            };
+            check(1, &g.w1);
+            check(2, &g.w2);
+        }
     }
 }
 
 /// Every way a step can be laid out for `shape`: one shard with the update
 /// in the GEMMs, one shard in blocks, several shards in blocks, and
-/// OpenBLAS's own threads.
+/// OpenBLAS's own threads; the sharded ones also with a row per hidden
+/// unit (fused mode only).
 fn plans(shape: Shape) -> Vec<Plan> {
-    let p = |shards: usize, block_rows: usize, blas_threads: usize, fused: bool| Plan {
+    let p = |shards: usize, block_rows: usize, blas_threads: usize, fused: bool, layout| Plan {
         shards: shards.min(shape.n),
         block_rows,
         blas_threads,
         fused_gemm_update: fused,
+        layout,
     };
+    let (rows, units) = (Layout::Rows, Layout::Units);
     vec![
-        p(1, shape.n, 1, true),
-        p(1, shape.n, 2, true),
-        p(1, 3, 1, false),
-        p(2, 4, 1, false),
-        p(3, shape.n, 1, false),
+        p(1, shape.n, 1, true, rows),
+        p(1, shape.n, 2, true, rows),
+        p(1, 3, 1, false, rows),
+        p(2, 4, 1, false, rows),
+        p(3, shape.n, 1, false, rows),
+        p(1, 3, 1, false, units),
+        p(2, 4, 1, false, units),
+        p(3, shape.n, 1, false, units),
+        p(1, shape.n, 2, false, units),
     ]
 }
 
@@ -155,7 +169,7 @@ fn blas_step_matches_plain_loops_on_odd_shapes() {
     ];
     for shape in shapes {
         for plan in plans(shape) {
-            let explicit_ok = !plan.fused_gemm_update;
+            let explicit_ok = !plan.fused_gemm_update && plan.layout == Layout::Rows;
             for explicit in [false, true].into_iter().filter(|&e| !e || explicit_ok) {
                 let (l, w) = blas_vs_loops::<f64>(shape, 6, plan, explicit);
                 assert!(
@@ -315,6 +329,7 @@ fn exchanged_gradients_equal_plain_ones_for_any_pieces() {
                 block_rows,
                 blas_threads: 1,
                 fused_gemm_update: false,
+                layout: Layout::Rows,
             };
             check::<f64>(shape, plan);
             check::<f32>(shape, plan);

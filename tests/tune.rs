@@ -6,7 +6,7 @@ mod common;
 
 use common::{bin, stderr};
 use std::path::Path;
-use twolayer::step::{PlanChoice, StepMode};
+use twolayer::step::{Layout, PlanChoice, StepMode};
 use twolayer::tune::wisdom::Wisdom;
 use twolayer::Shape;
 
@@ -47,7 +47,7 @@ fn tuned_plans_are_stored_then_used_and_named_by_train_and_sweep() {
     );
     assert_eq!(e.key.run.threads, 2);
     assert!(
-        PlanChoice::candidates(2, 700).contains(&e.plan),
+        PlanChoice::candidates(2, 700, e.key.run.step_mode).contains(&e.plan),
         "{:?}",
         e.plan
     );
@@ -240,31 +240,49 @@ fn a_resume_keeps_the_plan_its_run_used() {
 
 #[test]
 fn candidates_cover_every_split_and_block() {
-    let c = PlanChoice::candidates(2, 4096);
+    let c = PlanChoice::candidates(2, 4096, StepMode::Explicit);
     // 2 shards of 2048 rows: 64…1024 and whole; 1 shard: 64…2048 and whole.
     assert_eq!(c.len(), 6 + 7);
     assert!(c.iter().all(|p| p.shards * p.blas_threads == 2));
+    assert!(c.iter().all(|p| p.layout == Layout::Rows));
+    // Fused mode: each also a row per hidden unit, but the one block of
+    // the whole batch (its update is in the GEMMs, which write w1 as it is).
+    let f = PlanChoice::candidates(2, 4096, StepMode::Fused);
+    assert_eq!(f.len(), 2 * 6 + 2 * 6 + 1);
+    for p in &c {
+        assert!(f.contains(p));
+        let units = PlanChoice {
+            layout: Layout::Units,
+            ..*p
+        };
+        assert_eq!(f.contains(&units), !(p.shards == 1 && p.block_rows == 0));
+    }
     let s = Shape::new(4096, 100, 10, 1).unwrap();
     let whole = PlanChoice {
         shards: 1,
         blas_threads: 2,
         block_rows: 0,
+        layout: Layout::Units,
     };
     let p = whole.plan(s, StepMode::Fused);
     assert!(p.fused_gemm_update && p.block_rows == 4096);
+    assert_eq!(p.layout, Layout::Rows, "a fused plan keeps w1's layout");
     assert!(!whole.plan(s, StepMode::Explicit).fused_gemm_update);
     // A choice applies to any N: blocks clamp to a shard's rows.
     let b = PlanChoice {
         shards: 2,
         blas_threads: 1,
         block_rows: 1024,
+        layout: Layout::Units,
     };
+    assert_eq!(b.plan(s, StepMode::Fused).layout, Layout::Units);
+    assert_eq!(b.plan(s, StepMode::Explicit).layout, Layout::Rows);
     assert_eq!(
         b.plan(Shape::new(100, 5, 5, 1).unwrap(), StepMode::Fused)
             .block_rows,
         50
     );
-    assert_eq!(PlanChoice::candidates(2, 64).len(), 2);
+    assert_eq!(PlanChoice::candidates(2, 64, StepMode::Explicit).len(), 2);
 }
 
 #[test]

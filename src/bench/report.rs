@@ -381,6 +381,10 @@ pub struct PlanReport {
     pub blas_threads: usize,
     /// Whether the update ran inside the gradient GEMMs.
     pub fused_gemm_update: bool,
+    /// How the blocks' activations lay ([`crate::step::Layout`]; `rows`
+    /// in reports written before it existed).
+    #[serde(default)]
+    pub layout: crate::step::Layout,
     /// `the built-in rule`, or the wisdom file it came from.
     pub source: String,
 }
@@ -393,6 +397,7 @@ impl PlanReport {
             block_rows: plan.block_rows,
             blas_threads: plan.blas_threads,
             fused_gemm_update: plan.fused_gemm_update,
+            layout: plan.layout,
             source,
         }
     }

@@ -23,11 +23,30 @@
 //! Three buffers hold a block's intermediates, each reused in place by the
 //! next line that needs it (h then h_relu; y_pred then g_y; g_hrelu then
 //! g_h); the code rebinds each view under the name of what it now holds.
+//!
+//! The same lines in the [`Layout::Units`] layout hold h, h_relu, g_hrelu
+//! and g_h transposed (H×B, a row per hidden unit) and sum g_w1ᵀ (H×D_in):
+//!
+//! ```text
+//! hᵀ       = w1ᵀ · x_bᵀ             H×B      (then + b1 down each row)
+//! y_pred   = h_reluᵀᵀ · w2          B×D_out  (h_reluᵀ read transposed)
+//! g_w2     = h_reluᵀ · g_y          H×D_out
+//! g_hreluᵀ = w2 · g_yᵀ              H×B
+//! g_b1     = Σ_columns g_hᵀ         H
+//! g_w1ᵀ    = g_hᵀ · x_b             H×D_in
+//! ```
+//!
+//! The code is the same for both: h, g_hrelu and g_w1 are then views of
+//! their transposed buffers (column-major B×H and D_in×H), and ndarray
+//! hands each GEMM to cblas as column-major, which is the row-major
+//! product above. Only which matrix OpenBLAS packs on which side changes;
+//! the numbers multiplied and added are the same (see [`Layout`] for why
+//! it is faster in f64).
 
 use super::probe::{Phase, Probe};
 use super::sgd::{self, Grad, Param};
-use super::views::{flat1, rows_of_mut, slice, slice_mut};
-use super::LearningRates;
+use super::views::{activations_mut, flat1, memory, memory_mut, rows_of_mut, slice, slice_mut};
+use super::{Layout, LearningRates};
 use crate::kernels;
 use crate::net::{Biases, Weights};
 use crate::scalar::Real;
@@ -37,13 +56,31 @@ use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 /// A block's worth of intermediates.
 #[derive(Debug)]
 pub(super) struct BlockBufs<F> {
-    /// B×H: h = x_b·w1 of the current block, then h_relu in place
-    /// (negatives stored as −0.0, so the sign bit is the ReLU mask).
+    /// B×H (H×B in [`Layout::Units`]): h = x_b·w1 of the current block,
+    /// then h_relu in place (negatives stored as −0.0, so the sign bit is
+    /// the ReLU mask).
     pub(super) h: Array2<F>,
     /// B×D_out: y_pred = h_relu·w2, then g_y = 2(y_pred − y) in place.
     pub(super) y_pred: Array2<F>,
-    /// B×H: g_hrelu = g_y·w2ᵀ, then g_h in place after the mask.
+    /// B×H (H×B in [`Layout::Units`]): g_hrelu = g_y·w2ᵀ, then g_h in
+    /// place after the mask.
     pub(super) g_hrelu: Array2<F>,
+}
+
+impl<F: Real> BlockBufs<F> {
+    /// Buffers for blocks of up to `b` rows of `shape` in `layout`.
+    pub(super) fn new(b: usize, shape: crate::shape::Shape, layout: Layout) -> Self {
+        let (h, o) = (shape.hidden, shape.d_out);
+        let act = match layout {
+            Layout::Rows => (b, h),
+            Layout::Units => (h, b),
+        };
+        BlockBufs {
+            h: Array2::zeros(act),
+            y_pred: Array2::zeros((b, o)),
+            g_hrelu: Array2::zeros(act),
+        }
+    }
 }
 
 /// Where a block's weight gradients go, with the weights the block reads.
@@ -53,8 +90,9 @@ pub(super) enum Sink<'a, F> {
     Accumulate {
         /// The weights, read.
         weights: &'a Weights<F>,
-        /// D_in×H. `None`: leave this block's g_w1 GEMM for later (an
-        /// exchanged step runs it in pieces; g_h stays in its buffer).
+        /// D_in×H (H×D_in, g_w1ᵀ, in [`Layout::Units`]). `None`: leave
+        /// this block's g_w1 GEMM for later (an exchanged step runs it in
+        /// pieces; g_h stays in its buffer).
         g_w1: Option<&'a mut Array2<F>>,
         /// H×D_out.
         g_w2: &'a mut Array2<F>,
@@ -85,7 +123,7 @@ pub(super) struct BiasSums<'a, F> {
 struct Target<'a, F> {
     alpha: F,
     beta: F,
-    out: &'a mut Array2<F>,
+    out: ArrayViewMut2<'a, F>,
 }
 
 impl<'a, F: Real> Sink<'a, F> {
@@ -108,10 +146,12 @@ impl<'a, F: Real> Sink<'a, F> {
     /// The targets of (g_w2, g_w1), and for a fused step with biases, the
     /// biases to update with the rates. `None` where the GEMM is not run
     /// now: a deferred g_w1, or a fused layer whose rate is 0 (alpha = 0
-    /// with beta = 1 would leave the weights as they are).
+    /// with beta = 1 would leave the weights as they are). g_w1's target is
+    /// D_in×H: in [`Layout::Units`] a view of the H×D_in sums, transposed.
     #[allow(clippy::type_complexity)]
     fn targets(
         self,
+        layout: Layout,
     ) -> (
         Option<Target<'a, F>>,
         Option<Target<'a, F>>,
@@ -125,22 +165,26 @@ impl<'a, F: Real> Sink<'a, F> {
                 Some(Target {
                     alpha: one,
                     beta,
-                    out: g_w2,
+                    out: g_w2.view_mut(),
                 }),
                 g_w1.map(|out| Target {
                     alpha: one,
                     beta,
-                    out,
+                    out: match layout {
+                        Layout::Rows => out.view_mut(),
+                        Layout::Units => out.view_mut().reversed_axes(),
+                    },
                 }),
                 None,
             ),
             Sink::Fused { weights, lr } => {
-                let fused = |lr: f64, out| {
+                debug_assert_eq!(layout, Layout::Rows, "a fused sink writes w1 as it is");
+                let fused = |lr: f64, out: &'a mut Array2<F>| {
                     let alpha = -F::from_f64(lr);
                     (alpha != zero).then_some(Target {
                         alpha,
                         beta: one,
-                        out,
+                        out: out.view_mut(),
                     })
                 };
                 let Weights { w1, w2, biases } = weights;
@@ -163,12 +207,17 @@ impl<'a, F: Real> Sink<'a, F> {
 /// are skipped and the loss is 0: the step's GEMMs alone, exactly as the
 /// step calls them, which benchmarks time beside the step
 /// ([`super::Update::GemmsOnly`]).
+///
+/// In `layout` [`Layout::Units`] the activations and g_w1 are transposed
+/// (module doc); a fused sink needs [`Layout::Rows`].
+#[allow(clippy::too_many_arguments)]
 pub(super) fn block<F: Real, const PASSES: bool>(
     bufs: &mut BlockBufs<F>,
     x: ArrayView2<F>,
     y: ArrayView2<F>,
     sink: Sink<F>,
     bias_sums: Option<BiasSums<F>>,
+    layout: Layout,
     probe: &mut impl Probe,
 ) -> f64 {
     let (one, zero) = (F::one(), F::zero());
@@ -179,25 +228,36 @@ pub(super) fn block<F: Real, const PASSES: bool>(
         s.g_b1.fill(zero);
         s.g_b2.fill(zero);
     }
-    let mut h = rows_of_mut(&mut bufs.h, 0..rows);
-    let mut y_pred = rows_of_mut(&mut bufs.y_pred, 0..rows);
-    let mut g_hrelu = rows_of_mut(&mut bufs.g_hrelu, 0..rows);
     let w = sink.weights();
+    let hidden = w.w2.nrows();
+    // B×H views; column-major (of H×B memory) in the Units layout.
+    let mut h = activations_mut(&mut bufs.h, rows, hidden, layout);
+    let mut y_pred = rows_of_mut(&mut bufs.y_pred, 0..rows);
+    let mut g_hrelu = activations_mut(&mut bufs.g_hrelu, rows, hidden, layout);
 
     // ---- forward ----
     // h = x · w1
     //   (B×D_in)·(D_in×H) → B×H; no transposes; alpha = 1, beta = 0.
+    //   Units: h column-major, so cblas gets hᵀ = w1ᵀ·x_bᵀ (TransA,
+    //   TransB): x_b on the kernel's long side.
     general_mat_mul(one, &x, &w.w1, zero, &mut h);
     probe.done(Phase::ForwardGemms);
 
     // h_relu = max(h + b1, 0), in place (b1 added to every row, when the
     // model has biases); where the sum is < 0 it stores −0.0, so the sign
-    // bit is the mask the backward pass needs.
+    // bit is the mask the backward pass needs. Elementwise over h's
+    // memory, whichever its layout; b1 runs along rows (Rows) or down
+    // them (Units).
     let h_relu: ArrayViewMut2<F> = {
         if PASSES {
-            match &w.biases {
-                Some(b) => kernels::bias_relu_in_place(slice_mut(&mut h), flat1(&b.b1)),
-                None => kernels::relu_in_place(slice_mut(&mut h)),
+            match (&w.biases, layout) {
+                (Some(b), Layout::Rows) => {
+                    kernels::bias_relu_in_place(memory_mut(&mut h), flat1(&b.b1))
+                }
+                (Some(b), Layout::Units) => {
+                    kernels::bias_relu_in_place_by_unit(memory_mut(&mut h), flat1(&b.b1))
+                }
+                (None, _) => kernels::relu_in_place(memory_mut(&mut h)),
             }
         }
         h
@@ -205,7 +265,8 @@ pub(super) fn block<F: Real, const PASSES: bool>(
     probe.done(Phase::Relu);
 
     // y_pred = h_relu · w2
-    //   (B×H)·(H×D_out) → B×D_out; no transposes; alpha = 1, beta = 0.
+    //   (B×H)·(H×D_out) → B×D_out; no transposes (Units: h_relu is read
+    //   as the transpose of its H×B memory, TransA); alpha = 1, beta = 0.
     general_mat_mul(one, &h_relu, &w.w2, zero, &mut y_pred);
     probe.done(Phase::ForwardGemms);
 
@@ -231,39 +292,42 @@ pub(super) fn block<F: Real, const PASSES: bool>(
     // g_hrelu = g_y · w2ᵀ
     //   (B×D_out)·(D_out×H) → B×H; w2ᵀ is a transposed view (cblas
     //   TransB); alpha = 1, beta = 0. Reads this step's w2: it comes
-    //   before any update of w2.
+    //   before any update of w2. Units: g_hreluᵀ = w2 · g_yᵀ into H×B.
     general_mat_mul(one, &g_y, &w.w2.t(), zero, &mut g_hrelu);
     probe.done(Phase::BackwardGemms);
 
     // g_h = g_hrelu, with g_h = 0 where h < 0 (h == 0 passes), in place;
-    // with biases, g_b1 (+)= Σ_rows g_h (H) in the same pass.
+    // with biases, g_b1 (+)= Σ_rows g_h (H) in the same pass. g_hrelu and
+    // h_relu share a layout: elementwise over their memory.
     let g_h = {
-        match (PASSES, &mut bias_sums) {
-            (false, _) => {}
-            (true, Some(s)) => {
-                kernels::relu_mask_bias(slice_mut(&mut g_hrelu), slice(&h_relu.view()), s.g_b1)
-            }
-            (true, None) => kernels::relu_mask(slice_mut(&mut g_hrelu), slice(&h_relu.view())),
+        let (g, h) = (memory_mut(&mut g_hrelu), memory(&h_relu));
+        match (PASSES, &mut bias_sums, layout) {
+            (false, ..) => {}
+            (true, Some(s), Layout::Rows) => kernels::relu_mask_bias(g, h, s.g_b1),
+            (true, Some(s), Layout::Units) => kernels::relu_mask_bias_by_unit(g, h, s.g_b1),
+            (true, None, _) => kernels::relu_mask(g, h),
         }
         g_hrelu
     };
     probe.done(Phase::Mask);
 
-    let (w2_target, w1_target, fused_biases) = sink.targets();
+    let (w2_target, w1_target, fused_biases) = sink.targets(layout);
     // g_w2 (+)= h_reluᵀ · g_y
     //   (H×B)·(B×D_out) → H×D_out; h_reluᵀ is a transposed view (TransA).
     //   Accumulating: alpha = 1, beta = 0 on the shard's first block, else 1.
     //   Fused: w2 ← −lr·h_reluᵀ·g_y + 1·w2 (alpha = −lr, beta = 1).
-    if let Some(t) = w2_target {
-        general_mat_mul(t.alpha, &h_relu.t(), &g_y, t.beta, t.out);
+    if let Some(mut t) = w2_target {
+        general_mat_mul(t.alpha, &h_relu.t(), &g_y, t.beta, &mut t.out);
     }
     // g_w1 (+)= xᵀ · g_h
     //   (D_in×B)·(B×H) → D_in×H; xᵀ is a transposed view (TransA). With
     //   x·w1, the big one: 2·B·D_in·H FLOPs each.
     //   Accumulating: alpha = 1, beta as above. Fused: alpha = −lr, beta = 1.
     //   Deferred: no target; the exchanged step runs it later, in pieces.
-    if let Some(t) = w1_target {
-        general_mat_mul(t.alpha, &x.t(), &g_h, t.beta, t.out);
+    //   Units: g_w1ᵀ (+)= g_hᵀ · x_b into the H×D_in sums, no transposes:
+    //   x_b (its D_in columns) on the kernel's long side.
+    if let Some(mut t) = w1_target {
+        general_mat_mul(t.alpha, &x.t(), &g_h, t.beta, &mut t.out);
     }
     // Fused, with biases: b1 −= lr·g_b1, b2 −= lr·g_b2 (H and D_out
     // elements: the only update pass a fused step has).

@@ -75,7 +75,7 @@ mod views;
 
 pub use dual::{Dual, Form, FormChoice};
 pub use exchange::{Exchange, NoExchange};
-pub use plan::{Plan, PlanChoice, WIDE_LAYER};
+pub use plan::{Layout, Plan, PlanChoice, WIDE_LAYER};
 pub use probe::{NoProbe, Phase, Probe};
 
 use crate::error::{Error, Result};
@@ -301,6 +301,11 @@ impl<F: Real> Step<F> {
                 "a plan with the update in the GEMMs needs the fused mode",
             ));
         }
+        if plan.layout == Layout::Units && (plan.fused_gemm_update || mode == StepMode::Explicit) {
+            return Err(Error::invalid(
+                "the units layout needs the fused mode and a plan whose update is not in the GEMMs",
+            ));
+        }
         plan.check_fits_memory(shape, F::DTYPE, mode)?;
         Ok(Step {
             plan,
@@ -447,7 +452,7 @@ impl<F: Real> Step<F> {
                 let _step = start_step(&plan);
                 let loss = forward_backward::<F, true>(ws, data, weights, lr, probe);
                 if !plan.fused_gemm_update && loss.is_finite() {
-                    update_from_shards(weights, &mut ws.shards, lr);
+                    update_from_shards(weights, &mut ws.shards, lr, plan.layout);
                 }
                 probe.done(Phase::Update);
                 Ok(loss)
@@ -716,6 +721,7 @@ fn forward_backward<F: Real, const PASSES: bool>(
             data.y.view(),
             Sink::Fused { weights, lr },
             sums,
+            Layout::Rows,
             probe,
         )
     } else {
@@ -737,15 +743,16 @@ fn gradients<F: Real>(
     debug_assert!(!ws.plan.fused_gemm_update);
     let _step = start_step(&ws.plan);
     let loss = all_shards::<F, true>(ws, data, weights, false, probe);
-    sum_into(flat_mut(&mut grads.w1), &ws.shards, Param::W1);
-    sum_into(flat_mut(&mut grads.w2), &ws.shards, Param::W2);
+    let layout = ws.plan.layout;
+    sum_into(flat_mut(&mut grads.w1), &ws.shards, Param::W1, layout);
+    sum_into(flat_mut(&mut grads.w2), &ws.shards, Param::W2, layout);
     if weights.has_biases() {
         let g = grads
             .biases
             .as_mut()
             .expect("bias gradients for a model with biases");
-        sum_into(flat1_mut(&mut g.b1), &ws.shards, Param::B1);
-        sum_into(flat1_mut(&mut g.b2), &ws.shards, Param::B2);
+        sum_into(flat1_mut(&mut g.b1), &ws.shards, Param::B1, layout);
+        sum_into(flat1_mut(&mut g.b2), &ws.shards, Param::B2, layout);
     }
     loss
 }

@@ -24,9 +24,51 @@ use crate::scalar::{Dtype, Real};
 use crate::shape::Shape;
 use std::ops::Range;
 
+/// How a block's activations lie in memory, which decides what OpenBLAS
+/// packs on which side of the two big GEMMs (x·w1 and xᵀ·g_h).
+///
+/// OpenBLAS packs each call's two operands into panels and runs its
+/// micro-kernel over them; for a given product, which matrix lands on the
+/// kernel's long (M) side follows from the layouts of the operands and the
+/// result. With H = 100 and a block of x on the short side (the `Rows`
+/// layout: h = x_b·w1 is, in OpenBLAS's column-major terms, w1ᵀ's 100 rows
+/// by the block's columns), the f64 kernel (16×2 on AVX-512) runs below its
+/// rate: measured single-threaded at (4096, 1000, 100) f64 on the
+/// COOPERLAKE build, blocks of 512 rows, x·w1 ran at 55 GFLOP/s in `Rows`
+/// and 60 in `Units`, xᵀ·g_h at 59 against 65 — 9% less time for the
+/// pair. In f32 it goes the other way (123 against 117 GFLOP/s for x·w1),
+/// so the plan picks the layout per dtype and `tune` tries both.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// A row per example, as the math is written: h and g_h are B×H, the
+    /// shards' g_w1 sums D_in×H.
+    #[default]
+    Rows,
+    /// A row per hidden unit: hᵀ and g_hᵀ are H×B, the shards' g_w1 sums
+    /// are g_w1ᵀ (H×D_in), added into w1 transposed by the update pass.
+    /// Not for a plan whose update is inside the GEMMs (w1 is D_in×H), nor
+    /// for a step summed across processes, which sends g_w1 in pieces of
+    /// its rows.
+    Units,
+}
+
+impl Layout {
+    /// Its name: `rows` or `units`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Rows => "rows",
+            Layout::Units => "units",
+        }
+    }
+}
+
 /// How a step divides its work: `shards` groups of consecutive rows, one
 /// per rayon thread, each walked in blocks of at most `block_rows` rows,
-/// with OpenBLAS running `blas_threads` threads inside each GEMM.
+/// with OpenBLAS running `blas_threads` threads inside each GEMM, and its
+/// activations laid out as `layout` says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Plan {
     /// Number of shards (≤ threads, ≤ N).
@@ -38,6 +80,9 @@ pub struct Plan {
     /// Whether the update lives inside the gradient GEMMs: a fused step
     /// whose single shard holds the whole batch in one block.
     pub fused_gemm_update: bool,
+    /// How the blocks' activations lie ([`Layout::Rows`] whenever the
+    /// update is in the GEMMs).
+    pub layout: Layout,
 }
 
 /// A plan as the tuner measures it and the wisdom file keeps it,
@@ -51,6 +96,10 @@ pub struct PlanChoice {
     pub blas_threads: usize,
     /// Rows per block; 0 for each shard's rows in one block.
     pub block_rows: usize,
+    /// The blocks' layout (absent from wisdom written before it existed:
+    /// those plans are [`Layout::Rows`]).
+    #[serde(default)]
+    pub layout: Layout,
 }
 
 /// Block sizes the tuner tries, besides a shard's whole rows.
@@ -59,7 +108,9 @@ pub const CANDIDATE_BLOCKS: [usize; 6] = [64, 128, 256, 512, 1024, 2048];
 impl PlanChoice {
     /// The plan for a batch of `shape`: shards at most N, blocks at most a
     /// shard's rows, the update fused into the GEMMs when `mode` is fused
-    /// and one shard holds the batch in one block.
+    /// and one shard holds the batch in one block, the layout as chosen
+    /// where the plan allows it ([`Layout::Units`] only in fused mode
+    /// without the update in the GEMMs).
     pub fn plan(&self, shape: Shape, mode: StepMode) -> Plan {
         let shards = self.shards.clamp(1, shape.n);
         let per_shard = shape.n.div_ceil(shards);
@@ -68,11 +119,13 @@ impl PlanChoice {
             b => b.min(per_shard),
         }
         .max(1);
+        let fused_gemm_update = mode == StepMode::Fused && shards == 1 && block_rows >= shape.n;
         Plan {
             shards,
             block_rows,
             blas_threads: self.blas_threads.max(1),
-            fused_gemm_update: mode == StepMode::Fused && shards == 1 && block_rows >= shape.n,
+            fused_gemm_update,
+            layout: Layout::allowed(self.layout, mode, fused_gemm_update),
         }
     }
 
@@ -86,14 +139,17 @@ impl PlanChoice {
             } else {
                 plan.block_rows
             },
+            layout: plan.layout,
         }
     }
 
     /// Every choice the tuner tries on `threads` threads for batches of
-    /// `rows` rows: each split of the threads into shards × OpenBLAS
-    /// threads, with blocks of [`CANDIDATE_BLOCKS`] rows smaller than a
-    /// shard and of a shard's whole rows.
-    pub fn candidates(threads: usize, rows: usize) -> Vec<PlanChoice> {
+    /// `rows` rows in `mode`: each split of the threads into shards ×
+    /// OpenBLAS threads, with blocks of [`CANDIDATE_BLOCKS`] rows smaller
+    /// than a shard and of a shard's whole rows, each in both layouts where
+    /// the plan would keep the layout (in fused mode, unless the update is
+    /// in the GEMMs).
+    pub fn candidates(threads: usize, rows: usize, mode: StepMode) -> Vec<PlanChoice> {
         let threads = threads.max(1);
         let mut out = Vec::new();
         for shards in (1..=threads).filter(|s| threads.is_multiple_of(*s) && *s <= rows.max(1)) {
@@ -103,11 +159,17 @@ impl PlanChoice {
                 .filter(|&b| b < per_shard)
                 .chain([0])
             {
-                out.push(PlanChoice {
-                    shards,
-                    blas_threads: threads / shards,
-                    block_rows,
-                });
+                let fused = mode == StepMode::Fused && shards == 1 && block_rows == 0;
+                for layout in [Layout::Rows, Layout::Units] {
+                    if Layout::allowed(layout, mode, fused) == layout {
+                        out.push(PlanChoice {
+                            shards,
+                            blas_threads: threads / shards,
+                            block_rows,
+                            layout,
+                        });
+                    }
+                }
             }
         }
         out
@@ -122,8 +184,24 @@ impl std::fmt::Display for PlanChoice {
             self.shards, self.blas_threads
         )?;
         match self.block_rows {
-            0 => write!(f, "each shard in one block"),
-            b => write!(f, "blocks of {b} rows"),
+            0 => write!(f, "each shard in one block")?,
+            b => write!(f, "blocks of {b} rows")?,
+        }
+        match self.layout {
+            Layout::Rows => Ok(()),
+            Layout::Units => write!(f, ", a row per hidden unit"),
+        }
+    }
+}
+
+impl Layout {
+    /// `wanted`, where a plan in `mode` (with the update in the GEMMs when
+    /// `fused_gemm_update`) can have it; [`Layout::Rows`] otherwise.
+    fn allowed(wanted: Layout, mode: StepMode, fused_gemm_update: bool) -> Layout {
+        if mode == StepMode::Fused && !fused_gemm_update {
+            wanted
+        } else {
+            Layout::Rows
         }
     }
 }
@@ -142,19 +220,39 @@ impl Plan {
     /// shard per core.
     ///
     /// Otherwise one shard per thread, single-threaded GEMMs, blocks of
-    /// max(H, 128) rows in f64 and max(H, 256) in f32. Measured on this
-    /// machine's OpenBLAS, single-threaded GEMMs against w1 with H = 100
+    /// max(H, 128) rows in f64 and max(H, 256) in f32, a row per example;
+    /// but in f64 in fused mode, where OpenBLAS runs its AVX-512 kernels and
+    /// their 16-row tiles do not divide H, a row per hidden unit
+    /// ([`Layout::Units`]) in blocks of max(H, 256). Measured on Zen 4
+    /// with Debian's OpenBLAS, single-threaded GEMMs against w1 with H = 100
     /// peak at 128–256 rows (f64 ~47 GFLOP/s, f32 ~99) and fall off beyond
     /// 512; all 4,096 rows at once run at ~34, and both cores sharing one
-    /// call at ~61 in f64.
+    /// call at ~61 in f64. On the Intel machine with the COOPERLAKE build,
+    /// `train` in 7–9 interleaved rounds, units against rows (D_in 1000,
+    /// D_out 10, f64): N = 4096, H = 100 14.5 against 15.4 ms per step;
+    /// N = 2048: H = 100 8.24 / 8.40, H = 200 14.6 / 15.0, H = 128 10.06 /
+    /// 9.94, H = 256 17.5 / 17.3; N = 1024: H = 100 4.94 / 5.20, H = 256
+    /// 11.2 / 10.2. Where H fills the kernel's tiles the rows layout
+    /// wastes nothing and the units layout's transposed update (D_in×H
+    /// elements a step) costs more than it saves.
     pub fn new(shape: Shape, dtype: Dtype, threads: usize, mode: StepMode) -> Plan {
         let threads = threads.max(1);
         let wide = selftest::worsen_wide(shape.hidden >= WIDE_LAYER && shape.d_in >= WIDE_LAYER);
+        let h_splits_tiles =
+            crate::blas::dgemm_kernel_rows().is_some_and(|m| !shape.hidden.is_multiple_of(m));
+        let layout = if dtype == Dtype::F64 && !wide && mode == StepMode::Fused && h_splits_tiles {
+            Layout::Units
+        } else {
+            Layout::Rows
+        };
         let (shards, blas_threads, block_rows) = if wide {
             (1, threads, shape.n)
         } else {
             let shards = threads.min(shape.n);
-            let min_rows = 1024 / dtype.size(); // 128 in f64, 256 in f32
+            let min_rows = match layout {
+                Layout::Units => 256,
+                Layout::Rows => 1024 / dtype.size(), // 128 in f64, 256 in f32
+            };
             let rows = shape
                 .hidden
                 .max(min_rows)
@@ -163,11 +261,13 @@ impl Plan {
             (shards, 1, rows)
         };
         let (shards, block_rows) = selftest::worsen_plan(shards, block_rows, shape.n, wide);
+        let fused_gemm_update = mode == StepMode::Fused && shards == 1 && block_rows >= shape.n;
         Plan {
             shards,
             block_rows,
             blas_threads,
-            fused_gemm_update: mode == StepMode::Fused && shards == 1 && block_rows >= shape.n,
+            fused_gemm_update,
+            layout: Layout::allowed(layout, mode, fused_gemm_update),
         }
     }
 

@@ -10,7 +10,9 @@
 //!   one buffer;
 //! - the dual form: C, which stands for w1 (w1 = w1_0 + xᵀ·C, so
 //!   w1 −= lr·xᵀ·g_h is C −= lr·g_h), and the biases;
-//! - the fused step: the biases (H and D_out elements).
+//! - the fused step: the biases (H and D_out elements);
+//! - the sharded step in the units layout: w1 from the shards' g_w1ᵀ,
+//!   transposed in the same pass ([`Grad::Transposed`]).
 //!
 //! The one update that is not a pass is the fused step's weight update,
 //! computed by the gradient GEMM itself: `w ← −lr·product + 1·w`
@@ -54,6 +56,11 @@ pub(crate) enum Grad<'a, F> {
     One(&'a [F]),
     /// Two partial sums (two shards'), added in the update's pass.
     Sum2(&'a [F], &'a [F]),
+    /// One or two partial sums stored transposed, each `width` × (the
+    /// parameter's rows) for a parameter `width` wide, added in the
+    /// update's pass (the shards' g_w1ᵀ in the
+    /// [`Layout::Units`](super::Layout::Units) layout).
+    Transposed(&'a [F], Option<&'a [F]>, usize),
 }
 
 /// The update: `p ← p − rate·g`, one pass over `p` (on rayon for large
@@ -66,6 +73,7 @@ pub(crate) fn apply<F: Real>(p: &mut [F], g: Grad<'_, F>, rate: f64) {
     match g {
         Grad::One(g) => kernels::sgd_update(p, g, rate),
         Grad::Sum2(a, b) => kernels::sgd_update_sum2(p, a, b, rate),
+        Grad::Transposed(a, b, width) => kernels::sgd_update_transposed(p, a, b, width, rate),
     }
 }
 

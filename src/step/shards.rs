@@ -4,7 +4,7 @@
 //! for why the work is laid out this way).
 
 use super::block::{block, BiasSums, BlockBufs, Sink};
-use super::plan::Plan;
+use super::plan::{Layout, Plan};
 use super::probe::{NoProbe, Phase, Probe};
 use super::sgd::{self, Grad, Param};
 use super::views::{columns_of, flat, flat_mut, rows_of, rows_of_mut, slice, slice_mut};
@@ -24,7 +24,8 @@ pub(super) struct Shard<F> {
     pub(super) rows: Range<usize>,
     /// One block's intermediates.
     pub(super) bufs: BlockBufs<F>,
-    /// D_in×H: Σ over this shard's blocks of x_bᵀ·g_h (empty when fused).
+    /// D_in×H: Σ over this shard's blocks of x_bᵀ·g_h (empty when fused);
+    /// in [`Layout::Units`], H×D_in: Σ g_hᵀ·x_b, the transpose.
     pub(super) g_w1: Array2<F>,
     /// H×D_out: Σ over this shard's blocks of h_reluᵀ·g_y (empty when fused).
     pub(super) g_w2: Array2<F>,
@@ -76,15 +77,15 @@ impl<F: Real> Workspace<F> {
         } else {
             (d, h, o)
         };
+        let g_w1 = match plan.layout {
+            Layout::Rows => (gd, gh),
+            Layout::Units => (gh, gd),
+        };
         let shards = (0..plan.shards)
             .map(|i| Shard {
                 rows: plan.shard_rows(shape.n, i),
-                bufs: BlockBufs {
-                    h: Array2::zeros((b, h)),
-                    y_pred: Array2::zeros((b, o)),
-                    g_hrelu: Array2::zeros((b, h)),
-                },
-                g_w1: Array2::zeros((gd, gh)),
+                bufs: BlockBufs::new(b, shape, plan.layout),
+                g_w1: Array2::zeros(g_w1),
                 g_w2: Array2::zeros((gh, go)),
                 g_b1: Array2::zeros((1, h)),
                 g_b2: Array2::zeros((1, o)),
@@ -136,6 +137,7 @@ fn run_shard<F: Real, const PASSES: bool>(
                 g_b1: flat_mut(g_b1),
                 g_b2: flat_mut(g_b2),
             }),
+            plan.layout,
             probe,
         );
     }
@@ -187,6 +189,11 @@ pub(super) fn last_block_w1<F: Real>(
     plan: &super::Plan,
     piece: Range<usize>,
 ) {
+    assert_eq!(
+        plan.layout,
+        Layout::Rows,
+        "an exchanged step sums g_w1 by rows"
+    );
     let (blk, beta) = plan
         .blocks::<F>(sh.rows.clone())
         .last()
@@ -198,8 +205,19 @@ pub(super) fn last_block_w1<F: Real>(
     general_mat_mul(F::one(), &x_piece.t(), &g_h, beta, &mut out);
 }
 
-/// One layer's gradient summed over the shards: `out ← Σ shard sums`.
-pub(super) fn sum_into<F: Real>(out: &mut [F], shards: &[Shard<F>], l: Param) {
+/// One layer's gradient summed over the shards: `out ← Σ shard sums` (in
+/// the layer's own layout: g_w1 D_in×H, transposed from the shards' g_w1ᵀ
+/// in `layout` [`Layout::Units`]).
+pub(super) fn sum_into<F: Real>(out: &mut [F], shards: &[Shard<F>], l: Param, layout: Layout) {
+    if let (Param::W1, Layout::Units) = (l, layout) {
+        let width = shards[0].g_w1.nrows();
+        let b = shards.get(1).map(|b| flat(b.grad(l)));
+        kernels::sum_transposed(out, flat(shards[0].grad(l)), b, width);
+        for m in shards.iter().skip(2) {
+            kernels::add_transposed(out, flat(m.grad(l)), width);
+        }
+        return;
+    }
     match shards {
         [a] => kernels::copy(out, flat(a.grad(l))),
         [a, b, more @ ..] => {
@@ -215,11 +233,13 @@ pub(super) fn sum_into<F: Real>(out: &mut [F], shards: &[Shard<F>], l: Param) {
 /// SGD from the shards' sums: each parameter moves by the sum over the
 /// shards of its gradient, the first two shards' sums added in the
 /// update's own pass (any more are first added into the first shard's
-/// buffer, in shard order).
+/// buffer, in shard order). In `layout` [`Layout::Units`], w1 moves by the
+/// transpose of the shards' g_w1ᵀ sums, transposed in the update's pass.
 pub(super) fn update_from_shards<F: Real>(
     weights: &mut Weights<F>,
     shards: &mut [Shard<F>],
     lr: LearningRates,
+    layout: Layout,
 ) {
     if shards.len() > 2 {
         let (first, rest) = shards.split_at_mut(1);
@@ -234,10 +254,15 @@ pub(super) fn update_from_shards<F: Real>(
         }
     }
     let shards = &*shards;
-    sgd::update(weights, lr, |p| match shards {
-        [a] => Grad::One(flat(a.grad(p))),
-        [a, b, ..] => Grad::Sum2(flat(a.grad(p)), flat(b.grad(p))),
-        [] => unreachable!("a plan has at least one shard"),
+    sgd::update(weights, lr, |p| match (p, layout, shards) {
+        (Param::W1, Layout::Units, [a, rest @ ..]) => Grad::Transposed(
+            flat(a.grad(p)),
+            rest.first().map(|b| flat(b.grad(p))),
+            a.g_w1.nrows(),
+        ),
+        (_, _, [a]) => Grad::One(flat(a.grad(p))),
+        (_, _, [a, b, ..]) => Grad::Sum2(flat(a.grad(p)), flat(b.grad(p))),
+        (_, _, []) => unreachable!("a plan has at least one shard"),
     });
 }
 

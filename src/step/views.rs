@@ -3,6 +3,7 @@
 //! one-column matrix (which cblas refuses, and ndarray then silently
 //! multiplies with its own slower code).
 
+use super::Layout;
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 use std::ops::Range;
 
@@ -40,6 +41,40 @@ pub(super) fn rows_of_mut<F>(a: &mut Array2<F>, r: Range<usize>) -> ArrayViewMut
     // SAFETY: rows r of a contiguous row-major buffer (checked above),
     // borrowed exclusively for the view's lifetime.
     unsafe { ArrayViewMut2::from_shape_ptr((r.len(), cols), a.as_mut_ptr().add(r.start * cols)) }
+}
+
+/// A block's B×H activations (h or g_hrelu) in a buffer sized for the
+/// plan's largest block: in [`Layout::Rows`] its first B rows; in
+/// [`Layout::Units`] its first H·B elements as an H×B matrix, viewed
+/// transposed (column-major B×H, strides (1, B)).
+pub(super) fn activations_mut<F>(
+    a: &mut Array2<F>,
+    rows: usize,
+    hidden: usize,
+    layout: Layout,
+) -> ArrayViewMut2<'_, F> {
+    match layout {
+        Layout::Rows => rows_of_mut(a, 0..rows),
+        Layout::Units => {
+            let all = a.as_slice_mut().expect("buffers are contiguous");
+            ArrayViewMut2::from_shape((hidden, rows), &mut all[..hidden * rows])
+                .expect("a block's share of its buffer")
+                .reversed_axes()
+        }
+    }
+}
+
+/// A contiguous view's elements in memory order, whatever its layout
+/// (row-major, or a transposed view of row-major memory).
+pub(super) fn memory<'a, F>(a: &'a ArrayViewMut2<'_, F>) -> &'a [F] {
+    a.as_slice_memory_order()
+        .expect("activations are contiguous in memory")
+}
+
+/// [`memory`], mutable.
+pub(super) fn memory_mut<'a, F>(a: &'a mut ArrayViewMut2<'_, F>) -> &'a mut [F] {
+    a.as_slice_memory_order_mut()
+        .expect("activations are contiguous in memory")
 }
 
 /// Columns `c` of rows `r` of a row-major matrix, as a strided view

@@ -63,7 +63,7 @@ pub fn tune<F: Real>(shape: Shape, mode: StepMode) -> Result<Tuning> {
     let threads = rayon::current_num_threads();
     let rows = tuning_rows(shape);
     let sub = Shape { n: rows, ..shape };
-    let candidates = PlanChoice::candidates(threads, rows);
+    let candidates = PlanChoice::candidates(threads, rows, mode);
     let mut bench = Bench::<F>::new(sub, mode, &candidates)?;
     // How long a step takes, from one untimed step of each candidate:
     // short steps get more passes, so that each round lasts long enough
@@ -113,7 +113,7 @@ pub fn exhaustive<F: Real>(
     rounds: usize,
 ) -> Result<Vec<(PlanChoice, f64)>> {
     let threads = rayon::current_num_threads();
-    let candidates = PlanChoice::candidates(threads, shape.n);
+    let candidates = PlanChoice::candidates(threads, shape.n, mode);
     let mut bench = Bench::<F>::new(shape, mode, &candidates)?;
     let all: Vec<usize> = (0..candidates.len()).collect();
     let times = bench.rounds(&all, rounds.max(1));

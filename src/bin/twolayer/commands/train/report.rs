@@ -202,6 +202,9 @@ struct Summary {
     threads: usize,
     shards: usize,
     block_rows: usize,
+    /// The blocks' layout: `rows` (a row per example) or `units` (a row
+    /// per hidden unit).
+    layout: &'static str,
     blas_threads: usize,
     blas_core: String,
     /// The OpenBLAS library that ran: version, target, native or generic,
@@ -585,10 +588,14 @@ impl<'a, F: Real> Reporter<'a, F> {
                 "bf16 mixed precision: the whole batch through each GEMM, bf16 operands and f32 results (cblas_sbgemm), the passes and the update in f32".into()
             }
             Form::Primal => format!(
-                "{} shard(s) of {} rows in blocks of {}, plan from {}",
+                "{} shard(s) of {} rows in blocks of {}{}, plan from {}",
                 plan.shards,
                 trainer.data().x.nrows().div_ceil(plan.shards),
                 plan.block_rows,
+                match plan.layout {
+                    twolayer::step::Layout::Rows => "",
+                    twolayer::step::Layout::Units => ", a row per hidden unit",
+                },
                 self.plan_source
             ),
             Form::Dual => "dual form: w1 = w1_0 + xᵀ·C, one N×N by N×H product for x·w1".into(),
@@ -658,6 +665,7 @@ impl<'a, F: Real> Reporter<'a, F> {
                 threads: run.run.threads,
                 shards: plan.shards,
                 block_rows: plan.block_rows,
+                layout: plan.layout.name(),
                 blas_threads: blas::threads(),
                 blas_core: blas::core_name(),
                 blas_library: blas::Library::current(),
