@@ -332,8 +332,9 @@ pub struct Header {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blas_library: Option<String>,
     /// How the primal step divided its work (shards, OpenBLAS threads,
-    /// block rows): a resume lays it out the same, for the same bits
-    /// (absent: the built-in rule's).
+    /// block rows, layout): a resume lays it out the same, for the same
+    /// bits (absent: the built-in rule's; no layout: rows, as every plan
+    /// had before layouts existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<PlanChoice>,
     /// Whether the model has biases (b1, b2 stored after w2).
