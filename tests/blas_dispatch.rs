@@ -127,6 +127,39 @@ fn all_five_products_go_to_cblas() {
             assert_eq!(calls, expected, "f32 {shape} {mode:?}");
         }
     }
+    // The units layout (a row per hidden unit), whatever the rule picks
+    // on this library: the transposed views still reach cblas, five calls
+    // a block.
+    for shape in [Shape::new(1000, 257, 65, 9).unwrap(), Shape::REFERENCE] {
+        let plan = twolayer::Plan {
+            shards: 2,
+            block_rows: 128,
+            blas_threads: 1,
+            fused_gemm_update: false,
+            layout: twolayer::step::Layout::Units,
+        };
+        let blocks: usize = (0..2)
+            .map(|i| plan.shard_rows(shape.n, i).len().div_ceil(128))
+            .sum();
+        let mut step = Step::primal(shape, plan, StepMode::Fused).unwrap();
+        let data = Data::<f64>::random(shape, 1);
+        let mut w = Weights::random(shape, 2);
+        let before = DGEMM.load(Ordering::SeqCst);
+        step.run(
+            &data,
+            &mut w,
+            LearningRates::uniform(1e-9),
+            Update::Sgd,
+            &mut NoProbe,
+        )
+        .unwrap();
+        assert_eq!(
+            DGEMM.load(Ordering::SeqCst) - before,
+            5 * blocks,
+            "{shape} units"
+        );
+    }
+
     // The exchanged step (data-parallel training): each shard's last g_w1
     // GEMM runs in `pieces` row ranges, each still one cblas call.
     for (shape, shards) in [

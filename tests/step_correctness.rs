@@ -469,3 +469,25 @@ fn the_automatic_form_follows_the_flops() {
     assert_eq!(Form::auto(s(1000, 1000, 100, 10), 500), Form::Primal);
     assert_eq!(Form::auto(s(500, 1000, 100, 10), 500), Form::Dual);
 }
+
+#[test]
+fn the_units_layout_is_refused_where_g_w1_must_keep_its_rows() {
+    let shape = Shape::new(8, 5, 3, 2).unwrap();
+    let units = |fused: bool| Plan {
+        shards: 1,
+        block_rows: 8,
+        blas_threads: 1,
+        fused_gemm_update: fused,
+        layout: Layout::Units,
+    };
+    // Explicit mode (an exchanged step sends g_w1 in pieces of its rows),
+    // and an update inside the GEMMs (which write w1 as it is).
+    for (plan, mode) in [
+        (units(false), StepMode::Explicit),
+        (units(true), StepMode::Fused),
+    ] {
+        let e = Step::<f64>::primal(shape, plan, mode).unwrap_err();
+        assert!(e.to_string().contains("units layout"), "{e}");
+    }
+    assert!(Step::<f64>::primal(shape, units(false), StepMode::Fused).is_ok());
+}

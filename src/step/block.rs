@@ -29,7 +29,7 @@
 //!
 //! ```text
 //! hᵀ       = w1ᵀ · x_bᵀ             H×B      (then + b1 down each row)
-//! y_pred   = h_reluᵀᵀ · w2          B×D_out  (h_reluᵀ read transposed)
+//! y_pred   = (h_reluᵀ)ᵀ · w2        B×D_out  (h_reluᵀ read transposed)
 //! g_w2     = h_reluᵀ · g_y          H×D_out
 //! g_hreluᵀ = w2 · g_yᵀ              H×B
 //! g_b1     = Σ_columns g_hᵀ         H
@@ -210,7 +210,6 @@ impl<'a, F: Real> Sink<'a, F> {
 ///
 /// In `layout` [`Layout::Units`] the activations and g_w1 are transposed
 /// (module doc); a fused sink needs [`Layout::Rows`].
-#[allow(clippy::too_many_arguments)]
 pub(super) fn block<F: Real, const PASSES: bool>(
     bufs: &mut BlockBufs<F>,
     x: ArrayView2<F>,
