@@ -27,14 +27,21 @@ pub const CHUNK: usize = 1 << 12;
 /// zero to every product and sum that follows.
 #[inline(never)]
 pub fn relu_in_place<F: Real>(h: &mut [F]) {
-    // Branch-free so it vectorises (signs are random: branches mispredict):
-    // v + 0.0 turns −0.0 into +0.0 and leaves every other value as it is.
+    // Branch-free so it vectorises (signs are random: branches mispredict).
     for v in h {
-        *v = if *v < F::zero() {
-            F::neg_zero()
-        } else {
-            *v + F::zero()
-        };
+        *v = relu_keeping_sign(*v);
+    }
+}
+
+/// max(z, 0) with the sign bit as the mask: −0.0 where z < 0, elsewhere
+/// z + 0.0 (which turns −0.0 into +0.0 and leaves every other value as it
+/// is). Branch-free, so the loops that call it vectorise.
+#[inline(always)]
+fn relu_keeping_sign<F: Real>(z: F) -> F {
+    if z < F::zero() {
+        F::neg_zero()
+    } else {
+        z + F::zero()
     }
 }
 
@@ -85,12 +92,7 @@ pub fn bias_relu_in_place<F: Real>(h: &mut [F], b1: &[F]) {
     );
     for row in h.chunks_exact_mut(b1.len()) {
         for (v, &b) in row.iter_mut().zip(b1) {
-            let z = *v + b;
-            *v = if z < F::zero() {
-                F::neg_zero()
-            } else {
-                z + F::zero()
-            };
+            *v = relu_keeping_sign(*v + b);
         }
     }
 }
@@ -108,12 +110,7 @@ pub fn bias_relu_in_place_by_unit<F: Real>(h_t: &mut [F], b1: &[F]) {
     }
     for (row, &b) in h_t.chunks_exact_mut(cols).zip(b1) {
         for v in row {
-            let z = *v + b;
-            *v = if z < F::zero() {
-                F::neg_zero()
-            } else {
-                z + F::zero()
-            };
+            *v = relu_keeping_sign(*v + b);
         }
     }
 }
@@ -121,15 +118,7 @@ pub fn bias_relu_in_place_by_unit<F: Real>(h_t: &mut [F], b1: &[F]) {
 /// [`relu_mask_bias`] for a row per hidden unit (g_hᵀ and h_reluᵀ, H ×
 /// columns): the mask, and the row sums of g_hᵀ added into `g_b1` (H).
 pub fn relu_mask_bias_by_unit<F: Real>(grad_t: &mut [F], h_relu_t: &[F], g_b1: &mut [F]) {
-    assert_eq!(
-        grad_t.len(),
-        h_relu_t.len(),
-        "g_hreluᵀ and h_reluᵀ differ in size"
-    );
-    assert!(
-        !g_b1.is_empty() && grad_t.len().is_multiple_of(g_b1.len()),
-        "g_hᵀ is not g_b1's length of rows"
-    );
+    check_mask_bias_sizes(grad_t.len(), h_relu_t.len(), g_b1.len());
     let cols = grad_t.len() / g_b1.len();
     if cols == 0 {
         return;
@@ -178,18 +167,20 @@ pub fn loss_and_grad_bias<F: Real>(
     s
 }
 
+/// The sizes a mask pass with a bias gradient needs: g_hrelu and h_relu
+/// alike, a whole number of g_b1's length (H) of elements.
+fn check_mask_bias_sizes(grad: usize, h_relu: usize, g_b1: usize) {
+    assert_eq!(grad, h_relu, "g_hrelu and h_relu differ in size");
+    assert!(
+        g_b1 > 0 && grad.is_multiple_of(g_b1),
+        "g_h is not a whole number of g_b1's length"
+    );
+}
+
 /// [`relu_mask`] that also adds the bias's gradient, the column sums of
 /// g_h (rows × H), into `g_b1` (H), in the same pass.
 pub fn relu_mask_bias<F: Real>(grad: &mut [F], h_relu: &[F], g_b1: &mut [F]) {
-    assert_eq!(
-        grad.len(),
-        h_relu.len(),
-        "g_hrelu and h_relu differ in size"
-    );
-    assert!(
-        !g_b1.is_empty() && grad.len().is_multiple_of(g_b1.len()),
-        "g_h is not rows of g_b1's width"
-    );
+    check_mask_bias_sizes(grad.len(), h_relu.len(), g_b1.len());
     let w = g_b1.len();
     for (row, h) in grad.chunks_exact_mut(w).zip(h_relu.chunks_exact(w)) {
         for ((g, h), acc) in row.iter_mut().zip(h).zip(g_b1.iter_mut()) {
