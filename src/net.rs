@@ -76,6 +76,8 @@ enum ArrayId {
     Y = 2,
     W1 = 3,
     W2 = 4,
+    B1 = 5,
+    B2 = 6,
 }
 
 /// A rows×cols matrix of standard-normal values for `rows` consecutive rows
@@ -103,6 +105,60 @@ fn normal_rows<F: Real>(
             }
         });
     a
+}
+
+/// A `rows`×`cols` matrix of values uniform on [−bound, bound) for array
+/// `id`, drawn as [`normal_rows`] draws its rows (one ChaCha8 stream per
+/// row, in f64, rounded to F).
+fn uniform_rows<F: Real>(
+    seed: u64,
+    id: ArrayId,
+    rows: usize,
+    cols: usize,
+    bound: f64,
+) -> Array2<F> {
+    let mut a = Array2::<F>::zeros((rows, cols));
+    a.as_slice_mut()
+        .expect("fresh arrays are contiguous")
+        .par_chunks_mut(cols.max(1))
+        .enumerate()
+        .for_each(|(r, row)| {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            rng.set_stream(((id as u64) << 48) | r as u64);
+            let u = rand_distr::Uniform::new(-bound, bound).expect("a bound > 0");
+            for v in row.iter_mut() {
+                *v = F::from_f64(u.sample(&mut rng));
+            }
+        });
+    a
+}
+
+/// How seeded weights are drawn ([`Weights::seeded`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WeightInit {
+    /// Standard normal w1 and w2, as the reference draws them; biases (when
+    /// the model has them) start at zero.
+    Normal,
+    /// Standard normal scaled for the layer: w1 by √(2/D_in) (He, for the
+    /// ReLU), w2 by √(1/H) (LeCun, for the linear output); biases zero.
+    Scaled,
+    /// As PyTorch's `nn.Linear` draws its parameters (`reset_parameters`:
+    /// Kaiming-uniform with a = √5, which works out to the bound below):
+    /// every weight and bias of a layer uniform on [−1/√fan_in,
+    /// 1/√fan_in], fan_in = D_in for w1 and b1, H for w2 and b2. The
+    /// default for training on a dataset.
+    Torch,
+}
+
+impl WeightInit {
+    /// Its name, as `--weight-init` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightInit::Normal => "normal",
+            WeightInit::Scaled => "scaled",
+            WeightInit::Torch => "torch",
+        }
+    }
 }
 
 impl<F: Real> Data<F> {
@@ -174,6 +230,50 @@ impl<F: Real> Weights<F> {
             w1: normal_rows(seed, ArrayId::W1, 0, shape.d_in, shape.hidden),
             w2: normal_rows(seed, ArrayId::W2, 0, shape.hidden, shape.d_out),
             biases: None,
+        }
+    }
+
+    /// Seeded weights for `shape`, drawn as `init` says, with biases when
+    /// `biases` (zero, or uniform for [`WeightInit::Torch`]). The same seed
+    /// gives the same values in f32 and f64 (drawn in f64, rounded), on any
+    /// number of threads.
+    pub fn seeded(shape: Shape, seed: u64, init: WeightInit, biases: bool) -> Self {
+        let (d, h, o) = (shape.d_in, shape.hidden, shape.d_out);
+        let w = match init {
+            WeightInit::Normal | WeightInit::Scaled => {
+                let mut w = Self::random(shape, seed);
+                if init == WeightInit::Scaled {
+                    let s1 = F::from_f64((2.0 / d as f64).sqrt());
+                    let s2 = F::from_f64((1.0 / h as f64).sqrt());
+                    w.w1.mapv_inplace(|v| v * s1);
+                    w.w2.mapv_inplace(|v| v * s2);
+                }
+                w
+            }
+            WeightInit::Torch => {
+                // nn.Linear(fan_in, fan_out): weight and bias both
+                // U(−1/√fan_in, 1/√fan_in). Our w1 is D_in×H (PyTorch's
+                // weight transposed): the same distribution, element for
+                // element.
+                let (k1, k2) = (1.0 / (d as f64).sqrt(), 1.0 / (h as f64).sqrt());
+                Weights {
+                    w1: uniform_rows(seed, ArrayId::W1, d, h, k1),
+                    w2: uniform_rows(seed, ArrayId::W2, h, o, k2),
+                    biases: biases.then(|| Biases {
+                        b1: uniform_rows(seed, ArrayId::B1, 1, h, k1)
+                            .into_shape_with_order(h)
+                            .expect("one row"),
+                        b2: uniform_rows(seed, ArrayId::B2, 1, o, k2)
+                            .into_shape_with_order(o)
+                            .expect("one row"),
+                    }),
+                }
+            }
+        };
+        if biases {
+            w.with_zero_biases()
+        } else {
+            w
         }
     }
 
@@ -296,6 +396,76 @@ pub fn check_finite<F: Real>(name: &str, a: &Array2<F>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The default for a dataset draws as nn.Linear does: every weight and
+    /// bias of a layer uniform on [−1/√fan_in, 1/√fan_in]. Over many draws:
+    /// inside the bounds, reaching near both, with the uniform's mean (0)
+    /// and variance (k²/3), and a Kolmogorov–Smirnov distance from the
+    /// uniform's CDF below its 0.1% critical value (1.95/√n).
+    #[test]
+    fn torch_init_draws_from_nn_linears_distributions() {
+        let shape = Shape::new(1, 300, 200, 40).unwrap();
+        let w = Weights::<f64>::seeded(shape, 5, WeightInit::Torch, true);
+        let b = w.biases.as_ref().unwrap();
+        let (k1, k2) = (1.0 / 300f64.sqrt(), 1.0 / 200f64.sqrt());
+        for (name, v, k) in [
+            ("w1", w.w1.iter().copied().collect::<Vec<_>>(), k1),
+            ("b1", b.b1.to_vec(), k1),
+            ("w2", w.w2.iter().copied().collect(), k2),
+            ("b2", b.b2.to_vec(), k2),
+        ] {
+            let n = v.len() as f64;
+            assert!(v.iter().all(|&x| -k <= x && x < k), "{name} outside ±{k}");
+            let mean = v.iter().sum::<f64>() / n;
+            let var = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n;
+            // Standard errors: k/√(3n) for the mean, about k²·0.3/√n for
+            // the variance; 5 of them.
+            assert!(
+                mean.abs() < 5.0 * k / (3.0 * n).sqrt(),
+                "{name} mean {mean}"
+            );
+            assert!(
+                (var - k * k / 3.0).abs() < 5.0 * 0.3 * k * k / n.sqrt(),
+                "{name} var {var}"
+            );
+            let mut s = v.clone();
+            s.sort_by(f64::total_cmp);
+            let ks = s
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| {
+                    let cdf = (x + k) / (2.0 * k);
+                    (cdf - i as f64 / n)
+                        .abs()
+                        .max(((i + 1) as f64 / n - cdf).abs())
+                })
+                .fold(0.0, f64::max);
+            assert!(
+                ks < 1.95 / n.sqrt(),
+                "{name}: KS distance {ks} over {n} draws"
+            );
+            if n > 1000.0 {
+                assert!(
+                    s[0] < -0.99 * k && s[s.len() - 1] > 0.99 * k,
+                    "{name} range"
+                );
+            }
+        }
+        // Seeded: the same seed gives the same draws in f32 (rounded) and
+        // f64; another seed, others.
+        let w32 = Weights::<f32>::seeded(shape, 5, WeightInit::Torch, true);
+        assert_eq!(w32.w1, w.w1.mapv(|v| v as f32));
+        assert_ne!(
+            Weights::<f64>::seeded(shape, 6, WeightInit::Torch, true).w1,
+            w.w1
+        );
+        // Without biases, none; the other schemes keep zero biases.
+        assert!(Weights::<f64>::seeded(shape, 5, WeightInit::Torch, false)
+            .biases
+            .is_none());
+        let scaled = Weights::<f64>::seeded(shape, 5, WeightInit::Scaled, true);
+        assert!(scaled.biases.unwrap().b1.iter().all(|&v| v == 0.0));
+    }
 
     #[test]
     fn shards_concatenate_to_the_whole() {

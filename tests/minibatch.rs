@@ -366,14 +366,14 @@ fn resumed_mid_epoch_equals_unbroken(dtype: &str) {
 }
 
 #[test]
-fn both_readers_train_on_the_same_batches_bit_for_bit() {
+fn every_reader_and_residency_trains_on_the_same_batches_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (x, y) = teacher_data(700, 9, 2, 7);
     let data = d.join("d.npz");
     write_npz(&data, &[("x", &x), ("y", &y)]);
-    let losses = |reader: &str| {
-        let o = run(&[
+    let losses = |extra: &[&str], want: &str| {
+        let mut a = vec![
             "train",
             "--data",
             s(&data),
@@ -381,32 +381,79 @@ fn both_readers_train_on_the_same_batches_bit_for_bit() {
             "64",
             "--epochs",
             "3",
-            "--reader",
-            reader,
             "--loss",
             "mean",
             "--lr",
             "0.02",
-            "--weight-init",
-            "scaled",
             "--threads",
             "2",
-        ]);
+        ];
+        a.extend_from_slice(extra);
+        let o = run(&a);
         assert!(o.status.success(), "{}", stderr(&o));
-        assert!(
-            stderr(&o).contains(&format!("read {reader}")),
-            "{}",
-            stderr(&o)
-        );
+        assert!(stderr(&o).contains(want), "{a:?}: {}", stderr(&o));
         String::from_utf8(o.stdout).unwrap()
     };
-    let inline = losses("inline");
+    let inline = losses(&["--reader", "inline"], "data in memory, gathered inline");
     assert_eq!(parse_losses(&inline).len(), 30);
-    assert_eq!(inline, losses("ahead"));
+    for (extra, want) in [
+        (&["--reader", "ahead"][..], "data in memory, gathered ahead"),
+        (
+            &["--reader", "inline", "--stream"][..],
+            "data streamed from its files, gathered inline",
+        ),
+        (
+            &["--reader", "ahead", "--stream"][..],
+            "data streamed from its files, gathered ahead",
+        ),
+    ] {
+        assert_eq!(inline, losses(extra, want), "{extra:?}");
+    }
 }
 
 #[test]
-fn peak_memory_does_not_grow_with_the_dataset() {
+fn a_small_batch_runs_its_step_on_one_thread_and_gathers_beside_it() {
+    // (32, 9, 8, 2): far too small to split over two threads; the reader
+    // takes the idle one. The plan is named in the summary and the JSON.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (x, y) = teacher_data(700, 9, 2, 7);
+    let data = d.join("d.npz");
+    write_npz(&data, &[("x", &x), ("y", &y)]);
+    let json = d.join("s.json");
+    let o = run(&[
+        "train",
+        "--data",
+        s(&data),
+        "--batch",
+        "32",
+        "--epochs",
+        "1",
+        "--threads",
+        "2",
+        "-q",
+        "--hidden",
+        "8",
+        "--json",
+        s(&json),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("threads 2 (1 shard(s)") && e.contains("gathered ahead"),
+        "{e}"
+    );
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(j["shards"], 1, "{j}");
+    assert_eq!(j["data"], "memory", "{j}");
+    assert_eq!(j["reader"], "ahead", "{j}");
+}
+
+#[test]
+fn peak_memory_does_not_grow_with_a_streamed_dataset() {
+    // A dataset that fits is loaded into memory (README); `--stream`, or
+    // one too large for half the memory, is read a batch at a time and
+    // the run's memory does not grow with it.
     let dir = tempfile::tempdir().unwrap();
     // Rows of 200 f32 inputs: 160 MB of x for 200,000 rows, against a
     // batch of 256 rows (200 KB).
@@ -437,10 +484,12 @@ fn peak_memory_does_not_grow_with_the_dataset() {
             "0.01",
             "--weight-init",
             "scaled",
+            "--stream",
             "-q",
         ]);
         assert!(o.status.success(), "{}", stderr(&o));
         let e = stderr(&o);
+        assert!(e.contains("data streamed from its files"), "{e}");
         let rss = e
             .split("peak RSS ")
             .nth(1)
@@ -496,6 +545,35 @@ fn bad_data_gets_one_line_and_a_nonzero_exit() {
         ),
         (
             vec!["--data", s(&nan), "--batch", "100"],
+            "holds NaN at row 73, column 2",
+        ),
+        // One step of 2 rows visits 2 of the 100 rows: the NaN is found
+        // before it, in memory and streamed, for any seed.
+        (
+            vec![
+                "--data",
+                s(&nan),
+                "--batch",
+                "2",
+                "--steps",
+                "1",
+                "--seed",
+                "1",
+            ],
+            "holds NaN at row 73, column 2",
+        ),
+        (
+            vec![
+                "--data",
+                s(&nan),
+                "--batch",
+                "2",
+                "--steps",
+                "1",
+                "--seed",
+                "2",
+                "--stream",
+            ],
             "holds NaN at row 73, column 2",
         ),
         (vec!["--data", s(&only_x)], "missing array 'y'"),
@@ -1113,4 +1191,86 @@ fn a_single_npy_or_a_csv_given_to_data_is_named_for_what_it_is() {
         assert_eq!(e.lines().count(), 1, "{e}");
         assert!(e.contains(says) && e.contains("--data x.npy y.npy"), "{e}");
     }
+}
+
+#[test]
+fn a_data_run_takes_the_tuned_plan_a_fixed_batch_of_its_shape_takes() {
+    // Before: `train --data … --wisdom w.json` said "plan from the
+    // built-in rule" where `train --n …` of the same shape used the file.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (x, y) = teacher_data(700, 9, 2, 7);
+    let data = d.join("d.npz");
+    write_npz(&data, &[("x", &x), ("y", &y)]);
+    let w = d.join("w.json");
+    let shape = ["--n", "64", "--d-in", "9", "--hidden", "8", "--d-out", "2"];
+    let mut tune = vec![
+        "tune",
+        "--form",
+        "primal",
+        "--threads",
+        "2",
+        "--wisdom",
+        s(&w),
+        "-q",
+    ];
+    tune.extend_from_slice(&shape);
+    let o = run(&tune);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut fixed = vec![
+        "train",
+        "--form",
+        "primal",
+        "--steps",
+        "3",
+        "--threads",
+        "2",
+    ];
+    fixed.extend_from_slice(&shape);
+    fixed.extend_from_slice(&["--wisdom", s(&w), "-q"]);
+    let o = run(&fixed);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("plan from wisdom"), "{}", stderr(&o));
+    let o = run(&[
+        "train",
+        "--data",
+        s(&data),
+        "--batch",
+        "64",
+        "--hidden",
+        "8",
+        "--steps",
+        "3",
+        "--threads",
+        "2",
+        "--wisdom",
+        s(&w),
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("plan from wisdom"), "{}", stderr(&o));
+}
+
+#[test]
+fn quiet_silences_the_epoch_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (x, y) = teacher_data(200, 4, 1, 3);
+    let data = d.join("d.npz");
+    write_npz(&data, &[("x", &x), ("y", &y)]);
+    let o = run(&[
+        "train",
+        "--data",
+        s(&data),
+        "--epochs",
+        "3",
+        "--val-fraction",
+        "0.2",
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(!e.contains("epoch 1/3"), "{e}");
+    assert_eq!(e.trim_end().lines().count(), 1, "the summary alone: {e}");
+    assert!(o.stdout.is_empty());
 }

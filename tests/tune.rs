@@ -6,7 +6,7 @@ mod common;
 
 use common::{bin, stderr};
 use std::path::Path;
-use twolayer::step::{Layout, PlanChoice, StepMode};
+use twolayer::step::{Layout, Plan, PlanChoice, StepMode};
 use twolayer::tune::wisdom::Wisdom;
 use twolayer::Shape;
 
@@ -240,7 +240,16 @@ fn a_resume_keeps_the_plan_its_run_used() {
 
 #[test]
 fn candidates_cover_every_split_and_block() {
-    let c = PlanChoice::candidates(2, 4096, StepMode::Explicit);
+    let all = PlanChoice::candidates(2, 4096, StepMode::Explicit);
+    // The whole step on one thread, last: what a small step runs.
+    let one = PlanChoice {
+        shards: 1,
+        blas_threads: 1,
+        block_rows: 0,
+        layout: Layout::Rows,
+    };
+    assert_eq!(all.last(), Some(&one));
+    let c = &all[..all.len() - 1];
     // 2 shards of 2048 rows: 64…1024 and whole; 1 shard: 64…2048 and whole.
     assert_eq!(c.len(), 6 + 7);
     assert!(c.iter().all(|p| p.shards * p.blas_threads == 2));
@@ -248,8 +257,8 @@ fn candidates_cover_every_split_and_block() {
     // Fused mode: each also a row per hidden unit, but the one block of
     // the whole batch (its update is in the GEMMs, which write w1 as it is).
     let f = PlanChoice::candidates(2, 4096, StepMode::Fused);
-    assert_eq!(f.len(), 2 * 6 + 2 * 6 + 1);
-    for p in &c {
+    assert_eq!(f.len(), 2 * 6 + 2 * 6 + 1 + 1);
+    for p in c {
         assert!(f.contains(p));
         let units = PlanChoice {
             layout: Layout::Units,
@@ -282,7 +291,84 @@ fn candidates_cover_every_split_and_block() {
             .block_rows,
         50
     );
-    assert_eq!(PlanChoice::candidates(2, 64, StepMode::Explicit).len(), 2);
+    assert_eq!(PlanChoice::candidates(2, 64, StepMode::Explicit).len(), 3);
+    assert_eq!(PlanChoice::candidates(1, 64, StepMode::Explicit).len(), 1);
+}
+
+#[test]
+fn the_rule_runs_a_step_too_small_to_split_on_one_thread() {
+    use twolayer::step::too_small_to_split;
+    use twolayer::Dtype;
+    let shape = |n, d, h| Shape::new(n, d, h, 1).unwrap();
+    // Measured (docs/performance.md, "Plans for small batches"): one
+    // thread won at these, two shards at the others.
+    for (n, d, h) in [
+        (16, 100, 100),
+        (32, 100, 100),
+        (64, 100, 100),
+        (64, 256, 256),
+        (32, 100, 1024),
+    ] {
+        assert!(
+            too_small_to_split(shape(n, d, h), Dtype::F64, 2),
+            "({n}, {d}, {h})"
+        );
+        let p = Plan::new(shape(n, d, h), Dtype::F64, 2, StepMode::Fused);
+        assert_eq!((p.shards, p.blas_threads), (1, 1), "({n}, {d}, {h})");
+        assert!(
+            p.fused_gemm_update,
+            "one shard in one block: the update in the GEMMs"
+        );
+    }
+    for (n, d, h) in [
+        (256, 32, 32),
+        (512, 100, 100),
+        (128, 256, 256),
+        (64, 100, 1024),
+        (256, 1024, 100),
+    ] {
+        assert!(
+            !too_small_to_split(shape(n, d, h), Dtype::F64, 2),
+            "({n}, {d}, {h})"
+        );
+        assert_eq!(
+            Plan::new(shape(n, d, h), Dtype::F64, 2, StepMode::Fused).shards,
+            2
+        );
+    }
+    // One thread is never split; the reference shapes still are.
+    assert!(too_small_to_split(shape(4096, 1000, 100), Dtype::F64, 1));
+    let r = Plan::new(
+        Shape::new(4096, 1000, 100, 10).unwrap(),
+        Dtype::F32,
+        2,
+        StepMode::Fused,
+    );
+    assert_eq!(r.shards, 2);
+    // Wide inputs in a short batch: one shard on every OpenBLAS thread.
+    let p = Plan::new(shape(64, 1024, 100), Dtype::F64, 2, StepMode::Fused);
+    assert_eq!((p.shards, p.blas_threads), (1, 2));
+    assert_eq!(
+        Plan::new(shape(256, 1024, 100), Dtype::F64, 2, StepMode::Fused).shards,
+        2
+    );
+    // Thin hidden layers keep whole shards.
+    assert_eq!(
+        Plan::new(shape(256, 32, 32), Dtype::F64, 2, StepMode::Fused).block_rows,
+        128
+    );
+    // Wide layers keep their one multi-threaded GEMM whatever the batch.
+    let w = Plan::new(shape(16, 1024, 1024), Dtype::F64, 2, StepMode::Fused);
+    assert_eq!((w.shards, w.blas_threads), (1, 2));
+    // Narrow inputs: blocks of 64 rows; shards of a small batch keep a
+    // row per example (the units layout needs 128 rows a shard there).
+    let small = Plan::new(shape(200, 100, 100), Dtype::F64, 2, StepMode::Fused);
+    assert_eq!(
+        (small.shards, small.block_rows, small.layout),
+        (2, 64, Layout::Rows)
+    );
+    let p = Plan::new(shape(512, 100, 100), Dtype::F64, 2, StepMode::Fused);
+    assert_eq!(p.block_rows, 64);
 }
 
 #[test]

@@ -75,7 +75,7 @@ mod views;
 
 pub use dual::{Dual, Form, FormChoice};
 pub use exchange::{Exchange, NoExchange};
-pub use plan::{Layout, Plan, PlanChoice, WIDE_LAYER};
+pub use plan::{step_secs_estimate, too_small_to_split, Layout, Plan, PlanChoice, WIDE_LAYER};
 pub use probe::{NoProbe, Phase, Probe};
 
 use crate::error::{Error, Result};

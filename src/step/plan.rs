@@ -148,7 +148,8 @@ impl PlanChoice {
     /// OpenBLAS threads, with blocks of [`CANDIDATE_BLOCKS`] rows smaller
     /// than a shard and of a shard's whole rows, each in both layouts where
     /// the plan would keep the layout (in fused mode, unless the update is
-    /// in the GEMMs).
+    /// in the GEMMs); and, with more than one thread, the whole step on one
+    /// thread.
     pub fn candidates(threads: usize, rows: usize, mode: StepMode) -> Vec<PlanChoice> {
         let threads = threads.max(1);
         let mut out = Vec::new();
@@ -171,6 +172,17 @@ impl PlanChoice {
                     }
                 }
             }
+        }
+        if threads > 1 {
+            // One thread for the whole step: a small step gains nothing
+            // from the others ([`too_small_to_split`]), which then gather
+            // the next batch of a minibatch run.
+            out.push(PlanChoice {
+                shards: 1,
+                blas_threads: 1,
+                block_rows: 0,
+                layout: Layout::Rows,
+            });
         }
         out
     }
@@ -206,6 +218,58 @@ impl Layout {
     }
 }
 
+/// Rows a shard needs for the units layout to pay, and its blocks' rows.
+const UNITS_MIN_ROWS: usize = 256;
+/// Rows a shard would have below which a batch of wide inputs runs as
+/// one shard on OpenBLAS's threads.
+const SHORT_BATCH_ROWS: usize = 128;
+/// Inputs at most this wide are split in blocks of [`NARROW_BLOCK`] rows.
+const NARROW_INPUT: usize = 128;
+/// Rows of a block of narrow inputs.
+const NARROW_BLOCK: usize = 64;
+
+/// One core's GEMM rate the split rule assumes, in f64 FLOP/s (twice that
+/// in f32): what the single-threaded step reached at minibatch shapes on
+/// the Intel Xeon (Sapphire Rapids kernels), 45–53 GFLOP/s.
+const CORE_F64_FLOPS: f64 = 50e9;
+/// What splitting a step over shards costs beyond its GEMMs: a fork and
+/// join of rayon's threads, and a pass that sums the shards' weight
+/// gradients and applies the update (the one-shard step applies it inside
+/// its GEMMs). Fitted to the grid of docs/performance.md ("Plans for small
+/// batches", Intel Xeon, 2 threads, `tune --exhaustive`): splitting costs
+/// about 6 µs plus 2.5 ns per weight (f64) — one thread won at (64, 256,
+/// 256, 1) (0.315 against 0.379 ms/step split), two shards at (64, 100,
+/// 1024, 1) and (128, 100, 100, 1).
+const SPLIT_FIXED_SECS: f64 = 6e-6;
+/// See [`SPLIT_FIXED_SECS`].
+const SPLIT_SECS_PER_F64_WEIGHT: f64 = 2.5e-9;
+
+/// The seconds the split rule expects a step of `shape` to take on one
+/// thread, and split into a shard per thread over `threads`: the GEMMs at
+/// one core's rate, divided among the shards, plus the fork/join and the
+/// pass over the weights that sums the shards.
+pub fn step_secs_estimate(shape: Shape, dtype: Dtype, threads: usize) -> (f64, f64) {
+    let scale = 8.0 / dtype.size() as f64; // f32 runs twice the FLOPs per second
+    let one = shape.flops_per_step() / (CORE_F64_FLOPS * scale);
+    let split = one / threads.max(1) as f64
+        + SPLIT_FIXED_SECS
+        + SPLIT_SECS_PER_F64_WEIGHT / scale * shape.weight_elems() as f64;
+    (one, split)
+}
+
+/// Whether a step of `shape` on `threads` threads gains less from
+/// splitting its rows over them than the split costs
+/// ([`step_secs_estimate`]). At (32, 100, 100, 1) f64 one thread ran the
+/// step in 0.022 ms and two shards in 0.063; at (512, 100, 100, 1) two
+/// shards 0.38 against 0.63.
+pub fn too_small_to_split(shape: Shape, dtype: Dtype, threads: usize) -> bool {
+    if threads <= 1 {
+        return true;
+    }
+    let (one, split) = step_secs_estimate(shape, dtype, threads);
+    split >= one
+}
+
 /// Below this H or D_in the GEMMs are too thin for OpenBLAS's own threads
 /// to pay; at or above both, one multi-threaded call per product is as
 /// fast as a shard per core, and needs no gradient sum across shards.
@@ -236,28 +300,70 @@ impl Plan {
     /// wastes nothing and the units layout's transposed update (D_in×H
     /// elements a step) costs more than it saves.
     pub fn new(shape: Shape, dtype: Dtype, threads: usize, mode: StepMode) -> Plan {
-        let threads = threads.max(1);
         let wide = selftest::worsen_wide(shape.hidden >= WIDE_LAYER && shape.d_in >= WIDE_LAYER);
+        // A step too small to split runs on one thread (the rest of the
+        // budget idles, or gathers the next batch: crate::minibatch).
+        let threads = if !wide && too_small_to_split(shape, dtype, threads) {
+            1
+        } else {
+            threads.max(1)
+        };
         let h_splits_tiles =
             crate::blas::dgemm_kernel_rows().is_some_and(|m| !shape.hidden.is_multiple_of(m));
-        let layout = if dtype == Dtype::F64 && !wide && mode == StepMode::Fused && h_splits_tiles {
+        // Narrow inputs (D_in ≤ NARROW_INPUT) are split into blocks of
+        // NARROW_BLOCK rows: a block's activations then stay in L1/L2
+        // between its GEMMs and passes, where the GEMMs gain little from
+        // longer blocks (measured on the Intel Xeon, f64 on 2 threads,
+        // `tune --exhaustive`, 7 rounds: blocks of 64 rows best at (256,
+        // 512 and 1024, 100, 100, 1), by 11–40% over the blocks of 128–256
+        // rows made for D_in = 1000, and at (256 and 512, 100, 1024, 1);
+        // at (512, 256, 256, 1) whole shards were 12% faster).
+        // (With H under 64 a block's activations are small anyway, and
+        // blocks of 64 rows ran 3–5x slower than whole shards at (256 and
+        // 512, 32, 32, 1).)
+        let narrow = shape.d_in <= NARROW_INPUT && shape.hidden >= NARROW_BLOCK && threads > 1;
+        // Wide inputs but a short batch: OpenBLAS's own threads inside each
+        // GEMM beat shards, which would each be a few dozen rows and need a
+        // pass summing D_in·H gradients (measured at (64 and 128, 1024,
+        // 100, 1) f64: one shard on 2 OpenBLAS threads 0.41 and 0.61
+        // ms/step, 2 shards 0.50 and 0.82; at 256 rows the shards won).
+        let short_wide_input =
+            shape.d_in >= WIDE_LAYER && shape.n.div_ceil(threads) < SHORT_BATCH_ROWS;
+        // The units layout pays for its transposed update only with enough
+        // rows a shard (measured at (128, 100, 100, 1): shards of 64 rows
+        // 0.096 ms/step in rows against 0.123 in units; at 256, 512 and
+        // 1024 units was best or level).
+        let long_shards = shape.n.div_ceil(threads)
+            >= if narrow {
+                2 * NARROW_BLOCK
+            } else {
+                UNITS_MIN_ROWS
+            };
+        let layout = if dtype == Dtype::F64
+            && !wide
+            && mode == StepMode::Fused
+            && h_splits_tiles
+            && long_shards
+        {
             Layout::Units
         } else {
             Layout::Rows
         };
-        let (shards, blas_threads, block_rows) = if wide {
+        let (shards, blas_threads, block_rows) = if wide || short_wide_input {
             (1, threads, shape.n)
         } else {
             let shards = threads.min(shape.n);
             let min_rows = match layout {
-                Layout::Units => 256,
+                Layout::Units => UNITS_MIN_ROWS,
                 Layout::Rows => 1024 / dtype.size(), // 128 in f64, 256 in f32
             };
-            let rows = shape
-                .hidden
-                .max(min_rows)
-                .min(shape.n.div_ceil(shards))
-                .max(1);
+            let rows = if narrow {
+                NARROW_BLOCK
+            } else {
+                shape.hidden.max(min_rows)
+            }
+            .min(shape.n.div_ceil(shards))
+            .max(1);
             (shards, 1, rows)
         };
         let (shards, block_rows) = selftest::worsen_plan(shards, block_rows, shape.n, wide);

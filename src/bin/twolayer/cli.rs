@@ -268,7 +268,7 @@ pub struct TrainArgs {
     /// them) [default: seeded]
     #[arg(long, requires = "data")]
     pub weights: Option<PathBuf>,
-    /// How the seeded weights are drawn [default: scaled with --data,
+    /// How the seeded weights are drawn [default: torch with --data,
     /// normal (the reference's) without]
     #[arg(long = "weight-init", value_enum)]
     pub weight_init: Option<WeightInitArg>,
@@ -297,10 +297,16 @@ pub struct TrainArgs {
     /// --val-fraction or --val)
     #[arg(long, value_parser = positive, allow_negative_numbers = true)]
     pub patience: Option<usize>,
-    /// With --data: how batches are read: by every thread before each
-    /// step (inline: fastest when the data is in the page cache), by a
-    /// reader thread while the step runs (ahead: hides waits on the disk),
-    /// or inline when the data fits in half the memory available (auto)
+    /// With --data: read the batches from the files, even when the data
+    /// would fit in memory [default: loaded into memory once when it and
+    /// the run take at most half the memory available]
+    #[arg(long)]
+    pub stream: bool,
+    /// With --data: how batches are gathered: before each step (inline),
+    /// or by a reader thread while the step runs (ahead: uses a core the
+    /// step leaves idle, hides waits on the disk); auto: ahead when the
+    /// step's plan leaves a thread idle or the data streams from files
+    /// larger than half the memory, inline otherwise
     #[arg(long, value_enum, default_value = "auto")]
     pub reader: ReaderChoice,
     /// With --data: write one CSV line per epoch here (epoch, step, mean
@@ -318,8 +324,23 @@ pub enum WeightInitArg {
     /// Standard normal, as the reference draws them.
     Normal,
     /// Standard normal scaled for the layer: w1 by sqrt(2/D_in) (He, for
-    /// the ReLU), w2 by sqrt(1/H) (LeCun, for the linear output).
+    /// the ReLU), w2 by sqrt(1/H) (LeCun, for the linear output); biases
+    /// zero.
     Scaled,
+    /// As PyTorch's nn.Linear: every weight and bias of a layer uniform on
+    /// [-1/sqrt(fan_in), 1/sqrt(fan_in)], fan_in = D_in for w1 and b1, H
+    /// for w2 and b2.
+    Torch,
+}
+
+impl From<WeightInitArg> for twolayer::net::WeightInit {
+    fn from(a: WeightInitArg) -> Self {
+        match a {
+            WeightInitArg::Normal => Self::Normal,
+            WeightInitArg::Scaled => Self::Scaled,
+            WeightInitArg::Torch => Self::Torch,
+        }
+    }
 }
 
 /// What a subcommand prints: the same two flags on every one

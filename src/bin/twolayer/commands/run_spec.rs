@@ -3,12 +3,13 @@
 //! process, or K ranks under mpirun). Fresh, resumed and MPI runs take the
 //! same checks; nothing after this reads a flag that could contradict it.
 
-use crate::cli::{TrainArgs, WeightInitArg};
+use crate::cli::TrainArgs;
 use std::path::{Path, PathBuf};
 use twolayer::checkpoint::{AnyCheckpoint, DataSource, FileRef, MinibatchHeader};
 use twolayer::dataset::batches::Schedule;
 use twolayer::dataset::Dataset;
 use twolayer::error::{Error, Result};
+use twolayer::net::WeightInit;
 use twolayer::npz;
 use twolayer::run::RunDescription;
 use twolayer::scalar::Dtype;
@@ -23,7 +24,8 @@ const DEFAULT_STEPS: usize = twolayer::step::dual::TRAIN_DEFAULT_STEPS;
 
 /// Defaults of a run on `--data`, made to learn on data as people bring it
 /// (standardised or not far from it) without tuning: the mean loss (so the
-/// rate does not depend on the batch), scaled weights, biases, and a rate,
+/// rate does not depend on the batch), weights and biases drawn as
+/// PyTorch's `nn.Linear` draws them, and a rate,
 /// batch and epoch count measured on the diabetes demo and the README's
 /// example (README.md, "Training on a dataset").
 pub const DATA_DEFAULT_LR: f64 = 0.01;
@@ -39,8 +41,8 @@ pub enum Start {
     Seeded {
         /// The seed.
         seed: u64,
-        /// Weights scaled for their layer's width (`--weight-init scaled`).
-        scaled: bool,
+        /// How the weights are drawn (`--weight-init`).
+        init: WeightInit,
     },
     /// With --data: w1 and w2 from a `--weights` file.
     Weights {
@@ -180,15 +182,30 @@ pub fn resolve(args: &TrainArgs, launch: Launch) -> Result<RunSpec> {
         n: spec.run.shape().n.div_ceil(ranks),
         ..spec.run.shape()
     };
-    if spec.run.dtype == Dtype::Bf16 {
+    let run_bytes = if spec.run.dtype == Dtype::Bf16 {
         twolayer::step::bf16::require_sbgemm()?;
-        local.check_bytes_fit(twolayer::step::bf16::training_bytes(local), Dtype::Bf16)?;
+        let bytes = twolayer::step::bf16::training_bytes(local);
+        local.check_bytes_fit(bytes, Dtype::Bf16)?;
+        bytes
     } else {
-        Plan::new(local, spec.run.dtype, spec.run.threads, spec.run.step_mode).check_fits_memory(
-            local,
-            spec.run.dtype,
-            spec.run.step_mode,
-        )?;
+        let plan = Plan::new(local, spec.run.dtype, spec.run.threads, spec.run.step_mode);
+        plan.check_fits_memory(local, spec.run.dtype, spec.run.step_mode)?;
+        plan.training_bytes(local, spec.run.dtype, spec.run.step_mode)
+    };
+    if let Some(m) = spec.minibatch.as_mut() {
+        // Every way of training on a dataset starts here: loaded into
+        // memory when it fits beside the run (streamed under mpirun, where
+        // each rank reads only its share of every batch), and every value
+        // checked before the first step either way.
+        let batches = u128::from(twolayer::minibatch::AHEAD)
+            * local.data_elems()
+            * spec.run.dtype.size() as u128;
+        let run_bytes = u64::try_from(run_bytes + batches).unwrap_or(u64::MAX);
+        let stream = args.stream || mpi;
+        m.dataset.prepare(stream, run_bytes)?;
+        if let Some(v) = m.val.as_mut() {
+            v.prepare(stream, run_bytes.saturating_add(m.dataset.data_bytes()))?;
+        }
     }
     Ok(spec)
 }
@@ -240,7 +257,9 @@ fn fresh(args: &TrainArgs, ranks: usize, mpi: bool) -> Result<RunSpec> {
                 DataSource::Seeded { seed },
                 Start::Seeded {
                     seed,
-                    scaled: args.weight_init == Some(WeightInitArg::Scaled),
+                    init: args
+                        .weight_init
+                        .map_or(WeightInit::Normal, WeightInit::from),
                 },
             )
         }
@@ -373,7 +392,7 @@ fn with_data(args: &TrainArgs, files: &[PathBuf], ranks: usize, mpi: bool) -> Re
             args.hidden.unwrap_or(Shape::REFERENCE.hidden),
             Start::Seeded {
                 seed: args.seed.unwrap_or(0),
-                scaled: args.weight_init != Some(WeightInitArg::Normal),
+                init: args.weight_init.map_or(WeightInit::Torch, WeightInit::from),
             },
         ),
     };
@@ -410,7 +429,15 @@ fn with_data(args: &TrainArgs, files: &[PathBuf], ranks: usize, mpi: bool) -> Re
     let shape = Shape::new(batch, dataset.d_in(), hidden, dataset.d_out())?;
     let refs = |fs: &[PathBuf]| {
         fs.iter()
-            .map(|f| FileRef::of(f))
+            .map(|f| {
+                // The fingerprint is for resuming: a run that writes no
+                // checkpoint (and no rank to agree with) needs none.
+                if args.checkpoint.is_some() || mpi {
+                    FileRef::of(f)
+                } else {
+                    FileRef::unhashed(f)
+                }
+            })
             .collect::<Result<Vec<_>>>()
     };
     let header = MinibatchHeader {
@@ -483,7 +510,7 @@ fn fresh_common(args: &TrainArgs, mpi: bool, shape: Shape, dtype: Dtype) -> RunS
         data: DataSource::Seeded { seed: 0 },
         start: Start::Seeded {
             seed: 0,
-            scaled: false,
+            init: WeightInit::Normal,
         },
         loss: args.loss.unwrap_or_default(),
         minibatch: None,

@@ -41,7 +41,7 @@ pub fn run(args: &TuneArgs) -> Result<()> {
         if p.form == twolayer::step::Form::Dual {
             // The form `twolayer train` runs here has nothing to plan.
             args.output.text(&format!(
-                "{} {} ×{}: not tuned: `twolayer train` runs the dual form at this shape, which has no shards or blocks to plan (--form primal tunes the primal step's plan)\n",
+                "{} {} ×{}: not tuned: `twolayer train` runs the dual form at this shape, which has no shards or blocks to plan (--form primal tunes the primal step's plan, the one a --data run with batches of this shape runs)\n",
                 p.shape, p.dtype, p.threads
             ));
             continue;

@@ -3,7 +3,6 @@
 
 use super::super::run_spec::{Minibatch, RunSpec, Start};
 use super::report::{run_header, Reporter};
-use super::seeded_weights;
 use crate::cli::TrainArgs;
 use crate::signals::Signals;
 use std::ops::ControlFlow;
@@ -20,9 +19,10 @@ pub(super) fn minibatches<F: Real>(args: &TrainArgs, spec: RunSpec, mb: Minibatc
     let run = run_header(&spec, Some(&mb.header));
     let batch = mb.schedule.batch();
     let mut best = None;
+    let stored = super::stored_plan(args, &spec);
     let (weights, losses) = match spec.start {
-        Start::Seeded { seed, scaled } => (
-            seeded_weights::<F>(spec.run.shape(), seed, scaled),
+        Start::Seeded { seed, init } => (
+            twolayer::Weights::seeded(spec.run.shape(), seed, init, spec.biases),
             Vec::new(),
         ),
         Start::Weights { path } => (npz::load_weights_file::<F>(&path)?, Vec::new()),
@@ -49,10 +49,20 @@ pub(super) fn minibatches<F: Real>(args: &TrainArgs, spec: RunSpec, mb: Minibatc
     }
     let weights = super::with_biases(weights, spec.biases);
     let batch_buf = twolayer::minibatch::empty_batch::<F>(&mb.dataset, batch);
+    // The plan (`stored`): a checkpoint's or a tuned one, as for a fixed batch; else
+    // the minibatch rule's, which weighs the gather beside the step.
+    let (shape, mode) = (spec.run.shape(), spec.run.step_mode);
+    let (plan, plan_source) = match stored {
+        Some((choice, source)) => (choice.plan(shape, mode), source),
+        None => (
+            twolayer::minibatch::plan(&mb.dataset, shape, spec.run.dtype, spec.run.threads, mode),
+            "the built-in rule".to_string(),
+        ),
+    };
     let mut trainer = super::bound_losses(
         args,
         super::bf16_if_asked(
-            Trainer::resume(batch_buf, weights, spec.lr, spec.run.step_mode, losses)?,
+            Trainer::resume(batch_buf, weights, spec.lr, mode, losses)?.with_plan(plan)?,
             spec.run.dtype,
             true,
         )?
@@ -61,13 +71,16 @@ pub(super) fn minibatches<F: Real>(args: &TrainArgs, spec: RunSpec, mb: Minibatc
     );
     let signals = Signals::get()?;
     signals.before_training()?;
-    let mut rep = Reporter::new(args, &run, "the built-in rule".into(), true, batch);
+    let mut rep = Reporter::new(args, &run, plan_source, true, batch);
     rep.start_epochs(mb.header.history.clone(), best);
     let per_epoch = mb.schedule.batches_per_epoch() as usize;
     let epochs = run.total_steps.div_ceil(per_epoch);
     let to_run = run.total_steps - trainer.steps_done();
     let mut val_err: Option<Error> = None;
-    let reader = args.reader.resolve(&mb.dataset);
+    let reader = args
+        .reader
+        .resolve(&mb.dataset, trainer.plan(), spec.run.threads);
+    rep.feed = Some((mb.dataset.residency().name(), reader.name()));
     let result = twolayer::minibatch::run(
         &mut trainer,
         &mb.dataset,
@@ -101,7 +114,7 @@ pub(super) fn minibatches<F: Real>(args: &TrainArgs, spec: RunSpec, mb: Minibatc
         return Err(e);
     }
     let extra = format!(
-        "; minibatches of {batch} of {} training rows ({} per epoch{}, read {}), epoch {} of {epochs}",
+        "; minibatches of {batch} of {} training rows ({} per epoch{}, data {}, gathered {}), epoch {} of {epochs}",
         mb.schedule.train_rows(),
         per_epoch,
         match (mb.schedule.val_rows(), &mb.val) {
@@ -109,10 +122,11 @@ pub(super) fn minibatches<F: Real>(args: &TrainArgs, spec: RunSpec, mb: Minibatc
             (0, Some(v)) => format!(", validated on {} rows", v.rows()),
             (n, _) => format!(", {n} rows held out for validation"),
         },
-        match reader {
-            twolayer::minibatch::Reader::Inline => "inline",
-            twolayer::minibatch::Reader::Ahead => "ahead",
+        match mb.dataset.residency() {
+            twolayer::dataset::Residency::Memory => "in memory",
+            twolayer::dataset::Residency::Streamed => "streamed from its files",
         },
+        reader.name(),
         trainer.steps_done().div_ceil(per_epoch),
     );
     rep.finish(&trainer, result, signals.caught(), &extra)

@@ -150,21 +150,6 @@ fn check_files_distinct(args: &TrainArgs, spec: &RunSpec) -> Result<()> {
     Ok(())
 }
 
-/// Seeded weights: standard normal, or scaled for their layers.
-fn seeded_weights<F: Real>(shape: Shape, seed: u64, scaled: bool) -> Weights<F> {
-    let mut w = Weights::<F>::random(shape, seed);
-    if scaled {
-        // He for the ReLU layer, LeCun for the linear output.
-        let (s1, s2) = (
-            F::from_f64((2.0 / shape.d_in as f64).sqrt()),
-            F::from_f64((1.0 / shape.hidden as f64).sqrt()),
-        );
-        w.w1.mapv_inplace(|v| v * s1);
-        w.w2.mapv_inplace(|v| v * s2);
-    }
-    w
-}
-
 /// `w` with zero biases added when the run has biases (a checkpoint's or a
 /// weights file's own biases are kept).
 pub(super) fn with_biases<F: Real>(w: Weights<F>, biases: bool) -> Weights<F> {
@@ -182,41 +167,11 @@ fn single<F: Real>(args: &TrainArgs, mut spec: RunSpec) -> Result<()> {
     }
     let run = run_header(&spec, None);
     let mut plan_source = "the built-in rule".to_string();
-    // The primal step's plan: a checkpoint's, for the same bits; else a
-    // tuned one from the wisdom file; else the built-in rule's.
-    let from_checkpoint = match &spec.start {
-        Start::Resume(c) => c.header().plan.filter(|p| {
-            // The resume's thread budget holds over what the file says:
-            // OpenBLAS starts the threads a plan asks for, while shards
-            // beyond the budget only queue on rayon's threads (a resume on
-            // fewer threads runs the same shards, for the same bits).
-            let within = p.shards >= 1 && p.blas_threads >= 1 && p.blas_threads <= spec.run.threads;
-            if !within {
-                say!(
-                    "twolayer: warning: the checkpoint's plan asks for {} OpenBLAS thread(s) per GEMM, over the budget of {} thread(s); using the built-in plan, so the losses will match an unbroken run to rounding, not bit for bit",
-                    p.blas_threads,
-                    spec.run.threads
-                );
-            }
-            within
-        }),
-        _ => None,
-    };
-    let tuned = match from_checkpoint {
-        Some(p) => Some((p, "the checkpoint".to_string())),
-        None => twolayer::tune::wisdom::Tuned::open(
-            crate::cli::wisdom_path(&args.wisdom, args.no_wisdom).as_deref(),
-        )
-        .and_then(|w| w.lookup(spec.run))
-        .map(|(p, src)| (p, src.to_string())),
-    };
+    let tuned = stored_plan(args, &spec);
     let trainer = match spec.start {
-        Start::Seeded { seed, scaled } => Trainer::new(
+        Start::Seeded { seed, init } => Trainer::new(
             Data::<F>::random(spec.run.shape(), seed),
-            with_biases(
-                seeded_weights::<F>(spec.run.shape(), seed, scaled),
-                spec.biases,
-            ),
+            Weights::seeded(spec.run.shape(), seed, init, spec.biases),
             spec.lr,
             spec.run.step_mode,
         )?
@@ -258,6 +213,43 @@ fn single<F: Real>(args: &TrainArgs, mut spec: RunSpec) -> Result<()> {
     };
     let trainer = bf16_if_asked(trainer, spec.run.dtype, true)?;
     train_and_report(args, trainer.with_loss(spec.loss), &run, plan_source)
+}
+
+/// The primal step's plan when one is stored for this run, with where it
+/// came from: a checkpoint's (for the same bits), else a tuned one from the
+/// wisdom file; `None` leaves the built-in rule's. Every way of training
+/// in one process asks here, so a fixed-batch run and a `--data` run of
+/// the same shape take the same plan from the same file.
+pub(super) fn stored_plan(
+    args: &TrainArgs,
+    spec: &RunSpec,
+) -> Option<(twolayer::step::PlanChoice, String)> {
+    let from_checkpoint = match &spec.start {
+        Start::Resume(c) => c.header().plan.filter(|p| {
+            // The resume's thread budget holds over what the file says:
+            // OpenBLAS starts the threads a plan asks for, while shards
+            // beyond the budget only queue on rayon's threads (a resume on
+            // fewer threads runs the same shards, for the same bits).
+            let within = p.shards >= 1 && p.blas_threads >= 1 && p.blas_threads <= spec.run.threads;
+            if !within {
+                say!(
+                    "twolayer: warning: the checkpoint's plan asks for {} OpenBLAS thread(s) per GEMM, over the budget of {} thread(s); using the built-in plan, so the losses will match an unbroken run to rounding, not bit for bit",
+                    p.blas_threads,
+                    spec.run.threads
+                );
+            }
+            within
+        }),
+        _ => None,
+    };
+    match from_checkpoint {
+        Some(p) => Some((p, "the checkpoint".to_string())),
+        None => twolayer::tune::wisdom::Tuned::open(
+            crate::cli::wisdom_path(&args.wisdom, args.no_wisdom).as_deref(),
+        )
+        .and_then(|w| w.lookup(spec.run))
+        .map(|(p, src)| (p, src.to_string())),
+    }
 }
 
 /// The trainer in bf16 mixed precision when the run asks for it

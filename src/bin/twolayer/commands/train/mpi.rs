@@ -5,13 +5,14 @@
 use super::super::run_spec::{self, Launch, RunSpec, Start};
 use super::epochs::end_of_epoch;
 use super::report::{run_header, Reporter};
-use super::{check_files_distinct, data_from_source, seeded_weights};
+use super::{check_files_distinct, data_from_source};
 use crate::cli::TrainArgs;
 use crate::signals::Signals;
 use std::ops::ControlFlow;
 use twolayer::checkpoint::{self, DataSource};
 use twolayer::distributed::{Cluster, Summing};
 use twolayer::error::{Error, Result};
+use twolayer::net::Weights;
 use twolayer::npz;
 use twolayer::scalar::{Dtype, Real};
 use twolayer::threads;
@@ -67,7 +68,7 @@ fn run_rank(args: &TrainArgs, cluster: &Cluster) -> Result<()> {
 fn agree(args: &TrainArgs, cluster: &Cluster, spec: &RunSpec) -> Result<()> {
     use sha2::{Digest, Sha256};
     let start = match &spec.start {
-        Start::Seeded { seed, scaled } => format!("seeded {seed} scaled {scaled}"),
+        Start::Seeded { seed, init } => format!("seeded {seed} init {}", init.name()),
         Start::Init { .. } => "the --init file (its SHA-256 is in the data)".into(),
         Start::Weights { path } => format!("weights {}", checkpoint::file_sha256(path)?),
         Start::Resume(c) => format!(
@@ -159,7 +160,9 @@ fn run_typed<F: Real + mpi::traits::Equivalence>(
         Start::Resume(c) => c.into_typed::<F>(),
         Start::Init { path } => (npz::load_weights::<F>(&path)?, Vec::new()),
         Start::Weights { path } => (npz::load_weights_file::<F>(&path)?, Vec::new()),
-        Start::Seeded { seed, scaled } => (seeded_weights::<F>(shape, seed, scaled), Vec::new()),
+        Start::Seeded { seed, init } => {
+            (Weights::seeded(shape, seed, init, spec.biases), Vec::new())
+        }
     };
     let weights = super::with_biases(weights, spec.biases);
     // This rank's rows only: generated, cut from the file, or (a

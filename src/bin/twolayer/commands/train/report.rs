@@ -224,6 +224,14 @@ struct Summary {
     /// The epoch with the lowest validation loss, and that loss.
     best_epoch: Option<u64>,
     best_val_loss: Option<f64>,
+    /// A minibatch run's data: `memory` (loaded once) or `streamed` (read
+    /// from its files a batch at a time).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'static str>,
+    /// How a minibatch run's batches were gathered: `inline` (before each
+    /// step) or `ahead` (by a reader thread while the step ran).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reader: Option<&'static str>,
     /// What in the environment slowed the run (as a sweep report's
     /// `env.warnings`).
     environment_warnings: Vec<String>,
@@ -261,6 +269,9 @@ pub(super) struct Reporter<'a, F> {
     pub(super) stopped_early: Option<u64>,
     /// Progress on a terminal (see [`Reporter::new`]).
     bar: Option<indicatif::ProgressBar>,
+    /// A minibatch run's data: where its values were (`memory` or
+    /// `streamed`) and how batches were gathered (`inline` or `ahead`).
+    pub(super) feed: Option<(&'static str, &'static str)>,
 }
 
 impl<'a, F: Real> Reporter<'a, F> {
@@ -288,6 +299,7 @@ impl<'a, F: Real> Reporter<'a, F> {
             best_epoch: None,
             stopped_early: None,
             bar: progress_bar(args, run.total_steps, lead),
+            feed: None,
         }
     }
 
@@ -333,7 +345,8 @@ impl<'a, F: Real> Reporter<'a, F> {
     /// and when it is the best so far and the best is kept, copies the
     /// weights (`t`'s now, those the epoch validated).
     pub(super) fn push_epoch(&mut self, r: EpochRecord, epochs: usize, t: &Trainer<F>) {
-        if self.lead {
+        // `-q`: none of the human-readable text, the epoch lines included.
+        if self.lead && !self.args.output.quiet {
             let (e, l) = (r.epoch, r.train_loss);
             self.say(&match (r.val_loss, r.val_mse) {
                 (Some(v), Some(m)) => format!(
@@ -678,6 +691,8 @@ impl<'a, F: Real> Reporter<'a, F> {
                 stopped_early_after_epoch: self.stopped_early,
                 best_epoch: best.map(|b| b.0),
                 best_val_loss: best.map(|b| b.1),
+                data: self.feed.map(|f| f.0),
+                reader: self.feed.map(|f| f.1),
                 environment_warnings: twolayer::kernel_set::environment_warnings(),
             };
             let text = serde_json::to_string_pretty(&summary)
