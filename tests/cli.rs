@@ -1435,3 +1435,63 @@ fn a_run_shows_progress_on_a_terminal_only() {
     let o = common::run(&["train", "-q", "--steps", "300", "--form", "primal"]);
     assert!(!stderr(&o).contains("/300 ("), "{}", stderr(&o));
 }
+
+#[test]
+fn no_subcommand_writes_an_output_onto_an_input() {
+    // The instances found by a hostile run, each through the one rule
+    // main applies to every subcommand (commands/paths.rs, whose own test
+    // walks every output × input pair of the definition): each exits 1
+    // with one line naming both flags, and the input is untouched.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let file = |name: &str, text: &str| {
+        let p = d.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let (w, data, h, g, wz) = (
+        file("w.npz", "weights"),
+        file("d.npz", "data"),
+        file("h.jsonl", ""),
+        file("g.toml", "n = [8]\n"),
+        file("wz.json", "{}"),
+    );
+    let cases: Vec<(Vec<&str>, &str, &str)> = vec![
+        (
+            vec!["eval", "--weights", &w, "--data", &data, "--json", &w],
+            &w,
+            "--weights",
+        ),
+        (
+            vec!["eval", "--weights", &w, "--data", &data, "--json", &data],
+            &data,
+            "--data",
+        ),
+        (vec!["history", &h, "--json", &h], &h, "FILE"),
+        (vec!["sweep", "--grid", &g, "--json", &g], &g, "--grid"),
+        (vec!["tune", "--grid", &g, "--json", &g], &g, "--grid"),
+        (vec!["tune", "--grid", &g, "--wisdom", &g], &g, "--grid"),
+        (
+            vec!["sweep", "--wisdom", &wz, "--json", &wz],
+            &wz,
+            "--wisdom",
+        ),
+        (
+            vec!["predict", "--weights", &w, "--x", &data, "--out", &data],
+            &data,
+            "--x",
+        ),
+    ];
+    for (args, input, flag) in cases {
+        let before = std::fs::read(input).unwrap();
+        let o = run(&args);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {e}");
+        assert!(
+            e.contains("names the same file as") && e.contains(flag),
+            "{args:?}: {e}"
+        );
+        assert_eq!(e.trim_end().lines().count(), 1, "{args:?}: {e}");
+        assert_eq!(std::fs::read(input).unwrap(), before, "{args:?}");
+    }
+}

@@ -520,3 +520,45 @@ fn five_merges_three_percent_slower_each_pass_their_gates_and_fail_the_anchor() 
     assert_eq!(v.as_array().unwrap().len(), 10);
     assert_eq!(v[9]["against"], "anchor");
 }
+
+#[test]
+fn no_output_lands_on_a_report_inside_a_compared_folder_or_on_a_file_that_is_not_a_history() {
+    // Before: `compare a b --json a/01/report.json` replaced a baseline
+    // report, and `--history notes.txt` glued an entry onto any file.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let base = runs(d, "a", &five(1.0, 0.8));
+    let cur = runs(d, "b", &five(1.0, 0.8));
+    let inside = base.join("01/report.json");
+    let before = std::fs::read(&inside).unwrap();
+    for flag in ["--json", "--chart", "--history"] {
+        let (code, _, e) = compare(&base, &cur, &[flag, inside.to_str().unwrap()]);
+        assert_eq!(code, 2, "{flag}: {e}");
+        assert!(
+            e.contains(flag) && e.contains("a report of BASELINE"),
+            "{flag}: {e}"
+        );
+        assert_eq!(e.trim_end().lines().count(), 1, "{e}");
+        assert_eq!(std::fs::read(&inside).unwrap(), before, "{flag}");
+    }
+    let notes = d.join("notes.txt");
+    std::fs::write(&notes, "my notes, no newline").unwrap();
+    let (code, _, e) = compare(&base, &cur, &["--history", notes.to_str().unwrap()]);
+    assert_eq!(code, 2, "{e}");
+    assert!(e.contains("not a gate history entry"), "{e}");
+    assert_eq!(std::fs::read(&notes).unwrap(), b"my notes, no newline");
+    // A history (new, then with an entry) takes entries.
+    let h = d.join("h.jsonl");
+    for n in 1..=2 {
+        let (code, _, e) = compare(&base, &cur, &["--history", h.to_str().unwrap()]);
+        assert_eq!(code, 0, "{e}");
+        assert_eq!(twolayer::bench::history::read(&h).unwrap().len(), n);
+    }
+    // One whose last line was cut is refused, not glued onto.
+    let mut cut = std::fs::read(&h).unwrap();
+    cut.pop();
+    std::fs::write(&h, &cut).unwrap();
+    let (code, _, e) = compare(&base, &cur, &["--history", h.to_str().unwrap()]);
+    assert_eq!(code, 2, "{e}");
+    assert!(e.contains("last line is not complete"), "{e}");
+}

@@ -79,10 +79,36 @@ pub fn append(path: &Path, e: &Entry) -> Result<()> {
         .map_err(|err| Error::write(path, err))
 }
 
+/// Fails unless `path` can take [`append`]: absent, empty, or a history
+/// whose every line is an entry and whose last line is complete (a file
+/// that is not a history — a report, notes — is refused before anything
+/// is appended to it).
+pub fn check_appendable(path: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::read(path, e)),
+        Ok(m) if !m.is_file() || m.len() == 0 => return Ok(()),
+        Ok(_) => {}
+    }
+    let text = crate::input::read_text(path, HISTORY_LIMIT)?;
+    parse(path, &text)?;
+    if !text.ends_with('\n') {
+        return Err(Error::read(
+            path,
+            "its last line is not complete: appending would glue an entry onto it",
+        ));
+    }
+    Ok(())
+}
+
 /// Every entry of the history at `path`, oldest first. A line that is not
 /// an entry is refused, naming its number.
 pub fn read(path: &Path) -> Result<Vec<Entry>> {
-    let text = crate::input::read_text(path, HISTORY_LIMIT)?;
+    parse(path, &crate::input::read_text(path, HISTORY_LIMIT)?)
+}
+
+/// The entries of `text`, read from `path` (for messages).
+fn parse(path: &Path, text: &str) -> Result<Vec<Entry>> {
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())

@@ -54,14 +54,21 @@ mod cli;
 mod commands;
 mod signals;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use cli::{Cli, Command};
 use std::process::ExitCode;
 use twolayer::blas;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    // Parsed once: the typed flags for the commands, the raw matches for
+    // the one rule every command's files obey (commands/paths.rs).
+    let definition = Cli::command();
+    let parsed = definition
+        .clone()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
+    let (cli, matches) = match parsed {
+        Ok(p) => p,
         Err(e) => return usage_error(e),
     };
     twolayer::output::set_follow_links(cli.follow_links);
@@ -78,6 +85,12 @@ fn main() -> ExitCode {
         say!("twolayer: error: {e}");
         return ExitCode::FAILURE;
     }
+    // No output onto an input or another output, in any subcommand,
+    // before anything is read or written.
+    if let Err(e) = commands::paths::check(&definition, &matches) {
+        say!("twolayer: error: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match &cli.command {
         Command::Train(args) => commands::train::run(args),
         Command::Sweep(args) => commands::sweep::run(args),
@@ -86,7 +99,6 @@ fn main() -> ExitCode {
         Command::Predict(args) => commands::predict::run_predict(args),
         Command::Eval(args) => commands::predict::run_eval(args),
         Command::Completions { shell } => {
-            use clap::CommandFactory;
             let mut text = Vec::new();
             clap_complete::generate(*shell, &mut Cli::command(), "twolayer", &mut text);
             out!("{}", String::from_utf8_lossy(&text));

@@ -30,12 +30,27 @@ pub fn run(args: &CompareArgs) -> Result<Outcome> {
     .into_iter()
     .filter_map(|(f, p)| p.map(|p| (f, p)))
     .collect();
-    output::check_distinct(
-        &[("BASELINE", &args.baseline), ("CURRENT", &args.current)],
-        &outputs,
-    )?;
+    // The flags themselves were checked in main (commands/paths.rs); a
+    // folder of runs adds the reports found in it, checked the same way
+    // before anything is written.
     let base = Side::read(&args.baseline)?;
     let cur = Side::read(&args.current)?;
+    let found: Vec<(&str, &std::path::Path)> = base
+        .paths
+        .iter()
+        .map(|p| ("a report of BASELINE", p.as_path()))
+        .chain(
+            cur.paths
+                .iter()
+                .map(|p| ("a report of CURRENT", p.as_path())),
+        )
+        .collect();
+    output::check_distinct(&found, &outputs)?;
+    if let Some(h) = &args.history {
+        // Appended to, so it must be a history already (or new): a line
+        // glued onto another file's end would break both.
+        twolayer::bench::history::check_appendable(h)?;
+    }
     let gate = match &args.grid {
         Some(g) => twolayer::bench::grid::GridSpec::from_file(g)?
             .gate

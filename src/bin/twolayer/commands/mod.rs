@@ -5,6 +5,7 @@ pub mod compare;
 pub mod history;
 pub mod info;
 pub mod own_kernels;
+pub mod paths;
 pub mod predict;
 pub mod result;
 pub mod run_spec;
