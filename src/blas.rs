@@ -392,6 +392,28 @@ pub fn reexec_with_short_spin() -> Option<std::io::Error> {
     if let Some(a0) = argv0 {
         cmd.arg0(a0);
     }
+    let closed = crate::output::stdout_closed_at_start();
+    if closed {
+        // Started with stdout closed (`>&-`): so is the new image, which
+        // then knows it (crate::output::check_stdout_open) instead of
+        // taking the /dev/null the runtime put there for a real stdout.
+        // SAFETY: runs just before exec, closing one descriptor.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::close(1);
+                Ok(())
+            });
+        }
+    }
     // `exec` only returns on failure.
-    Some(cmd.args(args).env(THREAD_TIMEOUT_VAR, SHORT_SPIN).exec())
+    let e = cmd.args(args).env(THREAD_TIMEOUT_VAR, SHORT_SPIN).exec();
+    if closed {
+        // Put /dev/null back on descriptor 1 (the lowest free number), so
+        // that no file opened from here on takes it.
+        // SAFETY: open(2) of a constant path.
+        unsafe {
+            libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
+        }
+    }
+    Some(e)
 }

@@ -689,10 +689,16 @@ impl AnyCheckpoint {
         let hlen = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes")) as usize;
         let mut at = PREFIX + hlen;
         let mut losses = Vec::with_capacity(header.steps_done);
-        for _ in 0..header.steps_done {
-            losses.push(f64::from_le_bytes(
-                bytes[at..at + 8].try_into().expect("8 bytes"),
-            ));
+        for t in 0..header.steps_done {
+            let loss = f64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+            // A run stops before recording a loss that is not finite: one
+            // in the file was not written by twolayer.
+            if !loss.is_finite() {
+                return Err(format!(
+                    "checkpoint holds a loss of {loss} at step {t}; a run never records one"
+                ));
+            }
+            losses.push(loss);
             at += 8;
         }
         let shape = header.shape().map_err(|e| e.to_string())?;
@@ -763,6 +769,12 @@ fn parse_header(bytes: &[u8]) -> std::result::Result<Header, String> {
         if !(lr.is_finite() && lr >= 0.0) {
             return Err("checkpoint header has an invalid learning rate".into());
         }
+    }
+    if header.ranks == 0 || header.ranks > header.run.n || header.run.threads == 0 {
+        return Err(format!(
+            "checkpoint header has {} rank(s) and {} thread(s) for batches of {} rows; a run has at least one of each, and no more ranks than rows",
+            header.ranks, header.run.threads, header.run.n
+        ));
     }
     Ok(header)
 }
@@ -944,6 +956,25 @@ mod tests {
         let mut cut = bytes[..bytes.len() - 33].to_vec();
         cut.extend_from_slice(&bytes[bytes.len() - 32..]);
         assert!(AnyCheckpoint::from_bytes(&cut).is_err());
+    }
+
+    #[test]
+    fn forged_ranks_threads_and_losses_are_refused() {
+        // Checksummed as twolayer writes them, but saying what no run
+        // writes: before, "ranks": 0 asked for "mpirun -np 0", and a NaN
+        // in the loss history was taken.
+        for (ranks, threads) in [(0, 2), (5, 2), (1, 0)] {
+            let mut c = sample();
+            c.header.ranks = ranks;
+            c.header.run.threads = threads;
+            let e = AnyCheckpoint::from_bytes(&c.to_bytes()).unwrap_err();
+            assert!(e.contains("rank(s)"), "{ranks} {threads}: {e}");
+        }
+        let mut c = sample();
+        assert!(c.losses.len() >= 2);
+        c.losses[1] = f64::NAN;
+        let e = AnyCheckpoint::from_bytes(&c.to_bytes()).unwrap_err();
+        assert!(e.contains("loss of NaN at step 1"), "{e}");
     }
 
     #[test]

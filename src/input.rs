@@ -121,6 +121,16 @@ fn kind(t: std::fs::FileType) -> &'static str {
     }
 }
 
+/// Whether `a` and `b` are the same existing file (device and inode:
+/// links and other spellings of one path included).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
+        _ => false,
+    }
+}
+
 /// Opens `path` for reading if it is a regular file (links followed),
 /// without blocking on a FIFO; anything else is refused, named.
 pub fn open_regular(path: &Path) -> Result<File> {

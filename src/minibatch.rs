@@ -135,7 +135,7 @@ pub fn gather_secs_estimate(data: &Dataset, rows: usize) -> f64 {
 /// running the step on one thread while a reader gathers the next batch
 /// on another ([`Reader::Ahead`]) is expected to be faster than splitting
 /// the step and gathering between steps — max(step on one thread,
-/// gather) against (split step + gather), from [`step_secs_estimate`]
+/// gather) against (split step + gather), from [`crate::step::step_secs_estimate`]
 /// and [`gather_secs_estimate`]. At a batch of 200 rows of (100, 100, 1)
 /// f64 the step alone takes about as long split as not (0.156 against
 /// 0.163 ms), and the 60 µs gather then hides behind the one-thread step.
@@ -302,9 +302,11 @@ impl<F: Real> Ring<F> {
 
 /// Polls `ready` until it holds (true) or `stop` is set (false): spinning
 /// first (a hand-over between steps of tens of microseconds), then
-/// yielding the core, then sleeping 50 µs at a time (a reader ahead by
-/// [`AHEAD`] batches waiting out a long step, or a step waiting on a
-/// disk), so a long wait does not hold a core.
+/// yielding the core for about a millisecond, then sleeping 50 µs at a
+/// time (a reader ahead by [`AHEAD`] batches waiting out a long step or a
+/// validation, a step waiting on a disk), so a long wait does not hold a
+/// core. Sleeping sooner cost the diabetes demo's 3 µs steps 40 µs each:
+/// the reader slept through the steps it had to feed.
 fn wait_until(stop: &AtomicBool, ready: impl Fn() -> bool) -> bool {
     let mut polls = 0u32;
     loop {
@@ -317,7 +319,7 @@ fn wait_until(stop: &AtomicBool, ready: impl Fn() -> bool) -> bool {
         polls = polls.saturating_add(1);
         if polls < 4_000 {
             std::hint::spin_loop();
-        } else if polls < 4_200 {
+        } else if polls < 6_000 {
             std::thread::yield_now();
         } else {
             std::thread::sleep(std::time::Duration::from_micros(50));

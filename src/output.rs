@@ -22,9 +22,9 @@ fn parent_dir(path: &Path) -> &Path {
 /// its folder exists, and a file can be created there. Leaves nothing
 /// behind.
 pub fn check_writable(path: &Path) -> Result<()> {
-    // `-`: standard output, always there.
+    // `-`: standard output, when it is open.
     if crate::input::is_stdio(path) {
-        return Ok(());
+        return check_stdout_open();
     }
     // A link refused at the end would be refused now.
     let resolved = link_target(path)?;
@@ -135,6 +135,7 @@ fn write_stdout(
     write: impl FnOnce(&mut BufWriter<&mut File>) -> std::io::Result<()>,
 ) -> Result<()> {
     use std::io::{Seek, SeekFrom};
+    check_stdout_open()?;
     let name = Path::new("<standard output>");
     let result = (|| -> std::io::Result<()> {
         let mut tmp = tempfile::tempfile()?;
@@ -149,6 +150,49 @@ fn write_stdout(
         out.flush()
     })();
     result.map_err(|e| Error::write(name, e))
+}
+
+/// Whether standard output was closed (`>&-`) when the process started.
+/// Rust's runtime reopens a closed descriptor 0, 1 or 2 on /dev/null before
+/// `main` (so that no file opened later takes its number), after which a
+/// closed stdout cannot be told from `> /dev/null`; this is recorded by a
+/// constructor that runs before the runtime does.
+static STDOUT_CLOSED_AT_START: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+#[cfg(target_os = "linux")]
+#[used]
+#[link_section = ".init_array"]
+static RECORD_STDOUT_AT_START: extern "C" fn() = {
+    extern "C" fn record() {
+        // SAFETY: F_GETFD only reads a descriptor's flags; -1 (EBADF)
+        // means descriptor 1 is not open.
+        if unsafe { libc::fcntl(1, libc::F_GETFD) } == -1 {
+            STDOUT_CLOSED_AT_START.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    record
+};
+
+/// Whether standard output was closed when the process started (see
+/// [`check_stdout_open`]).
+pub fn stdout_closed_at_start() -> bool {
+    STDOUT_CLOSED_AT_START.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Fails when standard output is closed (`>&-`): Rust's runtime then
+/// points it at /dev/null, so an output sent there would be lost with exit
+/// status 0.
+pub fn check_stdout_open() -> Result<()> {
+    // SAFETY: F_GETFD on a descriptor number only reads its flags; -1
+    // (EBADF) means no such descriptor is open.
+    if stdout_closed_at_start() || unsafe { libc::fcntl(1, libc::F_GETFD) } == -1 {
+        return Err(Error::write(
+            Path::new("-"),
+            "standard output is closed: nothing written there would arrive",
+        ));
+    }
+    Ok(())
 }
 
 /// Whether outputs that are symbolic links may be written through

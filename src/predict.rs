@@ -5,7 +5,7 @@
 
 use crate::dataset::batches::Schedule;
 use crate::dataset::Dataset;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::kernels;
 use crate::net::Weights;
 use crate::scalar::Real;
@@ -128,6 +128,18 @@ pub fn evaluate<F: Real>(
             sum_sq += d * d;
         }
         from += count;
+    }
+    // An infinite error (a target of 1e200 squares past f64's range, or
+    // predictions that overflowed) is no measurement: `eval` would print
+    // `mse inf` and early stopping would compare infinities.
+    if !sum_sq.is_finite() {
+        return Err(Error::invalid(format!(
+            "the squared error over {} is {sum_sq}: its targets or the predictions are too large to square; scale the data",
+            match rows {
+                Rows::All => "the data",
+                Rows::Validation(_) => "the validation rows",
+            }
+        )));
     }
     Ok(Errors {
         sum_sq,

@@ -4,9 +4,9 @@
 
 mod common;
 
-use common::{parse_losses, run, stderr};
+use common::{bin, parse_losses, run, stderr};
 use ndarray::{Array1, Array2};
-use ndarray_npy::NpzWriter;
+use ndarray_npy::{NpzWriter, WriteNpyExt};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use twolayer::npz::save_init;
@@ -1128,7 +1128,8 @@ fn an_output_onto_the_wisdom_file_the_run_reads_is_refused() {
         ]);
         let e = stderr(&out);
         assert_eq!(out.status.code(), Some(1), "{flag}: {e}");
-        assert!(e.contains("the wisdom file"), "{flag}: {e}");
+        // Named by its flag (main's rule for every subcommand's files).
+        assert!(e.contains("names the same file as --wisdom"), "{flag}: {e}");
         assert_eq!(std::fs::read(&w).unwrap(), before, "{flag} wrote over it");
     }
 }
@@ -1493,5 +1494,98 @@ fn no_subcommand_writes_an_output_onto_an_input() {
         );
         assert_eq!(e.trim_end().lines().count(), 1, "{args:?}: {e}");
         assert_eq!(std::fs::read(input).unwrap(), before, "{args:?}");
+    }
+}
+
+#[test]
+fn help_states_the_defaults_a_data_run_uses_and_a_resume_refuses_new_run_flags() {
+    // Before: --help said batches of 64 and 1 epoch (a --data run uses 32
+    // and 20), and a resume took --val-fraction, --val and --weights with
+    // exit 0, ignoring them.
+    let o = run(&["train", "--help"]);
+    let h = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(h.contains("rows per step [default: 32"), "{h}");
+    assert!(h.contains("[default: 20, unless --steps"), "{h}");
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("c.ck");
+    let o = run(&[
+        "train",
+        "--steps",
+        "3",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for extra in [
+        ["--val-fraction", "0.2"],
+        ["--val", "v.npz"],
+        ["--weights", "w.npz"],
+    ] {
+        let mut a = vec![
+            "train",
+            "--resume",
+            ck.to_str().unwrap(),
+            "--steps",
+            "6",
+            "-q",
+        ];
+        a.extend_from_slice(&extra);
+        let o = run(&a);
+        let e = stderr(&o);
+        assert_ne!(o.status.code(), Some(0), "{a:?}: {e}");
+        assert!(
+            e.contains(extra[0]) && e.contains("sets up a new run"),
+            "{a:?}: {e}"
+        );
+    }
+}
+
+#[test]
+fn output_that_cannot_arrive_on_stdout_is_an_error() {
+    // Before: --help and --version exited 0 into /dev/full, and with
+    // stdout closed (`>&-`) `--save -` and `predict --out -` exited 0 with
+    // the output gone.
+    for flag in ["--help", "--version"] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let o = bin().arg(flag).stdout(full).output().unwrap();
+        assert_eq!(o.status.code(), Some(1), "{flag}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("cannot write the help"),
+            "{flag}: {}",
+            stderr(&o)
+        );
+    }
+    let exe = env!("CARGO_BIN_EXE_twolayer");
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("w.npz");
+    let o = run(&["train", "--steps", "2", "-q", "--save", w.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let d = dir.path().join("x.npy");
+    Array2::<f64>::zeros((3, 1000))
+        .write_npy(std::fs::File::create(&d).unwrap())
+        .unwrap();
+    for cmd in [
+        format!("{exe} train --steps 2 -q --save - >&-"),
+        format!(
+            "{exe} predict --weights {} --x {} --out - >&-",
+            w.display(),
+            d.display()
+        ),
+        format!("{exe} --help >&-"),
+    ] {
+        let o = std::process::Command::new("sh")
+            .args(["-c", &cmd])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{cmd}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("standard output is closed"),
+            "{cmd}: {}",
+            stderr(&o)
+        );
     }
 }

@@ -436,6 +436,33 @@ fn a_diverging_run_keeps_its_last_finite_checkpoint() {
 }
 
 #[test]
+fn a_run_that_diverges_before_its_first_checkpoint_says_there_is_none() {
+    // Before: "dv.ck holds the state after ? steps" for a file never
+    // written.
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("dv.ck");
+    let out = run(&[
+        "train",
+        "--n",
+        "4096",
+        "--quiet",
+        "--checkpoint",
+        s(&ck),
+        "--checkpoint-every",
+        "1000",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("training diverged"), "{err}");
+    assert!(
+        err.contains("diverged before its first checkpoint was written") && !err.contains('?'),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(!ck.exists());
+}
+
+#[test]
 fn a_resumed_run_changes_its_rate_only_when_told_to() {
     let dir = tempfile::tempdir().unwrap();
     let ck = dir.path().join("c.ckpt");
@@ -835,4 +862,67 @@ fn a_run_past_the_spill_size_writes_every_loss_and_resumes_bit_for_bit() {
         a == b,
         "the resumed run's losses differ from the unbroken run's"
     );
+}
+
+#[test]
+fn a_checkpoint_that_cannot_be_resumed_from_is_refused_whatever_it_is() {
+    // One rule: before, `--checkpoint -` was refused while /dev/null and
+    // /dev/stdout were taken (and then named in "continue with --resume").
+    for target in ["-", "/dev/null", "/dev/stdout"] {
+        let out = run(&["train", "--steps", "3", "--checkpoint", target, "-q"]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{target}: {err}");
+        assert!(
+            err.contains("a checkpoint is the file a run resumes from"),
+            "{target}: {err}"
+        );
+        assert_eq!(err.trim_end().lines().count(), 1, "{target}: {err}");
+    }
+}
+
+#[test]
+fn a_resumed_run_checkpoints_to_its_file_and_replaces_no_other_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.ck"), dir.path().join("b.ck"));
+    for p in [&a, &b] {
+        let o = run(&["train", "--steps", "20", "--checkpoint", s(p), "-q"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    // Before: the resumed run wrote no checkpoint at all, so the
+    // "continue with --resume" a stop prints lost everything since.
+    let o = run(&["train", "--resume", s(&a), "--steps", "40", "-q"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(AnyCheckpoint::read(&a).unwrap().header().steps_done, 40);
+    // Before: another run's checkpoint was replaced silently.
+    let before = std::fs::read(&b).unwrap();
+    let o = run(&[
+        "train",
+        "--resume",
+        s(&a),
+        "--steps",
+        "60",
+        "--checkpoint",
+        s(&b),
+        "-q",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("already holds a checkpoint of another run"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(std::fs::read(&b).unwrap(), before);
+    let o = run(&[
+        "train",
+        "--resume",
+        s(&a),
+        "--steps",
+        "60",
+        "--checkpoint",
+        s(&b),
+        "--replace-checkpoint",
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(AnyCheckpoint::read(&b).unwrap().header().steps_done, 60);
 }

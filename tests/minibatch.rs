@@ -529,6 +529,10 @@ fn bad_data_gets_one_line_and_a_nonzero_exit() {
     write_npz(&nan, &[("x", &xn), ("y", &y)]);
     let only_x = d.join("only_x.npz");
     write_npz(&only_x, &[("x", &x)]);
+    let mut yh = y.clone();
+    yh[[3, 0]] = 1e200;
+    let huge = d.join("huge.npz");
+    write_npz(&huge, &[("x", &x), ("y", &yh)]);
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--data", s(&short)], "x has 100 rows but y has 99"),
         (
@@ -577,6 +581,17 @@ fn bad_data_gets_one_line_and_a_nonzero_exit() {
             "holds NaN at row 73, column 2",
         ),
         (vec!["--data", s(&only_x)], "missing array 'y'"),
+        // Validating on the training file: refused (before: taken).
+        (
+            vec!["--data", s(&data), "--val", s(&data)],
+            "is the training data",
+        ),
+        // A validation set whose squared error overflows: refused at the
+        // first epoch's end (before: an inf loss steered --patience).
+        (
+            vec!["--data", s(&data), "--val", s(&huge), "--batch", "10"],
+            "too large to square",
+        ),
         (vec!["--batch", "10"], "--batch needs --data"),
     ];
     for (args, want) in cases {
@@ -588,6 +603,22 @@ fn bad_data_gets_one_line_and_a_nonzero_exit() {
         assert!(e.contains(want), "{a:?}: {e}");
         assert_eq!(e.trim_end().lines().count(), 1, "{a:?}: {e}");
     }
+    // eval of the same: one line, exit 1 (before: "mse inf", exit 0).
+    let w = d.join("w.npz");
+    let o = run(&[
+        "train",
+        "--data",
+        s(&data),
+        "--steps",
+        "1",
+        "--save",
+        s(&w),
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&["eval", "--weights", s(&w), "--data", s(&huge)]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("too large to square"), "{}", stderr(&o));
     // Files changed under a resumed run.
     let ck = d.join("c.ck");
     let o = run(&[

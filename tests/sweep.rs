@@ -429,6 +429,12 @@ fn bad_grids_fail_before_running() {
             1,
             "cannot write",
         ),
+        // Before: silently capped at 100,000.
+        (
+            &["sweep", "--min-steps", "18446744073709551615"],
+            1,
+            "min_steps 18446744073709551615 is more than the 100000 samples a point keeps",
+        ),
     ] {
         let out = run(args);
         let err = stderr(&out);

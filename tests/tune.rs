@@ -458,3 +458,27 @@ fn tune_plans_the_form_train_runs() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(Wisdom::read(&w).unwrap().entries.len(), 1);
 }
+
+#[test]
+fn a_tune_that_tunes_nothing_says_so_and_writes_no_file() {
+    // Before: "wrote 1 tuned point(s) to wz.json (0 in all)", no file.
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("wz.json");
+    let o = bin()
+        .args([
+            "tune", "--n", "8", "--d-in", "20", "--hidden", "10", "--d-out", "3",
+        ])
+        .args(["--wisdom", s(&w)])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e = stderr(&o);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("runs the dual form at this shape"), "{out}");
+    assert!(
+        e.contains("tuned nothing, so") && e.contains("was not written"),
+        "{e}"
+    );
+    assert!(e.contains("1 point(s) not tuned"), "{e}");
+    assert!(!w.exists());
+}

@@ -280,6 +280,14 @@ impl GridSpec {
                 "timing needs min_steps ≥ 1, rounds ≥ 1 and a finite budget_s ≥ 0",
             ));
         }
+        // Honoured or refused, never capped silently.
+        let most = crate::bench::measure::MAX_SAMPLES;
+        if timing.min_steps > most {
+            return Err(Error::invalid(format!(
+                "min_steps {} is more than the {most} samples a point keeps; ask for {most} or fewer",
+                timing.min_steps
+            )));
+        }
         // As `twolayer train` runs the shape for its default steps.
         let form_of = |shape: Shape, dtype: Dtype| {
             self.form

@@ -22,8 +22,9 @@ use std::time::Instant;
 /// works on finite numbers, and the weights still change each step.
 pub const BENCH_LR: f64 = 1e-12;
 
-/// Most samples kept per point, whatever the budget.
-const MAX_SAMPLES: usize = 100_000;
+/// Most samples kept per point, whatever the budget (a grid asking for
+/// more steps is refused: [`crate::bench::grid`]).
+pub const MAX_SAMPLES: usize = 100_000;
 
 /// Times every phase of the step it is handed to. Each phase runs from
 /// the end of the one before (the first from the timer's start) to its own

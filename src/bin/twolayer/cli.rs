@@ -149,7 +149,7 @@ impl AllreduceArgs {
 }
 
 /// Flags of `twolayer train`.
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct TrainArgs {
     /// Batch size N (rows of x and y) [default: 64, or from --init]
     #[arg(long, value_parser = positive, allow_negative_numbers = true)]
@@ -247,13 +247,13 @@ pub struct TrainArgs {
     /// as large as the disk allows
     #[arg(long, num_args = 1..=2, value_name = "FILE", conflicts_with_all = ["init", "n", "resume"])]
     pub data: Option<Vec<PathBuf>>,
-    /// With --data: rows per step [default: 64, or all the training rows
+    /// With --data: rows per step [default: 32, or all the training rows
     /// when fewer]; the rows left over at an epoch's end wait for the next
     /// epoch's shuffle
     #[arg(long, value_parser = positive, allow_negative_numbers = true)]
     pub batch: Option<usize>,
     /// With --data: passes over the training rows, each in a fresh order
-    /// from --seed [default: 1, unless --steps is given]
+    /// from --seed [default: 20, unless --steps is given]
     #[arg(long, value_parser = positive, allow_negative_numbers = true, conflicts_with = "steps")]
     pub epochs: Option<usize>,
     /// With --data: validate on this data (same forms as --data) at the
@@ -345,7 +345,7 @@ impl From<WeightInitArg> for twolayer::net::WeightInit {
 
 /// What a subcommand prints: the same two flags on every one
 /// (commands/result.rs).
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct OutputArgs {
     /// Quiet: none of the command's human-readable text (for train, no
     /// per-step losses); errors and warnings still go to stderr

@@ -141,8 +141,20 @@ fn main() -> ExitCode {
 fn usage_error(e: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
     if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-        let _ = e.print();
-        return ExitCode::SUCCESS;
+        // Printed, flushed and checked like any output: into /dev/full or
+        // a closed stdout it did not arrive (a closed pipe is a quiet end).
+        use std::io::Write as _;
+        let printed = twolayer::output::check_stdout_open()
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|()| e.print())
+            .and_then(|()| std::io::stdout().flush());
+        return match printed {
+            Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+                say!("twolayer: error: cannot write the help to standard output: {err}");
+                ExitCode::FAILURE
+            }
+            _ => ExitCode::SUCCESS,
+        };
     }
     let text = e.render().to_string();
     let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());

@@ -404,6 +404,17 @@ fn with_data(args: &TrainArgs, files: &[PathBuf], ranks: usize, mpi: bool) -> Re
     let schedule = Schedule::new(dataset.rows(), batch, seed, args.val_fraction)?;
     let val = match &args.val {
         Some(v) => {
+            // Validating on the rows trained on measures nothing: refused,
+            // not taken silently.
+            for (vf, tf) in v.iter().flat_map(|vf| files.iter().map(move |tf| (vf, tf))) {
+                if twolayer::input::same_file(vf, tf) {
+                    return Err(Error::invalid(format!(
+                        "--val {} is the training data ({}): validating on the rows trained on measures nothing; hold rows out with --val-fraction, or give other data",
+                        vf.display(),
+                        tf.display()
+                    )));
+                }
+            }
             let val = Dataset::open(v)?;
             if (val.d_in(), val.d_out()) != (dataset.d_in(), dataset.d_out()) {
                 return Err(Error::invalid(format!(
@@ -645,6 +656,23 @@ fn from_checkpoint(args: &TrainArgs, path: &Path, ranks: usize) -> Result<RunSpe
         return Err(Error::invalid(format!(
             "--weight-init draws a new run's weights; {what} continues its own"
         )));
+    }
+    // Flags a resumed run would otherwise ignore: refused, never dropped
+    // silently (before, these three went through with exit 0).
+    for (flag, given, why) in [
+        (
+            "--val-fraction",
+            args.val_fraction.is_some(),
+            "its validation split",
+        ),
+        ("--val", args.val.is_some(), "its validation data"),
+        ("--weights", args.weights.is_some(), "its own weights"),
+    ] {
+        if given {
+            return Err(Error::invalid(format!(
+                "{flag} sets up a new run; {what} continues with {why}: drop {flag}"
+            )));
+        }
     }
     let minibatch = match (&h.minibatch, &h.data) {
         (Some(m), DataSource::Dataset { files }) => Some(resume_minibatch(m, files, &what)?),

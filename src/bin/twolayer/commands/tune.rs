@@ -114,12 +114,26 @@ pub fn run(args: &TuneArgs) -> Result<()> {
     }
     args.output.write_json(&tuned)?;
     if !args.output.quiet {
-        say!(
-            "twolayer: wrote {} tuned point(s) to {} ({} in all)",
-            grid.points.len(),
-            path.display(),
-            wisdom.entries.len()
-        );
+        // What happened, counted from what was tuned (a point skipped
+        // above wrote nothing; none tuned, no file was written).
+        let skipped = grid.points.len() - tuned.len();
+        let skipped = match skipped {
+            0 => String::new(),
+            k => format!("; {k} point(s) not tuned (said above)"),
+        };
+        if tuned.is_empty() {
+            say!(
+                "twolayer: tuned nothing, so {} was not written{skipped}",
+                path.display()
+            );
+        } else {
+            say!(
+                "twolayer: wrote {} tuned point(s) to {} ({} in all){skipped}",
+                tuned.len(),
+                path.display(),
+                wisdom.entries.len()
+            );
+        }
     }
     Ok(())
 }

@@ -34,15 +34,38 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     // Ctrl-C, SIGTERM and SIGHUP from here on stop the run cleanly, set-up
     // included.
     Signals::get()?;
-    if args
-        .checkpoint
-        .as_deref()
-        .is_some_and(twolayer::input::is_stdio)
-    {
-        return Err(Error::invalid(
-            "--checkpoint -: a checkpoint is the file a run resumes from; give it a path",
-        ));
+    // A checkpoint is the file a run resumes from: one rule for every
+    // target that cannot be (before, `-` was refused while /dev/null and
+    // /dev/stdout were taken and then named in "continue with --resume").
+    if let Some(p) = args.checkpoint.as_deref() {
+        let what = if twolayer::input::is_stdio(p) {
+            Some("standard output".to_string())
+        } else {
+            output::special_file(p).map(|k| format!("a {k}"))
+        };
+        if let Some(what) = what {
+            return Err(Error::invalid(format!(
+                "--checkpoint {}: a checkpoint is the file a run resumes from, which {what} cannot be; give it a path to a file",
+                p.display()
+            )));
+        }
     }
+    // A resumed run keeps checkpointing to the file it resumed from unless
+    // told otherwise: the "continue with: twolayer train --resume F" that
+    // a stopped run prints must itself be safe to stop again (before, a
+    // second Ctrl-C lost everything since the resume).
+    // (A resume file that is no regular file is refused as an input.)
+    let resolved;
+    let args = match (&args.checkpoint, &args.resume) {
+        (None, Some(r)) if std::fs::metadata(r).is_ok_and(|m| m.is_file()) => {
+            resolved = TrainArgs {
+                checkpoint: Some(r.clone()),
+                ..args.clone()
+            };
+            &resolved
+        }
+        _ => args,
+    };
     // Refuse unwritable outputs now, not after hours of training.
     for path in [
         &args.save,
@@ -128,8 +151,14 @@ fn check_files_distinct(args: &TrainArgs, spec: &RunSpec) -> Result<()> {
     };
     output::check_distinct(&inputs, &outputs)?;
     // A checkpoint already at --checkpoint is another run's state (hours
-    // of it, perhaps): a new run does not replace it unless told to.
-    if let (Some(p), None) = (&args.checkpoint, &args.resume) {
+    // of it, perhaps): a new run does not replace it unless told to, nor
+    // does a resumed run checkpointing anywhere but the file it resumed
+    // from (before, `--resume a.ck --checkpoint b.ck` replaced b.ck).
+    let onto_other = |p: &Path| match &args.resume {
+        None => true,
+        Some(r) => !twolayer::input::same_file(p, r),
+    };
+    if let Some(p) = args.checkpoint.as_deref().filter(|p| onto_other(p)) {
         let existing = std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file() && m.len() > 0);
         if existing && !args.replace_checkpoint {
             return Err(Error::invalid(match AnyCheckpoint::read(p) {

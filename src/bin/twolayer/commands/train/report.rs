@@ -475,15 +475,21 @@ impl<'a, F: Real> Reporter<'a, F> {
         // finite state, and no output of the broken state is written.
         let stats = match (result, &self.args.checkpoint) {
             (Err(e @ Error::Diverged { .. }), Some(ck)) if self.lead => {
-                // Say where to go on from, and how.
-                let at = AnyCheckpoint::read(ck)
-                    .map(|c| c.header().steps_done.to_string())
-                    .unwrap_or_else(|_| "?".into());
-                return Err(Error::invalid(format!(
-                    "{e}; the last checkpoint, {}, holds the state after {at} steps: go on from it at a smaller rate with twolayer train --resume {} --lr RATE --change-lr",
-                    ck.display(),
-                    ck.display()
-                )));
+                // Say where to go on from, and how — or that there is
+                // nothing to go on from (it diverged before the first
+                // checkpoint was written).
+                return Err(Error::invalid(match AnyCheckpoint::read(ck) {
+                    Ok(c) => format!(
+                        "{e}; the last checkpoint, {}, holds the state after {} steps: go on from it at a smaller rate with twolayer train --resume {} --lr RATE --change-lr",
+                        ck.display(),
+                        c.header().steps_done,
+                        ck.display()
+                    ),
+                    Err(_) => format!(
+                        "{e}; it diverged before its first checkpoint was written, so {} holds nothing to go on from: start again at a smaller rate",
+                        ck.display()
+                    ),
+                }));
             }
             (r, _) => r?,
         };
