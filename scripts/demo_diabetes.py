@@ -6,8 +6,9 @@ predicts the mean of the training targets.
 
 The targets are standardised (zero mean, unit variance, with the training
 rows' statistics), so an MSE of 1.0 is "no better than the mean".
-twolayer runs with its defaults for --data (biases, the mean loss, scaled
-weights, lr 0.01, batches of 32, 20 epochs), keeping the best epoch.
+twolayer runs with its defaults for --data (biases, the mean loss, weights
+and biases drawn as nn.Linear draws them, lr 0.01, batches of 32, 20
+epochs), keeping the best epoch.
 
 --torch also trains PyTorch on the same split as its users write it
 (nn.Linear with its own initialisation and biases, MSELoss, SGD at the same
@@ -62,7 +63,7 @@ def main():
            "--save-best", best_weights, "--quiet", "--dtype", a.dtype]
     print("$ " + " ".join(cmd), file=sys.stderr)
     run = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
-    # One line per epoch goes to stderr; show the summary (or the error).
+    # The summary (or the error) is stderr's last line.
     print(run.stderr.strip().splitlines()[-1], file=sys.stderr)
     if run.returncode != 0:
         sys.exit(run.returncode)

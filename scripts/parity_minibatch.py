@@ -7,9 +7,11 @@ b1, b2), for each engine of scripts/reference_minibatch.py.
     python3 scripts/parity_minibatch.py --twolayer target/release/twolayer \\
         --data d.npz --hidden 100 [--engines numpy,torch] -- --val-fraction 0.2
 
-Starting weights: seeded scaled w1 (He) and w2 (LeCun) with zero biases,
-written to a .npz both sides read. Run it with a Python that has numpy
-(and torch, for the torch engine).
+Starting weights: drawn as twolayer's default for a dataset and PyTorch's
+nn.Linear draw them, every weight and bias of a layer uniform on
+[-1/sqrt(fan_in), 1/sqrt(fan_in)] (`--init scaled`: He w1, LeCun w2, zero
+biases), written to a .npz both sides read. Run it with a Python that has
+numpy (and torch, for the torch engine).
 """
 import argparse
 import os
@@ -41,6 +43,7 @@ def main():
     p.add_argument("--hidden", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--engines", default="numpy,torch")
+    p.add_argument("--init", choices=["torch", "scaled"], default="torch")
     p.add_argument("flags", nargs="*", help="flags for both sides (after --)")
     a = p.parse_args()
     here = os.path.dirname(os.path.abspath(__file__))
@@ -49,9 +52,14 @@ def main():
     rng = np.random.default_rng(a.seed)
     with tempfile.TemporaryDirectory() as t:
         w0 = os.path.join(t, "w0.npz")
-        np.savez(w0, w1=rng.standard_normal((d_in, a.hidden)) * np.sqrt(2 / d_in),
-                 w2=rng.standard_normal((a.hidden, d_out)) * np.sqrt(1 / a.hidden),
-                 b1=np.zeros(a.hidden), b2=np.zeros(d_out))
+        if a.init == "torch":
+            k1, k2 = 1 / np.sqrt(d_in), 1 / np.sqrt(a.hidden)
+            np.savez(w0, w1=rng.uniform(-k1, k1, (d_in, a.hidden)), w2=rng.uniform(-k2, k2, (a.hidden, d_out)),
+                     b1=rng.uniform(-k1, k1, a.hidden), b2=rng.uniform(-k2, k2, d_out))
+        else:
+            np.savez(w0, w1=rng.standard_normal((d_in, a.hidden)) * np.sqrt(2 / d_in),
+                     w2=rng.standard_normal((a.hidden, d_out)) * np.sqrt(1 / a.hidden),
+                     b1=np.zeros(a.hidden), b2=np.zeros(d_out))
         flags = ["--weights", w0] + a.flags
         out = {k: os.path.join(t, f"tl.{k}") for k in ("losses", "metrics", "save")}
         subprocess.run([a.twolayer, "train", "--data", a.data, "-q"] + flags +
