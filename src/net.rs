@@ -81,15 +81,29 @@ enum ArrayId {
 }
 
 /// A rows×cols matrix of standard-normal values for `rows` consecutive rows
-/// starting at global row `first_row` of array `id`. Row r comes from the
-/// ChaCha8 stream (seed, id·2^48 + r), drawn in f64 and rounded to F, so
-/// f32 and f64 runs start from the same numbers.
+/// starting at global row `first_row` of array `id` (see [`seeded_rows`]).
 fn normal_rows<F: Real>(
     seed: u64,
     id: ArrayId,
     first_row: usize,
     rows: usize,
     cols: usize,
+) -> Array2<F> {
+    seeded_rows(seed, id, first_row, rows, cols, StandardNormal)
+}
+
+/// A rows×cols matrix of values drawn from `dist` for `rows` consecutive
+/// rows starting at global row `first_row` of array `id`. Row r comes from
+/// the ChaCha8 stream (seed, id·2^48 + r), drawn in f64 and rounded to F,
+/// so f32 and f64 runs start from the same numbers, on any number of
+/// threads.
+fn seeded_rows<F: Real>(
+    seed: u64,
+    id: ArrayId,
+    first_row: usize,
+    rows: usize,
+    cols: usize,
+    dist: impl Distribution<f64> + Sync,
 ) -> Array2<F> {
     let mut a = Array2::<F>::zeros((rows, cols));
     a.as_slice_mut()
@@ -100,16 +114,14 @@ fn normal_rows<F: Real>(
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
             rng.set_stream(((id as u64) << 48) | (first_row + r) as u64);
             for v in row.iter_mut() {
-                let z: f64 = StandardNormal.sample(&mut rng);
-                *v = F::from_f64(z);
+                *v = F::from_f64(dist.sample(&mut rng));
             }
         });
     a
 }
 
 /// A `rows`×`cols` matrix of values uniform on [−bound, bound) for array
-/// `id`, drawn as [`normal_rows`] draws its rows (one ChaCha8 stream per
-/// row, in f64, rounded to F).
+/// `id` ([`seeded_rows`] from row 0).
 fn uniform_rows<F: Real>(
     seed: u64,
     id: ArrayId,
@@ -117,20 +129,8 @@ fn uniform_rows<F: Real>(
     cols: usize,
     bound: f64,
 ) -> Array2<F> {
-    let mut a = Array2::<F>::zeros((rows, cols));
-    a.as_slice_mut()
-        .expect("fresh arrays are contiguous")
-        .par_chunks_mut(cols.max(1))
-        .enumerate()
-        .for_each(|(r, row)| {
-            let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            rng.set_stream(((id as u64) << 48) | r as u64);
-            let u = rand_distr::Uniform::new(-bound, bound).expect("a bound > 0");
-            for v in row.iter_mut() {
-                *v = F::from_f64(u.sample(&mut rng));
-            }
-        });
-    a
+    let u = rand_distr::Uniform::new(-bound, bound).expect("a bound > 0");
+    seeded_rows(seed, id, 0, rows, cols, u)
 }
 
 /// How seeded weights are drawn ([`Weights::seeded`]).

@@ -376,23 +376,29 @@ fn a_changed_data_file_is_refused_on_resume() {
     );
 }
 
-#[test]
-fn a_diverging_run_keeps_its_last_finite_checkpoint() {
-    let dir = tempfile::tempdir().unwrap();
-    let ck = dir.path().join("c.ckpt");
-    // lr 1e-6 diverges at N = 4096 within a few steps (docs/design.md §1).
+/// A run that diverges (lr 1e-6 at N = 4096, within a few steps:
+/// docs/design.md §1), checkpointing to `ck` every `every` steps; its
+/// stderr, after checking it failed.
+fn diverging_run(ck: &Path, every: &str) -> String {
     let out = run(&[
         "train",
         "--n",
         "4096",
         "--quiet",
         "--checkpoint",
-        s(&ck),
+        s(ck),
         "--checkpoint-every",
-        "1",
+        every,
     ]);
     assert_eq!(out.status.code(), Some(1));
-    let err = stderr(&out);
+    stderr(&out)
+}
+
+#[test]
+fn a_diverging_run_keeps_its_last_finite_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("c.ckpt");
+    let err = diverging_run(&ck, "1");
     let step: usize = err
         .split("at step ")
         .nth(1)
@@ -441,18 +447,7 @@ fn a_run_that_diverges_before_its_first_checkpoint_says_there_is_none() {
     // written.
     let dir = tempfile::tempdir().unwrap();
     let ck = dir.path().join("dv.ck");
-    let out = run(&[
-        "train",
-        "--n",
-        "4096",
-        "--quiet",
-        "--checkpoint",
-        s(&ck),
-        "--checkpoint-every",
-        "1000",
-    ]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = stderr(&out);
+    let err = diverging_run(&ck, "1000");
     assert!(err.contains("training diverged"), "{err}");
     assert!(
         err.contains("diverged before its first checkpoint was written") && !err.contains('?'),

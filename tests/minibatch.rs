@@ -22,6 +22,14 @@ fn teacher_data(m: usize, d_in: usize, d_out: usize, seed: u64) -> (Array2<f64>,
     (d.x, y)
 }
 
+/// [`teacher_data`] written to `dir/d.npz`, its path returned.
+fn teacher_npz(dir: &Path, m: usize, d_in: usize, d_out: usize, seed: u64) -> PathBuf {
+    let (x, y) = teacher_data(m, d_in, d_out, seed);
+    let data = dir.join("d.npz");
+    write_npz(&data, &[("x", &x), ("y", &y)]);
+    data
+}
+
 fn write_npz(path: &Path, arrays: &[(&str, &Array2<f64>)]) {
     let mut npz = NpzWriter::new(std::fs::File::create(path).unwrap());
     for (name, a) in arrays {
@@ -369,9 +377,7 @@ fn resumed_mid_epoch_equals_unbroken(dtype: &str) {
 fn every_reader_and_residency_trains_on_the_same_batches_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (x, y) = teacher_data(700, 9, 2, 7);
-    let data = d.join("d.npz");
-    write_npz(&data, &[("x", &x), ("y", &y)]);
+    let data = teacher_npz(d, 700, 9, 2, 7);
     let losses = |extra: &[&str], want: &str| {
         let mut a = vec![
             "train",
@@ -417,9 +423,7 @@ fn a_small_batch_runs_its_step_on_one_thread_and_gathers_beside_it() {
     // takes the idle one. The plan is named in the summary and the JSON.
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (x, y) = teacher_data(700, 9, 2, 7);
-    let data = d.join("d.npz");
-    write_npz(&data, &[("x", &x), ("y", &y)]);
+    let data = teacher_npz(d, 700, 9, 2, 7);
     let json = d.join("s.json");
     let o = run(&[
         "train",
@@ -1230,9 +1234,7 @@ fn a_data_run_takes_the_tuned_plan_a_fixed_batch_of_its_shape_takes() {
     // built-in rule" where `train --n …` of the same shape used the file.
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (x, y) = teacher_data(700, 9, 2, 7);
-    let data = d.join("d.npz");
-    write_npz(&data, &[("x", &x), ("y", &y)]);
+    let data = teacher_npz(d, 700, 9, 2, 7);
     let w = d.join("w.json");
     let shape = ["--n", "64", "--d-in", "9", "--hidden", "8", "--d-out", "2"];
     let mut tune = vec![
@@ -1286,9 +1288,7 @@ fn a_data_run_takes_the_tuned_plan_a_fixed_batch_of_its_shape_takes() {
 fn quiet_silences_the_epoch_lines() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (x, y) = teacher_data(200, 4, 1, 3);
-    let data = d.join("d.npz");
-    write_npz(&data, &[("x", &x), ("y", &y)]);
+    let data = teacher_npz(d, 200, 4, 1, 3);
     let o = run(&[
         "train",
         "--data",
