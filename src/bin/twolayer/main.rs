@@ -89,7 +89,11 @@ fn main() -> ExitCode {
     // before anything is read or written.
     if let Err(e) = commands::paths::check(&definition, &matches) {
         say!("twolayer: error: {e}");
-        return ExitCode::FAILURE;
+        // compare's 1 means "a regression": input it cannot use is 2.
+        return match cli.command {
+            Command::Compare(_) => ExitCode::from(2),
+            _ => ExitCode::FAILURE,
+        };
     }
     let result = match &cli.command {
         Command::Train(args) => commands::train::run(args),
