@@ -1301,7 +1301,8 @@ fn quiet_silences_the_epoch_lines() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let e = stderr(&o);
-    assert!(!e.contains("epoch 1/3"), "{e}");
-    assert_eq!(e.trim_end().lines().count(), 1, "the summary alone: {e}");
+    // No epoch line; the summary (and any environment note) still shows.
+    assert!(!e.lines().any(|l| l.starts_with("twolayer: epoch")), "{e}");
+    assert!(e.contains("minibatches of 32"), "{e}");
     assert!(o.stdout.is_empty());
 }
