@@ -86,6 +86,45 @@ pub fn write_atomic(
         })();
         return result.map_err(|e| Error::write(path, e));
     }
+    replace_regular(path, |f| {
+        let mut w = BufWriter::new(f);
+        write(&mut w)?;
+        w.flush()
+    })
+    .map(drop)
+}
+
+/// The regular file an output that is updated in place (a checkpoint)
+/// is written to: `path`, or with `--follow-links` the file a link at
+/// `path` resolves to. Standard output, devices, FIFOs and sockets are
+/// refused: such an output is appended to between writes, which only a
+/// regular file allows.
+pub fn regular_target(path: &Path) -> Result<std::path::PathBuf> {
+    if crate::input::is_stdio(path) {
+        return Err(Error::write(
+            path,
+            "standard output cannot hold a file that is updated in place",
+        ));
+    }
+    let target = link_target(path)?.unwrap_or_else(|| path.to_path_buf());
+    if let Some(kind) = special_file(&target) {
+        return Err(Error::write(
+            &target,
+            format!("it is a {kind}, not a regular file"),
+        ));
+    }
+    Ok(target)
+}
+
+/// Writes a regular file at `path` (no link, device or `-`: the caller
+/// has resolved those) atomically, as [`write_atomic`] does, with `fill`
+/// given the temporary file itself (it may seek and write at offsets), and
+/// returns the file, open for reading and writing under its final name: a
+/// checkpoint goes on appending to the file it wrote whole once.
+pub fn replace_regular(
+    path: &Path,
+    fill: impl FnOnce(&mut File) -> std::io::Result<()>,
+) -> Result<File> {
     let dir = parent_dir(path);
     let name = path
         .file_name()
@@ -94,7 +133,7 @@ pub fn write_atomic(
     let mode = std::fs::metadata(path)
         .map(|m| m.permissions().mode() & 0o7777)
         .unwrap_or(0o644);
-    let result = (|| -> std::io::Result<()> {
+    let result = (|| -> std::io::Result<File> {
         // `.NAME.PID.XXXXXX.tmp`: the writer's process id in the name, so
         // that a later writer removes only the temporary files of writers
         // that are gone, never one another process is still filling.
@@ -106,26 +145,20 @@ pub fn write_atomic(
             ))
             .suffix(".tmp")
             .tempfile_in(dir)?;
-        {
-            let mut w = BufWriter::new(tmp.as_file_mut());
-            write(&mut w)?;
-            w.flush()?;
-        }
+        fill(tmp.as_file_mut())?;
         let f = tmp.as_file();
         f.set_permissions(std::fs::Permissions::from_mode(mode))?;
         f.sync_all()?;
-        tmp.persist(path).map(drop).map_err(|e| e.error)
+        tmp.persist(path).map_err(|e| e.error)
     })();
-    if let Err(e) = result {
-        return Err(Error::write(path, e));
-    }
+    let file = result.map_err(|e| Error::write(path, e))?;
     remove_stale_temps(dir, &name.to_string_lossy(), path);
     // Make the rename itself durable. Some filesystems refuse to fsync a
     // directory; the data is written either way.
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }
-    Ok(())
+    Ok(file)
 }
 
 /// [`write_atomic`] to `-`, standard output: written whole to an unnamed
@@ -360,6 +393,16 @@ pub fn write_losses(path: &Path, first_step: usize, losses: &[f64]) -> Result<()
         }
         Ok(())
     })
+}
+
+/// Whether `a` and `b` are the same existing file (same device and inode,
+/// links followed).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
+        _ => false,
+    }
 }
 
 /// Fails when two of the files a run reads and writes are the same file:

@@ -112,14 +112,27 @@ impl LossHistory {
         self.kept.get(from.checked_sub(self.first)?..)
     }
 
-    /// Every loss kept, in order, in chunks: the spilled ones read back a
-    /// chunk at a time, then those in memory.
-    fn for_each(&self, f: &mut dyn FnMut(&[f64]) -> std::io::Result<()>) -> std::io::Result<()> {
+    /// The losses of steps `from..`, in order, in chunks: the spilled ones
+    /// read back a chunk at a time, then those in memory. With `from` 0,
+    /// every loss kept (a bounded history keeps only the latest: see
+    /// [`Trainer::keep_latest_losses`]); a `from` before the first loss a
+    /// bounded history still holds is an error.
+    fn for_each_from(
+        &self,
+        from: usize,
+        f: &mut dyn FnMut(&[f64]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
-        if let Some(file) = &self.spill {
+        if from < self.first && self.spill.is_none() && self.window.is_some() {
+            return Err(std::io::Error::other(format!(
+                "the losses before step {} were not kept",
+                self.first
+            )));
+        }
+        if let (Some(file), true) = (&self.spill, from < self.first) {
             let mut bytes = vec![0u8; 8 << 16];
             let mut chunk = Vec::with_capacity(1 << 16);
-            let mut at = 0u64;
+            let mut at = 8 * from as u64;
             let total = 8 * self.first as u64;
             while at < total {
                 let n = (total - at).min(bytes.len() as u64) as usize;
@@ -134,7 +147,7 @@ impl LossHistory {
                 at += n as u64;
             }
         }
-        f(&self.kept)
+        f(&self.kept[from.saturating_sub(self.first).min(self.kept.len())..])
     }
 }
 
@@ -505,7 +518,18 @@ impl<F: Real> Trainer<F> {
         &self,
         f: &mut dyn FnMut(&[f64]) -> std::io::Result<()>,
     ) -> std::io::Result<()> {
-        self.losses.for_each(f)
+        self.losses.for_each_from(0, f)
+    }
+
+    /// The losses of steps `from..` (all kept unless the history is
+    /// bounded), in order, in chunks, to `f`: what a checkpoint appends
+    /// to the history it holds already.
+    pub fn for_each_loss_from(
+        &self,
+        from: usize,
+        f: &mut dyn FnMut(&[f64]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        self.losses.for_each_from(from, f)
     }
 
     /// Moves the older losses to disk once `n` are in memory, instead of

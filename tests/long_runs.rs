@@ -307,18 +307,27 @@ fn bad_checkpoints_are_refused_clearly() {
         assert!(err.contains(needle), "expected '{needle}' in {err}");
         assert!(out.stdout.is_empty());
     };
+    // The state's slot (the first, after the 24-byte prefix), then the
+    // log (the file's last bytes: its losses).
     let mut flipped = good.clone();
-    let mid = flipped.len() / 2;
-    flipped[mid] ^= 1;
-    check(&flipped, "checksum does not match");
-    check(&good[..good.len() - 100], "truncated or garbled");
+    flipped[24 + 8 + 40] ^= 1;
+    check(&flipped, "no intact state");
+    let mut flipped = good.clone();
+    let last = flipped.len() - 3;
+    flipped[last] ^= 1;
+    check(&flipped, "log does not match its digest");
+    check(&good[..good.len() - 100], "truncated");
+    check(&good[..5000], "truncated or garbled");
     check(
         b"PK\x03\x04not a checkpoint at all, a zip perhaps",
         "not a twolayer checkpoint",
     );
-    let mut v2 = good.clone();
-    v2[8] = 2;
-    check(&v2, "format version 2");
+    let mut v3 = good.clone();
+    v3[8] = 3;
+    check(
+        &v3,
+        "format version 3, but this twolayer reads versions 1 and 2",
+    );
 
     // Flags that contradict the checkpoint.
     for (flags, needle) in [
@@ -920,4 +929,63 @@ fn a_resumed_run_checkpoints_to_its_file_and_replaces_no_other_runs() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(AnyCheckpoint::read(&b).unwrap().header().steps_done, 60);
+}
+
+#[test]
+fn a_checkpoint_of_format_version_1_still_resumes() {
+    // tests/fixtures/seeded-v1.ck: written by twolayer before format
+    // version 2 (main 0f61978: `train --n 8 --d-in 6 --hidden 5 --d-out 3
+    // --lr 1e-3 --steps 30 --checkpoint seeded-v1.ck`). Resumed to 60
+    // steps, it continues as an unbroken run of 60 does (to rounding: the
+    // file's 30 steps ran under the kernels of the machine that wrote it),
+    // and its next checkpoint is of version 2.
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("c.ck");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/seeded-v1.ck");
+    std::fs::copy(&fixture, &ck).unwrap();
+    assert_eq!(std::fs::read(&ck).unwrap()[8], 1);
+    let out = run(&["train", "--resume", s(&ck), "--steps", "60", "--quiet"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let resumed = AnyCheckpoint::read(&ck).unwrap();
+    assert_eq!(std::fs::read(&ck).unwrap()[8], 2);
+    let u = dir.path().join("u.ck");
+    let out = run(&[
+        "train",
+        "--n",
+        "8",
+        "--d-in",
+        "6",
+        "--hidden",
+        "5",
+        "--d-out",
+        "3",
+        "--lr",
+        "1e-3",
+        "--steps",
+        "60",
+        "--quiet",
+        "--checkpoint",
+        s(&u),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (AnyCheckpoint::F64(a), AnyCheckpoint::F64(b)) = (
+        resumed,
+        AnyCheckpoint::read(&dir.path().join("u.ck")).unwrap(),
+    ) else {
+        panic!("f64 checkpoints")
+    };
+    assert_eq!(a.losses.len(), 60);
+    for (t, (x, y)) in a.losses.iter().zip(&b.losses).enumerate() {
+        assert!((x - y).abs() <= 1e-12 * y.abs(), "step {t}: {x} vs {y}");
+    }
+    // A minibatch run's version 1 file keeps its epochs and best weights.
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/data-v1.ck");
+    let AnyCheckpoint::F64(c) = AnyCheckpoint::read(&fixture).unwrap() else {
+        panic!("f64")
+    };
+    let m = c.header.minibatch.as_ref().unwrap();
+    assert_eq!(m.history.len(), 3);
+    assert_eq!(m.history[2].epoch, 3);
+    assert!(c.best.is_some() && c.weights.biases.is_some());
+    assert_eq!(c.losses.len(), 9);
 }

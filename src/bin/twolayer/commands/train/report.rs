@@ -10,7 +10,9 @@ use std::ops::ControlFlow;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use twolayer::blas;
-use twolayer::checkpoint::{AnyCheckpoint, EpochRecord, Header, MinibatchHeader};
+use twolayer::checkpoint::{
+    self, AnyCheckpoint, CheckpointWriter, EpochRecord, Header, MinibatchHeader,
+};
 use twolayer::error::{Error, Result};
 use twolayer::net::Weights;
 use twolayer::npz;
@@ -55,36 +57,35 @@ fn global_shape<F: Real>(t: &Trainer<F>, n_total: usize) -> Shape {
 }
 
 /// Writes the checkpoint of a trainer's current state (`history`: a
-/// minibatch run's epochs so far) to `path`, streaming its losses from the
-/// trainer (a long run's are mostly on disk).
+/// minibatch run's epochs so far) through `writer`: what changed since its
+/// last write, the losses streamed from the trainer (a long run's are
+/// mostly on disk).
 pub(super) fn write_checkpoint<F: Real>(
-    path: &Path,
+    writer: &mut CheckpointWriter,
     t: &Trainer<F>,
     run: &Header,
     n_total: usize,
     history: &[EpochRecord],
     best: Option<&Weights<F>>,
 ) -> Result<()> {
-    let mut header = checkpoint_header(t, run, n_total, history);
+    let mut header = checkpoint_header(t, run, n_total);
     header.best_weights = best.is_some();
-    twolayer::checkpoint::write_parts(
-        path,
-        &header,
-        &mut |sink| t.for_each_loss(sink),
-        t.weights(),
-        t.dual_parts(),
-        best,
-    )
+    writer
+        .write(checkpoint::State {
+            header: &header,
+            losses_from: &mut |from, sink| t.for_each_loss_from(from, sink),
+            epochs: history,
+            epochs_base: 0,
+            weights: t.weights(),
+            dual: t.dual_parts(),
+            best,
+        })
+        .map(drop)
 }
 
 /// The header of a trainer's checkpoint now: the run's, with the steps
 /// done, the form and plan the step runs, the biases and the epochs so far.
-fn checkpoint_header<F: Real>(
-    t: &Trainer<F>,
-    run: &Header,
-    n_total: usize,
-    history: &[EpochRecord],
-) -> Header {
+fn checkpoint_header<F: Real>(t: &Trainer<F>, run: &Header, n_total: usize) -> Header {
     let form = t.form();
     Header {
         run: RunDescription {
@@ -92,8 +93,9 @@ fn checkpoint_header<F: Real>(
             ..run.run.with_shape(global_shape(t, n_total))
         },
         steps_done: t.steps_done(),
+        // The epochs go in the file's log, not its header.
         minibatch: run.minibatch.clone().map(|m| MinibatchHeader {
-            history: history.to_vec(),
+            history: Vec::new(),
             ..m
         }),
         // The bf16 step has no plan of shards and blocks.
@@ -255,8 +257,14 @@ pub(super) struct Reporter<'a, F> {
     write_err: Option<std::io::Error>,
     ckpt_err: Option<Error>,
     last_flush: Instant,
-    /// A minibatch run's epochs so far.
+    /// A minibatch run's epochs so far: all of them when an output needs
+    /// them (a checkpoint, the metrics file, the JSON summary), else only
+    /// the last (a run with no outputs keeps flat memory).
     history: Vec<EpochRecord>,
+    /// Whether every epoch's record is kept in `history`.
+    keep_history: bool,
+    /// The `--checkpoint` file's writer.
+    ckpt: Option<CheckpointWriter>,
     /// The metrics file, open for appending (a line per epoch).
     metrics: Option<MetricsFile>,
     /// The weights of the best validation epoch so far, when kept
@@ -294,6 +302,16 @@ impl<'a, F: Real> Reporter<'a, F> {
             ckpt_err: None,
             last_flush: Instant::now(),
             history: Vec::new(),
+            keep_history: args.checkpoint.is_some()
+                || args.metrics.is_some()
+                || args.output.json.is_some(),
+            ckpt: args.checkpoint.as_deref().map(|p| {
+                // A run resumed from this very file appends to it.
+                match &args.resume {
+                    Some(r) if output::same_file(r, p) => CheckpointWriter::continuing(p),
+                    _ => CheckpointWriter::new(p),
+                }
+            }),
             metrics: None,
             best: None,
             best_epoch: None,
@@ -369,6 +387,9 @@ impl<'a, F: Real> Reporter<'a, F> {
                 self.metrics = None;
             }
         }
+        if !self.keep_history {
+            self.history.clear();
+        }
         self.history.push(r);
         let keep = self.best.is_some() || self.args.save_best.is_some();
         if improved && keep && self.lead {
@@ -434,10 +455,10 @@ impl<'a, F: Real> Reporter<'a, F> {
                 }
             }
         }
-        if let Some(p) = &a.checkpoint {
+        if let Some(w) = &mut self.ckpt {
             if (step + 1).is_multiple_of(a.checkpoint_every) {
                 if let Err(e) = write_checkpoint(
-                    p,
+                    w,
                     t,
                     self.run,
                     self.n_total,
@@ -520,12 +541,12 @@ impl<'a, F: Real> Reporter<'a, F> {
             Ok(()) => written.push(format!("{flag} {}", p.display())),
             Err(e) => failed.push(e),
         };
-        if let Some(p) = &args.checkpoint {
+        if let (Some(p), Some(w)) = (&args.checkpoint, &mut self.ckpt) {
             keep(
                 "--checkpoint",
                 p,
                 write_checkpoint(
-                    p,
+                    w,
                     trainer,
                     run,
                     self.n_total,
