@@ -80,6 +80,7 @@ pub mod input;
 pub mod kernel_set;
 pub mod kernels;
 pub mod launch;
+pub mod lock;
 pub mod machine;
 pub mod minibatch;
 pub mod net;

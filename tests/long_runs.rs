@@ -989,3 +989,80 @@ fn a_checkpoint_of_format_version_1_still_resumes() {
     assert!(c.best.is_some() && c.weights.biases.is_some());
     assert_eq!(c.losses.len(), 9);
 }
+
+#[test]
+fn two_runs_onto_one_checkpoint_at_once_are_refused() {
+    // Before, two fresh runs started together with one --checkpoint both
+    // exited 0, each having written over the other's checkpoints. The
+    // file is now the first run's for as long as it runs; a resume of it
+    // meanwhile is refused too.
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("c.ck");
+    let lock = dir.path().join(".c.ck.lock");
+    let mut first = bin()
+        .args([
+            "train", "--quiet", "--n", "8", "--d-in", "6", "--hidden", "5", "--d-out", "3",
+        ])
+        .args([
+            "--lr",
+            "1e-6",
+            "--steps",
+            "100000000",
+            "--checkpoint",
+            s(&ck),
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !(lock.exists() && ck.exists()) {
+        assert!(start.elapsed() < Duration::from_secs(60), "no lock taken");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for args in [
+        &[
+            "train",
+            "--quiet",
+            "--steps",
+            "10",
+            "--checkpoint",
+            s(&ck),
+            "--replace-checkpoint",
+        ][..],
+        &[
+            "train",
+            "--quiet",
+            "--resume",
+            s(&ck),
+            "--steps",
+            "200000000",
+        ],
+    ] {
+        let out = run(args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("is in use by another twolayer run"), "{err}");
+        assert!(err.contains(&format!("process {}", first.id())), "{err}");
+    }
+    unsafe { libc::kill(first.id() as i32, libc::SIGINT) };
+    let out = first.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(!lock.exists());
+    // Once it has ended, the file is free to go on from.
+    let out = run(&["train", "--quiet", "--resume", s(&ck), "--steps", "1"]);
+    assert!(
+        stderr(&out).contains("fewer than") || out.status.success(),
+        "{}",
+        stderr(&out)
+    );
+    let c = AnyCheckpoint::read(&ck).unwrap();
+    let out = run(&[
+        "train",
+        "--quiet",
+        "--resume",
+        s(&ck),
+        "--steps",
+        &(c.header().steps_done + 5).to_string(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}

@@ -482,3 +482,34 @@ fn a_tune_that_tunes_nothing_says_so_and_writes_no_file() {
     assert!(e.contains("1 point(s) not tuned"), "{e}");
     assert!(!w.exists());
 }
+
+#[test]
+fn two_tunings_of_one_wisdom_file_at_once_keep_both_entries() {
+    // Before, each tuning wrote the wisdom it had read at its start plus
+    // its own points: whichever wrote last won, and the other's entries
+    // were lost (3 of 3 tries). Now each point is merged into the file as
+    // it is, under the file's lock.
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("wisdom.json");
+    let tune = |n: &str| {
+        bin()
+            .args(["tune", "--wisdom", s(&w), "--threads", "2", "-q"])
+            .args(["--n", n, "--d-in", "40", "--hidden", "24", "--d-out", "3"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // (Points in distinct classes: a point's shape is rounded up to powers
+    // of two in its key.)
+    let (a, b) = (tune("64,256,1024"), tune("128,512,2048"));
+    for c in [a, b] {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let wisdom = Wisdom::read(&w).unwrap();
+    let mut ns: Vec<usize> = wisdom.entries.iter().map(|e| e.shape[0]).collect();
+    ns.sort();
+    assert_eq!(ns, [64, 128, 256, 512, 1024, 2048]);
+    assert!(!dir.path().join(".wisdom.json.lock").exists());
+}

@@ -165,6 +165,29 @@ impl Wisdom {
         self.entries.push(entry);
     }
 
+    /// Adds `entries` to the wisdom file at `path` as it is now, under its
+    /// lock: the file is read again, the entries inserted (replacing those
+    /// of the same keys) and the file written, so that two `tune` runs on
+    /// one file keep both's entries (before, each wrote the file it had
+    /// read at its start, and the last writer's won). Waits up to 60 s for
+    /// another tuning's merge.
+    pub fn merge_into(path: &Path, entries: &[Entry]) -> Result<Wisdom> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| Error::write(dir, e))?;
+        }
+        let _lock = crate::lock::FileLock::wait_exclusive(
+            path,
+            "the wisdom file",
+            std::time::Duration::from_secs(60),
+        )?;
+        let mut now = Self::read_or_empty(path)?;
+        for e in entries {
+            now.insert(e.clone());
+        }
+        now.write(path)?;
+        Ok(now)
+    }
+
     /// Writes the file atomically, creating its folder.
     pub fn write(&self, path: &Path) -> Result<()> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

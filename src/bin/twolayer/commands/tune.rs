@@ -93,9 +93,10 @@ pub fn run(args: &TuneArgs) -> Result<()> {
             ),
         };
         tuned.push(entry.clone());
-        wisdom.insert(entry);
-        // Written after every point: an interrupted tuning keeps the rest.
-        wisdom.write(&path)?;
+        // Merged into the file as it is now after every point: an
+        // interrupted tuning keeps the rest, and another tuning of the same
+        // file at the same time keeps its own.
+        wisdom = Wisdom::merge_into(&path, &[entry])?;
         if args.exhaustive {
             let all = pool.install(|| match p.dtype {
                 Dtype::F32 | Dtype::Bf16 => {

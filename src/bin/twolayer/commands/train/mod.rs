@@ -84,6 +84,10 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     if twolayer::distributed::launched_by_mpi() {
         return mpi::run(args);
     }
+    // The checkpoint is this run's for as long as it runs: a second run
+    // onto it is refused (before, two started together both exited 0,
+    // each having written over the other's checkpoints).
+    let _own = lock_checkpoint(args)?;
     let spec = run_spec::resolve(args, Launch::Single)?;
     check_files_distinct(args, &spec)?;
     threads::set_budget(spec.run.threads)?;
@@ -94,6 +98,15 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         Dtype::F32 | Dtype::Bf16 => single::<f32>(args, spec),
         Dtype::F64 => single::<f64>(args, spec),
     }
+}
+
+/// The lock on the run's checkpoint file, held while the run lives (the
+/// single process, or rank 0 of an MPI job).
+pub(super) fn lock_checkpoint(args: &TrainArgs) -> Result<Option<twolayer::lock::FileLock>> {
+    args.checkpoint
+        .as_deref()
+        .map(|p| twolayer::lock::FileLock::try_exclusive(p, "--checkpoint"))
+        .transpose()
 }
 
 /// Refuses, before any work, outputs that name an input or each other.

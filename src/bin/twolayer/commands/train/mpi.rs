@@ -45,6 +45,12 @@ fn run_rank(args: &TrainArgs, cluster: &Cluster) -> Result<()> {
     let panic_at: Option<usize> = None;
 
     let k = cluster.size();
+    // Rank 0 writes the checkpoint, and owns it for the job.
+    let _own = if cluster.rank() == 0 {
+        super::lock_checkpoint(args)?
+    } else {
+        None
+    };
     // The same checks as one process; mpirun binds each rank to its
     // cores, and the default thread budget follows.
     let spec = run_spec::resolve(args, Launch::Mpi { ranks: k })?;
