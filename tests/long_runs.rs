@@ -999,7 +999,7 @@ fn two_runs_onto_one_checkpoint_at_once_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let ck = dir.path().join("c.ck");
     let lock = dir.path().join(".c.ck.lock");
-    let mut first = bin()
+    let first = bin()
         .args([
             "train", "--quiet", "--n", "8", "--d-in", "6", "--hidden", "5", "--d-out", "3",
         ])
