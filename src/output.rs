@@ -17,10 +17,15 @@ fn parent_dir(path: &Path) -> &Path {
     }
 }
 
-/// Checks, before any work is done, that a file can be written at `path`:
-/// the path is not a folder nor a link that [`write_atomic`] would refuse,
-/// its folder exists, and a file can be created there. Leaves nothing
-/// behind.
+/// Checks, before any work is done, that a file can be written at `path`
+/// the way [`write_atomic`] will write it, so that a run never does its
+/// work and then loses it: the path is not a folder nor a link that
+/// [`write_atomic`] would refuse, its folder exists, the temporary file
+/// the write will create there (under the very name it will use) can be
+/// created, and an existing file can be replaced — not immutable or
+/// append-only (`chattr +i`, `+a`), not another user's in a folder with
+/// the sticky bit (`/tmp`). Devices and FIFOs, written in place, and `-`
+/// (standard output, when open) pass. Leaves nothing behind.
 pub fn check_writable(path: &Path) -> Result<()> {
     // `-`: standard output, when it is open.
     if crate::input::is_stdio(path) {
@@ -32,6 +37,14 @@ pub fn check_writable(path: &Path) -> Result<()> {
     if path.is_dir() {
         return Err(Error::write(path, "it is a directory"));
     }
+    match special_file(path) {
+        Some(kind @ ("socket" | "block device")) => {
+            return Err(Error::write(path, format!("it is a {kind}")));
+        }
+        // Written in place, through a temporary copy (no seeking).
+        Some(_) => return Ok(()),
+        None => {}
+    }
     let dir = parent_dir(path);
     if !dir.is_dir() {
         return Err(Error::write(
@@ -39,11 +52,146 @@ pub fn check_writable(path: &Path) -> Result<()> {
             format!("folder {} does not exist", dir.display()),
         ));
     }
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::write(path, "not a file name"))?;
+    temp_sibling(dir, name)
+        .map(drop)
+        .map_err(|e| Error::write(path, e))?;
+    if let Ok(existing) = std::fs::symlink_metadata(path) {
+        if let Some(why) = cannot_replace(path, dir, &existing) {
+            return Err(Error::write(path, why));
+        }
+    }
+    Ok(())
+}
+
+/// Why an existing `file` in folder `dir` cannot be replaced by a rename,
+/// when it cannot: its immutable or append-only attribute, or the sticky
+/// bit of a folder that is not the caller's over a file that is not
+/// either (rename(2) then fails with EPERM, for any user but root).
+fn cannot_replace(path: &Path, dir: &Path, file: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    if let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path)
+    {
+        use std::os::fd::AsRawFd;
+        let mut flags: libc::c_long = 0;
+        // SAFETY: FS_IOC_GETFLAGS writes one long through the pointer.
+        let r = unsafe { libc::ioctl(f.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) };
+        const IMMUTABLE: libc::c_long = 0x10; // FS_IMMUTABLE_FL
+        const APPEND_ONLY: libc::c_long = 0x20; // FS_APPEND_FL
+        if r == 0 && flags & IMMUTABLE != 0 {
+            return Some("it is immutable (chattr +i): it cannot be replaced; remove the attribute or write elsewhere".into());
+        }
+        if r == 0 && flags & APPEND_ONLY != 0 {
+            return Some("it is append-only (chattr +a): it cannot be replaced; remove the attribute or write elsewhere".into());
+        }
+    }
+    let folder = std::fs::metadata(dir).ok()?;
+    // SAFETY: geteuid has no failure mode.
+    let me = unsafe { libc::geteuid() };
+    sticky_refuses(folder.mode(), folder.uid(), file.uid(), me).then(|| {
+        format!(
+            "it belongs to another user (uid {}) in {}, a folder with the sticky bit: only its owner can replace it; write elsewhere",
+            file.uid(),
+            dir.display()
+        )
+    })
+}
+
+/// Whether the sticky bit of a folder (`dir_mode`, owned by `dir_uid`)
+/// stops user `me` from replacing a file owned by `file_uid` in it (root
+/// may; so may the owner of the file or of the folder).
+fn sticky_refuses(dir_mode: u32, dir_uid: u32, file_uid: u32, me: u32) -> bool {
+    dir_mode & libc::S_ISVTX as u32 != 0 && me != 0 && me != file_uid && me != dir_uid
+}
+
+/// Checks, before any work is done, that `path` can be appended to (an
+/// existing file: a regular one, opened for appending now; none yet: as
+/// [`check_writable`], which creates it).
+pub fn check_appendable(path: &Path) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map(drop)
+            .map_err(|e| Error::write(path, e)),
+        Ok(_) => Err(Error::write(path, "not a regular file to append to")),
+        Err(_) => check_writable(path),
+    }
+}
+
+/// Checks, before any work is done, that files can be written in folder
+/// `path` (made by the command when it does not exist yet: then its
+/// nearest existing ancestor must take a new folder).
+pub fn check_folder_writable(path: &Path) -> Result<()> {
+    let mut at = path;
+    while !at.exists() {
+        match at.parent() {
+            Some(p) if !p.as_os_str().is_empty() => at = p,
+            _ => {
+                at = Path::new(".");
+                break;
+            }
+        }
+    }
+    if !at.is_dir() {
+        return Err(Error::write(
+            path,
+            format!("{} is not a folder", at.display()),
+        ));
+    }
     tempfile::Builder::new()
         .prefix(".twolayer-check-")
-        .tempfile_in(dir)
+        .tempdir_in(at)
         .map(drop)
         .map_err(|e| Error::write(path, e))
+}
+
+/// The prefix of the temporary files written on the way to `name`:
+/// `.NAME.PID.`, NAME cut (at a character) so that the whole temporary
+/// name, `.NAME.PID.XXXXXX.tmp`, fits the 255 bytes a file name may have
+/// (before, a 240-character output name trained to the end and then
+/// failed: "File name too long").
+fn temp_prefix(name: &std::ffi::OsStr) -> String {
+    let mut base = name.to_string_lossy().into_owned();
+    // 255 − (two dots, up to 10 digits of pid, a dot, 6 random, ".tmp").
+    const ROOM: usize = 255 - (2 + 10 + 1 + 6 + 4) - 1;
+    while base.len() > ROOM {
+        base.pop();
+    }
+    base
+}
+
+/// A new temporary file in `dir` for an output named `name`
+/// (`.NAME.PID.XXXXXX.tmp`: see [`temp_prefix`]), created with O_EXCL.
+fn temp_sibling(dir: &Path, name: &std::ffi::OsStr) -> std::io::Result<tempfile::NamedTempFile> {
+    tempfile::Builder::new()
+        .prefix(&format!(".{}.{}.", temp_prefix(name), std::process::id()))
+        .suffix(".tmp")
+        .tempfile_in(dir)
+}
+
+/// Where the result of a run goes when the output asked for failed at
+/// the end (the disk filled during the run, the device went away):
+/// `twolayer-rescue-PID-WHAT.EXT` in the temporary folder (`$TMPDIR`),
+/// else the current folder, else `$HOME`, the first that takes it. `write`
+/// writes the file at the path it is given. `None` when none took it.
+pub fn rescue(
+    what: &str,
+    ext: &str,
+    write: impl Fn(&Path) -> Result<()>,
+) -> Option<std::path::PathBuf> {
+    let name = format!("twolayer-rescue-{}-{what}.{ext}", std::process::id());
+    let mut dirs = vec![std::env::temp_dir()];
+    dirs.extend(std::env::current_dir().ok());
+    dirs.extend(std::env::var_os("HOME").map(std::path::PathBuf::from));
+    dirs.into_iter()
+        .map(|d| d.join(&name))
+        .find(|p| write(p).is_ok())
 }
 
 /// Writes a file at `path` atomically: `write` fills a buffered temporary
@@ -78,13 +226,11 @@ pub fn write_atomic(
         if kind == "socket" || kind == "block device" {
             return Err(Error::write(path, format!("it is a {kind}")));
         }
-        let result = (|| -> std::io::Result<()> {
-            let mut f = open_special_for_writing(path)?;
-            let mut w = BufWriter::new(&mut f);
-            write(&mut w)?;
-            w.flush()
-        })();
-        return result.map_err(|e| Error::write(path, e));
+        // Through a temporary copy: a writer that seeks (a `.npz`'s) then
+        // works on a FIFO or a pipe too (before: "Illegal seek" after the
+        // whole run), and a failed write sends nothing.
+        return write_via_copy(write, || open_special_for_writing(path))
+            .map_err(|e| Error::write(path, e));
     }
     replace_regular(path, |f| {
         let mut w = BufWriter::new(f);
@@ -137,14 +283,7 @@ pub fn replace_regular(
         // `.NAME.PID.XXXXXX.tmp`: the writer's process id in the name, so
         // that a later writer removes only the temporary files of writers
         // that are gone, never one another process is still filling.
-        let mut tmp = tempfile::Builder::new()
-            .prefix(&format!(
-                ".{}.{}.",
-                name.to_string_lossy(),
-                std::process::id()
-            ))
-            .suffix(".tmp")
-            .tempfile_in(dir)?;
+        let mut tmp = temp_sibling(dir, name)?;
         fill(tmp.as_file_mut())?;
         let f = tmp.as_file();
         f.set_permissions(std::fs::Permissions::from_mode(mode))?;
@@ -152,7 +291,7 @@ pub fn replace_regular(
         tmp.persist(path).map_err(|e| e.error)
     })();
     let file = result.map_err(|e| Error::write(path, e))?;
-    remove_stale_temps(dir, &name.to_string_lossy(), path);
+    remove_stale_temps(dir, &temp_prefix(name), path);
     // Make the rename itself durable. Some filesystems refuse to fsync a
     // directory; the data is written either way.
     if let Ok(d) = File::open(dir) {
@@ -167,22 +306,28 @@ pub fn replace_regular(
 fn write_stdout(
     write: impl FnOnce(&mut BufWriter<&mut File>) -> std::io::Result<()>,
 ) -> Result<()> {
-    use std::io::{Seek, SeekFrom};
     check_stdout_open()?;
     let name = Path::new("<standard output>");
-    let result = (|| -> std::io::Result<()> {
-        let mut tmp = tempfile::tempfile()?;
-        {
-            let mut w = BufWriter::new(&mut tmp);
-            write(&mut w)?;
-            w.flush()?;
-        }
-        tmp.seek(SeekFrom::Start(0))?;
-        let mut out = std::io::stdout().lock();
-        std::io::copy(&mut tmp, &mut out)?;
-        out.flush()
-    })();
-    result.map_err(|e| Error::write(name, e))
+    write_via_copy(write, || Ok(std::io::stdout().lock())).map_err(|e| Error::write(name, e))
+}
+
+/// Writes through an unnamed temporary file: `write` fills it (and may
+/// seek), then it is copied to what `open` opens — only once it is whole.
+fn write_via_copy<W: Write>(
+    write: impl FnOnce(&mut BufWriter<&mut File>) -> std::io::Result<()>,
+    open: impl FnOnce() -> std::io::Result<W>,
+) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom};
+    let mut tmp = tempfile::tempfile()?;
+    {
+        let mut w = BufWriter::new(&mut tmp);
+        write(&mut w)?;
+        w.flush()?;
+    }
+    tmp.seek(SeekFrom::Start(0))?;
+    let mut out = open()?;
+    std::io::copy(&mut tmp, &mut out)?;
+    out.flush()
 }
 
 /// Whether standard output was closed (`>&-`) when the process started.

@@ -8,6 +8,7 @@ use common::{bin, parse_losses, run, stderr};
 use ndarray::{Array1, Array2};
 use ndarray_npy::{NpzWriter, WriteNpyExt};
 use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use twolayer::npz::save_init;
 use twolayer::{Data, Shape, Weights};
@@ -1588,4 +1589,199 @@ fn output_that_cannot_arrive_on_stdout_is_an_error() {
             stderr(&o)
         );
     }
+}
+
+/// A run that trains to its end and then cannot keep its result is the
+/// worst failure there is: every such output is refused before the first
+/// step (issue 35 class 3), and a final write that fails anyway (a disk
+/// that filled during the run) leaves the weights in a rescue file named on
+/// stderr, with a non-zero exit.
+#[test]
+fn outputs_that_cannot_be_written_are_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tiny = [
+        "train", "-q", "--n", "8", "--d-in", "6", "--hidden", "5", "--d-out", "3",
+    ];
+    let train = |extra: &[&str]| {
+        let mut a = tiny.to_vec();
+        a.extend_from_slice(extra);
+        run(&a)
+    };
+    // An immutable file: before, trained, then "Operation not permitted".
+    let imm = d.join("imm.npz");
+    std::fs::write(&imm, b"keep me").unwrap();
+    let chattr = std::process::Command::new("chattr")
+        .arg("+i")
+        .arg(&imm)
+        .status();
+    assert!(
+        chattr.is_ok_and(|s| s.success()),
+        "this test needs chattr +i (root, a filesystem with attributes): CI runs as root"
+    );
+    let o = train(&["--steps", "100000000", "--save", imm.to_str().unwrap()]);
+    let _ = std::process::Command::new("chattr")
+        .arg("-i")
+        .arg(&imm)
+        .status();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("--save") && err.contains("immutable"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(std::fs::read(&imm).unwrap(), b"keep me");
+    // A name whose temporary sibling was too long ("File name too long"
+    // after the run): written now, the temporary name cut to fit.
+    let long = d.join(format!("{}.npz", "w".repeat(240)));
+    let o = train(&["--steps", "3", "--save", long.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    twolayer::npz::load_weights_file::<f64>(&long).unwrap();
+    assert_eq!(
+        std::fs::read_dir(d).unwrap().count(),
+        2,
+        "a temporary file was left"
+    );
+    // A pipe, which cannot seek (a .npz writer seeks: before, "Illegal
+    // seek" after the run): written through a temporary copy.
+    let o = bin()
+        .args(tiny)
+        .args(["--steps", "3", "--save", "/dev/stdout"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let piped = d.join("piped.npz");
+    std::fs::write(&piped, &o.stdout).unwrap();
+    twolayer::npz::load_weights_file::<f64>(&piped).unwrap();
+    // A final write that fails anyway (/dev/full: no space left): the
+    // weights go to a rescue file in $TMPDIR, named, and the exit is 1.
+    let o = bin()
+        .args(tiny)
+        .args(["--steps", "3", "--save", "/dev/full"])
+        .env("TMPDIR", d)
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let rescued = err
+        .split("the trained weights are safe in ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no rescue file named: {err}"))
+        .trim();
+    assert!(rescued.starts_with(d.to_str().unwrap()), "{rescued}");
+    let w = twolayer::npz::load_weights_file::<f64>(Path::new(rescued)).unwrap();
+    let o = train(&[
+        "--steps",
+        "3",
+        "--save",
+        d.join("same.npz").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        w,
+        twolayer::npz::load_weights_file::<f64>(&d.join("same.npz")).unwrap()
+    );
+}
+
+#[test]
+fn another_users_file_in_a_sticky_folder_is_refused_before_any_work() {
+    // rename(2) over another user's file in a folder with the sticky bit
+    // (/tmp) fails for anyone but root: before, the run trained and then
+    // lost its weights. CI runs as root: this test makes a user to be the
+    // other one, and runs twolayer as it.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test creates a user: run it as root (CI does)"
+    );
+    let user = "twolayer-test";
+    let exists = || {
+        std::process::Command::new("id")
+            .arg(user)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !exists() {
+        let made = std::process::Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                user,
+            ])
+            .status()
+            .unwrap();
+        // Another test process may have made it meanwhile.
+        assert!(
+            made.success()
+                || std::process::Command::new("id")
+                    .arg(user)
+                    .status()
+                    .unwrap()
+                    .success()
+        );
+    }
+    let id = |flag: &str| -> u32 {
+        let o = std::process::Command::new("id")
+            .args([flag, user])
+            .output()
+            .unwrap();
+        String::from_utf8(o.stdout).unwrap().trim().parse().unwrap()
+    };
+    let (uid, gid) = (id("-u"), id("-g"));
+    // The binary and its OpenBLAS where that user can read them (a build
+    // under /root is not), found through this process's own mappings.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+    let exe = d.join("twolayer");
+    std::fs::copy(env!("CARGO_BIN_EXE_twolayer"), &exe).unwrap();
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let lib = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.contains("libopenblas"))
+        .expect("OpenBLAS is mapped");
+    let libdir = d.join("lib");
+    std::fs::create_dir(&libdir).unwrap();
+    std::fs::copy(lib, libdir.join("libopenblas.so.0")).unwrap();
+    for p in [&libdir, &libdir.join("libopenblas.so.0")] {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    // Root's file, in the sticky folder.
+    let theirs = d.join("theirs.npz");
+    std::fs::write(&theirs, b"root's").unwrap();
+    let o = std::process::Command::new(&exe)
+        .args([
+            "train", "-q", "--n", "8", "--d-in", "6", "--hidden", "5", "--d-out", "3",
+        ])
+        .args(["--steps", "100000000", "--save", theirs.to_str().unwrap()])
+        .env("LD_LIBRARY_PATH", &libdir)
+        .env("HOME", d)
+        .current_dir(d)
+        .uid(uid)
+        .gid(gid)
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("belongs to another user") && err.contains("--save"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&theirs).unwrap(), b"root's");
+    // Its own file there it may replace.
+    let mine = d.join("mine.npz");
+    let o = std::process::Command::new(&exe)
+        .args([
+            "train", "-q", "--n", "8", "--d-in", "6", "--hidden", "5", "--d-out", "3",
+        ])
+        .args(["--steps", "3", "--save", mine.to_str().unwrap()])
+        .env("LD_LIBRARY_PATH", &libdir)
+        .env("HOME", d)
+        .current_dir(d)
+        .uid(uid)
+        .gid(gid)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
 }

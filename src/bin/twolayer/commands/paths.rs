@@ -7,6 +7,11 @@
 //! role in [`ROLES`], and a test walks the command-line definition so that
 //! a path flag added without a role fails the suite the day it is added.
 //!
+//! The same place checks that every output can be written the way it
+//! will be ([`Writes`]), so that no command does its work and then fails
+//! to keep it (an immutable file, another user's file in /tmp, a name too
+//! long for the temporary file beside it).
+//!
 //! Files a command finds by itself (the default wisdom file, the data a
 //! checkpoint names, the reports inside a compared folder) are the
 //! command's to add: `train` and `compare` check those with the same
@@ -69,18 +74,63 @@ pub const ROLES: &[(&str, &str, Role)] = &[
     ("info", "json", Output),
 ];
 
+/// How an output is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Writes {
+    /// Replaced whole through a temporary file beside it (every output
+    /// not listed in [`WRITES`]).
+    Replace,
+    /// Appended to.
+    Append,
+    /// A folder the command writes files in (made when missing).
+    Folder,
+    /// Replaced whole, its folder made when missing.
+    ReplaceMakingFolder,
+}
+
+/// The outputs not replaced whole, and how they are written.
+pub const WRITES: &[(&str, &str, Writes)] = &[
+    ("sweep", "out", Writes::Folder),
+    ("compare", "history", Writes::Append),
+    ("tune", "wisdom", Writes::ReplaceMakingFolder),
+];
+
+/// How output `id` of subcommand `name` is written.
+pub fn writes(name: &str, id: &str) -> Writes {
+    WRITES
+        .iter()
+        .find(|w| w.0 == name && w.1 == id)
+        .map_or(Writes::Replace, |w| w.2)
+}
+
+/// Fails when `path` cannot be written as `how` says (see
+/// [`twolayer::output::check_writable`]).
+pub fn check_writable_as(path: &Path, how: Writes) -> Result<()> {
+    use twolayer::output;
+    match how {
+        Writes::Replace => output::check_writable(path),
+        Writes::Append => output::check_appendable(path),
+        Writes::Folder => output::check_folder_writable(path),
+        Writes::ReplaceMakingFolder => match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() && !p.is_dir() => output::check_folder_writable(p),
+            _ => output::check_writable(path),
+        },
+    }
+}
+
 /// (subcommand, output, input) that may name one file: a resumed run
 /// writes its next checkpoint over the one it read (atomically), which is
 /// the point of resuming.
 const MAY_SHARE: &[(&str, &str, &str)] = &[("train", "checkpoint", "resume")];
 
-/// The paths subcommand `name` was given, with their roles and the flag
-/// (as typed: `--save-best`, or a positional's name) that gave each.
+/// The paths subcommand `name` was given, with their roles, the flag (as
+/// typed: `--save-best`, or a positional's name) that gave each, and
+/// their clap ids.
 pub fn named_paths(
     cmd: &clap::Command,
     name: &str,
     m: &clap::ArgMatches,
-) -> Vec<(String, PathBuf, Role)> {
+) -> Vec<(String, PathBuf, Role, &'static str)> {
     let Some(sub) = cmd.find_subcommand(name) else {
         return Vec::new();
     };
@@ -95,20 +145,21 @@ pub fn named_paths(
             .and_then(|a| a.get_long().map(|l| format!("--{l}")))
             .unwrap_or_else(|| id.to_uppercase());
         for v in values {
-            out.push((label.clone(), PathBuf::from(v), role));
+            out.push((label.clone(), PathBuf::from(v), role, id));
         }
     }
     out
 }
 
 /// Fails, with one line naming both flags, when an output of the command
-/// clap parsed into `matches` is one of its inputs or another output.
+/// clap parsed into `matches` is one of its inputs or another output; and,
+/// naming the flag, when an output cannot be written as it will be.
 pub fn check(cmd: &clap::Command, matches: &clap::ArgMatches) -> Result<()> {
     let Some((name, m)) = matches.subcommand() else {
         return Ok(());
     };
     let paths = named_paths(cmd, name, m);
-    let flag_of = |id: &str| -> Option<&(String, PathBuf, Role)> {
+    let flag_of = |id: &str| -> Option<&(String, PathBuf, Role, &str)> {
         let label = format!("--{}", id.replace('_', "-"));
         paths.iter().find(|p| p.0 == label)
     };
@@ -130,7 +181,12 @@ pub fn check(cmd: &clap::Command, matches: &clap::ArgMatches) -> Result<()> {
             .map(|p| (p.0.as_str(), p.1.as_path()))
             .collect()
     };
-    check_distinct(&pick(Input), &pick(Output))
+    check_distinct(&pick(Input), &pick(Output))?;
+    for (flag, path, _, id) in paths.iter().filter(|p| p.2 == Output) {
+        check_writable_as(path, writes(name, id))
+            .map_err(|e| twolayer::error::Error::invalid(format!("{flag}: {e}")))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -298,5 +354,77 @@ mod tests {
         .collect::<Vec<_>>();
         let m = Cli::command().try_get_matches_from(&argv).unwrap();
         check(&cmd, &m).unwrap();
+    }
+
+    /// Class 3's matrix, from the command-line definition: every output
+    /// flag of every subcommand, aimed at a file that cannot be replaced
+    /// (immutable), at a folder, and at a name whose temporary sibling
+    /// would be too long, is refused — or, for the last, accepted — by the
+    /// check `main` runs before any command does any work. A new output
+    /// flag is covered the day it is added.
+    #[test]
+    fn every_output_that_cannot_be_written_is_refused_before_any_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let cmd = Cli::command();
+        let imm = dir.path().join("immutable.out");
+        std::fs::write(&imm, b"keep").unwrap();
+        let made = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(&imm)
+            .status();
+        assert!(
+            made.is_ok_and(|s| s.success()),
+            "this test needs chattr +i (root, a filesystem with attributes): CI runs as root"
+        );
+        let folder = dir.path().join("a-folder");
+        std::fs::create_dir(&folder).unwrap();
+        let long = dir.path().join("l".repeat(250));
+        let mut checked = 0;
+        for sub in cmd.get_subcommands() {
+            let name = sub.get_name();
+            for out in sub.get_arguments().filter(|a| {
+                takes_paths(a)
+                    && a.get_long().is_some()
+                    && ROLES
+                        .iter()
+                        .any(|r| r.0 == name && r.1 == a.get_id() && r.2 == Output)
+            }) {
+                let flag = format!("--{}", out.get_long().unwrap());
+                let how = writes(name, out.get_id().as_str());
+                for (target, refused) in [
+                    (&imm, true),
+                    (&folder, how != Writes::Folder),
+                    (&long, false),
+                ] {
+                    let argv = invocation(
+                        dir.path(),
+                        sub,
+                        &[flag.clone(), target.display().to_string()],
+                    );
+                    let m = Cli::command()
+                        .try_get_matches_from(&argv)
+                        .unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+                    match check(&cmd, &m) {
+                        Err(e) if refused => {
+                            assert!(e.to_string().starts_with(&flag), "{argv:?}: {e}")
+                        }
+                        Ok(()) if !refused => {}
+                        r => panic!("{argv:?}: {r:?}"),
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&imm)
+            .status();
+        assert!(checked >= 3 * 19, "only {checked} cases");
+        // Nothing was left behind by the checks.
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left.len(), 2, "{left:?}");
     }
 }

@@ -43,10 +43,9 @@ fn set_threads(t: Option<usize>) -> Result<()> {
 
 /// Runs `twolayer predict`.
 pub fn run_predict(args: &PredictArgs) -> Result<()> {
-    output::check_writable(&args.out)?;
+    // (Every output was checked writable in main: commands/paths.rs.)
     let mut outputs: Vec<(&str, &Path)> = vec![("--out", &args.out)];
     if let Some(j) = &args.output.json {
-        output::check_writable(j)?;
         outputs.push(("--json", j));
     }
     output::check_distinct(&[("--weights", &args.weights), ("--x", &args.x)], &outputs)?;
@@ -154,9 +153,6 @@ fn predict<F: Real>(args: &PredictArgs, x: &ArrayFile) -> Result<()> {
 /// Runs `twolayer eval`: prints `rows`, `loss_sum` (Σ (y_pred − y)²) and
 /// `mse` (that over rows × D_out), one `name value` line each.
 pub fn run_eval(args: &EvalArgs) -> Result<()> {
-    if let Some(j) = args.output.json_file() {
-        output::check_writable(j)?;
-    }
     set_threads(args.pass.threads)?;
     let (d_in, _, d_out, dtype) = npz::peek_weights(&args.weights)?;
     // `--data -`: standard input, copied to a temporary file.

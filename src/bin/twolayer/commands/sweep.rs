@@ -55,9 +55,6 @@ pub fn run(args: &SweepArgs) -> Result<()> {
         return run_mpi(args, &grid);
     }
     check_out_dir(args)?;
-    if let Some(j) = args.output.json_file() {
-        output::check_writable(j)?;
-    }
     if let Some(w) = twolayer::kernel_set::warning() {
         say!("twolayer: {w}");
     }

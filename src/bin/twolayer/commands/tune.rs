@@ -29,9 +29,15 @@ pub fn run(args: &TuneArgs) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::write(dir, e))?;
     }
-    twolayer::output::check_writable(&path)?;
+    // The wisdom file by default (none given) is this command's own
+    // find: checked here as main checks the ones given.
+    if args.wisdom.is_none() {
+        crate::commands::paths::check_writable_as(
+            &path,
+            crate::commands::paths::Writes::ReplaceMakingFolder,
+        )?;
+    }
     if let Some(j) = args.output.json_file() {
-        twolayer::output::check_writable(j)?;
         twolayer::output::check_distinct(&[("--wisdom", &path)], &[("--json", j)])?;
     }
     let pools = twolayer::bench::run::pools(&grid)?;

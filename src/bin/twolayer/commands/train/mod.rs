@@ -56,6 +56,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     // second Ctrl-C lost everything since the resume).
     // (A resume file that is no regular file is refused as an input.)
     let resolved;
+    let original = args;
     let args = match (&args.checkpoint, &args.resume) {
         (None, Some(r)) if std::fs::metadata(r).is_ok_and(|m| m.is_file()) => {
             resolved = TrainArgs {
@@ -66,19 +67,13 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         }
         _ => args,
     };
-    // Refuse unwritable outputs now, not after hours of training.
-    for path in [
-        &args.save,
-        &args.losses,
-        &args.checkpoint,
-        &args.metrics,
-        &args.output.json,
-        &args.save_best,
-    ]
-    .into_iter()
-    .flatten()
-    {
-        output::check_writable(path)?;
+    // Unwritable outputs were refused in main (commands/paths.rs), before
+    // any work; the checkpoint a resume implies is checked here the same
+    // way.
+    if args.checkpoint.is_some() && !std::ptr::eq(args, original) {
+        if let Some(p) = &args.checkpoint {
+            output::check_writable(p)?;
+        }
     }
     #[cfg(feature = "mpi")]
     if twolayer::distributed::launched_by_mpi() {

@@ -580,6 +580,39 @@ impl<'a, F: Real> Reporter<'a, F> {
         if let Some(p) = &args.save {
             keep("--save", p, npz::save_weights(p, trainer.weights()));
         }
+        // Weights a failed write would lose go to a rescue file, named
+        // below: the trained weights when --save failed (or the checkpoint
+        // did and there is no --save), the best epoch's when --save-best
+        // failed. (Before, a disk that filled during the run lost them.)
+        let lost = |flag: &str| written.iter().all(|w| !w.starts_with(flag));
+        let mut rescued: Vec<String> = Vec::new();
+        if !failed.is_empty() {
+            let weights_lost = (args.save.is_some() && lost("--save "))
+                || (args.save.is_none() && args.checkpoint.is_some() && lost("--checkpoint "));
+            if weights_lost {
+                rescued.push(
+                    match output::rescue("weights", "npz", |p| {
+                        npz::save_weights(p, trainer.weights())
+                    }) {
+                        Some(p) => format!("the trained weights are safe in {}", p.display()),
+                        None => {
+                            "no rescue file could be written for the trained weights either".into()
+                        }
+                    },
+                );
+            }
+            if let (Some(_), Some(b), true) = (&args.save_best, &self.best, lost("--save-best ")) {
+                rescued.push(
+                    match output::rescue("best", "npz", |p| npz::save_weights(p, b)) {
+                        Some(p) => format!("the best epoch's weights are safe in {}", p.display()),
+                        None => {
+                            "no rescue file could be written for the best epoch's weights either"
+                                .into()
+                        }
+                    },
+                );
+            }
+        }
         if let Some(first) = failed.first() {
             // The same failure twice (a metrics file that failed at an
             // epoch and again at the end) is said once.
@@ -599,6 +632,9 @@ impl<'a, F: Real> Reporter<'a, F> {
             } else {
                 format!("; written all the same: {}", written.join(", "))
             });
+            for r in rescued {
+                msg.push_str(&format!("; {r}"));
+            }
             return Err(Error::invalid(msg));
         }
         // A closed pipe (`twolayer train | head`) means the reader has seen
