@@ -106,7 +106,7 @@ fn cannot_replace(path: &Path, dir: &Path, file: &std::fs::Metadata) -> Option<S
 /// stops user `me` from replacing a file owned by `file_uid` in it (root
 /// may; so may the owner of the file or of the folder).
 fn sticky_refuses(dir_mode: u32, dir_uid: u32, file_uid: u32, me: u32) -> bool {
-    dir_mode & libc::S_ISVTX as u32 != 0 && me != 0 && me != file_uid && me != dir_uid
+    dir_mode & libc::S_ISVTX != 0 && me != 0 && me != file_uid && me != dir_uid
 }
 
 /// Checks, before any work is done, that `path` can be appended to (an
