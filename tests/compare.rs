@@ -562,3 +562,63 @@ fn no_output_lands_on_a_report_inside_a_compared_folder_or_on_a_file_that_is_not
     assert_eq!(code, 2, "{e}");
     assert!(e.contains("last line is not complete"), "{e}");
 }
+
+#[test]
+fn a_history_entry_no_gate_writes_is_refused_not_hung_on() {
+    // Before, `history h.jsonl --chart t.svg` never returned on an entry
+    // whose change was about 1e307, and --history-as took any word.
+    let dir = tempfile::tempdir().unwrap();
+    let h = dir.path().join("h.jsonl");
+    std::fs::write(
+        &h,
+        r#"{"date":"2026-12-07T00:00:00Z","against":"base","baseline":["a"],"current":["b"],"max_slowdown":0.1,"change":1e307,"ci":[1e306,1e308],"verdict":"slower","slower":1,"faster":0,"points":8}
+"#,
+    )
+    .unwrap();
+    let chart = dir.path().join("t.svg");
+    let mut child = common::bin()
+        .args([
+            "history",
+            h.to_str().unwrap(),
+            "--chart",
+            chart.to_str().unwrap(),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A guard against the hang, not a timing: it answers at once.
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("history hung on the entry");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("line 1") && err.contains("not a measured one"),
+        "{err}"
+    );
+    assert!(!chart.exists());
+    let out = run(&[
+        "compare",
+        "a",
+        "b",
+        "--history",
+        h.to_str().unwrap(),
+        "--history-as",
+        "main",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("possible values: base, anchor"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -19,8 +19,8 @@ pub const HISTORY_LIMIT: u64 = 1 << 30;
 pub struct Entry {
     /// When it was appended (UTC, RFC 3339).
     pub date: String,
-    /// What the baseline was: `base` (the main a change was built on),
-    /// `anchor` (an older main, for creep), or any name the caller gives.
+    /// What the baseline was: `base` (the main a change was built on) or
+    /// `anchor` (an older main, for creep): one of [`AGAINST`].
     pub against: String,
     /// The baseline's commits.
     pub baseline: Vec<String>,
@@ -42,7 +42,58 @@ pub struct Entry {
     pub points: usize,
 }
 
+/// The baselines a history records: `base` and `anchor`.
+pub const AGAINST: &[&str] = &["base", "anchor"];
+
+/// The verdicts an entry may hold.
+const VERDICTS: &[&str] = &["slower", "faster", "within noise"];
+
+/// Largest change (or interval end) an entry may hold, either way: a
+/// thousandfold slowdown or speed-up is no gate's measurement.
+pub const MAX_CHANGE: f64 = 1e3;
+
 impl Entry {
+    /// Why the entry is not one `compare` writes, if it is not: a change
+    /// or interval that is not finite and positive (at most
+    /// [`MAX_CHANGE`] either way), a change outside its interval, an
+    /// unknown baseline or verdict, counts that do not add up. (Before, a
+    /// change of 1e307 made `twolayer history --chart` hang.)
+    pub fn invalid(&self) -> Option<String> {
+        let sane = |v: f64| v.is_finite() && (1.0 / MAX_CHANGE..=MAX_CHANGE).contains(&v);
+        let (lo, hi) = self.ci;
+        if !(sane(self.change) && sane(lo) && sane(hi)) {
+            return Some(format!(
+                "a change of {} in [{lo}, {hi}] is not a measured one (finite, between 1/{MAX_CHANGE} and {MAX_CHANGE})",
+                self.change
+            ));
+        }
+        if !(lo <= self.change && self.change <= hi) {
+            return Some(format!(
+                "its change {} lies outside its interval [{lo}, {hi}]",
+                self.change
+            ));
+        }
+        if !AGAINST.contains(&self.against.as_str()) {
+            return Some(format!(
+                "it is against `{}`, not one of {}",
+                self.against,
+                AGAINST.join(", ")
+            ));
+        }
+        if !VERDICTS.contains(&self.verdict.as_str()) {
+            return Some(format!(
+                "its verdict `{}` is not one compare gives",
+                self.verdict
+            ));
+        }
+        if !(self.max_slowdown.is_finite() && self.max_slowdown > 0.0)
+            || self.slower + self.faster > self.points
+        {
+            return Some("its threshold or point counts are not ones compare writes".into());
+        }
+        None
+    }
+
     /// The entry for `c`, compared against `against`, dated now.
     pub fn of(c: &Comparison, against: &str) -> Entry {
         let count = |v: Verdict| c.points.iter().filter(|p| p.verdict == v).count();
@@ -53,7 +104,12 @@ impl Entry {
             current: c.commits.1.clone(),
             max_slowdown: c.max_slowdown,
             change: c.overall.change,
-            ci: c.overall.ci,
+            // A percentile interval may, rarely, leave out the estimate
+            // it is of; the history's holds it.
+            ci: (
+                c.overall.ci.0.min(c.overall.change),
+                c.overall.ci.1.max(c.overall.change),
+            ),
             verdict: c.overall.verdict.name().trim_matches('*').to_string(),
             slower: count(Verdict::Slower),
             faster: count(Verdict::Faster),
@@ -113,12 +169,19 @@ fn parse(path: &Path, text: &str) -> Result<Vec<Entry>> {
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| {
+            let e: Entry = serde_json::from_str(l).map_err(|e| {
                 Error::read(
                     path,
                     format!("line {} is not a gate history entry ({e})", i + 1),
                 )
-            })
+            })?;
+            match e.invalid() {
+                Some(why) => Err(Error::read(
+                    path,
+                    format!("line {} is not an entry compare writes: {why}", i + 1),
+                )),
+                None => Ok(e),
+            }
         })
         .collect()
 }
@@ -198,5 +261,43 @@ mod tests {
         assert!(md.contains("+9.3%"), "{md}");
         std::fs::write(&p, "{\"not\": 1}\n").unwrap();
         assert!(read(&p).unwrap_err().to_string().contains("line 1"));
+    }
+
+    #[test]
+    fn entries_no_gate_writes_are_refused_when_read() {
+        // Before, a change of 1e307 made `history --chart` hang; any
+        // string passed as `against`.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("h.jsonl");
+        let bad = |f: &dyn Fn(&mut Entry)| {
+            let mut e = entry("base", 1.02);
+            f(&mut e);
+            std::fs::write(
+                &p,
+                format!("{}\n", serde_json::to_string(&entry("base", 1.0)).unwrap()),
+            )
+            .unwrap();
+            append(&p, &e).unwrap();
+            read(&p).unwrap_err().to_string()
+        };
+        for (e, needle) in [
+            (
+                bad(&|e| {
+                    e.change = 1e307;
+                    e.ci = (1e306, 1e308);
+                }),
+                "not a measured one",
+            ),
+            (bad(&|e| e.change = f64::MIN_POSITIVE), "not a measured one"),
+            (bad(&|e| e.ci = (1.1, 1.2)), "outside its interval"),
+            (
+                bad(&|e| e.against = "main".into()),
+                "not one of base, anchor",
+            ),
+            (bad(&|e| e.verdict = "great".into()), "verdict"),
+            (bad(&|e| e.slower = 9), "counts"),
+        ] {
+            assert!(e.contains("line 2") && e.contains(needle), "{e}");
+        }
     }
 }

@@ -560,7 +560,12 @@ pub struct CompareArgs {
     pub history: Option<PathBuf>,
     /// What the baseline is, as the history records it: `base` (the main a
     /// change was built on) or `anchor` (an older main, for creep)
-    #[arg(long = "history-as", default_value = "base", requires = "history")]
+    #[arg(
+        long = "history-as",
+        default_value = "base",
+        requires = "history",
+        value_parser = clap::builder::PossibleValuesParser::new(twolayer::bench::history::AGAINST)
+    )]
     pub history_as: String,
     /// -q (no table) and --json (the verdicts).
     #[command(flatten)]
