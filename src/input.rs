@@ -34,36 +34,63 @@ pub fn is_stdio(path: &Path) -> bool {
 
 /// Standard input copied to a temporary file, for the readers that need a
 /// regular file (they seek: a `.npz`'s directory is at its end, and rows
-/// are read in any order). The file is removed when this is dropped.
+/// are read in any order). The file has no name (it is unlinked as it is
+/// made), so nothing is left behind however the process ends — `kill -9`
+/// during the copy left `.tmpXXXXXX` in `$TMPDIR` before; it is opened
+/// through `/proc/self/fd/N` and goes when this is dropped.
 #[derive(Debug)]
 pub struct Spooled {
-    file: tempfile::NamedTempFile,
+    /// Held open: the copy lives as long as its descriptor.
+    _file: std::fs::File,
+    path: std::path::PathBuf,
 }
 
 impl Spooled {
-    /// The temporary file's path, to open as the input.
+    /// The path that opens the copy (`/proc/self/fd/N`), as the input.
     pub fn path(&self) -> &Path {
-        self.file.path()
+        &self.path
     }
 }
 
 /// `path` itself, or — when it is `-` — the path of standard input copied
-/// to a temporary file (in `$TMPDIR`), with the guard that keeps it. The
-/// copy is bounded by the free space of that folder less 1 GiB: an endless
-/// stream ends in an error, not a full disk.
-pub fn resolve_stdin(path: &Path) -> Result<(std::path::PathBuf, Option<Spooled>)> {
+/// to an unnamed temporary file (in `$TMPDIR`), with the guard that keeps
+/// it. The copy is bounded by the free space of that folder less 1 GiB: an
+/// endless stream ends in an error, not a full disk. While it waits for
+/// input it asks `stop` ten times a second (and at once when a signal
+/// interrupts the wait) whether to give up: a command stopped by Ctrl-C
+/// or SIGTERM there returns `stop`'s error within a second, instead of at
+/// the stream's end.
+pub fn resolve_stdin(
+    path: &Path,
+    stop: &dyn Fn() -> Option<Error>,
+) -> Result<(std::path::PathBuf, Option<Spooled>)> {
     use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
     if !is_stdio(path) {
         return Ok((path.to_path_buf(), None));
     }
     let name = Path::new("<standard input>");
     let err = |e: std::io::Error| Error::read(name, e);
-    let mut file = tempfile::NamedTempFile::new().map_err(err)?;
+    let mut file = tempfile::tempfile().map_err(err)?;
     let room = free_bytes(&std::env::temp_dir()).saturating_sub(1 << 30);
     let mut stdin = std::io::stdin().lock();
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
     loop {
+        if let Some(e) = stop() {
+            return Err(e);
+        }
+        // Wait for input in slices: a blocked read(2) would be restarted
+        // after a signal's handler, poll(2) is not.
+        let mut fds = libc::pollfd {
+            fd: 0,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd, owned here.
+        if unsafe { libc::poll(&mut fds, 1, 100) } <= 0 {
+            continue;
+        }
         let n = match stdin.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
@@ -84,8 +111,8 @@ pub fn resolve_stdin(path: &Path) -> Result<(std::path::PathBuf, Option<Spooled>
         file.write_all(&buf[..n]).map_err(err)?;
     }
     file.flush().map_err(err)?;
-    let path = file.path().to_path_buf();
-    Ok((path, Some(Spooled { file })))
+    let path = std::path::PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    Ok((path.clone(), Some(Spooled { _file: file, path })))
 }
 
 /// Free bytes of the filesystem holding `dir` (0 when unknown).

@@ -1785,3 +1785,81 @@ fn another_users_file_in_a_sticky_folder_is_refused_before_any_work() {
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+#[test]
+fn a_signal_while_standard_input_is_read_stops_at_once_and_leaves_no_copy() {
+    // Before, SIGTERM and SIGINT were ignored until standard input ended,
+    // and kill -9 during the copy left `.tmpXXXXXX` in $TMPDIR.
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let w = dir.path().join("w.npz");
+    let o = run(&[
+        "train",
+        "-q",
+        "--n",
+        "8",
+        "--d-in",
+        "6",
+        "--hidden",
+        "5",
+        "--d-out",
+        "3",
+        "--steps",
+        "2",
+        "--save",
+        w.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let p = dir.path().join("p.npy");
+    let commands: [&[&str]; 3] = [
+        &["train", "-q", "--data", "-", "--batch", "8"],
+        &[
+            "predict",
+            "--weights",
+            w.to_str().unwrap(),
+            "--x",
+            "-",
+            "--out",
+            p.to_str().unwrap(),
+        ],
+        &["eval", "--weights", w.to_str().unwrap(), "--data", "-"],
+    ];
+    for args in commands {
+        for (signal, code) in [
+            (libc::SIGTERM, Some(143)),
+            (libc::SIGINT, Some(130)),
+            (libc::SIGKILL, None),
+        ] {
+            let mut child = bin()
+                .args(args)
+                .env("TMPDIR", &tmp)
+                .stdin(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            // Part of a file, then nothing: the command waits for more.
+            let mut input = child.stdin.take().unwrap();
+            input.write_all(&[0x93u8; 5000]).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            unsafe { libc::kill(child.id() as i32, signal) };
+            // A guard against waiting for ever, not a timing.
+            let start = std::time::Instant::now();
+            let status = loop {
+                if let Some(s) = child.try_wait().unwrap() {
+                    break s;
+                }
+                assert!(
+                    start.elapsed() < std::time::Duration::from_secs(30),
+                    "{args:?} ignored signal {signal} while reading standard input"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            };
+            drop(input);
+            assert_eq!(status.code(), code, "{args:?} signal {signal}");
+            let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
+            assert!(left.is_empty(), "{args:?} signal {signal} left {left:?}");
+            assert!(!p.exists());
+        }
+    }
+}

@@ -202,8 +202,10 @@ impl FileRef {
     /// 160 MB dataset takes a tenth of a second, as long as an epoch of
     /// a small model on it.
     pub fn unhashed(path: &Path) -> Result<FileRef> {
+        // A copy of standard input has no name to make absolute
+        // (`/proc/self/fd/N`): it is recorded as it is.
         let (text, path_hex) =
-            store_path(&std::fs::canonicalize(path).map_err(|e| Error::read(path, e))?);
+            store_path(&std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()));
         Ok(FileRef {
             path: text,
             path_hex,

@@ -14,6 +14,8 @@ pub struct Signals {
     first: Arc<AtomicUsize>,
 }
 
+static SIGNALS: std::sync::OnceLock<Signals> = std::sync::OnceLock::new();
+
 /// The signals that stop a run at a step boundary.
 const STOPPING: [i32; 3] = [
     signal_hook::consts::SIGINT,
@@ -24,7 +26,6 @@ const STOPPING: [i32; 3] = [
 impl Signals {
     /// The process's handlers, installed on the first call.
     pub fn get() -> Result<&'static Signals> {
-        static SIGNALS: std::sync::OnceLock<Signals> = std::sync::OnceLock::new();
         if let Some(s) = SIGNALS.get() {
             return Ok(s);
         }
@@ -65,6 +66,25 @@ impl Signals {
             }),
         }
     }
+}
+
+/// For a wait during set-up (standard input being read): the error of
+/// the signal that arrived, if one did (handlers installed on first use).
+pub fn stop_waiting() -> Option<Error> {
+    Signals::get().ok()?.before_training().err()
+}
+
+/// For a command that installed the handlers only to wait on standard
+/// input (`predict`, `eval`): the error of a signal that arrived since,
+/// to act on before writing anything (without handlers, the signal's
+/// default action would have ended the process).
+pub fn caught_since() -> Option<Error> {
+    let s = SIGNALS.get()?;
+    let signal = s.caught()?;
+    Some(Error::Interrupted {
+        signal,
+        msg: format!("stopped by {}; nothing was written", signal_name(signal)),
+    })
 }
 
 /// SIGINT, SIGTERM or SIGHUP by name.

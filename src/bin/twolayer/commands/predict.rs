@@ -3,6 +3,7 @@
 //! memory stays at one batch whatever the number of rows.
 
 use crate::cli::{EvalArgs, PredictArgs};
+use crate::signals::{caught_since, stop_waiting};
 use ndarray::{s, Array2};
 use std::io::Write;
 use std::path::Path;
@@ -53,7 +54,8 @@ pub fn run_predict(args: &PredictArgs) -> Result<()> {
     let (d_in, _, _, dtype) = npz::peek_weights(&args.weights)?;
     // `--x -`: standard input, copied to a temporary file (kept until the
     // end: the reader seeks).
-    let (x_path, _stdin) = twolayer::input::resolve_stdin(&args.x)?;
+    // Ctrl-C or SIGTERM while it waits there stops it within a second.
+    let (x_path, _stdin) = twolayer::input::resolve_stdin(&args.x, &stop_waiting)?;
     let x = open_x(&x_path)?;
     if x.cols() != d_in {
         return Err(Error::invalid(format!(
@@ -89,6 +91,12 @@ fn predict<F: Real>(args: &PredictArgs, x: &ArrayFile) -> Result<()> {
             let r = (rows - from).min(batch as u64) as usize;
             idx.clear();
             idx.extend(from..from + r as u64);
+            // A signal (handlers are installed when x came from standard
+            // input) stops it here, with nothing written.
+            if let Some(e) = caught_since() {
+                read_err = Some(e);
+                return Err(std::io::Error::other("stopped"));
+            }
             if let Err(e) = x.gather(&idx, xb.slice_mut(s![..r, ..]), &mut scratch) {
                 read_err = Some(e);
                 return Err(std::io::Error::other("read failed"));
@@ -159,7 +167,7 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
     let mut stdin = None;
     let mut files = Vec::new();
     for f in &args.data {
-        let (p, s) = twolayer::input::resolve_stdin(f)?;
+        let (p, s) = twolayer::input::resolve_stdin(f, &stop_waiting)?;
         if s.is_some() && stdin.is_some() {
             return Err(Error::invalid(
                 "standard input can be read once: give one - at most",
@@ -195,6 +203,9 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
         rows: u64,
         loss_sum: f64,
         mse: f64,
+    }
+    if let Some(e) = caught_since() {
+        return Err(e);
     }
     args.output.write_json(&Evaluated {
         rows: e.rows,

@@ -323,7 +323,7 @@ fn with_data(args: &TrainArgs, files: &[PathBuf], ranks: usize, mpi: bool) -> Re
     let mut stdin = None;
     let mut resolved = Vec::with_capacity(files.len());
     for f in files {
-        let (p, spooled) = twolayer::input::resolve_stdin(f)?;
+        let (p, spooled) = twolayer::input::resolve_stdin(f, &crate::signals::stop_waiting)?;
         if spooled.is_some() {
             if stdin.is_some() {
                 return Err(Error::invalid(
