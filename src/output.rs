@@ -499,7 +499,7 @@ fn temp_writer(file_name: &str, prefix: &str) -> Option<u32> {
 
 /// Whether process `pid` runs on this machine (kill(pid, 0): it exists,
 /// whether or not this process may signal it).
-fn process_runs(pid: u32) -> bool {
+pub fn process_runs(pid: u32) -> bool {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
         return false;
     };

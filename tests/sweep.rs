@@ -688,3 +688,70 @@ fn the_gate_grid_covers_the_default_train_path() {
         .iter()
         .any(|p| p.form == twolayer::step::Form::Primal));
 }
+
+#[test]
+fn kill_9_of_a_multi_process_sweep_ends_its_child_and_the_next_sweep_removes_its_folder() {
+    // Before, `kill -9` of the parent left its child measuring on and the
+    // temporary folder behind for ever.
+    let tmp = tempfile::tempdir().unwrap();
+    let scratch = tmp.path().join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    let sweep = |budget: &str, out: &str| {
+        common::bin()
+            .args(["sweep", "--processes", "2", "--n", "64", "--budget", budget])
+            .args(["--out", tmp.path().join(out).to_str().unwrap()])
+            .env("TMPDIR", &scratch)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut parent = sweep("30", "out1");
+    // Wait for its child (a process whose output is under the scratch
+    // folder), then kill the parent outright.
+    let scratch_s = scratch.to_str().unwrap().to_string();
+    let children = || -> Vec<i32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|d| {
+                let d = d.ok()?;
+                let pid: i32 = d.file_name().to_str()?.parse().ok()?;
+                let cmd = std::fs::read(d.path().join("cmdline")).ok()?;
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                (cmd.contains(&scratch_s) && cmd.contains("sweep")).then_some(pid)
+            })
+            .collect()
+    };
+    let start = std::time::Instant::now();
+    while children().is_empty() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "no child started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    parent.kill().unwrap();
+    parent.wait().unwrap();
+    // A guard against a child that lives on, not a timing.
+    let start = std::time::Instant::now();
+    while !children().is_empty() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "the child outlived its parent: {:?}",
+            children()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(
+        std::fs::read_dir(&scratch).unwrap().count(),
+        1,
+        "the parent's folder"
+    );
+    // The next sweep removes the folder of the parent that is gone.
+    let o = sweep("0.2", "out2").wait_with_output().unwrap();
+    assert!(o.status.success());
+    assert_eq!(
+        std::fs::read_dir(&scratch).unwrap().count(),
+        0,
+        "left behind"
+    );
+}

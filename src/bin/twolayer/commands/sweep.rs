@@ -203,14 +203,39 @@ fn run_in_processes(k: usize) -> Result<Report> {
         .map_err(|e| Error::invalid(format!("cannot find own binary: {e}")))?;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let signals = crate::signals::Signals::get()?;
-    let dir = tempfile::tempdir().map_err(|e| Error::write(Path::new("<temp>"), e))?;
+    // `twolayer-sweep-PID-XXXXXX`: a parent killed with -9 cannot remove
+    // its folder, so each sweep removes those of parents that are gone.
+    remove_orphaned_folders();
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{ORPHAN_PREFIX}{}-", std::process::id()))
+        .tempdir()
+        .map_err(|e| Error::write(Path::new("<temp>"), e))?;
     let mut reports = Vec::with_capacity(k);
     for i in 0..k {
         let out = dir.path().join(format!("p{i}"));
         let child_args = child_args(&args, &out);
-        let mut child = std::process::Command::new(&exe)
+        let mut command = std::process::Command::new(&exe);
+        command
             .args(&child_args)
-            .stdout(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null());
+        // The child ends with its parent, however the parent ends (before,
+        // `kill -9` of the parent left the child measuring on).
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            let parent = libc::getpid();
+            command.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent died before the line above: end now.
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        let mut child = command
             .spawn()
             .map_err(|e| Error::invalid(format!("cannot start sweep process {}: {e}", i + 1)))?;
         // Wait, but not past a Ctrl-C, SIGTERM or SIGHUP: the child is
@@ -250,6 +275,35 @@ fn run_in_processes(k: usize) -> Result<Report> {
     let mut merged = twolayer::bench::run::median_processes(&reports)?;
     merged.env.command_line = std::env::args().collect();
     Ok(merged)
+}
+
+/// The start of the temporary folder of a `sweep --processes` parent.
+const ORPHAN_PREFIX: &str = "twolayer-sweep-";
+
+/// Removes the temporary folders of `sweep --processes` parents that no
+/// longer run (killed with -9), this user's only.
+fn remove_orphaned_folders() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = std::env::temp_dir();
+    let Ok(entries) = std::fs::read_dir(&tmp) else {
+        return;
+    };
+    // SAFETY: geteuid has no failure mode.
+    let me = unsafe { libc::geteuid() };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(ORPHAN_PREFIX)
+            .and_then(|r| r.split_once('-'))
+            .and_then(|(p, _)| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let ours = std::fs::symlink_metadata(e.path()).is_ok_and(|m| m.is_dir() && m.uid() == me);
+        if ours && !twolayer::output::process_runs(pid) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// The parent's arguments for a child: `--processes` dropped and `--out`
