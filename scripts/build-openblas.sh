@@ -85,12 +85,29 @@ sudo=""
 [ "$(id -u)" -ne 0 ] && sudo="sudo"
 if [ ${#need[@]} -gt 0 ]; then
   echo "build-openblas: installing ${need[*]}" >&2
-  $sudo apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+  # One install at a time (the lock setup.sh takes too), and apt waits
+  # for any other holder of dpkg's lock instead of failing.
+  (
+    flock 8
+    $sudo apt-get -o DPkg::Lock::Timeout=600 update -qq >&2
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 \
+      install -y -qq "${need[@]}" >/dev/null
+  ) 8>"$cache/apt.lock"
 fi
 
 exec 9>"$cache/openblas.lock"
 flock 9
+
+# Under the lock no build runs: a build folder still here is a killed
+# build's, and goes.
+rm -rf "$cache"/build.??????
+
+# A finished build is trusted only when its library is the one recorded
+# when it was built (a damaged or replaced file is built again).
+intact() {
+  [ -f "$1/done" ] && [ -f "$1/lib/libopenblas.so.0.sha256" ] \
+    && (cd "$1/lib" && sha256sum --quiet -c libopenblas.so.0.sha256) >/dev/null 2>&1
+}
 
 # Which version is newest? Ask the private index (refreshed once a day);
 # with no answer, reuse the newest finished build for this target.
@@ -104,35 +121,42 @@ upstream=${version%%+*}
 upstream=${upstream%%-*}
 if [ -z "$upstream" ]; then
   found=$(ls -d "$cache"/openblas-*-"$target" 2>/dev/null | sort -V | tail -n 1 || true)
-  if [ -n "$found" ] && [ -f "$found/done" ]; then echo "$found"; exit 0; fi
+  if [ -n "$found" ] && intact "$found"; then echo "$found"; exit 0; fi
   echo "build-openblas: cannot read Debian's OpenBLAS source index; keeping Debian's library" >&2
   exit 4
 fi
 
 dest="$cache/openblas-$upstream-$target"
-if [ -f "$dest/done" ]; then echo "$dest"; exit 0; fi
+if intact "$dest"; then echo "$dest"; exit 0; fi
+if [ -e "$dest" ]; then
+  echo "build-openblas: $dest is damaged or unfinished (its library does not match its checksum); building it again" >&2
+fi
 
 echo "build-openblas: building OpenBLAS $upstream for $target into $dest (about 6 minutes on 2 cores, once per machine)" >&2
 work=$(mktemp -d "$cache/build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
-(
-  cd "$apt_dir/src"
-  apt-get "${apt_opts[@]}" source --download-only "openblas=$version" >/dev/null 2>&1
-)
+if ! (cd "$apt_dir/src" \
+  && apt-get "${apt_opts[@]}" source --download-only "openblas=$version" >/dev/null 2>&1); then
+  echo "build-openblas: cannot download Debian's OpenBLAS $version source; keeping Debian's library" >&2
+  exit 4
+fi
 tar -xf "$apt_dir/src/openblas_${version%-*}.orig.tar.xz" -C "$work"
 tar -xf "$apt_dir/src/openblas_${version}.debian.tar.xz" -C "$work"
 srcdir=$(find "$work" -mindepth 1 -maxdepth 1 -type d ! -name debian | head -n 1)
+# `set -e` is off inside `( … ) || …`: every step says how it fails.
 (
-  cd "$srcdir"
+  cd "$srcdir" || exit 1
   while read -r p; do
     case "$p" in ""|\#*) continue ;; esac
-    patch -p1 -s <"$work/debian/patches/$p"
-  done <"$work/debian/patches/series"
+    patch -p1 -s <"$work/debian/patches/$p" \
+      || { echo "build-openblas: Debian's patch $p does not apply" >&2; exit 1; }
+  done <"$work/debian/patches/series" || exit 1
   # Debian 12's liblapack_pic.a is LAPACK 3.11; OpenBLAS 0.3.34 exports the
   # 30 routines LAPACK 3.12 added (xGEDMD, xGEQP3RK, xGELQS, …), so its
   # link test of every exported name cannot resolve those. The library
   # itself links; the check that matters here is made below.
-  sed -i 's|linktest.c ../$(LIBSONAME) $(FEXTRALIB) && echo OK.|linktest.c ../$(LIBSONAME) $(FEXTRALIB) -Wl,--unresolved-symbols=ignore-all \&\& echo OK.|' exports/Makefile
+  sed -i 's|linktest.c ../$(LIBSONAME) $(FEXTRALIB) && echo OK.|linktest.c ../$(LIBSONAME) $(FEXTRALIB) -Wl,--unresolved-symbols=ignore-all \&\& echo OK.|' exports/Makefile \
+    || exit 1
   # Debian's own options (debian/rules), for one target instead of
   # DYNAMIC_ARCH, with the bf16 GEMM on.
   opts=(TARGET="$target" BUILD_BFLOAT16=1 USE_THREAD=1 USE_OPENMP=0 NUM_THREADS=64
@@ -153,6 +177,7 @@ for sym in cblas_dgemm cblas_sgemm cblas_sbgemm openblas_get_config openblas_set
   fi
 done
 rm -f "$work/install/lib/"*.a
+(cd "$work/install/lib" && sha256sum libopenblas.so.0 >libopenblas.so.0.sha256)
 echo "$version $target $(date -u +%FT%TZ)" >"$work/install/done"
 rm -rf "$dest"
 # The .pc file names the folder it was installed in: point it at the cache.

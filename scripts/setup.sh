@@ -48,8 +48,16 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}" >&2
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+  # Two set-ups at once must not race on dpkg: one installs at a time
+  # (twolayer's own lock), and apt waits for any other holder of dpkg's.
+  lockdir=${TWOLAYER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/twolayer}
+  mkdir -p "$lockdir"
+  (
+    flock 8
+    $sudo apt-get -o DPkg::Lock::Timeout=600 update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 \
+      install -y -qq "${need[@]}" >/dev/null
+  ) 8>"$lockdir/apt.lock"
 fi
 
 if $want_python; then
