@@ -129,7 +129,7 @@ fi
 dest="$cache/openblas-$upstream-$target"
 if intact "$dest"; then echo "$dest"; exit 0; fi
 if [ -e "$dest" ]; then
-  echo "build-openblas: $dest is damaged or unfinished (its library does not match its checksum); building it again" >&2
+  echo "build-openblas: $dest has no library matching a recorded checksum (damaged, unfinished, or built before checksums were kept); building it again" >&2
 fi
 
 echo "build-openblas: building OpenBLAS $upstream for $target into $dest (about 6 minutes on 2 cores, once per machine)" >&2
