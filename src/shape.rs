@@ -106,20 +106,31 @@ impl Shape {
     }
 
     /// Fails with the bytes needed when `needed` bytes for a run of this
-    /// shape in `dtype` would not fit in the memory available now. Call
-    /// before allocating.
+    /// shape in `dtype`, with the process's own [`PROCESS_BYTES`], would
+    /// take more than 90% of the memory available now (before, a run of
+    /// 22.4 GiB of data against 22.7 GiB available passed and was then
+    /// killed by the kernel). Call before allocating.
     pub fn check_bytes_fit(&self, needed: u128, dtype: Dtype) -> Result<()> {
-        let available = crate::machine::available_memory_bytes();
-        if needed > available as u128 {
+        let usable = crate::machine::available_memory_bytes() as u128 / 10 * 9;
+        let needed = needed.saturating_add(PROCESS_BYTES);
+        if needed > usable {
             return Err(Error::OutOfMemory {
-                what: format!("training shape {self} in {dtype}"),
+                what: format!(
+                    "training shape {self} in {dtype} (with the process's own 64 MiB, against 90% of the memory available)"
+                ),
                 needed,
-                available: available as u128,
+                available: usable,
             });
         }
         Ok(())
     }
 }
+
+/// What the process holds besides a run's arrays, in a memory estimate:
+/// the binary and its libraries, OpenBLAS's per-thread GEMM buffers, the
+/// allocator's slack (peak RSS of a tiny run: about 10 MiB; of a large
+/// one beyond its arrays: up to about 40 MiB on these machines).
+pub const PROCESS_BYTES: u128 = 64 << 20;
 
 impl fmt::Display for Shape {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

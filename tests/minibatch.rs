@@ -1391,3 +1391,75 @@ fn quiet_silences_the_epoch_lines() {
     assert!(e.contains("minibatches of 32"), "{e}");
     assert!(o.stdout.is_empty());
 }
+
+#[test]
+fn the_memory_estimate_holds_the_peak_and_not_much_more() {
+    // Before, the check counted the arrays alone against all the memory
+    // available: 22.4 GiB of data against 22.7 GiB passed and the kernel
+    // killed the run. The estimate now counts everything the run holds
+    // (and the run is refused above 90% of the memory available); at
+    // several shapes it lies between the measured peak RSS and
+    // 1.25 × peak + 64 MiB.
+    let dir = tempfile::tempdir().unwrap();
+    let data = teacher_npz(dir.path(), 40_000, 300, 2, 5);
+    let json = dir.path().join("m.json");
+    let j = json.to_str().unwrap();
+    for args in [
+        &[
+            "--n", "8", "--d-in", "6", "--hidden", "5", "--d-out", "3", "--steps", "50",
+        ][..],
+        &[
+            "--n", "20000", "--d-in", "1000", "--hidden", "100", "--d-out", "10", "--steps", "2",
+        ],
+        &[
+            "--n", "60000", "--d-in", "500", "--hidden", "64", "--d-out", "4", "--steps", "2",
+            "--dtype", "f32",
+        ],
+        &[
+            "--n",
+            "30000",
+            "--d-in",
+            "800",
+            "--hidden",
+            "256",
+            "--d-out",
+            "10",
+            "--steps",
+            "2",
+            "--step-mode",
+            "explicit",
+        ],
+        &[
+            "--data",
+            s(&data),
+            "--hidden",
+            "64",
+            "--epochs",
+            "1",
+            "--batch",
+            "256",
+        ],
+    ] {
+        let mut a = vec!["train", "-q", "--json", j];
+        a.extend_from_slice(args);
+        let o = run(&a);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let peak = v["peak_rss_bytes"].as_f64().unwrap();
+        let estimate = v["memory_estimate_bytes"].as_f64().unwrap();
+        assert!(
+            peak <= estimate && estimate <= 1.25 * peak + 64.0 * 1048576.0,
+            "{args:?}: peak RSS {peak:.0} B, estimate {estimate:.0} B"
+        );
+    }
+    // What the issue ran (22.4 GiB of data against 22.7 GiB available),
+    // scaled to this machine: data of 95% of the memory available is
+    // refused before anything is allocated, in one line.
+    let available = twolayer::machine::available_memory_bytes() as f64;
+    let n = ((0.95 * available / (8.0 * 1010.0)) as u64).to_string();
+    let o = run(&["train", "-q", "--n", &n, "--d-in", "1000", "--steps", "1"]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("90% of the memory available"), "{e}");
+}

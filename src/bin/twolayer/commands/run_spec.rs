@@ -81,6 +81,13 @@ pub struct RunSpec {
     pub minibatch: Option<Minibatch>,
     /// Whether the model has biases b1, b2.
     pub biases: bool,
+    /// The memory the run holds at its peak, estimated before anything is
+    /// allocated (filled in by [`resolve`]): its data, weights, workspace
+    /// and gradients, the batches read ahead, a dataset loaded into memory,
+    /// the loss history's reservation, and the process itself
+    /// ([`twolayer::shape::PROCESS_BYTES`]). The run is refused when it
+    /// is over 90% of the memory available.
+    pub memory_estimate: u128,
 }
 
 /// A minibatch run's data, resolved.
@@ -192,6 +199,7 @@ pub fn resolve(args: &TrainArgs, launch: Launch) -> Result<RunSpec> {
         plan.check_fits_memory(local, spec.run.dtype, spec.run.step_mode)?;
         plan.training_bytes(local, spec.run.dtype, spec.run.step_mode)
     };
+    let run_bytes_total = run_bytes;
     if let Some(m) = spec.minibatch.as_mut() {
         // Every way of training on a dataset starts here: loaded into
         // memory when it fits beside the run (streamed under mpirun, where
@@ -207,6 +215,20 @@ pub fn resolve(args: &TrainArgs, launch: Launch) -> Result<RunSpec> {
             v.prepare(stream, run_bytes.saturating_add(m.dataset.data_bytes()))?;
         }
     }
+    // Everything else the run holds: batches read ahead, datasets loaded
+    // into memory, the loss history's first reservation; the process's
+    // own share is added by the check.
+    let loaded = |d: &twolayer::dataset::Dataset| match d.residency() {
+        twolayer::dataset::Residency::Memory => d.data_bytes() as u128,
+        _ => 0,
+    };
+    let extra = spec.minibatch.as_ref().map_or(0, |m| {
+        u128::from(twolayer::minibatch::AHEAD) * local.data_elems() * spec.run.dtype.size() as u128
+            + loaded(&m.dataset)
+            + m.val.as_ref().map_or(0, loaded)
+    }) + 8 * spec.total_steps.min(twolayer::train::RESERVE_STEPS) as u128;
+    spec.memory_estimate = twolayer::shape::PROCESS_BYTES + run_bytes_total + extra;
+    local.check_bytes_fit(run_bytes_total + extra, spec.run.dtype)?;
     Ok(spec)
 }
 
@@ -281,6 +303,7 @@ fn fresh(args: &TrainArgs, ranks: usize, mpi: bool) -> Result<RunSpec> {
         loss: args.loss.unwrap_or_default(),
         minibatch: None,
         biases: args.bias,
+        memory_estimate: 0,
     })
 }
 
@@ -485,6 +508,7 @@ fn with_data(args: &TrainArgs, files: &[PathBuf], ranks: usize, mpi: bool) -> Re
         },
         loss: args.loss.unwrap_or(Loss::Mean),
         biases: !args.no_bias,
+        memory_estimate: 0,
         total_steps,
         ranks,
         data: DataSource::Dataset {
@@ -526,6 +550,7 @@ fn fresh_common(args: &TrainArgs, mpi: bool, shape: Shape, dtype: Dtype) -> RunS
         loss: args.loss.unwrap_or_default(),
         minibatch: None,
         biases: args.bias,
+        memory_estimate: 0,
     }
 }
 
@@ -732,6 +757,7 @@ fn from_checkpoint(args: &TrainArgs, path: &Path, ranks: usize) -> Result<RunSpe
         loss,
         minibatch,
         biases: h.biases,
+        memory_estimate: 0,
     })
 }
 

@@ -81,6 +81,7 @@ pub(super) fn minibatches<F: Real>(args: &TrainArgs, spec: RunSpec, mb: Minibatc
         .reader
         .resolve(&mb.dataset, trainer.plan(), spec.run.threads);
     rep.feed = Some((mb.dataset.residency().name(), reader.name()));
+    rep.memory_estimate = Some(spec.memory_estimate);
     let result = twolayer::minibatch::run(
         &mut trainer,
         &mb.dataset,

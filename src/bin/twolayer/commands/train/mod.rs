@@ -249,7 +249,14 @@ fn single<F: Real>(args: &TrainArgs, mut spec: RunSpec) -> Result<()> {
         _ => trainer,
     };
     let trainer = bf16_if_asked(trainer, spec.run.dtype, true)?;
-    train_and_report(args, trainer.with_loss(spec.loss), &run, plan_source)
+    let estimate = spec.memory_estimate;
+    train_and_report(
+        args,
+        trainer.with_loss(spec.loss),
+        &run,
+        plan_source,
+        estimate,
+    )
 }
 
 /// The primal step's plan when one is stored for this run, with where it
@@ -372,6 +379,7 @@ fn train_and_report<F: Real>(
     trainer: Trainer<F>,
     run: &Header,
     plan_source: String,
+    memory_estimate: u128,
 ) -> Result<()> {
     let mut trainer = bound_losses(args, trainer, 1);
     let signals = Signals::get()?;
@@ -379,6 +387,7 @@ fn train_and_report<F: Real>(
     let to_run = run.total_steps - trainer.steps_done();
     let n = trainer.shape().n;
     let mut rep = Reporter::new(args, run, plan_source, true, n);
+    rep.memory_estimate = Some(memory_estimate);
     let result = trainer.run(to_run, |t, step, loss| {
         rep.on_step(t, step, loss, signals.caught().is_some())
     });

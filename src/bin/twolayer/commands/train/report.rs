@@ -216,6 +216,11 @@ struct Summary {
     loss: &'static str,
     final_loss: Option<f64>,
     peak_rss_bytes: Option<u64>,
+    /// The memory the run was estimated to hold at its peak, before it
+    /// allocated anything (the check refuses a run over 90% of the memory
+    /// available).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memory_estimate_bytes: Option<u64>,
     /// A minibatch run's epochs.
     epochs: Vec<EpochRecord>,
     /// The signal that stopped the run early, if one did.
@@ -280,6 +285,9 @@ pub(super) struct Reporter<'a, F> {
     /// A minibatch run's data: where its values were (`memory` or
     /// `streamed`) and how batches were gathered (`inline` or `ahead`).
     pub(super) feed: Option<(&'static str, &'static str)>,
+    /// The run's memory estimate ([`RunSpec::memory_estimate`]), for the
+    /// JSON summary.
+    pub(super) memory_estimate: Option<u128>,
 }
 
 impl<'a, F: Real> Reporter<'a, F> {
@@ -318,6 +326,7 @@ impl<'a, F: Real> Reporter<'a, F> {
             stopped_early: None,
             bar: progress_bar(args, run.total_steps, lead),
             feed: None,
+            memory_estimate: None,
         }
     }
 
@@ -749,6 +758,7 @@ impl<'a, F: Real> Reporter<'a, F> {
                 loss: run.loss.name(),
                 final_loss: trainer.last_loss(),
                 peak_rss_bytes: twolayer::machine::peak_rss_bytes(),
+                memory_estimate_bytes: self.memory_estimate.map(|b| b.min(u64::MAX as u128) as u64),
                 epochs: self.history.clone(),
                 stopped_by: signal.map(signal_name),
                 stopped_early_after_epoch: self.stopped_early,
