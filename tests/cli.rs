@@ -1214,17 +1214,11 @@ fn a_fifo_nobody_reads_or_writes_is_refused_not_waited_on() {
             .unwrap();
         // A watchdog for a hang, not a timing check: a refusal takes
         // milliseconds, a hang for ever.
-        let start = std::time::Instant::now();
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            if start.elapsed() > std::time::Duration::from_secs(120) {
-                let _ = child.kill();
-                panic!("{args:?} hung on a FIFO");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        };
+        let status = common::wait_unless_hung(
+            &mut child,
+            std::time::Duration::from_secs(120),
+            &format!("{args:?} on a FIFO"),
+        );
         let mut e = String::new();
         std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut e).unwrap();
         assert_eq!(status.code(), Some(1), "{args:?}: {e}");
@@ -1750,18 +1744,21 @@ fn another_users_file_in_a_sticky_folder_is_refused_before_any_work() {
     // Root's file, in the sticky folder.
     let theirs = d.join("theirs.npz");
     std::fs::write(&theirs, b"root's").unwrap();
-    let o = std::process::Command::new(&exe)
-        .args([
-            "train", "-q", "--n", "8", "--d-in", "6", "--hidden", "5", "--d-out", "3",
-        ])
-        .args(["--steps", "100000000", "--save", theirs.to_str().unwrap()])
-        .env("LD_LIBRARY_PATH", &libdir)
-        .env("HOME", d)
-        .current_dir(d)
-        .uid(uid)
-        .gid(gid)
-        .output()
-        .unwrap();
+    // twolayer train, as that user.
+    let as_user = |extra: &[&str]| {
+        std::process::Command::new(&exe)
+            .args(["train", "-q", "--n", "8", "--d-in", "6", "--hidden", "5"])
+            .args(["--d-out", "3"])
+            .args(extra)
+            .env("LD_LIBRARY_PATH", &libdir)
+            .env("HOME", d)
+            .current_dir(d)
+            .uid(uid)
+            .gid(gid)
+            .output()
+            .unwrap()
+    };
+    let o = as_user(&["--steps", "100000000", "--save", theirs.to_str().unwrap()]);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
@@ -1771,18 +1768,7 @@ fn another_users_file_in_a_sticky_folder_is_refused_before_any_work() {
     assert_eq!(std::fs::read(&theirs).unwrap(), b"root's");
     // Its own file there it may replace.
     let mine = d.join("mine.npz");
-    let o = std::process::Command::new(&exe)
-        .args([
-            "train", "-q", "--n", "8", "--d-in", "6", "--hidden", "5", "--d-out", "3",
-        ])
-        .args(["--steps", "3", "--save", mine.to_str().unwrap()])
-        .env("LD_LIBRARY_PATH", &libdir)
-        .env("HOME", d)
-        .current_dir(d)
-        .uid(uid)
-        .gid(gid)
-        .output()
-        .unwrap();
+    let o = as_user(&["--steps", "3", "--save", mine.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
@@ -1844,17 +1830,11 @@ fn a_signal_while_standard_input_is_read_stops_at_once_and_leaves_no_copy() {
             std::thread::sleep(std::time::Duration::from_millis(300));
             unsafe { libc::kill(child.id() as i32, signal) };
             // A guard against waiting for ever, not a timing.
-            let start = std::time::Instant::now();
-            let status = loop {
-                if let Some(s) = child.try_wait().unwrap() {
-                    break s;
-                }
-                assert!(
-                    start.elapsed() < std::time::Duration::from_secs(30),
-                    "{args:?} ignored signal {signal} while reading standard input"
-                );
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            };
+            let status = common::wait_unless_hung(
+                &mut child,
+                std::time::Duration::from_secs(30),
+                &format!("{args:?} after signal {signal} while reading standard input"),
+            );
             drop(input);
             assert_eq!(status.code(), code, "{args:?} signal {signal}");
             let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();

@@ -587,17 +587,8 @@ fn a_history_entry_no_gate_writes_is_refused_not_hung_on() {
         .spawn()
         .unwrap();
     // A guard against the hang, not a timing: it answers at once.
-    let start = std::time::Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > std::time::Duration::from_secs(60) {
-            let _ = child.kill();
-            panic!("history hung on the entry");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let status =
+        common::wait_unless_hung(&mut child, std::time::Duration::from_secs(60), "history");
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
     assert_eq!(status.code(), Some(1), "{err}");

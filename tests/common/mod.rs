@@ -346,3 +346,23 @@ pub fn grads_of<F: Real>(
         .unwrap();
     (loss, g)
 }
+
+/// Waits for `child`, failing the test (and killing it) past `limit`: a
+/// guard against a hang, never a timing check.
+pub fn wait_unless_hung(
+    child: &mut std::process::Child,
+    limit: std::time::Duration,
+    what: &str,
+) -> std::process::ExitStatus {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("{what} did not end within {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
