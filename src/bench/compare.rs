@@ -50,6 +50,7 @@ use crate::error::{Error, Result};
 use crate::scalar::Dtype;
 use crate::stats::{bootstrap, median, PointSamples};
 use crate::step::{Form, StepMode};
+use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -126,8 +127,9 @@ impl Side {
         } else {
             vec![path.to_path_buf()]
         };
+        // Read in parallel: parsing is most of a large comparison's time.
         let reports = paths
-            .iter()
+            .par_iter()
             .map(|p| Report::read(p))
             .collect::<Result<Vec<_>>>()?;
         Ok(Side { paths, reports })
@@ -295,7 +297,7 @@ fn index_points<'a>(r: &'a Report, path: &Path) -> Result<BTreeMap<Key, &'a Poin
 /// [`index_points`] for every report of a side.
 fn index_side(side: &Side) -> Result<Vec<BTreeMap<Key, &PointReport>>> {
     side.reports
-        .iter()
+        .par_iter()
         .zip(&side.paths)
         .map(|(r, p)| index_points(r, p))
         .collect()
@@ -309,19 +311,20 @@ const SAMPLE_MS_MAX: f64 = 1e9;
 /// Every step and GEMM sample positive and finite, as many GEMM samples as
 /// step samples, and at least 3 of them.
 fn check_samples(p: &PointReport, path: &Path) -> Result<()> {
-    let label = format!("{} {} ×{}", p.shape_label(), p.run.dtype, p.run.threads);
+    let label = || format!("{} {} ×{}", p.shape_label(), p.run.dtype, p.run.threads);
     let s = &p.ms_per_step.samples;
     if s.len() < 3 {
         return Err(Error::read(
             path,
-            format!("point {label} has {} samples; the gate needs at least 3 (sweep with --min-steps 3 or more)", s.len()),
+            format!("point {} has {} samples; the gate needs at least 3 (sweep with --min-steps 3 or more)", label(), s.len()),
         ));
     }
     if p.gemm_ms_samples.len() != s.len() {
         return Err(Error::read(
             path,
             format!(
-                "point {label} has {} step samples but {} GEMM samples",
+                "point {} has {} step samples but {} GEMM samples",
+                label(),
                 s.len(),
                 p.gemm_ms_samples.len()
             ),
@@ -337,7 +340,8 @@ fn check_samples(p: &PointReport, path: &Path) -> Result<()> {
         return Err(Error::read(
             path,
             format!(
-                "point {label} has a sample of {v:e} ms; times must lie between {SAMPLE_MS_MIN:e} and {SAMPLE_MS_MAX:e} ms"
+                "point {} has a sample of {v:e} ms; times must lie between {SAMPLE_MS_MIN:e} and {SAMPLE_MS_MAX:e} ms",
+                label()
             ),
         ));
     }
@@ -511,7 +515,7 @@ pub fn compare(base: &Side, cur: &Side, opts: Options) -> Result<Comparison> {
         median(&maps.iter().map(|m| f(m[k])).collect::<Vec<_>>())
     };
     let points = want
-        .iter()
+        .par_iter()
         .zip(&stats)
         .map(|(k, &(change, ci_))| {
             let p = bi[0][k];

@@ -165,20 +165,35 @@ struct StatsOnDisk {
 
 impl From<StatsOnDisk> for Stats {
     fn from(d: StatsOnDisk) -> Stats {
-        let mut sorted = d.samples.clone();
-        sorted.sort_by(f64::total_cmp);
-        let derived = Stats::from_samples(Vec::new()).with_summary_of(&sorted);
-        Stats {
+        let whole = Stats {
             median: d.median,
             p10: d.p10,
             p90: d.p90,
+            mean: d.mean.unwrap_or(f64::NAN),
+            sd: d.sd.unwrap_or(f64::NAN),
+            min: d.min.unwrap_or(f64::NAN),
+            max: d.max.unwrap_or(f64::NAN),
+            outliers_low: d.outliers_low.unwrap_or(0),
+            outliers_high: d.outliers_high.unwrap_or(0),
+            samples: d.samples,
+        };
+        let recorded = [d.mean, d.sd, d.min, d.max].iter().all(Option::is_some)
+            && d.outliers_low.is_some()
+            && d.outliers_high.is_some();
+        if recorded {
+            return whole; // the usual case: no sort of every point's samples
+        }
+        let mut sorted = whole.samples.clone();
+        sorted.sort_by(f64::total_cmp);
+        let derived = Stats::from_samples(Vec::new()).with_summary_of(&sorted);
+        Stats {
             mean: d.mean.unwrap_or(derived.mean),
             sd: d.sd.unwrap_or(derived.sd),
             min: d.min.unwrap_or(derived.min),
             max: d.max.unwrap_or(derived.max),
             outliers_low: d.outliers_low.unwrap_or(derived.outliers_low),
             outliers_high: d.outliers_high.unwrap_or(derived.outliers_high),
-            samples: d.samples,
+            ..whole
         }
     }
 }
@@ -481,15 +496,23 @@ impl Report {
     /// Reads a report, refusing other schema versions with a clear message.
     pub fn read(path: &Path) -> Result<Report> {
         let text = crate::input::read_text(path, crate::input::REPORT_LIMIT)?;
-        // The version first, without building the whole document twice (a
-        // report can hold millions of samples).
+        // One pass when the report is whole and of this version (a report
+        // can hold millions of samples); the version is looked at on its
+        // own only to say why one is not.
+        let parsed: std::result::Result<Report, _> = serde_json::from_str(&text);
         #[derive(Deserialize)]
         struct Version {
             schema_version: Option<serde_json::Value>,
         }
-        let version: Version = serde_json::from_str(&text)
-            .map_err(|e| Error::read(path, format!("not valid JSON ({e})")))?;
-        match version.schema_version.as_ref().and_then(|v| v.as_u64()) {
+        let version = match &parsed {
+            Ok(r) => Some(u64::from(r.schema_version)),
+            Err(_) => {
+                let v: Version = serde_json::from_str(&text)
+                    .map_err(|e| Error::read(path, format!("not valid JSON ({e})")))?;
+                v.schema_version.as_ref().and_then(|v| v.as_u64())
+            }
+        };
+        match version {
             Some(v) if v == SCHEMA_VERSION as u64 => {}
             Some(v) => {
                 return Err(Error::read(
@@ -506,7 +529,7 @@ impl Report {
                 ))
             }
         }
-        serde_json::from_str(&text).map_err(|e| {
+        parsed.map_err(|e| {
             Error::read(
                 path,
                 format!("does not match report schema {SCHEMA_VERSION} ({e})"),

@@ -33,8 +33,9 @@ pub fn run(args: &CompareArgs) -> Result<Outcome> {
     // The flags themselves were checked in main (commands/paths.rs); a
     // folder of runs adds the reports found in it, checked the same way
     // before anything is written.
-    let base = Side::read(&args.baseline)?;
-    let cur = Side::read(&args.current)?;
+    // Both sides at once: parsing is most of a large comparison's time.
+    let (base, cur) = rayon::join(|| Side::read(&args.baseline), || Side::read(&args.current));
+    let (base, cur) = (base?, cur?);
     let found: Vec<(&str, &std::path::Path)> = base
         .paths
         .iter()
