@@ -613,3 +613,44 @@ fn a_history_entry_no_gate_writes_is_refused_not_hung_on() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_regression_of_many_points_names_ten_and_counts_the_rest() {
+    // 16 points, all 30% slower: the one-line message stays one line's
+    // worth (before, it named every point: 288 of them in one measured
+    // case), and the table still lists them all.
+    let widen = |r: Report| {
+        let mut r = r;
+        let first = r.points[0].clone();
+        r.points = (0..16)
+            .map(|i| {
+                let mut p = first.clone();
+                p.run.n = 100 + i;
+                p
+            })
+            .collect();
+        r
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let base = runs(
+        d,
+        "base",
+        &five(1.0, 0.9).into_iter().map(widen).collect::<Vec<_>>(),
+    );
+    let slow = runs(
+        d,
+        "slow",
+        &five(1.3, 0.9).into_iter().map(widen).collect::<Vec<_>>(),
+    );
+    let (code, out, err) = compare(&base, &slow, &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("16 points: 16 slower"), "{out}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("point(s) slower"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(line.contains("16 point(s) slower"), "{line}");
+    assert_eq!(line.matches(" ×1").count(), 10, "{line}");
+    assert!(line.ends_with("and 6 more (see the table)"), "{line}");
+}

@@ -108,11 +108,7 @@ pub fn run(args: &CompareArgs) -> Result<Outcome> {
             slower.len(),
             max_slowdown * 100.0,
             if slower.is_empty() { "" } else { ": " },
-            slower
-                .iter()
-                .map(|p| p.label.as_str())
-                .collect::<Vec<_>>()
-                .join("; ")
+            listed(&slower)
         );
         if c.overall.verdict == twolayer::bench::compare::Verdict::Slower {
             say!(
@@ -123,6 +119,24 @@ pub fn run(args: &CompareArgs) -> Result<Outcome> {
     }
     Ok(outcome)
 }
+
+/// Points slower than the threshold, by label: the first
+/// [`LISTED_MAX`], then how many more (the table and `--json` hold all).
+fn listed(slower: &[&twolayer::bench::compare::PointComparison]) -> String {
+    let mut s = slower
+        .iter()
+        .take(LISTED_MAX)
+        .map(|p| p.label.as_str())
+        .collect::<Vec<_>>()
+        .join("; ");
+    if slower.len() > LISTED_MAX {
+        s += &format!("; and {} more (see the table)", slower.len() - LISTED_MAX);
+    }
+    s
+}
+
+/// Slower points named in the one-line message.
+const LISTED_MAX: usize = 10;
 
 /// The verdicts as JSON, for machines: the [`Comparison`] and the exit
 /// status it leads to.
