@@ -79,7 +79,7 @@ impl Error {
     /// An [`Error::Read`] for `path`.
     pub fn read(path: &Path, msg: impl std::fmt::Display) -> Self {
         Error::Read {
-            path: path.to_path_buf(),
+            path: crate::input::shown(path),
             msg: one_line(&msg.to_string()),
         }
     }

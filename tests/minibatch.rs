@@ -1292,6 +1292,42 @@ fn a_dash_reads_standard_input_and_writes_standard_output() {
 }
 
 #[test]
+fn bad_input_on_standard_input_is_named_standard_input() {
+    // The copy of standard input is opened as /proc/self/fd/N; a message
+    // named that descriptor, which the user never saw.
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("w.npz");
+    let data = small_dataset(dir.path());
+    let o = run(&[
+        "train",
+        "--data",
+        s(&data),
+        "--epochs",
+        "1",
+        "--hidden",
+        "4",
+        "--save",
+        s(&w),
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for args in [
+        vec!["train", "--data", "-", "--epochs", "1"],
+        vec!["eval", "--weights", s(&w), "--data", "-"],
+        vec!["predict", "--weights", s(&w), "--x", "-", "--out", "-"],
+    ] {
+        let o = run_piped(&args, b"1,2,3\n4,5,6\n");
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("cannot read <standard input>: "),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("/proc/self/fd"), "{args:?}: {err}");
+    }
+}
+
+#[test]
 fn a_single_npy_or_a_csv_given_to_data_is_named_for_what_it_is() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
