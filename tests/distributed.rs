@@ -20,6 +20,7 @@ fn mpirun(np: usize, args: &[&str]) -> Command {
         // As root, mpirun refuses to start without these.
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("TWOLAYER_PEAK", "")
         .arg(env!("CARGO_BIN_EXE_twolayer"))
         .args(args);
     c

@@ -755,3 +755,126 @@ fn kill_9_of_a_multi_process_sweep_ends_its_child_and_the_next_sweep_removes_its
         "left behind"
     );
 }
+
+#[test]
+fn peak_relative_figures_come_from_the_cached_probe() {
+    // A probe for this CPU (its model, flags and cores, as `info` would
+    // cache one), with rates set by the test: every peak figure is then
+    // checkable exactly.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut peak = twolayer::machine::peak::Probe {
+        min_seconds: 0.001,
+        trials: 1,
+    }
+    .measure();
+    let set = |r: &mut Option<twolayer::machine::peak::Rate>, g: f64| {
+        if let Some(r) = r {
+            r.gflops = g;
+        }
+    };
+    set(&mut peak.f64, 1000.0);
+    set(&mut peak.f32, 2000.0);
+    let file = d.join("peak.json");
+    std::fs::write(&file, serde_json::to_string(&peak).unwrap()).unwrap();
+    let with_probe = |args: &[&str]| {
+        common::bin()
+            .env("TWOLAYER_PEAK", &file)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = d.join("sweep");
+    let o = with_probe(&[
+        "sweep",
+        "--n",
+        "8,16",
+        "--d-in",
+        "12",
+        "--hidden",
+        "9",
+        "--d-out",
+        "3",
+        "--dtype",
+        "f32,f64",
+        "--threads",
+        "1,2",
+        "--budget",
+        "0",
+        "--min-steps",
+        "3",
+        "--warmup",
+        "1",
+        "--form",
+        "primal",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    common::assert_matches_schema(&out.join("report.json"));
+    let r = Report::read(&out.join("report.json")).unwrap();
+    assert_eq!(r.peak.as_ref(), Some(&peak), "the report carries the probe");
+    if peak.f64.is_some() {
+        for p in &r.points {
+            let per_core = match p.run.dtype {
+                twolayer::Dtype::F64 => 1000.0,
+                _ => 2000.0,
+            } / peak.cores as f64;
+            let want = per_core * p.run.threads.min(peak.cores) as f64;
+            assert_eq!(p.core_peak_gflops, Some(want), "{p:?}");
+            let f = p.core_peak_fraction.unwrap();
+            assert!((f - p.gflops / want).abs() < 1e-12 * f, "{f} {}", p.gflops);
+        }
+        let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+        assert!(
+            md.contains("The cores' peak") && md.contains("% of peak"),
+            "{md}"
+        );
+        assert!(
+            md.contains(" of 1000 |") || md.contains(" of 500 |"),
+            "{md}"
+        );
+        // info shows the cached probe (no measuring) beside the GEMM rate.
+        let o = with_probe(&["info"]);
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            text.contains("peak f64               1000.0 GFLOP/s"),
+            "{text}"
+        );
+        // train states its rate as a share of the peak, and in --json.
+        let json = d.join("train.json");
+        let o = with_probe(&[
+            "train",
+            "--n",
+            "64",
+            "--d-in",
+            "40",
+            "--hidden",
+            "30",
+            "--d-out",
+            "5",
+            "--steps",
+            "5",
+            "--form",
+            "primal",
+            "-q",
+            "--json",
+            json.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("of the cores' f64 peak"),
+            "{}",
+            stderr(&o)
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert!(v["core_peak_fraction"].as_f64().unwrap() > 0.0, "{v}");
+    }
+    // Without a probe: no peak figures, and nothing is measured.
+    let o = common::run(&[
+        "train", "--n", "64", "--d-in", "40", "--hidden", "30", "--d-out", "5", "--steps", "5",
+        "-q",
+    ]);
+    assert!(!stderr(&o).contains("of the cores'"), "{}", stderr(&o));
+}

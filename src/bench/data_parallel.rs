@@ -100,7 +100,8 @@ pub fn run_grid_mpi(grid: &Grid, cluster: &Cluster, how: AllreducePlan) -> Resul
         .map(|s| {
             let (s, m) = s.expect("every point measured");
             let point = s.point;
-            let mut r = s.into_report(rates.of(&point));
+            // No core-peak fraction: the ranks may span machines.
+            let mut r = s.into_report(rates.of(&point), None);
             let single = Stats::from_samples(m.single_rank_ms);
             r.mpi = Some(MpiPoint {
                 ranks: k,
@@ -120,6 +121,7 @@ pub fn run_grid_mpi(grid: &Grid, cluster: &Cluster, how: AllreducePlan) -> Resul
         timing: grid.timing,
         points,
         load: None,
+        peak: None,
     })
 }
 

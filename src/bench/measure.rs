@@ -133,7 +133,11 @@ impl Samples {
 
     /// The point's entry in a report, with the machine's GEMM rate
     /// samples (GFLOP/s) of its dtype and thread count.
-    pub fn into_report(self, machine_gemm: &[f64]) -> PointReport {
+    pub fn into_report(
+        self,
+        machine_gemm: &[f64],
+        peak: Option<&crate::machine::peak::Peak>,
+    ) -> PointReport {
         let shape = self.point.shape;
         let median = |v: &[f64]| Stats::from_samples(v.to_vec()).median;
         let phase = |p: Phase| median(&self.phases.per_phase[p.index()]);
@@ -152,6 +156,9 @@ impl Samples {
         let steps = Stats::from_samples(self.step_ms);
         let gemm = Stats::from_samples(self.gemm_ms);
         let gflops = shape.flops_per_step() / (steps.median * 1e-3) / 1e9;
+        let core_peak = peak
+            .filter(|_| self.point.form == Form::Primal)
+            .and_then(|p| p.fraction(self.point.dtype, self.point.threads, gflops));
         let mut report = PointReport {
             run: self.point.run(self.mode),
             steps_timed: steps.samples.len(),
@@ -160,6 +167,8 @@ impl Samples {
             gemm_ms: gemm.median,
             efficiency: gemm.median / steps.median,
             peak_fraction: gflops / machine_gemm_gflops,
+            core_peak_fraction: core_peak.map(|c| c.0),
+            core_peak_gflops: core_peak.map(|c| c.1.gflops),
             machine_gemm_gflops,
             machine_gemm: Some(machine_gemm),
             ms_per_step: steps,

@@ -21,7 +21,7 @@ impl Report {
              workspace_bytes,peak_rss_bytes,ranks,allreduce,allreduce_pieces,allreduce_ms,\
              single_rank_ms,scaling_efficiency,join_ms,instrumented_step_ms,ms_mean,ms_sd,\
              ms_min,ms_max,outliers_low,outliers_high,rss_growth_bytes,machine_gemm_gflops_min,\
-             machine_gemm_gflops_max,form\n",
+             machine_gemm_gflops_max,form,core_peak_fraction,core_peak_gflops\n",
         );
         for p in &self.points {
             let ph = &p.phases;
@@ -95,6 +95,14 @@ impl Report {
                 rate_max,
                 p.run.form
             );
+            s.pop();
+            let opt = |v: Option<f64>| v.map_or(String::new(), |v| v.to_string());
+            let _ = writeln!(
+                s,
+                ",{},{}",
+                opt(p.core_peak_fraction),
+                opt(p.core_peak_gflops)
+            );
         }
         s
     }
@@ -119,9 +127,24 @@ impl Report {
         for w in &e.warnings {
             let _ = writeln!(s, "Slowed by the environment: {w}.\n");
         }
+        if let Some(peak) = &self.peak {
+            let rates: Vec<String> = peak
+                .rates()
+                .iter()
+                .map(|(what, r)| {
+                    format!("{what} {:.1} GFLOP/s ({})", r.gflops, r.instruction.name())
+                })
+                .collect();
+            let _ = writeln!(
+                s,
+                "The cores' peak ({} threads, one pinned per core, register-only loops): {}. \"% of peak\" is of the dtype's peak for the point's threads; \"% of GEMM rate\" of this run's large square GEMM.\n",
+                peak.cores,
+                rates.join("; ")
+            );
+        }
         s.push_str(
-            "| shape (N, D_in, H, D_out) | dtype | thr | ms/step median [p10, p90] | mean ± sd | outliers | samples/s | GFLOP/s | % of GEMM rate | GEMMs alone ms | efficiency | biggest non-GEMM phase | workspace / RSS growth |\n\
-             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|\n",
+            "| shape (N, D_in, H, D_out) | dtype | thr | ms/step median [p10, p90] | mean ± sd | outliers | samples/s | GFLOP/s | % of peak | % of GEMM rate | GEMMs alone ms | efficiency | biggest non-GEMM phase | workspace / RSS growth |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|\n",
         );
         for p in &self.points {
             let (name, ms) = p
@@ -132,7 +155,7 @@ impl Report {
                 .fold(("none", 0.0), |best, x| if x.1 > best.1 { x } else { best });
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} [{}, {}] | {} ± {} | {} | {:.0} | {:.1} | {:.0}% | {} | {:.2} | {name} {} | {} / {} |",
+                "| {} | {} | {} | {} [{}, {}] | {} ± {} | {} | {:.0} | {:.1} | {} | {:.0}% | {} | {:.2} | {name} {} | {} / {} |",
                 p.shape_label(),
                 // The dual form's GFLOP/s are primal-equivalent (the primal
                 // step's FLOP count over the dual step's time).
@@ -150,6 +173,9 @@ impl Report {
                 p.ms_per_step.outliers_low + p.ms_per_step.outliers_high,
                 p.samples_per_s,
                 p.gflops,
+                p.core_peak_fraction
+                    .zip(p.core_peak_gflops)
+                    .map_or("–".into(), |(f, g)| format!("{:.0}% of {g:.0}", f * 100.0)),
                 p.peak_fraction * 100.0,
                 fmt_ms(p.gemm_ms),
                 p.efficiency,

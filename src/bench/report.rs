@@ -113,6 +113,10 @@ pub struct Report {
     /// older reports, and where /proc/stat cannot be read).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load: Option<crate::machine::MachineLoad>,
+    /// The cores' arithmetic peak per dtype the points' `core_peak_fraction`
+    /// are fractions of (absent from older reports and without a probe).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak: Option<crate::machine::peak::Peak>,
 }
 
 /// A set of samples (milliseconds, or GFLOP/s for a GEMM rate) in brief:
@@ -345,8 +349,18 @@ pub struct PointReport {
     pub gemm_ms_samples: Vec<f64>,
     /// gemm_ms / median step time: 1.0 means the step costs no more than its GEMMs.
     pub efficiency: f64,
-    /// gflops / machine_gemm_gflops.
+    /// gflops / machine_gemm_gflops: the fraction of the machine's large
+    /// square GEMM rate (not of the cores' peak; see `core_peak_fraction`).
     pub peak_fraction: f64,
+    /// gflops / `core_peak_gflops`: the fraction of the cores' arithmetic
+    /// peak for the dtype (the report's `peak` probe). Absent for the dual
+    /// form (its GFLOP/s are primal-equivalent) and without a probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub core_peak_fraction: Option<f64>,
+    /// The cores' peak for this dtype and thread count (the probe's rate ×
+    /// threads / cores), GFLOP/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub core_peak_gflops: Option<f64>,
     /// The machine's large square GEMM rate, same dtype and threads, same
     /// run: the median of `machine_gemm`'s samples.
     pub machine_gemm_gflops: f64,

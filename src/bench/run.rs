@@ -17,6 +17,17 @@ use std::collections::BTreeMap;
 /// else the built-in rule's.
 pub fn run_grid(grid: &Grid, mode: StepMode, wisdom: Option<&std::path::Path>) -> Result<Report> {
     let mut env = Env::capture();
+    // The cores' peak, before anything else runs (measured once per
+    // machine, then cached): what each point's core_peak_fraction divides by.
+    let peak = match crate::machine::peak::peak(&Default::default(), false) {
+        Ok(p) => p,
+        Err(e) => {
+            env.warnings.push(format!(
+                "no peak-relative figures: the peak probe failed ({e})"
+            ));
+            None
+        }
+    };
     let watch = crate::machine::LoadWatch::start();
     let pools = pools(grid)?;
     let bar = progress_bar(
@@ -50,7 +61,7 @@ pub fn run_grid(grid: &Grid, mode: StepMode, wisdom: Option<&std::path::Path>) -
         .map(|s| {
             let s = s.expect("every point measured");
             let point = s.point;
-            s.into_report(rates.of(&point))
+            s.into_report(rates.of(&point), peak.as_ref())
         })
         .collect();
     bar.finish_and_clear();
@@ -64,6 +75,7 @@ pub fn run_grid(grid: &Grid, mode: StepMode, wisdom: Option<&std::path::Path>) -
         timing: grid.timing,
         points,
         load,
+        peak,
     })
 }
 

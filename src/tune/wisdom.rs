@@ -96,14 +96,7 @@ impl Wisdom {
     /// nowhere), else `$XDG_CACHE_HOME/twolayer/wisdom.json`, else
     /// `~/.cache/twolayer/wisdom.json`.
     pub fn default_path() -> Option<PathBuf> {
-        if let Some(v) = std::env::var_os(WISDOM_VAR) {
-            return (!v.is_empty()).then(|| PathBuf::from(v));
-        }
-        let cache = std::env::var_os("XDG_CACHE_HOME")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-        Some(cache.join("twolayer").join("wisdom.json"))
+        crate::machine::cache_file(WISDOM_VAR, "wisdom.json")
     }
 
     /// Reads a wisdom file, refusing other versions.

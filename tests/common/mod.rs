@@ -143,6 +143,9 @@ pub fn bin() -> Command {
     // must not change what the tests run.
     let mut c = Command::new(env!("CARGO_BIN_EXE_twolayer"));
     c.env("TWOLAYER_WISDOM", "");
+    // No peak probe either unless a test names one: a probe takes seconds,
+    // and measured beside the other tests it would be low.
+    c.env("TWOLAYER_PEAK", "");
     c
 }
 

@@ -41,7 +41,7 @@ pub fn write_gflops_chart(report: &Report, dir: &Path) -> Result<()> {
         &dir.join("gflops.svg"),
         render(
             (width, 470),
-            "Throughput per shape: GFLOP/s of the step against the machine's GEMM rate",
+            "Throughput per shape: GFLOP/s of the step against the machine's GEMM rate (% under each bar top; \"pk\": of the cores' peak)",
             &legend,
             |area| draw(report, &groups, &dtypes, area),
         ),
@@ -154,8 +154,16 @@ fn draw(report: &Report, groups: &[Vec<usize>], dtypes: &[Dtype], area: &Area) -
                 area.draw(&Text::new(
                     format!("{:.0}%", p.peak_fraction * 100.0),
                     (px, py + 18),
-                    inside,
+                    inside.clone(),
                 ))?;
+                // And of the cores' peak, when probed and there is room.
+                if let Some(f) = p.core_peak_fraction.filter(|_| base - py > 48) {
+                    area.draw(&Text::new(
+                        format!("{:.0}% pk", f * 100.0),
+                        (px, py + 32),
+                        inside,
+                    ))?;
+                }
             }
         }
         // The group's label, two horizontal lines under it.

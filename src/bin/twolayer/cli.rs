@@ -602,6 +602,10 @@ pub struct InfoArgs {
     /// -q and --json (everything as one JSON object).
     #[command(flatten)]
     pub output: OutputArgs,
+    /// Measure the cores' peak again instead of using the cached probe
+    /// (see docs/throughput-reports.md, "Peak")
+    #[arg(long)]
+    pub peak_again: bool,
     /// (Internal: the child that measures OpenBLAS's own kernel choice.)
     #[arg(long = "probe-own-kernels", hide = true)]
     pub probe_own_kernels: bool,

@@ -8,6 +8,7 @@ use serde::Serialize;
 use twolayer::bench::env::Env;
 use twolayer::bench::measure::{machine_gemm_gflops, square_gemm_gflops, MACHINE_GEMM_SIZE};
 use twolayer::error::Result;
+use twolayer::machine::peak::{self as probe, Peak};
 use twolayer::scalar::Dtype;
 use twolayer::threads;
 
@@ -30,6 +31,8 @@ struct Info {
     own_choice: Option<OwnChoice>,
     /// Other processes and the hypervisor on the cores while info measured.
     load: Option<twolayer::machine::MachineLoad>,
+    /// The cores' arithmetic peak per dtype (`None` with `TWOLAYER_PEAK=""`).
+    peak: Option<Peak>,
 }
 
 /// Runs `twolayer info`.
@@ -49,6 +52,8 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         );
         return Ok(());
     }
+    // The peak first, on quiet cores (cached after the first time).
+    let peak = probe::peak(&probe::Probe::default(), args.peak_again)?;
     let forced = twolayer::kernel_set::forced_below_cpu();
     // The machine's load over info's own measurements: what else ran on
     // the cores, and what the hypervisor took, joins "slowed by".
@@ -65,6 +70,7 @@ pub fn run(args: &InfoArgs) -> Result<()> {
             .map(|_| OwnChoice::measure(t, MACHINE_GEMM_SIZE)),
         kernels_forced_below_cpu: forced,
         load: None,
+        peak,
     };
     info.load = watch.and_then(|w| w.finish());
     info.env
@@ -91,6 +97,26 @@ pub fn run(args: &InfoArgs) -> Result<()> {
             "{:<22} {rate:.1} GFLOP/s ({MACHINE_GEMM_SIZE}×{MACHINE_GEMM_SIZE} GEMM, {t} threads)\n",
             format!("GEMM rate {dtype}")
         ));
+    }
+    if let Some(p) = &info.peak {
+        for (what, r) in p.rates() {
+            let gemm = match what {
+                "f64" => Some(info.gemm_gflops_f64),
+                "f32" => Some(info.gemm_gflops_f32),
+                _ => None,
+            };
+            text.push_str(&format!(
+                "{:<22} {:.1} GFLOP/s ({}, {} threads pinned){}\n",
+                format!("peak {what}"),
+                r.gflops,
+                r.instruction.name(),
+                r.threads,
+                gemm.map_or(String::new(), |g| format!(
+                    "; the square GEMM reaches {:.0}% of it",
+                    100.0 * g / r.gflops
+                ))
+            ));
+        }
     }
     if let (Some(forced), Some(own)) = (&info.kernels_forced_below_cpu, &info.own_choice) {
         text.push_str(&format!(

@@ -201,6 +201,13 @@ struct Summary {
     /// From the FLOPs of the form that ran (the dual's h = P + G·C is
     /// 2·N²·H where the primal's two big products are 4·N·D_in·H).
     gflops_done: f64,
+    /// `gflops` / `core_peak_gflops`, when a peak probe is cached (primal
+    /// form, one process).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    core_peak_fraction: Option<f64>,
+    /// The cores' peak for the dtype and the run's threads, GFLOP/s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    core_peak_gflops: Option<f64>,
     threads: usize,
     shards: usize,
     block_rows: usize,
@@ -685,8 +692,25 @@ impl<'a, F: Real> Reporter<'a, F> {
             ),
             Form::Dual => "dual form: w1 = w1_0 + xᵀ·C, one N×N by N×H product for x·w1".into(),
         };
+        // Of the cores' peak, when a probe is cached (a run never waits for
+        // one: `twolayer info` or a sweep measures it); not across ranks,
+        // which may be other machines, nor for the dual form, whose rate
+        // is primal-equivalent.
+        let core_peak = (form == Form::Primal && run.ranks == 1)
+            .then(twolayer::machine::peak::cached_peak)
+            .flatten()
+            .and_then(|p| p.fraction(trainer.dtype(), run.run.threads, gflops));
         let rate = match form {
-            Form::Primal => format!("{gflops:.1} GFLOP/s"),
+            Form::Primal => match core_peak {
+                Some((f, r)) => format!(
+                    "{gflops:.1} GFLOP/s ({:.0}% of the cores' {} peak, {:.1} GFLOP/s {})",
+                    f * 100.0,
+                    trainer.dtype(),
+                    r.gflops,
+                    r.instruction.name()
+                ),
+                None => format!("{gflops:.1} GFLOP/s"),
+            },
             Form::Dual => format!(
                 "{gflops:.1} GFLOP/s primal-equivalent ({done_gflops:.1} GFLOP/s of the dual form's own products)"
             ),
@@ -746,6 +770,8 @@ impl<'a, F: Real> Reporter<'a, F> {
                 gflops,
                 form: form.name(),
                 gflops_done: done_gflops,
+                core_peak_fraction: core_peak.map(|c| c.0),
+                core_peak_gflops: core_peak.map(|c| c.1.gflops),
                 plan_source: self.plan_source.clone(),
                 threads: run.run.threads,
                 shards: plan.shards,

@@ -3,6 +3,9 @@
 //! may still allocate and holds, and the CPU time the rest of the machine
 //! used while a measurement ran.
 
+pub mod peak;
+mod peak_kernels;
+
 use serde::{Deserialize, Serialize};
 
 /// Other processes using more than this share of the cores.
@@ -87,6 +90,21 @@ fn status_bytes(key: &str) -> Option<u64> {
         .parse()
         .ok()?;
     Some(kb * 1024)
+}
+
+/// A file in twolayer's cache folder, or the one `var` names (empty:
+/// none): `$var`, else `$XDG_CACHE_HOME/twolayer/NAME`, else
+/// `~/.cache/twolayer/NAME`.
+pub fn cache_file(var: &str, name: &str) -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    if let Some(v) = std::env::var_os(var) {
+        return (!v.is_empty()).then(|| PathBuf::from(v));
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(cache.join("twolayer").join(name))
 }
 
 /// What the whole machine did while a measurement ran.
