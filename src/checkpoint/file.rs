@@ -41,7 +41,8 @@
 //! the file whole (temporary file, rename), as every output is written.
 
 use super::{
-    array_dims, check_header, read_arrays, Checkpoint, EpochRecord, Header, MAGIC, MAX_HEADER,
+    array_dims, arrays_bytes, check_header, read_arrays, Checkpoint, EpochRecord, Header, MAGIC,
+    MAX_HEADER,
 };
 use crate::error::{Error, Result};
 use crate::net::Weights;
@@ -186,10 +187,9 @@ pub struct State<'a, F> {
 impl<F: Real> State<'_, F> {
     /// The header as the body stores it: the epochs left out.
     fn body_header(&self) -> Header {
-        let mut h = self.header.clone();
-        if let Some(m) = &mut h.minibatch {
-            m.history.clear();
-        }
+        // Cloned without the epochs: they can be thousands, and a
+        // checkpoint's cost must not grow with them.
+        let mut h = self.header.without_history();
         h.best_weights = self.best.is_some();
         h
     }
@@ -197,6 +197,7 @@ impl<F: Real> State<'_, F> {
     /// A body: the fixed fields, the header and the arrays.
     fn body(&self, c: &Committed) -> std::io::Result<Vec<u8>> {
         let h = self.body_header();
+        let arrays_len = arrays_len(&h);
         if self.weights.has_biases() != h.biases
             || self.best.is_some_and(|b| b.has_biases() != h.biases)
             || self.dual.is_some() != (h.form() == crate::step::Form::Dual)
@@ -212,7 +213,7 @@ impl<F: Real> State<'_, F> {
                 json.len()
             )));
         }
-        let mut b = Vec::with_capacity(BODY_FIXED + json.len() + self.arrays_len());
+        let mut b = Vec::with_capacity(BODY_FIXED + json.len() + arrays_len);
         b.extend_from_slice(&c.seq.to_le_bytes());
         b.extend_from_slice(&c.log_len.to_le_bytes());
         b.extend_from_slice(&c.chain);
@@ -224,14 +225,6 @@ impl<F: Real> State<'_, F> {
         Ok(b)
     }
 
-    /// Bytes of the arrays the body holds now.
-    fn arrays_len(&self) -> usize {
-        let h = self.body_header();
-        let shape = h.shape().expect("a run's own shape");
-        let elems: usize = array_dims(&h, shape).iter().map(|&(r, c)| r * c).sum();
-        elems * F::DTYPE.size()
-    }
-
     /// The slot capacity for a file written whole now: room for a header
     /// twice as long as this one and for the best epoch's weights when the
     /// run validates (they appear at its first validated epoch), so that
@@ -239,7 +232,7 @@ impl<F: Real> State<'_, F> {
     fn capacity(&self) -> u64 {
         let h = self.body_header();
         let json = serde_json::to_vec(&h).map_or(0, |j| j.len()) as u64;
-        let mut arrays = self.arrays_len() as u64;
+        let mut arrays = arrays_len(&h) as u64;
         let validates = h
             .minibatch
             .as_ref()
@@ -253,6 +246,12 @@ impl<F: Real> State<'_, F> {
         let need = SLOT_FRAME + BODY_FIXED as u64 + 2 * json + 4096 + arrays;
         need.div_ceil(4096) * 4096
     }
+}
+
+/// Bytes of the arrays a body with header `h` holds.
+fn arrays_len(h: &Header) -> usize {
+    let shape = h.shape().expect("a run's own shape");
+    arrays_bytes(&array_dims(h, shape), h) as usize
 }
 
 /// Writes a run's checkpoints to one file: whole the first time, then by
@@ -669,12 +668,12 @@ pub(super) fn parse<F: Real>(bytes: &[u8]) -> std::result::Result<Checkpoint<F>,
     }
     let shape = header.shape().map_err(|e| e.to_string())?;
     let dims = array_dims(&header, shape);
-    let elems: u128 = dims.iter().map(|&(r, c)| r as u128 * c as u128).sum();
-    if (body.len() - hend) as u128 != elems * header.run.dtype.size() as u128 {
+    let arrays = arrays_bytes(&dims, &header);
+    if (body.len() - hend) as u128 != arrays {
         return Err(format!(
             "checkpoint's state is {} bytes but its header describes {}: truncated or garbled",
             body.len() - hend,
-            elems * header.run.dtype.size() as u128
+            arrays
         ));
     }
     if at.losses != header.steps_done as u64 {

@@ -259,6 +259,27 @@ pub struct MinibatchHeader {
     pub patience: Option<u64>,
 }
 
+impl Header {
+    /// A copy without the epoch history (thousands of records in a long
+    /// run; a version 2 file keeps them in its log), cloned field by field
+    /// so that the history is never copied.
+    pub fn without_history(&self) -> Header {
+        Header {
+            data: self.data.clone(),
+            loss: self.loss,
+            minibatch: self.minibatch.as_ref().map(|m| MinibatchHeader {
+                val: m.val.clone(),
+                history: Vec::new(),
+                ..*m
+            }),
+            blas_core: self.blas_core.clone(),
+            blas_library: self.blas_library.clone(),
+            written_by: self.written_by.clone(),
+            ..*self
+        }
+    }
+}
+
 impl MinibatchHeader {
     /// The epoch with the lowest validation loss so far (the first of
     /// equals), and that loss.
@@ -717,12 +738,8 @@ fn check_header(header: &Header) -> std::result::Result<(), String> {
 fn expected_len(bytes: &[u8]) -> std::result::Result<u64, String> {
     let h = parse_header(bytes)?;
     let hlen = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes")) as u128;
-    let e = h.run.dtype.size() as u128;
-    let elems: u128 = array_dims(&h, h.shape().map_err(|e| e.to_string())?)
-        .iter()
-        .map(|&(r, c)| r as u128 * c as u128)
-        .sum();
-    let total = PREFIX as u128 + hlen + 8 * h.steps_done as u128 + e * elems + DIGEST as u128;
+    let arrays = arrays_bytes(&array_dims(&h, h.shape().map_err(|e| e.to_string())?), &h);
+    let total = PREFIX as u128 + hlen + 8 * h.steps_done as u128 + arrays + DIGEST as u128;
     u64::try_from(total).map_err(|_| "checkpoint header describes an impossible size".to_string())
 }
 
@@ -747,6 +764,13 @@ fn array_dims(h: &Header, shape: Shape) -> Vec<(usize, usize)> {
         weights(&mut dims);
     }
     dims
+}
+
+/// Bytes of arrays of `dims` in the header's dtype (in u128: a forged
+/// header's dimensions cannot overflow it).
+fn arrays_bytes(dims: &[(usize, usize)], h: &Header) -> u128 {
+    let elems: u128 = dims.iter().map(|&(r, c)| r as u128 * c as u128).sum();
+    elems * h.run.dtype.size() as u128
 }
 
 /// The arrays after the losses, of `dims` (see [`array_dims`]).
@@ -1013,5 +1037,24 @@ mod tests {
         assert!(e.contains("format version 3"), "{e}");
         let e = AnyCheckpoint::from_bytes(b"PK\x03\x04 something else entirely").unwrap_err();
         assert!(e.contains("not a twolayer checkpoint"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod header_tests {
+    use super::*;
+
+    #[test]
+    fn a_header_without_its_history_is_the_header_with_the_history_emptied() {
+        // A version 1 checkpoint of a --data run keeps its epochs in the
+        // header: the copy a checkpoint writes leaves them out and keeps
+        // every other field.
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/data-v1.ck");
+        let ck = AnyCheckpoint::read(&fixture).unwrap();
+        let h = ck.header();
+        assert!(!h.minibatch.as_ref().unwrap().history.is_empty());
+        let mut want = h.clone();
+        want.minibatch.as_mut().unwrap().history.clear();
+        assert_eq!(h.without_history(), want);
     }
 }

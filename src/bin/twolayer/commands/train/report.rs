@@ -87,23 +87,20 @@ pub(super) fn write_checkpoint<F: Real>(
 /// done, the form and plan the step runs, the biases and the epochs so far.
 fn checkpoint_header<F: Real>(t: &Trainer<F>, run: &Header, n_total: usize) -> Header {
     let form = t.form();
+    // The epochs go in the file's log, not its header (and are not copied).
+    let base = run.without_history();
     Header {
         run: RunDescription {
             form,
             ..run.run.with_shape(global_shape(t, n_total))
         },
         steps_done: t.steps_done(),
-        // The epochs go in the file's log, not its header.
-        minibatch: run.minibatch.clone().map(|m| MinibatchHeader {
-            history: Vec::new(),
-            ..m
-        }),
         // The bf16 step has no plan of shards and blocks.
         plan: (form == Form::Primal && run.ranks == 1 && t.dtype() != twolayer::Dtype::Bf16)
             .then(|| PlanChoice::of(t.plan(), t.shape().n)),
         biases: t.weights_have_biases(),
         best_weights: false,
-        ..run.clone()
+        ..base
     }
 }
 
