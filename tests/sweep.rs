@@ -785,31 +785,8 @@ fn peak_relative_figures_come_from_the_cached_probe() {
             .unwrap()
     };
     let out = d.join("sweep");
-    let o = with_probe(&[
-        "sweep",
-        "--n",
-        "8,16",
-        "--d-in",
-        "12",
-        "--hidden",
-        "9",
-        "--d-out",
-        "3",
-        "--dtype",
-        "f32,f64",
-        "--threads",
-        "1,2",
-        "--budget",
-        "0",
-        "--min-steps",
-        "3",
-        "--warmup",
-        "1",
-        "--form",
-        "primal",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let args = common::tiny_sweep_args(&out, "9", "1,2");
+    let o = with_probe(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(o.status.success(), "{}", stderr(&o));
     common::assert_matches_schema(&out.join("report.json"));
     let r = Report::read(&out.join("report.json")).unwrap();

@@ -44,284 +44,119 @@ pub const FLOPS_DPBF16: f64 = (CHAINS * 16 * 2 * 2) as f64;
 /// See the module's table.
 pub const FLOPS_AMX_BF16: f64 = (AMX_TILES * 16 * 16 * 32 * 2) as f64;
 
-/// `iters` rounds of c ← a·b + c (`vfmadd231pd`) on 16 zmm accumulators
-/// of f64, a = 1 and b = ½: each lane ends at iters/2.
-///
-/// # Safety
-/// The CPU must have AVX512F.
-#[target_feature(enable = "avx512f")]
-pub unsafe fn fma_f64_512(iters: u64) -> f64 {
-    let a = _mm512_set1_pd(black_box(1.0));
-    let b = _mm512_set1_pd(black_box(0.5));
-    let mut acc = [_mm512_setzero_pd(); 16];
-    if iters > 0 {
-        // SAFETY: registers only; the loop counts `iters` down to zero.
-        asm!(
-            "2:",
-            concat!("vfmadd231pd {c0}, {a}, {b}"),
-            concat!("vfmadd231pd {c1}, {a}, {b}"),
-            concat!("vfmadd231pd {c2}, {a}, {b}"),
-            concat!("vfmadd231pd {c3}, {a}, {b}"),
-            concat!("vfmadd231pd {c4}, {a}, {b}"),
-            concat!("vfmadd231pd {c5}, {a}, {b}"),
-            concat!("vfmadd231pd {c6}, {a}, {b}"),
-            concat!("vfmadd231pd {c7}, {a}, {b}"),
-            concat!("vfmadd231pd {c8}, {a}, {b}"),
-            concat!("vfmadd231pd {c9}, {a}, {b}"),
-            concat!("vfmadd231pd {c10}, {a}, {b}"),
-            concat!("vfmadd231pd {c11}, {a}, {b}"),
-            concat!("vfmadd231pd {c12}, {a}, {b}"),
-            concat!("vfmadd231pd {c13}, {a}, {b}"),
-            concat!("vfmadd231pd {c14}, {a}, {b}"),
-            concat!("vfmadd231pd {c15}, {a}, {b}"),
-            "dec {n}",
-            "jnz 2b",
-            n = inout(reg) iters => _,
-            a = in(zmm_reg) a,
-            b = in(zmm_reg) b,
-            c0 = inout(zmm_reg) acc[0],
-            c1 = inout(zmm_reg) acc[1],
-            c2 = inout(zmm_reg) acc[2],
-            c3 = inout(zmm_reg) acc[3],
-            c4 = inout(zmm_reg) acc[4],
-            c5 = inout(zmm_reg) acc[5],
-            c6 = inout(zmm_reg) acc[6],
-            c7 = inout(zmm_reg) acc[7],
-            c8 = inout(zmm_reg) acc[8],
-            c9 = inout(zmm_reg) acc[9],
-            c10 = inout(zmm_reg) acc[10],
-            c11 = inout(zmm_reg) acc[11],
-            c12 = inout(zmm_reg) acc[12],
-            c13 = inout(zmm_reg) acc[13],
-            c14 = inout(zmm_reg) acc[14],
-            c15 = inout(zmm_reg) acc[15],
-            options(nomem, nostack)
-        );
-    }
-    acc.iter().map(|&c| _mm512_reduce_add_pd(c)).sum()
+/// Writes one register loop: `$insn c, a, b` on each accumulator in turn,
+/// `iters` times, in assembly (the accumulators are the operands named
+/// after them, so they stay in registers), then `$reduce` of them.
+macro_rules! register_loop {
+    (
+        $(#[$doc:meta])*
+        fn $name:ident, feature $feature:literal, $insn:literal on $reg:tt,
+        $zero:expr, [$($c:ident),+],
+        |$a:ident, $b:ident| $init:block,
+        |$acc:ident| $reduce:expr
+    ) => {
+        $(#[$doc])*
+        #[target_feature(enable = $feature)]
+        pub unsafe fn $name(iters: u64) -> f64 {
+            let ($a, $b) = $init;
+            $(let mut $c = $zero;)+
+            if iters > 0 {
+                // SAFETY: registers only; the loop counts `iters` down to
+                // zero.
+                asm!(
+                    "2:",
+                    $(concat!($insn, " {", stringify!($c), "}, {a}, {b}"),)+
+                    "dec {n}",
+                    "jnz 2b",
+                    n = inout(reg) iters => _,
+                    a = in($reg) $a,
+                    b = in($reg) $b,
+                    $($c = inout($reg) $c,)+
+                    options(nomem, nostack)
+                );
+            }
+            let $acc = [$($c),+];
+            $reduce
+        }
+    };
 }
 
-/// The same in f32 (`vfmadd231ps`, 16 lanes).
-///
-/// # Safety
-/// The CPU must have AVX512F.
-#[target_feature(enable = "avx512f")]
-pub unsafe fn fma_f32_512(iters: u64) -> f64 {
-    let a = _mm512_set1_ps(black_box(1.0));
-    let b = _mm512_set1_ps(black_box(0.5));
-    let mut acc = [_mm512_setzero_ps(); 16];
-    if iters > 0 {
-        // SAFETY: registers only; the loop counts `iters` down to zero.
-        asm!(
-            "2:",
-            concat!("vfmadd231ps {c0}, {a}, {b}"),
-            concat!("vfmadd231ps {c1}, {a}, {b}"),
-            concat!("vfmadd231ps {c2}, {a}, {b}"),
-            concat!("vfmadd231ps {c3}, {a}, {b}"),
-            concat!("vfmadd231ps {c4}, {a}, {b}"),
-            concat!("vfmadd231ps {c5}, {a}, {b}"),
-            concat!("vfmadd231ps {c6}, {a}, {b}"),
-            concat!("vfmadd231ps {c7}, {a}, {b}"),
-            concat!("vfmadd231ps {c8}, {a}, {b}"),
-            concat!("vfmadd231ps {c9}, {a}, {b}"),
-            concat!("vfmadd231ps {c10}, {a}, {b}"),
-            concat!("vfmadd231ps {c11}, {a}, {b}"),
-            concat!("vfmadd231ps {c12}, {a}, {b}"),
-            concat!("vfmadd231ps {c13}, {a}, {b}"),
-            concat!("vfmadd231ps {c14}, {a}, {b}"),
-            concat!("vfmadd231ps {c15}, {a}, {b}"),
-            "dec {n}",
-            "jnz 2b",
-            n = inout(reg) iters => _,
-            a = in(zmm_reg) a,
-            b = in(zmm_reg) b,
-            c0 = inout(zmm_reg) acc[0],
-            c1 = inout(zmm_reg) acc[1],
-            c2 = inout(zmm_reg) acc[2],
-            c3 = inout(zmm_reg) acc[3],
-            c4 = inout(zmm_reg) acc[4],
-            c5 = inout(zmm_reg) acc[5],
-            c6 = inout(zmm_reg) acc[6],
-            c7 = inout(zmm_reg) acc[7],
-            c8 = inout(zmm_reg) acc[8],
-            c9 = inout(zmm_reg) acc[9],
-            c10 = inout(zmm_reg) acc[10],
-            c11 = inout(zmm_reg) acc[11],
-            c12 = inout(zmm_reg) acc[12],
-            c13 = inout(zmm_reg) acc[13],
-            c14 = inout(zmm_reg) acc[14],
-            c15 = inout(zmm_reg) acc[15],
-            options(nomem, nostack)
-        );
-    }
-    acc.iter().map(|&c| _mm512_reduce_add_ps(c) as f64).sum()
+register_loop! {
+    /// `iters` rounds of c ← a·b + c (`vfmadd231pd`) on 16 zmm accumulators
+    /// of f64, a = 1 and b = ½: each lane ends at iters/2.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    fn fma_f64_512, feature "avx512f", "vfmadd231pd" on zmm_reg,
+    _mm512_setzero_pd(), [c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15],
+    |a, b| { (_mm512_set1_pd(black_box(1.0)), _mm512_set1_pd(black_box(0.5))) },
+    |acc| acc.iter().map(|&c| _mm512_reduce_add_pd(c)).sum()
 }
 
-/// The f64 loop on 256-bit registers (12 accumulators), for CPUs with
-/// AVX2 and FMA only.
-///
-/// # Safety
-/// The CPU must have AVX2 and FMA.
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn fma_f64_256(iters: u64) -> f64 {
-    let a = _mm256_set1_pd(black_box(1.0));
-    let b = _mm256_set1_pd(black_box(0.5));
-    let mut acc = [_mm256_setzero_pd(); 12];
-    if iters > 0 {
-        // SAFETY: registers only; the loop counts `iters` down to zero.
-        asm!(
-            "2:",
-            concat!("vfmadd231pd {c0}, {a}, {b}"),
-            concat!("vfmadd231pd {c1}, {a}, {b}"),
-            concat!("vfmadd231pd {c2}, {a}, {b}"),
-            concat!("vfmadd231pd {c3}, {a}, {b}"),
-            concat!("vfmadd231pd {c4}, {a}, {b}"),
-            concat!("vfmadd231pd {c5}, {a}, {b}"),
-            concat!("vfmadd231pd {c6}, {a}, {b}"),
-            concat!("vfmadd231pd {c7}, {a}, {b}"),
-            concat!("vfmadd231pd {c8}, {a}, {b}"),
-            concat!("vfmadd231pd {c9}, {a}, {b}"),
-            concat!("vfmadd231pd {c10}, {a}, {b}"),
-            concat!("vfmadd231pd {c11}, {a}, {b}"),
-            "dec {n}",
-            "jnz 2b",
-            n = inout(reg) iters => _,
-            a = in(ymm_reg) a,
-            b = in(ymm_reg) b,
-            c0 = inout(ymm_reg) acc[0],
-            c1 = inout(ymm_reg) acc[1],
-            c2 = inout(ymm_reg) acc[2],
-            c3 = inout(ymm_reg) acc[3],
-            c4 = inout(ymm_reg) acc[4],
-            c5 = inout(ymm_reg) acc[5],
-            c6 = inout(ymm_reg) acc[6],
-            c7 = inout(ymm_reg) acc[7],
-            c8 = inout(ymm_reg) acc[8],
-            c9 = inout(ymm_reg) acc[9],
-            c10 = inout(ymm_reg) acc[10],
-            c11 = inout(ymm_reg) acc[11],
-            options(nomem, nostack)
-        );
-    }
-    let mut lanes = [0.0f64; 4];
-    acc.iter()
-        .map(|&c| {
-            _mm256_storeu_pd(lanes.as_mut_ptr(), c);
-            lanes.iter().sum::<f64>()
-        })
-        .sum()
+register_loop! {
+    /// The same in f32 (`vfmadd231ps`, 16 lanes).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    fn fma_f32_512, feature "avx512f", "vfmadd231ps" on zmm_reg,
+    _mm512_setzero_ps(), [c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15],
+    |a, b| { (_mm512_set1_ps(black_box(1.0)), _mm512_set1_ps(black_box(0.5))) },
+    |acc| acc.iter().map(|&c| _mm512_reduce_add_ps(c) as f64).sum()
 }
 
-/// The f32 loop on 256-bit registers.
-///
-/// # Safety
-/// The CPU must have AVX2 and FMA.
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn fma_f32_256(iters: u64) -> f64 {
-    let a = _mm256_set1_ps(black_box(1.0));
-    let b = _mm256_set1_ps(black_box(0.5));
-    let mut acc = [_mm256_setzero_ps(); 12];
-    if iters > 0 {
-        // SAFETY: registers only; the loop counts `iters` down to zero.
-        asm!(
-            "2:",
-            concat!("vfmadd231ps {c0}, {a}, {b}"),
-            concat!("vfmadd231ps {c1}, {a}, {b}"),
-            concat!("vfmadd231ps {c2}, {a}, {b}"),
-            concat!("vfmadd231ps {c3}, {a}, {b}"),
-            concat!("vfmadd231ps {c4}, {a}, {b}"),
-            concat!("vfmadd231ps {c5}, {a}, {b}"),
-            concat!("vfmadd231ps {c6}, {a}, {b}"),
-            concat!("vfmadd231ps {c7}, {a}, {b}"),
-            concat!("vfmadd231ps {c8}, {a}, {b}"),
-            concat!("vfmadd231ps {c9}, {a}, {b}"),
-            concat!("vfmadd231ps {c10}, {a}, {b}"),
-            concat!("vfmadd231ps {c11}, {a}, {b}"),
-            "dec {n}",
-            "jnz 2b",
-            n = inout(reg) iters => _,
-            a = in(ymm_reg) a,
-            b = in(ymm_reg) b,
-            c0 = inout(ymm_reg) acc[0],
-            c1 = inout(ymm_reg) acc[1],
-            c2 = inout(ymm_reg) acc[2],
-            c3 = inout(ymm_reg) acc[3],
-            c4 = inout(ymm_reg) acc[4],
-            c5 = inout(ymm_reg) acc[5],
-            c6 = inout(ymm_reg) acc[6],
-            c7 = inout(ymm_reg) acc[7],
-            c8 = inout(ymm_reg) acc[8],
-            c9 = inout(ymm_reg) acc[9],
-            c10 = inout(ymm_reg) acc[10],
-            c11 = inout(ymm_reg) acc[11],
-            options(nomem, nostack)
-        );
+register_loop! {
+    /// The f64 loop on 256-bit registers (12 accumulators), for CPUs with
+    /// AVX2 and FMA only.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA.
+    fn fma_f64_256, feature "avx2,fma", "vfmadd231pd" on ymm_reg,
+    _mm256_setzero_pd(), [c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11],
+    |a, b| { (_mm256_set1_pd(black_box(1.0)), _mm256_set1_pd(black_box(0.5))) },
+    |acc| {
+        let mut lanes = [0.0f64; 4];
+        acc.iter()
+            .map(|&c| {
+                _mm256_storeu_pd(lanes.as_mut_ptr(), c);
+                lanes.iter().sum::<f64>()
+            })
+            .sum()
     }
-    let mut lanes = [0.0f32; 8];
-    acc.iter()
-        .map(|&c| {
-            _mm256_storeu_ps(lanes.as_mut_ptr(), c);
-            lanes.iter().map(|&x| x as f64).sum::<f64>()
-        })
-        .sum()
 }
 
-/// `iters` rounds of c ← c + a₀b₀ + a₁b₁ per f32 lane (`vdpbf16ps`), a = b
-/// = 1 in bf16: each lane ends at 2·iters.
-///
-/// # Safety
-/// The CPU must have AVX512F and AVX512BF16.
-#[target_feature(enable = "avx512f,avx512bf16")]
-pub unsafe fn dpbf16(iters: u64) -> f64 {
-    let one = _mm512_set1_ps(black_box(1.0));
-    let a = _mm512_cvtne2ps_pbh(one, one);
-    let b = a;
-    let mut acc = [_mm512_setzero_ps(); 16];
-    if iters > 0 {
-        // SAFETY: registers only; the loop counts `iters` down to zero.
-        asm!(
-            "2:",
-            concat!("vdpbf16ps {c0}, {a}, {b}"),
-            concat!("vdpbf16ps {c1}, {a}, {b}"),
-            concat!("vdpbf16ps {c2}, {a}, {b}"),
-            concat!("vdpbf16ps {c3}, {a}, {b}"),
-            concat!("vdpbf16ps {c4}, {a}, {b}"),
-            concat!("vdpbf16ps {c5}, {a}, {b}"),
-            concat!("vdpbf16ps {c6}, {a}, {b}"),
-            concat!("vdpbf16ps {c7}, {a}, {b}"),
-            concat!("vdpbf16ps {c8}, {a}, {b}"),
-            concat!("vdpbf16ps {c9}, {a}, {b}"),
-            concat!("vdpbf16ps {c10}, {a}, {b}"),
-            concat!("vdpbf16ps {c11}, {a}, {b}"),
-            concat!("vdpbf16ps {c12}, {a}, {b}"),
-            concat!("vdpbf16ps {c13}, {a}, {b}"),
-            concat!("vdpbf16ps {c14}, {a}, {b}"),
-            concat!("vdpbf16ps {c15}, {a}, {b}"),
-            "dec {n}",
-            "jnz 2b",
-            n = inout(reg) iters => _,
-            a = in(zmm_reg) a,
-            b = in(zmm_reg) b,
-            c0 = inout(zmm_reg) acc[0],
-            c1 = inout(zmm_reg) acc[1],
-            c2 = inout(zmm_reg) acc[2],
-            c3 = inout(zmm_reg) acc[3],
-            c4 = inout(zmm_reg) acc[4],
-            c5 = inout(zmm_reg) acc[5],
-            c6 = inout(zmm_reg) acc[6],
-            c7 = inout(zmm_reg) acc[7],
-            c8 = inout(zmm_reg) acc[8],
-            c9 = inout(zmm_reg) acc[9],
-            c10 = inout(zmm_reg) acc[10],
-            c11 = inout(zmm_reg) acc[11],
-            c12 = inout(zmm_reg) acc[12],
-            c13 = inout(zmm_reg) acc[13],
-            c14 = inout(zmm_reg) acc[14],
-            c15 = inout(zmm_reg) acc[15],
-            options(nomem, nostack)
-        );
+register_loop! {
+    /// The f32 loop on 256-bit registers.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA.
+    fn fma_f32_256, feature "avx2,fma", "vfmadd231ps" on ymm_reg,
+    _mm256_setzero_ps(), [c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11],
+    |a, b| { (_mm256_set1_ps(black_box(1.0)), _mm256_set1_ps(black_box(0.5))) },
+    |acc| {
+        let mut lanes = [0.0f32; 8];
+        acc.iter()
+            .map(|&c| {
+                _mm256_storeu_ps(lanes.as_mut_ptr(), c);
+                lanes.iter().map(|&x| x as f64).sum::<f64>()
+            })
+            .sum()
     }
-    acc.iter().map(|&c| _mm512_reduce_add_ps(c) as f64).sum()
+}
+
+register_loop! {
+    /// `iters` rounds of c ← c + a₀b₀ + a₁b₁ per f32 lane (`vdpbf16ps`),
+    /// a = b = 1 in bf16: each lane ends at 2·iters.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F and AVX512_BF16.
+    fn dpbf16, feature "avx512f,avx512bf16", "vdpbf16ps" on zmm_reg,
+    _mm512_setzero_ps(), [c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15],
+    |a, b| {
+        let one = _mm512_set1_ps(black_box(1.0));
+        let a = _mm512_cvtne2ps_pbh(one, one);
+        (a, a)
+    },
+    |acc| acc.iter().map(|&c| _mm512_reduce_add_ps(c) as f64).sum()
 }
 
 /// Accumulator tiles of the AMX loop.

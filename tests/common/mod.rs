@@ -237,7 +237,19 @@ pub fn reference(args: &[&str]) -> Output {
 /// would take at N 8 is the dual; tests/sweep.rs covers that), written to
 /// `dir`; its report.
 pub fn tiny_sweep(dir: &Path, hidden: &str, threads: &str) -> twolayer::bench::report::Report {
-    let out = run(&[
+    let args = tiny_sweep_args(dir, hidden, threads);
+    let out = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The Markdown table also goes to stdout.
+    let md = String::from_utf8_lossy(&out.stdout);
+    assert!(md.contains("| (8, 12, "), "{md}");
+    assert_matches_schema(&dir.join("report.json"));
+    twolayer::bench::report::Report::read(&dir.join("report.json")).unwrap()
+}
+
+/// The arguments of [`tiny_sweep`].
+pub fn tiny_sweep_args(dir: &Path, hidden: &str, threads: &str) -> Vec<String> {
+    [
         "sweep",
         "--n",
         "8,16",
@@ -261,13 +273,10 @@ pub fn tiny_sweep(dir: &Path, hidden: &str, threads: &str) -> twolayer::bench::r
         "primal",
         "--out",
         dir.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    // The Markdown table also goes to stdout.
-    let md = String::from_utf8_lossy(&out.stdout);
-    assert!(md.contains("| (8, 12, "), "{md}");
-    assert_matches_schema(&dir.join("report.json"));
-    twolayer::bench::report::Report::read(&dir.join("report.json")).unwrap()
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect()
 }
 
 /// Fails unless the JSON file at `path` is valid against
