@@ -344,17 +344,48 @@ pub fn cache_path() -> Option<PathBuf> {
     super::cache_file(PEAK_VAR, "peak.json")
 }
 
+/// What is at the cache path.
+enum Cached {
+    /// Nothing yet.
+    Nothing,
+    /// A probe of this CPU with these cores.
+    Ours(Peak),
+    /// A probe of another CPU or core count: replaced by a new one.
+    Other,
+    /// Not a probe (or unreadable): never replaced.
+    Foreign,
+}
+
+/// What is at `path`.
+fn look(path: &Path) -> Cached {
+    if std::fs::symlink_metadata(path).is_err() {
+        return Cached::Nothing;
+    }
+    let Ok(text) = crate::input::read_text(path, 1 << 20) else {
+        return Cached::Foreign;
+    };
+    match serde_json::from_str::<Peak>(&text) {
+        Ok(p)
+            if p.matches(
+                &super::cpu_model(),
+                &relevant_flags(),
+                allowed_cpus().len().max(1),
+            ) =>
+        {
+            Cached::Ours(p)
+        }
+        Ok(_) => Cached::Other,
+        Err(_) => Cached::Foreign,
+    }
+}
+
 /// The cached probe at `path`, if it is one and was measured on this CPU
 /// with these cores.
 fn cached(path: &Path) -> Option<Peak> {
-    let text = crate::input::read_text(path, 1 << 20).ok()?;
-    let p: Peak = serde_json::from_str(&text).ok()?;
-    p.matches(
-        &super::cpu_model(),
-        &relevant_flags(),
-        allowed_cpus().len().max(1),
-    )
-    .then_some(p)
+    match look(path) {
+        Cached::Ours(p) => Some(p),
+        _ => None,
+    }
 }
 
 /// The cached probe if there is one for this CPU (no measuring): what
@@ -367,12 +398,25 @@ pub fn cached_peak() -> Option<Peak> {
 /// quiet). `None` when the cache is switched off (`TWOLAYER_PEAK=""`).
 /// `again` measures even when a cached one exists.
 pub fn peak(probe: &Probe, again: bool) -> Result<Option<Peak>> {
-    let Some(path) = cache_path() else {
-        return Ok(None);
-    };
+    match cache_path() {
+        Some(path) => peak_at(&path, probe, again).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// [`peak`] with the cache at `path`.
+fn peak_at(path: &Path, probe: &Probe, again: bool) -> Result<Peak> {
+    // A file there that is not a probe (a mistyped TWOLAYER_PEAK naming a
+    // report, data, a device) is never replaced, nor measured for.
+    if let Cached::Foreign = look(path) {
+        return Err(Error::invalid(format!(
+            "{} is not a peak probe file, and a probe never replaces another file; point {PEAK_VAR} elsewhere, or set it empty for no probe",
+            path.display()
+        )));
+    }
     if !again {
-        if let Some(p) = cached(&path) {
-            return Ok(Some(p));
+        if let Some(p) = cached(path) {
+            return Ok(p);
         }
     }
     if let Some(dir) = path.parent() {
@@ -380,14 +424,11 @@ pub fn peak(probe: &Probe, again: bool) -> Result<Option<Peak>> {
     }
     // One probe at a time (two at once would halve each other's cores);
     // the one that waited finds the other's result.
-    let _lock = crate::lock::FileLock::wait_exclusive(
-        &path,
-        PEAK_VAR,
-        std::time::Duration::from_secs(120),
-    )?;
+    let _lock =
+        crate::lock::FileLock::wait_exclusive(path, PEAK_VAR, std::time::Duration::from_secs(120))?;
     if !again {
-        if let Some(p) = cached(&path) {
-            return Ok(Some(p));
+        if let Some(p) = cached(path) {
+            return Ok(p);
         }
     }
     let watch = super::LoadWatch::start();
@@ -395,14 +436,14 @@ pub fn peak(probe: &Probe, again: bool) -> Result<Option<Peak>> {
     let quiet = watch
         .and_then(|w| w.finish())
         .is_none_or(|l| l.warnings().is_empty());
-    if quiet {
-        crate::output::write_atomic(&path, |w| {
+    if quiet && !matches!(look(path), Cached::Foreign) {
+        crate::output::write_atomic(path, |w| {
             serde_json::to_writer_pretty(&mut *w, &p).map_err(std::io::Error::other)?;
             use std::io::Write;
             writeln!(w)
         })?;
     }
-    Ok(Some(p))
+    Ok(p)
 }
 
 #[cfg(test)]
@@ -439,5 +480,25 @@ mod tests {
         assert_eq!(cached(&f), None);
         std::fs::write(&f, "{ not json").unwrap();
         assert_eq!(cached(&f), None);
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_probe_is_never_replaced() {
+        // TWOLAYER_PEAK naming something else (a report, data): refused
+        // before anything is measured, and the file is left as it was.
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("report.json");
+        std::fs::write(&f, "{\"schema_version\": 3}").unwrap();
+        let quick = Probe {
+            min_seconds: 0.001,
+            trials: 1,
+        };
+        let e = peak_at(&f, &quick, true).unwrap_err().to_string();
+        assert!(e.contains("is not a peak probe file"), "{e}");
+        assert_eq!(
+            std::fs::read_to_string(&f).unwrap(),
+            "{\"schema_version\": 3}"
+        );
+        assert!(matches!(look(Path::new("/dev/null")), Cached::Foreign));
     }
 }
