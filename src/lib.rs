@@ -9,21 +9,20 @@
 //! The algorithm is the classic numpy warm-up, exactly (docs/design.md §1):
 //! N, D_in, H, D_out = 64, 1000, 100, 10; lr 1e-6; 500 steps; float64.
 //!
-//! ```no_run
-//! use twolayer::{Data, LearningRates, Shape, StepMode, Trainer, Weights};
-//! let shape = Shape::REFERENCE;
-//! let mut t = Trainer::new(
-//!     Data::<f64>::random(shape, 0),
-//!     Weights::random(shape, 0),
-//!     LearningRates::uniform(1e-6),
-//!     StepMode::Fused,
-//! )?;
-//! t.run(500, |_, step, loss| {
-//!     println!("{step} {loss}");
-//!     std::ops::ControlFlow::Continue(())
-//! })?;
+//! ```
+//! use twolayer::{Data, LearningRates, Shape, Trainer, Weights};
+//! let shape = Shape::REFERENCE; // N, D_in, H, D_out = 64, 1000, 100, 10
+//! let data = Data::<f64>::random(shape, 0); // x N×D_in, y N×D_out
+//! let weights = Weights::random(shape, 0); // w1 D_in×H, w2 H×D_out
+//! let mut t = Trainer::builder(data, weights, LearningRates::uniform(1e-6)).build()?;
+//! t.run(500, |_, _step, _loss| std::ops::ControlFlow::Continue(()))?;
+//! let (losses, trained) = (t.losses().to_vec(), t.into_weights());
+//! assert!(losses[499] < 1e-3 * losses[0] && trained.w1.dim() == (1000, 100));
 //! # Ok::<(), twolayer::Error>(())
 //! ```
+//!
+//! [`Trainer::builder`] sets up every kind of run: a plan, the dual form,
+//! bf16, a resumed run, the mean loss ([`train::TrainerBuilder`]).
 //!
 //! Where things are: [`step`] is the training step (read it first;
 //! [`step::bf16`] its bf16 mixed precision);
@@ -101,4 +100,4 @@ pub use net::{Data, Weights};
 pub use scalar::{Dtype, Real};
 pub use shape::Shape;
 pub use step::{Exchange, Gradients, LearningRates, NoExchange, Plan, Step, StepMode, Update};
-pub use train::{Loss, RunStats, Trainer};
+pub use train::{Loss, RunStats, Trainer, TrainerBuilder};

@@ -288,9 +288,9 @@ fn a_trainer_in_bf16_converts_every_new_batch() {
         .build()
         .unwrap();
     let trainer = pool.install(|| {
-        Trainer::new(batches[0].clone(), w0.clone(), lr, StepMode::Fused)
-            .unwrap()
-            .with_bf16()
+        Trainer::builder(batches[0].clone(), w0.clone(), lr)
+            .bf16()
+            .build()
     });
     let mut trainer = match trainer {
         Ok(t) => t,
@@ -348,16 +348,12 @@ fn bf16_training_follows_f32_training() {
             .build()
             .unwrap();
         pool.install(|| {
-            let mut t = Trainer::new(
+            let b = Trainer::builder(
                 data.clone(),
                 Weights::<f32>::random(shape, 13),
                 LearningRates::uniform(2e-5),
-                StepMode::Fused,
-            )
-            .unwrap();
-            if bf16 {
-                t = t.with_bf16().unwrap();
-            }
+            );
+            let mut t = if bf16 { b.bf16().build() } else { b.build() }.unwrap();
             let mut losses = Vec::new();
             t.run(300, |_, _, l| {
                 losses.push(l);

@@ -99,11 +99,12 @@ fn against_loops<F: Real>(shape: Shape, steps: usize, how: How, lr: LearningRate
     let (d64, mut w64) = as_f64(&data, &w);
     let mut ours: Box<dyn FnMut() -> (f64, Weights<F>)> = match how {
         How::Trainer { mode, form, plan } => {
-            let mut t = Trainer::new(data.clone(), w.clone(), lr, mode).unwrap();
-            if let Some(p) = plan {
-                t = t.with_plan(p).unwrap();
+            let b = Trainer::builder(data.clone(), w.clone(), lr).mode(mode);
+            let mut t = match plan {
+                Some(p) => b.plan(p).build_in(form),
+                None => b.build_in(form),
             }
-            let mut t = t.with_form(form).unwrap();
+            .unwrap();
             Box::new(move || {
                 let l = t.step().unwrap();
                 (l, t.weights().clone())
@@ -265,15 +266,9 @@ fn a_diverged_step_leaves_the_biases_as_they_were() {
     data.y[[2, 1]] = 1e300;
     for form in [Form::Primal, Form::Dual] {
         let w = biased::<f64>(shape, 2);
-        let mut t = Trainer::new(
-            data.clone(),
-            w.clone(),
-            LearningRates::uniform(1e-3),
-            StepMode::Fused,
-        )
-        .unwrap()
-        .with_form(form)
-        .unwrap();
+        let mut t = Trainer::builder(data.clone(), w.clone(), LearningRates::uniform(1e-3))
+            .build_in(form)
+            .unwrap();
         assert!(t.step().is_err(), "{form:?}: the loss overflows");
         assert_eq!(t.weights().biases, w.biases, "{form:?}");
     }

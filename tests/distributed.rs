@@ -838,3 +838,73 @@ fn bf16_over_two_ranks_follows_one_process() {
     assert_eq!(r.points[0].run.dtype, twolayer::Dtype::Bf16);
     assert_eq!(r.points[0].ranks(), 2);
 }
+
+#[test]
+fn ranks_take_the_plan_from_the_wisdom_file_and_the_checkpoint() {
+    // Before: every rank ran the built-in rule's plan, whatever the
+    // wisdom file or the resumed checkpoint held, where one process with
+    // the same flags took theirs.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (w, ck) = (d.join("w.json"), d.join("run.ck"));
+    let (w, ck) = (w.to_str().unwrap(), ck.to_str().unwrap());
+    let shape = ["--n", "64", "--d-in", "9", "--hidden", "8", "--d-out", "2"];
+    let mut tune = vec![
+        "tune",
+        "--form",
+        "primal",
+        "--step-mode",
+        "explicit",
+        "--threads",
+        "1",
+        "--wisdom",
+        w,
+        "-q",
+    ];
+    tune.extend(shape);
+    let o = common::run(&tune);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let mut train = vec!["train", "--threads", "1", "--wisdom", w, "-q"];
+    train.extend(shape);
+    let mut fresh = train.clone();
+    fresh.extend(["--steps", "3", "--checkpoint", ck]);
+    // Unbound ranks: the wisdom file's key names the cores a process may
+    // run on, and mpirun's default binding gives each rank one (a file
+    // tuned in one process then applies to none of them, as it should).
+    let unbound = |args: &[&str]| {
+        let child = Command::new("mpirun")
+            .args([
+                "-np",
+                "2",
+                "--bind-to",
+                "none",
+                "--mca",
+                "btl",
+                "self,vader",
+            ])
+            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+            .env("TWOLAYER_PEAK", "")
+            .arg(env!("CARGO_BIN_EXE_twolayer"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_with_watchdog(child, HANG)
+    };
+    let o = unbound(&fresh);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(
+        common::stderr(&o).contains("plan from wisdom"),
+        "{}",
+        common::stderr(&o)
+    );
+    let o = unbound(&["train", "--resume", ck, "--steps", "5", "-q"]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(
+        common::stderr(&o).contains("plan from the checkpoint"),
+        "{}",
+        common::stderr(&o)
+    );
+}

@@ -50,14 +50,13 @@ fn steps_after_the_first_do_not_allocate() {
             (StepMode::Fused, Form::Dual, true),
         ] {
             let w = Weights::random(shape, 2);
-            let mut t = Trainer::new(
+            let mut t = Trainer::builder(
                 Data::<f64>::random(shape, 1),
                 if biases { w.with_zero_biases() } else { w },
                 LearningRates::uniform(1e-9),
-                mode,
             )
-            .unwrap()
-            .with_form(form)
+            .mode(mode)
+            .build_in(form)
             .unwrap();
             t.run(2, |_, _, _| std::ops::ControlFlow::Continue(()))
                 .unwrap();

@@ -339,15 +339,9 @@ fn exchanged_gradients_equal_plain_ones_for_any_pieces() {
 
 /// A trainer at `shape` in `form`, seeded data and weights.
 fn trainer_in<F: Real>(shape: Shape, form: twolayer::step::Form, lr: LearningRates) -> Trainer<F> {
-    Trainer::new(
-        Data::<F>::random(shape, 7),
-        Weights::random(shape, 8),
-        lr,
-        StepMode::Fused,
-    )
-    .unwrap()
-    .with_form(form)
-    .unwrap()
+    Trainer::builder(Data::<F>::random(shape, 7), Weights::random(shape, 8), lr)
+        .build_in(form)
+        .unwrap()
 }
 
 #[test]
@@ -443,14 +437,14 @@ fn a_diverged_dual_step_keeps_the_last_weights() {
     assert!(err.to_string().contains("smaller --lr"), "{err}");
     assert_eq!(&before, t.weights(), "weights changed by the diverged step");
     // Explicit gradients have no dual form.
-    let e = Trainer::new(
+    let e = Trainer::builder(
         Data::<f64>::random(shape, 1),
         Weights::random(shape, 2),
         LearningRates::uniform(1e-6),
-        StepMode::Explicit,
     )
-    .unwrap()
-    .with_form(Form::Dual)
+    .mode(StepMode::Explicit)
+    .dual()
+    .build()
     .unwrap_err();
     assert!(e.to_string().contains("primal"), "{e}");
 }

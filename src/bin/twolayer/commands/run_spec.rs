@@ -90,6 +90,30 @@ pub struct RunSpec {
     pub memory_estimate: u128,
 }
 
+/// What building a run's trainer reads of its spec
+/// (`train::build_trainer`), copied out so that the set-up can move the
+/// spec's start (a checkpoint's weights) into the trainer.
+#[derive(Clone, Copy, Debug)]
+pub struct TrainerSettings {
+    /// The run (dtype, shape, threads, mode, form).
+    pub run: RunDescription,
+    /// Learning rates.
+    pub lr: LearningRates,
+    /// The loss minimised and reported.
+    pub loss: Loss,
+}
+
+impl RunSpec {
+    /// What building its trainer reads.
+    pub fn trainer_settings(&self) -> TrainerSettings {
+        TrainerSettings {
+            run: self.run,
+            lr: self.lr,
+            loss: self.loss,
+        }
+    }
+}
+
 /// A minibatch run's data, resolved.
 pub struct Minibatch {
     /// The training data (and the validation rows, when split off).

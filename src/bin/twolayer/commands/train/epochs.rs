@@ -3,6 +3,7 @@
 
 use super::super::run_spec::{Minibatch, RunSpec, Start};
 use super::report::{run_header, Reporter};
+use super::{build_trainer, Begin};
 use crate::cli::TrainArgs;
 use crate::signals::Signals;
 use std::ops::ControlFlow;
@@ -19,19 +20,21 @@ pub(super) fn minibatches<F: Real>(args: &TrainArgs, spec: RunSpec, mb: Minibatc
     let run = run_header(&spec, Some(&mb.header));
     let batch = mb.schedule.batch();
     let mut best = None;
-    let stored = super::stored_plan(args, &spec);
-    let (weights, losses) = match spec.start {
-        Start::Seeded { seed, init } => (
+    let settings = spec.trainer_settings();
+    let batch_buf = twolayer::minibatch::empty_batch::<F>(&mb.dataset, batch);
+    let begin = match spec.start {
+        Start::Seeded { seed, init } => Begin::fresh(
+            batch_buf,
             twolayer::Weights::seeded(spec.run.shape(), seed, init, spec.biases),
-            Vec::new(),
         ),
-        Start::Weights { path } => (npz::load_weights_file::<F>(&path)?, Vec::new()),
+        Start::Weights { path } => Begin::fresh(batch_buf, npz::load_weights_file::<F>(&path)?),
         Start::Resume(mut c) => {
             best = c.take_best::<F>();
-            c.into_typed::<F>()
+            Begin::resumed(batch_buf, *c, false)
         }
         Start::Init { .. } => unreachable!("--data conflicts with --init"),
-    };
+    }
+    .with_biases(spec.biases);
     let best_before = twolayer::checkpoint::MinibatchHeader::best_epoch(&mb.header.history);
     if let (Some(p), None, Some((e, _))) = (&args.save_best, &best, best_before) {
         return Err(Error::invalid(format!(
@@ -47,28 +50,16 @@ pub(super) fn minibatches<F: Real>(args: &TrainArgs, spec: RunSpec, mb: Minibatc
         );
         return Ok(());
     }
-    let weights = super::with_biases(weights, spec.biases);
-    let batch_buf = twolayer::minibatch::empty_batch::<F>(&mb.dataset, batch);
-    // The plan (`stored`): a checkpoint's or a tuned one, as for a fixed batch; else
-    // the minibatch rule's, which weighs the gather beside the step.
-    let (shape, mode) = (spec.run.shape(), spec.run.step_mode);
-    let (plan, plan_source) = match stored {
-        Some((choice, source)) => (choice.plan(shape, mode), source),
-        None => (
-            twolayer::minibatch::plan(&mb.dataset, shape, spec.run.dtype, spec.run.threads, mode),
-            "the built-in rule".to_string(),
-        ),
-    };
-    let mut trainer = super::bound_losses(
-        args,
-        super::bf16_if_asked(
-            Trainer::resume(batch_buf, weights, spec.lr, mode, losses)?.with_plan(plan)?,
-            spec.run.dtype,
-            true,
-        )?
-        .with_loss(spec.loss),
-        mb.schedule.batches_per_epoch() as usize,
+    // The minibatch rule weighs the gather beside the step.
+    let rule = twolayer::minibatch::plan(
+        &mb.dataset,
+        spec.run.shape(),
+        spec.run.dtype,
+        spec.run.threads,
+        spec.run.step_mode,
     );
+    let (trainer, plan_source) = build_trainer(args, settings, begin, rule, batch, true)?;
+    let mut trainer = super::bound_losses(args, trainer, mb.schedule.batches_per_epoch() as usize);
     let signals = Signals::get()?;
     signals.before_training()?;
     let mut rep = Reporter::new(args, &run, plan_source, true, batch);

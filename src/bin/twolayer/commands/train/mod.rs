@@ -13,7 +13,7 @@ mod epochs;
 mod mpi;
 mod report;
 
-use super::run_spec::{self, Launch, RunSpec, Start};
+use super::run_spec::{self, Launch, RunSpec, Start, TrainerSettings};
 use crate::cli::TrainArgs;
 use crate::signals::Signals;
 use report::{run_header, Reporter};
@@ -25,7 +25,7 @@ use twolayer::npz;
 use twolayer::output;
 use twolayer::scalar::{Dtype, Real};
 use twolayer::shape::Shape;
-use twolayer::step::Form;
+use twolayer::step::{Form, Plan};
 use twolayer::threads;
 use twolayer::train::Trainer;
 
@@ -203,79 +203,168 @@ fn single<F: Real>(args: &TrainArgs, mut spec: RunSpec) -> Result<()> {
         return epochs::minibatches::<F>(args, spec, mb);
     }
     let run = run_header(&spec, None);
-    let mut plan_source = "the built-in rule".to_string();
-    let tuned = stored_plan(args, &spec);
-    let trainer = match spec.start {
-        Start::Seeded { seed, init } => Trainer::new(
-            Data::<F>::random(spec.run.shape(), seed),
-            Weights::seeded(spec.run.shape(), seed, init, spec.biases),
-            spec.lr,
-            spec.run.step_mode,
-        )?
-        .with_form(spec.run.form)?,
+    let shape = spec.run.shape();
+    let settings = spec.trainer_settings();
+    let begin = match spec.start {
+        Start::Seeded { seed, init } => Begin::fresh(
+            Data::<F>::random(shape, seed),
+            Weights::seeded(shape, seed, init, spec.biases),
+        ),
         Start::Weights { .. } => unreachable!("--weights needs --data"),
         Start::Init { path } => {
             let (d, w) = npz::load_init(&path)?.into_typed::<F>();
-            Trainer::new(d, with_biases(w, spec.biases), spec.lr, spec.run.step_mode)?
-                .with_form(spec.run.form)?
+            Begin::fresh(d, with_biases(w, spec.biases))
         }
         Start::Resume(c) => {
-            // A dual run continues from w1_0 and C, bit for bit.
-            let dual = c.dual_typed::<F>();
-            let (w, losses) = c.into_typed::<F>();
-            let data = data_from_source::<F>(&spec.data, spec.run.shape(), 0..spec.run.shape().n)?;
-            match dual {
-                Some((w1_0, coef)) => Trainer::resume(
-                    data,
-                    Weights {
-                        w1: w1_0,
-                        w2: w.w2,
-                        biases: w.biases,
-                    },
-                    spec.lr,
-                    spec.run.step_mode,
-                    losses,
-                )?
-                .with_dual_coef(Some(coef))?,
-                None => Trainer::resume(data, w, spec.lr, spec.run.step_mode, losses)?,
-            }
+            let data = data_from_source::<F>(&spec.data, shape, 0..shape.n)?;
+            Begin::resumed(data, *c, spec.run.form == Form::Dual)
         }
     };
-    let trainer = match tuned {
-        Some((choice, source)) if trainer.form() == Form::Primal => {
-            plan_source = source;
-            trainer.with_plan(choice.plan(spec.run.shape(), spec.run.step_mode))?
-        }
-        _ => trainer,
-    };
-    let trainer = bf16_if_asked(trainer, spec.run.dtype, true)?;
+    let rule = Plan::new(
+        shape,
+        spec.run.dtype.storage(),
+        spec.run.threads,
+        spec.run.step_mode,
+    );
+    let (trainer, plan_source) = build_trainer(args, settings, begin, rule, shape.n, true)?;
     let estimate = spec.memory_estimate;
-    train_and_report(
-        args,
-        trainer.with_loss(spec.loss),
-        &run,
-        plan_source,
-        estimate,
-    )
+    train_and_report(args, trainer, &run, plan_source, estimate)
+}
+
+/// Where a run starts, in its element type: the rows of its first batch
+/// (under mpirun, this rank's), the weights, the losses of the steps
+/// already done, for a dual run resumed C (the weights then hold w1_0),
+/// and the plan the checkpoint ran with.
+pub(super) struct Begin<F> {
+    data: Data<F>,
+    weights: Weights<F>,
+    losses: Vec<f64>,
+    coef: Option<ndarray::Array2<F>>,
+    checkpoint_plan: Option<twolayer::step::PlanChoice>,
+}
+
+impl<F: Real> Begin<F> {
+    /// A run with no steps done.
+    pub fn fresh(data: Data<F>, weights: Weights<F>) -> Self {
+        Begin {
+            data,
+            weights,
+            losses: Vec::new(),
+            coef: None,
+            checkpoint_plan: None,
+        }
+    }
+
+    /// Zero biases added to the weights when the run has biases (a
+    /// checkpoint's or a weights file's own are kept).
+    pub fn with_biases(mut self, biases: bool) -> Self {
+        self.weights = with_biases(self.weights, biases);
+        self
+    }
+
+    /// A run continued from checkpoint `c` on `data`; in the dual form
+    /// from w1_0 and C, bit for bit, when `dual` (one process on the whole
+    /// batch), else from the weights it formed.
+    pub fn resumed(data: Data<F>, c: AnyCheckpoint, dual: bool) -> Self {
+        let checkpoint_plan = c.header().plan;
+        let parts = if dual { c.dual_typed::<F>() } else { None };
+        let (w, losses) = c.into_typed::<F>();
+        let (weights, coef) = match parts {
+            Some((w1_0, coef)) => (
+                Weights {
+                    w1: w1_0,
+                    w2: w.w2,
+                    biases: w.biases,
+                },
+                Some(coef),
+            ),
+            None => (w, None),
+        };
+        Begin {
+            data,
+            weights,
+            losses,
+            coef,
+            checkpoint_plan,
+        }
+    }
+}
+
+/// The one place a run's trainer is built, by every way of training (one
+/// process on a fixed batch, `--data` epochs, each rank under mpirun;
+/// fresh or resumed), with where its plan came from, for the summary.
+///
+/// The step is the one the run asks for: bf16 mixed precision, the dual
+/// form (from C when resumed), or the primal step laid out by the first of
+/// (1) the checkpoint's plan, for the same bits, (2) a tuned plan from the
+/// wisdom file, (3) `rule` (the built-in rule's plan, or the minibatch
+/// rule's for `--data`). A stored plan is sized for `begin`'s rows, which
+/// under mpirun are the rank's share. The loss's mean is over `rows` (the
+/// whole batch, across ranks). `lead`: whether this process speaks (rank 0
+/// under mpirun).
+pub(super) fn build_trainer<F: Real>(
+    args: &TrainArgs,
+    spec: TrainerSettings,
+    begin: Begin<F>,
+    rule: Plan,
+    rows: usize,
+    lead: bool,
+) -> Result<(Trainer<F>, String)> {
+    let stored = stored_plan(args, spec, begin.checkpoint_plan, lead);
+    let Begin {
+        data,
+        weights,
+        losses,
+        coef,
+        ..
+    } = begin;
+    let local = Shape {
+        n: data.x.nrows(),
+        ..spec.run.shape()
+    };
+    let mode = spec.run.step_mode;
+    let builder = Trainer::builder(data, weights, spec.lr)
+        .mode(mode)
+        .threads(spec.run.threads)
+        .resumed(losses)
+        .loss_over(spec.loss, rows);
+    let rule_source = "the built-in rule".to_string();
+    if spec.run.dtype == Dtype::Bf16 {
+        let trainer = builder.bf16().build()?;
+        if lead {
+            warn_if_bf16_is_slower();
+        }
+        return Ok((trainer, rule_source));
+    }
+    if let Some(c) = coef {
+        return Ok((builder.dual_from(c).build()?, rule_source));
+    }
+    if spec.run.form == Form::Dual {
+        return Ok((builder.dual().build()?, rule_source));
+    }
+    let (plan, source) = match stored {
+        Some((choice, source)) => (choice.plan(local, mode), source),
+        None => (rule, rule_source),
+    };
+    Ok((builder.plan(plan).build()?, source))
 }
 
 /// The primal step's plan when one is stored for this run, with where it
 /// came from: a checkpoint's (for the same bits), else a tuned one from the
-/// wisdom file; `None` leaves the built-in rule's. Every way of training
-/// in one process asks here, so a fixed-batch run and a `--data` run of
-/// the same shape take the same plan from the same file.
-pub(super) fn stored_plan(
+/// wisdom file; `None` leaves the rule's. Asked by [`build_trainer`] alone.
+fn stored_plan(
     args: &TrainArgs,
-    spec: &RunSpec,
+    spec: TrainerSettings,
+    checkpoint_plan: Option<twolayer::step::PlanChoice>,
+    lead: bool,
 ) -> Option<(twolayer::step::PlanChoice, String)> {
-    let from_checkpoint = match &spec.start {
-        Start::Resume(c) => c.header().plan.filter(|p| {
+    let from_checkpoint = checkpoint_plan.filter(|p| {
             // The resume's thread budget holds over what the file says:
             // OpenBLAS starts the threads a plan asks for, while shards
             // beyond the budget only queue on rayon's threads (a resume on
             // fewer threads runs the same shards, for the same bits).
             let within = p.shards >= 1 && p.blas_threads >= 1 && p.blas_threads <= spec.run.threads;
-            if !within {
+            if !within && lead {
                 say!(
                     "twolayer: warning: the checkpoint's plan asks for {} OpenBLAS thread(s) per GEMM, over the budget of {} thread(s); using the built-in plan, so the losses will match an unbroken run to rounding, not bit for bit",
                     p.blas_threads,
@@ -283,9 +372,7 @@ pub(super) fn stored_plan(
                 );
             }
             within
-        }),
-        _ => None,
-    };
+        });
     match from_checkpoint {
         Some(p) => Some((p, "the checkpoint".to_string())),
         None => twolayer::tune::wisdom::Tuned::open(
@@ -296,23 +383,10 @@ pub(super) fn stored_plan(
     }
 }
 
-/// The trainer in bf16 mixed precision when the run asks for it
-/// ([`Trainer::with_bf16`]), with a warning when the bf16 GEMM is slower
-/// than f32's here (no AMX: OpenBLAS's bf16 kernels, or its generic ones
-/// on a CPU without bf16 instructions), stating the two rates measured.
-/// (`warn`: whether this process says so; under mpirun, rank 0 alone.)
-pub(super) fn bf16_if_asked<F: Real>(
-    trainer: Trainer<F>,
-    dtype: Dtype,
-    warn: bool,
-) -> Result<Trainer<F>> {
-    if dtype != Dtype::Bf16 {
-        return Ok(trainer);
-    }
-    let trainer = trainer.with_bf16()?;
-    if !warn {
-        return Ok(trainer);
-    }
+/// Warns when the bf16 GEMM is slower than f32's here (no AMX: OpenBLAS's
+/// bf16 kernels, or its generic ones on a CPU without bf16 instructions),
+/// stating the two rates measured.
+fn warn_if_bf16_is_slower() {
     let threads = rayon::current_num_threads();
     // 512² takes a few milliseconds each; the best of three reps.
     let bf = twolayer::bench::measure::square_gemm_gflops(Dtype::Bf16, threads, 512);
@@ -331,7 +405,6 @@ pub(super) fn bf16_if_asked<F: Real>(
             bf / f
         );
     }
-    Ok(trainer)
 }
 
 /// Rows `rows` of a run's data: regenerated from its seed, or read (those

@@ -5,7 +5,7 @@
 use super::super::run_spec::{self, Launch, RunSpec, Start};
 use super::epochs::end_of_epoch;
 use super::report::{run_header, Reporter};
-use super::{check_files_distinct, data_from_source};
+use super::{check_files_distinct, data_from_source, Begin};
 use crate::cli::TrainArgs;
 use crate::signals::Signals;
 use std::ops::ControlFlow;
@@ -15,8 +15,9 @@ use twolayer::error::{Error, Result};
 use twolayer::net::Weights;
 use twolayer::npz;
 use twolayer::scalar::{Dtype, Real};
+use twolayer::shape::Shape;
+use twolayer::step::{Plan, PlanChoice};
 use twolayer::threads;
-use twolayer::train::Trainer;
 
 /// Runs the job on this rank. An error on any rank aborts every rank
 /// (the others would otherwise wait in the next allreduce for ever).
@@ -161,31 +162,50 @@ fn run_typed<F: Real + mpi::traits::Equivalence>(
     let k = cluster.size();
     let mb = spec.minibatch.take();
     let run = run_header(&spec, mb.as_ref().map(|m| &m.header));
-    let (lr, mode, total_steps) = (spec.lr, spec.run.step_mode, spec.total_steps);
-    let (weights, losses) = match spec.start {
-        Start::Resume(c) => c.into_typed::<F>(),
-        Start::Init { path } => (npz::load_weights::<F>(&path)?, Vec::new()),
-        Start::Weights { path } => (npz::load_weights_file::<F>(&path)?, Vec::new()),
-        Start::Seeded { seed, init } => {
-            (Weights::seeded(shape, seed, init, spec.biases), Vec::new())
-        }
-    };
-    let weights = super::with_biases(weights, spec.biases);
+    let total_steps = spec.total_steps;
+    let settings = spec.trainer_settings();
     // This rank's rows only: generated, cut from the file, or (a
     // minibatch run) its share of every batch, read as it comes.
     let data = match &mb {
         Some(m) => twolayer::minibatch::empty_batch::<F>(&m.dataset, rows.len()),
         None => data_from_source::<F>(&spec.data, shape, rows.clone())?,
     };
+    let begin = match spec.start {
+        // Under mpirun every rank runs the primal form (run_spec), from
+        // the weights a dual checkpoint formed.
+        Start::Resume(c) => Begin::resumed(data, *c, false),
+        Start::Init { path } => Begin::fresh(data, npz::load_weights::<F>(&path)?),
+        Start::Weights { path } => Begin::fresh(data, npz::load_weights_file::<F>(&path)?),
+        Start::Seeded { seed, init } => {
+            Begin::fresh(data, Weights::seeded(shape, seed, init, spec.biases))
+        }
+    };
+    let begin = begin.with_biases(spec.biases);
     let lead = cluster.rank() == 0;
-    let mut trainer = super::bf16_if_asked(
-        Trainer::resume(data, weights, lr, mode, losses)?,
-        spec.run.dtype,
-        lead,
-    )?
-    .with_loss_over(spec.loss, shape.n);
+    // The plan: the checkpoint's, a tuned one, or the built-in rule's for
+    // the largest share of rows (rank 0's), which every rank lays out on
+    // its own rows. One choice for all ranks is what rank 0's checkpoint
+    // records, so a resumed job runs every rank's plan as before.
+    let mode = spec.run.step_mode;
+    let largest = Shape {
+        n: shape.n.div_ceil(k),
+        ..shape
+    };
+    let rule = PlanChoice::of(
+        Plan::new(largest, spec.run.dtype.storage(), spec.run.threads, mode),
+        largest.n,
+    )
+    .plan(
+        Shape {
+            n: rows.len(),
+            ..shape
+        },
+        mode,
+    );
+    let (trainer, plan_source) = super::build_trainer(args, settings, begin, rule, shape.n, lead)?;
+    let mut trainer = trainer;
     let signals = Signals::get()?;
-    let mut rep = Reporter::new(args, &run, "the built-in rule".into(), lead, shape.n);
+    let mut rep = Reporter::new(args, &run, plan_source, lead, shape.n);
     if let Some(m) = &mb {
         rep.start_epochs(m.header.history.clone(), None);
     }

@@ -95,8 +95,9 @@ fn checkpoint_header<F: Real>(t: &Trainer<F>, run: &Header, n_total: usize) -> H
             ..run.run.with_shape(global_shape(t, n_total))
         },
         steps_done: t.steps_done(),
-        // The bf16 step has no plan of shards and blocks.
-        plan: (form == Form::Primal && run.ranks == 1 && t.dtype() != twolayer::Dtype::Bf16)
+        // The bf16 step has no plan of shards and blocks. Under mpirun,
+        // rank 0's: every rank lays the same choice out on its rows.
+        plan: (form == Form::Primal && t.dtype() != twolayer::Dtype::Bf16)
             .then(|| PlanChoice::of(t.plan(), t.shape().n)),
         biases: t.weights_have_biases(),
         best_weights: false,

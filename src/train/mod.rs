@@ -3,10 +3,13 @@
 //! that is no longer finite.
 
 use crate::error::{Error, Result};
-use crate::net::{checked_shape, Data, Weights};
+use crate::net::{Data, Weights};
+
+mod builder;
 use crate::scalar::Real;
 use crate::shape::Shape;
 use crate::step::{self, Exchange, Form, LearningRates, Plan, Step, StepMode, Update};
+pub use builder::{Bf16, DualForm, Primal, TrainerBuilder};
 use ndarray::Array2;
 use std::cell::OnceCell;
 use std::ops::ControlFlow;
@@ -306,110 +309,23 @@ impl LoopClock {
 type NextBatch<'a, F> = dyn FnMut(&mut Data<F>, usize) -> Result<()> + 'a;
 
 impl<F: Real> Trainer<F> {
-    /// A trainer for this data and these weights, its work planned for the
-    /// threads of the rayon pool it is created in (see [`Plan`]). Checks
-    /// that data and weights agree and are finite, and that the step's
-    /// buffers fit in memory, before allocating them.
+    /// A trainer for this data and these weights with the primal step, its
+    /// work planned by the built-in rule for the threads of the rayon pool
+    /// it is created in (see [`Plan`]), the update applied as `mode` says:
+    /// [`Trainer::builder`] with its defaults. Checks that data and weights
+    /// agree and are finite, and that the step's buffers fit in memory,
+    /// before allocating them.
     pub fn new(
         data: Data<F>,
         weights: Weights<F>,
         lr: LearningRates,
         mode: StepMode,
     ) -> Result<Self> {
-        for (name, v) in [("--lr (w1)", lr.w1), ("--lr (w2)", lr.w2)] {
-            if !v.is_finite() || v < 0.0 {
-                return Err(Error::invalid(format!(
-                    "{name} must be a finite number ≥ 0, got {v}"
-                )));
-            }
-        }
-        let shape = checked_shape(&data, &weights)?;
-        let plan = Plan::new(shape, F::DTYPE, rayon::current_num_threads(), mode);
-        let standard = |a: ndarray::Array2<F>| {
-            if a.is_standard_layout() {
-                a
-            } else {
-                a.as_standard_layout().into_owned()
-            }
-        };
-        let data = Data {
-            x: standard(data.x),
-            y: standard(data.y),
-        };
-        let weights = Weights {
-            w1: standard(weights.w1),
-            w2: standard(weights.w2),
-            biases: weights.biases.map(|b| crate::net::Biases {
-                b1: b.b1.as_standard_layout().into_owned(),
-                b2: b.b2.as_standard_layout().into_owned(),
-            }),
-        };
-        Ok(Trainer {
-            shape,
-            data,
-            weights,
-            step: Step::primal(shape, plan, mode)?,
-            lr,
-            step_lr: lr,
-            loss: Loss::Sum,
-            loss_scale: 1.0,
-            losses: LossHistory::default(),
-            formed: OnceCell::new(),
-        })
+        Self::builder(data, weights, lr).mode(mode).build()
     }
 
-    /// Lays the step's work out by `plan` instead of the built-in rule's
-    /// (a tuned plan, or a checkpoint's): new buffers, allocated here.
-    /// Fails when they would not fit in memory.
-    pub fn with_plan(mut self, plan: Plan) -> Result<Self> {
-        let mode = self.mode();
-        self.step = Step::primal(self.shape, plan, mode)?;
-        Ok(self)
-    }
-
-    /// Runs the step in `form` from now on. [`Form::Dual`] needs one fixed
-    /// batch (the data must not change between steps: no `next_batch`
-    /// that swaps rows in, no exchange) and the fused mode; it starts at
-    /// C = 0, so w1_0 is the weights' w1 as they are now.
-    pub fn with_form(self, form: Form) -> Result<Self> {
-        match form {
-            Form::Primal => Ok(self),
-            Form::Dual => self.with_dual_coef(None),
-        }
-    }
-
-    /// [`Trainer::with_form`]`(Form::Dual)` continuing from the dual
-    /// coefficients C (N×H) of a checkpoint: the weights given to the
-    /// trainer must then be w1_0 and w2, so that w1 = w1_0 + xᵀ·C.
-    pub fn with_dual_coef(mut self, coef: Option<Array2<F>>) -> Result<Self> {
-        if self.mode() == StepMode::Explicit {
-            return Err(Error::invalid(
-                "the dual form applies its update itself: explicit gradients need the primal form",
-            ));
-        }
-        let threads = rayon::current_num_threads();
-        // The primal buffers are not needed in the dual form: freed here.
-        self.step = Step::dual(&self.data, &self.weights.w1, coef, threads)?;
-        self.formed = OnceCell::new();
-        Ok(self)
-    }
-
-    /// Runs the step in bf16 mixed precision from now on ([`Step::bf16`]):
-    /// the GEMMs on bf16 copies of the batch and the weights, everything
-    /// else in f32. Needs a `Trainer<f32>` in the primal form and a library
-    /// with `cblas_sbgemm`; its threads are the rayon pool's, as the plan's.
-    pub fn with_bf16(mut self) -> Result<Self> {
-        if self.form() == Form::Dual {
-            return Err(Error::invalid(
-                "bf16 mixed precision runs the primal step: drop --form dual",
-            ));
-        }
-        let threads = rayon::current_num_threads();
-        self.step = Step::bf16(self.shape, threads, self.mode())?;
-        Ok(self)
-    }
-
-    /// The run's element type: `F`'s, or bf16 after [`Trainer::with_bf16`].
+    /// The run's element type: `F`'s, or bf16 for a trainer built with
+    /// [`TrainerBuilder::bf16`].
     pub fn dtype(&self) -> crate::scalar::Dtype {
         self.step.dtype()
     }
@@ -423,30 +339,6 @@ impl<F: Real> Trainer<F> {
     /// keeps to continue the run bit for bit.
     pub fn dual_parts(&self) -> Option<(&Array2<F>, &Array2<F>)> {
         self.step.dual_coef().map(|c| (&self.weights.w1, c))
-    }
-
-    /// Minimises and reports `loss` instead of the sum: with
-    /// [`Loss::Mean`] every loss recorded is the batch's mean squared
-    /// error, and the step applies `lr / (N·D_out)` to the summed
-    /// gradient — the mean's gradient, to rounding.
-    pub fn with_loss(self, loss: Loss) -> Self {
-        let rows = self.shape.n;
-        self.with_loss_over(loss, rows)
-    }
-
-    /// [`Trainer::with_loss`] for a batch of `rows` rows of which this
-    /// trainer holds a part (data-parallel training: the losses and
-    /// gradients it is given are sums over every part, so the mean is over
-    /// all `rows`).
-    pub fn with_loss_over(mut self, loss: Loss, rows: usize) -> Self {
-        let s = loss.scale(rows, self.shape.d_out);
-        self.loss = loss;
-        self.loss_scale = s;
-        self.step_lr = LearningRates {
-            w1: self.lr.w1 * s,
-            w2: self.lr.w2 * s,
-        };
-        self
     }
 
     /// The loss minimised and reported.
@@ -733,23 +625,6 @@ impl<F: Real> Trainer<F> {
             ));
         }
         Ok(())
-    }
-
-    /// A trainer that continues a run: `losses` are the losses of the steps
-    /// already done (from a checkpoint), and `weights` their result.
-    pub fn resume(
-        data: Data<F>,
-        weights: Weights<F>,
-        lr: LearningRates,
-        mode: StepMode,
-        losses: Vec<f64>,
-    ) -> Result<Self> {
-        let mut t = Self::new(data, weights, lr, mode)?;
-        t.losses = LossHistory {
-            kept: losses,
-            ..LossHistory::default()
-        };
-        Ok(t)
     }
 
     /// The learning rates.
