@@ -187,27 +187,29 @@ impl<F: Real> Data<F> {
     }
 }
 
-impl<F: Real + 'static> Data<F> {
-    /// This data as `Data<G>`: moved when G is F, else [`Data::cast`].
-    pub fn into_dtype<G: Real + 'static>(self) -> Data<G> {
-        same_type(self).unwrap_or_else(|d: Data<F>| d.cast())
+impl<F: Real> Data<F> {
+    /// This data as `Data<G>`: moved when G is F, else converted (as
+    /// [`Data::cast`]).
+    pub fn into_dtype<G: Real>(self) -> Data<G> {
+        Data {
+            x: F::into_array(self.x),
+            y: F::into_array(self.y),
+        }
     }
 }
 
-impl<F: Real + 'static> Weights<F> {
-    /// These weights as `Weights<G>`: moved when G is F, else
-    /// [`Weights::cast`].
-    pub fn into_dtype<G: Real + 'static>(self) -> Weights<G> {
-        same_type(self).unwrap_or_else(|w: Weights<F>| w.cast())
-    }
-}
-
-/// `value` as a `T` when it is one (moved, not copied); else given back.
-fn same_type<S: 'static, T: 'static>(value: S) -> std::result::Result<T, S> {
-    let mut slot = Some(value);
-    match (&mut slot as &mut dyn std::any::Any).downcast_mut::<Option<T>>() {
-        Some(t) => Ok(t.take().expect("just filled")),
-        None => Err(slot.expect("not taken")),
+impl<F: Real> Weights<F> {
+    /// These weights as `Weights<G>`: moved when G is F, else converted
+    /// (as [`Weights::cast`]).
+    pub fn into_dtype<G: Real>(self) -> Weights<G> {
+        Weights {
+            w1: F::into_array(self.w1),
+            w2: F::into_array(self.w2),
+            biases: self.biases.map(|b| Biases {
+                b1: F::into_array(b.b1),
+                b2: F::into_array(b.b2),
+            }),
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The element types the trainer runs in, f32 and f64, behind one trait;
 //! and bf16 mixed precision, which stores f32 and multiplies in bf16.
 
+use ndarray::{Array, Dimension};
 use std::fmt;
 
 /// The element type of a run, as chosen on the command line. Its names
@@ -99,6 +100,19 @@ pub trait Real:
     /// a mask, and-ed with self's bits), so a loop of it vectorises with
     /// no branch.
     fn masked_by_sign_of(self, h: Self) -> Self;
+    /// These elements as the f32s they are when `Self` is f32 (what bf16
+    /// mixed precision stores: its step reads and writes f32 through
+    /// this); `None` for f64.
+    fn as_f32s(v: &[Self]) -> Option<&[f32]>;
+    /// [`Real::as_f32s`], mutable.
+    fn as_f32s_mut(v: &mut [Self]) -> Option<&mut [f32]>;
+    /// An array of `Self` as one of `G`: moved when `G` is `Self`,
+    /// else converted element by element (rounded to nearest).
+    fn into_array<G: Real, D: Dimension>(a: Array<Self, D>) -> Array<G, D>;
+    /// An f32 array as one of `Self` (moved when `Self` is f32).
+    fn from_f32_array<D: Dimension>(a: Array<f32, D>) -> Array<Self, D>;
+    /// An f64 array as one of `Self` (moved when `Self` is f64).
+    fn from_f64_array<D: Dimension>(a: Array<f64, D>) -> Array<Self, D>;
 }
 
 impl Real for f32 {
@@ -113,6 +127,21 @@ impl Real for f32 {
         let clear = !((h.to_bits() as i32 >> 31) as u32);
         f32::from_bits(self.to_bits() & clear)
     }
+    fn as_f32s(v: &[Self]) -> Option<&[f32]> {
+        Some(v)
+    }
+    fn as_f32s_mut(v: &mut [Self]) -> Option<&mut [f32]> {
+        Some(v)
+    }
+    fn into_array<G: Real, D: Dimension>(a: Array<Self, D>) -> Array<G, D> {
+        G::from_f32_array(a)
+    }
+    fn from_f32_array<D: Dimension>(a: Array<f32, D>) -> Array<Self, D> {
+        a
+    }
+    fn from_f64_array<D: Dimension>(a: Array<f64, D>) -> Array<Self, D> {
+        a.mapv(|v| v as f32)
+    }
 }
 
 impl Real for f64 {
@@ -126,5 +155,20 @@ impl Real for f64 {
     fn masked_by_sign_of(self, h: Self) -> Self {
         let clear = !((h.to_bits() as i64 >> 63) as u64);
         f64::from_bits(self.to_bits() & clear)
+    }
+    fn as_f32s(_: &[Self]) -> Option<&[f32]> {
+        None
+    }
+    fn as_f32s_mut(_: &mut [Self]) -> Option<&mut [f32]> {
+        None
+    }
+    fn into_array<G: Real, D: Dimension>(a: Array<Self, D>) -> Array<G, D> {
+        G::from_f64_array(a)
+    }
+    fn from_f32_array<D: Dimension>(a: Array<f32, D>) -> Array<Self, D> {
+        a.mapv(f64::from)
+    }
+    fn from_f64_array<D: Dimension>(a: Array<f64, D>) -> Array<Self, D> {
+        a
     }
 }

@@ -47,6 +47,7 @@ use crate::blas::{Sbgemm, Trans};
 use crate::error::{Error, Result};
 use crate::kernels;
 use crate::net::{Biases, Data, Weights};
+use crate::scalar::{Dtype, Real};
 use crate::shape::Shape;
 use half::bf16;
 use half::slice::HalfFloatSliceExt;
@@ -72,7 +73,7 @@ fn no_sbgemm() -> Error {
 /// The bf16 step's state: the bf16 copies, the f32 intermediates and the
 /// gradient buffers.
 #[derive(Debug)]
-pub(super) struct Bf16Step {
+pub(super) struct Bf16Step<F> {
     shape: Shape,
     /// What the run records (both modes run the same arithmetic).
     mode: StepMode,
@@ -104,10 +105,10 @@ pub(super) struct Bf16Step {
     g_h_bf: Vec<bf16>,
     /// The gradients the update reads (with bias buffers, used when the
     /// weights have biases); in a step summed across processes, the sums.
-    grads: Gradients<f32>,
+    grads: Gradients<F>,
     /// In a step summed across processes, this process's own gradients
     /// (explicit mode only, as the MPI driver runs: `None` otherwise).
-    local: Option<Gradients<f32>>,
+    local: Option<Gradients<F>>,
     /// Per chunk of rows: the loss's partial sum, and the bias gradients'
     /// (chunks × H and chunks × D_out), added in chunk order.
     part_loss: Vec<f64>,
@@ -115,13 +116,20 @@ pub(super) struct Bf16Step {
     part_b2: Vec<f32>,
 }
 
-impl Bf16Step {
+impl<F: Real> Bf16Step<F> {
     /// The step for `shape`, its GEMMs on `threads` OpenBLAS threads.
-    /// Fails when the library has no bf16 GEMM or the buffers would not
-    /// fit in memory.
+    /// Fails when `F` is not f32 (bf16 runs store f32: every array the
+    /// step is given is then read as f32, through [`Real::as_f32s`]), the
+    /// library has no bf16 GEMM or the buffers would not fit in memory.
     pub(super) fn new(shape: Shape, threads: usize, mode: StepMode) -> Result<Self> {
+        if F::DTYPE != Dtype::F32 {
+            return Err(Error::invalid(format!(
+                "bf16 mixed precision stores f32: its step is a Step<f32>, not a Step<{}>",
+                F::DTYPE
+            )));
+        }
         let gemm = require_sbgemm()?;
-        shape.check_bytes_fit(Self::bytes(shape), crate::scalar::Dtype::Bf16)?;
+        shape.check_bytes_fit(Self::bytes(shape), Dtype::Bf16)?;
         let Shape {
             n,
             d_in,
@@ -196,7 +204,7 @@ impl Bf16Step {
     }
 
     /// The gradients of the last step the step updated from.
-    pub(super) fn gradients(&self) -> &Gradients<f32> {
+    pub(super) fn gradients(&self) -> &Gradients<F> {
         &self.grads
     }
 
@@ -214,15 +222,15 @@ impl Bf16Step {
     }
 
     /// Makes the bf16 copies of x and the weights current.
-    fn convert_inputs(&mut self, data: &Data<f32>, weights: &Weights<f32>) {
-        let x = data.x.as_slice().expect("the step checked the layout");
+    fn convert_inputs(&mut self, data: &Data<F>, weights: &Weights<F>) {
+        let x = f32s(data.x.as_slice().expect("the step checked the layout"));
         if self.x_from != Some(x.as_ptr() as usize) {
             to_bf16(&mut self.x_bf, x);
             self.x_from = Some(x.as_ptr() as usize);
         }
         let (w1, w2) = (
-            weights.w1.as_slice().expect("row-major"),
-            weights.w2.as_slice().expect("row-major"),
+            f32s(weights.w1.as_slice().expect("row-major")),
+            f32s(weights.w2.as_slice().expect("row-major")),
         );
         let from = (w1.as_ptr() as usize, w2.as_ptr() as usize);
         if self.w_from != Some(from) {
@@ -244,10 +252,10 @@ impl Bf16Step {
     /// benchmarks to time beside the step (as block.rs's `PASSES`).
     pub(super) fn run<const PASSES: bool>(
         &mut self,
-        data: &Data<f32>,
-        weights: &mut Weights<f32>,
+        data: &Data<F>,
+        weights: &mut Weights<F>,
         lr: LearningRates,
-        out: Option<&mut Gradients<f32>>,
+        out: Option<&mut Gradients<F>>,
         probe: &mut impl Probe,
     ) -> f64 {
         crate::blas::set_threads(self.threads);
@@ -259,7 +267,7 @@ impl Bf16Step {
             d_out,
         } = self.shape;
         let gemm = self.gemm;
-        let y = data.y.as_slice().expect("row-major");
+        let y = f32s(data.y.as_slice().expect("row-major"));
         let biases = weights.biases.as_ref();
         let handed_back = out.is_some();
         let g = match out {
@@ -267,8 +275,8 @@ impl Bf16Step {
             None => &mut self.grads,
         };
         let (g_w1, g_w2) = (
-            g.w1.as_slice_mut().expect("row-major"),
-            g.w2.as_slice_mut().expect("row-major"),
+            f32s_mut(g.w1.as_slice_mut().expect("row-major")),
+            f32s_mut(g.w2.as_slice_mut().expect("row-major")),
         );
 
         // ---- forward ----
@@ -288,7 +296,7 @@ impl Bf16Step {
         // h_relu = max(h + b1, 0) in place; h_bf = bf16(h_relu): one pass
         // over each chunk of rows.
         if PASSES {
-            let b1 = biases.map(|b| b.b1.as_slice().expect("contiguous"));
+            let b1 = biases.map(|b| f32s(b.b1.as_slice().expect("contiguous")));
             self.h
                 .par_chunks_mut(ROWS * hidden)
                 .zip(self.h_bf.par_chunks_mut(ROWS * hidden))
@@ -318,7 +326,7 @@ impl Bf16Step {
         // g_y = 2(y_pred + b2 − y) in place, g_y_bf = bf16(g_y), the loss's
         // and g_b2's partial sums per chunk: one pass.
         if PASSES {
-            let b2 = biases.map(|b| b.b2.as_slice().expect("contiguous"));
+            let b2 = biases.map(|b| f32s(b.b2.as_slice().expect("contiguous")));
             self.y_pred
                 .par_chunks_mut(ROWS * d_out)
                 .zip(self.g_y_bf.par_chunks_mut(ROWS * d_out))
@@ -406,12 +414,12 @@ impl Bf16Step {
         if let (Some(gb), true) = (g.biases.as_mut(), with_b1) {
             let chunks = self.part_loss.len();
             sum_chunks(
-                gb.b1.as_slice_mut().expect("contiguous"),
+                f32s_mut(gb.b1.as_slice_mut().expect("contiguous")),
                 &self.part_b1,
                 chunks,
             );
             sum_chunks(
-                gb.b2.as_slice_mut().expect("contiguous"),
+                f32s_mut(gb.b2.as_slice_mut().expect("contiguous")),
                 &self.part_b2,
                 chunks,
             );
@@ -431,8 +439,8 @@ impl Bf16Step {
     /// local buffers.
     pub(super) fn local_gradients(
         &mut self,
-        data: &Data<f32>,
-        weights: &mut Weights<f32>,
+        data: &Data<F>,
+        weights: &mut Weights<F>,
         probe: &mut impl Probe,
     ) -> Option<f64> {
         let mut local = self.local.take()?;
@@ -448,13 +456,13 @@ impl Bf16Step {
     }
 
     /// This process's gradients and the buffers their sums go to.
-    pub(super) fn exchange_buffers(&mut self) -> Option<(&Gradients<f32>, &mut Gradients<f32>)> {
+    pub(super) fn exchange_buffers(&mut self) -> Option<(&Gradients<F>, &mut Gradients<F>)> {
         Some((self.local.as_ref()?, &mut self.grads))
     }
 
     /// The update from the summed gradients, the bf16 copies made in the
     /// same pass (as at the end of `Bf16Step::run`).
-    pub(super) fn update_from_sums(&mut self, weights: &mut Weights<f32>, lr: LearningRates) {
+    pub(super) fn update_from_sums(&mut self, weights: &mut Weights<F>, lr: LearningRates) {
         update(weights, &self.grads, &mut self.w1_bf, &mut self.w2_bf, lr);
     }
 }
@@ -462,7 +470,18 @@ impl Bf16Step {
 /// Bytes a bf16 run of `shape` holds: x, y and the weights (f32) and the
 /// step's buffers.
 pub fn training_bytes(shape: Shape) -> u128 {
-    Bf16Step::bytes(shape)
+    Bf16Step::<f32>::bytes(shape)
+}
+
+/// `v` as the f32s it is: a bf16 step is built for f32 alone
+/// ([`Bf16Step::new`]).
+fn f32s<F: Real>(v: &[F]) -> &[f32] {
+    F::as_f32s(v).expect("a bf16 step is built for f32 alone")
+}
+
+/// [`f32s`], mutable.
+fn f32s_mut<F: Real>(v: &mut [F]) -> &mut [f32] {
+    F::as_f32s_mut(v).expect("a bf16 step is built for f32 alone")
 }
 
 /// A bf16 slice as the bits cblas_sbgemm reads.
@@ -492,23 +511,23 @@ fn sum_chunks(out: &mut [f32], parts: &[f32], chunks: usize) {
 
 /// `w ← w − lr·g` for every parameter (each at its layer's rate), the bf16
 /// copies of w1 and w2 made in the same passes.
-fn update(
-    weights: &mut Weights<f32>,
-    g: &Gradients<f32>,
+fn update<F: Real>(
+    weights: &mut Weights<F>,
+    g: &Gradients<F>,
     w1_bf: &mut [bf16],
     w2_bf: &mut [bf16],
     lr: LearningRates,
 ) {
     update_with_copy(
-        weights.w1.as_slice_mut().expect("row-major"),
+        f32s_mut(weights.w1.as_slice_mut().expect("row-major")),
         w1_bf,
-        g.w1.as_slice().expect("row-major"),
+        f32s(g.w1.as_slice().expect("row-major")),
         Param::W1.rate(lr),
     );
     update_with_copy(
-        weights.w2.as_slice_mut().expect("row-major"),
+        f32s_mut(weights.w2.as_slice_mut().expect("row-major")),
         w2_bf,
-        g.w2.as_slice().expect("row-major"),
+        f32s(g.w2.as_slice().expect("row-major")),
         Param::W2.rate(lr),
     );
     if let (Some(b), Some(gb)) = (weights.biases.as_mut(), g.biases.as_ref()) {

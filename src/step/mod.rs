@@ -269,24 +269,7 @@ enum FormState<F> {
     /// G, P, C and the dual step's buffers ([`dual`]).
     Dual(Dual<F>),
     /// bf16 mixed precision ([`bf16`]): built only as a `Step<f32>`.
-    Bf16(Box<bf16::Bf16Step>),
-}
-
-/// `data` and `weights` as the f32 arrays they are, for the bf16 step,
-/// which [`Step::bf16`] builds only when `F` is f32.
-fn as_f32<'a, F: Real>(
-    data: &'a Data<F>,
-    weights: &'a mut Weights<F>,
-) -> (&'a Data<f32>, &'a mut Weights<f32>) {
-    use std::any::Any;
-    (
-        (data as &dyn Any)
-            .downcast_ref::<Data<f32>>()
-            .expect("a bf16 step is a Step<f32>"),
-        (weights as &mut dyn Any)
-            .downcast_mut::<Weights<f32>>()
-            .expect("a bf16 step is a Step<f32>"),
-    )
+    Bf16(Box<bf16::Bf16Step<F>>),
 }
 
 impl<F: Real> Step<F> {
@@ -360,12 +343,6 @@ impl<F: Real> Step<F> {
     /// weights); `mode` is what the run records and whether
     /// [`Step::gradients`] shows them.
     pub fn bf16(shape: Shape, threads: usize, mode: StepMode) -> Result<Self> {
-        if F::DTYPE != crate::scalar::Dtype::F32 {
-            return Err(Error::invalid(format!(
-                "bf16 mixed precision stores f32: its step is a Step<f32>, not a Step<{}>",
-                F::DTYPE
-            )));
-        }
         Ok(Step {
             plan: Plan::new(shape, F::DTYPE, threads, StepMode::Fused),
             form: FormState::Bf16(Box::new(bf16::Bf16Step::new(shape, threads, mode)?)),
@@ -503,20 +480,12 @@ impl<F: Real> Step<F> {
             (FormState::Dual(_), Update::Exchanged { .. }) => Err(Error::invalid(
                 "a step summed across processes needs the primal form",
             )),
-            (FormState::Bf16(b), Update::Sgd) => {
-                let (data, weights) = as_f32(data, weights);
-                Ok(b.run::<true>(data, weights, lr, None, probe))
-            }
+            (FormState::Bf16(b), Update::Sgd) => Ok(b.run::<true>(data, weights, lr, None, probe)),
             (FormState::Bf16(b), Update::Gradients(g)) => {
                 check_gradients(g, weights)?;
-                let g = (g as &mut dyn std::any::Any)
-                    .downcast_mut::<Gradients<f32>>()
-                    .expect("a bf16 step is a Step<f32>");
-                let (data, weights) = as_f32(data, weights);
                 Ok(b.run::<true>(data, weights, lr, Some(g), probe))
             }
             (FormState::Bf16(b), Update::GemmsOnly) => {
-                let (data, weights) = as_f32(data, weights);
                 b.run::<false>(data, weights, lr, None, &mut NoProbe);
                 Ok(0.0)
             }
@@ -526,17 +495,10 @@ impl<F: Real> Step<F> {
                 // with the bf16 copies. One sum per buffer, after the
                 // GEMMs: not overlapped with them as the primal step's.
                 let has_biases = weights.biases.is_some();
-                let (d, w) = as_f32(data, weights);
-                let local_loss = b.local_gradients(d, w, probe).ok_or_else(|| {
+                let local_loss = b.local_gradients(data, weights, probe).ok_or_else(|| {
                     Error::invalid("a step summed across processes needs explicit gradients")
                 })?;
                 let (local, total) = b.exchange_buffers().expect("explicit mode");
-                let local = (local as &dyn std::any::Any)
-                    .downcast_ref::<Gradients<F>>()
-                    .expect("a bf16 step is a Step<f32>");
-                let total = (total as &mut dyn std::any::Any)
-                    .downcast_mut::<Gradients<F>>()
-                    .expect("a bf16 step is a Step<f32>");
                 let mut loss = 0.0;
                 // SAFETY: every buffer lives in the step, which is borrowed
                 // here until `finish` returns; `local` is not written and
@@ -556,8 +518,7 @@ impl<F: Real> Step<F> {
                 }
                 exchange.finish();
                 if loss.is_finite() {
-                    let (_, w) = as_f32(data, weights);
-                    b.update_from_sums(w, lr);
+                    b.update_from_sums(weights, lr);
                 }
                 probe.done(Phase::Update);
                 Ok(loss)
@@ -629,9 +590,7 @@ impl<F: Real> Step<F> {
         match &self.form {
             FormState::Primal { grads, .. } => grads.as_ref(),
             FormState::Dual(_) => None,
-            FormState::Bf16(b) => (b.mode() == StepMode::Explicit)
-                .then(|| (b.gradients() as &dyn std::any::Any).downcast_ref::<Gradients<F>>())
-                .flatten(),
+            FormState::Bf16(b) => (b.mode() == StepMode::Explicit).then(|| b.gradients()),
         }
     }
 
