@@ -79,7 +79,7 @@ impl Error {
     /// An [`Error::Read`] for `path`.
     pub fn read(path: &Path, msg: impl std::fmt::Display) -> Self {
         Error::Read {
-            path: crate::input::shown(path),
+            path: shown(path),
             msg: one_line(&msg.to_string()),
         }
     }
@@ -111,5 +111,39 @@ pub fn human_bytes(bytes: f64) -> String {
         format!("{v:.0} B")
     } else {
         format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// The paths of the copies of standard input alive now
+/// ([`crate::input::resolve_stdin`]): errors about them name standard
+/// input, not a descriptor the user never saw.
+static STDIN_COPIES: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// How messages name standard input.
+pub const STDIN_NAME: &str = "<standard input>";
+
+/// Errors about `path`, a copy of standard input, name standard input
+/// from now on.
+pub fn name_standard_input_copy(path: &Path) {
+    STDIN_COPIES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(path.to_path_buf());
+}
+
+/// `path`, a copy of standard input, is gone.
+pub fn forget_standard_input_copy(path: &Path) {
+    let mut live = STDIN_COPIES.lock().unwrap_or_else(|e| e.into_inner());
+    live.retain(|p| p != path);
+}
+
+/// What to call `path` in a message: `<standard input>` for a copy of it,
+/// else the path.
+pub fn shown(path: &Path) -> std::path::PathBuf {
+    let live = STDIN_COPIES.lock().unwrap_or_else(|e| e.into_inner());
+    if live.iter().any(|p| p == path) {
+        std::path::PathBuf::from(STDIN_NAME)
+    } else {
+        path.to_path_buf()
     }
 }

@@ -54,28 +54,9 @@ impl Spooled {
 
 impl Drop for Spooled {
     fn drop(&mut self) {
-        let mut live = SPOOLED.lock().unwrap_or_else(|e| e.into_inner());
-        live.retain(|p| p != &self.path);
+        crate::error::forget_standard_input_copy(&self.path);
     }
 }
-
-/// The paths of the copies of standard input alive now: errors about them
-/// name standard input, not a descriptor the user never saw.
-static SPOOLED: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
-
-/// What to call `path` in a message: `<standard input>` for a copy of it
-/// ([`resolve_stdin`]), else the path.
-pub fn shown(path: &Path) -> std::path::PathBuf {
-    let live = SPOOLED.lock().unwrap_or_else(|e| e.into_inner());
-    if live.iter().any(|p| p == path) {
-        std::path::PathBuf::from(STDIN_NAME)
-    } else {
-        path.to_path_buf()
-    }
-}
-
-/// How messages name standard input.
-const STDIN_NAME: &str = "<standard input>";
 
 /// `path` itself, or — when it is `-` — the path of standard input copied
 /// to an unnamed temporary file (in `$TMPDIR`), with the guard that keeps
@@ -94,7 +75,7 @@ pub fn resolve_stdin(
     if !is_stdio(path) {
         return Ok((path.to_path_buf(), None));
     }
-    let name = Path::new(STDIN_NAME);
+    let name = Path::new(crate::error::STDIN_NAME);
     let err = |e: std::io::Error| Error::read(name, e);
     let mut file = tempfile::tempfile().map_err(err)?;
     let room = free_bytes(&std::env::temp_dir()).saturating_sub(1 << 30);
@@ -137,10 +118,7 @@ pub fn resolve_stdin(
     }
     file.flush().map_err(err)?;
     let path = std::path::PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-    SPOOLED
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(path.clone());
+    crate::error::name_standard_input_copy(&path);
     Ok((path.clone(), Some(Spooled { _file: file, path })))
 }
 
