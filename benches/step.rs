@@ -16,7 +16,7 @@ fn bench_shape<F: Real>(c: &mut Criterion, shape: Shape) {
     // The step in the form `twolayer train` runs for the shape.
     let plan = Plan::new(shape, F::DTYPE, threads, StepMode::Fused);
     let form = Form::as_train_runs(shape);
-    let mut step = Step::new(form, &data, &w, plan, StepMode::Fused).unwrap();
+    let mut step = Step::new(F::DTYPE, form, &data, &w, plan, StepMode::Fused).unwrap();
     let lr = LearningRates::uniform(1e-12);
     let mut group = c.benchmark_group(format!("step/{}", F::DTYPE));
     group.throughput(Throughput::Elements(shape.n as u64));

@@ -11,7 +11,7 @@
 use crate::error::{Error, Result};
 use crate::net::{check_finite, checked_shape, shape_from_dims, Biases, Data, Weights};
 use crate::output::write_atomic;
-use crate::scalar::{Dtype, Real};
+use crate::scalar::{Dtype, Real, Storage};
 use crate::shape::Shape;
 use ndarray::Array2;
 use ndarray_npy::NpzWriter;
@@ -230,12 +230,12 @@ pub fn load_init_from<R: Read + Seek>(reader: R, path: &Path) -> Result<Init> {
         (c.shape.data_elems() + c.shape.weight_elems()) * c.dtype.size() as u128,
         c.dtype,
     )?;
-    Ok(match c.dtype {
-        Dtype::F32 | Dtype::Bf16 => {
+    Ok(match c.dtype.storage() {
+        Storage::F32 => {
             let (d, w) = read_all::<f32, R>(path, &mut c.zip, &c.entries)?;
             Init::F32(d, w)
         }
-        Dtype::F64 => {
+        Storage::F64 => {
             let (d, w) = read_all::<f64, R>(path, &mut c.zip, &c.entries)?;
             Init::F64(d, w)
         }
@@ -633,15 +633,11 @@ fn read_rows_from<F: Real>(
     let mut buf = vec![0u8; size * if h.fortran_order { rows.len() } else { ncols }];
     let decode = |bytes: &[u8], dst: &mut dyn FnMut(usize, F)| {
         for (i, b) in bytes.chunks_exact(size).enumerate() {
-            let v = match (dtype, big_endian) {
-                (Dtype::F32 | Dtype::Bf16, false) => {
-                    f32::from_le_bytes(b.try_into().unwrap()) as f64
-                }
-                (Dtype::F32 | Dtype::Bf16, true) => {
-                    f32::from_be_bytes(b.try_into().unwrap()) as f64
-                }
-                (Dtype::F64, false) => f64::from_le_bytes(b.try_into().unwrap()),
-                (Dtype::F64, true) => f64::from_be_bytes(b.try_into().unwrap()),
+            let v = match (dtype.storage(), big_endian) {
+                (Storage::F32, false) => f32::from_le_bytes(b.try_into().unwrap()) as f64,
+                (Storage::F32, true) => f32::from_be_bytes(b.try_into().unwrap()) as f64,
+                (Storage::F64, false) => f64::from_le_bytes(b.try_into().unwrap()),
+                (Storage::F64, true) => f64::from_be_bytes(b.try_into().unwrap()),
             };
             dst(i, F::from_f64(v));
         }
@@ -680,9 +676,9 @@ pub fn write_npy_header(
     rows: u64,
     cols: usize,
 ) -> std::io::Result<()> {
-    let descr = match dtype {
-        Dtype::F32 | Dtype::Bf16 => "<f4",
-        Dtype::F64 => "<f8",
+    let descr = match dtype.storage() {
+        Storage::F32 => "<f4",
+        Storage::F64 => "<f8",
     };
     let mut dict =
         format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");

@@ -24,21 +24,22 @@ pub enum Dtype {
 }
 
 impl Dtype {
-    /// Bytes per element.
     /// Bytes per stored element (bf16 runs store f32).
     pub fn size(self) -> usize {
         match self.storage() {
-            Dtype::F64 => 8,
-            _ => 4,
+            Storage::F64 => 8,
+            Storage::F32 => 4,
         }
     }
 
-    /// The type data, weights and gradients are stored in: itself, or f32
-    /// for bf16 mixed precision.
-    pub fn storage(self) -> Dtype {
+    /// The type data, weights and gradients are stored in: f32 for f32
+    /// and for bf16 mixed precision, f64 for f64. Code generic over the
+    /// stored type is reached through [`with_storage!`](crate::with_storage),
+    /// which matches on this once.
+    pub fn storage(self) -> Storage {
         match self {
-            Dtype::Bf16 => Dtype::F32,
-            d => d,
+            Dtype::F64 => Storage::F64,
+            Dtype::F32 | Dtype::Bf16 => Storage::F32,
         }
     }
 
@@ -71,6 +72,52 @@ impl std::str::FromStr for Dtype {
             )),
         }
     }
+}
+
+/// The element type values are stored in ([`Dtype::storage`]): what a
+/// file holds, and the `F` of the arrays of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Storage {
+    /// f32 (f32 runs, bf16 runs, `<f4` files).
+    F32,
+    /// f64 (f64 runs, `<f8` files).
+    F64,
+}
+
+impl Storage {
+    /// The dtype of a run that computes in its stored type.
+    pub fn dtype(self) -> Dtype {
+        match self {
+            Storage::F32 => Dtype::F32,
+            Storage::F64 => Dtype::F64,
+        }
+    }
+}
+
+/// Runs `$body` with the type alias `$F` set to the stored type of
+/// `$dtype` (`f32` for f32 and bf16, `f64` for f64): the one dispatch from
+/// a dtype chosen at run time to code generic over [`Real`].
+///
+/// ```
+/// use twolayer::{with_storage, Dtype, Real};
+/// fn bytes<F: Real>() -> usize { std::mem::size_of::<F>() }
+/// assert_eq!(with_storage!(Dtype::Bf16, F => bytes::<F>()), 4);
+/// assert_eq!(with_storage!(Dtype::F64, F => bytes::<F>()), 8);
+/// ```
+#[macro_export]
+macro_rules! with_storage {
+    ($dtype:expr, $F:ident => $body:expr) => {
+        match $crate::scalar::Dtype::storage($dtype) {
+            $crate::scalar::Storage::F32 => {
+                type $F = f32;
+                $body
+            }
+            $crate::scalar::Storage::F64 => {
+                type $F = f64;
+                $body
+            }
+        }
+    };
 }
 
 /// A floating-point element the trainer can run in: what GEMM (through

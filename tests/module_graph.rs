@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// Every top-level module of the library (`src/X.rs` or `src/X/`), with
+/// Every top-level module of the library (a file or a folder of `src`), with
 /// the other top-level modules its files name and where.
 fn graph() -> BTreeMap<String, BTreeMap<String, PathBuf>> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {

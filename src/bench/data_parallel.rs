@@ -27,7 +27,7 @@ use super::run::{pools, progress_bar, progress_message, GemmRates};
 use crate::distributed::Cluster;
 use crate::error::{Error, Result};
 use crate::net::{Data, Weights};
-use crate::scalar::{Dtype, Real};
+use crate::scalar::Real;
 use crate::shape::Shape;
 use crate::step::{Exchange, LearningRates, NoProbe, Plan, Step, StepMode, Update};
 use std::time::Instant;
@@ -147,11 +147,8 @@ fn measure_point_mpi(
     cluster: &Cluster,
     how: AllreducePlan,
 ) -> Result<(Samples, MpiSamples)> {
-    match point.dtype {
-        // bf16 runs store f32: the f32 arrays, with the bf16 step.
-        Dtype::F32 | Dtype::Bf16 => measure::<f32>(point, timing, cluster, how),
-        Dtype::F64 => measure::<f64>(point, timing, cluster, how),
-    }
+    // bf16 runs store f32: the f32 arrays, with the bf16 step.
+    crate::with_storage!(point.dtype, F => measure::<F>(point, timing, cluster, how))
 }
 
 fn measure<F: Real + mpi::traits::Equivalence>(
@@ -184,12 +181,14 @@ fn measure<F: Real + mpi::traits::Equivalence>(
     // everywhere.
     let data = Data::<F>::random_rows(shape, 0, rows.start, rows.len());
     let mut weights = Weights::<F>::random(shape, 0);
-    let bf16 = point.dtype == Dtype::Bf16;
-    let mut step = if bf16 {
-        Step::<F>::bf16(local, point.threads, mode)?
-    } else {
-        Step::<F>::primal(local, plan, mode)?
-    };
+    let mut step = Step::<F>::new(
+        point.dtype,
+        crate::step::Form::Primal,
+        &data,
+        &weights,
+        plan,
+        mode,
+    )?;
     let lr = LearningRates::uniform(BENCH_LR);
     let mut exchange = cluster.exchange(how.overlap);
     let pieces = if how.overlap { how.pieces } else { 1 };
@@ -248,11 +247,7 @@ fn measure<F: Real + mpi::traits::Equivalence>(
     let (peak_rss, rss_growth) = memory.peak_and_growth();
     let peak_rss = cluster.sum(peak_rss as f64) as u64;
     let rss_growth = cluster.sum(rss_growth as f64) as u64;
-    let bytes = if bf16 {
-        crate::step::bf16::training_bytes(local)
-    } else {
-        plan.training_bytes(local, F::DTYPE, mode)
-    };
+    let bytes = plan.training_bytes(local, point.dtype, mode);
     let workspace = cluster.sum(bytes as f64) as u64;
     drop((step, data));
 

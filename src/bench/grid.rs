@@ -300,11 +300,7 @@ impl GridSpec {
                 let form = form_of(shape, dtype)?;
                 for &t in &threads {
                     let plan = Plan::new(shape, dtype, t, mode);
-                    if dtype == Dtype::Bf16 {
-                        shape.check_bytes_fit(crate::step::bf16::training_bytes(shape), dtype)?;
-                    } else {
-                        plan.check_fits_memory(shape, dtype, mode)?;
-                    }
+                    plan.check_fits_memory(shape, dtype, mode)?;
                     if form == Form::Dual {
                         shape.check_bytes_fit(Dual::<f64>::bytes(shape, dtype), dtype)?;
                     }

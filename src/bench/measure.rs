@@ -199,11 +199,8 @@ pub fn measure_point(
     mode: StepMode,
     tuned: Option<(PlanChoice, PlanSource)>,
 ) -> Result<Samples> {
-    match point.dtype {
-        // bf16 runs store f32: the f32 arrays, with the bf16 step.
-        Dtype::F32 | Dtype::Bf16 => measure::<f32>(point, timing, mode, tuned),
-        Dtype::F64 => measure::<f64>(point, timing, mode, tuned),
-    }
+    // bf16 runs store f32: the f32 arrays, with the bf16 step.
+    crate::with_storage!(point.dtype, F => measure::<F>(point, timing, mode, tuned))
 }
 
 fn measure<F: Real>(
@@ -223,10 +220,7 @@ fn measure<F: Real>(
             PlanSource::Rule,
         ),
     };
-    let bf16 = point.dtype == Dtype::Bf16;
-    if !bf16 {
-        plan.check_fits_memory(shape, F::DTYPE, mode)?;
-    }
+    plan.check_fits_memory(shape, point.dtype, mode)?;
     let memory = MemoryWatch::start();
 
     let data = Data::<F>::random(shape, 0);
@@ -236,11 +230,7 @@ fn measure<F: Real>(
     // The step in the point's form, built as the Trainer builds it (the
     // primal step on the plan, fused or with explicit gradients, or the
     // dual form's step on C), run through the same call.
-    let mut step = if bf16 {
-        Step::<F>::bf16(shape, point.threads, mode)?
-    } else {
-        Step::<F>::new(point.form, &data, &weights, plan, mode)?
-    };
+    let mut step = Step::<F>::new(point.dtype, point.form, &data, &weights, plan, mode)?;
     let mut run =
         |update: Update<'_, F>, w: &mut Weights<F>, probe: &mut (dyn FnMut(Phase) + Send)| {
             step.run(&data, w, lr, update, &mut FnProbe(probe))
@@ -282,8 +272,7 @@ fn measure<F: Real>(
         gemm_ms,
         phases,
         workspace_bytes: match point.form {
-            _ if bf16 => crate::step::bf16::training_bytes(shape) as u64,
-            Form::Primal => plan.training_bytes(shape, F::DTYPE, mode) as u64,
+            Form::Primal => plan.training_bytes(shape, point.dtype, mode) as u64,
             Form::Dual => {
                 ((shape.data_elems() + shape.weight_elems()) * F::DTYPE.size() as u128
                     + Dual::<F>::bytes(shape, F::DTYPE)) as u64

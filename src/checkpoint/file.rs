@@ -46,7 +46,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::net::Weights;
-use crate::scalar::{Dtype, Real};
+use crate::scalar::{Real, Storage};
 use ndarray::Array2;
 use sha2::{Digest, Sha256};
 use std::fs::File;
@@ -137,11 +137,9 @@ fn push_arrays<F: Real>(
 ) {
     fn push<F: Real>(out: &mut Vec<u8>, a: &[F]) {
         for v in a {
-            match F::DTYPE {
-                Dtype::F32 | Dtype::Bf16 => {
-                    out.extend_from_slice(&(Real::to_f64(*v) as f32).to_le_bytes())
-                }
-                Dtype::F64 => out.extend_from_slice(&Real::to_f64(*v).to_le_bytes()),
+            match F::DTYPE.storage() {
+                Storage::F32 => out.extend_from_slice(&(Real::to_f64(*v) as f32).to_le_bytes()),
+                Storage::F64 => out.extend_from_slice(&Real::to_f64(*v).to_le_bytes()),
             }
         }
     }
@@ -771,7 +769,7 @@ mod tests {
     fn header(steps_done: usize) -> Header {
         let shape = Shape::new(6, 4, 3, 2).unwrap();
         Header {
-            run: RunDescription::new(shape, Dtype::F64, 1, StepMode::Fused, Form::Primal),
+            run: RunDescription::new(shape, crate::Dtype::F64, 1, StepMode::Fused, Form::Primal),
             steps_done,
             total_steps: 1 << 40,
             lr_w1: 1e-3,

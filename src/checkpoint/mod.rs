@@ -33,7 +33,7 @@ pub mod file;
 use crate::error::{Error, Result};
 use crate::net::{Biases, Weights};
 use crate::run::RunDescription;
-use crate::scalar::{Dtype, Real};
+use crate::scalar::{Real, Storage};
 use crate::shape::Shape;
 use crate::step::{Form, LearningRates, PlanChoice};
 use crate::train::Loss;
@@ -632,12 +632,12 @@ impl AnyCheckpoint {
         }
         let shape = header.shape().map_err(|e| e.to_string())?;
         let dims = array_dims(&header, shape);
-        Ok(match header.run.dtype {
-            Dtype::F32 | Dtype::Bf16 => {
+        Ok(match header.run.dtype.storage() {
+            Storage::F32 => {
                 let arrays = read_arrays::<f32>(&bytes[at..], &dims);
                 AnyCheckpoint::F32(assemble(header, losses, arrays, shape))
             }
-            Dtype::F64 => {
+            Storage::F64 => {
                 let arrays = read_arrays::<f64>(&bytes[at..], &dims);
                 AnyCheckpoint::F64(assemble(header, losses, arrays, shape))
             }
@@ -777,11 +777,11 @@ fn arrays_bytes(dims: &[(usize, usize)], h: &Header) -> u128 {
 fn read_arrays<F: Real>(bytes: &[u8], dims: &[(usize, usize)]) -> Vec<Array2<F>> {
     let e = F::DTYPE.size();
     let read = |at: usize| -> F {
-        match F::DTYPE {
-            Dtype::F32 | Dtype::Bf16 => F::from_f64(f32::from_le_bytes(
+        match F::DTYPE.storage() {
+            Storage::F32 => F::from_f64(f32::from_le_bytes(
                 bytes[at..at + 4].try_into().expect("4 bytes"),
             ) as f64),
-            Dtype::F64 => F::from_f64(f64::from_le_bytes(
+            Storage::F64 => F::from_f64(f64::from_le_bytes(
                 bytes[at..at + 8].try_into().expect("8 bytes"),
             )),
         }
@@ -858,7 +858,13 @@ mod tests {
         let shape = Shape::new(4, 3, 2, 5).unwrap();
         Checkpoint {
             header: Header {
-                run: RunDescription::new(shape, Dtype::F32, 2, StepMode::Fused, Form::Primal),
+                run: RunDescription::new(
+                    shape,
+                    crate::Dtype::F32,
+                    2,
+                    StepMode::Fused,
+                    Form::Primal,
+                ),
                 steps_done: 3,
                 total_steps: 10,
                 lr_w1: 1e-6,

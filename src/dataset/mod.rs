@@ -309,11 +309,13 @@ impl ArrayFile {
 
     /// Decodes one stored value.
     fn decode(&self, b: &[u8]) -> f64 {
-        match (self.dtype, self.big_endian) {
-            (Dtype::F32 | Dtype::Bf16, false) => f32::from_le_bytes(b.try_into().unwrap()) as f64,
-            (Dtype::F32 | Dtype::Bf16, true) => f32::from_be_bytes(b.try_into().unwrap()) as f64,
-            (Dtype::F64, false) => f64::from_le_bytes(b.try_into().unwrap()),
-            (Dtype::F64, true) => f64::from_be_bytes(b.try_into().unwrap()),
+        match (self.dtype.storage(), self.big_endian) {
+            (crate::scalar::Storage::F32, false) => {
+                f32::from_le_bytes(b.try_into().unwrap()) as f64
+            }
+            (crate::scalar::Storage::F32, true) => f32::from_be_bytes(b.try_into().unwrap()) as f64,
+            (crate::scalar::Storage::F64, false) => f64::from_le_bytes(b.try_into().unwrap()),
+            (crate::scalar::Storage::F64, true) => f64::from_be_bytes(b.try_into().unwrap()),
         }
     }
 

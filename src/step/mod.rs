@@ -80,7 +80,7 @@ pub use probe::{NoProbe, Phase, Probe};
 
 use crate::error::{Error, Result};
 use crate::net::{Biases, Data, Weights};
-use crate::scalar::Real;
+use crate::scalar::{Dtype, Real};
 use crate::shape::Shape;
 use block::{block, BiasSums, Sink};
 use exchange::gradients_exchanged;
@@ -349,11 +349,10 @@ impl<F: Real> Step<F> {
         })
     }
 
-    /// The run's element type: `F`'s, or [`Dtype::Bf16`](crate::scalar::Dtype::Bf16)
-    /// for the bf16 step.
-    pub fn dtype(&self) -> crate::scalar::Dtype {
+    /// The run's element type: `F`'s, or [`Dtype::Bf16`] for the bf16 step.
+    pub fn dtype(&self) -> Dtype {
         match self.form {
-            FormState::Bf16(_) => crate::scalar::Dtype::Bf16,
+            FormState::Bf16(_) => Dtype::Bf16,
             _ => F::DTYPE,
         }
     }
@@ -376,30 +375,46 @@ impl<F: Real> Step<F> {
         }
     }
 
-    /// The step in `form`: [`Step::primal`] with `plan`, or [`Step::dual`]
-    /// on `data` at `weights`' w1 (C = 0) with the threads of the rayon
-    /// pool it is built in, as [`Plan::new`]'s rule is given them.
+    /// The step a run of `dtype` in `form` takes — the one place a run's
+    /// description picks its step: for bf16 [`Step::bf16`] (primal, no
+    /// plan), else [`Step::primal`] with `plan`, or [`Step::dual`] on
+    /// `data` at `weights`' w1 (C = 0). The bf16 and dual steps run on the
+    /// threads of the rayon pool they are built in, as [`Plan::new`]'s
+    /// rule is given them.
     pub fn new(
+        dtype: Dtype,
         form: Form,
         data: &Data<F>,
         weights: &Weights<F>,
         plan: Plan,
         mode: StepMode,
     ) -> Result<Self> {
-        match form {
-            Form::Primal => {
-                let (x, y) = (data.x.dim(), data.y.dim());
-                let shape = crate::net::shape_from_dims(x, y, weights.w1.dim(), weights.w2.dim())?;
-                Self::primal(shape, plan, mode)
-            }
-            Form::Dual if mode == StepMode::Explicit => Err(Error::invalid(
+        let (x, y) = (data.x.dim(), data.y.dim());
+        let shape = crate::net::shape_from_dims(x, y, weights.w1.dim(), weights.w2.dim())?;
+        match (dtype, form) {
+            (Dtype::Bf16, Form::Dual) => Err(Error::invalid(
+                "form dual runs in f32 or f64; bf16 runs the primal step with bf16 GEMMs",
+            )),
+            (Dtype::Bf16, Form::Primal) => Self::bf16(shape, rayon::current_num_threads(), mode),
+            (_, Form::Primal) => Self::primal(shape, plan, mode),
+            (_, Form::Dual) if mode == StepMode::Explicit => Err(Error::invalid(
                 "the dual form applies its update itself: explicit gradients need the primal form",
             )),
-            Form::Dual => {
+            (_, Form::Dual) => {
                 let mut step = Self::dual(data, &weights.w1, None, rayon::current_num_threads())?;
                 step.plan = plan;
                 Ok(step)
             }
+        }
+    }
+
+    /// Fails, naming how to get it, when this machine's library cannot run
+    /// a step of `dtype` (bf16 without OpenBLAS's bf16 GEMM): what a run
+    /// checks before it reads or allocates anything.
+    pub fn available(dtype: Dtype) -> Result<()> {
+        match dtype {
+            Dtype::Bf16 => bf16::require_sbgemm().map(|_| ()),
+            Dtype::F32 | Dtype::F64 => Ok(()),
         }
     }
 

@@ -424,6 +424,10 @@ impl Plan {
     /// Bytes a training run holds at once: x, y, the weights, this plan's
     /// workspace, and the explicit [`Gradients`](super::Gradients) in explicit mode.
     pub fn training_bytes(&self, shape: Shape, dtype: Dtype, mode: StepMode) -> u128 {
+        if dtype == Dtype::Bf16 {
+            // The bf16 step has its own buffers, whatever the plan.
+            return super::bf16::training_bytes(shape);
+        }
         let grads = if mode == StepMode::Explicit {
             shape.weight_elems()
         } else {

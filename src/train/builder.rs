@@ -66,6 +66,11 @@ use std::cell::OnceCell;
 /// the rates, and the settings of the step kind `K` ([`Primal`],
 /// [`DualForm`] or [`Bf16`]). Nothing is allocated until
 /// [`TrainerBuilder::build`].
+///
+/// Every kind takes `mode`, `resumed`, `loss`, `loss_over` and `threads`;
+/// the primal step alone takes a plan (`.plan(p)`), and becomes the dual
+/// form with `.dual()` / `.dual_from(C)` or bf16 with `.bf16()`. The kind
+/// is a type, so a plan for the dual or the bf16 step does not compile.
 #[derive(Debug)]
 #[must_use = "a builder does nothing until .build()"]
 pub struct TrainerBuilder<F, K> {
@@ -105,7 +110,7 @@ impl<F: Real> Trainer<F> {
     /// (w1 D_in×H, w2 H×D_out, biases optional) at rates `lr`: the primal
     /// step with the built-in plan, fused SGD, the summed loss, no earlier
     /// steps, the threads of the rayon pool it is built in, unless told
-    /// otherwise. See the [module](self) for what each kind of step takes.
+    /// otherwise. See [`TrainerBuilder`] for what each kind of step takes.
     ///
     /// ```
     /// use twolayer::{Data, LearningRates, Loss, Shape, Trainer, Weights};

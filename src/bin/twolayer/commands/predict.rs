@@ -12,7 +12,7 @@ use twolayer::error::{Error, Result};
 use twolayer::npz;
 use twolayer::output;
 use twolayer::predict::{evaluate, Forward, Rows};
-use twolayer::scalar::{Dtype, Real};
+use twolayer::scalar::{Dtype, Real, Storage};
 use twolayer::{blas, threads};
 
 /// x alone: a `.npy`, or the `x` of a `.npz`.
@@ -67,10 +67,7 @@ pub fn run_predict(args: &PredictArgs) -> Result<()> {
     if dtype == Dtype::Bf16 {
         say!("twolayer: note: predicting in f32: a bf16 run's weights are f32, and the forward pass alone gains nothing from bf16 GEMMs worth its rounding");
     }
-    match dtype {
-        Dtype::F32 | Dtype::Bf16 => predict::<f32>(args, &x),
-        Dtype::F64 => predict::<f64>(args, &x),
-    }
+    twolayer::with_storage!(dtype, F => predict::<F>(args, &x))
 }
 
 fn predict<F: Real>(args: &PredictArgs, x: &ArrayFile) -> Result<()> {
@@ -104,11 +101,11 @@ fn predict<F: Real>(args: &PredictArgs, x: &ArrayFile) -> Result<()> {
             let pred = fwd.run(xb.slice(s![..r, ..]), &w);
             bytes.clear();
             for &v in pred.iter() {
-                match F::DTYPE {
-                    Dtype::F32 | Dtype::Bf16 => {
+                match F::DTYPE.storage() {
+                    Storage::F32 => {
                         bytes.extend_from_slice(&(Real::to_f64(v) as f32).to_le_bytes())
                     }
-                    Dtype::F64 => bytes.extend_from_slice(&Real::to_f64(v).to_le_bytes()),
+                    Storage::F64 => bytes.extend_from_slice(&Real::to_f64(v).to_le_bytes()),
                 }
             }
             out.write_all(&bytes)?;

@@ -213,16 +213,10 @@ pub fn resolve(args: &TrainArgs, launch: Launch) -> Result<RunSpec> {
         n: spec.run.shape().n.div_ceil(ranks),
         ..spec.run.shape()
     };
-    let run_bytes = if spec.run.dtype == Dtype::Bf16 {
-        twolayer::step::bf16::require_sbgemm()?;
-        let bytes = twolayer::step::bf16::training_bytes(local);
-        local.check_bytes_fit(bytes, Dtype::Bf16)?;
-        bytes
-    } else {
-        let plan = Plan::new(local, spec.run.dtype, spec.run.threads, spec.run.step_mode);
-        plan.check_fits_memory(local, spec.run.dtype, spec.run.step_mode)?;
-        plan.training_bytes(local, spec.run.dtype, spec.run.step_mode)
-    };
+    twolayer::step::Step::<f32>::available(spec.run.dtype)?;
+    let plan = Plan::new(local, spec.run.dtype, spec.run.threads, spec.run.step_mode);
+    plan.check_fits_memory(local, spec.run.dtype, spec.run.step_mode)?;
+    let run_bytes = plan.training_bytes(local, spec.run.dtype, spec.run.step_mode);
     let run_bytes_total = run_bytes;
     if let Some(m) = spec.minibatch.as_mut() {
         // Every way of training on a dataset starts here: loaded into
@@ -274,11 +268,11 @@ fn fresh(args: &TrainArgs, ranks: usize, mpi: bool) -> Result<RunSpec> {
             // An explicit --dtype other than the file's casts its arrays
             // (f64 → f32 rounds to nearest), and says so.
             let dtype = args.dtype.unwrap_or(stored);
-            if dtype.storage() != stored {
+            if dtype.storage().dtype() != stored {
                 say!(
                     "twolayer: note: {} holds {stored} arrays; training in {dtype} as --dtype asks (each value rounded to {})",
                     path.display(),
-                    dtype.storage()
+                    dtype.storage().dtype()
                 );
             }
             (
@@ -518,7 +512,7 @@ fn with_data(args: &TrainArgs, files: &[PathBuf], ranks: usize, mpi: bool) -> Re
         ));
     }
     let dtype = args.dtype.unwrap_or(dataset.dtype());
-    if dtype.storage() != dataset.dtype() {
+    if dtype.storage().dtype() != dataset.dtype() {
         say!(
             "twolayer: note: the data holds {} values; training in {dtype} as --dtype asks (each value converted as it is read)",
             dataset.dtype()

@@ -60,10 +60,8 @@ pub fn run(args: &TuneArgs) -> Result<()> {
             continue;
         }
         let pool = &pools[&p.threads];
-        let t: Tuning = pool.install(|| match p.dtype {
-            Dtype::F32 | Dtype::Bf16 => tune::tune::<f32>(p.shape, mode),
-            Dtype::F64 => tune::tune::<f64>(p.shape, mode),
-        })?;
+        let t: Tuning =
+            pool.install(|| twolayer::with_storage!(p.dtype, F => tune::tune::<F>(p.shape, mode)))?;
         let rule = PlanChoice::of(Plan::new(p.shape, p.dtype, p.threads, mode), p.shape.n);
         let at = |c: PlanChoice| t.timings.iter().find(|(x, _)| *x == c).map(|x| x.1);
         let best_ms = at(t.best).unwrap_or(f64::NAN);
@@ -104,11 +102,8 @@ pub fn run(args: &TuneArgs) -> Result<()> {
         // file at the same time keeps its own.
         wisdom = Wisdom::merge_into(&path, &[entry])?;
         if args.exhaustive {
-            let all = pool.install(|| match p.dtype {
-                Dtype::F32 | Dtype::Bf16 => {
-                    tune::exhaustive::<f32>(p.shape, mode, args.exhaustive_rounds)
-                }
-                Dtype::F64 => tune::exhaustive::<f64>(p.shape, mode, args.exhaustive_rounds),
+            let all = pool.install(|| {
+                twolayer::with_storage!(p.dtype, F => tune::exhaustive::<F>(p.shape, mode, args.exhaustive_rounds))
             })?;
             args.output.text(&report_exhaustive(
                 &all,

@@ -89,10 +89,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     if let Some(w) = threads::oversubscribed(spec.run.threads) {
         say!("twolayer: warning: {w}");
     }
-    match spec.run.dtype {
-        Dtype::F32 | Dtype::Bf16 => single::<f32>(args, spec),
-        Dtype::F64 => single::<f64>(args, spec),
-    }
+    twolayer::with_storage!(spec.run.dtype, F => single::<F>(args, spec))
 }
 
 /// The lock on the run's checkpoint file, held while the run lives (the
@@ -222,7 +219,7 @@ fn single<F: Real>(args: &TrainArgs, mut spec: RunSpec) -> Result<()> {
     };
     let rule = Plan::new(
         shape,
-        spec.run.dtype.storage(),
+        spec.run.dtype.storage().dtype(),
         spec.run.threads,
         spec.run.step_mode,
     );

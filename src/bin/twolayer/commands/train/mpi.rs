@@ -14,7 +14,7 @@ use twolayer::distributed::{Cluster, Summing};
 use twolayer::error::{Error, Result};
 use twolayer::net::Weights;
 use twolayer::npz;
-use twolayer::scalar::{Dtype, Real};
+use twolayer::scalar::Real;
 use twolayer::shape::Shape;
 use twolayer::step::{Plan, PlanChoice};
 use twolayer::threads;
@@ -61,10 +61,7 @@ fn run_rank(args: &TrainArgs, cluster: &Cluster) -> Result<()> {
     if let Some(w) = threads::oversubscribed(spec.run.threads) {
         say!("twolayer: warning: {w}");
     }
-    match spec.run.dtype {
-        Dtype::F32 | Dtype::Bf16 => run_typed::<f32>(args, cluster, spec, panic_at),
-        Dtype::F64 => run_typed::<f64>(args, cluster, spec, panic_at),
-    }
+    twolayer::with_storage!(spec.run.dtype, F => run_typed::<F>(args, cluster, spec, panic_at))
 }
 
 /// Fails on every rank unless every rank resolved the same run: the same
@@ -192,7 +189,12 @@ fn run_typed<F: Real + mpi::traits::Equivalence>(
         ..shape
     };
     let rule = PlanChoice::of(
-        Plan::new(largest, spec.run.dtype.storage(), spec.run.threads, mode),
+        Plan::new(
+            largest,
+            spec.run.dtype.storage().dtype(),
+            spec.run.threads,
+            mode,
+        ),
         largest.n,
     )
     .plan(
