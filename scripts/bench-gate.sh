@@ -12,7 +12,10 @@
 #       .ci/gate-anchor), sweeps it in the same rounds, and gates the current
 #       tree against it too, at the same threshold: a slowdown that creeps
 #       in a few percent a merge passes every merge's gate and fails this.
-#       Both verdicts are appended to the gate's history,
+#       The bf16 points of benchmarks/gate-bf16.toml are swept by the base
+#       and the current tree in rounds of their own and gated the same way
+#       (when the linked OpenBLAS has a bf16 GEMM; the log says when not).
+#       Both verdicts of the main grid are appended to the gate's history,
 #       $TWOLAYER_GATE_HISTORY (default target/gate-history.jsonl), which
 #       `twolayer history` prints and draws.
 #   scripts/bench-gate.sh [--pairs K] --baseline DIR
@@ -44,6 +47,8 @@ done
 case "$pairs" in ''|*[!0-9]*|0) echo "bench-gate: --pairs takes a whole number ≥ 1" >&2; exit 2 ;; esac
 
 grid=benchmarks/gate.toml
+bf16_gate_grid=benchmarks/gate-bf16.toml
+bf16=""
 
 # Both sides load the one OpenBLAS this tree links (scripts/setup.sh): a
 # base built before the rpath existed would otherwise load Debian's, and
@@ -112,6 +117,21 @@ else
   build_head
   scripts/ab-sweeps.sh "$out" "$pairs" "$grid" "${sides[@]}" head="$out/bin/head"
   compare=(--paired "$out/base" "$out/head")
+  # The bf16 points (benchmarks/gate-bf16.toml), base and current tree only:
+  # the anchor predates bf16 sweeps. Measured in their own rounds after the
+  # main ones, when the linked OpenBLAS has its bf16 GEMM (the native build
+  # scripts/setup.sh makes); a library without it is named, not skipped in
+  # silence, and any other failure of the bf16 step fails the gate.
+  if probe=$("$out/bin/head" train --dtype bf16 --n 8 --d-in 4 --hidden 4 --d-out 2 --steps 1 -q 2>&1); then
+    awk '/^\[/ { skip = ($0 ~ /^\[\[?gate[].]/) } !skip' "$bf16_gate_grid" >"$out/grid-bf16.toml"
+    scripts/ab-sweeps.sh "$out/bf16" "$pairs" "$out/grid-bf16.toml" base="$out/bin/base" head="$out/bin/head"
+    bf16=yes
+  elif grep -q cblas_sbgemm <<<"$probe"; then
+    echo "bench-gate: no bf16 points: the linked OpenBLAS has no bf16 GEMM ($probe)" >&2
+  else
+    echo "bench-gate: the bf16 step fails: $probe" >&2
+    exit 2
+  fi
 fi
 
 history=${TWOLAYER_GATE_HISTORY:-target/gate-history.jsonl}
@@ -135,6 +155,20 @@ if [ -n "$anchor_ref" ] && [ -z "$baseline" ]; then
   # The worse of the two: 2 (cannot compare) over 1 (a regression) over 0.
   if [ "$rc_anchor" -eq 2 ] || { [ "$rc_anchor" -eq 1 ] && [ "$rc" -eq 0 ]; }; then
     rc=$rc_anchor
+  fi
+fi
+if [ -n "$bf16" ]; then
+  # Not in the history: its trend is of the main grid's verdicts.
+  set +e
+  "$out/bin/head" compare --paired "$out/bf16/base" "$out/bf16/head" --grid "$bf16_gate_grid" \
+    --json "$out/verdict-bf16.json" >"$out/compare-bf16.md"
+  rc_bf16=$?
+  set -e
+  echo
+  echo "The bf16 points (benchmarks/gate-bf16.toml), against the base."
+  cat "$out/compare-bf16.md"
+  if [ "$rc_bf16" -eq 2 ] || { [ "$rc_bf16" -eq 1 ] && [ "$rc" -eq 0 ]; }; then
+    rc=$rc_bf16
   fi
 fi
 echo "bench-gate: history in $history (twolayer history $history --chart trend.svg)" >&2

@@ -666,7 +666,7 @@ fn a_sweep_times_the_form_train_runs_unless_told() {
 }
 
 #[test]
-fn the_gate_grid_covers_the_default_train_path() {
+fn the_gate_grids_cover_the_default_train_path_and_bf16() {
     // benchmarks/gate.toml, read as the gate reads it: its seed-shape
     // points run the form `twolayer train` runs by default (dual), so a
     // slowdown of that path is timed by the gate.
@@ -687,6 +687,19 @@ fn the_gate_grid_covers_the_default_train_path() {
         .points
         .iter()
         .any(|p| p.form == twolayer::step::Form::Primal));
+    // benchmarks/gate-bf16.toml: bf16 points alone, on the primal step,
+    // with the gate's threshold.
+    let text = std::fs::read_to_string(common::root().join("benchmarks/gate-bf16.toml")).unwrap();
+    let spec: twolayer::bench::grid::GridSpec = toml::from_str(&text).unwrap();
+    let grid = spec.build(twolayer::StepMode::Fused).unwrap();
+    assert!(!grid.points.is_empty());
+    assert!(
+        grid.points.iter().all(|p| p.dtype == twolayer::Dtype::Bf16
+            && p.form == twolayer::step::Form::Primal),
+        "{:?}",
+        grid.points
+    );
+    assert!(text.contains("[gate]\nmax_slowdown = 0.10"), "{text}");
 }
 
 #[test]
