@@ -694,8 +694,9 @@ fn the_gate_grids_cover_the_default_train_path_and_bf16() {
     let grid = spec.build(twolayer::StepMode::Fused).unwrap();
     assert!(!grid.points.is_empty());
     assert!(
-        grid.points.iter().all(|p| p.dtype == twolayer::Dtype::Bf16
-            && p.form == twolayer::step::Form::Primal),
+        grid.points
+            .iter()
+            .all(|p| p.dtype == twolayer::Dtype::Bf16 && p.form == twolayer::step::Form::Primal),
         "{:?}",
         grid.points
     );
