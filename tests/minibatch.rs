@@ -1499,3 +1499,60 @@ fn the_memory_estimate_holds_the_peak_and_not_much_more() {
     assert_eq!(o.status.code(), Some(1), "{e}");
     assert!(e.contains("90% of the memory available"), "{e}");
 }
+
+#[test]
+fn a_dataset_of_arrays_in_memory_trains_as_the_same_arrays_in_a_file() {
+    // The library's way in for data a caller holds (a second front end's):
+    // no file needed, and the very same run as from the file.
+    use twolayer::dataset::{batches::Schedule, Dataset};
+    use twolayer::minibatch::Reader;
+    let (m, d_in, h, d_out, batch) = (300usize, 5usize, 7usize, 2usize, 32usize);
+    let x = ndarray::Array2::<f64>::from_shape_fn((m, d_in), |(i, j)| {
+        ((i * 7 + j * 13) % 17) as f64 / 17.0 - 0.5
+    });
+    let y = ndarray::Array2::<f64>::from_shape_fn((m, d_out), |(i, j)| {
+        ((i * 5 + j) % 11) as f64 / 11.0
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("d.npz");
+    let mut z = ndarray_npy::NpzWriter::new(std::fs::File::create(&file).unwrap());
+    z.add_array("x", &x).unwrap();
+    z.add_array("y", &y).unwrap();
+    z.finish().unwrap();
+    let train = |data: &Dataset| {
+        let shape = twolayer::Shape::new(batch, d_in, h, d_out).unwrap();
+        let schedule = Schedule::new(data.rows(), batch, 3, Some(0.2)).unwrap();
+        let mut t = twolayer::Trainer::builder(
+            twolayer::minibatch::empty_batch::<f64>(data, batch),
+            twolayer::Weights::random(shape, 4).with_zero_biases(),
+            twolayer::LearningRates::uniform(0.05),
+        )
+        .loss(twolayer::Loss::Mean)
+        .threads(1)
+        .build()
+        .unwrap();
+        let steps = 2 * schedule.batches_per_epoch() as usize;
+        twolayer::minibatch::run(&mut t, data, &schedule, Reader::Inline, steps, |_, _, _| {
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
+        (t.losses().to_vec(), t.into_weights())
+    };
+    let mut from_file = Dataset::open(&[file]).unwrap();
+    from_file.prepare(false, 0).unwrap();
+    let in_memory = Dataset::from_arrays(x.view(), y.view()).unwrap();
+    assert!(in_memory.files().is_empty());
+    let (a, wa) = train(&from_file);
+    let (b, wb) = train(&in_memory);
+    assert_eq!(a.len(), 14);
+    assert_eq!(a, b, "the same losses, bit for bit");
+    assert_eq!(wa, wb);
+    assert!(a[13] < a[0], "it learns: {a:?}");
+    // Bad arrays are refused, naming what is wrong.
+    let mut bad = x.clone();
+    bad[[4, 2]] = f64::NAN;
+    let e = Dataset::from_arrays(bad.view(), y.view()).unwrap_err();
+    assert!(e.to_string().contains("row 4, column 2"), "{e}");
+    let e = Dataset::from_arrays(x.slice(ndarray::s![..10, ..]), y.view()).unwrap_err();
+    assert!(e.to_string().contains("10 rows"), "{e}");
+}

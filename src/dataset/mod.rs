@@ -70,6 +70,33 @@ pub struct ArrayFile {
 }
 
 impl ArrayFile {
+    /// The array `a` held in memory (`name` for messages), its values
+    /// copied once in `F`'s layout, little-endian and row-major, as a
+    /// loaded `.npy` of `F` is: what [`Dataset::from_arrays`] builds.
+    fn in_memory_from<F: Real>(a: ndarray::ArrayView2<'_, F>, name: &'static str) -> ArrayFile {
+        let mut bytes = Vec::with_capacity(a.len() * F::DTYPE.size());
+        for v in a.iter() {
+            match F::DTYPE.storage() {
+                crate::scalar::Storage::F32 => {
+                    bytes.extend_from_slice(&(Real::to_f64(*v) as f32).to_le_bytes())
+                }
+                crate::scalar::Storage::F64 => {
+                    bytes.extend_from_slice(&Real::to_f64(*v).to_le_bytes())
+                }
+            }
+        }
+        ArrayFile {
+            path: PathBuf::from("<memory>"),
+            name,
+            storage: Storage::Memory(bytes),
+            rows: a.nrows() as u64,
+            cols: a.ncols(),
+            dtype: F::DTYPE,
+            big_endian: false,
+            fortran: false,
+        }
+    }
+
     /// The array `name` of a lone `.npy` file.
     pub fn open_npy(path: &Path, name: &'static str) -> Result<ArrayFile> {
         let mut f = crate::input::open_regular(path)?;
@@ -544,6 +571,49 @@ pub struct Dataset {
 }
 
 impl Dataset {
+    /// A dataset of arrays a caller holds (x M×D_in, y M×D_out): copied
+    /// once into the dataset's memory, every value checked finite. It
+    /// trains as the same arrays saved to a file and loaded would, bit for
+    /// bit; it has no files ([`Dataset::files`] is empty).
+    ///
+    /// ```
+    /// use ndarray::Array2;
+    /// let x = Array2::<f64>::from_shape_fn((100, 3), |(i, j)| (i * 3 + j) as f64 / 300.0);
+    /// let y = Array2::<f64>::from_shape_fn((100, 1), |(i, _)| i as f64 / 100.0);
+    /// let d = twolayer::dataset::Dataset::from_arrays(x.view(), y.view())?;
+    /// assert_eq!((d.rows(), d.d_in(), d.d_out()), (100, 3, 1));
+    /// # Ok::<(), twolayer::Error>(())
+    /// ```
+    pub fn from_arrays<F: Real>(
+        x: ndarray::ArrayView2<'_, F>,
+        y: ndarray::ArrayView2<'_, F>,
+    ) -> Result<Dataset> {
+        if x.nrows() != y.nrows() {
+            return Err(Error::invalid(format!(
+                "x has {} rows but y has {}: every row of x needs its target",
+                x.nrows(),
+                y.nrows()
+            )));
+        }
+        if x.nrows() == 0 || x.ncols() == 0 || y.ncols() == 0 {
+            return Err(Error::invalid(format!(
+                "a dataset needs rows and columns: x is {}×{}, y {}×{}",
+                x.nrows(),
+                x.ncols(),
+                y.nrows(),
+                y.ncols()
+            )));
+        }
+        let d = Dataset {
+            x: ArrayFile::in_memory_from(x, "x"),
+            y: ArrayFile::in_memory_from(y, "y"),
+            files: Vec::new(),
+        };
+        d.x.check_finite()?;
+        d.y.check_finite()?;
+        Ok(d)
+    }
+
     /// Opens a dataset from `files`: one `.npz` holding `x` and `y`, or
     /// two `.npy` files, x's then y's. Checks that the rows agree.
     pub fn open(files: &[PathBuf]) -> Result<Dataset> {
