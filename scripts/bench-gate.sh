@@ -142,34 +142,33 @@ set +e
 rc=$?
 set -e
 cat "$out/compare.md"
-if [ -n "$anchor_ref" ] && [ -z "$baseline" ]; then
+# One more verdict: `also TITLE FILE ARGS...` runs compare with ARGS into
+# $out/FILE, prints it under TITLE, and keeps the worse status in rc: 2
+# (cannot compare) over 1 (a regression) over 0.
+also() {
+  local title=$1 file=$2 r
+  shift 2
   set +e
-  "$out/bin/head" compare --paired "$out/anchor" "$out/head" --grid "$gate_grid" \
-    --json "$out/verdict-anchor.json" --history "$history" --history-as anchor \
-    >"$out/compare-anchor.md"
-  rc_anchor=$?
+  "$out/bin/head" compare "$@" >"$out/$file"
+  r=$?
   set -e
   echo
-  echo "Against the anchor ($anchor_ref): the change since then, all merges together."
-  cat "$out/compare-anchor.md"
-  # The worse of the two: 2 (cannot compare) over 1 (a regression) over 0.
-  if [ "$rc_anchor" -eq 2 ] || { [ "$rc_anchor" -eq 1 ] && [ "$rc" -eq 0 ]; }; then
-    rc=$rc_anchor
+  echo "$title"
+  cat "$out/$file"
+  if [ "$r" -eq 2 ] || { [ "$r" -eq 1 ] && [ "$rc" -eq 0 ]; }; then
+    rc=$r
   fi
+}
+if [ -n "$anchor_ref" ] && [ -z "$baseline" ]; then
+  also "Against the anchor ($anchor_ref): the change since then, all merges together." \
+    compare-anchor.md --paired "$out/anchor" "$out/head" --grid "$gate_grid" \
+    --json "$out/verdict-anchor.json" --history "$history" --history-as anchor
 fi
 if [ -n "$bf16" ]; then
   # Not in the history: its trend is of the main grid's verdicts.
-  set +e
-  "$out/bin/head" compare --paired "$out/bf16/base" "$out/bf16/head" --grid "$bf16_gate_grid" \
-    --json "$out/verdict-bf16.json" >"$out/compare-bf16.md"
-  rc_bf16=$?
-  set -e
-  echo
-  echo "The bf16 points (benchmarks/gate-bf16.toml), against the base."
-  cat "$out/compare-bf16.md"
-  if [ "$rc_bf16" -eq 2 ] || { [ "$rc_bf16" -eq 1 ] && [ "$rc" -eq 0 ]; }; then
-    rc=$rc_bf16
-  fi
+  also "The bf16 points (benchmarks/gate-bf16.toml), against the base." \
+    compare-bf16.md --paired "$out/bf16/base" "$out/bf16/head" --grid "$bf16_gate_grid" \
+    --json "$out/verdict-bf16.json"
 fi
 echo "bench-gate: history in $history (twolayer history $history --chart trend.svg)" >&2
 exit "$rc"
