@@ -239,10 +239,7 @@ impl<F: Real, K> TrainerBuilder<F, K> {
                 b2: b.b2.as_standard_layout().into_owned(),
             }),
         };
-        let threads = self
-            .threads
-            .unwrap_or_else(rayon::current_num_threads)
-            .max(1);
+        let threads = self.threads.unwrap_or_else(rayon::current_num_threads);
         let step = step(shape, &data, &weights, threads, self.mode)?;
         let rows = self.loss_rows.unwrap_or(shape.n);
         let scale = self.loss.scale(rows, shape.d_out);

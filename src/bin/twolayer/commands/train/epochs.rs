@@ -58,7 +58,7 @@ pub(super) fn minibatches<F: Real>(args: &TrainArgs, spec: RunSpec, mb: Minibatc
         spec.run.threads,
         spec.run.step_mode,
     );
-    let (trainer, plan_source) = build_trainer(args, settings, begin, rule, batch, true)?;
+    let (trainer, plan_source) = build_trainer(args, settings, begin, Some(rule), batch, true)?;
     let mut trainer = super::bound_losses(args, trainer, mb.schedule.batches_per_epoch() as usize);
     let signals = Signals::get()?;
     signals.before_training()?;

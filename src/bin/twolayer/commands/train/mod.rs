@@ -217,13 +217,7 @@ fn single<F: Real>(args: &TrainArgs, mut spec: RunSpec) -> Result<()> {
             Begin::resumed(data, *c, spec.run.form == Form::Dual)
         }
     };
-    let rule = Plan::new(
-        shape,
-        spec.run.dtype.storage().dtype(),
-        spec.run.threads,
-        spec.run.step_mode,
-    );
-    let (trainer, plan_source) = build_trainer(args, settings, begin, rule, shape.n, true)?;
+    let (trainer, plan_source) = build_trainer(args, settings, begin, None, shape.n, true)?;
     let estimate = spec.memory_estimate;
     train_and_report(args, trainer, &run, plan_source, estimate)
 }
@@ -294,8 +288,8 @@ impl<F: Real> Begin<F> {
 /// The step is the one the run asks for: bf16 mixed precision, the dual
 /// form (from C when resumed), or the primal step laid out by the first of
 /// (1) the checkpoint's plan, for the same bits, (2) a tuned plan from the
-/// wisdom file, (3) `rule` (the built-in rule's plan, or the minibatch
-/// rule's for `--data`). A stored plan is sized for `begin`'s rows, which
+/// wisdom file, (3) `rule` (the minibatch rule's for `--data`, the ranks'
+/// common one under mpirun; `None`: the built-in rule's for the batch). A stored plan is sized for `begin`'s rows, which
 /// under mpirun are the rank's share. The loss's mean is over `rows` (the
 /// whole batch, across ranks). `lead`: whether this process speaks (rank 0
 /// under mpirun).
@@ -303,17 +297,16 @@ pub(super) fn build_trainer<F: Real>(
     args: &TrainArgs,
     spec: TrainerSettings,
     begin: Begin<F>,
-    rule: Plan,
+    rule: Option<Plan>,
     rows: usize,
     lead: bool,
 ) -> Result<(Trainer<F>, String)> {
-    let stored = stored_plan(args, spec, begin.checkpoint_plan, lead);
     let Begin {
         data,
         weights,
         losses,
         coef,
-        ..
+        checkpoint_plan,
     } = begin;
     let local = Shape {
         n: data.x.nrows(),
@@ -339,11 +332,15 @@ pub(super) fn build_trainer<F: Real>(
     if spec.run.form == Form::Dual {
         return Ok((builder.dual().build()?, rule_source));
     }
-    let (plan, source) = match stored {
-        Some((choice, source)) => (choice.plan(local, mode), source),
-        None => (rule, rule_source),
-    };
-    Ok((builder.plan(plan).build()?, source))
+    // Asked only now: a bf16 or dual run has no plan to look up.
+    match stored_plan(args, spec, checkpoint_plan, lead) {
+        Some((choice, source)) => Ok((builder.plan(choice.plan(local, mode)).build()?, source)),
+        None => match rule {
+            Some(plan) => Ok((builder.plan(plan).build()?, rule_source)),
+            // The builder's own: the built-in rule for its batch and threads.
+            None => Ok((builder.build()?, rule_source)),
+        },
+    }
 }
 
 /// The primal step's plan when one is stored for this run, with where it

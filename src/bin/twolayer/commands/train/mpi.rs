@@ -204,8 +204,8 @@ fn run_typed<F: Real + mpi::traits::Equivalence>(
         },
         mode,
     );
-    let (trainer, plan_source) = super::build_trainer(args, settings, begin, rule, shape.n, lead)?;
-    let mut trainer = trainer;
+    let (mut trainer, plan_source) =
+        super::build_trainer(args, settings, begin, Some(rule), shape.n, lead)?;
     let signals = Signals::get()?;
     let mut rep = Reporter::new(args, &run, plan_source, lead, shape.n);
     if let Some(m) = &mb {
