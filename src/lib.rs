@@ -82,6 +82,7 @@ pub mod launch;
 pub mod lock;
 pub mod machine;
 pub mod minibatch;
+pub mod named;
 pub mod net;
 pub mod npz;
 pub mod output;

@@ -62,7 +62,7 @@ impl Reader {
 }
 
 /// How a run asks for its batches to be read: what `--reader` takes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ReaderChoice {
     /// Ahead when the step leaves a core free or the data streams from
     /// files larger than half the memory, else inline ([`Reader::auto`]).
@@ -73,6 +73,12 @@ pub enum ReaderChoice {
     /// By a reader thread, while the step runs.
     Ahead,
 }
+
+crate::named!(ReaderChoice, "reader", {
+    Auto => "auto", "ahead when the step leaves a core free or the data streams from large files, else inline",
+    Inline => "inline", "before each step",
+    Ahead => "ahead", "by a reader thread, while the step runs",
+});
 
 impl ReaderChoice {
     /// The reader for `data` under a step planned as `plan` on a budget of

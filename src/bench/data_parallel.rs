@@ -23,7 +23,7 @@ use super::measure::{
     machine_gemm_gflops, phase_samples, Interleaved, MemoryWatch, Samples, BENCH_LR,
 };
 use super::report::{MpiPoint, Report, Stats, SCHEMA_VERSION};
-use super::run::{pools, progress_bar, progress_message, GemmRates};
+use super::run::{pools, GemmRates, Progress};
 use crate::distributed::Cluster;
 use crate::error::{Error, Result};
 use crate::net::{Data, Weights};
@@ -48,16 +48,21 @@ struct MpiSamples {
     single_rank_ms: Vec<f64>,
 }
 
-/// Measures every point of `grid` across the ranks of `cluster`. Every
-/// rank returns the same report; rank 0 is the one to print and write it.
-pub fn run_grid_mpi(grid: &Grid, cluster: &Cluster, how: AllreducePlan) -> Result<Report> {
+/// Measures every point of `grid` across the ranks of `cluster`, telling
+/// `progress` (rank 0's shows it; the others pass `()`). Every rank
+/// returns the same report; rank 0 is the one to print and write it.
+pub fn run_grid_mpi(
+    grid: &Grid,
+    cluster: &Cluster,
+    how: AllreducePlan,
+    progress: &mut dyn Progress,
+) -> Result<Report> {
     let env = Env::capture();
     let pools = pools(grid)?;
     let rounds = grid.timing.rounds.max(1);
-    let bar = progress_bar(
+    progress.start(
+        &format!("sweep ×{} ranks", cluster.size()),
         grid.points.len() * rounds,
-        cluster.rank() == 0,
-        format!("sweep ×{} ranks", cluster.size()),
     );
 
     // GEMM rates: every rank at once, summed.
@@ -69,7 +74,7 @@ pub fn run_grid_mpi(grid: &Grid, cluster: &Cluster, how: AllreducePlan) -> Resul
     let mut samples: Vec<Option<(Samples, MpiSamples)>> = vec![None; grid.points.len()];
     for round in 0..rounds {
         for (p, acc) in grid.points.iter().zip(samples.iter_mut()) {
-            bar.set_message(progress_message(p, round, rounds));
+            progress.next(p, round, rounds);
             let pool = &pools[&p.threads];
             rates.sample_if_due(round, p, || rate(p.dtype, p.threads));
             let handoff = Handoff(cluster);
@@ -82,11 +87,11 @@ pub fn run_grid_mpi(grid: &Grid, cluster: &Cluster, how: AllreducePlan) -> Resul
                 }
                 None => *acc = Some((s, m)),
             }
-            bar.inc(1);
+            progress.done();
         }
     }
     rates.complete(rate);
-    bar.finish_and_clear();
+    progress.finish();
     let library = mpi::environment::library_version()
         .unwrap_or_else(|_| "unknown".into())
         .lines()

@@ -111,7 +111,7 @@ pub struct GateSpec {
 }
 
 /// The built-in grids.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Preset {
     /// About 15 s per process on a 2-core machine; all four axes varied.
     /// Its smallest step is the reference shape's (~0.2 ms): below ~0.1 ms
@@ -121,6 +121,11 @@ pub enum Preset {
     /// The four reference shapes, f32 and f64.
     Reference,
 }
+
+crate::named!(Preset, "preset", {
+    Quick => "quick", "about 15 s per process on 2 cores; all four axes varied",
+    Reference => "reference", "the four reference shapes, f32 and f64",
+});
 
 impl Preset {
     /// The preset as a grid spec, on `threads` threads.

@@ -1,6 +1,7 @@
 //! Runs a grid: one rayon pool per thread count, the machine's GEMM rate
 //! sampled in every round per dtype and thread count, every point measured
-//! inside its pool, with a progress bar on stderr when it is a terminal.
+//! inside its pool, telling a [`Progress`] (the command line's progress
+//! bar) as it goes.
 
 use super::env::Env;
 use super::grid::{Grid, Point};
@@ -9,13 +10,34 @@ use super::report::{Report, SCHEMA_VERSION};
 use crate::error::{Error, Result};
 use crate::scalar::Dtype;
 use crate::step::StepMode;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::BTreeMap;
+
+/// What a sweep tells its caller while it runs (a front end's progress
+/// display); every method does nothing unless implemented, and `()` is
+/// the sweep that shows nothing.
+pub trait Progress {
+    /// A sweep of `total` measurements starts; `label` names it ("sweep",
+    /// "sweep ×4 ranks").
+    fn start(&mut self, _label: &str, _total: usize) {}
+    /// `p` is measured next, in round `round` (from 0) of `rounds`.
+    fn next(&mut self, _p: &Point, _round: usize, _rounds: usize) {}
+    /// One measurement is done.
+    fn done(&mut self) {}
+    /// The sweep has measured everything.
+    fn finish(&mut self) {}
+}
+
+impl Progress for () {}
 
 /// Measures every point of `grid` and returns the report: each point with
 /// the plan `wisdom` (a wisdom file, when given and present) holds for it,
 /// else the built-in rule's.
-pub fn run_grid(grid: &Grid, mode: StepMode, wisdom: Option<&std::path::Path>) -> Result<Report> {
+pub fn run_grid(
+    grid: &Grid,
+    mode: StepMode,
+    wisdom: Option<&std::path::Path>,
+    progress: &mut dyn Progress,
+) -> Result<Report> {
     let mut env = Env::capture();
     // The cores' peak, before anything else runs (measured once per
     // machine, then cached): what each point's core_peak_fraction divides by.
@@ -30,11 +52,7 @@ pub fn run_grid(grid: &Grid, mode: StepMode, wisdom: Option<&std::path::Path>) -
     };
     let watch = crate::machine::LoadWatch::start();
     let pools = pools(grid)?;
-    let bar = progress_bar(
-        grid.points.len() * grid.timing.rounds.max(1),
-        true,
-        "sweep".into(),
-    );
+    progress.start("sweep", grid.points.len() * grid.timing.rounds.max(1));
 
     let mut rates = GemmRates::default();
     let rounds = grid.timing.rounds.max(1);
@@ -43,7 +61,7 @@ pub fn run_grid(grid: &Grid, mode: StepMode, wisdom: Option<&std::path::Path>) -
     let rate = |dtype, threads| pools[&threads].install(|| machine_gemm_gflops(dtype, threads));
     for round in 0..rounds {
         for (p, acc) in grid.points.iter().zip(samples.iter_mut()) {
-            bar.set_message(progress_message(p, round, rounds));
+            progress.next(p, round, rounds);
             let pool = &pools[&p.threads];
             rates.sample_if_due(round, p, || rate(p.dtype, p.threads));
             let tuned = wisdom.as_ref().and_then(|w| w.lookup(p.run(mode)));
@@ -52,7 +70,7 @@ pub fn run_grid(grid: &Grid, mode: StepMode, wisdom: Option<&std::path::Path>) -
                 Some(a) => a.merge(s),
                 None => *acc = Some(s),
             }
-            bar.inc(1);
+            progress.done();
         }
     }
     rates.complete(rate);
@@ -64,7 +82,7 @@ pub fn run_grid(grid: &Grid, mode: StepMode, wisdom: Option<&std::path::Path>) -
             s.into_report(rates.of(&point), peak.as_ref())
         })
         .collect();
-    bar.finish_and_clear();
+    progress.finish();
     // What the rest of the machine did meanwhile: its warnings join the
     // environment's ("slowed by").
     let load = watch.and_then(|w| w.finish());
@@ -130,35 +148,6 @@ pub fn pools(grid: &Grid) -> Result<BTreeMap<usize, rayon::ThreadPool>> {
         }
     }
     Ok(pools)
-}
-
-/// The sweep's progress bar of `len` steps on stderr: drawn only when
-/// `visible` and stderr is a terminal.
-pub(super) fn progress_bar(len: usize, visible: bool, prefix: String) -> ProgressBar {
-    let target = if visible {
-        ProgressDrawTarget::stderr()
-    } else {
-        ProgressDrawTarget::hidden()
-    };
-    let bar = ProgressBar::with_draw_target(Some(len as u64), target);
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} (ETA {eta})")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(prefix);
-    bar
-}
-
-/// The progress bar's message while `p` runs in round `round` (0-based).
-pub(super) fn progress_message(p: &Point, round: usize, rounds: usize) -> String {
-    format!(
-        "{} {} ×{} (round {}/{rounds})",
-        p.shape,
-        p.dtype,
-        p.threads,
-        round + 1
-    )
 }
 
 /// One report from the reports of the same sweep run in several processes:

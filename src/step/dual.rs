@@ -61,7 +61,6 @@ pub const TRAIN_DEFAULT_STEPS: usize = 500;
     Ord,
     serde::Serialize,
     serde::Deserialize,
-    clap::ValueEnum,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Form {
@@ -73,15 +72,12 @@ pub enum Form {
     Dual,
 }
 
-impl Form {
-    /// The name the command line and checkpoints use.
-    pub fn name(self) -> &'static str {
-        match self {
-            Form::Primal => "primal",
-            Form::Dual => "dual",
-        }
-    }
+crate::named!(Form, "form", {
+    Primal => "primal", "on w1 itself",
+    Dual => "dual", "on C, with w1 = w1_0 + xᵀ·C",
+});
 
+impl Form {
     /// The form `twolayer train` runs for `shape` when given no `--form`
     /// and no `--steps` (its default of [`TRAIN_DEFAULT_STEPS`] steps on one
     /// fixed batch): what sweeps, the tuner and the regression gate time
@@ -131,16 +127,7 @@ impl Form {
 /// The form a run asks for: one of the two, or the rule's choice. What
 /// `--form` and a grid's `form` take.
 #[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Default,
-    Hash,
-    serde::Serialize,
-    serde::Deserialize,
-    clap::ValueEnum,
+    Clone, Copy, Debug, PartialEq, Eq, Default, Hash, serde::Serialize, serde::Deserialize,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum FormChoice {
@@ -153,6 +140,12 @@ pub enum FormChoice {
     /// On C, with w1 = w1_0 + xᵀ·C.
     Dual,
 }
+
+crate::named!(FormChoice, "form", {
+    Auto => "auto", "dual when it saves at least half the FLOPs, else primal",
+    Primal => "primal", "on w1 itself",
+    Dual => "dual", "on C, with w1 = w1_0 + xᵀ·C",
+});
 
 impl FormChoice {
     /// The form a run on one fixed batch of `shape` takes for `steps`
@@ -181,23 +174,6 @@ impl FormChoice {
             FormChoice::Dual => Ok(Form::Dual),
             FormChoice::Auto if explicit => Ok(Form::Primal),
             FormChoice::Auto => Ok(Form::auto(shape, steps)),
-        }
-    }
-}
-
-impl std::fmt::Display for Form {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for Form {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "primal" => Ok(Form::Primal),
-            "dual" => Ok(Form::Dual),
-            _ => Err(format!("unknown form '{s}' (primal or dual)")),
         }
     }
 }

@@ -105,7 +105,6 @@ use views::{flat, flat1, flat1_mut, flat_mut};
     Ord,
     serde::Serialize,
     serde::Deserialize,
-    clap::ValueEnum,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum StepMode {
@@ -118,21 +117,10 @@ pub enum StepMode {
     Explicit,
 }
 
-impl StepMode {
-    /// Its name: `fused` or `explicit`.
-    pub fn name(self) -> &'static str {
-        match self {
-            StepMode::Fused => "fused",
-            StepMode::Explicit => "explicit",
-        }
-    }
-}
-
-impl std::fmt::Display for StepMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
+crate::named!(StepMode, "step mode", {
+    Fused => "fused", "plain SGD applied by the step itself",
+    Explicit => "explicit", "gradients into buffers, then a separate update",
+});
 
 /// The gradients of the loss with respect to the weights.
 #[derive(Clone, Debug, PartialEq)]

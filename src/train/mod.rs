@@ -179,17 +179,7 @@ pub struct Trainer<F> {
 
 /// The loss a run minimises and reports. Its names (`sum`, `mean`) are
 /// the command line's and the checkpoint header's.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    serde::Serialize,
-    serde::Deserialize,
-    clap::ValueEnum,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Loss {
     /// Σ (y_pred − y)² over the batch: the reference's loss, and the
@@ -203,38 +193,18 @@ pub enum Loss {
     Mean,
 }
 
-impl Loss {
-    /// The name a checkpoint and the command line use.
-    pub fn name(self) -> &'static str {
-        match self {
-            Loss::Sum => "sum",
-            Loss::Mean => "mean",
-        }
-    }
+crate::named!(Loss, "loss", {
+    Sum => "sum", "the sum of squared errors over the batch (the reference's)",
+    Mean => "mean", "the mean over every element (PyTorch's MSELoss)",
+});
 
+impl Loss {
     /// What one sum-of-squares value is, in this loss, for a batch of
     /// `rows` rows of `d_out` outputs.
     pub fn scale(self, rows: usize, d_out: usize) -> f64 {
         match self {
             Loss::Sum => 1.0,
             Loss::Mean => 1.0 / (rows as f64 * d_out as f64),
-        }
-    }
-}
-
-impl std::fmt::Display for Loss {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for Loss {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "sum" => Ok(Loss::Sum),
-            "mean" => Ok(Loss::Mean),
-            _ => Err(format!("unknown loss '{s}' (sum or mean)")),
         }
     }
 }

@@ -3,7 +3,9 @@
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
+use twolayer::bench::grid::Preset;
 use twolayer::minibatch::ReaderChoice;
+use twolayer::named::Named;
 use twolayer::scalar::Dtype;
 use twolayer::step::{FormChoice, StepMode};
 use twolayer::train::Loss;
@@ -113,6 +115,18 @@ fn learning_rate(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
+/// clap's parser for one of the library's enumerations: its names as the
+/// possible values (each with its description in `--help`), parsed by name.
+fn named<T: Named + Send + Sync>() -> impl clap::builder::TypedValueParser<Value = T> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser as _};
+    PossibleValuesParser::new(
+        T::VALUES
+            .iter()
+            .map(|&(_, name, help)| PossibleValue::new(name).help(help)),
+    )
+    .map(|s| T::from_name(&s).expect("clap admits only the listed names"))
+}
+
 /// How an MPI job sums each step's gradients over its ranks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum AllreduceMode {
@@ -204,7 +218,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub losses: Option<PathBuf>,
     /// How the update is applied [default: fused, or the checkpoint's]
-    #[arg(long = "step-mode", value_enum)]
+    #[arg(long = "step-mode", value_parser = named::<StepMode>())]
     pub step_mode: Option<StepMode>,
     /// Run with the plan `twolayer tune` stored for this point in this
     /// wisdom file, where it has one [default: $TWOLAYER_WISDOM, else
@@ -220,7 +234,7 @@ pub struct TrainArgs {
     /// fixed batch); auto takes the dual form when its FLOPs are at most
     /// half the primal's (docs/design.md) [default: auto, or the
     /// checkpoint's]
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = named::<FormChoice>())]
     pub form: Option<FormChoice>,
     /// Write a checkpoint here (atomically) every --checkpoint-every steps,
     /// at the end, and when stopped by Ctrl-C or SIGTERM
@@ -285,7 +299,7 @@ pub struct TrainArgs {
     /// reference's), or its mean over every element, PyTorch's MSELoss
     /// (one lr then works for every batch size) [default: mean with
     /// --data, sum without, or the checkpoint's]
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = named::<Loss>())]
     pub loss: Option<Loss>,
     /// With --data: also write the weights of the epoch with the lowest
     /// validation loss to this .npz (kept in the checkpoint too, so a
@@ -307,7 +321,7 @@ pub struct TrainArgs {
     /// step leaves idle, hides waits on the disk); auto: ahead when the
     /// step's plan leaves a thread idle or the data streams from files
     /// larger than half the memory, inline otherwise
-    #[arg(long, value_enum, default_value = "auto")]
+    #[arg(long, value_parser = named::<ReaderChoice>(), default_value = "auto")]
     pub reader: ReaderChoice,
     /// With --data: write one CSV line per epoch here (epoch, step, mean
     /// training loss of its steps, validation loss and mean squared error)
@@ -437,12 +451,12 @@ pub struct SweepArgs {
     #[arg(long, default_value = "1", value_parser = positive)]
     pub processes: usize,
     /// How the update is applied
-    #[arg(long = "step-mode", value_enum, default_value = "fused")]
+    #[arg(long = "step-mode", value_parser = named::<StepMode>(), default_value = "fused")]
     pub step_mode: StepMode,
     /// The step's form at every point: auto times the form `twolayer train`
     /// runs for the shape (the dual form where it saves FLOPs on one fixed
     /// batch), as users run it [default: auto, or the grid file's `form`]
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = named::<FormChoice>())]
     pub form: Option<FormChoice>,
     /// Write report.json, report.csv, report.md, gflops.svg, phases.svg and scaling.svg here
     #[arg(long)]
@@ -491,8 +505,8 @@ pub struct GridArgs {
     #[arg(long, conflicts_with = "preset")]
     pub grid: Option<PathBuf>,
     /// A built-in grid
-    #[arg(long, value_enum)]
-    pub preset: Option<twolayer::bench::grid::Preset>,
+    #[arg(long, value_parser = named::<Preset>())]
+    pub preset: Option<Preset>,
 }
 
 /// Flags of `twolayer tune`.
@@ -502,12 +516,12 @@ pub struct TuneArgs {
     #[command(flatten)]
     pub points: GridArgs,
     /// How the update is applied
-    #[arg(long = "step-mode", value_enum, default_value = "fused")]
+    #[arg(long = "step-mode", value_parser = named::<StepMode>(), default_value = "fused")]
     pub step_mode: StepMode,
     /// The form to plan [default: auto, the form `twolayer train` runs for
     /// each shape; a point that runs the dual form has no shards or blocks
     /// to plan and is skipped, with a note]
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = named::<FormChoice>())]
     pub form: Option<FormChoice>,
     /// The wisdom file to fill [default: $TWOLAYER_WISDOM, else
     /// $XDG_CACHE_HOME/twolayer/wisdom.json, else

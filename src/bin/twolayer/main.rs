@@ -52,6 +52,7 @@ fn stdout_result() -> twolayer::Result<()> {
 
 mod cli;
 mod commands;
+mod progress;
 mod signals;
 
 use clap::{CommandFactory, FromArgMatches};

@@ -62,7 +62,12 @@ pub fn run(args: &SweepArgs) -> Result<()> {
         run_in_processes(args.processes)?
     } else {
         let wisdom = crate::cli::wisdom_path(&args.wisdom, args.no_wisdom);
-        run_grid(&grid, mode, wisdom.as_deref())?
+        run_grid(
+            &grid,
+            mode,
+            wisdom.as_deref(),
+            &mut crate::progress::SweepBar::new(true),
+        )?
     };
     record_kernel_cost(&mut report);
     publish(&report, args)
@@ -180,7 +185,12 @@ fn run_mpi(args: &SweepArgs, grid: &twolayer::bench::grid::Grid) -> Result<()> {
         }
     }
     let (overlap, pieces) = args.mpi.overlap_and_pieces();
-    let report = match run_grid_mpi(grid, &cluster, AllreducePlan { overlap, pieces }) {
+    let report = match run_grid_mpi(
+        grid,
+        &cluster,
+        AllreducePlan { overlap, pieces },
+        &mut crate::progress::SweepBar::new(cluster.rank() == 0),
+    ) {
         Ok(r) => r,
         Err(e) => cluster.abort(&e.to_string()),
     };
