@@ -64,7 +64,7 @@ SIDES = ["twolayer", "torch-loop", "torch-dataloader", "sklearn"]
 
 def held_out_rows(m, seed):
     """The rows twolayer holds out with --val-fraction 0.2 and this seed
-    (src/dataset/batches.rs), sorted; every side validates on them."""
+    (crates/twolayer/src/dataset/batches.rs), sorted; every side validates on them."""
     n_val = int(round(VAL_FRACTION * m))
     split = Permutation(m, mix(seed ^ SPLIT))
     return np.array(sorted(split.apply(v) for v in range(n_val)), dtype=np.int64)

@@ -43,7 +43,7 @@ def main():
 
     x, y = load_diabetes(return_X_y=True)
     m = len(y)
-    # The rows twolayer will hold out (the same split, src/dataset/batches.rs).
+    # The rows twolayer will hold out (the same split, crates/twolayer/src/dataset/batches.rs).
     n_val = int(round(VAL_FRACTION * m))
     split = Permutation(m, mix(SEED ^ SPLIT))
     val = np.array(sorted(split.apply(v) for v in range(n_val)))

@@ -2,7 +2,7 @@
 # Measures the regression gate on this machine, as docs/regression-gate.md
 # reports it: its false alarms on unchanged code and its power against five
 # kinds of real slowdown, each built in by its own Cargo feature (see
-# src/step/selftest.rs and src/step/dual.rs; release builds never carry them):
+# crates/twolayer/src/step/selftest.rs and crates/twolayer/src/step/dual.rs; release builds never carry them):
 #   extra-work     selftest-slow-step      every step spins 15% of its time
 #   small-blocks   selftest-small-blocks   GEMMs in blocks of 16 rows
 #   more-shards    selftest-oversubscribe  twice as many shards as cores
@@ -116,7 +116,7 @@ for i in "${!all_kinds[@]}"; do
     case ",$only," in *",$k,"*) ;; *) continue ;; esac
   fi
   kinds+=("$k")
-  # creep5's fraction is read at build time (src/step/selftest.rs).
+  # creep5's fraction is read at build time (crates/twolayer/src/step/selftest.rs).
   TWOLAYER_SELFTEST_CREEP=$(awk 'BEGIN { printf "%.6f", 1.03 ^ 5 - 1 }') \
     cargo build --release --quiet --features "${features[$i]}" --target-dir target/selftest
   cp target/selftest/release/twolayer "$out/bin/$k"

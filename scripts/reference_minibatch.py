@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The numpy reference for `twolayer train --data`: shuffled minibatch SGD
 on a dataset, with the same batches as twolayer (the permutations of
-src/dataset/shuffle.rs and the schedule of src/dataset/batches.rs, written
+crates/twolayer/src/dataset/shuffle.rs and the schedule of crates/twolayer/src/dataset/batches.rs, written
 out again here), the same loss and the same validation.
 
     python3 scripts/reference_minibatch.py --data d.npz --weights w0.npz \\

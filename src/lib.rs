@@ -1,104 +1,182 @@
-//! # twolayer
-//!
-//! Trains a two-layer fully connected network — x → Linear → ReLU → Linear,
-//! sum-of-squares loss, plain SGD, backprop written out as matrix products —
-//! as fast as the machine allows: every product is an OpenBLAS GEMM into a
-//! preallocated buffer, and the work split into shards of rows, one per
-//! rayon thread.
-//!
-//! The algorithm is the classic numpy warm-up, exactly (docs/design.md §1):
-//! N, D_in, H, D_out = 64, 1000, 100, 10; lr 1e-6; 500 steps; float64.
-//!
-//! ```
-//! use twolayer::{Data, LearningRates, Shape, Trainer, Weights};
-//! let shape = Shape::REFERENCE; // N, D_in, H, D_out = 64, 1000, 100, 10
-//! let data = Data::<f64>::random(shape, 0); // x N×D_in, y N×D_out
-//! let weights = Weights::random(shape, 0); // w1 D_in×H, w2 H×D_out
-//! let mut t = Trainer::builder(data, weights, LearningRates::uniform(1e-6)).build()?;
-//! t.run(500, |_, _step, _loss| std::ops::ControlFlow::Continue(()))?;
-//! let (losses, trained) = (t.losses().to_vec(), t.into_weights());
-//! assert!(losses[499] < 1e-3 * losses[0] && trained.w1.dim() == (1000, 100));
-//! # Ok::<(), twolayer::Error>(())
-//! ```
-//!
-//! [`Trainer::builder`] sets up every kind of run: a plan, the dual form,
-//! bf16, a resumed run, the mean loss ([`train::TrainerBuilder`]).
-//!
-//! Where things are: [`step`] is the training step (read it first;
-//! [`step::bf16`] its bf16 mixed precision);
-//! [`kernels`] the elementwise passes; [`net`] the data and weights;
-//! [`npz`] numpy's file format; [`train`] the loop; [`dataset`] and
-//! [`minibatch`] training on users' data a batch at a time; [`predict`]
-//! the forward pass alone; [`blas`] and
-//! [`threads`] the thread budget; [`shape`] sizes and checks; [`run`]
-//! the run's description that checkpoints, wisdom and reports share;
-//! [`checkpoint`] and [`output`] long runs and safe writes; [`bench`](mod@bench) the
-//! sweep harness and regression gate; `distributed` (feature `mpi`)
-//! data-parallel training, whose gradients are summed through the step's
-//! [`Exchange`] seam ([`Update::Exchanged`]). The `twolayer`
-//! command line is a thin binary over this library (`src/bin/twolayer/`).
-//!
-//! ## One call before the first GEMM
-//!
-//! OpenBLAS keeps its idle worker threads spinning for about 2^28 cycles
-//! after every call unless `OPENBLAS_THREAD_TIMEOUT` is set when the
-//! library loads. A spinning worker holds a core that rayon's passes need.
-//! With today's step this costs little — `examples/spin_fix.rs` measured,
-//! 2 threads, 7 interleaved rounds of fresh processes, Cooperlake kernels:
-//! per-round ratio unset/set 0.96–1.12x at the reference shape, 1.01x at N
-//! = 512, 0.96x at N = 4096, 1.00x at (256, 1024, 1024, 256) — because
-//! narrow layers run single-threaded GEMMs inside each shard, leaving no
-//! worker to spin; the first, multi-threaded-GEMM version of the step was
-//! 2.5x slower without it (1.20 against 0.48 ms/step). The variable must be
-//! set before OpenBLAS loads, which a library cannot do for its caller, so
-//! a program that wants it starts with
-//!
-//! ```no_run
-//! // First thing in main: restarts the process with
-//! // OPENBLAS_THREAD_TIMEOUT set, once; returns at once when it is already
-//! // set (or with the error if the restart failed: the run goes on, slower).
-//! if let Some(e) = twolayer::blas::reexec_with_short_spin() {
-//!     eprintln!("warning: OpenBLAS will spin ({e})");
-//! }
-//! // ... then train.
-//! ```
-//!
-//! or set `OPENBLAS_THREAD_TIMEOUT=4` in its environment. The `twolayer`
-//! binary does the former.
+//! The `twolayer` binary: a thin command line over the library. `cli` holds
+//! the clap definitions, `commands` one runner per subcommand; this file
+//! parses, makes OpenBLAS stop spinning, and dispatches. Errors end as one
+//! line on stderr and a non-zero exit status.
 
-#![warn(missing_docs)]
+/// `eprintln!` that never panics: a full or closed stderr (`2>/dev/full`)
+/// loses the message, not the run or its exit status.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
 
-pub mod bench;
-pub mod blas;
-pub mod checkpoint;
-pub mod dataset;
-#[cfg(feature = "mpi")]
-pub mod distributed;
-pub mod error;
-pub mod input;
-pub mod kernel_set;
-pub mod kernels;
-pub mod launch;
-pub mod lock;
-pub mod machine;
-pub mod minibatch;
-pub mod named;
-pub mod net;
-pub mod npz;
-pub mod output;
-pub mod predict;
-pub mod run;
-pub mod scalar;
-pub mod shape;
-pub mod stats;
-pub mod step;
-pub mod threads;
-pub mod train;
-pub mod tune;
+/// `print!` that never panics: a closed stdout (`| head`) ends the output,
+/// not the program with a panic. A failed write is remembered
+/// ([`stdout_result`]) so that the command exits non-zero when its output
+/// did not reach a full disk or device (`> /dev/full`).
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = write!(std::io::stdout(), $($t)*) {
+            $crate::stdout_failed(e);
+        }
+    }};
+}
 
-pub use error::{Error, Result};
-pub use net::{Data, Weights};
-pub use scalar::{Dtype, Real};
-pub use shape::Shape;
-pub use step::{Exchange, Gradients, LearningRates, NoExchange, Plan, Step, StepMode, Update};
-pub use train::{Loss, RunStats, Trainer, TrainerBuilder};
+/// The first error writing stdout, if any.
+static STDOUT_ERROR: std::sync::OnceLock<std::io::Error> = std::sync::OnceLock::new();
+
+/// Records a failed write to stdout (the first one is kept).
+fn stdout_failed(e: std::io::Error) {
+    let _ = STDOUT_ERROR.set(e);
+}
+
+/// Flushes stdout and says whether everything written to it arrived: a
+/// closed pipe (`| head`, whose reader had enough) counts as arrived, any
+/// other failure is an error.
+fn stdout_result() -> twolayer::Result<()> {
+    use std::io::Write as _;
+    if let Err(e) = std::io::stdout().flush() {
+        stdout_failed(e);
+    }
+    match STDOUT_ERROR.get() {
+        Some(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(twolayer::Error::write(
+            std::path::Path::new("<stdout>"),
+            e.to_string(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+pub mod charts;
+mod cli;
+mod commands;
+mod progress;
+mod signals;
+
+use clap::{CommandFactory, FromArgMatches};
+use cli::{Cli, Command};
+use std::process::ExitCode;
+use twolayer::blas;
+
+/// Runs the command line: parses the flags, dispatches, and turns the
+/// outcome into an exit status.
+pub fn main() -> ExitCode {
+    // Parsed once: the typed flags for the commands, the raw matches for
+    // the one rule every command's files obey (commands/paths.rs).
+    let definition = Cli::command();
+    let parsed = definition
+        .clone()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
+    let (cli, matches) = match parsed {
+        Ok(p) => p,
+        Err(e) => return usage_error(e),
+    };
+    twolayer::output::set_follow_links(cli.follow_links);
+    // OpenBLAS reads its idle-spin setting only at load time: restart with
+    // it set (a no-op when it already is). See `blas` for why it matters.
+    if let Some(e) = blas::reexec_with_short_spin() {
+        say!(
+            "twolayer: warning: could not restart with a short OpenBLAS spin ({e}); running as is"
+        );
+    }
+    // A build without MPI under mpirun -np K would run K whole jobs that
+    // write the same files.
+    if let Err(e) = twolayer::launch::check_mpi_support(cfg!(feature = "mpi")) {
+        say!("twolayer: error: {e}");
+        return ExitCode::FAILURE;
+    }
+    // No output onto an input or another output, in any subcommand,
+    // before anything is read or written.
+    if let Err(e) = commands::paths::check(&definition, &matches) {
+        say!("twolayer: error: {e}");
+        // compare's 1 means "a regression": input it cannot use is 2.
+        return match cli.command {
+            Command::Compare(_) => ExitCode::from(2),
+            _ => ExitCode::FAILURE,
+        };
+    }
+    let result = match &cli.command {
+        Command::Train(args) => commands::train::run(args),
+        Command::Sweep(args) => commands::sweep::run(args),
+        Command::Tune(args) => commands::tune::run(args),
+        Command::Info(args) => commands::info::run(args),
+        Command::Predict(args) => commands::predict::run_predict(args),
+        Command::Eval(args) => commands::predict::run_eval(args),
+        Command::Completions { shell } => {
+            let mut text = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "twolayer", &mut text);
+            out!("{}", String::from_utf8_lossy(&text));
+            Ok(())
+        }
+        Command::History(args) => commands::history::run(args),
+        Command::Compare(args) => {
+            // 0: no regression; 1: a regression; 2: reports that cannot be
+            // compared (a gate must not read those as "no regression").
+            return match commands::compare::run(args).and_then(|o| stdout_result().map(|()| o)) {
+                Ok(commands::compare::Outcome::Pass) => ExitCode::SUCCESS,
+                Ok(commands::compare::Outcome::Regression) => ExitCode::FAILURE,
+                Err(e) => {
+                    say!("twolayer: error: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+    };
+    match result.and_then(|()| stdout_result()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(twolayer::Error::Interrupted { signal, msg }) => {
+            // Empty when already said (an MPI rank says it before MPI ends).
+            if !msg.is_empty() {
+                say!("twolayer: {msg}");
+            }
+            ExitCode::from((128 + signal) as u8)
+        }
+        Err(e) => {
+            say!("twolayer: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Help and version go out as clap prints them. A usage error becomes one
+/// line with exit status 2: clap's first line, then its advice folded in
+/// (the valid values, "a similar argument exists"), without the usage
+/// block.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        // Printed, flushed and checked like any output: into /dev/full or
+        // a closed stdout it did not arrive (a closed pipe is a quiet end).
+        use std::io::Write as _;
+        let printed = twolayer::output::check_stdout_open()
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|()| e.print())
+            .and_then(|()| std::io::stdout().flush());
+        return match printed {
+            Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+                say!("twolayer: error: cannot write the help to standard output: {err}");
+                ExitCode::FAILURE
+            }
+            _ => ExitCode::SUCCESS,
+        };
+    }
+    let text = e.render().to_string();
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or("invalid arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let advice: Vec<&str> = lines
+        .take_while(|l| !l.starts_with("Usage:"))
+        .filter(|l| l.starts_with("tip:") || l.starts_with('['))
+        .collect();
+    let mut line = format!("twolayer: error: {first}");
+    for a in advice {
+        line.push_str("; ");
+        line.push_str(a);
+    }
+    say!("{line} (see twolayer --help)");
+    ExitCode::from(2)
+}

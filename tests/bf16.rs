@@ -1,4 +1,4 @@
-//! bf16 mixed precision (`--dtype bf16`, src/step/bf16.rs): the step
+//! bf16 mixed precision (`--dtype bf16`, crates/twolayer/src/step/bf16.rs): the step
 //! against a plain-loop step doing the same arithmetic (bf16 operands,
 //! f32 results), against the f32 step, and in the trainer with batches
 //! swapped in. Where the linked OpenBLAS has no `cblas_sbgemm` (Debian's
@@ -55,7 +55,7 @@ fn grid(rows: usize, cols: usize, step: f32, range: i64, seed: u64) -> Array2<f3
     })
 }
 
-/// The bf16 step's arithmetic written as loops (docs in src/step/bf16.rs):
+/// The bf16 step's arithmetic written as loops (docs in crates/twolayer/src/step/bf16.rs):
 /// every GEMM operand rounded to bf16, products summed in f64 and rounded
 /// once to f32, the passes in f32. Returns (loss, gradients).
 fn reference(data: &Data<f32>, w: &Weights<f32>) -> (f64, Gradients<f32>) {

@@ -153,7 +153,7 @@ fn the_scaling_chart_keeps_a_dual_point_off_the_primal_line() {
     report.points[smallest].run.form = twolayer::step::Form::Dual;
     let out = dir.path().join("dual");
     std::fs::create_dir_all(&out).unwrap();
-    twolayer::bench::charts::write_scaling_chart(&report, &out).unwrap();
+    twolayer_cli::charts::write_scaling_chart(&report, &out).unwrap();
     labels_inside_and_apart(&out.join("scaling.svg"));
     let after = n_lines(&out);
     assert_eq!(after.len(), before.len() + 1, "{after:?}");

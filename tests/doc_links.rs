@@ -38,6 +38,7 @@ fn named_paths(text: &str) -> Vec<String> {
     let dirs = [
         "docs/",
         "src/",
+        "crates/",
         "tests/",
         "scripts/",
         "benches/",
@@ -122,8 +123,8 @@ fn every_file_reference_resolves_inside_the_repository() {
 #[test]
 fn the_scanner_finds_what_it_should() {
     assert_eq!(
-        named_paths("see docs/design.md §1, and (src/step/block.rs)."),
-        ["docs/design.md", "src/step/block.rs"]
+        named_paths("see docs/design.md §1, and (crates/twolayer/src/step/block.rs)."),
+        ["docs/design.md", "crates/twolayer/src/step/block.rs"]
     );
     assert!(named_paths("target/bench-gate/compare.md $out/docs/x.md").is_empty());
 }

@@ -1556,3 +1556,117 @@ fn a_dataset_of_arrays_in_memory_trains_as_the_same_arrays_in_a_file() {
     let e = Dataset::from_arrays(x.slice(ndarray::s![..10, ..]), y.view()).unwrap_err();
     assert!(e.to_string().contains("10 rows"), "{e}");
 }
+
+#[test]
+fn epochs_hand_every_record_to_the_caller_and_a_cancel_stops_after_its_step() {
+    // The library's epoch loop (what `train --data` and a binding run):
+    // one record per epoch, at the epoch's last step, with the mean of
+    // that epoch's losses and the held-out rows' error; a Cancel stops the
+    // run after the step it arrives in.
+    use twolayer::dataset::{batches::Schedule, Dataset};
+    use twolayer::epochs::{Cancel, Epochs};
+    use twolayer::minibatch::Reader;
+    let (m, d_in, h, d_out, batch) = (250usize, 4usize, 6usize, 1usize, 20usize);
+    let x = ndarray::Array2::<f64>::from_shape_fn((m, d_in), |(i, j)| {
+        ((i * 3 + j * 11) % 13) as f64 / 13.0 - 0.5
+    });
+    let y = x
+        .map_axis(ndarray::Axis(1), |r| r.sum().max(0.0))
+        .insert_axis(ndarray::Axis(1));
+    let data = Dataset::from_arrays(x.view(), y.view()).unwrap();
+    let schedule = Schedule::new(data.rows(), batch, 9, Some(0.2)).unwrap();
+    let epochs = Epochs {
+        data: &data,
+        schedule: &schedule,
+        validation: None,
+    };
+    assert!(epochs.validates());
+    let per_epoch = epochs.steps_per_epoch();
+    let trainer = || {
+        let shape = twolayer::Shape::new(batch, d_in, h, d_out).unwrap();
+        twolayer::Trainer::builder(
+            twolayer::minibatch::empty_batch::<f64>(&data, batch),
+            twolayer::Weights::random(shape, 2).with_zero_biases(),
+            twolayer::LearningRates::uniform(0.05),
+        )
+        .loss(twolayer::Loss::Mean)
+        .threads(1)
+        .build()
+        .unwrap()
+    };
+    // Older losses moved to disk after 3 steps, fewer than an epoch: the
+    // loop keeps an epoch's in memory itself (it panicked before).
+    let mut t = trainer().spill_losses_after(3);
+    let mut records = Vec::new();
+    let mut steps = Vec::new();
+    twolayer::epochs::run(
+        &mut t,
+        &epochs,
+        Reader::Inline,
+        3 * per_epoch,
+        None,
+        |t, end| {
+            steps.push(end.step);
+            if let Some(r) = end.epoch {
+                assert_eq!(t.steps_done(), end.step + 1);
+                records.push(r);
+            }
+            std::ops::ControlFlow::Continue(())
+        },
+    )
+    .unwrap();
+    assert_eq!(steps, (0..3 * per_epoch).collect::<Vec<_>>());
+    assert_eq!(records.len(), 3);
+    let mut losses = Vec::new();
+    t.for_each_loss(&mut |chunk| {
+        losses.extend_from_slice(chunk);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(losses.len(), 3 * per_epoch);
+    for (e, r) in records.iter().enumerate() {
+        assert_eq!(r.epoch, e as u64 + 1);
+        assert_eq!(r.step, ((e + 1) * per_epoch) as u64);
+        let mine = &losses[e * per_epoch..(e + 1) * per_epoch];
+        assert_eq!(r.train_loss, mine.iter().sum::<f64>() / per_epoch as f64);
+        // The mean loss's validation loss is the held-out rows' MSE.
+        let mse = r.val_mse.expect("held-out rows are validated");
+        assert_eq!(r.val_loss, Some(mse));
+        assert!(mse.is_finite() && mse > 0.0);
+    }
+    assert!(records[2].val_mse < records[0].val_mse, "{records:?}");
+
+    // A cancel from another thread's token: the run ends after that step,
+    // and the weights are those of the same steps run without it.
+    let cancel = Cancel::new();
+    let mut c = trainer();
+    twolayer::epochs::run(
+        &mut c,
+        &epochs,
+        Reader::Ahead,
+        3 * per_epoch,
+        Some(&cancel),
+        |_, end| {
+            if end.step == per_epoch + 2 {
+                let other = cancel.clone();
+                std::thread::spawn(move || other.cancel()).join().unwrap();
+            }
+            std::ops::ControlFlow::Continue(())
+        },
+    )
+    .unwrap();
+    assert!(cancel.is_cancelled());
+    assert_eq!(c.steps_done(), per_epoch + 3);
+    let mut same = trainer();
+    twolayer::epochs::run(
+        &mut same,
+        &epochs,
+        Reader::Inline,
+        per_epoch + 3,
+        None,
+        |_, _| std::ops::ControlFlow::Continue(()),
+    )
+    .unwrap();
+    assert_eq!(c.weights(), same.weights());
+    assert_eq!(c.losses(), &losses[..per_epoch + 3]);
+}

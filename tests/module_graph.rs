@@ -20,7 +20,7 @@ fn graph() -> BTreeMap<String, BTreeMap<String, PathBuf>> {
             }
         }
     }
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/twolayer/src");
     let mut files = Vec::new();
     walk(&src, &mut files);
     let mut g: BTreeMap<String, BTreeMap<String, PathBuf>> = BTreeMap::new();
