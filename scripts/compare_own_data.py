@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Own-data training side by side: `twolayer train --data` against PyTorch's
+"""Own-data training side by side: `twolayer train --data` and the Python
+package's `twolayer.Regressor` against PyTorch's
 idiomatic loop (randperm + slicing), PyTorch's DataLoader loop and
 scikit-learn's MLPRegressor(solver="sgd", momentum=0, alpha=0), on the same
 data, the same held-out rows, the same hidden width, rate, batch and epochs,
@@ -11,7 +12,10 @@ MSE and R2, with ratios taken per round and then the median.
         --python PY [--seeds 10] [--datasets teacher,diabetes,digits]
 
 PY is a Python with numpy, torch and scikit-learn (this script itself needs
-numpy and scikit-learn only). Each side of each round runs in its own fresh
+numpy and scikit-learn only); the twolayer-python side runs in
+--python-twolayer (default target/pyenv/bin/python, where scripts/setup.sh
+--python installs the package). It fits on the training rows, as
+MLPRegressor does, with MLPRegressor's parameters. Each side of each round runs in its own fresh
 process, the sides in a rotating order (interleaved), with OPENBLAS_CORETYPE
 and OPENBLAS_L2_SIZE removed from every side's environment.
 
@@ -59,7 +63,8 @@ sys.path.insert(0, HERE)
 from reference_minibatch import Permutation, SPLIT, mix  # noqa: E402
 
 VAL_FRACTION = 0.2
-SIDES = ["twolayer", "torch-loop", "torch-dataloader", "sklearn"]
+SIDES = ["twolayer", "twolayer-python", "torch-loop", "torch-dataloader", "sklearn"]
+ROOT = os.path.dirname(HERE)
 
 
 def held_out_rows(m, seed):
@@ -139,6 +144,8 @@ def side_main(a):
     are not the data's loading), with the .npz read."""
     if a.side.startswith("torch"):
         import torch  # noqa: F401
+    elif a.side == "twolayer-python":
+        import twolayer  # noqa: F401
     else:
         import sklearn.neural_network  # noqa: F401
     val = np.load(a.data + ".val.npy")
@@ -206,6 +213,22 @@ def side_main(a):
                 reg.fit(xt, yfit)
                 loop = time.perf_counter() - t0
             pred = reg.predict(xv).reshape(len(xv), -1)
+    elif a.side == "twolayer-python":
+        # The Python package with MLPRegressor's settings (the same rate
+        # conversion): a swap of the class, the rest kept.
+        import warnings
+        import twolayer
+        from sklearn.exceptions import ConvergenceWarning
+        reg = twolayer.Regressor(hidden_layer_sizes=(h,), learning_rate_init=lr * 2 / y.shape[1],
+                                 batch_size=b, max_iter=e, random_state=a.seed, threads=a.threads,
+                                 tol=0.0, n_iter_no_change=e + 1)
+        yfit = yt[:, 0] if y.shape[1] == 1 else yt
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            t0 = time.perf_counter()
+            reg.fit(xt, yfit)
+            loop = time.perf_counter() - t0
+        pred = reg.predict(xv).reshape(len(xv), -1)
     else:
         raise SystemExit(f"unknown side {a.side}")
     mse, r2 = scores(yv, pred)
@@ -240,7 +263,8 @@ def run_twolayer(a, data, seed, s, batch, out):
 
 
 def run_peer(a, side, data, seed, s, batch):
-    cmd = [a.python, os.path.abspath(__file__), "--side", side, "--data", data,
+    python = a.python_twolayer if side == "twolayer-python" else a.python
+    cmd = [python, os.path.abspath(__file__), "--side", side, "--data", data,
            "--seed", str(seed), "--batch", str(batch), "--epochs", str(s["epochs"]),
            "--lr", str(s["lr"]), "--hidden", str(s["hidden"]), "--threads", str(a.threads)]
     t0 = time.perf_counter()
@@ -262,6 +286,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--twolayer")
     p.add_argument("--python", default=sys.executable, help="a Python with torch and scikit-learn")
+    p.add_argument("--python-twolayer", default=os.path.join(ROOT, "target", "pyenv", "bin", "python"),
+                   help="a Python with the twolayer package (scripts/setup.sh --python installs it there)")
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--batches", help="only these batch sizes, comma-separated")

@@ -4,8 +4,9 @@
 # only what is missing.
 #   - libopenblas-dev: OpenBLAS (BLAS, CBLAS and LAPACK), linked through
 #     openblas-src's `system` feature; pkg-config to find it.
-#   - python3 with venv: scripts/reference.py (the numpy reference) runs in
-#     a venv under target/pyenv, with numpy from PyPI.
+#   - python3 with venv: scripts/reference.py (the numpy reference), the
+#     Python package (python/) and its tests run in a venv under
+#     target/pyenv, with scripts/requirements.txt from PyPI.
 #   - OpenBLAS built for this CPU (scripts/build-openblas.sh: the target
 #     from the CPU's flags, bf16 GEMM on), once per machine into a cache
 #     outside the clone (~/.cache/twolayer) that every clone and CI reuse:
@@ -13,7 +14,8 @@
 #     through .cargo/config.toml (written here, not tracked), which points
 #     pkg-config at it; build.rs adds an rpath. When the build cannot be
 #     done it says why and the build links Debian's library.
-# Options: --python also creates that venv; --mpi also installs OpenMPI
+# Options: --python also creates that venv and installs the package into
+# it; --mpi also installs OpenMPI
 # (libopenmpi-dev, openmpi-bin) and libclang-dev (rsmpi's bindgen) for the
 # `mpi` feature; --all does both. --system-blas (or TWOLAYER_BLAS=system)
 # links Debian's generic OpenBLAS instead of the native one.
@@ -60,12 +62,18 @@ if [ ${#need[@]} -gt 0 ]; then
   ) 8>"$lockdir/apt.lock"
 fi
 
+venv=target/pyenv
 if $want_python; then
-  venv=target/pyenv
+  # Created once; the requirements installed again whenever the file
+  # changes (a copy of the one installed is kept beside the venv).
   if ! "$venv/bin/python" -c 'import numpy' >/dev/null 2>&1; then
-    echo "setup: creating $venv with numpy" >&2
+    echo "setup: creating $venv" >&2
     python3 -m venv "$venv"
+  fi
+  if ! cmp -s scripts/requirements.txt "$venv/requirements.installed"; then
+    echo "setup: installing scripts/requirements.txt into $venv" >&2
     "$venv/bin/pip" install --quiet --disable-pip-version-check -r scripts/requirements.txt
+    cp scripts/requirements.txt "$venv/requirements.installed"
   fi
 fi
 
@@ -100,3 +108,14 @@ config_tmp=$(mktemp .cargo/config.toml.XXXXXX)
 if cmp -s "$config_tmp" .cargo/config.toml; then rm -f "$config_tmp"; else mv "$config_tmp" .cargo/config.toml; fi
 
 cargo build --release --quiet
+
+if $want_python; then
+  # The Python package (python/), built by maturin over the same library
+  # and linked to the same OpenBLAS (the cargo configuration above), into
+  # the venv: `import twolayer` there. maturin is the venv's (installed
+  # from the requirements), so no build environment is fetched; cargo
+  # rebuilds only what changed.
+  echo "setup: installing the twolayer Python package into $venv" >&2
+  PATH="$PWD/$venv/bin:$PATH" "$venv/bin/pip" install --quiet --disable-pip-version-check \
+    --no-build-isolation ./python
+fi

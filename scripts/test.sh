@@ -23,12 +23,17 @@ features=mpi,fault-injection
 cargo fmt --all -- --check
 cargo clippy --release --all-targets --quiet --features "$features" -- -D warnings
 cargo clippy --release --all-targets --quiet -- -D warnings
+# The Python package's native module (built by maturin, not by cargo test).
+cargo clippy --release --quiet -p twolayer-python -- -D warnings
 # The library's documentation: no link to a private or missing item.
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --lib --quiet
 # Which library the build links: the native one unless setup fell back.
 if grep -q '^PKG_CONFIG_PATH' .cargo/config.toml 2>/dev/null; then linked=native; else linked=generic; fi
 TWOLAYER_EXPECT_BLAS=$linked cargo test --release
 TWOLAYER_EXPECT_BLAS=$linked cargo test --release --features "$features"
+# The Python package (installed into target/pyenv by setup.sh --python):
+# scikit-learn's estimator checks, parity with the command line just built.
+TWOLAYER_BIN=target/release/twolayer target/pyenv/bin/python -m pytest -q -p no:cacheprovider python/tests
 if [ "$linked" = native ]; then
   # Debian's library (the one-flag fallback, scripts/setup.sh --system-blas)
   # under the same binaries: LD_LIBRARY_PATH wins over their rpath.

@@ -1542,11 +1542,48 @@ fn a_dataset_of_arrays_in_memory_trains_as_the_same_arrays_in_a_file() {
     from_file.prepare(false, 0).unwrap();
     let in_memory = Dataset::from_arrays(x.view(), y.view()).unwrap();
     assert!(in_memory.files().is_empty());
+    // Read in place from memory the caller lends (an owned array here; a
+    // numpy array from Python): nothing copied.
+    let lent = Dataset::from_row_bytes(
+        twolayer::Dtype::F64,
+        std::sync::Arc::new(x.clone()),
+        d_in,
+        std::sync::Arc::new(y.clone()),
+        d_out,
+    )
+    .unwrap();
+    assert!(lent.files().is_empty());
     let (a, wa) = train(&from_file);
     let (b, wb) = train(&in_memory);
+    let (c, wc) = train(&lent);
     assert_eq!(a.len(), 14);
     assert_eq!(a, b, "the same losses, bit for bit");
     assert_eq!(wa, wb);
+    assert_eq!(a, c, "the same losses, bit for bit");
+    assert_eq!(wa, wc);
+    let e = Dataset::from_row_bytes(
+        twolayer::Dtype::F64,
+        std::sync::Arc::new(x.clone()),
+        d_in + 2,
+        std::sync::Arc::new(y.clone()),
+        d_out,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("not whole rows of 7 f64 values"),
+        "{e}"
+    );
+    let mut nan = x.clone();
+    nan[[7, 1]] = f64::NAN;
+    let e = Dataset::from_row_bytes(
+        twolayer::Dtype::F64,
+        std::sync::Arc::new(nan),
+        d_in,
+        std::sync::Arc::new(y.clone()),
+        d_out,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("row 7, column 1"), "{e}");
     assert!(a[13] < a[0], "it learns: {a:?}");
     // Bad arrays are refused, naming what is wrong.
     let mut bad = x.clone();

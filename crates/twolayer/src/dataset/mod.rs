@@ -39,6 +39,7 @@ use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Rows of a streamed file at most this many bytes apart are read in one
 /// call with the bytes between them ([`ArrayFile::gather`]).
@@ -51,6 +52,29 @@ enum Storage {
     File(File, u64),
     /// Decompressed into memory.
     Memory(Vec<u8>),
+    /// Memory a caller holds (a numpy array, a memory map): read where it
+    /// is, never copied ([`Dataset::from_row_bytes`]).
+    Shared(Arc<dyn RowBytes>),
+}
+
+/// Bytes a dataset reads its rows from where they are, without copying
+/// them: memory a caller owns (a numpy array, a memory-mapped file), kept
+/// alive and unchanged by the value for as long as the dataset lives.
+/// The values are row-major, little-endian, in the dtype the dataset is
+/// given.
+pub trait RowBytes: Send + Sync + std::fmt::Debug {
+    /// The array's bytes.
+    fn bytes(&self) -> &[u8];
+}
+
+/// An owned array (standard layout) lends its own memory.
+impl<F: Real> RowBytes for ndarray::Array2<F> {
+    fn bytes(&self) -> &[u8] {
+        let v = self.as_slice().expect("an array of standard layout");
+        // SAFETY: f32 and f64 have no padding; the byte view covers
+        // exactly the values and lives as long as the borrow of self.
+        unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+    }
 }
 
 /// One 2-D array of a dataset (a 1-D array is read as one column), its
@@ -234,7 +258,16 @@ impl ArrayFile {
 
     /// Whether its values are in memory (loaded, or decompressed).
     pub fn in_memory(&self) -> bool {
-        matches!(self.storage, Storage::Memory(_))
+        self.memory().is_some()
+    }
+
+    /// The values' bytes, when they are in memory (loaded, or a caller's).
+    fn memory(&self) -> Option<&[u8]> {
+        match &self.storage {
+            Storage::Memory(m) => Some(m),
+            Storage::Shared(s) => Some(s.bytes()),
+            Storage::File(..) => None,
+        }
     }
 
     /// Visits every stored value's bytes in storage order, a piece of at
@@ -247,9 +280,9 @@ impl ArrayFile {
         let mut at = 0;
         while at < total {
             let len = piece.min(total - at);
-            match &self.storage {
-                Storage::Memory(m) => visit(&m[at as usize..(at + len) as usize], at / size)?,
-                Storage::File(..) => {
+            match self.memory() {
+                Some(m) => visit(&m[at as usize..(at + len) as usize], at / size)?,
+                None => {
                     buf.resize(len as usize, 0);
                     self.read_at(&mut buf, at).map_err(|e| {
                         Error::read(
@@ -326,7 +359,8 @@ impl ArrayFile {
                 tests::FILE_READS.with(|n| n.set(n.get() + 1));
                 f.read_exact_at(buf, offset + at)
             }
-            Storage::Memory(m) => {
+            Storage::Memory(_) | Storage::Shared(_) => {
+                let m = self.memory().expect("in memory");
                 let at = at as usize;
                 buf.copy_from_slice(&m[at..at + buf.len()]);
                 Ok(())
@@ -364,7 +398,7 @@ impl ArrayFile {
                 format!("array '{}': cannot read ({e})", self.name),
             )
         };
-        if let (Storage::Memory(m), true) = (&self.storage, self.native::<F>()) {
+        if let (Some(m), true) = (self.memory(), self.native::<F>()) {
             return self.gather_in_memory(m, rows, out);
         }
         let mut i = 0;
@@ -387,7 +421,7 @@ impl ArrayFile {
             // read is a copy: only consecutive rows are merged.
             let gap_rows = match self.storage {
                 Storage::File(..) => (COALESCE_GAP / row_bytes.max(1)) as u64,
-                Storage::Memory(_) => 0,
+                Storage::Memory(_) | Storage::Shared(_) => 0,
             };
             let most = ((4 << 20) / row_bytes.max(1)).max(1) as u64;
             let mut j = i + 1;
@@ -571,10 +605,73 @@ pub struct Dataset {
 }
 
 impl Dataset {
+    /// A dataset read in place from memory a caller holds (x and y, each
+    /// row-major, little-endian values of `dtype`'s stored type, of `d_in`
+    /// and `d_out` columns): nothing copied, every value checked finite;
+    /// batches are gathered from it as from a loaded file, and train the
+    /// same bits. What a binding lends a numpy array (or a memory map)
+    /// through; an owned `Array2` lends its own memory.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use ndarray::Array2;
+    /// use twolayer::dataset::Dataset;
+    /// let x = Array2::<f64>::from_shape_fn((100, 3), |(i, j)| (i * 3 + j) as f64 / 300.0);
+    /// let y = Array2::<f64>::from_shape_fn((100, 1), |(i, _)| i as f64 / 100.0);
+    /// let d = Dataset::from_row_bytes(twolayer::Dtype::F64, Arc::new(x), 3, Arc::new(y), 1)?;
+    /// assert_eq!((d.rows(), d.d_in(), d.d_out()), (100, 3, 1));
+    /// # Ok::<(), twolayer::Error>(())
+    /// ```
+    pub fn from_row_bytes(
+        dtype: Dtype,
+        x: Arc<dyn RowBytes>,
+        d_in: usize,
+        y: Arc<dyn RowBytes>,
+        d_out: usize,
+    ) -> Result<Dataset> {
+        let size = dtype.storage().dtype().size();
+        let rows_of = |b: &Arc<dyn RowBytes>, cols: usize, name: &str| {
+            let len = b.bytes().len();
+            let row = cols.checked_mul(size).filter(|&r| r > 0);
+            match row {
+                Some(r) if len.is_multiple_of(r) && len > 0 => Ok((len / r) as u64),
+                _ => Err(Error::invalid(format!(
+                    "{name} is {len} bytes, not whole rows of {cols} {} values",
+                    dtype.storage().dtype()
+                ))),
+            }
+        };
+        let (xr, yr) = (rows_of(&x, d_in, "x")?, rows_of(&y, d_out, "y")?);
+        if xr != yr {
+            return Err(Error::invalid(format!(
+                "x has {xr} rows but y has {yr}: every row of x needs its target"
+            )));
+        }
+        let array = |b: Arc<dyn RowBytes>, cols: usize, name: &'static str| ArrayFile {
+            path: PathBuf::from("<memory>"),
+            name,
+            storage: Storage::Shared(b),
+            rows: xr,
+            cols,
+            dtype: dtype.storage().dtype(),
+            big_endian: false,
+            fortran: false,
+        };
+        let d = Dataset {
+            x: array(x, d_in, "x"),
+            y: array(y, d_out, "y"),
+            files: Vec::new(),
+        };
+        d.x.check_finite()?;
+        d.y.check_finite()?;
+        Ok(d)
+    }
+
     /// A dataset of arrays a caller holds (x M×D_in, y M×D_out): copied
     /// once into the dataset's memory, every value checked finite. It
     /// trains as the same arrays saved to a file and loaded would, bit for
-    /// bit; it has no files ([`Dataset::files`] is empty).
+    /// bit; it has no files ([`Dataset::files`] is empty). To read memory
+    /// in place instead, see [`Dataset::from_row_bytes`].
     ///
     /// ```
     /// use ndarray::Array2;
