@@ -530,5 +530,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("DEFAULT_BATCH", twolayer::epochs::DEFAULT_BATCH)?;
     m.add("DEFAULT_EPOCHS", twolayer::epochs::DEFAULT_EPOCHS)?;
     m.add("MAX_THREADS", twolayer::threads::MAX_THREADS)?;
+    m.add("SHORT_SPIN", twolayer::blas::SHORT_SPIN)?;
     Ok(())
 }

@@ -6,6 +6,7 @@ import os
 import pickle
 import signal
 import subprocess
+import sys
 import threading
 import warnings
 
@@ -295,3 +296,18 @@ def test_a_memory_map_trains_in_place_as_the_array_does(tmp_path):
     b = twolayer.Regressor(hidden_layer_sizes=8, max_iter=3, random_state=2, threads=1).fit(x, y.ravel())
     for p, q in zip(a.coefs_ + a.intercepts_, b.coefs_ + b.intercepts_):
         np.testing.assert_array_equal(p, q)
+
+
+def test_openblas_idle_workers_spin_briefly_as_in_the_command_line():
+    # Set before the native module loaded OpenBLAS, to the command line's
+    # value, unless the environment chose one.
+    import twolayer as t
+
+    assert t._SHORT_SPIN == _native.SHORT_SPIN
+    code = "import os, twolayer; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == _native.SHORT_SPIN
+    env["OPENBLAS_THREAD_TIMEOUT"] = "9"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "9"
