@@ -136,6 +136,20 @@ def scores(yv, pred):
     return mse, float(np.mean(1 - ss_res / ss_tot))
 
 
+def fit_timed(reg, xt, yt, xv):
+    """Seconds of a scikit-learn-style `fit` (a 1-column y as a vector, the
+    warning at max_iter silenced) and its held-out predictions."""
+    import warnings
+    from sklearn.exceptions import ConvergenceWarning
+    yfit = yt[:, 0] if yt.shape[1] == 1 else yt
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        t0 = time.perf_counter()
+        reg.fit(xt, yfit)
+        loop = time.perf_counter() - t0
+    return loop, reg.predict(xv).reshape(len(xv), -1)
+
+
 # ---- one side, in its own process -------------------------------------------------------------
 
 def side_main(a):
@@ -196,8 +210,6 @@ def side_main(a):
         with torch.no_grad():
             pred = model(xv_).numpy()
     elif a.side == "sklearn":
-        import warnings
-        from sklearn.exceptions import ConvergenceWarning
         from sklearn.neural_network import MLPRegressor
         from threadpoolctl import threadpool_limits
         with threadpool_limits(a.threads):
@@ -206,29 +218,15 @@ def side_main(a):
                                momentum=0.0, nesterovs_momentum=False, alpha=0.0,
                                batch_size=b, max_iter=e, shuffle=True, random_state=a.seed,
                                tol=0.0, n_iter_no_change=e + 1, early_stopping=False)
-            yfit = yt[:, 0] if y.shape[1] == 1 else yt
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                t0 = time.perf_counter()
-                reg.fit(xt, yfit)
-                loop = time.perf_counter() - t0
-            pred = reg.predict(xv).reshape(len(xv), -1)
+            loop, pred = fit_timed(reg, xt, yt, xv)
     elif a.side == "twolayer-python":
         # The Python package with MLPRegressor's settings (the same rate
         # conversion): a swap of the class, the rest kept.
-        import warnings
         import twolayer
-        from sklearn.exceptions import ConvergenceWarning
         reg = twolayer.Regressor(hidden_layer_sizes=(h,), learning_rate_init=lr * 2 / y.shape[1],
                                  batch_size=b, max_iter=e, random_state=a.seed, threads=a.threads,
                                  tol=0.0, n_iter_no_change=e + 1)
-        yfit = yt[:, 0] if y.shape[1] == 1 else yt
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            t0 = time.perf_counter()
-            reg.fit(xt, yfit)
-            loop = time.perf_counter() - t0
-        pred = reg.predict(xv).reshape(len(xv), -1)
+        loop, pred = fit_timed(reg, xt, yt, xv)
     else:
         raise SystemExit(f"unknown side {a.side}")
     mse, r2 = scores(yv, pred)

@@ -9,7 +9,7 @@
 //! message; a Ctrl-C during training or prediction raises
 //! `KeyboardInterrupt` within ~0.1 s of the step it arrives in.
 
-use ndarray::{Array2, ArrayView1, ArrayView2};
+use ndarray::{Array2, ArrayView2};
 use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1, PyReadonlyArray2};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -362,18 +362,32 @@ fn held_out_rows<'py>(
     Ok(v.into_pyarray(py))
 }
 
-/// Weights from numpy arrays (b1 and b2 both or neither), checked for
-/// matching shapes.
-fn weights_from<F: Real + numpy::Element>(
-    w1: ArrayView2<'_, F>,
-    b1: Option<ArrayView1<'_, F>>,
-    w2: ArrayView2<'_, F>,
-    b2: Option<ArrayView1<'_, F>>,
+/// The stored type of a numpy array of f32 (f32) or anything else (f64).
+fn stored_type(a: &Bound<'_, PyAny>) -> Dtype {
+    if a.extract::<PyReadonlyArray2<'_, f32>>().is_ok() {
+        Dtype::F32
+    } else {
+        Dtype::F64
+    }
+}
+
+/// Weights of `F` from four numpy arrays (b1 and b2 both or neither),
+/// checked for matching shapes.
+fn weights_of<'py, F: Real + numpy::Element>(
+    w1: &Bound<'py, PyAny>,
+    b1: Option<&Bound<'py, PyAny>>,
+    w2: &Bound<'py, PyAny>,
+    b2: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Weights<F>> {
-    let biases = match (b1, b2) {
+    let w1: PyReadonlyArray2<'py, F> = w1.extract()?;
+    let w2: PyReadonlyArray2<'py, F> = w2.extract()?;
+    let b1: Option<PyReadonlyArray1<'py, F>> = b1.map(|b| b.extract()).transpose()?;
+    let b2: Option<PyReadonlyArray1<'py, F>> = b2.map(|b| b.extract()).transpose()?;
+    let (w1, w2) = (w1.as_array(), w2.as_array());
+    let biases = match (&b1, &b2) {
         (Some(b1), Some(b2)) => Some(Biases {
-            b1: b1.to_owned(),
-            b2: b2.to_owned(),
+            b1: b1.as_array().to_owned(),
+            b2: b2.as_array().to_owned(),
         }),
         (None, None) => None,
         _ => return Err(value_error("give both biases (b1 and b2) or neither")),
@@ -417,23 +431,9 @@ fn predict<'py>(
         .num_threads(threads)
         .build()
         .map_err(value_error)?;
-    let dtype = if x.extract::<PyReadonlyArray2<'py, f32>>().is_ok() {
-        Dtype::F32
-    } else {
-        Dtype::F64
-    };
-    twolayer::with_storage!(dtype, F => {
+    twolayer::with_storage!(stored_type(x), F => {
         let x: PyReadonlyArray2<'py, F> = x.extract()?;
-        let w1: PyReadonlyArray2<'py, F> = w1.extract()?;
-        let w2: PyReadonlyArray2<'py, F> = w2.extract()?;
-        let b1: Option<PyReadonlyArray1<'py, F>> = b1.map(|b| b.extract()).transpose()?;
-        let b2: Option<PyReadonlyArray1<'py, F>> = b2.map(|b| b.extract()).transpose()?;
-        let w = weights_from(
-            w1.as_array(),
-            b1.as_ref().map(|b| b.as_array()),
-            w2.as_array(),
-            b2.as_ref().map(|b| b.as_array()),
-        )?;
+        let w = weights_of::<F>(w1, b1, w2, b2)?;
         let x = x.as_array();
         let out = py.detach(|| {
             pool.install(|| {
@@ -456,22 +456,8 @@ fn save_weights<'py>(
     w2: &Bound<'py, PyAny>,
     b2: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<()> {
-    let dtype = if w1.extract::<PyReadonlyArray2<'py, f32>>().is_ok() {
-        Dtype::F32
-    } else {
-        Dtype::F64
-    };
-    twolayer::with_storage!(dtype, F => {
-        let w1: PyReadonlyArray2<'py, F> = w1.extract()?;
-        let w2: PyReadonlyArray2<'py, F> = w2.extract()?;
-        let b1: Option<PyReadonlyArray1<'py, F>> = b1.map(|b| b.extract()).transpose()?;
-        let b2: Option<PyReadonlyArray1<'py, F>> = b2.map(|b| b.extract()).transpose()?;
-        let w = weights_from(
-            w1.as_array(),
-            b1.as_ref().map(|b| b.as_array()),
-            w2.as_array(),
-            b2.as_ref().map(|b| b.as_array()),
-        )?;
+    twolayer::with_storage!(stored_type(w1), F => {
+        let w = weights_of::<F>(w1, b1, w2, b2)?;
         twolayer::npz::save_weights(&path, &w).map_err(value_error)
     })
 }
