@@ -128,13 +128,16 @@ fn weights_tuple<'py, F: Real + numpy::Element>(
 /// the same settings and seed (the weights drawn as `nn.Linear` draws
 /// them, the same schedule of batches and held-out rows, the minibatch
 /// plan rule; no wisdom file is read), in a pool of `threads` threads,
-/// without the GIL. After each epoch `on_epoch(record, weights)` is called
-/// (with the GIL) when given, and a true result stops the run.
+/// without the GIL; from `start` instead of seeded weights when given (as
+/// `--weights` starts the command line). After each epoch
+/// `on_epoch(record, weights)` is called (with the GIL) when given, and a
+/// true result stops the run.
 fn fit_typed<F: Real + numpy::Element>(
     py: Python<'_>,
     x: ArrayView2<'_, F>,
     y: ArrayView2<'_, F>,
     s: FitSettings,
+    start: Option<Weights<F>>,
     on_epoch: Option<Py<PyAny>>,
 ) -> PyResult<Fitted<F>> {
     let data = Dataset::from_row_bytes(
@@ -175,26 +178,36 @@ fn fit_typed<F: Real + numpy::Element>(
         std::thread::scope(|scope| {
             let run = scope.spawn(|| {
                 let r = pool.install(|| {
-                    train_on(&data, &schedule, shape, dtype, s, steps, &cancel, |t, r| {
-                        let Some(cb) = &on_epoch else {
-                            return ControlFlow::Continue(());
-                        };
-                        Python::attach(|py| {
-                            let stop = weights_tuple(py, t.weights()).and_then(|w| {
-                                cb.bind(py)
-                                    .call1((r.epoch, r.train_loss, r.val_mse, w))?
-                                    .is_truthy()
-                            });
-                            match stop {
-                                Ok(false) => ControlFlow::Continue(()),
-                                Ok(true) => ControlFlow::Break(()),
-                                Err(e) => {
-                                    keep(e);
-                                    ControlFlow::Break(())
+                    train_on(
+                        &data,
+                        &schedule,
+                        shape,
+                        dtype,
+                        s,
+                        start,
+                        steps,
+                        &cancel,
+                        |t, r| {
+                            let Some(cb) = &on_epoch else {
+                                return ControlFlow::Continue(());
+                            };
+                            Python::attach(|py| {
+                                let stop = weights_tuple(py, t.weights()).and_then(|w| {
+                                    cb.bind(py)
+                                        .call1((r.epoch, r.train_loss, r.val_mse, w))?
+                                        .is_truthy()
+                                });
+                                match stop {
+                                    Ok(false) => ControlFlow::Continue(()),
+                                    Ok(true) => ControlFlow::Break(()),
+                                    Err(e) => {
+                                        keep(e);
+                                        ControlFlow::Break(())
+                                    }
                                 }
-                            }
-                        })
-                    })
+                            })
+                        },
+                    )
                 });
                 caller.unpark();
                 r
@@ -227,13 +240,14 @@ fn train_on<F: Real>(
     shape: Shape,
     dtype: Dtype,
     s: FitSettings,
+    start: Option<Weights<F>>,
     steps: usize,
     cancel: &Cancel,
     mut on_epoch: impl FnMut(&Trainer<F>, &EpochRecord) -> ControlFlow<()> + Send,
 ) -> twolayer::Result<Fitted<F>> {
     let builder = Trainer::builder(
         twolayer::minibatch::empty_batch::<F>(data, s.batch),
-        Weights::<F>::seeded(shape, s.seed, WeightInit::Torch, s.biases),
+        start.unwrap_or_else(|| Weights::<F>::seeded(shape, s.seed, WeightInit::Torch, s.biases)),
         LearningRates::uniform(s.lr),
     )
     .loss(s.loss)
@@ -291,7 +305,7 @@ fn train_on<F: Real>(
 /// and `val_mse` per epoch, `plan`, `reader` and `step_ms`.
 /// (See `fit_typed` for what runs.)
 #[pyfunction]
-#[pyo3(signature = (x, y, *, hidden, lr, batch, epochs, seed, val_fraction, biases, dtype, threads, loss, on_epoch=None))]
+#[pyo3(signature = (x, y, *, hidden, lr, batch, epochs, seed, val_fraction, biases, dtype, threads, loss, start=None, on_epoch=None))]
 #[allow(clippy::too_many_arguments)]
 fn fit<'py>(
     py: Python<'py>,
@@ -307,6 +321,7 @@ fn fit<'py>(
     dtype: &str,
     threads: usize,
     loss: &str,
+    start: Option<WeightArgs<'py>>,
     on_epoch: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let dtype: Dtype = dtype.parse().map_err(value_error)?;
@@ -341,7 +356,28 @@ fn fit<'py>(
     twolayer::with_storage!(dtype, F => {
         let x: PyReadonlyArray2<'py, F> = x.extract()?;
         let y: PyReadonlyArray2<'py, F> = y.extract()?;
-        finish!(fit_typed::<F>(py, x.as_array(), y.as_array(), s, on_epoch)?)
+        let start = match &start {
+            Some((w1, b1, w2, b2)) => {
+                let w = weights_of::<F>(w1, b1.as_ref(), w2, b2.as_ref())?;
+                let fits = (w.w1.nrows(), w.w1.ncols(), w.w2.ncols())
+                    == (x.as_array().ncols(), hidden, y.as_array().ncols());
+                if !fits || w.biases.is_some() != biases {
+                    return Err(value_error(format!(
+                        "the starting weights are {}→{}→{} ({}), the fit {}→{hidden}→{} ({})",
+                        w.w1.nrows(),
+                        w.w1.ncols(),
+                        w.w2.ncols(),
+                        if w.biases.is_some() { "with biases" } else { "without biases" },
+                        x.as_array().ncols(),
+                        y.as_array().ncols(),
+                        if biases { "with biases" } else { "without biases" },
+                    )));
+                }
+                Some(w)
+            }
+            None => None,
+        };
+        finish!(fit_typed::<F>(py, x.as_array(), y.as_array(), s, start, on_epoch)?)
     });
     Ok(out)
 }
@@ -361,6 +397,15 @@ fn held_out_rows<'py>(
     let v: Vec<u64> = (0..s.val_rows()).map(|i| s.val_row(i)).collect();
     Ok(v.into_pyarray(py))
 }
+
+/// Weights as Python passes them: (w1, b1, w2, b2), the biases None in a
+/// model without them.
+type WeightArgs<'py> = (
+    Bound<'py, PyAny>,
+    Option<Bound<'py, PyAny>>,
+    Bound<'py, PyAny>,
+    Option<Bound<'py, PyAny>>,
+);
 
 /// The stored type of a numpy array of f32 (f32) or anything else (f64).
 fn stored_type(a: &Bound<'_, PyAny>) -> Dtype {

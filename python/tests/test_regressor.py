@@ -311,3 +311,31 @@ def test_openblas_idle_workers_spin_briefly_as_in_the_command_line():
     env["OPENBLAS_THREAD_TIMEOUT"] = "9"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "9"
+
+
+def test_warm_start_goes_on_as_the_command_lines_weights_flag(tmp_path, twolayer_bin):
+    # A fit from the estimator's weights (warm_start, or load's) is the
+    # command line's `--weights` run: the same weights after, bit for bit.
+    x, y = teacher(300, 7, 2, seed=16)
+    data, w0, w1 = tmp_path / "d.npz", tmp_path / "w0.npz", tmp_path / "w1.npz"
+    np.savez(data, x=x, y=y)
+    r = twolayer.Regressor(hidden_layer_sizes=9, batch_size=16, max_iter=2, random_state=3, threads=2,
+                           n_iter_no_change=100).fit(x, y)
+    r.save(w0)
+    subprocess.run(
+        [str(twolayer_bin), "train", "--data", str(data), "--weights", str(w0), "--seed", "4", "--epochs", "3",
+         "--batch", "16", "--threads", "2", "--no-wisdom", "--save", str(w1), "-q"],
+        check=True,
+    )
+    cli = np.load(w1)
+    warm = twolayer.load(w0, warm_start=True, batch_size=16, max_iter=3, random_state=4, threads=2,
+                         n_iter_no_change=100).fit(x, y)
+    r.set_params(warm_start=True, random_state=4, max_iter=3).fit(x, y)
+    for got, name in zip(r.coefs_ + r.intercepts_, ["w1", "w2", "b1", "b2"]):
+        np.testing.assert_array_equal(got, cli[name], err_msg=name)
+    for got, name in zip(warm.coefs_ + warm.intercepts_, ["w1", "w2", "b1", "b2"]):
+        np.testing.assert_array_equal(got, cli[name], err_msg=name)
+    # Without warm_start the same settings draw new weights: another run.
+    cold = twolayer.Regressor(hidden_layer_sizes=9, batch_size=16, max_iter=3, random_state=4, threads=2,
+                              n_iter_no_change=100).fit(x, y)
+    assert not np.array_equal(cold.coefs_[0], cli["w1"])

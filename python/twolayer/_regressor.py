@@ -104,6 +104,11 @@ class Regressor(RegressorMixin, BaseEstimator):
     threads : int or None, default=None
         Threads for training and prediction; None: the cores available,
         within OMP_NUM_THREADS and threadpoolctl's limits when fit starts.
+    warm_start : bool, default=False
+        Start a fit from the weights the estimator holds (a previous fit's,
+        or ``load``'s) instead of drawing new ones, when their shape fits
+        the data; the shuffles still come from ``random_state``. (The
+        command line's ``--weights``.)
     form : {"auto", "primal"}, default="auto"
         How the step computes x.w1: on minibatches always the primal form
         (the dual form is for one fixed batch, the command line's
@@ -152,6 +157,7 @@ class Regressor(RegressorMixin, BaseEstimator):
         loss="mean",
         threads=None,
         form="auto",
+        warm_start=False,
     ):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.learning_rate_init = learning_rate_init
@@ -167,6 +173,7 @@ class Regressor(RegressorMixin, BaseEstimator):
         self.loss = loss
         self.threads = threads
         self.form = form
+        self.warm_start = warm_start
 
     # -- parameters -----------------------------------------------------
 
@@ -282,6 +289,12 @@ class Regressor(RegressorMixin, BaseEstimator):
                 return True
             return False
 
+        start = None
+        if self.warm_start and hasattr(self, "coefs_"):
+            w1, w2 = self.coefs_
+            b1, b2 = self.intercepts_
+            if w1.shape == (X.shape[1], hidden) and w2.shape == (hidden, d_out):
+                start = tuple(np.ascontiguousarray(a, dtype=storage) for a in (w1, b1, w2, b2))
         out = _native.fit(
             X,
             y2,
@@ -295,6 +308,7 @@ class Regressor(RegressorMixin, BaseEstimator):
             dtype=self.dtype,
             threads=threads,
             loss=self.loss,
+            start=start,
             on_epoch=on_epoch,
         )
         # Only now, when the run has finished: an interrupted or failed fit
