@@ -99,7 +99,8 @@ else
     local wt="$out/$2-src"
     git worktree prune
     git worktree add --detach --quiet "$wt" "$1"
-    trap 'git worktree remove --force "$wt" 2>/dev/null || true' EXIT
+    # Expanded now: the trap runs after this function's locals are gone.
+    trap "git worktree remove --force '$wt' 2>/dev/null || true" EXIT
     cargo build --release --quiet --manifest-path "$wt/Cargo.toml" --target-dir target
     cp target/release/twolayer "$out/bin/$2"
     git worktree remove --force "$wt"
